@@ -1,0 +1,92 @@
+"""The one exception tree of ragtune.
+
+Library code raises these; only ``cli/`` turns them into messages and exit codes and only
+``server/`` into HTTP problem responses. Every error carries the offending input.
+
+    RagtuneError
+    ├── ConfigError              bad settings value, bad ragtune.toml, unknown model name
+    ├── IngestError              one input could not be ingested (carries ``source``)
+    │   ├── UnsupportedFormatError   no loader for this file type, or a binary file
+    │   ├── DecodeError              text whose encoding cannot be determined
+    │   ├── CorruptFileError         a file its loader cannot parse (broken PDF, DOCX ...)
+    │   ├── FileTooLargeError        over ``max_file_bytes``
+    │   └── EmptyDocumentError       no text at all
+    ├── StoreError               the database cannot be reached, started or migrated
+    │   └── MigrationError
+    ├── NotFoundError            a collection, document or chunk that does not exist
+    ├── EmbedderMismatchError    querying a collection with another embedder than it was built with
+    ├── ModelError               a model that cannot be found or loaded
+    ├── QueryError               an invalid query, filter or top_k
+    └── DatasetError             an evaluation dataset that cannot be fetched or parsed
+"""
+
+from __future__ import annotations
+
+
+class RagtuneError(Exception):
+    """Base of every error ragtune raises on purpose."""
+
+    code = "ragtune_error"
+
+
+class ConfigError(RagtuneError):
+    code = "config_error"
+
+
+class IngestError(RagtuneError):
+    """One input failed; ``source`` names it so a batch can report it and go on."""
+
+    code = "ingest_error"
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class UnsupportedFormatError(IngestError):
+    code = "unsupported_format"
+
+
+class DecodeError(IngestError):
+    code = "decode_error"
+
+
+class CorruptFileError(IngestError):
+    code = "corrupt_file"
+
+
+class FileTooLargeError(IngestError):
+    code = "file_too_large"
+
+
+class EmptyDocumentError(IngestError):
+    code = "empty_document"
+
+
+class StoreError(RagtuneError):
+    code = "store_error"
+
+
+class MigrationError(StoreError):
+    code = "migration_error"
+
+
+class NotFoundError(RagtuneError):
+    code = "not_found"
+
+
+class EmbedderMismatchError(RagtuneError):
+    code = "embedder_mismatch"
+
+
+class ModelError(RagtuneError):
+    code = "model_error"
+
+
+class QueryError(RagtuneError):
+    code = "query_error"
+
+
+class DatasetError(RagtuneError):
+    code = "dataset_error"

@@ -1,0 +1,114 @@
+"""Plain data objects that flow between the layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking. ``groups`` decide which ACL'd documents are visible.
+
+    ``admin`` sees everything; an anonymous principal (no groups) sees only public documents.
+    """
+
+    id: str = "anonymous"
+    groups: frozenset[str] = frozenset()
+    admin: bool = False
+
+    @classmethod
+    def system(cls) -> Principal:
+        return cls(id="system", admin=True)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A heading that starts at ``start`` (character offset) in a loaded document's text."""
+
+    start: int
+    level: int
+    title: str
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """What a Loader yields: text plus what it knows about the source, before storage."""
+
+    uri: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    sections: tuple[Section, ...] = ()  # headings in document order, offsets into ``text``
+    mime: str = "text/plain"
+
+
+@dataclass(frozen=True)
+class Document:
+    id: int
+    collection: str
+    uri: str
+    content_hash: str
+    version: int
+    metadata: dict[str, Any]
+    acl: tuple[str, ...]  # empty: public within the collection
+    title: str | None = None
+    chunk_count: int = 0
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document; ``start``/``end`` are character offsets into the document text."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    heading: str = ""  # heading path, " > " separated
+    tokens: int = 0
+    id: int | None = None
+    document_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    score: float
+    rank: int
+    uri: str
+    document_id: int
+    metadata: dict[str, Any]
+    scores_by_source: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    source: str
+    error: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[FileFailure] = field(default_factory=list)
+    chunks: int = 0
+    embedded: int = 0  # texts actually sent through the embedder (cache misses)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.added + self.updated + self.unchanged + len(self.failed)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    mode: str
+    hits: list[Hit]
+    trace_id: int | None
+    timings_ms: dict[str, float]
