@@ -1,0 +1,209 @@
+"""The engine: built once from ``Settings``, owns the store, the embedder and the retrievers.
+
+The CLI, the server and the Python API all build it the same way. Construction is cheap; the
+database (and the embedded server) start on first use, the embedding model loads on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import IngestError, NotFoundError
+from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
+from ragtune.models import Document, IngestReport, LoadedDocument, Principal, SearchResult
+from ragtune.protocols import Chunker, Embedder
+from ragtune.retrieve.filters import Filter, as_filters
+from ragtune.retrieve.lexical import LexicalAnalyzer
+from ragtune.retrieve.searcher import Searcher, SearchOptions
+from ragtune.settings import Settings
+from ragtune.store.database import Database, resolve_database_url
+from ragtune.store.repository import CollectionInfo, Repository
+
+
+class Ragtune:
+    def __init__(self, settings: Settings, *, embedder: Embedder | None = None,
+                 database: Database | None = None) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._database = database
+        self.analyzer = LexicalAnalyzer()
+
+    # -- lazily built parts --------------------------------------------------------------------
+    @property
+    def db(self) -> Database:
+        if self._database is None:
+            url = resolve_database_url(self.settings.database_url, self.settings.data_dir)
+            self._database = Database.connect(url)
+        return self._database
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from ragtune.ingest.embedders import make_embedder
+
+            self._embedder = make_embedder(self.settings.embedder, cache_dir=self.settings.resolved_cache_dir)
+        return self._embedder
+
+    @cached_property
+    def repo(self) -> Repository:
+        return Repository(self.db)
+
+    @cached_property
+    def traces(self) -> Any:
+        from ragtune.observe.traces import TraceWriter
+
+        return TraceWriter(self.db)
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        return Searcher(self.repo, self.embedder, self.analyzer, self.traces)
+
+    def chunker(self) -> Chunker:
+        from ragtune.ingest.chunker import StructuredChunker
+        from ragtune.ingest.tokens import HFTokenCounter
+
+        tokenizer = getattr(self.embedder, "tokenizer", None)
+        if tokenizer is None:
+            raise NotFoundError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
+        return StructuredChunker(HFTokenCounter(tokenizer), max_tokens=self.settings.chunk_max_tokens,
+                                 overlap_tokens=self.settings.chunk_overlap_tokens)
+
+    # -- collections ---------------------------------------------------------------------------
+    def collection(self, name: str | None = None, *, create: bool = False) -> CollectionInfo:
+        name = name or self.settings.default_collection
+        if create:
+            return self.repo.ensure_collection(
+                name, self.embedder.name, self.embedder.dimension,
+                m=self.settings.hnsw_m, ef_construction=self.settings.hnsw_ef_construction,
+            )
+        return self.repo.collection(name)
+
+    def collections(self) -> list[CollectionInfo]:
+        return self.repo.collections()
+
+    def drop_collection(self, name: str) -> None:
+        self.repo.drop_collection(name)
+
+    # -- ingest --------------------------------------------------------------------------------
+    def ingest(self, paths: Sequence[str | Path] | str | Path, *, collection: str | None = None,
+               metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
+               include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: Any = None,
+               progress: ProgressCallback | None = None, on_files: Any = None) -> IngestReport:
+        """Ingest files and folders (recursively). Returns counts of added/updated/unchanged/failed."""
+        files = self._files(paths, include, exclude)
+        if on_files is not None:
+            on_files(len(files))
+        return self._run(self._load(files, loader_options), collection, metadata, acl, progress)
+
+    def ingest_documents(self, documents: Iterable[LoadedDocument], *, collection: str | None = None,
+                         metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
+                         progress: ProgressCallback | None = None) -> IngestReport:
+        """Ingest already-loaded documents (records from code, datasets)."""
+        return self._run(documents, collection, metadata, acl, progress)
+
+    def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
+             acl: Iterable[str] = (), include: Sequence[str] = (), exclude: Sequence[str] = (),
+             loader_options: Any = None, progress: ProgressCallback | None = None,
+             on_files: Any = None) -> IngestReport:
+        """Ingest a folder and remove the collection's documents from it that are gone.
+
+        Documents of files that failed to load this time are kept: a transient read error must not
+        delete what is stored.
+        """
+        root = Path(folder).expanduser().resolve()
+        files = self._files([root], include, exclude)
+        if on_files is not None:
+            on_files(len(files))
+        seen: set[str] = set()
+        report = self._run(self._load(files, loader_options), collection, metadata, acl, progress, seen)
+        info = self.collection(collection)
+        failed_files = {f.source.split("#", 1)[0] for f in report.failed}
+        prefix = str(root) + "/"
+        stale = [
+            d.uri for d in self.repo.documents(info.id, prefix=prefix)
+            if d.uri not in seen and d.uri.split("#", 1)[0] not in failed_files
+        ]
+        report.removed = self.repo.delete_documents(info.id, stale)
+        return report
+
+    def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
+             metadata: dict[str, Any] | None, acl: Iterable[str], progress: ProgressCallback | None,
+             seen: set[str] | None = None) -> IngestReport:
+        info = self.collection(collection, create=True)
+        pipeline = IngestPipeline(self.repo, self.embedder, self.chunker(), self.analyzer,
+                                  batch_texts=max(self.settings.embed_batch_size * 4, 64))
+        return pipeline.run(docs, info, metadata=metadata, acl=acl, progress=progress, seen=seen)
+
+    @staticmethod
+    def _files(paths: Sequence[str | Path] | str | Path, include: Sequence[str], exclude: Sequence[str]
+               ) -> list[Path]:
+        from ragtune.ingest.loaders import iter_files
+
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        return list(iter_files([Path(p).expanduser().resolve() for p in paths], list(include), list(exclude)))
+
+    def _load(self, files: Sequence[Path], loader_options: Any) -> Iterator[LoadedDocument | IngestError]:
+        from ragtune.ingest.loaders import LoaderOptions, loader_for
+
+        options = loader_options or LoaderOptions(max_file_bytes=self.settings.max_file_bytes)
+        for path in files:
+            try:
+                loader = loader_for(path, options)
+                yield from loader.load(path)
+            except IngestError as exc:
+                yield exc
+            except (OSError, ValueError, UnicodeError) as exc:
+                yield IngestError(str(path), f"{type(exc).__name__}: {exc}")
+
+    # -- documents -----------------------------------------------------------------------------
+    def documents(self, *, collection: str | None = None, prefix: str | None = None,
+                  limit: int | None = None) -> list[Document]:
+        return self.repo.documents(self.collection(collection).id, prefix=prefix, limit=limit)
+
+    def document(self, uri: str, *, collection: str | None = None) -> tuple[Document, str, list[Any]]:
+        return self.repo.document(self.collection(collection).id, self._uri(uri))
+
+    def delete(self, uris: str | Sequence[str], *, collection: str | None = None) -> int:
+        if isinstance(uris, str):
+            uris = [uris]
+        return self.repo.delete_documents(self.collection(collection).id, [self._uri(u) for u in uris])
+
+    @staticmethod
+    def _uri(uri: str) -> str:
+        # Files are stored by absolute path; accept the relative path a user types.
+        path = Path(uri.split("#", 1)[0])
+        if "://" not in uri and not path.is_absolute() and path.exists():
+            resolved = str(path.resolve())
+            return resolved + uri[len(uri.split("#", 1)[0]):]
+        return uri
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
+               filters: Sequence[Filter | str] | dict[str, Any] | None = None,
+               principal: Principal | None = None, **options: Any) -> SearchResult:
+        opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=top_k, **options)
+        return self.searcher.search(collection or self.settings.default_collection, query, opts,
+                                    filters=as_filters(filters), principal=principal or Principal())
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+
+    def __enter__(self) -> Ragtune:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(target: str | Path | None = None, *, embedder: Embedder | None = None, **settings: Any) -> Ragtune:
+    """Open a ragtune project: a data folder path (embedded PostgreSQL) or a ``postgresql://`` URL."""
+    if target is not None and str(target).startswith(("postgresql://", "postgres://")):
+        settings["database_url"] = str(target)
+    elif target is not None:
+        settings["data_dir"] = Path(target)
+    return Ragtune(Settings.load(**settings), embedder=embedder)

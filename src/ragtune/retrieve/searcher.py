@@ -1,0 +1,197 @@
+"""Dense, BM25 and hybrid search over one collection, with filters and ACL inside the SQL.
+
+All statements of one search run in one REPEATABLE READ snapshot, so the dense list, the BM25
+list and the fetched chunk texts agree even while a writer replaces a document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ragtune.errors import EmbedderMismatchError, QueryError
+from ragtune.models import Chunk, Hit, Principal, SearchResult
+from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
+from ragtune.protocols import Embedder
+from ragtune.retrieve import fusion
+from ragtune.retrieve.filters import Filter, compile_conditions
+from ragtune.retrieve.lexical import LexicalAnalyzer
+from ragtune.retrieve.postgres import (
+    Bm25Params,
+    bm25_scores_for,
+    bm25_search,
+    count_matching,
+    dense_scores_for,
+    dense_search,
+    fetch_chunks,
+)
+from ragtune.settings import SEARCH_MODES, Settings
+from ragtune.store.repository import CollectionInfo, Repository
+
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    mode: str = "hybrid"
+    top_k: int = 10
+    fusion: str = "convex"
+    dense_weight: float = 0.5
+    rrf_k: int = 60
+    candidates: int = 100
+    ef_search: int = 100
+    exact_scan_threshold: int = 5000
+    bm25: Bm25Params = Bm25Params()
+
+    def __post_init__(self) -> None:
+        if self.mode not in SEARCH_MODES:
+            raise QueryError(f"unknown search mode {self.mode!r}; use one of {', '.join(SEARCH_MODES)}")
+        if not 0 < self.top_k <= MAX_TOP_K:
+            raise QueryError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+        if self.fusion not in ("convex", "rrf"):
+            raise QueryError(f"unknown fusion {self.fusion!r}; use convex or rrf")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SearchOptions:
+        values: dict[str, Any] = dict(
+            mode=settings.default_mode, fusion=settings.fusion, dense_weight=settings.hybrid_dense_weight,
+            rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
+            exact_scan_threshold=settings.exact_scan_threshold,
+            bm25=Bm25Params(settings.bm25_k1, settings.bm25_b),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class Searcher:
+    def __init__(self, repo: Repository, embedder: Embedder, analyzer: LexicalAnalyzer,
+                 traces: TraceWriter | None) -> None:
+        self.repo = repo
+        self.embedder = embedder
+        self.analyzer = analyzer
+        self.traces = traces
+
+    def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
+               principal: Principal) -> SearchResult:
+        if not query or not query.strip():
+            raise QueryError("empty query")
+        timer = StageTimer()
+        info = self.repo.collection(collection)
+        if options.mode != "bm25":
+            self._check_embedder(info)
+            with timer.stage("embed"):
+                qvec = self.embedder.embed_batch([query])[0].astype(np.float32)
+        else:
+            qvec = None
+        terms = self.analyzer.term_counts(query)
+        cond = compile_conditions(filters, principal)
+        k = options.top_k
+        n = max(options.candidates, k)
+        with timer.stage("retrieve"), self.repo.db.snapshot() as conn:
+            exact = False
+            if cond.restrictive and qvec is not None:
+                with timer.stage("count"):
+                    matching = count_matching(conn, info, cond, options.exact_scan_threshold + 1)
+                exact = matching <= options.exact_scan_threshold
+            else:
+                matching = info.n_chunks
+            dense: dict[int, float] = {}
+            bm25: dict[int, float] = {}
+            wanted = k if options.mode != "hybrid" else n
+            if qvec is not None:
+                with timer.stage("dense"):
+                    ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=exact)
+                    if len(ranked) < min(wanted, matching) and not exact:
+                        # the index ran out of candidates before enough rows passed the filters
+                        ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search,
+                                              exact=True)
+                        exact = True
+                dense = dict(ranked)
+            if options.mode != "dense":
+                with timer.stage("bm25"):
+                    bm25 = dict(bm25_search(conn, info, terms, wanted, cond, options.bm25))
+            with timer.stage("fuse"):
+                if options.mode == "dense":
+                    fused = dense
+                elif options.mode == "bm25":
+                    fused = bm25
+                elif options.fusion == "rrf":
+                    fused = fusion.rrf({"dense": list(dense), "bm25": list(bm25)}, options.rrf_k)
+                else:
+                    assert qvec is not None
+                    missing_dense = [i for i in bm25 if i not in dense]
+                    missing_bm25 = [i for i in dense if i not in bm25]
+                    dense.update(dense_scores_for(conn, info, qvec, missing_dense))
+                    bm25.update(bm25_scores_for(conn, info, terms, missing_bm25, options.bm25))
+                    for i in missing_bm25:
+                        bm25.setdefault(i, 0.0)
+                    fused = fusion.convex(
+                        {"dense": dense, "bm25": bm25},
+                        {"dense": options.dense_weight, "bm25": 1.0 - options.dense_weight},
+                    )
+                top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            with timer.stage("fetch"):
+                rows = fetch_chunks(conn, [i for i, _ in top])
+        hits = []
+        for rank, (chunk_id, score) in enumerate(top, start=1):
+            r = rows[chunk_id]
+            by_source = {}
+            if chunk_id in dense:
+                by_source["dense"] = dense[chunk_id]
+            if chunk_id in bm25:
+                by_source["bm25"] = bm25[chunk_id]
+            hits.append(Hit(
+                chunk=Chunk(ordinal=r["ordinal"], text=r["body"], start=r["start_char"], end=r["end_char"],
+                            heading=r["heading"], tokens=r["tokens"], id=chunk_id, document_id=r["document_id"]),
+                score=score, rank=rank, uri=r["uri"], document_id=r["document_id"], metadata=r["metadata"],
+                scores_by_source=by_source,
+            ))
+        timings = dict(timer.timings_ms)
+        timings["search"] = timings.get("retrieve", 0.0)
+        trace_id = None
+        if self.traces is not None:
+            with timer.stage("trace"):
+                trace_id = self.traces.write(TraceRecord(
+                    kind="search", principal=principal, collection=collection, query=query,
+                    params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
+                            "dense_weight": options.dense_weight, "exact_scan": exact,
+                            "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
+                    results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
+                              "scores": h.scores_by_source} for h in hits],
+                    timings_ms=timings,
+                ))
+        return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
+
+    def _check_embedder(self, info: CollectionInfo) -> None:
+        if info.embedder != self.embedder.name or info.dimension != self.embedder.dimension:
+            raise EmbedderMismatchError(
+                f"collection {info.name!r} was built with embedder {info.embedder!r} ({info.dimension}-d) but "
+                f"the configured embedder is {self.embedder.name!r} ({self.embedder.dimension}-d); "
+                f"set embedder = {info.embedder!r} to query it"
+            )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class CollectionRetriever:
+    """The ``Retriever`` protocol over one collection and a fixed mode."""
+
+    def __init__(self, searcher: Searcher, collection: str, options: SearchOptions) -> None:
+        self.searcher = searcher
+        self.collection = collection
+        self.options = options
+
+    def retrieve(self, query: str, *, top_k: int = 10, filters: Sequence[Filter] = (),
+                 principal: Principal | None = None) -> list[Hit]:
+        opts = SearchOptions(**{**self.options.__dict__, "top_k": top_k})
+        return self.searcher.search(self.collection, query, opts, filters=filters,
+                                    principal=principal or Principal()).hits

@@ -1,0 +1,155 @@
+"""Configuration as data: defaults, overridden by ``ragtune.toml`` and then by ``RAGTUNE_*`` variables.
+
+``Settings.load()`` reads ``ragtune.toml`` from the working directory (or the file named by
+``RAGTUNE_CONFIG``); every field can also be set as ``RAGTUNE_<FIELD>`` (upper case). Unknown keys
+and impossible values are refused with the key named, at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError
+
+FUSION_METHODS = ("convex", "rrf")
+SEARCH_MODES = ("dense", "bm25", "hybrid")
+SECRET_FIELDS = frozenset({"database_url"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".ragtune")
+    # An external PostgreSQL (with pgvector) instead of the embedded server in data_dir.
+    database_url: str | None = None
+    embedder: str = "minilm"
+    default_collection: str = "default"
+    chunk_max_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+    max_file_bytes: int = 25 * 1024 * 1024
+    embed_batch_size: int = 64
+    # Retrieval
+    default_mode: str = "hybrid"
+    fusion: str = "convex"
+    # Weight of the dense score in convex fusion; chosen by measurement (see README).
+    hybrid_dense_weight: float = 0.5
+    rrf_k: int = 60
+    candidates: int = 100
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 100
+    # Below this many matching chunks a filtered dense search scans exactly instead of the index.
+    exact_scan_threshold: int = 5000
+    cache_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool]] = [
+            ("chunk_max_tokens", self.chunk_max_tokens > 0),
+            ("chunk_overlap_tokens", 0 <= self.chunk_overlap_tokens < self.chunk_max_tokens),
+            ("max_file_bytes", self.max_file_bytes > 0),
+            ("embed_batch_size", self.embed_batch_size > 0),
+            ("default_mode", self.default_mode in SEARCH_MODES),
+            ("fusion", self.fusion in FUSION_METHODS),
+            ("hybrid_dense_weight", 0.0 <= self.hybrid_dense_weight <= 1.0),
+            ("rrf_k", self.rrf_k > 0),
+            ("candidates", self.candidates > 0),
+            ("bm25_k1", self.bm25_k1 >= 0),
+            ("bm25_b", 0.0 <= self.bm25_b <= 1.0),
+            ("hnsw_m", 2 <= self.hnsw_m <= 100),
+            ("hnsw_ef_construction", self.hnsw_ef_construction >= 2 * self.hnsw_m),
+            ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000),
+            ("exact_scan_threshold", self.exact_scan_threshold >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        env = os.environ.get("RAGTUNE_CACHE_DIR")
+        if env:
+            return Path(env)
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("ragtune"))
+
+    def replace(self, **changes: Any) -> Settings:
+        return _coerce(dataclasses.replace, self, changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything but secrets, for ``ragtune config show``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = _redact_url(str(value))
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        path = config_file or (Path(os.environ["RAGTUNE_CONFIG"]) if "RAGTUNE_CONFIG" in os.environ else None)
+        if path is None and Path("ragtune.toml").is_file():
+            path = Path("ragtune.toml")
+        if path is not None:
+            try:
+                with open(path, "rb") as fh:
+                    raw = tomllib.load(fh)
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {path}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+            values.update(raw.get("ragtune", raw))
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for name in names:
+            env = os.environ.get(f"RAGTUNE_{name.upper()}")
+            if env is not None and env != "":
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}{f' in {path}' if path else ''}")
+        return _coerce(lambda base, kw: cls(**kw), None, values)
+
+
+def _coerce(build: Any, base: Settings | None, values: dict[str, Any]) -> Settings:
+    """Convert strings from TOML/env into each field's type, naming the key on failure."""
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in types:
+            raise ConfigError(f"unknown setting {key}")
+        kind = str(types[key])
+        try:
+            if "Path" in kind:
+                converted[key] = None if value is None else Path(value)
+            elif kind == "int":
+                converted[key] = int(value)
+            elif kind == "float":
+                converted[key] = float(value)
+            else:
+                converted[key] = value
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid setting {key}={value!r}: expected {kind}") from None
+    return build(base, **converted) if base is not None else build(None, converted)
+
+
+def _redact_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url

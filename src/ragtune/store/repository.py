@@ -1,0 +1,351 @@
+"""Reads and writes of collections, documents, chunks and the lexical index.
+
+Every change to one document happens in one transaction that first locks its collection row:
+chunks, vectors, postings, document frequencies and the collection's BM25 statistics move
+together, so readers (who use a snapshot) see either the old version or the new one, and BM25
+statistics stay exact under inserts and deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ragtune.errors import EmbedderMismatchError, NotFoundError, QueryError
+from ragtune.models import Chunk, Document
+from ragtune.store.database import Database
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    embedder: str
+    dimension: int
+    n_chunks: int
+    total_len: int
+    documents: int = 0
+
+
+@dataclass(frozen=True)
+class ExistingDocument:
+    id: int
+    content_hash: str
+    version: int
+    metadata: dict[str, Any]
+    acl: tuple[str, ...]
+
+
+@dataclass
+class PreparedDocument:
+    """A document ready to be written: chunks with vectors and lexical term counts."""
+
+    uri: str
+    title: str | None
+    text: str
+    content_hash: str
+    metadata: dict[str, Any]
+    acl: tuple[str, ...]
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    term_counts: list[Counter[str]]
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Repository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- collections -------------------------------------------------------------------------
+    def ensure_collection(self, name: str, embedder: str, dimension: int, *, m: int, ef_construction: int
+                          ) -> CollectionInfo:
+        if not name or len(name) > 200:
+            raise QueryError(f"invalid collection name {name!r}")
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO collections (name, embedder, dimension) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, embedder, dimension),
+            )
+            info = self._collection(conn, name)
+            if info.embedder != embedder or info.dimension != dimension:
+                raise EmbedderMismatchError(
+                    f"collection {name!r} was built with embedder {info.embedder!r} ({info.dimension}-d), "
+                    f"not {embedder!r} ({dimension}-d): use the same embedder or another collection"
+                )
+            # The partial HNSW index over the typed cast is what makes one table hold collections
+            # of different dimensions; the query must repeat the same expression and predicate.
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {} ON chunks USING hnsw ((embedding::vector({})) vector_cosine_ops)"
+                    " WITH (m = {}, ef_construction = {}) WHERE collection_id = {}"
+                ).format(
+                    sql.Identifier(f"chunks_hnsw_{info.id}"), sql.Literal(dimension), sql.Literal(m),
+                    sql.Literal(ef_construction), sql.Literal(info.id),
+                )
+            )
+        return info
+
+    def collection(self, name: str, conn: psycopg.Connection | None = None) -> CollectionInfo:
+        if conn is not None:
+            return self._collection(conn, name)
+        with self.db.connection() as c:
+            return self._collection(c, name)
+
+    @staticmethod
+    def _collection(conn: psycopg.Connection, name: str) -> CollectionInfo:
+        row = conn.execute(
+            "SELECT id, name, embedder, dimension, n_chunks, total_len,"
+            " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents"
+            " FROM collections c WHERE name = %s",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no collection named {name!r}")
+        return CollectionInfo(**row)
+
+    def collections(self) -> list[CollectionInfo]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, name, embedder, dimension, n_chunks, total_len,"
+                " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents"
+                " FROM collections c ORDER BY name"
+            ).fetchall()
+        return [CollectionInfo(**r) for r in rows]
+
+    def drop_collection(self, name: str) -> None:
+        with self.db.transaction() as conn:
+            info = self._collection(conn, name)
+            conn.execute(
+                "DELETE FROM postings p USING chunks c WHERE c.collection_id = %s AND p.chunk_id = c.id",
+                (info.id,),
+            )
+            conn.execute("DELETE FROM chunks WHERE collection_id = %s", (info.id,))
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"chunks_hnsw_{info.id}")))
+            conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
+
+    # -- documents ---------------------------------------------------------------------------
+    def existing(self, collection_id: int, uris: Sequence[str]) -> dict[str, ExistingDocument]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, uri, content_hash, version, metadata, acl FROM documents"
+                " WHERE collection_id = %s AND uri = ANY(%s)",
+                (collection_id, list(uris)),
+            ).fetchall()
+        return {
+            r["uri"]: ExistingDocument(r["id"], r["content_hash"], r["version"], r["metadata"], tuple(r["acl"]))
+            for r in rows
+        }
+
+    def write_document(self, info: CollectionInfo, doc: PreparedDocument) -> str:
+        """Insert or replace one document atomically; returns "added" or "updated"."""
+        lex_lens = [sum(c.values()) for c in doc.term_counts]
+        with self.db.transaction() as conn:
+            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (info.id,))
+            row = conn.execute(
+                "SELECT id FROM documents WHERE collection_id = %s AND uri = %s", (info.id, doc.uri)
+            ).fetchone()
+            if row is not None:
+                document_id = row["id"]
+                self._remove_chunks(conn, info.id, [document_id])
+                conn.execute(
+                    "UPDATE documents SET content_hash = %s, version = version + 1, title = %s, body = %s,"
+                    " metadata = %s, acl = %s, updated_at = now() WHERE id = %s",
+                    (doc.content_hash, doc.title, doc.text, Jsonb(doc.metadata), list(doc.acl), document_id),
+                )
+                status = "updated"
+            else:
+                document_id = conn.execute(
+                    "INSERT INTO documents (collection_id, uri, content_hash, title, body, metadata, acl)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    (info.id, doc.uri, doc.content_hash, doc.title, doc.text, Jsonb(doc.metadata), list(doc.acl)),
+                ).fetchone()["id"]  # type: ignore[index]
+                status = "added"
+            self._insert_chunks(conn, info, document_id, doc, lex_lens)
+        return status
+
+    def update_document_attributes(self, collection_id: int, uri: str, metadata: dict[str, Any],
+                                   acl: Sequence[str]) -> None:
+        """Same text, new metadata or ACL: no re-embedding, but chunks get the new copies too."""
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "UPDATE documents SET metadata = %s, acl = %s, version = version + 1, updated_at = now()"
+                " WHERE collection_id = %s AND uri = %s RETURNING id",
+                (Jsonb(metadata), list(acl), collection_id, uri),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no document {uri!r}")
+            conn.execute(
+                "UPDATE chunks SET metadata = %s, acl = %s WHERE document_id = %s",
+                (Jsonb(metadata), list(acl), row["id"]),
+            )
+
+    def delete_documents(self, collection_id: int, uris: Sequence[str]) -> int:
+        if not uris:
+            return 0
+        with self.db.transaction() as conn:
+            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
+            ids = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM documents WHERE collection_id = %s AND uri = ANY(%s)",
+                    (collection_id, list(uris)),
+                ).fetchall()
+            ]
+            if ids:
+                self._remove_chunks(conn, collection_id, ids)
+                conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (ids,))
+        return len(ids)
+
+    def documents(self, collection_id: int, *, prefix: str | None = None, limit: int | None = None,
+                  offset: int = 0) -> list[Document]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
+                " d.title, d.updated_at::text AS updated_at,"
+                " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) AS chunk_count"
+                " FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE d.collection_id = %s AND (%s::text IS NULL OR starts_with(d.uri, %s::text))"
+                " ORDER BY d.uri LIMIT %s OFFSET %s",
+                (collection_id, prefix, prefix, limit, offset),
+            ).fetchall()
+        return [_document(r) for r in rows]
+
+    def document(self, collection_id: int, uri: str) -> tuple[Document, str, list[Chunk]]:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
+                " d.title, d.updated_at::text AS updated_at, d.body,"
+                " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) AS chunk_count"
+                " FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE d.collection_id = %s AND d.uri = %s",
+                (collection_id, uri),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no document {uri!r} in this collection")
+            chunks = conn.execute(
+                "SELECT id, document_id, ordinal, body AS text, start_char AS start, end_char AS end,"
+                " heading, tokens FROM chunks WHERE document_id = %s ORDER BY ordinal",
+                (row["id"],),
+            ).fetchall()
+        body = row.pop("body")
+        return _document(row), body, [Chunk(**c) for c in chunks]
+
+    # -- embedding cache ---------------------------------------------------------------------
+    def cached_embeddings(self, model: str, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        if not hashes:
+            return {}
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT text_hash, embedding FROM embedding_cache WHERE model = %s AND text_hash = ANY(%s)",
+                (model, list(hashes)),
+            ).fetchall()
+        return {bytes(r["text_hash"]): _as_array(r["embedding"]) for r in rows}
+
+    def store_embeddings(self, model: str, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
+        rows = list(items)
+        if not rows:
+            return
+        with self.db.transaction() as conn:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS embedding_staging"
+                         " (text_hash bytea, embedding vector) ON COMMIT DELETE ROWS")
+            with conn.cursor().copy("COPY embedding_staging (text_hash, embedding) FROM STDIN") as cp:
+                for h, vec in rows:
+                    cp.write_row((h, vec))
+            conn.execute(
+                "INSERT INTO embedding_cache (model, text_hash, embedding)"
+                " SELECT %s, text_hash, embedding FROM embedding_staging ON CONFLICT DO NOTHING",
+                (model,),
+            )
+
+    # -- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _remove_chunks(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+        conn.execute(
+            "WITH gone AS ("
+            "  DELETE FROM postings p USING chunks c"
+            "  WHERE c.document_id = ANY(%s) AND p.chunk_id = c.id RETURNING p.term_id)"
+            " UPDATE terms t SET df = t.df - g.n"
+            " FROM (SELECT term_id, count(*) AS n FROM gone GROUP BY term_id) g WHERE t.id = g.term_id",
+            (document_ids,),
+        )
+        conn.execute(
+            "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING lex_len)"
+            " UPDATE collections SET n_chunks = n_chunks - (SELECT count(*) FROM gone),"
+            " total_len = total_len - (SELECT coalesce(sum(lex_len), 0) FROM gone) WHERE id = %s",
+            (document_ids, collection_id),
+        )
+
+    @staticmethod
+    def _insert_chunks(conn: psycopg.Connection, info: CollectionInfo, document_id: int,
+                       doc: PreparedDocument, lex_lens: list[int]) -> None:
+        n = len(doc.chunks)
+        if n == 0:
+            return
+        if doc.vectors.shape != (n, info.dimension):
+            raise EmbedderMismatchError(
+                f"{doc.uri}: vectors of shape {doc.vectors.shape} for {n} chunks of a {info.dimension}-d collection"
+            )
+        ids = [r["id"] for r in conn.execute(
+            "SELECT nextval('chunks_id_seq') AS id FROM generate_series(1, %s)", (n,)
+        ).fetchall()]
+        meta = Jsonb(doc.metadata)
+        acl = list(doc.acl)
+        with conn.cursor().copy(
+            "COPY chunks (id, document_id, collection_id, ordinal, body, start_char, end_char, heading,"
+            " tokens, lex_len, metadata, acl, embedding) FROM STDIN"
+        ) as cp:
+            for cid, chunk, vec, lex_len in zip(ids, doc.chunks, doc.vectors, lex_lens, strict=True):
+                cp.write_row((cid, document_id, info.id, chunk.ordinal, chunk.text, chunk.start, chunk.end,
+                              chunk.heading, chunk.tokens, lex_len, meta, acl, vec))
+        # Document frequency counts chunks containing a term (the chunk is the BM25 "document").
+        df: Counter[str] = Counter()
+        for counts in doc.term_counts:
+            df.update(counts.keys())
+        if df:
+            vocab = sorted(df)  # a fixed lock order; the collection lock already serialises writers
+            term_ids = {
+                r["term"]: r["id"]
+                for r in conn.execute(
+                    "INSERT INTO terms (collection_id, term, df)"
+                    " SELECT %s, t, n FROM unnest(%s::text[], %s::int[]) AS x(t, n) ORDER BY t"
+                    " ON CONFLICT (collection_id, term) DO UPDATE SET df = terms.df + EXCLUDED.df"
+                    " RETURNING id, term",
+                    (info.id, vocab, [df[t] for t in vocab]),
+                ).fetchall()
+            }
+            with conn.cursor().copy("COPY postings (term_id, chunk_id, tf, dl) FROM STDIN") as cp:
+                for cid, counts, lex_len in zip(ids, doc.term_counts, lex_lens, strict=True):
+                    for term, tf in counts.items():
+                        cp.write_row((term_ids[term], cid, tf, lex_len))
+        conn.execute(
+            "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s WHERE id = %s",
+            (n, sum(lex_lens), info.id),
+        )
+
+
+def _document(row: dict[str, Any]) -> Document:
+    row = dict(row)
+    row["acl"] = tuple(row["acl"])
+    return Document(**row)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32, copy=False)
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
