@@ -184,10 +184,11 @@ class Ragtune:
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
                filters: Sequence[Filter | str] | dict[str, Any] | None = None,
-               principal: Principal | None = None, **options: Any) -> SearchResult:
+               principal: Principal | None = None, query_vector: Any = None, **options: Any) -> SearchResult:
         opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=top_k, **options)
         return self.searcher.search(collection or self.settings.default_collection, query, opts,
-                                    filters=as_filters(filters), principal=principal or Principal())
+                                    filters=as_filters(filters), principal=principal or Principal(),
+                                    query_vector=query_vector)
 
     def close(self) -> None:
         if self._database is not None:

@@ -75,15 +75,19 @@ class Searcher:
         self.traces = traces
 
     def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
-               principal: Principal) -> SearchResult:
+               principal: Principal, query_vector: np.ndarray | None = None) -> SearchResult:
+        """``query_vector`` lets a caller that embedded many queries in one batch skip re-embedding."""
         if not query or not query.strip():
             raise QueryError("empty query")
         timer = StageTimer()
         info = self.repo.collection(collection)
         if options.mode != "bm25":
             self._check_embedder(info)
-            with timer.stage("embed"):
-                qvec = self.embedder.embed_batch([query])[0].astype(np.float32)
+            if query_vector is not None:
+                qvec = np.asarray(query_vector, dtype=np.float32)
+            else:
+                with timer.stage("embed"):
+                    qvec = self.embedder.embed_batch([query])[0].astype(np.float32)
         else:
             qvec = None
         terms = self.analyzer.term_counts(query)

@@ -1,1 +1,16 @@
+"""Loaders: one module per file format, chosen by suffix through a small registry.
 
+    loader = loader_for(path, LoaderOptions(max_file_bytes=...))
+    for document in loader.load(path):   # Iterator[LoadedDocument]
+        ...
+
+Every loader refuses files over ``max_file_bytes`` from their size alone, refuses empty and
+whitespace-only documents (``EmptyDocumentError``), and records ``source_path`` and ``format`` in
+metadata (never timestamps, so equal content hashes equal).
+"""
+
+from ragtune.ingest.loaders.base import LoaderOptions
+from ragtune.ingest.loaders.discover import iter_files
+from ragtune.ingest.loaders.registry import loader_for, register_loader, supported_suffixes
+
+__all__ = ["LoaderOptions", "iter_files", "loader_for", "register_loader", "supported_suffixes"]

@@ -1,0 +1,92 @@
+"""What every loader shares: its options and the checks made before and after parsing.
+
+Loaders are plain classes with a ``load(source)`` method (the ``Loader`` protocol); they do not
+inherit from anything. They call these helpers so that every format refuses oversized, missing
+and empty inputs the same way, with the same error types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError, EmptyDocumentError, FileTooLargeError, IngestError
+
+DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """Options understood by the built-in loaders (each reads only the ones it needs).
+
+    ``metadata_fields`` / ``text_field`` / ``id_field`` / ``title_field`` are for JSON and JSON
+    Lines records; ``metadata_fields=None`` means "every other scalar field".
+    """
+
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    text_field: str = "text"
+    metadata_fields: Sequence[str] | None = None  # stored as a tuple
+    id_field: str | None = None
+    title_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int):
+            raise ConfigError(f"max_file_bytes must be an integer, got {self.max_file_bytes!r}")
+        if self.max_file_bytes <= 0:
+            raise ConfigError(f"max_file_bytes must be greater than 0, got {self.max_file_bytes!r}")
+        if not self.text_field:
+            raise ConfigError(f"text_field must be a non-empty field name, got {self.text_field!r}")
+        if self.metadata_fields is not None:
+            if isinstance(self.metadata_fields, str):
+                raise ConfigError(
+                    f"metadata_fields must be a list of field names, got the string {self.metadata_fields!r}"
+                )
+            # Accept any iterable (a list from TOML); store a tuple so the options stay hashable.
+            object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
+
+
+def check_size(path: Path, options: LoaderOptions) -> int:
+    """Refuse a missing, oversized or empty file from its ``stat`` alone, before reading a byte."""
+    source = str(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise IngestError(source, "no such file") from exc
+    except OSError as exc:
+        raise IngestError(source, f"cannot stat file: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise IngestError(source, "not a regular file")
+    if stat.st_size > options.max_file_bytes:
+        raise FileTooLargeError(
+            source, f"{stat.st_size} bytes is over max_file_bytes={options.max_file_bytes}"
+        )
+    if stat.st_size == 0:
+        raise EmptyDocumentError(source, "empty file (0 bytes)")
+    return stat.st_size
+
+
+def read_checked(path: Path, options: LoaderOptions) -> bytes:
+    """The file's bytes, after ``check_size``; the read is capped in case the file grew since."""
+    check_size(path, options)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(options.max_file_bytes + 1)
+    except OSError as exc:
+        raise IngestError(str(path), f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > options.max_file_bytes:
+        raise FileTooLargeError(str(path), f"over max_file_bytes={options.max_file_bytes} while reading")
+    return data
+
+
+def require_text(text: str, source: str) -> str:
+    """Return ``text`` unless it has nothing but whitespace, which no chunk could come from."""
+    if not text.strip():
+        raise EmptyDocumentError(source, "no text (only whitespace)" if text else "no text")
+    return text
+
+
+def base_metadata(path: Path, fmt: str) -> dict[str, Any]:
+    """Metadata every loader records. No timestamps: equal content must hash equal."""
+    return {"source_path": str(path), "format": fmt}

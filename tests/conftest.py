@@ -1,0 +1,93 @@
+"""Shared fixtures: one real PostgreSQL per test session (the embedded server, or the server in
+RAGTUNE_TEST_DATABASE_URL), a fresh database per test cloned from a migrated template, and the real
+embedder loaded once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TEMPLATE = "ragtune_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RAGTUNE_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from ragtune.store.server import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> str:
+    from ragtune.store.database import Database
+
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    db = Database(make_conninfo(pg_admin_url, dbname=TEMPLATE))
+    db.migrate()
+    db.close()
+    return TEMPLATE
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield make_conninfo(pg_admin_url, dbname=name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("RAGTUNE_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def embedder(cache_dir: Path):  # type: ignore[no-untyped-def]
+    from ragtune.ingest.embedders import make_embedder
+
+    emb = make_embedder("minilm", cache_dir=cache_dir)
+    emb.embed_batch(["warm up"])
+    return emb
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, cache_dir: Path):  # type: ignore[no-untyped-def]
+    from ragtune.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, cache_dir=cache_dir)
+
+
+@pytest.fixture
+def rt(settings, embedder) -> Iterator:  # type: ignore[no-untyped-def]
+    from ragtune.engine import Ragtune
+
+    engine = Ragtune(settings, embedder=embedder)
+    try:
+        yield engine
+    finally:
+        engine.close()
