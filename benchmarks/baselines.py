@@ -68,9 +68,9 @@ class Bm25sBaseline:
 
     Indexes in the constructor (a benchmark yardstick is built to be used at once; the time is
     kept in ``index_seconds``). ``include_title=False`` indexes the text alone: the SQuAD anchor
-    0.886 was measured that way (0.888 with titles); on HotpotQA titles matter (0.727 vs 0.672). Queries are tokenised the same way as documents; terms the corpus
-    never saw are dropped by bm25s; a query left with no known term scores every document 0 and
-    returns no hits.
+    0.886 was measured that way (0.888 with titles); on HotpotQA titles matter (0.727 vs 0.672).
+    Queries are tokenised the same way as documents; terms the corpus never saw are dropped by
+    bm25s, and a query left with no known term scores every document 0 and returns no hits.
     """
 
     def __init__(
@@ -93,24 +93,28 @@ class Bm25sBaseline:
         self.vocab_size = len(tokens.vocab)
 
     def _tokenize(self, texts: list[str]) -> list[list[str]]:
-        out = self._bm25s.tokenize(
+        out: list[list[str]] = self._bm25s.tokenize(
             texts, stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False
         )
-        return out  # type: ignore[no-any-return]
+        return out
 
     def _retrieve(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.doc_ids))
         docs, scores = self.retriever.retrieve(self._tokenize(texts), k=k, show_progress=False, n_threads=0)
         return docs, scores
 
-    def search(self, queries: Mapping[str, str], k: int = 10, *, batch_size: int = 512) -> dict[str, dict[str, float]]:
+    def search(
+        self, queries: Mapping[str, str], k: int = 10, *, batch_size: int = 512
+    ) -> dict[str, dict[str, float]]:
         """Top-``k`` documents per query as a run; documents scoring 0 (no shared term) are left out."""
         qids, texts = list(queries), list(queries.values())
         run: dict[str, dict[str, float]] = {}
         for lo in range(0, len(texts), batch_size):
             docs, scores = self._retrieve(texts[lo : lo + batch_size], k)
             for qid, row_docs, row_scores in zip(qids[lo : lo + batch_size], docs, scores, strict=True):
-                run[qid] = {self.doc_ids[int(d)]: float(s) for d, s in zip(row_docs, row_scores, strict=True) if s > 0}
+                run[qid] = {
+                    self.doc_ids[int(d)]: float(s) for d, s in zip(row_docs, row_scores, strict=True) if s > 0
+                }
         return run
 
     def latency(self, queries: Sequence[str], k: int = 10, *, warmup: int = 50) -> Latency:

@@ -19,10 +19,11 @@ import platform
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from baselines import Bm25sBaseline
 
-from ragtune.evaluate.datasets import load_dataset
+from ragtune.evaluate.datasets import RetrievalDataset, load_dataset
 from ragtune.evaluate.metrics import retrieval_metrics
 
 MEASURES = ("nDCG@10", "R@5", "R@10", "MRR@10")
@@ -36,13 +37,15 @@ RUNS = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bm25s_reference.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "bm25s_reference.json"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="package cache (default: ragtune's)")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
 
-    results = []
-    loaded = {}
+    results: list[dict[str, Any]] = []
+    loaded: dict[str, RetrievalDataset] = {}
     for name, include_title, anchor in RUNS:
         if name not in loaded:
             loaded[name] = load_dataset(name, args.cache_dir)
@@ -59,23 +62,27 @@ def main(argv: list[str] | None = None) -> int:
                 "vocabulary": bm25.vocab_size,
                 "index_seconds": round(bm25.index_seconds, 3),
                 "metrics": {m: round(v, 4) for m, v in metrics.items()},
-                "latency_ms": {k: round(v, 3) if isinstance(v, float) else v for k, v in latency.as_dict().items()},
+                "latency_ms": {
+                    k: round(v, 3) if isinstance(v, float) else v for k, v in latency.as_dict().items()
+                },
                 "anchor_ndcg10": anchor,
             }
         )
         print(f"done {name} ({results[-1]['index_text']})", file=sys.stderr)
 
-    header = f"{'dataset':<9} {'index text':<13} {'docs':>6} {'queries':>7} " + " ".join(
-        f"{m:>8}" for m in MEASURES
-    ) + f" {'p50 ms':>7} {'p95 ms':>7} {'anchor':>7}"
+    header = (
+        f"{'dataset':<9} {'index text':<13} {'docs':>6} {'queries':>7} "
+        + " ".join(f"{m:>8}" for m in MEASURES)
+        + f" {'p50 ms':>7} {'p95 ms':>7} {'anchor':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        anchor = f"{r['anchor_ndcg10']:.3f}" if r["anchor_ndcg10"] is not None else "-"
+        shown = f"{r['anchor_ndcg10']:.3f}" if r["anchor_ndcg10"] is not None else "-"
         print(
             f"{r['dataset']:<9} {r['index_text']:<13} {r['documents']:>6} {r['queries']:>7} "
             + " ".join(f"{r['metrics'][m]:>8.4f}" for m in MEASURES)
-            + f" {r['latency_ms']['p50_ms']:>7.3f} {r['latency_ms']['p95_ms']:>7.3f} {anchor:>7}"
+            + f" {r['latency_ms']['p50_ms']:>7.3f} {r['latency_ms']['p95_ms']:>7.3f} {shown:>7}"
         )
 
     report = {

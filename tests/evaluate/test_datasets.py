@@ -132,7 +132,9 @@ def test_hotpot_limit_keeps_full_corpus_unless_subset(hotpot: RetrievalDataset) 
 
 
 def _fake_hotpot(context: Any, supporting: Any) -> list[dict[str, Any]]:
-    return [{"_id": "q1", "question": "Who?", "answer": "A", "context": context, "supporting_facts": supporting}]
+    return [
+        {"_id": "q1", "question": "Who?", "answer": "A", "context": context, "supporting_facts": supporting}
+    ]
 
 
 def test_hotpot_accepts_python_literal_strings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,7 +161,9 @@ def test_hotpot_malformed_record_names_it(monkeypatch: pytest.MonkeyPatch) -> No
 # -------------------------------------------------------------------------------------------- BEIR
 
 
-def _write_beir(root: Path, *, corpus: list[str], queries: list[str], qrels: str, split: str = "test") -> Path:
+def _write_beir(
+    root: Path, *, corpus: list[str], queries: list[str], qrels: str, split: str = "test"
+) -> Path:
     (root / "qrels").mkdir(parents=True)
     (root / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
     (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
@@ -181,7 +185,9 @@ GOOD_QUERIES = [
 
 def test_beir_loads_a_small_folder(tmp_path: Path) -> None:
     root = _write_beir(
-        tmp_path / "tiny", corpus=GOOD_CORPUS, queries=GOOD_QUERIES,
+        tmp_path / "tiny",
+        corpus=GOOD_CORPUS,
+        queries=GOOD_QUERIES,
         qrels="query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\t3\t0\nq2\td2\t1\n",
     )
     ds = load_beir(root)
@@ -194,7 +200,9 @@ def test_beir_loads_a_small_folder(tmp_path: Path) -> None:
 
 
 def test_beir_other_split(tmp_path: Path) -> None:
-    root = _write_beir(tmp_path / "t", corpus=GOOD_CORPUS, queries=GOOD_QUERIES, qrels="q2\td2\t1\n", split="dev")
+    root = _write_beir(
+        tmp_path / "t", corpus=GOOD_CORPUS, queries=GOOD_QUERIES, qrels="q2\td2\t1\n", split="dev"
+    )
     assert load_beir(root, split="dev").qrels == {"q2": {"d2": 1}}
     with pytest.raises(DatasetError, match=r"test\.tsv"):
         load_beir(root)
@@ -203,11 +211,31 @@ def test_beir_other_split(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("corpus", "queries", "qrels", "match"),
     [
-        ([*GOOD_CORPUS[:1], '{"_id": "d2", "text": '], GOOD_QUERIES, "q1\td1\t1\n", r"corpus\.jsonl:2: invalid JSON"),
+        (
+            [*GOOD_CORPUS[:1], '{"_id": "d2", "text": '],
+            GOOD_QUERIES,
+            "q1\td1\t1\n",
+            r"corpus\.jsonl:2: invalid JSON",
+        ),
         (GOOD_CORPUS, [*GOOD_QUERIES, '["q4"]'], "q1\td1\t1\n", r"queries\.jsonl:4: expected a JSON object"),
-        ([json.dumps({"_id": "d1", "title": "t"})], GOOD_QUERIES, "q1\td1\t1\n", r"corpus\.jsonl:1: missing field 'text'"),
-        ([*GOOD_CORPUS, GOOD_CORPUS[0]], GOOD_QUERIES, "q1\td1\t1\n", r"corpus\.jsonl:4: duplicate document id 'd1'"),
-        (GOOD_CORPUS, GOOD_QUERIES, "h1\th2\th3\nq1\td1\thigh\n", r"test\.tsv:2: score 'high' is not an integer"),
+        (
+            [json.dumps({"_id": "d1", "title": "t"})],
+            GOOD_QUERIES,
+            "q1\td1\t1\n",
+            r"corpus\.jsonl:1: missing field 'text'",
+        ),
+        (
+            [*GOOD_CORPUS, GOOD_CORPUS[0]],
+            GOOD_QUERIES,
+            "q1\td1\t1\n",
+            r"corpus\.jsonl:4: duplicate document id 'd1'",
+        ),
+        (
+            GOOD_CORPUS,
+            GOOD_QUERIES,
+            "h1\th2\th3\nq1\td1\thigh\n",
+            r"test\.tsv:2: score 'high' is not an integer",
+        ),
         (GOOD_CORPUS, GOOD_QUERIES, "q1\td1\t1\nq2 d2 1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
         (GOOD_CORPUS, GOOD_QUERIES, "q1\td1\t1\nq9\td1\t1\n", r"test\.tsv:2: query id 'q9' is not in"),
         (GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\n", r"has no judgments"),
@@ -275,5 +303,14 @@ def test_read_member_from_zip_and_tar(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="several members"):
         read_member(tpath, "x.json")
     (tmp_path / "junk.whl").write_bytes(b"not an archive")
-    with pytest.raises(DatasetError, match="junk.whl"):
+    with pytest.raises(DatasetError, match=r"junk\.whl"):
         read_member(tmp_path / "junk.whl", "x.json")
+
+
+def test_default_cache_dir_follows_ragtune_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.evaluate.packages import default_cache_dir
+
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "packages"
+    monkeypatch.delenv("RAGTUNE_CACHE_DIR")
+    assert default_cache_dir().parts[-2:] == ("ragtune", "packages")

@@ -58,14 +58,16 @@ def test_errors_name_the_bad_input() -> None:
         retrieval_metrics(QRELS, RUN, measures=("nDCG@ten",))
     with pytest.raises(QueryError, match="no query with a relevant document"):
         retrieval_metrics({"q": {"a": 0}}, {"q": {"a": 1.0}})
-    with pytest.raises(QueryError, match="'q'.*'a'"):
+    with pytest.raises(QueryError, match=r"'q'.*'a'"):
         retrieval_metrics({"q": {"a": 1}}, {"q": {"a": float("nan")}})
 
 
 # ------------------------------------------------------------------- independent implementation
 
 
-def _reference(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], k: int) -> dict[str, float]:
+def _reference(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], k: int
+) -> dict[str, float]:
     """Textbook definitions (trec_eval's: linear gain, log2(rank + 1) discount, binary rel >= 1)."""
     out: dict[str, list[float]] = {"ndcg": [], "r5": [], "r10": [], "rr": []}
     for qid, judged in qrels.items():

@@ -184,12 +184,16 @@ def load_hotpotqa(
                 corpus.setdefault(doc.id, doc)
                 by_title[doc.title] = doc.id
         except (KeyError, TypeError, ValueError, SyntaxError) as exc:
-            raise DatasetError(f"{where}: question #{i}: malformed record ({type(exc).__name__}: {exc})") from exc
+            raise DatasetError(
+                f"{where}: question #{i}: malformed record ({type(exc).__name__}: {exc})"
+            ) from exc
         if not in_scope:
             continue
         lost = supporting - by_title.keys()
         if lost:
-            raise DatasetError(f"{where}: question {qid}: supporting titles not in its context: {sorted(lost)}")
+            raise DatasetError(
+                f"{where}: question {qid}: supporting titles not in its context: {sorted(lost)}"
+            )
         if qid in queries:
             raise DatasetError(f"{where}: question id {qid} appears twice")
         queries[qid] = str(rec["question"])
@@ -224,7 +228,9 @@ def load_beir(path: Path | str, *, split: str = "test") -> RetrievalDataset:
         doc_id = _field(obj, "_id", where)
         if doc_id in corpus:
             raise DatasetError(f"{where}: duplicate document id {doc_id!r}")
-        corpus[doc_id] = CorpusDoc(doc_id, _field(obj, "title", where, default=""), _field(obj, "text", where))
+        corpus[doc_id] = CorpusDoc(
+            doc_id, _field(obj, "title", where, default=""), _field(obj, "text", where)
+        )
     all_queries: dict[str, str] = {}
     for where, obj in _jsonl(root / "queries.jsonl"):
         qid = _field(obj, "_id", where)
@@ -242,8 +248,12 @@ def load_beir(path: Path | str, *, split: str = "test") -> RetrievalDataset:
         raise DatasetError(f"{qrels_path} has no judgments")
     absent = {d for rels in qrels.values() for d in rels if d not in corpus}
     if absent:
-        log.warning("%s: %d judged documents are not in the corpus, e.g. %s", qrels_path, len(absent),
-                    sorted(absent)[:3])
+        log.warning(
+            "%s: %d judged documents are not in the corpus, e.g. %s",
+            qrels_path,
+            len(absent),
+            sorted(absent)[:3],
+        )
     queries = {q: all_queries[q] for q in qrels}
     return RetrievalDataset(f"beir:{root.name}", corpus, queries, qrels)
 
@@ -287,8 +297,10 @@ def _tsv(path: Path) -> Iterator[tuple[str, tuple[str, str, int]]]:
                 continue
             where = f"{path}:{n}"
             if len(row) != 3:
-                raise DatasetError(f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), "
-                                   f"got {len(row)}: {row!r}")
+                raise DatasetError(
+                    f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                    f"got {len(row)}: {row!r}"
+                )
             try:
                 score = int(row[2])
             except ValueError:

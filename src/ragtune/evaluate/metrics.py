@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
+from ir_measures import Measure
 
 from ragtune.errors import ConfigError, QueryError
 
@@ -28,10 +29,10 @@ Run = Mapping[str, Mapping[str, float]]
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "R@5", "R@10", "RR@10")
 
 
-def _parse(measures: Sequence[str]) -> list[tuple[str, object]]:
+def _parse(measures: Sequence[str]) -> list[tuple[str, Measure]]:
     if not measures:
         raise ConfigError("no measures given")
-    parsed = []
+    parsed: list[tuple[str, Measure]] = []
     for name in measures:
         try:
             parsed.append((name, ir_measures.parse_measure(name)))
@@ -67,7 +68,7 @@ def per_query_metrics(
     judged = _judged(qrels)
     canon = _canonical_run(run, judged)
     result: dict[str, dict[str, float]] = {q: dict.fromkeys(measures, 0.0) for q in judged}
-    by_measure: dict[object, list[str]] = {}
+    by_measure: dict[Measure, list[str]] = {}
     for name, measure in parsed:
         by_measure.setdefault(measure, []).append(name)
     # Queries with an empty run stay at 0; ir_measures would otherwise skip or score them by its
@@ -80,7 +81,9 @@ def per_query_metrics(
     return result
 
 
-def retrieval_metrics(qrels: Qrels, run: Run, *, measures: Sequence[str] = DEFAULT_MEASURES) -> dict[str, float]:
+def retrieval_metrics(
+    qrels: Qrels, run: Run, *, measures: Sequence[str] = DEFAULT_MEASURES
+) -> dict[str, float]:
     """Mean of each measure over the judged queries (see module docstring for which count).
 
     ``run[qid][doc_id] = score``, higher is better; only the order matters. Raises ``QueryError``

@@ -29,7 +29,8 @@ class HFTokenCounter:
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         if not isinstance(backend, Tokenizer):
             raise ConfigError(
-                f"HFTokenCounter needs a fast (Rust-backed) tokenizer with offset mapping, got {type(tokenizer)!r}"
+                "HFTokenCounter needs a fast (Rust-backed) tokenizer with offset mapping, "
+                f"got {type(tokenizer)!r}"
             )
         self._tokenizer = Tokenizer.from_str(backend.to_str())
         self._tokenizer.no_truncation()

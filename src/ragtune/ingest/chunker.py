@@ -1,0 +1,275 @@
+"""Structure-following chunking, measured in the embedder's own tokens.
+
+``StructuredChunker`` cuts a ``LoadedDocument`` into chunks that:
+
+* never cross a section (heading) boundary: each section is chunked on its own, and each chunk
+  carries the heading path (``"Intro > Setup"``) of the section it came from;
+* keep a section that fits the budget whole (exactly its stripped text, heading line included);
+  otherwise pack whole paragraphs, then sentences, then words, and only inside a single word
+  longer than the budget any token boundary;
+* overlap the previous chunk of the same section by up to ``overlap_tokens``, made of whole
+  sentences where some fit, else of whole words;
+* have exact offsets: ``document.text[chunk.start:chunk.end] == chunk.text``, with no
+  whitespace at either edge.
+
+Why it is built on token offsets: chunking must cost next to nothing beside embedding (tens of
+paragraphs per second), so the document is tokenised once, every candidate boundary
+(paragraph, sentence, word) is mapped to a token index, and cutting is index arithmetic; no
+piece is re-tokenised to see whether it fits. For WordPiece tokenizers (MiniLM, BERT) a cut at a
+word boundary tokenises exactly as the whole did, so ``chunk.tokens`` equals
+``count_tokens(chunk.text)``; the rare cut inside a word (a URL longer than the budget) is
+recounted and shrunk until it fits. Concession: for byte-level BPE or SentencePiece tokenizers,
+whose first token of a word includes the space before it, a chunk's real count can differ from
+``chunk.tokens`` by about one token.
+
+A section consisting of its heading line alone (a heading immediately followed by a
+subheading) yields no chunk of its own: the heading survives in its subsections' heading paths,
+and a chunk holding one heading line only adds noise to retrieval. A document made of nothing
+but headings still yields them.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Protocol, runtime_checkable
+
+from ragtune.errors import ConfigError
+from ragtune.models import Chunk, LoadedDocument
+
+# Strength of the boundary before a token: where a cut is preferred.
+_ANY, _WORD, _SENTENCE, _PARAGRAPH = 0, 1, 2, 3
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+# After a sentence terminator (and closing quotes/brackets) followed by space, after CJK
+# terminators, and after a single line break (list items, table rows, code lines).
+_SENTENCE_BREAK = re.compile(r"[.!?…][\"'”’)\]]*\s+|[。！？]\s*|\n\s*")
+# A chunk cut at a paragraph boundary must still be at least this full; otherwise a short
+# paragraph before a long one would become a chunk of its own.
+MIN_FILL = 0.5
+_ASCII_PUNCT = frozenset(string.punctuation)
+
+
+@runtime_checkable
+class OffsetTokenizer(Protocol):
+    """What the chunker needs from a tokenizer (``HFTokenCounter`` provides it)."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+
+@dataclass(frozen=True)
+class _Segment:
+    start: int
+    end: int
+    heading: str
+    heading_only: bool
+
+
+class StructuredChunker:
+    """``Chunker`` that follows headings, paragraphs and sentences under a token budget."""
+
+    def __init__(
+        self, token_counter: OffsetTokenizer, max_tokens: int = 256, overlap_tokens: int = 32
+    ) -> None:
+        if not isinstance(token_counter, OffsetTokenizer):
+            raise ConfigError(
+                "token_counter must provide count_tokens(text) and token_offsets(text) "
+                f"(e.g. HFTokenCounter), got {type(token_counter).__name__}"
+            )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise ConfigError(f"max_tokens must be an integer greater than 0, got {max_tokens!r}")
+        if (
+            isinstance(overlap_tokens, bool)
+            or not isinstance(overlap_tokens, int)
+            or not 0 <= overlap_tokens < max_tokens
+        ):
+            raise ConfigError(
+                f"overlap_tokens must be an integer with 0 <= overlap_tokens < max_tokens={max_tokens}, "
+                f"got {overlap_tokens!r}"
+            )
+        self.token_counter = token_counter
+        self.max_tokens = max_tokens
+        self.overlap_tokens = overlap_tokens
+        self._min_fill = max(1, int(max_tokens * MIN_FILL))
+
+    def split(self, document: LoadedDocument) -> list[Chunk]:
+        text = document.text
+        if not text.strip():
+            return []
+        offsets = self.token_counter.token_offsets(text)
+        if not document.sections and len(offsets) <= self.max_tokens:
+            # Fast path, the common case for paragraph-sized records: the whole text is one chunk.
+            start, end = _strip(text, 0, len(text))
+            return [Chunk(ordinal=0, text=text[start:end], start=start, end=end, tokens=len(offsets))]
+        starts, ends = _monotonic(offsets)
+        spans: list[tuple[int, int, int, str]] = []
+        for segment in _segments(document):
+            for start, end, tokens in self._split_segment(text, segment, starts, ends):
+                spans.append((start, end, tokens, segment.heading))
+        return [
+            Chunk(ordinal=i, text=text[start:end], start=start, end=end, heading=heading, tokens=tokens)
+            for i, (start, end, tokens, heading) in enumerate(spans)
+        ]
+
+    def _split_segment(
+        self, text: str, segment: _Segment, starts: list[int], ends: list[int]
+    ) -> list[tuple[int, int, int]]:
+        """(start, end, tokens) of the chunks of one section."""
+        cs, ce = _strip(text, segment.start, segment.end)
+        first, stop = bisect_left(starts, cs), bisect_left(starts, ce)
+        count = stop - first
+        if count == 0:  # only characters the tokenizer drops: nothing to embed
+            return []
+        if count <= self.max_tokens:
+            return [(cs, ce, count)]
+        strength = _boundaries(text, cs, ce, first, stop, starts, ends)
+        out: list[tuple[int, int, int]] = []
+        a, previous_end = first, first
+        while True:
+            limit = min(a + self.max_tokens, stop)
+            b = stop if limit == stop else self._cut(strength, first, max(a, previous_end) + 1, a, limit)
+            start, end, tokens, b = self._span(text, strength, (cs, ce), (first, stop), a, b, starts)
+            out.append((start, end, tokens))
+            if b == stop:
+                return out
+            a, previous_end = self._overlap_start(strength, first, a, b), b
+
+    def _cut(self, strength: bytearray, base: int, low: int, a: int, limit: int) -> int:
+        """Token index to end a chunk at in ``[low, limit]``: the strongest boundary, latest first."""
+        fill = max(low, a + self._min_fill)
+        best_filled = [-1] * 4  # latest boundary of each strength with the chunk at least MIN_FILL full
+        best_any = [-1] * 4
+        for k in range(limit, low - 1, -1):
+            level = strength[k - base]
+            if best_any[level] < 0:
+                best_any[level] = k
+                if k >= fill:
+                    best_filled[level] = k
+        for candidates in (best_filled, best_any):
+            for level in (_PARAGRAPH, _SENTENCE, _WORD):
+                if candidates[level] >= 0:
+                    return candidates[level]
+        return limit
+
+    def _overlap_start(self, strength: bytearray, base: int, a: int, b: int) -> int:
+        """Start of the chunk after ``[a, b)``: up to ``overlap_tokens`` back, at a sentence if one fits."""
+        if not self.overlap_tokens:
+            return b
+        low = max(a + 1, b - self.overlap_tokens)
+        for level in (_SENTENCE, _WORD):
+            for k in range(low, b):
+                if strength[k - base] >= level:
+                    return k
+        return low
+
+    def _span(
+        self,
+        text: str,
+        strength: bytearray,
+        segment: tuple[int, int],
+        tokens: tuple[int, int],
+        a: int,
+        b: int,
+        starts: list[int],
+    ) -> tuple[int, int, int, int]:
+        """(start, end, tokens, b) of the chunk for tokens ``[a, b)``; ``b`` shrinks if a cut word overflows.
+
+        The characters run to the next token, so characters the tokenizer skips stay in a chunk.
+        """
+        (cs, ce), (first, stop) = segment, tokens
+        start, end = _strip(text, cs if a == first else starts[a], ce if b == stop else min(starts[b], ce))
+        inside_word = (a != first and strength[a - first] == _ANY) or (
+            b != stop and strength[b - first] == _ANY
+        )
+        if not inside_word:
+            return start, end, b - a, b
+        # A word was cut: its pieces may tokenise differently alone, so count them for real.
+        count = self.token_counter.count_tokens(text[start:end])
+        while count > self.max_tokens and b - 1 > a:
+            b -= 1
+            start, end = _strip(text, start, min(starts[b], ce))
+            count = self.token_counter.count_tokens(text[start:end])
+        return start, end, count, b
+
+
+def _segments(document: LoadedDocument) -> list[_Segment]:
+    """The text before the first heading, then one segment per section, with heading paths."""
+    text = document.text
+    sections = sorted((s for s in document.sections if 0 <= s.start < len(text)), key=lambda s: s.start)
+    segments: list[_Segment] = []
+    first_start = sections[0].start if sections else len(text)
+    if first_start > 0:
+        segments.append(_Segment(0, first_start, "", False))
+    path: list[tuple[int, str]] = []  # (level, title) from the outermost heading in
+    for i, section in enumerate(sections):
+        end = sections[i + 1].start if i + 1 < len(sections) else len(text)
+        while path and path[-1][0] >= section.level:
+            path.pop()
+        path.append((section.level, section.title))
+        line_end = text.find("\n", section.start, end)
+        heading_only = line_end < 0 or not text[line_end:end].strip()
+        segments.append(_Segment(section.start, end, " > ".join(t for _, t in path), heading_only))
+    if any(not s.heading_only and text[s.start : s.end].strip() for s in segments):
+        segments = [s for s in segments if not s.heading_only]
+    return segments
+
+
+def _boundaries(
+    text: str, cs: int, ce: int, first: int, stop: int, starts: list[int], ends: list[int]
+) -> bytearray:
+    """Strength of the boundary before each token of ``[first, stop]`` (index relative to ``first``)."""
+    strength = bytearray(stop - first + 1)
+    for k in range(first + 1, stop):
+        previous_end, start = ends[k - 1], starts[k]
+        if start > previous_end:
+            gap = text[previous_end:start]
+            if gap == " " or any(map(_is_space, gap)):
+                strength[k - first] = _WORD
+                continue
+        if _is_punct(text[start]) or (previous_end > 0 and _is_punct(text[previous_end - 1])):
+            strength[k - first] = _WORD
+    for pattern, level in ((_SENTENCE_BREAK, _SENTENCE), (_PARAGRAPH_BREAK, _PARAGRAPH)):
+        for match in pattern.finditer(text, cs, ce):
+            k = bisect_left(starts, match.end(), first, stop)
+            if first < k < stop:
+                strength[k - first] = max(strength[k - first], level)
+    return strength
+
+
+def _is_space(char: str) -> bool:
+    # BERT's notion of whitespace; other control characters are deleted, not separators.
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+
+def _is_punct(char: str) -> bool:
+    # BERT splits words on these: ASCII punctuation and every Unicode "P*" category.
+    if char.isascii():
+        return char in _ASCII_PUNCT
+    return unicodedata.category(char).startswith("P")
+
+
+def _strip(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _monotonic(offsets: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Token starts and ends as non-decreasing lists (some tokenizers emit (0, 0) for odd tokens)."""
+    if not offsets:
+        return [], []
+    starts, ends = (list(column) for column in zip(*offsets, strict=True))
+    if any(later < earlier for earlier, later in pairwise(starts)):
+        for i in range(1, len(starts)):
+            starts[i] = max(starts[i], starts[i - 1])
+    if any(end < start for start, end in zip(starts, ends, strict=True)):
+        ends = [max(end, start) for start, end in zip(starts, ends, strict=True)]
+    return starts, ends
