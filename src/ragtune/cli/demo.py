@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-DEMO_QUERIES = (
+DEMO_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("Who was the Norse leader?", {}),
     ("What causes the tides?", {}),
     ("Which university did Tesla attend?", {}),

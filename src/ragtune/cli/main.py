@@ -44,7 +44,7 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     return Settings.load(data_dir=data_dir, **overrides)
 
 
-def _engine(data_dir: Path | None = None, **overrides: Any):  # type: ignore[no-untyped-def]
+def _engine(data_dir: Path | None = None, **overrides: Any) -> Any:
     from ragtune.engine import Ragtune
 
     return Ragtune(_settings(data_dir, **overrides))
@@ -78,7 +78,7 @@ def _groups(value: str | None) -> list[str]:
     return [g.strip() for g in (value or "").split(",") if g.strip()]
 
 
-def _ingest_progress(report_total: Callable[[int], None] | None = None):  # type: ignore[no-untyped-def]
+def _ingest_progress() -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -177,7 +177,9 @@ def search(
     collection: CollectionOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 10,
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
-    filter_: Annotated[list[str] | None, typer.Option("--filter", "-f", help="key=v, key=a|b, key>=n, key<date")] = None,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", "-f", help="key=v, key=a|b, key>=n, key<date")
+    ] = None,
     as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Search as a member of this group.")] = None,
     as_admin: Annotated[bool, typer.Option("--as-admin", help="Ignore ACLs (sees everything).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

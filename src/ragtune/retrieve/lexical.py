@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from functools import lru_cache
+from typing import Any
 
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 
@@ -28,7 +28,7 @@ class LexicalAnalyzer:
         self._stemmer = None
 
     @property
-    def stemmer(self):  # type: ignore[no-untyped-def]
+    def stemmer(self) -> Any:
         if self._stemmer is None:
             import Stemmer
 
@@ -45,8 +45,8 @@ class LexicalAnalyzer:
         return Counter(self.terms(text))
 
 
-def _stem_all(stemmer, words: tuple[str, ...]) -> list[str]:  # type: ignore[no-untyped-def]
-    cache = _stem_cache()
+def _stem_all(stemmer: Any, words: tuple[str, ...]) -> list[str]:
+    cache = _STEMS
     out = []
     missing = [w for w in set(words) if w not in cache]
     if missing:
@@ -60,6 +60,5 @@ def _stem_all(stemmer, words: tuple[str, ...]) -> list[str]:  # type: ignore[no-
     return out
 
 
-@lru_cache(maxsize=1)
-def _stem_cache() -> dict[str, str]:
-    return {}
+# word -> stem, shared by all analysers (stemming is the slow part of analysis); bounded in _stem_all
+_STEMS: dict[str, str] = {}

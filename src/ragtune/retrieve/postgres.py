@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from ragtune.retrieve.filters import Condition
+from ragtune.store.database import Conn
 from ragtune.store.repository import CollectionInfo
 
 
@@ -34,7 +34,7 @@ def _vector_type(info: CollectionInfo) -> sql.Composable:
     return sql.SQL("vector({})").format(sql.Literal(info.dimension))
 
 
-def count_matching(conn: psycopg.Connection, info: CollectionInfo, cond: Condition, limit: int) -> int:
+def count_matching(conn: Conn, info: CollectionInfo, cond: Condition, limit: int) -> int:
     query = sql.SQL(
         "SELECT count(*) AS n FROM (SELECT 1 FROM chunks c WHERE c.collection_id = {} AND {} LIMIT {}) x"
     ).format(sql.Literal(info.id), cond.sql, sql.Literal(limit))
@@ -42,7 +42,7 @@ def count_matching(conn: psycopg.Connection, info: CollectionInfo, cond: Conditi
     return int(row["n"]) if row else 0
 
 
-def dense_search(conn: psycopg.Connection, info: CollectionInfo, qvec: np.ndarray, k: int, cond: Condition,
+def dense_search(conn: Conn, info: CollectionInfo, qvec: np.ndarray, k: int, cond: Condition,
                  *, ef_search: int, exact: bool) -> list[tuple[int, float]]:
     vt = _vector_type(info)
     # The expression and predicate must match the partial index exactly for the planner to use it,
@@ -67,7 +67,7 @@ def dense_search(conn: psycopg.Connection, info: CollectionInfo, qvec: np.ndarra
     return [(r["id"], float(r["score"])) for r in rows]
 
 
-def dense_scores_for(conn: psycopg.Connection, info: CollectionInfo, qvec: np.ndarray, ids: Sequence[int]
+def dense_scores_for(conn: Conn, info: CollectionInfo, qvec: np.ndarray, ids: Sequence[int]
                      ) -> dict[int, float]:
     if not ids:
         return {}
@@ -97,7 +97,7 @@ def _bm25_args(terms: Counter[str]) -> list[Any]:
     return [vocab, [terms[t] for t in vocab]]
 
 
-def bm25_search(conn: psycopg.Connection, info: CollectionInfo, terms: Counter[str], k: int, cond: Condition,
+def bm25_search(conn: Conn, info: CollectionInfo, terms: Counter[str], k: int, cond: Condition,
                 params: Bm25Params) -> list[tuple[int, float]]:
     if not terms:
         return []
@@ -113,7 +113,7 @@ def bm25_search(conn: psycopg.Connection, info: CollectionInfo, terms: Counter[s
     return [(r["id"], float(r["score"])) for r in rows]
 
 
-def bm25_scores_for(conn: psycopg.Connection, info: CollectionInfo, terms: Counter[str], ids: Sequence[int],
+def bm25_scores_for(conn: Conn, info: CollectionInfo, terms: Counter[str], ids: Sequence[int],
                     params: Bm25Params) -> dict[int, float]:
     if not ids or not terms:
         return {}
@@ -125,7 +125,7 @@ def bm25_scores_for(conn: psycopg.Connection, info: CollectionInfo, terms: Count
     return {r["id"]: float(r["score"]) for r in rows}
 
 
-def fetch_chunks(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+def fetch_chunks(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     if not ids:
         return {}
     rows = conn.execute(

@@ -7,7 +7,7 @@ list and the fetched chunk texts agree even while a writer replaces a document.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ class SearchOptions:
     candidates: int = 100
     ef_search: int = 100
     exact_scan_threshold: int = 5000
-    bm25: Bm25Params = Bm25Params()
+    bm25: Bm25Params = field(default_factory=Bm25Params)
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:

@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from ragtune.errors import MigrationError, StoreError
+
+Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as dicts
 
 _MIGRATION_LOCK = 7_203_115  # arbitrary advisory-lock key owned by ragtune migrations
 
@@ -39,7 +42,7 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def _configure(conn: psycopg.Connection) -> None:
+def _configure(conn: psycopg.Connection[DictRow]) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
@@ -60,7 +63,7 @@ class Database:
         return db
 
     @property
-    def pool(self):  # type: ignore[no-untyped-def]
+    def pool(self) -> Any:
         if self._pool is None:
             from psycopg_pool import ConnectionPool
 
@@ -76,18 +79,18 @@ class Database:
         return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self) -> Iterator[Conn]:
         with self.pool.connection() as conn:
             yield conn
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
+    def transaction(self) -> Iterator[Conn]:
         """One transaction: committed on success, rolled back on any exception."""
         with self.connection() as conn, conn.transaction():
             yield conn
 
     @contextmanager
-    def snapshot(self) -> Iterator[psycopg.Connection]:
+    def snapshot(self) -> Iterator[Conn]:
         """A read-only REPEATABLE READ transaction: every statement sees the same committed state."""
         with self.connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

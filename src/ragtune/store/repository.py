@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragtune.errors import EmbedderMismatchError, NotFoundError, QueryError
 from ragtune.models import Chunk, Document
-from ragtune.store.database import Database
+from ragtune.store.database import Conn, Database
 
 
 @dataclass(frozen=True)
@@ -101,14 +100,14 @@ class Repository:
             )
         return info
 
-    def collection(self, name: str, conn: psycopg.Connection | None = None) -> CollectionInfo:
+    def collection(self, name: str, conn: Conn | None = None) -> CollectionInfo:
         if conn is not None:
             return self._collection(conn, name)
         with self.db.connection() as c:
             return self._collection(c, name)
 
     @staticmethod
-    def _collection(conn: psycopg.Connection, name: str) -> CollectionInfo:
+    def _collection(conn: Conn, name: str) -> CollectionInfo:
         row = conn.execute(
             "SELECT id, name, embedder, dimension, n_chunks, total_len,"
             " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents"
@@ -275,7 +274,7 @@ class Repository:
 
     # -- internals ---------------------------------------------------------------------------
     @staticmethod
-    def _remove_chunks(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+    def _remove_chunks(conn: Conn, collection_id: int, document_ids: list[int]) -> None:
         conn.execute(
             "WITH gone AS ("
             "  DELETE FROM postings p USING chunks c"
@@ -292,7 +291,7 @@ class Repository:
         )
 
     @staticmethod
-    def _insert_chunks(conn: psycopg.Connection, info: CollectionInfo, document_id: int,
+    def _insert_chunks(conn: Conn, info: CollectionInfo, document_id: int,
                        doc: PreparedDocument, lex_lens: list[int]) -> None:
         n = len(doc.chunks)
         if n == 0:
