@@ -100,9 +100,9 @@ class JsonRecordsLoader:
                 if not line.strip():
                     continue
                 try:
-                    yield where, str(number), json.loads(line)
+                    yield where, str(number), json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
-                    reason = f"malformed JSON: {exc.msg} at column {exc.colno}"
+                    reason = f"malformed JSON: {exc.msg} (column {exc.colno})"
                     yield where, None, CorruptFileError(where, reason)
 
     def _json_document(self, source: Path) -> Iterator[tuple[str, str | None, Any]]:
@@ -111,7 +111,7 @@ class JsonRecordsLoader:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CorruptFileError(
-                str(source), f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                str(source), f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from exc
         if isinstance(value, dict):
             yield str(source), None, value

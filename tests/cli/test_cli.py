@@ -1,0 +1,111 @@
+"""The ``ragtune`` command end to end (real database, real model, real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ragtune.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    return dict(os.environ)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_ingest_search_docs_roundtrip(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "leave.md").write_text("# Leave\n\nParental leave is sixteen weeks at full pay.\n", encoding="utf-8")
+    (folder / "expenses.md").write_text("# Expenses\n\nSubmit receipts within thirty days.\n", encoding="utf-8")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    code, out, err = invoke("ingest", str(folder), "--collection", "hr", "--meta", "dept=people", "--acl", "staff")
+    assert code == 0, err
+    assert "added" in out and "broken.pdf" in err
+    code, out, err = invoke("search", "how long is parental leave", "-c", "hr", "--json", "--as-group", "staff")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["hits"][0]["uri"].endswith("leave.md")
+    assert payload["hits"][0]["metadata"]["dept"] == "people" and payload["trace_id"]
+    code, out, _ = invoke("search", "parental leave", "-c", "hr", "--json")
+    assert json.loads(out)["hits"] == []  # anonymous: not in group staff
+    code, out, _ = invoke("search", "receipts", "-c", "hr", "--json", "--as-group", "staff", "--mode", "bm25",
+                          "--filter", "dept=people")
+    assert json.loads(out)["hits"][0]["uri"].endswith("expenses.md")
+    code, out, _ = invoke("docs", "list", "-c", "hr", "--json")
+    assert sorted(Path(d["uri"]).name for d in json.loads(out)) == ["expenses.md", "leave.md"]
+    code, out, _ = invoke("docs", "show", str(folder / "leave.md"), "-c", "hr", "--json")
+    shown = json.loads(out)
+    assert shown["version"] == 1 and shown["chunks"][0]["text"].startswith("# Leave")
+    code, out, _ = invoke("docs", "rm", str(folder / "leave.md"), "-c", "hr")
+    assert code == 0 and "removed 1" in out
+    code, out, _ = invoke("traces", "list", "--limit", "1")
+    assert json.loads(out)[0]["query"] == "receipts"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "x", "-c", "nope"), "no collection named 'nope'"),
+        (("search", "x", "--filter", "year>=soon"), "range needs a number"),
+        (("search", "x", "--top-k", "0"), "top_k must be between"),
+        (("search", "x", "--mode", "magic"), "unknown search mode"),
+    ],
+)
+def test_errors_are_clear_messages_with_exit_code_2(env: dict[str, str], args: tuple[str, ...], message: str) -> None:
+    if "nope" not in args:
+        invoke("ingest", str(Path(__file__)), "--collection", "default")
+    code, _out, err = invoke(*args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_config_names_the_key(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "ragtune.toml").write_text("[ragtune]\nchunk_max_tokens = 256\nfusoin = 'rrf'\n", encoding="utf-8")
+    code, _out, err = invoke("config", "show")
+    assert code == 2 and "fusoin" in err
+    (tmp_path / "ragtune.toml").write_text("[ragtune]\nhnsw_m = 'many'\n", encoding="utf-8")
+    code, _out, err = invoke("config", "show")
+    assert code == 2 and "hnsw_m" in err
+
+
+def test_config_show_never_prints_the_password(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", "postgresql://app:s3cr3t@db.example/rag")
+    code, out, _ = invoke("config", "show")
+    assert code == 0 and "s3cr3t" not in out and "app:***@db.example" in out
+
+
+@pytest.mark.slow
+def test_embedded_default_server_starts_is_reused_and_stops(tmp_path: Path, cache_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAGTUNE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("The embedded server keeps data in the project folder.", encoding="utf-8")
+    try:
+        code, out, err = invoke("ingest", "a.txt")
+        assert code == 0, err
+        assert (tmp_path / ".ragtune" / "pg" / "PG_VERSION").exists()
+        code, out, _ = invoke("db", "status")
+        assert "running" in out
+        code, out, _ = invoke("search", "where is the data kept", "--json")
+        assert json.loads(out)["hits"][0]["uri"].endswith("a.txt")
+    finally:
+        code, out, _ = invoke("db", "stop")
+    assert "stopped" in out
+    code, out, _ = invoke("db", "status")
+    assert "stopped" in out

@@ -1,0 +1,213 @@
+"""Search against the real PostgreSQL and embedder: BM25 exactness (against bm25s), filters,
+access control (property-based), selective filters, and SQL-looking input treated as data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from ragtune import Filter, LoadedDocument, Principal
+from ragtune.engine import Ragtune
+from ragtune.errors import QueryError
+from ragtune.retrieve.lexical import LexicalAnalyzer
+from tests.helpers import check_index_consistency
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+         "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango")
+GROUPS = ("hr", "eng", "legal", "sales")
+
+
+def sentence(rng: random.Random, n: int = 12) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + "."
+
+
+def test_bm25_scores_equal_bm25s(rt: Ragtune) -> None:
+    import bm25s
+    import Stemmer
+
+    rng = random.Random(7)
+    texts = [sentence(rng, rng.randint(3, 30)) for _ in range(120)]
+    rt.ingest_documents([LoadedDocument(uri=f"d{i}", text=t) for i, t in enumerate(texts)], collection="bm")
+    rt.delete(["d3", "d50", "d77"], collection="bm")  # statistics must stay exact after deletes
+    rt.ingest_documents([LoadedDocument(uri="d10", text="alpha alpha alpha kilo.")], collection="bm")  # update
+    live = {f"d{i}": t for i, t in enumerate(texts) if i not in (3, 50, 77)}
+    live["d10"] = "alpha alpha alpha kilo."
+    uris = sorted(live)
+    retriever = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    stemmer = Stemmer.Stemmer("english")
+    retriever.index(bm25s.tokenize([live[u] for u in uris], stopwords="en", stemmer=stemmer, show_progress=False),
+                    show_progress=False)
+    for query in ("alpha kilo", "tango tango romeo", "november oscar papa quebec", "echo"):
+        tokens = bm25s.tokenize([query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
+        expected = retriever.get_scores(tokens)
+        got = {h.uri: h.score for h in rt.search(query, collection="bm", mode="bm25", top_k=200).hits}
+        for uri, score in zip(uris, expected, strict=True):
+            assert got.get(uri, 0.0) == pytest.approx(float(score), rel=1e-4, abs=1e-5), (query, uri)
+    check_index_consistency(rt)
+
+
+def test_lexical_analyzer_matches_bm25s_tokenisation() -> None:
+    import bm25s
+    import Stemmer
+
+    text = "The Normans' 10th-century conquests; running, RAN, runs: it's Don't DROP TABLE x;-- naïve café"
+    ours = LexicalAnalyzer().terms(text)
+    theirs = bm25s.tokenize([text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+                            show_progress=False)[0]
+    assert ours == theirs
+
+
+@pytest.fixture(scope="module")
+def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):  # type: ignore[no-untyped-def]
+    """One collection of 60 documents with random ACLs and metadata, shared by the property test."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from ragtune.settings import Settings
+
+    name = f"acl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    settings = Settings(data_dir=tmp_path_factory.mktemp("acl"), database_url=make_conninfo(pg_admin_url, dbname=name),
+                        cache_dir=cache_dir, exact_scan_threshold=10)
+    rt = Ragtune(settings, embedder=embedder)
+    rng = random.Random(11)
+    acl_of: dict[str, tuple[str, ...]] = {}
+    for i in range(60):
+        acl = tuple(sorted(rng.sample(GROUPS, rng.randint(0, 2))))
+        uri = f"doc{i}"
+        acl_of[uri] = acl
+        rt.ingest_documents([LoadedDocument(uri=uri, text=sentence(rng, 20), metadata={"n": i})],
+                            acl=acl, metadata={"dept": rng.choice(["a", "b", "c"]), "year": 2000 + i % 10})
+    yield rt, acl_of
+    rt.close()
+
+
+@given(
+    groups=st.frozensets(st.sampled_from(GROUPS + ("nobody",))),
+    mode=st.sampled_from(["dense", "bm25", "hybrid"]),
+    words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
+    dept=st.none() | st.sampled_from(["a", "b", "c", "x' OR '1'='1"]),
+    year_min=st.none() | st.integers(1995, 2012),
+    top_k=st.integers(1, 30),
+)
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_acl_never_leaks(acl_world, groups, mode, words, dept, year_min, top_k) -> None:  # type: ignore[no-untyped-def]
+    rt, acl_of = acl_world
+    filters = []
+    if dept is not None:
+        filters.append(Filter("dept", "eq", dept))
+    if year_min is not None:
+        filters.append(Filter("year", "gte", year_min))
+    principal = Principal("p", groups)
+    hits = rt.search(" ".join(words), mode=mode, top_k=top_k, filters=filters, principal=principal).hits
+    visible = {u for u, acl in acl_of.items() if not acl or set(acl) & groups}
+    for h in hits:
+        assert h.uri in visible, (h.uri, acl_of[h.uri], groups)
+        if dept is not None:
+            assert h.metadata["dept"] == dept
+        if year_min is not None:
+            assert h.metadata["year"] >= year_min
+    assert len(hits) <= top_k
+    if mode == "dense":  # dense ranks every visible matching chunk, so it must fill k when it can
+        matching = [u for u in visible]
+        if dept is None and year_min is None:
+            assert len(hits) == min(top_k, len(matching))
+
+
+@pytest.mark.parametrize("threshold", [0, 100_000], ids=["hnsw-iterative", "exact"])
+def test_selective_filter_still_returns_k_hits(settings, embedder, threshold: int) -> None:
+    rng = random.Random(3)
+    with Ragtune(settings.replace(exact_scan_threshold=threshold), embedder=embedder) as rt:
+        docs = [LoadedDocument(uri=f"r{i}", text=sentence(rng, 15), metadata={"bucket": i % 50, "i": i})
+                for i in range(600)]
+        rt.ingest_documents(docs, collection="sel")
+        for mode in ("dense", "hybrid", "bm25"):
+            hits = rt.search("alpha bravo charlie", collection="sel", mode=mode, top_k=10,
+                             filters={"bucket": 7}).hits
+            assert len(hits) == 10, (mode, len(hits))  # 12 of 600 documents match
+            assert all(h.metadata["bucket"] == 7 for h in hits)
+        with rt.db.connection() as conn:
+            trace = conn.execute("SELECT params FROM traces ORDER BY id DESC LIMIT 1").fetchone()
+        assert trace["params"]["filters"] == [{"key": "bucket", "op": "eq", "value": 7}]
+
+
+def test_filters_equality_membership_ranges_and_lists(rt: Ragtune) -> None:
+    docs = [
+        LoadedDocument(uri="a", text="quarterly report revenue", metadata={"team": "fin", "year": 2021,
+                                                                            "date": "2021-03-01", "tags": ["q1", "pub"]}),
+        LoadedDocument(uri="b", text="quarterly report hiring", metadata={"team": "hr", "year": 2023,
+                                                                           "date": "2023-06-15", "tags": ["q2"]}),
+        LoadedDocument(uri="c", text="quarterly report legal", metadata={"team": "legal", "year": "2024",
+                                                                          "date": "not a date", "tags": []}),
+    ]
+    rt.ingest_documents(docs)
+
+    def uris(*filters: Filter | str) -> set[str]:
+        return {h.uri for h in rt.search("quarterly report", mode="bm25", filters=list(filters)).hits}
+
+    assert uris("team=fin") == {"a"}
+    assert uris("team=fin|hr") == {"a", "b"}
+    assert uris("team!=fin") == {"b", "c"}
+    assert uris("year>=2022") == {"b"}  # "2024" is a string, not a number: no range match
+    assert uris("year=2024") == {"c"}  # but equality matches its spelling
+    assert uris("date>=2021-01-01", "date<2022-01-01") == {"a"}
+    assert uris(Filter("date", "gt", dt.date(2022, 1, 1))) == {"b"}
+    assert uris("tags=q1") == {"a"}
+    assert uris("missing=1") == set()
+    with pytest.raises(QueryError):
+        Filter.parse("year>=soon")
+    with pytest.raises(QueryError):
+        Filter.parse("no operator here")
+
+
+SQLISH = [
+    "'; DROP TABLE chunks; --",
+    "x' OR '1'='1",
+    "\"; DELETE FROM documents WHERE 1=1; --",
+    "$$; SELECT pg_sleep(10); $$",
+    "robert'); DROP TABLE students;--",
+]
+
+
+@pytest.mark.parametrize("evil", SQLISH)
+def test_sql_like_text_is_data(rt: Ragtune, evil: str, tmp_path: Path) -> None:
+    rt.ingest_documents([LoadedDocument(uri=f"evil-{evil}", text=f"note about {evil} injection",
+                                        metadata={evil: evil, "kind": evil})], acl=[evil])
+    rt.ingest_documents([LoadedDocument(uri="plain", text="plain note about injection")])
+    for mode in ("dense", "bm25", "hybrid"):
+        res = rt.search(evil, mode=mode, filters=[Filter(evil, "eq", evil)], principal=Principal("x", frozenset({evil})))
+        assert [h.uri for h in res.hits] == [f"evil-{evil}"]
+        res = rt.search(evil, mode=mode, filters={"kind": evil})  # anonymous: ACL hides it
+        assert res.hits == []
+    assert len(rt.documents()) == 2
+    assert rt.search("plain note", mode="bm25").hits[0].uri == "plain"
+    check_index_consistency(rt)
+
+
+def test_bad_query_arguments(rt: Ragtune) -> None:
+    rt.ingest_documents([LoadedDocument(uri="x", text="something")])
+    with pytest.raises(QueryError):
+        rt.search("something", top_k=0)
+    with pytest.raises(QueryError):
+        rt.search("something", mode="fuzzy")
+    with pytest.raises(QueryError):
+        rt.search("   ")
+
+
+def test_every_search_writes_a_trace(rt: Ragtune) -> None:
+    rt.ingest_documents([LoadedDocument(uri="t1", text="traces record every search"),
+                         LoadedDocument(uri="t2", text="another document entirely")])
+    res = rt.search("record search", mode="hybrid", principal=Principal("ann", frozenset({"eng"})))
+    row = rt.traces.recent(1)[0]
+    assert row["id"] == res.trace_id and row["query"] == "record search" and row["principal"] == "ann"
+    assert row["groups"] == ["eng"] and row["params"]["mode"] == "hybrid"
+    assert [r["chunk_id"] for r in row["results"]] == [h.chunk.id for h in res.hits]
+    assert set(row["results"][0]["scores"]) == {"dense", "bm25"}
+    assert {"embed", "dense", "bm25", "fuse", "fetch"} <= set(row["timings_ms"])

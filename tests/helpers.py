@@ -1,0 +1,51 @@
+"""Small real helpers for tests (no mocks): an embedder wrapper that counts calls, and
+consistency checks of the lexical index against a recomputation from scratch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class CountingEmbedder:
+    """Delegates to a real embedder and counts how many texts it was asked to embed."""
+
+    def __init__(self, inner: Any, name: str | None = None) -> None:
+        self.inner = inner
+        self.name = name or inner.name
+        self.dimension = inner.dimension
+        self.tokenizer = inner.tokenizer
+        self.texts = 0
+        self.calls = 0
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        self.texts += len(texts)
+        return self.inner.embed_batch(texts)
+
+
+def check_index_consistency(rt: Any) -> None:
+    """BM25 statistics kept incrementally must equal a recomputation from the rows themselves."""
+    with rt.db.connection() as conn:
+        bad_df = conn.execute(
+            "SELECT t.term, t.df, coalesce(p.n, 0) AS actual FROM terms t"
+            " LEFT JOIN (SELECT term_id, count(*) AS n FROM postings GROUP BY term_id) p ON p.term_id = t.id"
+            " WHERE t.df <> coalesce(p.n, 0) LIMIT 5"
+        ).fetchall()
+        assert bad_df == [], f"document frequencies drifted: {bad_df}"
+        stats = conn.execute(
+            "SELECT c.name, c.n_chunks, c.total_len, count(k.id) AS n, coalesce(sum(k.lex_len), 0) AS len"
+            " FROM collections c LEFT JOIN chunks k ON k.collection_id = c.id GROUP BY c.id"
+        ).fetchall()
+        for row in stats:
+            assert row["n_chunks"] == row["n"], row
+            assert row["total_len"] == row["len"], row
+        orphans = conn.execute(
+            "SELECT count(*) AS n FROM postings p LEFT JOIN chunks c ON c.id = p.chunk_id WHERE c.id IS NULL"
+        ).fetchone()
+        assert orphans["n"] == 0
+        empty_docs = conn.execute(
+            "SELECT d.uri FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
+        ).fetchall()
+        assert empty_docs == [], f"documents without chunks: {empty_docs}"
