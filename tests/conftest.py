@@ -5,6 +5,8 @@ embedder loaded once."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,16 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from ragtune.store.server import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"))
+    # Not under pytest's basetemp: pytest resets pytest-of-<user> to mode 0700 whenever another
+    # session starts, which locks out the unprivileged user the server runs as (when we are root).
+    folder = Path(tempfile.mkdtemp(prefix="ragtune-test-pg-"))
+    server = EmbeddedPostgres(folder)
     url = server.start()
     try:
         yield url
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import IngestError, NotFoundError
+from ragtune.errors import IngestError, ModelError
 from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
 from ragtune.models import Document, IngestReport, LoadedDocument, Principal, SearchResult
 from ragtune.protocols import Chunker, Embedder
@@ -67,9 +67,16 @@ class Ragtune:
 
         tokenizer = getattr(self.embedder, "tokenizer", None)
         if tokenizer is None:
-            raise NotFoundError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
-        return StructuredChunker(HFTokenCounter(tokenizer), max_tokens=self.settings.chunk_max_tokens,
-                                 overlap_tokens=self.settings.chunk_overlap_tokens)
+            raise ModelError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
+        counter = HFTokenCounter(tokenizer)
+        # The model truncates at max_seq_length including its special tokens: a longer chunk
+        # would be embedded only in part.
+        limit = getattr(self.embedder, "max_seq_length", None)
+        budget = self.settings.chunk_max_tokens
+        if limit:
+            budget = min(budget, int(limit) - counter.special_tokens)
+        return StructuredChunker(counter, max_tokens=budget,
+                                 overlap_tokens=min(self.settings.chunk_overlap_tokens, budget // 2))
 
     # -- collections ---------------------------------------------------------------------------
     def collection(self, name: str | None = None, *, create: bool = False) -> CollectionInfo:
@@ -147,17 +154,10 @@ class Ragtune:
         return list(iter_files([Path(p).expanduser().resolve() for p in paths], list(include), list(exclude)))
 
     def _load(self, files: Sequence[Path], loader_options: Any) -> Iterator[LoadedDocument | IngestError]:
-        from ragtune.ingest.loaders import LoaderOptions, loader_for
+        from ragtune.ingest.loaders import LoaderOptions, load_files
 
         options = loader_options or LoaderOptions(max_file_bytes=self.settings.max_file_bytes)
-        for path in files:
-            try:
-                loader = loader_for(path, options)
-                yield from loader.load(path)
-            except IngestError as exc:
-                yield exc
-            except (OSError, ValueError, UnicodeError) as exc:
-                yield IngestError(str(path), f"{type(exc).__name__}: {exc}")
+        return load_files(files, options)
 
     # -- documents -----------------------------------------------------------------------------
     def documents(self, *, collection: str | None = None, prefix: str | None = None,

@@ -43,8 +43,9 @@ def test_ingest_search_docs_roundtrip(env: dict[str, str], tmp_path: Path) -> No
     assert payload["hits"][0]["metadata"]["dept"] == "people" and payload["trace_id"]
     code, out, _ = invoke("search", "parental leave", "-c", "hr", "--json")
     assert json.loads(out)["hits"] == []  # anonymous: not in group staff
-    code, out, _ = invoke("search", "receipts", "-c", "hr", "--json", "--as-group", "staff", "--mode", "bm25",
-                          "--filter", "dept=people")
+    code, out, _ = invoke(
+        "search", "receipts", "-c", "hr", "--json", "--as-group", "staff", "--mode", "bm25", "--filter", "dept=people"
+    )
     assert json.loads(out)["hits"][0]["uri"].endswith("expenses.md")
     code, out, _ = invoke("docs", "list", "-c", "hr", "--json")
     assert sorted(Path(d["uri"]).name for d in json.loads(out)) == ["expenses.md", "leave.md"]
@@ -90,8 +91,11 @@ def test_config_show_never_prints_the_password(env: dict[str, str], monkeypatch:
 
 
 @pytest.mark.slow
-def test_embedded_default_server_starts_is_reused_and_stops(tmp_path: Path, cache_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_default_server_starts_is_reused_and_stops(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="ragtune-cli-"))  # see conftest: not under pytest's 0700 basetemp
     monkeypatch.delenv("RAGTUNE_DATABASE_URL", raising=False)
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)
@@ -109,3 +113,4 @@ def test_embedded_default_server_starts_is_reused_and_stops(tmp_path: Path, cach
     assert "stopped" in out
     code, out, _ = invoke("db", "status")
     assert "stopped" in out
+    shutil.rmtree(tmp_path, ignore_errors=True)

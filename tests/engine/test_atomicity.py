@@ -47,8 +47,11 @@ def test_concurrent_reader_never_sees_a_mix_of_versions(settings, embedder) -> N
         def reader() -> None:
             while not stop.is_set():
                 for mode in ("bm25", "hybrid"):
-                    hits = [h for h in rt.search("zulu section policy revision", mode=mode, top_k=100).hits
-                            if h.uri == "policy"]
+                    hits = [
+                        h
+                        for h in rt.search("zulu section policy revision", mode=mode, top_k=100).hits
+                        if h.uri == "policy"
+                    ]
                     tags = {("vb" if "revision vb" in h.chunk.text else "va") for h in hits}
                     if len(tags) > 1:
                         errors.append(f"{mode}: mixed versions {tags}")
@@ -82,9 +85,7 @@ INGEST_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_kill_9_mid_ingest_leaves_no_partial_document_and_rerun_completes(
-    settings, embedder, tmp_path: Path
-) -> None:
+def test_kill_9_mid_ingest_leaves_no_partial_document_and_rerun_completes(settings, embedder, tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     n = 1200
@@ -93,9 +94,18 @@ def test_kill_9_mid_ingest_leaves_no_partial_document_and_rerun_completes(
         (folder / f"f{i:04d}.md").write_text(f"# Note {i}\n\n{body}\n", encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", INGEST_SCRIPT, settings.database_url, str(folder), str(tmp_path / "d"),
-         str(settings.resolved_cache_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            INGEST_SCRIPT,
+            settings.database_url,
+            str(folder),
+            str(tmp_path / "d"),
+            str(settings.resolved_cache_dir),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 240
     done_before_kill = 0

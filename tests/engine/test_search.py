@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from ragtune import Filter, LoadedDocument, Principal
 from ragtune.engine import Ragtune
@@ -16,8 +18,28 @@ from ragtune.errors import QueryError
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from tests.helpers import check_index_consistency
 
-WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-         "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango")
+WORDS = (
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+)
 GROUPS = ("hr", "eng", "legal", "sales")
 
 
@@ -39,8 +61,10 @@ def test_bm25_scores_equal_bm25s(rt: Ragtune) -> None:
     uris = sorted(live)
     retriever = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
     stemmer = Stemmer.Stemmer("english")
-    retriever.index(bm25s.tokenize([live[u] for u in uris], stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
+    retriever.index(
+        bm25s.tokenize([live[u] for u in uris], stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
+    )
     for query in ("alpha kilo", "tango tango romeo", "november oscar papa quebec", "echo"):
         tokens = bm25s.tokenize([query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)[0]
         expected = retriever.get_scores(tokens)
@@ -56,8 +80,9 @@ def test_lexical_analyzer_matches_bm25s_tokenisation() -> None:
 
     text = "The Normans' 10th-century conquests; running, RAN, runs: it's Don't DROP TABLE x;-- naïve café"
     ours = LexicalAnalyzer().terms(text)
-    theirs = bm25s.tokenize([text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
-                            show_progress=False)[0]
+    theirs = bm25s.tokenize(
+        [text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False
+    )[0]
     assert ours == theirs
 
 
@@ -74,8 +99,12 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
     name = f"acl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    settings = Settings(data_dir=tmp_path_factory.mktemp("acl"), database_url=make_conninfo(pg_admin_url, dbname=name),
-                        cache_dir=cache_dir, exact_scan_threshold=10)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("acl"),
+        database_url=make_conninfo(pg_admin_url, dbname=name),
+        cache_dir=cache_dir,
+        exact_scan_threshold=10,
+    )
     rt = Ragtune(settings, embedder=embedder)
     rng = random.Random(11)
     acl_of: dict[str, tuple[str, ...]] = {}
@@ -83,14 +112,17 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
         acl = tuple(sorted(rng.sample(GROUPS, rng.randint(0, 2))))
         uri = f"doc{i}"
         acl_of[uri] = acl
-        rt.ingest_documents([LoadedDocument(uri=uri, text=sentence(rng, 20), metadata={"n": i})],
-                            acl=acl, metadata={"dept": rng.choice(["a", "b", "c"]), "year": 2000 + i % 10})
+        rt.ingest_documents(
+            [LoadedDocument(uri=uri, text=sentence(rng, 20), metadata={"n": i})],
+            acl=acl,
+            metadata={"dept": rng.choice(["a", "b", "c"]), "year": 2000 + i % 10},
+        )
     yield rt, acl_of
     rt.close()
 
 
 @given(
-    groups=st.frozensets(st.sampled_from(GROUPS + ("nobody",))),
+    groups=st.frozensets(st.sampled_from((*GROUPS, "nobody"))),
     mode=st.sampled_from(["dense", "bm25", "hybrid"]),
     words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
     dept=st.none() | st.sampled_from(["a", "b", "c", "x' OR '1'='1"]),
@@ -125,12 +157,12 @@ def test_acl_never_leaks(acl_world, groups, mode, words, dept, year_min, top_k) 
 def test_selective_filter_still_returns_k_hits(settings, embedder, threshold: int) -> None:
     rng = random.Random(3)
     with Ragtune(settings.replace(exact_scan_threshold=threshold), embedder=embedder) as rt:
-        docs = [LoadedDocument(uri=f"r{i}", text=sentence(rng, 15), metadata={"bucket": i % 50, "i": i})
-                for i in range(600)]
+        docs = [
+            LoadedDocument(uri=f"r{i}", text=sentence(rng, 15), metadata={"bucket": i % 50, "i": i}) for i in range(600)
+        ]
         rt.ingest_documents(docs, collection="sel")
         for mode in ("dense", "hybrid", "bm25"):
-            hits = rt.search("alpha bravo charlie", collection="sel", mode=mode, top_k=10,
-                             filters={"bucket": 7}).hits
+            hits = rt.search("alpha bravo charlie", collection="sel", mode=mode, top_k=10, filters={"bucket": 7}).hits
             assert len(hits) == 10, (mode, len(hits))  # 12 of 600 documents match
             assert all(h.metadata["bucket"] == 7 for h in hits)
         with rt.db.connection() as conn:
@@ -140,12 +172,21 @@ def test_selective_filter_still_returns_k_hits(settings, embedder, threshold: in
 
 def test_filters_equality_membership_ranges_and_lists(rt: Ragtune) -> None:
     docs = [
-        LoadedDocument(uri="a", text="quarterly report revenue", metadata={"team": "fin", "year": 2021,
-                                                                            "date": "2021-03-01", "tags": ["q1", "pub"]}),
-        LoadedDocument(uri="b", text="quarterly report hiring", metadata={"team": "hr", "year": 2023,
-                                                                           "date": "2023-06-15", "tags": ["q2"]}),
-        LoadedDocument(uri="c", text="quarterly report legal", metadata={"team": "legal", "year": "2024",
-                                                                          "date": "not a date", "tags": []}),
+        LoadedDocument(
+            uri="a",
+            text="quarterly report revenue",
+            metadata={"team": "fin", "year": 2021, "date": "2021-03-01", "tags": ["q1", "pub"]},
+        ),
+        LoadedDocument(
+            uri="b",
+            text="quarterly report hiring",
+            metadata={"team": "hr", "year": 2023, "date": "2023-06-15", "tags": ["q2"]},
+        ),
+        LoadedDocument(
+            uri="c",
+            text="quarterly report legal",
+            metadata={"team": "legal", "year": "2024", "date": "not a date", "tags": []},
+        ),
     ]
     rt.ingest_documents(docs)
 
@@ -170,7 +211,7 @@ def test_filters_equality_membership_ranges_and_lists(rt: Ragtune) -> None:
 SQLISH = [
     "'; DROP TABLE chunks; --",
     "x' OR '1'='1",
-    "\"; DELETE FROM documents WHERE 1=1; --",
+    '"; DELETE FROM documents WHERE 1=1; --',
     "$$; SELECT pg_sleep(10); $$",
     "robert'); DROP TABLE students;--",
 ]
@@ -178,13 +219,18 @@ SQLISH = [
 
 @pytest.mark.parametrize("evil", SQLISH)
 def test_sql_like_text_is_data(rt: Ragtune, evil: str, tmp_path: Path) -> None:
-    rt.ingest_documents([LoadedDocument(uri=f"evil-{evil}", text=f"note about {evil} injection",
-                                        metadata={evil: evil, "kind": evil})], acl=[evil])
+    rt.ingest_documents(
+        [LoadedDocument(uri=f"evil-{evil}", text=f"note about {evil} injection", metadata={evil: evil, "kind": evil})],
+        acl=[evil],
+    )
     rt.ingest_documents([LoadedDocument(uri="plain", text="plain note about injection")])
     for mode in ("dense", "bm25", "hybrid"):
-        res = rt.search(evil, mode=mode, filters=[Filter(evil, "eq", evil)], principal=Principal("x", frozenset({evil})))
-        assert [h.uri for h in res.hits] == [f"evil-{evil}"]
-        res = rt.search(evil, mode=mode, filters={"kind": evil})  # anonymous: ACL hides it
+        query = f"note {evil}"  # "note" so that BM25 has a term even when every SQL-ish token is a stop word
+        res = rt.search(
+            query, mode=mode, filters=[Filter(evil, "eq", evil)], principal=Principal("x", frozenset({evil}))
+        )
+        assert [h.uri for h in res.hits] == [f"evil-{evil}"], mode
+        res = rt.search(query, mode=mode, filters={"kind": evil})  # anonymous: ACL hides it
         assert res.hits == []
     assert len(rt.documents()) == 2
     assert rt.search("plain note", mode="bm25").hits[0].uri == "plain"
@@ -202,8 +248,12 @@ def test_bad_query_arguments(rt: Ragtune) -> None:
 
 
 def test_every_search_writes_a_trace(rt: Ragtune) -> None:
-    rt.ingest_documents([LoadedDocument(uri="t1", text="traces record every search"),
-                         LoadedDocument(uri="t2", text="another document entirely")])
+    rt.ingest_documents(
+        [
+            LoadedDocument(uri="t1", text="traces record every search"),
+            LoadedDocument(uri="t2", text="another document entirely"),
+        ]
+    )
     res = rt.search("record search", mode="hybrid", principal=Principal("ann", frozenset({"eng"})))
     row = rt.traces.recent(1)[0]
     assert row["id"] == res.trace_id and row["query"] == "record search" and row["principal"] == "ann"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ragtune.errors import ConfigError
+from ragtune.ingest import chunker as chunker_module
 from ragtune.ingest.chunker import StructuredChunker
 from ragtune.ingest.loaders.html import html_to_text
 from ragtune.ingest.loaders.markdown import parse_sections
@@ -62,7 +64,9 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize(("max_tokens", "overlap", "message"), BAD_ARGS)
-def test_constructor_rejects_bad_budgets(tokens: HFTokenCounter, max_tokens: object, overlap: object, message: str) -> None:
+def test_constructor_rejects_bad_budgets(
+    tokens: HFTokenCounter, max_tokens: object, overlap: object, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         StructuredChunker(tokens, max_tokens=max_tokens, overlap_tokens=overlap)  # type: ignore[arg-type]
 
@@ -72,7 +76,7 @@ def test_constructor_rejects_counter_without_offsets() -> None:
         def count_tokens(self, text: str) -> int:
             return len(text.split())
 
-    with pytest.raises(ConfigError, match="token_offsets.*WordCounter"):
+    with pytest.raises(ConfigError, match=r"token_offsets.*WordCounter"):
         StructuredChunker(WordCounter())  # type: ignore[arg-type]
 
 
@@ -83,6 +87,7 @@ def test_token_counter_ignores_tokenizer_json_truncation(tokens: HFTokenCounter)
     assert len(tokens.token_offsets(long_text)) == 600
     assert tokens.token_offsets("Hello, world") == [(0, 5), (5, 6), (7, 12)]
     assert tokens.token_offsets_batch(["a b", "c"]) == [[(0, 1), (2, 3)], [(0, 1)]]
+    assert tokens.special_tokens == 2  # [CLS] and [SEP]: a 256-position model fits 254 tokens of text
 
 
 # ---------------------------------------------------------------- whole pieces stay whole
@@ -165,7 +170,7 @@ def test_long_paragraph_splits_on_sentences_with_sentence_overlap(tokens: HFToke
     assert len(chunks) > 3
     check_invariants(document, chunks, tokens, 60)
     starts = {text.index(s) for s in sentences}
-    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+    for previous, chunk in itertools.pairwise(chunks):
         assert chunk.start in starts and chunk.text.endswith(".")  # cut between sentences
         overlap = text[chunk.start : previous.end]
         assert chunk.start < previous.end, "consecutive chunks overlap"
@@ -183,7 +188,7 @@ def test_giant_sentence_splits_on_words(tokens: HFTokenCounter) -> None:
         assert chunk.start == 0 or text[chunk.start - 1] == " "
         assert chunk.end == len(text) or text[chunk.end] == " "
     assert chunks[-1].end == len(text)
-    assert all(b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(b.start < a.end for a, b in itertools.pairwise(chunks))
 
 
 def test_giant_word_is_cut_inside_and_recounted(tokens: HFTokenCounter) -> None:
@@ -219,8 +224,19 @@ def test_html_document_chunks(tokens: HFTokenCounter) -> None:
 def test_overlap_zero_partitions_the_text(tokens: HFTokenCounter) -> None:
     text = "\n\n".join(" ".join(sentence(p * 7 + s, 9) for s in range(5)) for p in range(6))
     chunks = StructuredChunker(tokens, max_tokens=40, overlap_tokens=0).split(LoadedDocument(uri="u", text=text))
-    assert all(b.start >= a.end for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(b.start >= a.end for a, b in itertools.pairwise(chunks))
     assert re.sub(r"\s+", " ", " ".join(c.text for c in chunks)) == re.sub(r"\s+", " ", text)
+
+
+def test_long_text_is_tokenised_in_windows_with_whole_text_offsets(tokens: HFTokenCounter) -> None:
+    text = "\n\n".join(" ".join(sentence(p * 9 + s, 11) for s in range(8)) for p in range(400))
+    assert len(text) > 3 * chunker_module.WINDOW_CHARS
+    chunker = StructuredChunker(tokens, max_tokens=200, overlap_tokens=20)
+    starts, ends = chunker._offsets(text)
+    assert list(zip(starts, ends, strict=True)) == tokens.token_offsets(text)
+    chunks = chunker.split(LoadedDocument(uri="u", text=text))
+    assert sum(len(c.text) for c in chunks) > len(text)  # overlap
+    assert all(c.tokens <= 200 for c in chunks)
 
 
 def test_sections_given_out_of_order_are_sorted(tokens: HFTokenCounter) -> None:
@@ -260,23 +276,34 @@ SEPARATORS = st.sampled_from(["\n\n", "\n", "\n\n\n", " \n \n"])
     max_tokens=st.integers(4, 80),
     overlap_fraction=st.floats(0, 0.9),
     lead=st.sampled_from(["", "  ", "\n\n"]),
+    window=st.sampled_from([160, chunker_module.WINDOW_CHARS]),
 )
 def test_property_offsets_budget_and_boundaries(
-    tokens: HFTokenCounter, blocks: list[tuple[str, str]], max_tokens: int, overlap_fraction: float, lead: str
+    tokens: HFTokenCounter,
+    blocks: list[tuple[str, str]],
+    max_tokens: int,
+    overlap_fraction: float,
+    lead: str,
+    window: int,
 ) -> None:
     text = lead + "".join(block + sep for block, sep in blocks)
     document = markdown(text)
     overlap = min(max_tokens - 1, int(max_tokens * overlap_fraction))
-    chunks = StructuredChunker(tokens, max_tokens=max_tokens, overlap_tokens=overlap).split(document)
+    default_window = chunker_module.WINDOW_CHARS
+    chunker_module.WINDOW_CHARS = window  # small windows: long texts are tokenised in pieces
+    try:
+        chunks = StructuredChunker(tokens, max_tokens=max_tokens, overlap_tokens=overlap).split(document)
+    finally:
+        chunker_module.WINDOW_CHARS = default_window
     check_invariants(document, chunks, tokens, max_tokens)
     # Nothing is lost: every character that yields a token lies in some chunk, except the
     # heading line of a heading-only section (kept in its subsections' heading paths).
     covered = bytearray(len(text))
     for chunk in chunks:
         covered[chunk.start : chunk.end] = b"\x01" * (chunk.end - chunk.start)
-    heading_only_lines = set()
-    starts = sorted(s.start for s in document.sections) + [len(text)]
-    for start, end in zip(starts, starts[1:], strict=False):
+    heading_only_lines: set[int] = set()
+    starts = [*sorted(s.start for s in document.sections), len(text)]
+    for start, end in itertools.pairwise(starts):
         line_end = text.find("\n", start, end)
         if line_end < 0 or not text[line_end:end].strip():
             heading_only_lines.update(range(start, end))

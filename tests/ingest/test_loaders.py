@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from ragtune.errors import (
     IngestError,
     UnsupportedFormatError,
 )
-from ragtune.ingest.loaders import LoaderOptions, iter_files, loader_for, register_loader
+from ragtune.ingest.loaders import LoaderOptions, iter_files, load_files, loader_for, register_loader
 from ragtune.ingest.loaders import registry as registry_module
 from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.models import LoadedDocument
@@ -143,9 +143,9 @@ def _load_one(path: Path, options: LoaderOptions | None = None) -> LoadedDocumen
 
 def _assert_sections_point_at_titles(document: LoadedDocument) -> None:
     for section in document.sections:
-        assert document.text[section.start :].startswith(section.title) or document.text[
-            section.start :
-        ].lstrip("# ").startswith(section.title), section
+        assert document.text[section.start :].startswith(section.title) or document.text[section.start :].lstrip(
+            "# "
+        ).startswith(section.title), section
 
 
 def test_text_latin1(tmp_path: Path) -> None:
@@ -375,7 +375,7 @@ JSONL_LINES = [
 ]
 
 
-def _write_jsonl(tmp_path: Path, lines: list[str | bytes]) -> Path:
+def _write_jsonl(tmp_path: Path, lines: Sequence[str | bytes]) -> Path:
     path = tmp_path / "records.jsonl"
     path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
     return path
@@ -425,6 +425,15 @@ def test_jsonl_explicit_metadata_fields(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path, [JSONL_LINES[0]])
     (document,) = _load_all(path, LoaderOptions(metadata_fields=["tags", "missing"], text_field="text"))
     assert document.metadata == {"tags": ["x"], "source_path": str(path), "format": "jsonl"}
+
+
+def test_jsonl_refuses_nan_and_drops_nul(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path, ['{"text": "a\\u0000b", "k": "v\\u0000"}', '{"text": "x", "score": NaN}'])
+    documents: list[LoadedDocument] = []
+    with pytest.raises(BadRecordsError) as info:
+        documents.extend(loader_for(path).load(path))
+    assert documents[0].text == "ab" and documents[0].metadata["k"] == "v"  # PostgreSQL cannot store NUL
+    assert [f.reason for f in info.value.failures] == ["malformed JSON: NaN is not a JSON value"]
 
 
 def test_json_array_and_object(tmp_path: Path) -> None:
@@ -490,7 +499,7 @@ class _ShoutLoader:
     def __init__(self, options: LoaderOptions) -> None:
         self.options = options
 
-    def load(self, source: Path):  # type: ignore[no-untyped-def]
+    def load(self, source: Path) -> Iterator[LoadedDocument]:
         yield LoadedDocument(uri=str(source), text=source.read_text().upper())
 
 
@@ -557,7 +566,32 @@ def test_iter_files_explicit_files_first_and_deduplicated(tmp_path: Path) -> Non
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [".hidden.md", "docs/api/ref.md", "docs/guide.md"]
 
 
+def test_iter_files_accepts_one_path(tmp_path: Path) -> None:
+    _tree(tmp_path, ["a.txt"])
+    assert list(iter_files(str(tmp_path))) == [tmp_path / "a.txt"]
+
+
 def test_iter_files_missing_path(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="no such file or folder") as info:
         list(iter_files([tmp_path / "nope"]))
     assert info.value.source == str(tmp_path / "nope")
+
+
+def test_load_files_yields_documents_and_failures_in_order(tmp_path: Path) -> None:
+    _tree(tmp_path, ["a.txt", "b.md"])
+    (tmp_path / "c.jsonl").write_text('{"text": "good"}\nnot json\n{"text": "also good"}\n')
+    (tmp_path / "d.pdf").write_bytes(b"%PDF-1.4 broken")
+    (tmp_path / "e.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "f.txt").write_bytes(b"")
+    items = list(load_files(iter_files([tmp_path])))
+    summary = [(type(i).__name__, Path(i.uri if isinstance(i, LoadedDocument) else i.source).name) for i in items]
+    assert summary == [
+        ("LoadedDocument", "a.txt"),
+        ("LoadedDocument", "b.md"),
+        ("LoadedDocument", "c.jsonl#1"),
+        ("LoadedDocument", "c.jsonl#3"),
+        ("CorruptFileError", "c.jsonl:2"),
+        ("CorruptFileError", "d.pdf"),
+        ("UnsupportedFormatError", "e.bin"),
+        ("EmptyDocumentError", "f.txt"),
+    ]

@@ -5,8 +5,8 @@
 * never cross a section (heading) boundary: each section is chunked on its own, and each chunk
   carries the heading path (``"Intro > Setup"``) of the section it came from;
 * keep a section that fits the budget whole (exactly its stripped text, heading line included);
-  otherwise pack whole paragraphs, then sentences, then words, and only inside a single word
-  longer than the budget any token boundary;
+  otherwise pack whole paragraphs, then sentences (or lines), then words, then pieces split at
+  punctuation, and only inside a single word longer than the budget any token boundary;
 * overlap the previous chunk of the same section by up to ``overlap_tokens``, made of whole
   sentences where some fit, else of whole words;
 * have exact offsets: ``document.text[chunk.start:chunk.end] == chunk.text``, with no
@@ -33,8 +33,8 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol, runtime_checkable
@@ -42,15 +42,22 @@ from typing import Protocol, runtime_checkable
 from ragtune.errors import ConfigError
 from ragtune.models import Chunk, LoadedDocument
 
-# Strength of the boundary before a token: where a cut is preferred.
-_ANY, _WORD, _SENTENCE, _PARAGRAPH = 0, 1, 2, 3
+# Strength of the boundary before a token, weakest first: inside a word, at punctuation
+# ("end|." or "(|see"), between words (whitespace), between sentences, between paragraphs.
+_ANY, _PUNCT, _WORD, _SENTENCE, _PARAGRAPH = 0, 1, 2, 3, 4
+_LEVELS = 5
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-# After a sentence terminator (and closing quotes/brackets) followed by space, after CJK
+# After a sentence terminator (and closing quotes, brackets or emphasis) and space, after CJK
 # terminators, and after a single line break (list items, table rows, code lines).
-_SENTENCE_BREAK = re.compile(r"[.!?…][\"'”’)\]]*\s+|[。！？]\s*|\n\s*")
+_SENTENCE_BREAK = re.compile(r"[.!?…][\"'”’)\]*_`]*\s+|[。！？]\s*|\n\s*")
+# "2. Validate" starts a list item; the "." of its marker does not end a sentence.
+_LIST_MARKER = re.compile(r"^[ \t]*(?:\d{1,3}|[A-Za-z])[.)][ \t]+", re.MULTILINE)
 # A chunk cut at a paragraph boundary must still be at least this full; otherwise a short
 # paragraph before a long one would become a chunk of its own.
 MIN_FILL = 0.5
+# Tokenisation window: bounds the transient list of offset tuples the tokenizer returns.
+WINDOW_CHARS = 65536
+WINDOWS_PER_BATCH = 8
 _ASCII_PUNCT = frozenset(string.punctuation)
 
 
@@ -74,9 +81,7 @@ class _Segment:
 class StructuredChunker:
     """``Chunker`` that follows headings, paragraphs and sentences under a token budget."""
 
-    def __init__(
-        self, token_counter: OffsetTokenizer, max_tokens: int = 256, overlap_tokens: int = 32
-    ) -> None:
+    def __init__(self, token_counter: OffsetTokenizer, max_tokens: int = 256, overlap_tokens: int = 32) -> None:
         if not isinstance(token_counter, OffsetTokenizer):
             raise ConfigError(
                 "token_counter must provide count_tokens(text) and token_offsets(text) "
@@ -102,12 +107,13 @@ class StructuredChunker:
         text = document.text
         if not text.strip():
             return []
-        offsets = self.token_counter.token_offsets(text)
-        if not document.sections and len(offsets) <= self.max_tokens:
+        if not document.sections and len(text) <= WINDOW_CHARS:
             # Fast path, the common case for paragraph-sized records: the whole text is one chunk.
-            start, end = _strip(text, 0, len(text))
-            return [Chunk(ordinal=0, text=text[start:end], start=start, end=end, tokens=len(offsets))]
-        starts, ends = _monotonic(offsets)
+            count = len(self.token_counter.token_offsets(text))
+            if 0 < count <= self.max_tokens:
+                start, end = _strip(text, 0, len(text))
+                return [Chunk(ordinal=0, text=text[start:end], start=start, end=end, tokens=count)]
+        starts, ends = self._offsets(text)
         spans: list[tuple[int, int, int, str]] = []
         for segment in _segments(document):
             for start, end, tokens in self._split_segment(text, segment, starts, ends):
@@ -117,8 +123,31 @@ class StructuredChunker:
             for i, (start, end, tokens, heading) in enumerate(spans)
         ]
 
+    def _offsets(self, text: str) -> tuple[array[int], array[int]]:
+        """Start and end offsets of every token of ``text``, tokenised window by window.
+
+        Windows end at a line break or space, where a WordPiece tokenizer splits anyway, so the
+        offsets equal those of the whole text; compact arrays and bounded windows keep a 25 MB
+        document at tens of MB instead of a list of millions of tuples.
+        """
+        starts, ends = array("q"), array("q")
+        batch = getattr(self.token_counter, "token_offsets_batch", None)
+        windows = _windows(text)
+        for i in range(0, len(windows), WINDOWS_PER_BATCH):
+            group = windows[i : i + WINDOWS_PER_BATCH]
+            pieces = [text[a:b] for a, b in group]
+            if batch is not None and len(pieces) > 1:
+                results = batch(pieces)
+            else:
+                results = [self.token_counter.token_offsets(piece) for piece in pieces]
+            for (a, _), offsets in zip(group, results, strict=True):
+                starts.extend(s + a for s, _ in offsets)
+                ends.extend(e + a for _, e in offsets)
+        _make_monotonic(starts, ends)
+        return starts, ends
+
     def _split_segment(
-        self, text: str, segment: _Segment, starts: list[int], ends: list[int]
+        self, text: str, segment: _Segment, starts: array[int], ends: array[int]
     ) -> list[tuple[int, int, int]]:
         """(start, end, tokens) of the chunks of one section."""
         cs, ce = _strip(text, segment.start, segment.end)
@@ -143,8 +172,8 @@ class StructuredChunker:
     def _cut(self, strength: bytearray, base: int, low: int, a: int, limit: int) -> int:
         """Token index to end a chunk at in ``[low, limit]``: the strongest boundary, latest first."""
         fill = max(low, a + self._min_fill)
-        best_filled = [-1] * 4  # latest boundary of each strength with the chunk at least MIN_FILL full
-        best_any = [-1] * 4
+        best_filled = [-1] * _LEVELS  # latest boundary of each strength, chunk at least MIN_FILL full
+        best_any = [-1] * _LEVELS
         for k in range(limit, low - 1, -1):
             level = strength[k - base]
             if best_any[level] < 0:
@@ -152,7 +181,7 @@ class StructuredChunker:
                 if k >= fill:
                     best_filled[level] = k
         for candidates in (best_filled, best_any):
-            for level in (_PARAGRAPH, _SENTENCE, _WORD):
+            for level in (_PARAGRAPH, _SENTENCE, _WORD, _PUNCT):
                 if candidates[level] >= 0:
                     return candidates[level]
         return limit
@@ -162,7 +191,7 @@ class StructuredChunker:
         if not self.overlap_tokens:
             return b
         low = max(a + 1, b - self.overlap_tokens)
-        for level in (_SENTENCE, _WORD):
+        for level in (_SENTENCE, _WORD, _PUNCT):
             for k in range(low, b):
                 if strength[k - base] >= level:
                     return k
@@ -176,7 +205,7 @@ class StructuredChunker:
         tokens: tuple[int, int],
         a: int,
         b: int,
-        starts: list[int],
+        starts: array[int],
     ) -> tuple[int, int, int, int]:
         """(start, end, tokens, b) of the chunk for tokens ``[a, b)``; ``b`` shrinks if a cut word overflows.
 
@@ -184,9 +213,7 @@ class StructuredChunker:
         """
         (cs, ce), (first, stop) = segment, tokens
         start, end = _strip(text, cs if a == first else starts[a], ce if b == stop else min(starts[b], ce))
-        inside_word = (a != first and strength[a - first] == _ANY) or (
-            b != stop and strength[b - first] == _ANY
-        )
+        inside_word = (a != first and strength[a - first] == _ANY) or (b != stop and strength[b - first] == _ANY)
         if not inside_word:
             return start, end, b - a, b
         # A word was cut: its pieces may tokenise differently alone, so count them for real.
@@ -220,9 +247,7 @@ def _segments(document: LoadedDocument) -> list[_Segment]:
     return segments
 
 
-def _boundaries(
-    text: str, cs: int, ce: int, first: int, stop: int, starts: list[int], ends: list[int]
-) -> bytearray:
+def _boundaries(text: str, cs: int, ce: int, first: int, stop: int, starts: array[int], ends: array[int]) -> bytearray:
     """Strength of the boundary before each token of ``[first, stop]`` (index relative to ``first``)."""
     strength = bytearray(stop - first + 1)
     for k in range(first + 1, stop):
@@ -233,9 +258,12 @@ def _boundaries(
                 strength[k - first] = _WORD
                 continue
         if _is_punct(text[start]) or (previous_end > 0 and _is_punct(text[previous_end - 1])):
-            strength[k - first] = _WORD
+            strength[k - first] = _PUNCT
+    markers = {match.end() for match in _LIST_MARKER.finditer(text, cs, ce)}
     for pattern, level in ((_SENTENCE_BREAK, _SENTENCE), (_PARAGRAPH_BREAK, _PARAGRAPH)):
         for match in pattern.finditer(text, cs, ce):
+            if level == _SENTENCE and match.end() in markers:
+                continue
             k = bisect_left(starts, match.end(), first, stop)
             if first < k < stop:
                 strength[k - first] = max(strength[k - first], level)
@@ -262,14 +290,27 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def _monotonic(offsets: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Token starts and ends as non-decreasing lists (some tokenizers emit (0, 0) for odd tokens)."""
-    if not offsets:
-        return [], []
-    starts, ends = (list(column) for column in zip(*offsets, strict=True))
+def _windows(text: str) -> list[tuple[int, int]]:
+    """``text`` cut into pieces of at most ``WINDOW_CHARS``, each ending after a newline or space."""
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while len(text) - start > WINDOW_CHARS:
+        limit = start + WINDOW_CHARS
+        cut = text.rfind("\n", start + WINDOW_CHARS // 2, limit)
+        if cut < 0:
+            cut = text.rfind(" ", start + WINDOW_CHARS // 2, limit)
+        end = cut + 1 if cut >= 0 else limit  # no space in 32k characters: cut anyway
+        windows.append((start, end))
+        start = end
+    windows.append((start, len(text)))
+    return windows
+
+
+def _make_monotonic(starts: array[int], ends: array[int]) -> None:
+    """Make token starts non-decreasing and ends >= starts, in place (odd tokens can be (0, 0))."""
     if any(later < earlier for earlier, later in pairwise(starts)):
         for i in range(1, len(starts)):
             starts[i] = max(starts[i], starts[i - 1])
-    if any(end < start for start, end in zip(starts, ends, strict=True)):
-        ends = [max(end, start) for start, end in zip(starts, ends, strict=True)]
-    return starts, ends
+    for i in range(len(starts)):
+        if ends[i] < starts[i]:
+            ends[i] = starts[i]

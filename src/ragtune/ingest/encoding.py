@@ -66,7 +66,9 @@ def decode_bytes(data: bytes, source: str) -> str:
             if text is None:
                 text = _detect(data, source)
     _refuse_control_heavy(text, source)
-    return _NEWLINES.sub("\n", text)
+    # A stray NUL in otherwise fine text (UTF-16 with a BOM can carry one) is dropped: PostgreSQL
+    # text cannot store it, and it is never meaningful in a document.
+    return _NEWLINES.sub("\n", text).replace("\x00", "")
 
 
 def _decode_with_bom(data: bytes, source: str) -> str | None:
@@ -133,6 +135,4 @@ def _refuse_control_heavy(text: str, source: str) -> None:
         return
     controls = len(_CONTROL.findall(sample))
     if controls / len(sample) > _MAX_CONTROL_RATIO:
-        raise UnsupportedFormatError(
-            source, f"binary file ({controls} control characters in the first {len(sample)})"
-        )
+        raise UnsupportedFormatError(source, f"binary file ({controls} control characters in the first {len(sample)})")

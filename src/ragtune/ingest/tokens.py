@@ -29,12 +29,14 @@ class HFTokenCounter:
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         if not isinstance(backend, Tokenizer):
             raise ConfigError(
-                "HFTokenCounter needs a fast (Rust-backed) tokenizer with offset mapping, "
-                f"got {type(tokenizer)!r}"
+                f"HFTokenCounter needs a fast (Rust-backed) tokenizer with offset mapping, got {type(tokenizer)!r}"
             )
         self._tokenizer = Tokenizer.from_str(backend.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        # Tokens the model adds around every sequence ([CLS] and [SEP] for BERT): a model that
+        # reads max_seq_length positions has room for max_seq_length - special_tokens of text.
+        self.special_tokens = len(self._tokenizer.encode("", add_special_tokens=True).ids)
 
     @classmethod
     def from_model_dir(cls, path: Path | str) -> HFTokenCounter:

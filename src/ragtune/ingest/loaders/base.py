@@ -59,9 +59,7 @@ def check_size(path: Path, options: LoaderOptions) -> int:
     if not path.is_file():
         raise IngestError(source, "not a regular file")
     if stat.st_size > options.max_file_bytes:
-        raise FileTooLargeError(
-            source, f"{stat.st_size} bytes is over max_file_bytes={options.max_file_bytes}"
-        )
+        raise FileTooLargeError(source, f"{stat.st_size} bytes is over max_file_bytes={options.max_file_bytes}")
     if stat.st_size == 0:
         raise EmptyDocumentError(source, "empty file (0 bytes)")
     return stat.st_size

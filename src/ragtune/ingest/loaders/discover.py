@@ -9,6 +9,10 @@ Files named explicitly are always yielded: the user asked for them, as in ripgre
 
 Order: the given paths in the given order; inside a folder, sorted by relative path. A file
 reached twice (two overlapping folders) is yielded once.
+
+``load_files`` turns files into the stream the ingest pipeline consumes: documents, and every
+failure as a value (one ``IngestError`` per bad file, or per bad record of a JSON Lines file),
+so that one bad input never stops a run.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ragtune.errors import IngestError
+from ragtune.ingest.loaders.base import LoaderOptions
+from ragtune.ingest.loaders.jsonl import BadRecordsError
+from ragtune.ingest.loaders.registry import loader_for
+from ragtune.models import LoadedDocument
 
 
-def iter_files(
-    paths: Iterable[Path | str], include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> Iterator[Path]:
+def iter_files(paths: Iterable[Path | str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Iterator[Path]:
     """Files under ``paths`` that pass the filters; a missing path raises ``IngestError``."""
+    if isinstance(paths, str | Path):  # one path, not an iterable of its characters
+        paths = [paths]
     seen: set[Path] = set()
     for given in paths:
         path = Path(given)
@@ -68,3 +76,21 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[Pa
                 found.append((relative, base / name))
     found.sort(key=lambda item: item[0])
     return [path for _, path in found]
+
+
+def load_files(files: Iterable[Path], options: LoaderOptions | None = None) -> Iterator[LoadedDocument | IngestError]:
+    """Every document of every file, with failures yielded in place instead of raised.
+
+    A file that fails half-way keeps the documents it yielded before failing; a JSON Lines
+    file's ``BadRecordsError`` is unpacked into one error per bad line (``source`` =
+    ``path:line``). Errors that are not ``IngestError`` (bugs) still propagate.
+    """
+    for path in files:
+        try:
+            yield from loader_for(path, options).load(path)
+        except BadRecordsError as exc:
+            yield from exc.failures
+        except IngestError as exc:
+            yield exc
+        except OSError as exc:  # the file vanished or became unreadable between listing and reading
+            yield IngestError(str(path), f"cannot read file: {exc.strerror or exc}")

@@ -41,6 +41,7 @@ from ragtune.models import LoadedDocument
 _NEWLINES = re.compile(r"\r\n?")
 _SCALARS = (str, int, float, bool, type(None))
 _SHOWN_FAILURES = 3
+_BLANK = object()  # a blank line: skipped, not a record
 
 
 class BadRecordsError(IngestError):
@@ -67,6 +68,8 @@ class JsonRecordsLoader:
         seen: dict[str, str] = {}
         total = 0
         for where, fragment, parsed in records:
+            if parsed is _BLANK:
+                continue
             total += 1
             try:
                 if isinstance(parsed, IngestError):
@@ -87,32 +90,27 @@ class JsonRecordsLoader:
 
     def _json_lines(self, source: Path) -> Iterator[tuple[str, str | None, Any]]:
         check_size(source, self.options)
-        with source.open("rb") as handle:
+        try:
+            handle = source.open("rb")
+        except OSError as exc:
+            raise IngestError(str(source), f"cannot read file: {exc.strerror or exc}") from exc
+        with handle:
             for number, raw in enumerate(handle, start=1):
                 where = f"{source}:{number}"
                 if number == 1:
-                    raw = raw.removeprefix(b"\xef\xbb\xbf")
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    yield where, None, DecodeError(where, f"not UTF-8: {exc.reason} at byte {exc.start}")
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    yield where, str(number), json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as exc:
-                    reason = f"malformed JSON: {exc.msg} (column {exc.colno})"
-                    yield where, None, CorruptFileError(where, reason)
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM is tolerated, not required
+                yield where, str(number), _parse_line(raw, where)
 
     def _json_document(self, source: Path) -> Iterator[tuple[str, str | None, Any]]:
         text = decode_bytes(read_checked(source, self.options), str(source))
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise CorruptFileError(
                 str(source), f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from exc
+        except ValueError as exc:
+            raise CorruptFileError(str(source), f"malformed JSON: {exc}") from exc
         if isinstance(value, dict):
             yield str(source), None, value
         elif isinstance(value, list):
@@ -127,6 +125,7 @@ class JsonRecordsLoader:
         options = self.options
         if not isinstance(record, dict):
             raise CorruptFileError(where, f"expected a JSON object, got {_json_type(record)}")
+        record = _clean(record)
         if options.text_field not in record:
             fields = ", ".join(sorted(record)) or "none"
             raise EmptyDocumentError(where, f"no {options.text_field!r} field (fields: {fields})")
@@ -141,9 +140,7 @@ class JsonRecordsLoader:
             identifier = record[options.id_field]
             if isinstance(identifier, bool) or not isinstance(identifier, str | int):
                 kind = _json_type(identifier)
-                raise CorruptFileError(
-                    where, f"id field {options.id_field!r} is {kind}, not a string or integer"
-                )
+                raise CorruptFileError(where, f"id field {options.id_field!r} is {kind}, not a string or integer")
             fragment = str(identifier)
         title = record.get(options.title_field) if options.title_field else None
         return LoadedDocument(
@@ -157,13 +154,43 @@ class JsonRecordsLoader:
     def _metadata(self, source: Path, record: dict[str, Any]) -> dict[str, Any]:
         fields = self.options.metadata_fields
         if fields is None:
-            chosen = {
-                k: v for k, v in record.items() if k != self.options.text_field and isinstance(v, _SCALARS)
-            }
+            chosen = {k: v for k, v in record.items() if k != self.options.text_field and isinstance(v, _SCALARS)}
         else:
             chosen = {k: record[k] for k in fields if k in record}
         chosen.update(base_metadata(source, "jsonl" if self.lines else "json"))
         return chosen
+
+
+def _parse_line(raw: bytes, where: str) -> Any:
+    """The JSON value of one line, ``_BLANK`` for a blank line, or the ``IngestError`` it is."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DecodeError(where, f"not UTF-8: {exc.reason} at byte {exc.start}")
+    if not line.strip():
+        return _BLANK
+    try:
+        return json.loads(line.rstrip("\r\n"), parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        return CorruptFileError(where, f"malformed JSON: {exc.msg} (column {exc.colno})")
+    except ValueError as exc:
+        return CorruptFileError(where, f"malformed JSON: {exc}")
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (and PostgreSQL's jsonb) do not.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _clean(value: Any) -> Any:
+    """Drop NUL characters, which PostgreSQL text and jsonb cannot store, from strings in ``value``."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
 
 
 def _label(where: str, source: str) -> str:

@@ -39,9 +39,7 @@ class PdfLoader:
         require_text(text, str(source))
         metadata = base_metadata(source, "pdf")
         metadata.update(pages=len(pages), page_starts=starts)
-        yield LoadedDocument(
-            uri=str(source), text=text, metadata=metadata, title=title, mime="application/pdf"
-        )
+        yield LoadedDocument(uri=str(source), text=text, metadata=metadata, title=title, mime="application/pdf")
 
 
 def _extract(data: bytes, source: str) -> tuple[list[str], str | None]:
