@@ -65,10 +65,7 @@ class Ragtune:
         from ragtune.ingest.chunker import StructuredChunker
         from ragtune.ingest.tokens import HFTokenCounter
 
-        tokenizer = getattr(self.embedder, "tokenizer", None)
-        if tokenizer is None:
-            raise ModelError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
-        counter = HFTokenCounter(tokenizer)
+        counter = HFTokenCounter(self._tokenizer())
         # The model truncates at max_seq_length including its special tokens: a longer chunk
         # would be embedded only in part.
         limit = getattr(self.embedder, "max_seq_length", None)
@@ -77,6 +74,12 @@ class Ragtune:
             budget = min(budget, int(limit) - counter.special_tokens)
         return StructuredChunker(counter, max_tokens=budget,
                                  overlap_tokens=min(self.settings.chunk_overlap_tokens, budget // 2))
+
+    def _tokenizer(self) -> Any:
+        tokenizer = getattr(self.embedder, "tokenizer", None)
+        if tokenizer is None:
+            raise ModelError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
+        return tokenizer
 
     # -- collections ---------------------------------------------------------------------------
     def collection(self, name: str | None = None, *, create: bool = False) -> CollectionInfo:
@@ -107,9 +110,19 @@ class Ragtune:
 
     def ingest_documents(self, documents: Iterable[LoadedDocument], *, collection: str | None = None,
                          metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
-                         progress: ProgressCallback | None = None) -> IngestReport:
-        """Ingest already-loaded documents (records from code, datasets)."""
-        return self._run(documents, collection, metadata, acl, progress)
+                         progress: ProgressCallback | None = None, whole_documents: bool = False) -> IngestReport:
+        """Ingest already-loaded documents (records from code, datasets).
+
+        ``whole_documents`` indexes each document as a single chunk (evaluation corpora whose
+        documents are the judged units).
+        """
+        chunker = None
+        if whole_documents:
+            from ragtune.ingest.chunker import WholeDocumentChunker
+            from ragtune.ingest.tokens import HFTokenCounter
+
+            chunker = WholeDocumentChunker(HFTokenCounter(self._tokenizer()))
+        return self._run(documents, collection, metadata, acl, progress, chunker=chunker)
 
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] = (), include: Sequence[str] = (), exclude: Sequence[str] = (),
@@ -138,9 +151,9 @@ class Ragtune:
 
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
              metadata: dict[str, Any] | None, acl: Iterable[str], progress: ProgressCallback | None,
-             seen: set[str] | None = None) -> IngestReport:
+             seen: set[str] | None = None, chunker: Chunker | None = None) -> IngestReport:
         info = self.collection(collection, create=True)
-        pipeline = IngestPipeline(self.repo, self.embedder, self.chunker(), self.analyzer,
+        pipeline = IngestPipeline(self.repo, self.embedder, chunker or self.chunker(), self.analyzer,
                                   batch_texts=max(self.settings.embed_batch_size * 4, 64))
         return pipeline.run(docs, info, metadata=metadata, acl=acl, progress=progress, seen=seen)
 

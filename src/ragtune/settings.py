@@ -35,6 +35,8 @@ class Settings:
     # Retrieval
     default_mode: str = "hybrid"
     fusion: str = "convex"
+    # How convex fusion puts dense and BM25 scores on one scale; chosen by measurement (README).
+    hybrid_normalization: str = "zscore"
     # Weight of the dense score in convex fusion; chosen by measurement (see README).
     hybrid_dense_weight: float = 0.5
     rrf_k: int = 60
@@ -57,6 +59,7 @@ class Settings:
             ("embed_batch_size", self.embed_batch_size > 0),
             ("default_mode", self.default_mode in SEARCH_MODES),
             ("fusion", self.fusion in FUSION_METHODS),
+            ("hybrid_normalization", self.hybrid_normalization in ("zscore", "minmax")),
             ("hybrid_dense_weight", 0.0 <= self.hybrid_dense_weight <= 1.0),
             ("rrf_k", self.rrf_k > 0),
             ("candidates", self.candidates > 0),

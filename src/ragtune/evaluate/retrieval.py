@@ -1,9 +1,9 @@
 """``ragtune eval retrieval``: index a dataset as a collection and score every search mode on it.
 
-Each dataset document is ingested as one document (uri = its id; text = title and body, the way
-the bm25s reference indexes it). Queries are embedded in batches once, then each mode is run
-through the normal search path (so the numbers include filters/ACL SQL and trace writing).
-Documents split into several chunks are scored by their best chunk.
+Each dataset document is ingested as one document and one chunk, since the corpus documents are
+the judged units (uri = its id; text = title and body, the way the bm25s reference indexes it).
+Queries are embedded in batches once, then each mode is run through the normal search path (so
+the numbers include the ACL SQL and trace writing).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
 
     dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages", limit_queries=limit,
                            subset_corpus=subset_corpus)
-    name = collection or f"eval-{dataset.name}" + (f"-sub{limit}" if subset_corpus and limit else "")
+    name = collection or f"eval-{dataset.name}-{rt.embedder.name}" + (f"-sub{limit}" if subset_corpus and limit else "")
     principal = Principal.system()
     with Progress(console=progress_console, transient=True) as progress:
         task = progress.add_task(f"indexing {len(dataset.corpus)} documents", total=len(dataset.corpus))
-        report = rt.ingest_documents(dataset_documents(dataset), collection=name,
+        report = rt.ingest_documents(dataset_documents(dataset), collection=name, whole_documents=True,
                                      progress=lambda ev, n: progress.advance(task, n) if ev == "document" else None)
         qids = list(dataset.queries)
         texts = [dataset.queries[q] for q in qids]

@@ -314,3 +314,21 @@ def _make_monotonic(starts: array[int], ends: array[int]) -> None:
     for i in range(len(starts)):
         if ends[i] < starts[i]:
             ends[i] = starts[i]
+
+
+class WholeDocumentChunker:
+    """One chunk per document, for corpora whose documents already are the retrieval units
+    (BEIR-style evaluation sets: a paragraph is judged relevant, not a piece of it).
+    A text longer than the embedder's window is embedded from its beginning, as any
+    sentence-transformers encode of it would be."""
+
+    def __init__(self, token_counter: OffsetTokenizer) -> None:
+        self.token_counter = token_counter
+
+    def split(self, document: LoadedDocument) -> list[Chunk]:
+        start, end = _strip(document.text, 0, len(document.text))
+        if start >= end:
+            return []
+        text = document.text[start:end]
+        return [Chunk(ordinal=0, text=text, start=start, end=end, heading="",
+                      tokens=self.token_counter.count_tokens(text))]

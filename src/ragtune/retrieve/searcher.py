@@ -39,6 +39,7 @@ class SearchOptions:
     mode: str = "hybrid"
     top_k: int = 10
     fusion: str = "convex"
+    normalization: str = "zscore"
     dense_weight: float = 0.5
     rrf_k: int = 60
     candidates: int = 100
@@ -53,11 +54,14 @@ class SearchOptions:
             raise QueryError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
         if self.fusion not in ("convex", "rrf"):
             raise QueryError(f"unknown fusion {self.fusion!r}; use convex or rrf")
+        if self.normalization not in fusion.NORMALIZERS:
+            raise QueryError(f"unknown score normalization {self.normalization!r}; use zscore or minmax")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SearchOptions:
         values: dict[str, Any] = dict(
-            mode=settings.default_mode, fusion=settings.fusion, dense_weight=settings.hybrid_dense_weight,
+            mode=settings.default_mode, fusion=settings.fusion, normalization=settings.hybrid_normalization,
+            dense_weight=settings.hybrid_dense_weight,
             rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
             exact_scan_threshold=settings.exact_scan_threshold,
             bm25=Bm25Params(settings.bm25_k1, settings.bm25_b),
@@ -135,6 +139,7 @@ class Searcher:
                     fused = fusion.convex(
                         {"dense": dense, "bm25": bm25},
                         {"dense": options.dense_weight, "bm25": 1.0 - options.dense_weight},
+                        options.normalization,
                     )
                 top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
             with timer.stage("fetch"):
@@ -161,6 +166,7 @@ class Searcher:
                 trace_id = self.traces.write(TraceRecord(
                     kind="search", principal=principal, collection=collection, query=query,
                     params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
+                            "normalization": options.normalization,
                             "dense_weight": options.dense_weight, "exact_scan": exact,
                             "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,

