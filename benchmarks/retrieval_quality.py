@@ -110,7 +110,8 @@ def bench_dataset(name: str, limit: int | None, variants: list[str]) -> dict[str
         **numpy_dense.latency(list(vectors[:2000]), K).as_dict(),
     }
     for how in ("rrf", "convex"):
-        rows[f"reference {how} of top-100 lists"] = retrieval_metrics(ds.qrels, fused_baseline(dense_run, bm25s_run, how))
+        fused = fused_baseline(dense_run, bm25s_run, how)
+        rows[f"reference {how} of top-100 lists"] = retrieval_metrics(ds.qrels, fused)
 
     for variant in variants:
         mode, _, opt = variant.partition(":")

@@ -30,7 +30,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,42 +401,46 @@ class OnnxInt8Embedder:
         The .onnx is renamed first and its manifest last, so a build killed at any point leaves either
         the old state or a file without a manifest, which the next load rebuilds.
         """
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_exports(self.cache_dir)
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix=".export-", dir=self.cache_dir))
         try:
-            model = self._load_torch_model()
-            fp32_path, int8_path = work / "fp32.onnx", work / "int8.onnx"
-            exporter = _export_onnx(model, tuple(self.tokenizer.model_input_names), fp32_path)
-            quantize_dynamic(
-                fp32_path, int8_path, weight_type=QuantType.QInt8,
-                per_channel=INT8_RECIPE["per_channel"], reduce_range=INT8_RECIPE["reduce_range"],
-            )
-            self._session = self._new_session(int8_path)
-            self._input_names = tuple(i.name for i in self._session.get_inputs())
-            cosine = self._self_check(model)
-            self._session = None
-            if cosine < MIN_SELF_CHECK_COSINE:
-                raise ModelError(
-                    f"{str(self.model_path)!r}: int8 vectors agree with fp32 at mean cosine {cosine:.4f} "
-                    f"only (< {MIN_SELF_CHECK_COSINE}); use this model without ':int8'"
-                )
-            manifest = {
-                "file": target.name, "sha256": _sha256(int8_path), "bytes": int8_path.stat().st_size,
-                "source": str(self.model_path), "recipe": INT8_RECIPE, "exporter": exporter,
-                "self_check_mean_cosine": round(cosine, 6),
-                "build_seconds": round(time.perf_counter() - started, 2),
-            }
-            os.replace(int8_path, target)
+            with _quiet_export():
+                manifest = self._export_and_check(work / "fp32.onnx", work / "int8.onnx")
+            manifest.update(file=target.name, build_seconds=round(time.perf_counter() - started, 2))
+            os.replace(work / "int8.onnx", target)
             (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             os.replace(work / "manifest.json", manifest_path)
-            self.builds += 1
-            log.info("built %s in %.1f s (self-check cosine %.4f)", target, manifest["build_seconds"], cosine)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        self.builds += 1
+        log.info("built %s in %.1f s (self-check cosine %.4f)", target, manifest["build_seconds"],
+                 manifest["self_check_mean_cosine"])
+
+    def _export_and_check(self, fp32_path: Path, int8_path: Path) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        model = self._load_torch_model()
+        exporter = _export_onnx(model, tuple(self.tokenizer.model_input_names), fp32_path)
+        quantize_dynamic(
+            fp32_path, int8_path, weight_type=QuantType.QInt8,
+            per_channel=INT8_RECIPE["per_channel"], reduce_range=INT8_RECIPE["reduce_range"],
+        )
+        self._session = self._new_session(int8_path)
+        self._input_names = tuple(i.name for i in self._session.get_inputs())
+        try:
+            cosine = self._self_check(model)
+        finally:
+            self._session = None
+        if cosine < MIN_SELF_CHECK_COSINE:
+            raise ModelError(
+                f"{str(self.model_path)!r}: int8 vectors agree with fp32 at mean cosine {cosine:.4f} "
+                f"only (< {MIN_SELF_CHECK_COSINE}); use this model without ':int8'"
+            )
+        return {"sha256": _sha256(int8_path), "bytes": int8_path.stat().st_size,
+                "source": str(self.model_path), "recipe": INT8_RECIPE, "exporter": exporter,
+                "self_check_mean_cosine": round(cosine, 6)}
 
     def _load_torch_model(self) -> Any:
         from transformers import AutoModel
@@ -519,6 +524,27 @@ def _remove_stale_exports(cache_dir: Path, older_than: float = 3600.0) -> None:
         with contextlib.suppress(OSError):
             if time.time() - folder.stat().st_mtime > older_than:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+class _DropQuantizerAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"onnxruntime{os.sep}quantization" not in record.pathname or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporters' advice that does not apply here (tracer warnings about shapes we export
+    as dynamic axes, the quantiser's root-logger tips); errors still surface."""
+    advice = _DropQuantizerAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # TracerWarning is a UserWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        root.removeFilter(advice)
 
 
 def _export_onnx(model: Any, input_names: tuple[str, ...], path: Path) -> str:
