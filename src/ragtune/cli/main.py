@@ -177,6 +177,7 @@ def search(
     collection: CollectionOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 10,
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
+    fusion: Annotated[str | None, typer.Option(help="Hybrid fusion: convex | rrf")] = None,
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", "-f", help="key=v, key=a|b, key>=n, key<date")
     ] = None,
@@ -193,7 +194,7 @@ def search(
         principal = Principal(id="cli", groups=groups, admin=as_admin)
         with _engine(data_dir) as rt:
             result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
-                               principal=principal)
+                               principal=principal, fusion=fusion)
         if as_json:
             print(json.dumps(_result_json(result), ensure_ascii=False, indent=2))
             return
