@@ -116,10 +116,13 @@ def bench_dataset(name: str, limit: int | None, variants: list[str]) -> dict[str
     for variant in variants:
         mode, _, opt = variant.partition(":")
         options: dict[str, Any] = {}
-        if opt.startswith("rrf"):
-            options["fusion"] = "rrf"
-        elif opt.startswith("w="):
-            options["dense_weight"] = float(opt[2:])
+        for part in filter(None, opt.split(",")):
+            if part == "rrf":
+                options["fusion"] = "rrf"
+            elif part in ("minmax", "zscore"):
+                options["normalization"] = part
+            elif part.startswith("w="):
+                options["dense_weight"] = float(part[2:])
         run, lat = our_run(rt, collection, qids, texts, vectors, mode, **options)
         rows[f"ragtune {variant}"] = {**retrieval_metrics(ds.qrels, run), **pct(lat)}
         console.print(f"{name} ragtune {variant}: nDCG@10 {rows[f'ragtune {variant}']['nDCG@10']:.4f}")
@@ -143,8 +146,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", nargs="+", default=["squad", "hotpotqa"])
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--variants", nargs="+",
-                        default=["bm25", "dense", "hybrid", "hybrid:rrf", "hybrid:w=0.3", "hybrid:w=0.4"])
+    parser.add_argument(
+        "--variants", nargs="+",
+        default=["bm25", "dense", "hybrid", "hybrid:minmax", "hybrid:rrf", "hybrid:w=0.4", "hybrid:w=0.6"],
+    )
     parser.add_argument("--out", default="retrieval_quality")
     args = parser.parse_args()
     results = []

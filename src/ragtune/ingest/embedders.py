@@ -143,7 +143,11 @@ class ModelLayout:
                 )
             hidden = _read_json(root / "config.json").get("hidden_size")
             return cls(root, root, ("mean",), hidden if isinstance(hidden, int) else None, 512, ())
-        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+        try:
+            modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+            modules = [m for m in modules if isinstance(m, dict)]
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelError(f"cannot read {root / 'modules.json'}: {exc}") from exc
         transformer_dir, other = root, []
         pooling: tuple[str, ...] = ("mean",)
         dimension: int | None = None
@@ -422,7 +426,10 @@ class OnnxInt8Embedder:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         model = self._load_torch_model()
-        exporter = _export_onnx(model, tuple(self.tokenizer.model_input_names), fp32_path)
+        # Two texts, so the second is padded: tracing an all-ones mask could let the model skip masking.
+        example = self.tokenizer(["an example sentence to trace the model with", "short"], padding=True,
+                                 return_tensors="pt")
+        exporter = _export_onnx(model, dict(example), fp32_path)
         quantize_dynamic(
             fp32_path, int8_path, weight_type=QuantType.QInt8,
             per_channel=INT8_RECIPE["per_channel"], reduce_range=INT8_RECIPE["reduce_range"],
@@ -535,19 +542,22 @@ class _DropQuantizerAdvice(logging.Filter):
 def _quiet_export() -> Iterator[None]:
     """Silence the exporters' advice that does not apply here (tracer warnings about shapes we export
     as dynamic axes, the quantiser's root-logger tips); errors still surface."""
+    import torch
+
     advice = _DropQuantizerAdvice()
     root = logging.getLogger()
     root.addFilter(advice)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # TracerWarning is a UserWarning
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
         root.removeFilter(advice)
 
 
-def _export_onnx(model: Any, input_names: tuple[str, ...], path: Path) -> str:
+def _export_onnx(model: Any, example: dict[str, Any], path: Path) -> str:
     """Export ``model``'s last hidden state with dynamic batch and sequence axes; returns the exporter.
 
     The TorchScript exporter (``dynamo=False``) needs no extra package and gave the fastest int8 graph;
@@ -555,34 +565,35 @@ def _export_onnx(model: Any, input_names: tuple[str, ...], path: Path) -> str:
     """
     import torch
 
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
+
     class LastHidden(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(input_names, args, strict=True))).last_hidden_state
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
-    # Two rows, the second padded: tracing an all-ones mask could let the model skip masking.
-    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
-    example = {"input_ids": torch.tensor([[101] + [2000] * 6 + [102], [101] + [2000] * 3 + [102] + [0] * 3]),
-               "attention_mask": mask, "token_type_ids": torch.zeros_like(mask)}
     args = tuple(example[name] for name in input_names)
     wrapper = LastHidden().eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in (*input_names, "last_hidden_state")}
     errors = []
     with torch.inference_mode(False), torch.no_grad():
         try:
-            torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=list(input_names),
+            torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=input_names,
                               output_names=["last_hidden_state"], dynamic_axes=axes,
                               opset_version=INT8_RECIPE["opset"], do_constant_folding=True)
             return "torchscript"
         except Exception as exc:
             errors.append(f"dynamo=False: {exc}")
         try:
-            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=4096)
+            longest = getattr(model.config, "max_position_embeddings", None) or 4096
+            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=longest)
             torch.onnx.export(wrapper, args, str(path), dynamo=True, external_data=False,
-                              input_names=list(input_names), output_names=["last_hidden_state"],
+                              input_names=input_names, output_names=["last_hidden_state"],
                               dynamic_shapes={n: {0: batch, 1: sequence} for n in input_names},
                               opset_version=max(18, INT8_RECIPE["opset"]))
             return "dynamo"
