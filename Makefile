@@ -23,7 +23,7 @@ fetch: $(STAMP)
 	$(BIN)/ragtune data fetch
 
 demo: fetch
-	$(BIN)/ragtune demo
+	$(BIN)/ragtune demo --eval-limit 1000
 
 test: fetch
 	$(BIN)/python -m pytest -q --timeout=1200

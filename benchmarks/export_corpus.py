@@ -64,8 +64,10 @@ def export(rt: Any, name: str) -> dict[str, Any]:
     embed_s = time.perf_counter() - t0
 
     EXPORT.mkdir(parents=True, exist_ok=True)
-    np.savez(EXPORT / f"{name}.npz", ids=np.array(ids), texts=np.array(texts), vectors=vectors.astype(np.float32),
-             query_ids=np.array(qids), query_texts=np.array(qtexts), query_vectors=qvectors)
+    # compressed: numpy stores strings fixed-width (UTF-32, padded to the longest text)
+    np.savez_compressed(EXPORT / f"{name}.npz", ids=np.array(ids), texts=np.array(texts),
+                        vectors=vectors.astype(np.float32), query_ids=np.array(qids),
+                        query_texts=np.array(qtexts), query_vectors=qvectors)
     (EXPORT / f"{name}.qrels.json").write_text(json.dumps(ds.qrels), encoding="utf-8")
     meta = {"dataset": name, "collection": collection, "embedder": rt.embedder.name, "documents": len(ids),
             "queries": len(qids), "dimension": int(vectors.shape[1]),
