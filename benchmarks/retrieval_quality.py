@@ -150,7 +150,7 @@ if __name__ == "__main__":
         "--variants", nargs="+",
         default=["bm25", "dense", "hybrid", "hybrid:minmax", "hybrid:rrf", "hybrid:w=0.4", "hybrid:w=0.6"],
     )
-    parser.add_argument("--out", default="retrieval_quality")
+    parser.add_argument("--out", default="retrieval_quality_run")
     args = parser.parse_args()
     results = []
     for ds_name in args.datasets:
