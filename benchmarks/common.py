@@ -1,5 +1,5 @@
 """Shared set-up for benchmark scripts: a persistent benchmark project (embedded PostgreSQL in
-benchmarks/cache/), so stored embeddings are reused across runs (keyed by model and text hash)
+~/.cache/ragtune/bench-data, or $RAGTUNE_BENCH_DATA), so stored embeddings are reused across runs (keyed by model and text hash)
 and a rerun re-embeds nothing."""
 
 from __future__ import annotations
@@ -21,11 +21,20 @@ CACHE = ROOT / "cache"
 sys.path.insert(0, str(ROOT))
 
 
+def default_bench_data() -> Path:
+    """Outside the work tree, so the embedded corpora (an hour of embedding) survive a fresh checkout;
+    an older in-tree folder is still used if that is where they are."""
+    in_tree = CACHE / "ragtune-data"
+    if (in_tree / "pg" / "PG_VERSION").exists():
+        return in_tree
+    return Path.home() / ".cache" / "ragtune" / "bench-data"
+
+
 def bench_engine(embedder: str = "minilm", **settings: Any) -> Any:
     from ragtune.engine import Ragtune
     from ragtune.settings import Settings
 
-    data_dir = Path(os.environ.get("RAGTUNE_BENCH_DATA", CACHE / "ragtune-data"))
+    data_dir = Path(os.environ.get("RAGTUNE_BENCH_DATA", default_bench_data()))
     data_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(os.environ.get("RAGTUNE_CACHE_DIR", CACHE))
     return Ragtune(Settings(data_dir=data_dir, cache_dir=cache_dir, embedder=embedder, **settings))
