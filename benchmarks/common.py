@@ -1,5 +1,6 @@
 """Shared set-up for benchmark scripts: a persistent benchmark project (embedded PostgreSQL in
-~/.cache/ragtune/bench-data, or $RAGTUNE_BENCH_DATA), so stored embeddings are reused across runs (keyed by model and text hash)
+~/.cache/ragtune/bench-data, or $RAGTUNE_BENCH_DATA),
+so stored embeddings are reused across runs (keyed by model and text hash)
 and a rerun re-embeds nothing."""
 
 from __future__ import annotations
