@@ -4,6 +4,7 @@ the same query sample, the same texts and the same vectors.
     .venv/bin/python benchmarks/export_corpus.py squad
     .venv-peers/bin/python benchmarks/peer_haystack.py squad --limit 2000
     .venv/bin/python benchmarks/peer_compare.py squad
+    # HotpotQA likewise, with --limit 500 (Haystack's in-memory BM25 takes ~1 s a query at 66k docs)
 
 Runs in ragtune's venv. It reads Haystack's runs and latencies from
 ``benchmarks/cache/peers/haystack-<dataset>.json``, runs ragtune (bm25, dense and hybrid with the
