@@ -61,6 +61,17 @@ class Ragtune:
     def searcher(self) -> Searcher:
         return Searcher(self.repo, self.embedder, self.analyzer, self.traces)
 
+    @cached_property
+    def _default_chunker(self) -> Chunker:
+        return self.chunker()
+
+    @cached_property
+    def _whole_document_chunker(self) -> Chunker:
+        from ragtune.ingest.chunker import WholeDocumentChunker
+        from ragtune.ingest.tokens import HFTokenCounter
+
+        return WholeDocumentChunker(HFTokenCounter(self._tokenizer()))
+
     def chunker(self) -> Chunker:
         from ragtune.ingest.chunker import StructuredChunker
         from ragtune.ingest.tokens import HFTokenCounter
@@ -116,12 +127,7 @@ class Ragtune:
         ``whole_documents`` indexes each document as a single chunk (evaluation corpora whose
         documents are the judged units).
         """
-        chunker = None
-        if whole_documents:
-            from ragtune.ingest.chunker import WholeDocumentChunker
-            from ragtune.ingest.tokens import HFTokenCounter
-
-            chunker = WholeDocumentChunker(HFTokenCounter(self._tokenizer()))
+        chunker = self._whole_document_chunker if whole_documents else None
         return self._run(documents, collection, metadata, acl, progress, chunker=chunker)
 
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
@@ -153,7 +159,7 @@ class Ragtune:
              metadata: dict[str, Any] | None, acl: Iterable[str], progress: ProgressCallback | None,
              seen: set[str] | None = None, chunker: Chunker | None = None) -> IngestReport:
         info = self.collection(collection, create=True)
-        pipeline = IngestPipeline(self.repo, self.embedder, chunker or self.chunker(), self.analyzer,
+        pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
                                   batch_texts=max(self.settings.embed_batch_size * 4, 64))
         return pipeline.run(docs, info, metadata=metadata, acl=acl, progress=progress, seen=seen)
 

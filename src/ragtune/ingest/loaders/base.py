@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, EmptyDocumentError, FileTooLargeError, IngestError
+from ragtune.models import LoadedDocument, Section
 
 DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
 
@@ -88,3 +89,10 @@ def require_text(text: str, source: str) -> str:
 def base_metadata(path: Path, fmt: str) -> dict[str, Any]:
     """Metadata every loader records. No timestamps: equal content must hash equal."""
     return {"source_path": str(path), "format": fmt}
+
+
+def file_document(source: Path, text: str, fmt: str, *, mime: str, title: str | None = None,
+                  sections: tuple[Section, ...] = ()) -> LoadedDocument:
+    """The one-document-per-file result every file loader yields."""
+    return LoadedDocument(uri=str(source), text=text, metadata=base_metadata(source, fmt), title=title,
+                          sections=sections, mime=mime)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import CorruptFileError
-from ragtune.ingest.loaders.base import LoaderOptions, base_metadata, read_checked, require_text
+from ragtune.ingest.loaders.base import LoaderOptions, file_document, read_checked, require_text
 from ragtune.models import LoadedDocument, Section
 
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -40,14 +40,7 @@ class DocxLoader:
         except Exception as exc:  # see the module docstring
             raise CorruptFileError(str(source), f"unreadable DOCX: {type(exc).__name__}: {exc}") from exc
         require_text(text, str(source))
-        yield LoadedDocument(
-            uri=str(source),
-            text=text,
-            metadata=base_metadata(source, "docx"),
-            title=title,
-            sections=sections,
-            mime=DOCX_MIME,
-        )
+        yield file_document(source, text, "docx", mime=DOCX_MIME, title=title, sections=sections)
 
 
 def _read(data: bytes) -> tuple[str, tuple[Section, ...], str | None]:

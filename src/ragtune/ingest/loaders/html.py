@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.ingest.encoding import decode_bytes
-from ragtune.ingest.loaders.base import LoaderOptions, base_metadata, read_checked, require_text
+from ragtune.ingest.loaders.base import LoaderOptions, file_document, read_checked, require_text
 from ragtune.models import LoadedDocument, Section
 
 _DROPPED = frozenset({"script", "style", "noscript", "template", "nav", "footer", "head", "-comment"})
@@ -132,11 +132,4 @@ class HtmlLoader:
         html = decode_bytes(read_checked(source, self.options), str(source))
         text, sections, title = html_to_text(html)
         require_text(text, str(source))
-        yield LoadedDocument(
-            uri=str(source),
-            text=text,
-            metadata=base_metadata(source, "html"),
-            title=title,
-            sections=sections,
-            mime="text/html",
-        )
+        yield file_document(source, text, "html", mime="text/html", title=title, sections=sections)

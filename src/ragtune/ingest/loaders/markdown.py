@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ragtune.ingest.encoding import decode_bytes
-from ragtune.ingest.loaders.base import LoaderOptions, base_metadata, read_checked, require_text
+from ragtune.ingest.loaders.base import LoaderOptions, file_document, read_checked, require_text
 from ragtune.models import LoadedDocument, Section
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
@@ -56,11 +56,4 @@ class MarkdownLoader:
         text = require_text(decode_bytes(read_checked(source, self.options), str(source)), str(source))
         sections = parse_sections(text)
         title = next((s.title for s in sections if s.level == 1), None)
-        yield LoadedDocument(
-            uri=str(source),
-            text=text,
-            metadata=base_metadata(source, "markdown"),
-            title=title,
-            sections=sections,
-            mime="text/markdown",
-        )
+        yield file_document(source, text, "markdown", mime="text/markdown", title=title, sections=sections)
