@@ -67,9 +67,12 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("RAGTUNE_CACHE_DIR")
-    return Path(env) if env else tmp_path_factory.mktemp("cache")
+def cache_dir() -> Path:
+    """The user's ragtune cache (RAGTUNE_CACHE_DIR or the platform cache folder): fetched data
+    packages and converted models are reused across runs instead of redone per session."""
+    from ragtune.settings import Settings
+
+    return Settings().resolved_cache_dir
 
 
 @pytest.fixture(scope="session")

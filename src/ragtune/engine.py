@@ -6,15 +6,18 @@ database (and the embedded server) start on first use, the embedding model loads
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import IngestError, ModelError
+from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
+from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
-from ragtune.models import Document, IngestReport, LoadedDocument, Principal, SearchResult
-from ragtune.protocols import Chunker, Embedder
+from ragtune.models import Answer, Document, IngestReport, LoadedDocument, Principal, SearchResult
+from ragtune.observe.traces import StageTimer
+from ragtune.protocols import Chunker, Embedder, Generator
 from ragtune.retrieve.filters import Filter, as_filters
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.searcher import Searcher, SearchOptions
@@ -30,6 +33,7 @@ class Ragtune:
         self._embedder = embedder
         self._database = database
         self.analyzer = LexicalAnalyzer()
+        self._generators: dict[str, Generator] = {}
 
     # -- lazily built parts --------------------------------------------------------------------
     @property
@@ -208,6 +212,48 @@ class Ragtune:
         return self.searcher.search(collection or self.settings.default_collection, query, opts,
                                     filters=as_filters(filters), principal=principal or Principal(),
                                     query_vector=query_vector)
+
+    # -- answers -------------------------------------------------------------------------------
+    def generator(self, spec: str | None = None) -> Generator | None:
+        """The generator named by ``spec`` (default: the ``generator`` setting), built once and
+        reused; None for ``extractive``, which needs no model."""
+        spec = (spec or self.settings.generator).strip()
+        if spec == EXTRACTIVE:
+            return None
+        if spec not in self._generators:
+            from ragtune.generate.registry import make_generator
+
+            self._generators[spec] = make_generator(spec, self.settings)
+        return self._generators[spec]
+
+    @cached_property
+    def support_scorer(self) -> SupportScorer:
+        return SupportScorer(self.embedder, self.analyzer)
+
+    def ask(self, question: str, *, collection: str | None = None, top_k: int | None = None,
+            mode: str | None = None, filters: Sequence[Filter | str] | dict[str, Any] | None = None,
+            principal: Principal | None = None, generator: str | Generator | None = None,
+            on_token: Callable[[str], None] | None = None, max_tokens: int | None = None,
+            query_vector: Any = None, **search_options: Any) -> Answer:
+        """Retrieve, then answer with numbered citations, or abstain when the documents do not answer.
+
+        ``generator`` is a spec (``smollm2``, ``extractive``, ``openai:MODEL``, a model folder) or any
+        object with the ``Generator`` protocol; ``on_token`` receives the answer as it streams.
+        """
+        s = self.settings
+        options = AskOptions(top_k=top_k or s.answer_top_k, max_tokens=max_tokens or s.max_new_tokens,
+                             context_tokens=s.context_tokens, abstain_threshold=s.abstain_threshold,
+                             support_threshold=s.support_threshold)
+        model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
+        principal = principal or Principal()
+        name = collection or s.default_collection
+        timer = StageTimer()
+        with timer.stage("retrieve"):
+            retrieved = self.search(question, collection=name, top_k=options.top_k, mode=mode, filters=filters,
+                                    principal=principal, query_vector=query_vector, **search_options)
+        answerer = Answerer(model, self.support_scorer, self.traces)
+        return answerer.answer(question, retrieved, options, principal=principal, collection=name,
+                               on_token=on_token, timer=timer)
 
     def close(self) -> None:
         if self._database is not None:

@@ -15,7 +15,9 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   └── MigrationError
     ├── NotFoundError            a collection, document or chunk that does not exist
     ├── EmbedderMismatchError    querying a collection with another embedder than it was built with
-    ├── ModelError               a model that cannot be found or loaded
+    ├── ModelError               a model that cannot be found or loaded (or a bad adapter)
+    ├── GenerationError          a generator endpoint that fails or cannot be reached
+    │   └── GenerationTimeoutError   no complete answer within the configured timeout
     ├── QueryError               an invalid query, filter or top_k
     └── DatasetError             an evaluation dataset that cannot be fetched or parsed
 """
@@ -82,6 +84,14 @@ class EmbedderMismatchError(RagtuneError):
 
 class ModelError(RagtuneError):
     code = "model_error"
+
+
+class GenerationError(RagtuneError):
+    code = "generation_error"
+
+
+class GenerationTimeoutError(GenerationError):
+    code = "generation_timeout"
 
 
 class QueryError(RagtuneError):

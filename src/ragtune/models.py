@@ -112,3 +112,69 @@ class SearchResult:
     hits: list[Hit]
     trace_id: int | None
     timings_ms: dict[str, float]
+
+
+# -- generation ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Message:
+    """One chat message; ``role`` is system, user or assistant."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a Generator returns: the text plus what it cost."""
+
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    finish_reason: str = "stop"  # stop, length, timeout, error
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Citation:
+    """Source ``number`` as shown in the prompt, pointing at a real chunk and its place in the document."""
+
+    number: int
+    chunk_id: int
+    document_id: int
+    uri: str
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerSentence:
+    """One sentence of an answer, the sources it cites and how well they support it (0..1)."""
+
+    text: str
+    citations: tuple[int, ...]
+    support: float
+    supported: bool
+    inferred: bool = False  # the sentence cited nothing; the citation is the source that supports it best
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]
+    hits: list[Hit]
+    model: str
+    sentences: list[AnswerSentence] = field(default_factory=list)
+    abstained: bool = False
+    grounded: bool = True  # every sentence supported by what it cites
+    error: str | None = None  # set when generation failed or timed out; hits are still returned
+    usage: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    trace_id: int | None = None
+    prompt: list[Message] = field(default_factory=list)

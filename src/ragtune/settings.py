@@ -49,6 +49,23 @@ class Settings:
     # Below this many matching chunks a filtered dense search scans exactly instead of the index.
     exact_scan_threshold: int = 5000
     cache_dir: Path | None = None
+    # Answers: which generator writes them (smollm2 | extractive | openai:MODEL | llamacpp:FILE.gguf |
+    # a Hugging Face model folder) and an optional LoRA adapter folder served on top of it.
+    generator: str = "smollm2"
+    generator_adapter: Path | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    # The API key is read from this environment variable, never from the config file.
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    generation_timeout: float = 120.0
+    generation_retries: int = 2
+    max_new_tokens: int = 200
+    # Prompt budget for the numbered sources, counted in the generator's own tokens.
+    context_tokens: int = 1536
+    answer_top_k: int = 5
+    # Abstain when the best source's support for the question is below this; calibrated (README).
+    abstain_threshold: float = 0.35
+    # An answer sentence counts as supported by its citations at or above this score.
+    support_threshold: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +86,14 @@ class Settings:
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 2 * self.hnsw_m),
             ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000),
             ("exact_scan_threshold", self.exact_scan_threshold >= 0),
+            ("generator", bool(self.generator.strip())),
+            ("generation_timeout", self.generation_timeout > 0),
+            ("generation_retries", 0 <= self.generation_retries <= 10),
+            ("max_new_tokens", 1 <= self.max_new_tokens <= 32768),
+            ("context_tokens", self.context_tokens >= 64),
+            ("answer_top_k", 1 <= self.answer_top_k <= 100),
+            ("abstain_threshold", -1.0 <= self.abstain_threshold <= 1.0),
+            ("support_threshold", 0.0 <= self.support_threshold <= 1.0),
         ]
         for name, ok in checks:
             if not ok:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragtune.cli.rerank import rerank_app
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 
@@ -31,6 +32,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(eval_app, name="eval")
 app.add_typer(collections_app, name="collections")
 app.add_typer(traces_app, name="traces")
+app.add_typer(rerank_app, name="rerank")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -184,6 +186,9 @@ def search(
     as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Search as a member of this group.")] = None,
     as_admin: Annotated[bool, typer.Option("--as-admin", help="Ignore ACLs (sees everything).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Rerank max(top-k, 20) hybrid candidates "
+                                         "with the collection's latest trained reranker.")] = False,
+    rerank_version: Annotated[int | None, typer.Option(help="Reranker version (implies --rerank).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Search a collection: dense, BM25 or hybrid, with filters and access control."""
@@ -193,8 +198,14 @@ def search(
         groups = frozenset(g for item in as_group or [] for g in _groups(item))
         principal = Principal(id="cli", groups=groups, admin=as_admin)
         with _engine(data_dir) as rt:
-            result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
-                               principal=principal, fusion=fusion)
+            if rerank or rerank_version is not None:
+                from ragtune.cli.rerank import rerank_search
+
+                result = rerank_search(rt, query, collection=collection, top_k=top_k, version=rerank_version,
+                                       mode=mode, filters=filter_ or [], principal=principal, fusion=fusion)
+            else:
+                result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
+                                   principal=principal, fusion=fusion)
         if as_json:
             print(json.dumps(_result_json(result), ensure_ascii=False, indent=2))
             return
@@ -211,6 +222,15 @@ def search(
             console.print("no hits")
 
     _run(body)
+
+
+def _register_ask() -> None:
+    from ragtune.cli.ask import ask_command
+
+    app.command("ask")(ask_command)
+
+
+_register_ask()
 
 
 def _result_json(result: Any) -> dict[str, Any]:

