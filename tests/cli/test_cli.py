@@ -114,3 +114,20 @@ def test_embedded_default_server_starts_is_reused_and_stops(cache_dir: Path, mon
     code, out, _ = invoke("db", "status")
     assert "stopped" in out
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_ask_prints_a_cited_answer_and_json(env: dict[str, str], tmp_path: Path) -> None:
+    doc = tmp_path / "policy.md"
+    doc.write_text("# Leave\n\nEvery employee receives 27 days of paid leave per year.\n", encoding="utf-8")
+    assert invoke("ingest", str(doc), "-c", "kb")[0] == 0
+    code, out, err = invoke("ask", "How many days of paid leave per year?", "-c", "kb", "--generator", "extractive")
+    assert code == 0, err
+    assert "27 days" in out and "policy.md" in out and "grounded" in out
+    code, out, err = invoke("ask", "How many days of paid leave per year?", "-c", "kb", "-g", "extractive", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["citations"][0]["uri"].endswith("policy.md") and not data["abstained"]
+    code, out, err = invoke("ask", "Who won the 1930 football world cup?", "-c", "kb", "-g", "extractive")
+    assert code == 0 and "do not answer" in out and "closest sources" in out
+    code, _, err = invoke("ask", "anything?", "-c", "kb", "-g", "no-such-model")
+    assert code == 2 and "unknown generator 'no-such-model'" in err

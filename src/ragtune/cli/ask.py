@@ -82,3 +82,56 @@ def _print_sources(console: Console, answer: Any) -> None:
     tps = answer.usage.get("tokens_per_second")
     speed = f", {tps:.1f} tokens/s" if tps else ""
     console.print(f"[dim]{answer.model}: {status}{speed}, trace {answer.trace_id}[/]")
+
+
+def eval_answers_command(
+    dataset: Annotated[str, typer.Option(help="squad | hotpotqa | beir:PATH")] = "squad",
+    generators: Annotated[str, typer.Option("--generator", "-g",
+                                            help="Comma-separated generators to compare.")] = "extractive,smollm2",
+    limit: Annotated[int, typer.Option(help="Questions (half unanswerable where the set has them).")] = 20,
+    collection: Annotated[str | None, typer.Option("--collection", "-c")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Project data folder.")] = None,
+) -> None:
+    """EM, F1, abstention, citation precision, groundedness, latency and tokens/s per generator."""
+    from rich.progress import Progress
+
+    from ragtune.cli.main import _engine, _run, console, err_console
+
+    def body() -> None:
+        from ragtune.evaluate.answers import evaluate_answers
+
+        names = [g.strip() for g in generators.split(",") if g.strip()]
+        with _engine(data_dir) as rt, Progress(console=err_console, transient=True) as progress:
+            tasks: dict[str, Any] = {}
+
+            def advance(gen: str, done: int, total: int) -> None:
+                if gen not in tasks:
+                    tasks[gen] = progress.add_task(f"asking with {gen}", total=total)
+                progress.update(tasks[gen], completed=done)
+
+            result = evaluate_answers(rt, dataset, generators=names, limit=limit, collection=collection,
+                                      progress=advance)
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        console.print(answers_table(result))
+
+    _run(body)
+
+
+def answers_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"answers on {result['dataset']}: {result['questions']} questions")
+    columns = [("EM", "exact_match"), ("F1", "f1"), ("abst. P", "abstention_precision"),
+               ("abst. R", "abstention_recall"), ("cite P", "citation_precision"), ("grounded", "groundedness"),
+               ("p50 ms", "p50_ms"), ("tok/s", "tokens_per_second")]
+    table.add_column("generator")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for gen, row in result["generators"].items():
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else (f"{value:.0f}" if key == "p50_ms" else f"{value:.3f}"))
+        table.add_row(gen, *cells)
+    return table

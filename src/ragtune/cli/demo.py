@@ -21,6 +21,13 @@ DEMO_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+DEMO_QUESTIONS: tuple[tuple[str, str], ...] = (
+    ("Who was the leader of the Norse settlers in Normandy?", "extractive"),
+    ("Which university did Nikola Tesla attend?", "smollm2"),
+    ("What is the boiling point of liquid nitrogen on Neptune?", "smollm2"),
+)
+
+
 def write_articles(dataset: Any, folder: Path) -> int:
     """One Markdown file per SQuAD article: ``# Title`` then its paragraphs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,8 +83,24 @@ def run_demo(rt: Any, console: Console, err_console: Console, *, eval_limit: int
     hit = rt.search("What is the name of the demo mascot?", collection="squad-articles", top_k=1).hits
     console.print(f"after deleting it ({removed} removed): top hit {Path(hit[0].uri).name!r}" if hit else "no hit")
 
+    console.rule("4. cited answers (extractive, then the local SmolLM2-135M), and an abstention")
+    from ragtune.cli.ask import _print_sources
+
+    for question, generator in DEMO_QUESTIONS:
+        console.print(f"[bold]Q ({generator}):[/] {question}")
+        console.print("[bold]A:[/] ", end="")
+        streamed: list[str] = []
+
+        def show(text: str, streamed: list[str] = streamed) -> None:
+            streamed.append(text)
+            console.print(text, end="", highlight=False, markup=False)
+
+        answer = rt.ask(question, collection="squad-articles", generator=generator, top_k=3, on_token=show)
+        console.print("" if streamed else answer.text, highlight=False, markup=False)
+        _print_sources(console, answer)
+
     label = f"first {eval_limit}" if eval_limit else "all"
-    console.rule(f"4. retrieval quality on SQuAD 2.0 dev ({label} answerable questions, paragraph level)")
+    console.rule(f"5. retrieval quality on SQuAD 2.0 dev ({label} answerable questions, paragraph level)")
     result = evaluate_retrieval(rt, "squad", limit=eval_limit, progress_console=err_console)
     table = Table(title=f"{result['queries']} queries over {result['corpus']} paragraphs")
     table.add_column("mode")

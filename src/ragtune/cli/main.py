@@ -225,9 +225,10 @@ def search(
 
 
 def _register_ask() -> None:
-    from ragtune.cli.ask import ask_command
+    from ragtune.cli.ask import ask_command, eval_answers_command
 
     app.command("ask")(ask_command)
+    eval_app.command("answers")(eval_answers_command)
 
 
 _register_ask()

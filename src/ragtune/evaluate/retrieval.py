@@ -25,6 +25,19 @@ def dataset_documents(dataset: Any) -> list[LoadedDocument]:
     return docs
 
 
+def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress: Any = None) -> tuple[str, Any]:
+    """Ingest a dataset's corpus as a collection (one document = one chunk); stored embeddings and
+    unchanged documents make a rerun nearly free. Returns the collection name and the report."""
+    name = collection or f"eval-{dataset.name}-{rt.embedder.name}"
+    total = len(dataset.corpus)
+    task = progress.add_task(f"indexing {total} documents", total=total) if progress else None
+    report = rt.ingest_documents(
+        dataset_documents(dataset), collection=name, whole_documents=True,
+        progress=(lambda ev, n: progress.advance(task, n) if ev == "document" else None) if progress else None,
+    )
+    return name, report
+
+
 def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "dense", "hybrid"),
                        limit: int | None = None, subset_corpus: bool = False, collection: str | None = None,
                        progress_console: Any = None, top_k: int = 10, search_options: dict[str, Any] | None = None
@@ -39,9 +52,7 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
     name = collection or f"eval-{dataset.name}-{rt.embedder.name}" + (f"-sub{limit}" if subset_corpus and limit else "")
     principal = Principal.system()
     with Progress(console=progress_console, transient=True) as progress:
-        task = progress.add_task(f"indexing {len(dataset.corpus)} documents", total=len(dataset.corpus))
-        report = rt.ingest_documents(dataset_documents(dataset), collection=name, whole_documents=True,
-                                     progress=lambda ev, n: progress.advance(task, n) if ev == "document" else None)
+        name, report = index_dataset(rt, dataset, name, progress)
         qids = list(dataset.queries)
         texts = [dataset.queries[q] for q in qids]
         vectors = rt.embedder.embed_batch(texts) if any(m != "bm25" for m in modes) else None

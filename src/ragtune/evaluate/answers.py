@@ -1,0 +1,162 @@
+"""``ragtune eval answers``: each generator, side by side on the same questions.
+
+Per generator:
+
+* exact match and token F1 with the official SQuAD normalisation (lower case, no punctuation, no
+  articles, single spaces), best over the gold answers; an abstention counts as the empty answer;
+* abstention precision and recall, where the dataset has unanswerable questions (SQuAD 2.0);
+* citation precision: a citation is correct when its chunk is a gold paragraph of the question or
+  contains a gold answer;
+* groundedness: the share of (non-abstaining) answers whose every sentence is supported;
+* latency (p50/p95 of the whole ``ask``) and generation tokens/s.
+
+Questions are chosen deterministically: the first answerable ones in file order and, when the set
+has them, as many unanswerable ones (``unanswerable_share``), interleaved.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ragtune.generate.grounding import strip_citations
+from ragtune.models import Answer, Principal
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD evaluation normalisation."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    if not golds:
+        return float(normalize_answer(prediction) == "")
+    return max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    if not golds:
+        return float(normalize_answer(prediction) == "")
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golds:
+        ref = normalize_answer(gold).split()
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if not pred or not ref:
+            best = max(best, float(pred == ref))
+        elif common:
+            p, r = common / len(pred), common / len(ref)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+@dataclass(frozen=True)
+class AnswerCase:
+    qid: str
+    question: str
+    answers: list[str]
+    gold_docs: frozenset[str]
+    answerable: bool
+
+
+def answer_cases(dataset: Any, limit: int, *, unanswerable_share: float = 0.5) -> list[AnswerCase]:
+    n_unanswerable = round(limit * unanswerable_share) if dataset.unanswerable else 0
+    answerable = [AnswerCase(q, text, dataset.answers.get(q, []), frozenset(dataset.qrels[q]), True)
+                  for q, text in list(dataset.queries.items())[: limit - n_unanswerable]]
+    unanswerable = [AnswerCase(q, text, [], frozenset(dataset.unanswerable_qrels.get(q, {})), False)
+                    for q, text in list(dataset.unanswerable.items())[:n_unanswerable]]
+    cases: list[AnswerCase] = []
+    for i in range(max(len(answerable), len(unanswerable))):
+        cases.extend(x[i] for x in (answerable, unanswerable) if i < len(x))
+    return cases
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: AnswerCase
+    answer: Answer
+    seconds: float
+
+    @property
+    def prediction(self) -> str:
+        return "" if self.answer.abstained else strip_citations(self.answer.text)
+
+
+def score_generator(results: Sequence[CaseResult]) -> dict[str, Any]:
+    answerable = [r for r in results if r.case.answerable]
+    unanswerable = [r for r in results if not r.case.answerable]
+    abstained = [r for r in results if r.answer.abstained]
+    answered = [r for r in results if not r.answer.abstained and not r.answer.error]
+    citations = correct = 0
+    for r in results:
+        golds = [g for g in (normalize_answer(a) for a in r.case.answers) if g]
+        for c in r.answer.citations:
+            citations += 1
+            correct += c.uri in r.case.gold_docs or any(g in normalize_answer(c.text) for g in golds)
+    latencies = [r.seconds * 1000 for r in results]
+    speeds = [r.answer.usage["tokens_per_second"] for r in results if r.answer.usage.get("tokens_per_second")]
+    true_abstentions = sum(1 for r in abstained if not r.case.answerable)
+    return {
+        "questions": len(results), "answerable": len(answerable), "unanswerable": len(unanswerable),
+        "exact_match": _mean([exact_match(r.prediction, r.case.answers) for r in answerable]),
+        "f1": _mean([token_f1(r.prediction, r.case.answers) for r in answerable]),
+        "abstained": len(abstained),
+        "abstention_precision": true_abstentions / len(abstained) if abstained else None,
+        "abstention_recall": true_abstentions / len(unanswerable) if unanswerable else None,
+        "citation_precision": correct / citations if citations else None,
+        "citations": citations,
+        "groundedness": _mean([float(r.answer.grounded) for r in answered]) if answered else None,
+        "errors": sum(1 for r in results if r.answer.error),
+        "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
+        "tokens_per_second": _mean(speeds) if speeds else None,
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: int = 20,
+                     unanswerable_share: float = 0.5, collection: str | None = None,
+                     progress: Callable[[str, int, int], None] | None = None,
+                     keep_answers: bool = False) -> dict[str, Any]:
+    """Index the dataset (reusing stored embeddings), then ask every question with every generator."""
+    import time
+
+    from ragtune.evaluate.datasets import load_dataset
+    from ragtune.evaluate.retrieval import index_dataset
+
+    dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages")
+    name, _ = index_dataset(rt, dataset, collection)
+    cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
+    principal = Principal.system()
+    out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases), "generators": {}}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for gen in generators:
+        rt.generator(gen)  # load before timing
+        results = []
+        for i, case in enumerate(cases):
+            started = time.perf_counter()
+            answer = rt.ask(case.question, collection=name, generator=gen, principal=principal)
+            results.append(CaseResult(case, answer, time.perf_counter() - started))
+            if progress is not None:
+                progress(gen, i + 1, len(cases))
+        out["generators"][gen] = score_generator(results)
+        if keep_answers:
+            examples[gen] = [{"question": r.case.question, "gold": r.case.answers, "answer": r.answer.text,
+                              "abstained": r.answer.abstained, "grounded": r.answer.grounded,
+                              "support": r.answer.usage.get("question_support"),
+                              "citations": [c.uri for c in r.answer.citations]} for r in results]
+    if keep_answers:
+        out["answers"] = examples
+    return out
