@@ -83,8 +83,8 @@ def pct(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95))}
 
 
-def bench_dataset(name: str, limit: int | None, variants: list[str]) -> dict[str, Any]:
-    rt = bench_engine()
+def bench_dataset(name: str, limit: int | None, variants: list[str], embedder: str = "minilm") -> dict[str, Any]:
+    rt = bench_engine(embedder)
     collection = f"eval-{name}-{rt.embedder.name}"
     ds = load_dataset(name, rt.settings.resolved_cache_dir / "packages", limit_queries=limit)
     info = rt.collection(collection)
@@ -123,11 +123,14 @@ def bench_dataset(name: str, limit: int | None, variants: list[str]) -> dict[str
                 options["normalization"] = part
             elif part.startswith("w="):
                 options["dense_weight"] = float(part[2:])
+            elif part.startswith("ef="):
+                options["ef_search"] = int(part[3:])
         run, lat = our_run(rt, collection, qids, texts, vectors, mode, **options)
         rows[f"ragtune {variant}"] = {**retrieval_metrics(ds.qrels, run), **pct(lat)}
         console.print(f"{name} ragtune {variant}: nDCG@10 {rows[f'ragtune {variant}']['nDCG@10']:.4f}")
     rt.close()
-    return {"dataset": name, "queries": len(qids), "corpus": len(ds.corpus), "rows": rows}
+    return {"dataset": name, "embedder": rt.embedder.name, "queries": len(qids), "corpus": len(ds.corpus),
+            "rows": rows}
 
 
 def show(result: dict[str, Any]) -> None:
@@ -151,10 +154,11 @@ if __name__ == "__main__":
         default=["bm25", "dense", "hybrid", "hybrid:minmax", "hybrid:rrf", "hybrid:w=0.4", "hybrid:w=0.6"],
     )
     parser.add_argument("--out", default="retrieval_quality_run")
+    parser.add_argument("--embedder", default="minilm", help="minilm | minilm-int8 (its own collections)")
     args = parser.parse_args()
     results = []
     for ds_name in args.datasets:
-        res = bench_dataset(ds_name, args.limit, args.variants)
+        res = bench_dataset(ds_name, args.limit, args.variants, args.embedder)
         show(res)
         results.append(res)
     path = write_result(args.out, {"k": K, "candidates": CANDIDATES, "limit": args.limit, "results": results})

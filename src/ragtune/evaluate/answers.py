@@ -129,14 +129,19 @@ def _mean(values: Sequence[float]) -> float | None:
 def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: int = 20,
                      unanswerable_share: float = 0.5, collection: str | None = None,
                      progress: Callable[[str, int, int], None] | None = None,
-                     keep_answers: bool = False) -> dict[str, Any]:
-    """Index the dataset (reusing stored embeddings), then ask every question with every generator."""
+                     keep_answers: bool = False, subset_corpus: bool = False) -> dict[str, Any]:
+    """Index the dataset (reusing stored embeddings), then ask every question with every generator.
+
+    ``subset_corpus`` indexes only the paragraphs of the chosen questions (quick checks, tests)."""
     import time
 
     from ragtune.evaluate.datasets import load_dataset
     from ragtune.evaluate.retrieval import index_dataset
 
-    dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages")
+    dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages",
+                           limit_queries=limit if subset_corpus else None, subset_corpus=subset_corpus)
+    if subset_corpus and collection is None:
+        collection = f"eval-{dataset.name}-{rt.embedder.name}-sub{limit}"
     name, _ = index_dataset(rt, dataset, collection)
     cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
     principal = Principal.system()

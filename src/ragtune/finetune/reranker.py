@@ -47,6 +47,9 @@ LOSSES = ("bce", "lambda", "mnrl")
 FORMAT = 1
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The classification head is new (and the pooler was never trained for this): at the encoder's
+# learning rate it would barely move in the few hundred steps a CPU affords.
+_HEAD = r"\.(classifier|pooler)\."
 
 
 @dataclass(frozen=True)
@@ -260,15 +263,18 @@ def _loss(model: Any, loss: str, triples: Sequence[Triple]) -> Any:
 
 
 def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: int = 1, batch_size: int = 16,
-                   learning_rate: float = 5e-5, seed: int = 0, loss: str = "bce", max_length: int = 256,
-                   warmup_ratio: float = 0.1, base_model: str | Path | None = None,
+                   learning_rate: float = 5e-5, head_learning_rate: float | None = 1e-3, seed: int = 0,
+                   loss: str = "bce", max_length: int = 256, warmup_ratio: float = 0.1,
+                   base_model: str | Path | None = None,
                    progress: Progress | None = None, extra: dict[str, Any] | None = None) -> RerankerArtifact:
     """Train a cross-encoder on ``triples`` and publish it as the next version under ``out_dir``
     (``<data_dir>/rerankers/<name>``). ``extra`` is stored in the manifest (e.g. where the
     triples came from)."""
-    hyper = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-             "loss": loss, "max_length": max_length, "warmup_ratio": warmup_ratio}
+    hyper = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+             "head_learning_rate": head_learning_rate, "seed": seed, "loss": loss, "max_length": max_length,
+             "warmup_ratio": warmup_ratio}
     checks = {"epochs": epochs >= 1, "batch_size": batch_size >= 1, "learning_rate": learning_rate > 0,
+              "head_learning_rate": head_learning_rate is None or head_learning_rate > 0,
               "max_length": 16 <= max_length <= 512, "warmup_ratio": 0 <= warmup_ratio < 1, "loss": loss in LOSSES}
     for key, ok in checks.items():
         if not ok:
@@ -336,6 +342,7 @@ def _fit(triples: Sequence[Triple], base: Path, work: Path, hyper: dict[str, Any
         data_seed=hyper["seed"], use_cpu=True, bf16=False, fp16=False, save_strategy="no", report_to="none",
         logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         batch_sampler="no_duplicates" if hyper["loss"] == "mnrl" else "batch_sampler",
+        learning_rate_mapping={_HEAD: hyper["head_learning_rate"]} if hyper["head_learning_rate"] else {},
     )
     trainer = CrossEncoderTrainer(model=model, args=args,
                                   train_dataset=Dataset.from_dict(_datasets(triples, hyper["loss"])),

@@ -43,7 +43,7 @@ class SearchOptions:
     dense_weight: float = 0.5
     rrf_k: int = 60
     candidates: int = 100
-    ef_search: int = 100
+    ef_search: int = 200
     exact_scan_threshold: int = 5000
     bm25: Bm25Params = field(default_factory=Bm25Params)
 
