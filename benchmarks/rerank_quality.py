@@ -54,7 +54,7 @@ def _doc_run(hits: list[Any]) -> dict[str, float]:
 
 
 def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    rt = bench_engine()
+    rt = bench_engine(args.embedder)
     collection = f"eval-{name}-{rt.embedder.name}"
     ds = load_dataset(name, rt.settings.resolved_cache_dir / "packages")
     info = rt.collection(collection)
@@ -159,6 +159,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-queries", type=int, default=500)
     parser.add_argument("--top-n", type=int, default=20)
+    parser.add_argument("--embedder", default="minilm", help="the collection's embedder (populate.py --embedder)")
     parser.add_argument("--label", default=None, help="key in the results file (default: the dataset name)")
     args = parser.parse_args()
     path = RESULTS / f"{OUT}.json"

