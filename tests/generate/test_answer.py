@@ -62,10 +62,12 @@ def test_abstains_when_documents_do_not_answer(kb: Ragtune) -> None:
 
 def test_acl_applies_to_answers(kb: Ragtune) -> None:
     q = "What is the salary band for level 7 engineers?"
-    outsider = kb.ask(q, collection="kb", generator="extractive", principal=Principal(id="x", groups=frozenset({"eng"})))
+    eng = Principal(id="x", groups=frozenset({"eng"}))
+    outsider = kb.ask(q, collection="kb", generator="extractive", principal=eng)
     assert all(h.uri != "salaries.txt" for h in outsider.hits)
     assert "91,000" not in outsider.text
-    insider = kb.ask(q, collection="kb", generator="extractive", principal=Principal(id="y", groups=frozenset({"hr"})))
+    hr = Principal(id="y", groups=frozenset({"hr"}))
+    insider = kb.ask(q, collection="kb", generator="extractive", principal=hr)
     assert "91,000" in insider.text and insider.citations[0].uri == "salaries.txt"
 
 
