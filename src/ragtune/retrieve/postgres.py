@@ -126,7 +126,7 @@ _BM25_FULL = (
 )
 
 
-def bm25_search(conn: Conn, info: CollectionInfo, terms: Counter[str], k: int, cond: Condition,
+def bm25_search(conn: Conn, qt: QueryTerms | None, k: int, cond: Condition,
                 params: Bm25Params) -> list[tuple[int, float]]:
     """Exact top-k BM25: every posting of every query term is summed, inside PostgreSQL.
 
@@ -134,7 +134,6 @@ def bm25_search(conn: Conn, info: CollectionInfo, terms: Counter[str], k: int, c
     HotpotQA: its bound was below the k-th partial score in under 20% of queries, so with the
     fallback it was slower than summing everything. The cost is the postings of common terms.
     """
-    qt = bm25_query_terms(conn, info, terms)
     if qt is None:
         return []
     tf = _tf_part(params, qt.avgdl)
@@ -148,13 +147,9 @@ def bm25_search(conn: Conn, info: CollectionInfo, terms: Counter[str], k: int, c
     return [(r["id"], float(r["score"])) for r in rows]
 
 
-def bm25_scores_for(conn: Conn, info: CollectionInfo, terms: Counter[str], ids: Sequence[int],
-                    params: Bm25Params) -> dict[int, float]:
+def bm25_scores_for(conn: Conn, qt: QueryTerms | None, ids: Sequence[int], params: Bm25Params) -> dict[int, float]:
     """Exact BM25 scores of the given chunks, looked up by index (chunk, then term)."""
-    if not ids:
-        return {}
-    qt = bm25_query_terms(conn, info, terms)
-    if qt is None:
+    if not ids or qt is None:
         return {}
     query = sql.SQL(
         "SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"

@@ -21,6 +21,7 @@ from ragtune.retrieve.filters import Filter, compile_conditions
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.postgres import (
     Bm25Params,
+    bm25_query_terms,
     bm25_scores_for,
     bm25_search,
     count_matching,
@@ -118,9 +119,13 @@ class Searcher:
                                               exact=True)
                         exact = True
                 dense = dict(ranked)
+            # Term ids, weights and avgdl are read once per search (in its snapshot) and shared
+            # by the BM25 list and the exact fill of missing scores.
+            query_terms = None
             if options.mode != "dense":
                 with timer.stage("bm25"):
-                    bm25 = dict(bm25_search(conn, info, terms, wanted, cond, options.bm25))
+                    query_terms = bm25_query_terms(conn, info, terms)
+                    bm25 = dict(bm25_search(conn, query_terms, wanted, cond, options.bm25))
             with timer.stage("fuse"):
                 if options.mode == "dense":
                     fused = dense
@@ -133,7 +138,7 @@ class Searcher:
                     missing_dense = [i for i in bm25 if i not in dense]
                     missing_bm25 = [i for i in dense if i not in bm25]
                     dense.update(dense_scores_for(conn, info, qvec, missing_dense))
-                    bm25.update(bm25_scores_for(conn, info, terms, missing_bm25, options.bm25))
+                    bm25.update(bm25_scores_for(conn, query_terms, missing_bm25, options.bm25))
                     for i in missing_bm25:
                         bm25.setdefault(i, 0.0)
                     fused = fusion.convex(
