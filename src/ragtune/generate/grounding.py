@@ -16,6 +16,8 @@ in an otherwise copied sentence.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,15 +54,34 @@ class Evidence:
 
 
 class SupportScorer:
-    def __init__(self, embedder: Embedder, analyzer: LexicalAnalyzer) -> None:
+    def __init__(self, embedder: Embedder, analyzer: LexicalAnalyzer, cache_size: int = 4096) -> None:
         self.embedder = embedder
         self.analyzer = analyzer
+        # An answer scores the same source sentences twice (question support, then grounding of
+        # the generated sentences): remember recent vectors so each sentence is embedded once.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # one engine serves concurrent requests (the server)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        fresh = dict(zip(missing, self.embedder.embed_batch(missing), strict=True)) if missing else {}
+        with self._lock:
+            self._cache.update(fresh)
+            rows = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
+            for text in texts:
+                if text in self._cache:
+                    self._cache.move_to_end(text)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return rows
 
     def evidence(self, claims: Sequence[str], passages: Sequence[Sequence[str]]) -> list[list[Evidence]]:
         """Evidence of each claim (rows) in each passage (columns; a passage is a list of texts)."""
         passage_sentences = [[s for text in p for s in split_sentences(text)] or [""] for p in passages]
         flat = [s for sents in passage_sentences for s in sents]
-        vectors = self.embedder.embed_batch([strip_citations(c) or c for c in claims] + flat)
+        vectors = self._embed([strip_citations(c) or c for c in claims] + flat)
         claim_vecs, sent_vecs = vectors[: len(claims)], vectors[len(claims):]
         passage_terms = [set(self.analyzer.term_counts(" ".join(p))) for p in passages]
         out: list[list[Evidence]] = []

@@ -82,12 +82,11 @@ def dense_scores_for(conn: Conn, info: CollectionInfo, qvec: np.ndarray, ids: Se
 
 @dataclass(frozen=True)
 class QueryTerms:
-    """The query's terms present in the collection, rarest first, with their BM25 weight
-    (query term frequency x idf) and the collection's average chunk length, read in the snapshot."""
+    """The query's terms present in the collection with their BM25 weight (query term frequency
+    x idf) and the collection's average chunk length, read in the search's snapshot."""
 
     ids: list[int]
     weights: list[float]
-    dfs: list[int]
     avgdl: float
 
 
@@ -102,11 +101,9 @@ def bm25_query_terms(conn: Conn, info: CollectionInfo, terms: Counter[str]) -> Q
     if not stats or not rows or stats["n_chunks"] <= 0:
         return None
     n = float(stats["n_chunks"])
-    rows.sort(key=lambda r: (r["df"], r["id"]))
     return QueryTerms(
         ids=[r["id"] for r in rows],
         weights=[terms[r["term"]] * math.log(1 + (n - r["df"] + 0.5) / (r["df"] + 0.5)) for r in rows],
-        dfs=[r["df"] for r in rows],
         avgdl=max(stats["total_len"], 1) / n,
     )
 
