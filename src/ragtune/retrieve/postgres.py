@@ -68,18 +68,6 @@ def dense_search(conn: Conn, info: CollectionInfo, qvec: np.ndarray, k: int, con
     return [(r["id"], float(r["score"])) for r in rows]
 
 
-def dense_scores_for(conn: Conn, info: CollectionInfo, qvec: np.ndarray, ids: Sequence[int]
-                     ) -> dict[int, float]:
-    if not ids:
-        return {}
-    vt = _vector_type(info)
-    rows = conn.execute(
-        sql.SQL("SELECT id, 1 - (embedding::{vt} <=> %s::{vt}) AS score FROM chunks WHERE id = ANY(%s)").format(vt=vt),
-        [qvec, list(ids)],
-    ).fetchall()
-    return {r["id"]: float(r["score"]) for r in rows}
-
-
 @dataclass(frozen=True)
 class QueryTerms:
     """The query's terms present in the collection with their BM25 weight (query term frequency
@@ -115,46 +103,74 @@ def _tf_part(params: Bm25Params, avgdl: float) -> sql.Composable:
         k1=sql.Literal(float(params.k1)), b=sql.Literal(float(params.b)), avgdl=sql.Literal(float(avgdl)))
 
 
-# Exhaustive: sum every posting of every query term. Exact; its cost is the postings of common terms.
-_BM25_FULL = (
-    "WITH q(id, w) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[])),"
-    " s AS (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
-    "  FROM q JOIN postings p ON p.term_id = q.id GROUP BY p.chunk_id)"
-)
+@dataclass(frozen=True)
+class Bm25Side:
+    """One BM25 statement's answer: its ranked list, the BM25 scores of the given dense hits it
+    covers, and the dense scores of its ranked chunks (when a query vector was given)."""
+
+    ranked: list[tuple[int, float]]
+    bm25_of_dense: dict[int, float]
+    dense_of_ranked: dict[int, float]
+    ranges: int = 1  # how many chunk-id ranges were summed in parallel
 
 
-def bm25_search(conn: Conn, qt: QueryTerms | None, k: int, cond: Condition,
-                params: Bm25Params) -> list[tuple[int, float]]:
-    """Exact top-k BM25: every posting of every query term is summed, inside PostgreSQL.
+def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, cond: Condition,
+              params: Bm25Params, *, qvec: np.ndarray | None = None, dense_ids: Sequence[int] = (),
+              chunk_range: tuple[int | None, int | None] = (None, None)) -> Bm25Side:
+    """Exact top-k BM25, and what hybrid fusion needs besides, in one statement.
+
+    Every posting of every query term is summed inside PostgreSQL; the sums are kept (a
+    materialised CTE) so the BM25 scores of the dense hits are read from them instead of probing
+    the postings again. ``chunk_range`` = [low, high) restricts the sum to a range of chunk ids,
+    so disjoint ranges can run on parallel connections and their top-k lists merge exactly.
 
     Static MaxScore pruning (score rare terms first, bound the rest) was tried and measured on
     HotpotQA: its bound was below the k-th partial score in under 20% of queries, so with the
     fallback it was slower than summing everything. The cost is the postings of common terms.
     """
     if qt is None:
-        return []
-    tf = _tf_part(params, qt.avgdl)
-    cte = sql.SQL(_BM25_FULL).format(tf=tf)
-    if cond.restrictive:
-        tail = sql.SQL(" SELECT s.id, s.score FROM s JOIN chunks c ON c.id = s.id WHERE {}"
-                       " ORDER BY s.score DESC, s.id LIMIT {}").format(cond.sql, sql.Literal(k))
+        return Bm25Side([], {}, {})
+    low, high = chunk_range
+    bounds: sql.Composable = sql.SQL("")
+    if low is not None:
+        bounds += sql.SQL(" AND p.chunk_id >= {}").format(sql.Literal(int(low)))
+    if high is not None:
+        bounds += sql.SQL(" AND p.chunk_id < {}").format(sql.Literal(int(high)))
+    restrict = sql.SQL(" JOIN chunks c ON c.id = s.id WHERE {}").format(cond.sql) if cond.restrictive else sql.SQL("")
+    dense_col: sql.Composable
+    dense_join: sql.Composable
+    if qvec is not None:
+        vt = _vector_type(info)
+        dense_col = sql.SQL("1 - (c.embedding::{vt} <=> %s::{vt})").format(vt=vt)
+        dense_join = sql.SQL(" JOIN chunks c ON c.id = t.id")
     else:
-        tail = sql.SQL(" SELECT s.id, s.score FROM s ORDER BY s.score DESC, s.id LIMIT {}").format(sql.Literal(k))
-    rows = conn.execute(cte + tail, [qt.ids, qt.weights, *cond.params]).fetchall()
-    return [(r["id"], float(r["score"])) for r in rows]
-
-
-def bm25_scores_for(conn: Conn, qt: QueryTerms | None, ids: Sequence[int], params: Bm25Params) -> dict[int, float]:
-    """Exact BM25 scores of the given chunks, looked up by index (chunk, then term)."""
-    if not ids or qt is None:
-        return {}
+        dense_col, dense_join = sql.SQL("NULL::float8"), sql.SQL("")
     query = sql.SQL(
-        "SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
-        " FROM unnest(%s::bigint[], %s::float8[]) AS q(id, w)"
-        " JOIN postings p ON p.term_id = q.id AND p.chunk_id = ANY(%s) GROUP BY p.chunk_id"
-    ).format(tf=_tf_part(params, qt.avgdl))
-    rows = conn.execute(query, [qt.ids, qt.weights, list(ids)]).fetchall()
-    return {r["id"]: float(r["score"]) for r in rows}
+        "WITH q(id, w) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[])),"
+        " s AS MATERIALIZED (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
+        "  FROM q JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id),"
+        " t AS MATERIALIZED (SELECT s.id, s.score FROM s{restrict} ORDER BY s.score DESC, s.id LIMIT {k})"
+        " SELECT t.id, t.score, {dense_col} AS dense, true AS ranked FROM t{dense_join}"
+        " UNION ALL"
+        " SELECT s.id, s.score, NULL::float8, false FROM unnest(%s::bigint[]) AS d(id)"
+        " JOIN s ON s.id = d.id"
+    ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k),
+             dense_col=dense_col, dense_join=dense_join)
+    # placeholders in text order: terms, weights, the condition's, the query vector, dense ids
+    values: list[Any] = [qt.ids, qt.weights, *(cond.params if cond.restrictive else []),
+                         *([qvec] if qvec is not None else []), list(dense_ids)]
+    ranked: list[tuple[int, float]] = []
+    bm25_of_dense: dict[int, float] = {}
+    dense_of_ranked: dict[int, float] = {}
+    for r in conn.execute(query, values).fetchall():
+        if r["ranked"]:
+            ranked.append((r["id"], float(r["score"])))
+            if r["dense"] is not None:
+                dense_of_ranked[r["id"]] = float(r["dense"])
+        else:
+            bm25_of_dense[r["id"]] = float(r["score"])
+    ranked.sort(key=lambda kv: (-kv[1], kv[0]))
+    return Bm25Side(ranked, bm25_of_dense, dense_of_ranked)
 
 
 def fetch_chunks(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

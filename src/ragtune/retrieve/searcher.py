@@ -6,7 +6,9 @@ list and the fetched chunk texts agree even while a writer replaces a document.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,19 +19,20 @@ from ragtune.models import Chunk, Hit, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
 from ragtune.protocols import Embedder
 from ragtune.retrieve import fusion
-from ragtune.retrieve.filters import Filter, compile_conditions
+from ragtune.retrieve.filters import Condition, Filter, compile_conditions
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.postgres import (
     Bm25Params,
+    Bm25Side,
+    QueryTerms,
     bm25_query_terms,
-    bm25_scores_for,
-    bm25_search,
+    bm25_side,
     count_matching,
-    dense_scores_for,
     dense_search,
     fetch_chunks,
 )
 from ragtune.settings import SEARCH_MODES, Settings
+from ragtune.store.database import Conn
 from ragtune.store.repository import CollectionInfo, Repository
 
 MAX_TOP_K = 1000
@@ -46,6 +49,8 @@ class SearchOptions:
     candidates: int = 100
     ef_search: int = 200
     exact_scan_threshold: int = 5000
+    workers: int = 2
+    split_min_chunks: int = 20000
     bm25: Bm25Params = field(default_factory=Bm25Params)
 
     def __post_init__(self) -> None:
@@ -65,6 +70,7 @@ class SearchOptions:
             dense_weight=settings.hybrid_dense_weight,
             rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
             exact_scan_threshold=settings.exact_scan_threshold,
+            workers=settings.search_workers, split_min_chunks=settings.bm25_split_min_chunks,
             bm25=Bm25Params(settings.bm25_k1, settings.bm25_b),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -78,6 +84,9 @@ class Searcher:
         self.embedder = embedder
         self.analyzer = analyzer
         self.traces = traces
+        self._split_cache: dict[tuple[int, int], tuple[int, list[int]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
                principal: Principal, query_vector: np.ndarray | None = None) -> SearchResult:
@@ -119,13 +128,17 @@ class Searcher:
                                               exact=True)
                         exact = True
                 dense = dict(ranked)
-            # Term ids, weights and avgdl are read once per search (in its snapshot) and shared
-            # by the BM25 list and the exact fill of missing scores.
-            query_terms = None
+            # Term ids, weights and avgdl are read once per search, in its snapshot.
+            side: Bm25Side | None = None
             if options.mode != "dense":
                 with timer.stage("bm25"):
                     query_terms = bm25_query_terms(conn, info, terms)
-                    bm25 = dict(bm25_search(conn, query_terms, wanted, cond, options.bm25))
+                    # hybrid: the BM25 statement also returns the BM25 scores of the dense hits
+                    # and the dense scores of its own hits, so convex fusion needs no extra query
+                    convex = options.mode == "hybrid" and options.fusion == "convex"
+                    side = self._bm25(conn, info, query_terms, wanted, cond, options,
+                                      qvec if convex else None, list(dense) if convex else [])
+                    bm25 = dict(side.ranked)
             with timer.stage("fuse"):
                 if options.mode == "dense":
                     fused = dense
@@ -134,13 +147,11 @@ class Searcher:
                 elif options.fusion == "rrf":
                     fused = fusion.rrf({"dense": list(dense), "bm25": list(bm25)}, options.rrf_k)
                 else:
-                    assert qvec is not None
-                    missing_dense = [i for i in bm25 if i not in dense]
-                    missing_bm25 = [i for i in dense if i not in bm25]
-                    dense.update(dense_scores_for(conn, info, qvec, missing_dense))
-                    bm25.update(bm25_scores_for(conn, query_terms, missing_bm25, options.bm25))
-                    for i in missing_bm25:
-                        bm25.setdefault(i, 0.0)
+                    assert side is not None
+                    for i, score in side.dense_of_ranked.items():
+                        dense.setdefault(i, score)
+                    for i in dense:  # a dense hit without any query term has BM25 0
+                        bm25.setdefault(i, side.bm25_of_dense.get(i, 0.0))
                     fused = fusion.convex(
                         {"dense": dense, "bm25": bm25},
                         {"dense": options.dense_weight, "bm25": 1.0 - options.dense_weight},
@@ -173,12 +184,64 @@ class Searcher:
                     params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
                             "normalization": options.normalization,
                             "dense_weight": options.dense_weight, "exact_scan": exact,
+                            "bm25_ranges": side.ranges if side is not None else 0,
                             "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
                               "scores": h.scores_by_source} for h in hits],
                     timings_ms=timings,
                 ))
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
+
+    def _bm25(self, conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, cond: Condition,
+              options: SearchOptions, qvec: np.ndarray | None, dense_ids: list[int]) -> Bm25Side:
+        """BM25 of a large collection is summed in disjoint chunk-id ranges on parallel
+        connections sharing this search's snapshot; each range's top-k, merged, is the exact
+        top-k. Summing postings is the cost of BM25, and it divides across cores."""
+        workers = options.workers if qt is not None and info.n_chunks >= options.split_min_chunks else 1
+        if workers <= 1:
+            return bm25_side(conn, info, qt, k, cond, options.bm25, qvec=qvec, dense_ids=dense_ids)
+        bounds = self._splits(conn, info, workers)
+        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+        with self.repo.db.shared_snapshot(conn, len(ranges) - 1) as others:
+            conns = [conn, *others]
+            if len(conns) < len(ranges):  # busy pool: fewer, wider ranges
+                ranges = list(zip([None, *bounds[: len(conns) - 1]], [*bounds[: len(conns) - 1], None], strict=True))
+            futures = [self._executor().submit(bm25_side, c, info, qt, k, cond, options.bm25, qvec=qvec,
+                                               dense_ids=dense_ids, chunk_range=r)
+                       for c, r in zip(conns[1:], ranges[1:], strict=True)]
+            parts = [bm25_side(conns[0], info, qt, k, cond, options.bm25, qvec=qvec, dense_ids=dense_ids,
+                               chunk_range=ranges[0])]
+            parts.extend(f.result() for f in futures)
+        ranked = sorted((kv for part in parts for kv in part.ranked), key=lambda kv: (-kv[1], kv[0]))[:k]
+        kept = {i for i, _ in ranked}
+        return Bm25Side(
+            ranked,
+            {i: s for part in parts for i, s in part.bm25_of_dense.items()},
+            {i: s for part in parts for i, s in part.dense_of_ranked.items() if i in kept},
+            ranges=len(parts),
+        )
+
+    def _splits(self, conn: Conn, info: CollectionInfo, workers: int) -> list[int]:
+        """Chunk ids that cut the collection into ``workers`` ranges of about equal size; cached,
+        and recomputed when the collection has grown or shrunk by a tenth. Balance only affects
+        speed: any cut points give the exact result."""
+        cached = self._split_cache.get((info.id, workers))
+        if cached is not None and abs(cached[0] - info.n_chunks) <= info.n_chunks / 10:
+            return cached[1]
+        fractions = [i / workers for i in range(1, workers)]
+        row = conn.execute(
+            "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY id) AS cuts FROM chunks"
+            " WHERE collection_id = %s", (fractions, info.id)).fetchone()
+        cuts = sorted({int(c) for c in (row["cuts"] if row and row["cuts"] else []) if c is not None})
+        self._split_cache[(info.id, workers)] = (info.n_chunks, cuts)
+        return cuts
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=15, thread_name_prefix="ragtune-bm25")
+        return self._pool
 
     def _check_embedder(self, info: CollectionInfo) -> None:
         if info.embedder != self.embedder.name or info.dimension != self.embedder.dimension:

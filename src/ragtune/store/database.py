@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
 from ragtune.errors import MigrationError, StoreError
@@ -69,7 +70,7 @@ class Database:
 
             try:
                 pool = ConnectionPool(
-                    self.url, min_size=1, max_size=self._max, configure=_configure,
+                    self.url, min_size=min(2, self._max), max_size=self._max, configure=_configure,
                     kwargs={"row_factory": dict_row}, open=False,
                 )
                 pool.open(wait=True, timeout=30)
@@ -98,6 +99,36 @@ class Database:
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    @contextmanager
+    def shared_snapshot(self, conn: Conn, extra: int) -> Iterator[list[Conn]]:
+        """Up to ``extra`` more connections that see exactly the snapshot of ``conn`` (which must
+        be inside a ``snapshot()``), for statements of one search run in parallel. Only idle
+        pooled connections are taken, never waited for: a busy pool yields fewer, even none."""
+        if extra < 1:
+            yield []
+            return
+        from psycopg_pool import PoolTimeout
+
+        row = conn.execute("SELECT pg_export_snapshot() AS id").fetchone()
+        snapshot_id = row["id"] if row else None
+        taken: list[Conn] = []
+        try:
+            for _ in range(extra):
+                try:
+                    other = self.pool.getconn(timeout=0.01)
+                except PoolTimeout:
+                    break
+                taken.append(other)
+                other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            yield taken
+        finally:
+            for other in taken:
+                try:
+                    other.execute("COMMIT")
+                finally:
+                    self.pool.putconn(other)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations; returns the versions applied."""
