@@ -26,7 +26,8 @@ def folder() -> Iterator[Path]:
 
 def buffers_mb(url: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'").fetchone()
+        row = conn.execute(
+            "SELECT setting::bigint * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'").fetchone()
     assert row is not None
     return int(row[0])
 
