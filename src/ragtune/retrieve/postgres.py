@@ -142,7 +142,8 @@ def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, c
     if qvec is not None:
         vt = _vector_type(info)
         dense_col = sql.SQL("1 - (c.embedding::{vt} <=> %s::{vt})").format(vt=vt)
-        dense_join = sql.SQL(" JOIN chunks c ON c.id = t.id")
+        # only for chunks the dense list lacks: reading a vector can mean a TOAST fetch
+        dense_join = sql.SQL(" LEFT JOIN chunks c ON c.id = t.id AND t.id <> ALL(%s::bigint[])")
     else:
         dense_col, dense_join = sql.SQL("NULL::float8"), sql.SQL("")
     query = sql.SQL(
@@ -158,7 +159,7 @@ def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, c
              dense_col=dense_col, dense_join=dense_join)
     # placeholders in text order: terms, weights, the condition's, the query vector, dense ids
     values: list[Any] = [qt.ids, qt.weights, *(cond.params if cond.restrictive else []),
-                         *([qvec] if qvec is not None else []), list(dense_ids)]
+                         *([qvec, list(dense_ids)] if qvec is not None else []), list(dense_ids)]
     ranked: list[tuple[int, float]] = []
     bm25_of_dense: dict[int, float] = {}
     dense_of_ranked: dict[int, float] = {}
