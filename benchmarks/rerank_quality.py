@@ -29,7 +29,13 @@ from rich.table import Table
 
 from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.metrics import retrieval_metrics
-from ragtune.finetune.reranker import hash_split, reranker_dir, train_reranker, triples_from_dataset
+from ragtune.finetune.reranker import (
+    hash_split,
+    reranker_dir,
+    train_reranker,
+    triples_from_dataset,
+    validation_chooser,
+)
 from ragtune.models import Principal
 from ragtune.retrieve.rerank import CrossEncoderReranker
 
@@ -62,14 +68,16 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     train_ids, held_ids = hash_split(ds.queries)
     assert not set(train_ids) & set(held_ids)
     per_query = args.negatives * max(1, round(np.mean([len(ds.qrels[q]) for q in train_ids])))
-    picked = _ordered(train_ids, "train")[: math.ceil(args.train_triples / per_query)]
+    ordered_train = _ordered(train_ids, "train")
+    picked = ordered_train[: math.ceil(args.train_triples / per_query)]
+    validation = ordered_train[len(picked): len(picked) + args.validation]  # never trained on
 
     t0 = time.perf_counter()
     triples = triples_from_dataset(rt, ds, collection, picked, negatives_per_query=args.negatives)
     triples = triples[: args.train_triples]
     mine_seconds = time.perf_counter() - t0
     console.print(f"{name}: {len(triples)} triples from {len({t.query for t in triples})} train questions "
-                  f"in {mine_seconds:.0f}s; training ({args.loss}, {args.epochs} epoch(s))")
+                  f"in {mine_seconds:.0f}s; training ({args.epochs} epoch(s))")
 
     last = [0.0]
 
@@ -80,9 +88,14 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     artifact = train_reranker(
         triples, reranker_dir(rt.settings.data_dir, collection), epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, seed=0, loss=args.loss, max_length=args.max_length, progress=progress,
-        extra={"source": {"dataset": name, "split": "hash half 'train'", "questions": len(picked)}},
+        learning_rate=args.lr, seed=0, max_length=args.max_length, progress=progress,
+        choose=validation_chooser(rt, collection, [(ds.queries[q], {d for d, r in ds.qrels[q].items() if r > 0})
+                                                   for q in validation], top_n=args.top_n),
+        extra={"source": {"dataset": name, "split": "hash half 'train'", "questions": len(picked),
+                          "validation_questions": len(validation)}},
     )
+    console.print(f"{name}: fusion weight {artifact.manifest['fusion_weight']} chosen on validation "
+                  f"{artifact.manifest.get('validation', {}).get('ndcg@10')}")
     console.print(f"{name}: trained v{artifact.version} in {artifact.manifest['train_seconds']:.0f}s")
 
     held = _ordered(held_ids, "eval")[: args.eval_queries]
@@ -152,11 +165,12 @@ if __name__ == "__main__":
     parser.add_argument("--datasets", nargs="+", default=["squad", "hotpotqa"])
     parser.add_argument("--train-triples", type=int, default=1500)
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per question")
-    parser.add_argument("--loss", default="bce", choices=["bce", "lambda", "mnrl"])
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4, help="questions per step")
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--validation", type=int, default=100, help="train-half questions held out to pick "
+                                                                     "the fusion weight")
     parser.add_argument("--eval-queries", type=int, default=500)
     parser.add_argument("--top-n", type=int, default=20)
     parser.add_argument("--embedder", default="minilm", help="the collection's embedder (populate.py --embedder)")

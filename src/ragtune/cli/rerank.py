@@ -75,9 +75,10 @@ def train(
     generator: Annotated[str, typer.Option(help="Generator writing the synthetic questions.")] = "local",
     negatives: Annotated[int, typer.Option(help="Hard negatives per question.")] = 3,
     epochs: Annotated[int, typer.Option()] = 1,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
-    loss: Annotated[str, typer.Option(help="bce | lambda | mnrl")] = "bce",
+    batch_size: Annotated[int, typer.Option(help="Questions per step (each with its negatives).")] = 4,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 3e-5,
+    validation: Annotated[int, typer.Option(help="Questions held out of training to choose how much the rerank "
+                                                 "score counts against the retriever's (0: rerank alone).")] = 100,
     seed: Annotated[int, typer.Option()] = 0,
     name: Annotated[str | None, typer.Option(help="Reranker name (default: the collection).")] = None,
     data_dir: DataDir = None,
@@ -93,11 +94,14 @@ def train(
             synthetic_pairs,
             train_reranker,
             triples_from_dataset,
+            validation_chooser,
         )
 
         for key, value in (("limit", limit), ("synthetic", synthetic)):
             if value < 1:
                 raise ConfigError(f"--{key} must be at least 1, got {value}")
+        if validation < 0:
+            raise ConfigError(f"--validation must be at least 0, got {validation}")
         with _engine(data_dir) as rt:
             rt.collection(collection)  # NotFoundError before any model loads
             out_dir = reranker_dir(rt.settings.data_dir, name or collection)
@@ -106,25 +110,36 @@ def train(
                     from ragtune.evaluate.datasets import load_dataset
 
                     ds = load_dataset(dataset, rt.settings.resolved_cache_dir / "packages")
-                    qids = sorted(hash_split(ds.queries)[0])[:limit]
+                    train_half = sorted(hash_split(ds.queries)[0])
+                    qids = train_half[:limit]
+                    held = [(ds.queries[q], {d for d, r in ds.qrels[q].items() if r > 0})
+                            for q in train_half[limit:limit + validation]]
                     triples = triples_from_dataset(rt, ds, collection, qids, negatives_per_query=negatives,
                                                    progress=_updater(progress, "mining triples"))
                     source: dict[str, Any] = {"dataset": dataset, "questions": len(qids),
                                               "split": "hash half 'train'"}
                 else:
                     gen = _make_generator(generator, rt.settings)
-                    pairs = synthetic_pairs(rt, collection, gen, limit=synthetic,
+                    pairs = synthetic_pairs(rt, collection, gen, limit=synthetic + validation,
                                             progress=_updater(progress, "writing questions"))
+                    # the last questions written are held out (too few: all train, no choice)
+                    cut = len(pairs) - validation if len(pairs) >= 2 * validation else len(pairs)
+                    pairs, held = pairs[:cut], pairs[cut:]
                     triples = mine_triples(rt, collection, pairs, negatives_per_query=negatives,
                                            progress=_updater(progress, "mining triples"))
                     source = {"synthetic": len(pairs), "generator": getattr(gen, "name", generator)}
                 artifact = train_reranker(triples, out_dir, epochs=epochs, batch_size=batch_size,
-                                          learning_rate=learning_rate, seed=seed, loss=loss,
+                                          learning_rate=learning_rate, seed=seed,
+                                          choose=validation_chooser(rt, collection, held) if held else None,
                                           progress=_updater(progress, "training steps"),
                                           extra={"collection": collection, "source": source})
         m = artifact.manifest
         console.print(f"reranker [bold]{artifact.name}[/] v{artifact.version}: {m['triples']} triples from "
                       f"{m['queries']} questions, trained in {m['train_seconds']:.0f}s -> {artifact.path}")
+        if m.get("validation"):
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in m["validation"]["ndcg@10"].items())
+            console.print(f"validation nDCG@10 by fusion weight ({m['validation']['questions']} questions): "
+                          f"{scores}; chosen {m['fusion_weight']}")
 
     _run(body)
 
@@ -162,12 +177,12 @@ def list_versions(
                               for a in artifacts], indent=2))
             return
         table = Table(title=f"{len(artifacts)} reranker version(s) in {folder}")
-        for col in ("name", "version", "created", "triples", "questions", "loss", "epochs", "lr", "seconds"):
+        for col in ("name", "version", "created", "triples", "questions", "weight", "epochs", "lr", "seconds"):
             table.add_column(col)
         for a in artifacts:
             m, h = a.manifest, a.manifest.get("hyperparameters", {})
             table.add_row(a.name, f"v{a.version}", str(m.get("created_at", "")), str(m.get("triples", "")),
-                          str(m.get("queries", "")), str(h.get("loss", "")), str(h.get("epochs", "")),
+                          str(m.get("queries", "")), str(m.get("fusion_weight", "")), str(h.get("epochs", "")),
                           str(h.get("learning_rate", "")), f"{m.get('train_seconds', 0):.0f}")
         console.print(table)
 

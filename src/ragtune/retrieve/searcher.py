@@ -243,6 +243,12 @@ class Searcher:
                     self._pool = ThreadPoolExecutor(max_workers=15, thread_name_prefix="ragtune-bm25")
         return self._pool
 
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
     def _check_embedder(self, info: CollectionInfo) -> None:
         if info.embedder != self.embedder.name or info.dimension != self.embedder.dimension:
             raise EmbedderMismatchError(
