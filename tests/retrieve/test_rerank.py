@@ -138,7 +138,7 @@ def test_bad_folders_are_model_errors_naming_the_path(tmp_path: Path, trained: P
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({**json.loads((trained / "manifest.json").read_text()),
                                                    "format": 1}))
-    with pytest.raises(ModelError, match="format 1.*train it again"):
+    with pytest.raises(ModelError, match=r"format 1.*train it again"):
         CrossEncoderReranker(old).rerank("q", hits())
     broken = tmp_path / "broken"
     broken.mkdir()
