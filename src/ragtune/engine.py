@@ -6,6 +6,8 @@ database (and the embedded server) start on first use, the embedding model loads
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +19,7 @@ from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
 from ragtune.models import Answer, Document, IngestReport, LoadedDocument, Principal, SearchResult
 from ragtune.observe.traces import StageTimer
-from ragtune.protocols import Chunker, Embedder, Generator
+from ragtune.protocols import Chunker, Embedder, Generator, Reranker
 from ragtune.retrieve.filters import Filter, as_filters
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.searcher import Searcher, SearchOptions
@@ -207,11 +209,21 @@ class Ragtune:
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
                filters: Sequence[Filter | str] | dict[str, Any] | None = None,
-               principal: Principal | None = None, query_vector: Any = None, **options: Any) -> SearchResult:
-        opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=top_k, **options)
-        return self.searcher.search(collection or self.settings.default_collection, query, opts,
-                                    filters=as_filters(filters), principal=principal or Principal(),
-                                    query_vector=query_vector)
+               principal: Principal | None = None, query_vector: Any = None, reranker: Reranker | None = None,
+               **options: Any) -> SearchResult:
+        """Ranked hits. With a ``reranker``, its ``top_n`` candidates (at least ``top_k``) are
+        retrieved, reranked, and the first ``top_k`` kept."""
+        n = top_k if reranker is None else max(top_k, int(getattr(reranker, "top_n", top_k)))
+        opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=n, **options)
+        result = self.searcher.search(collection or self.settings.default_collection, query, opts,
+                                      filters=as_filters(filters), principal=principal or Principal(),
+                                      query_vector=query_vector)
+        if reranker is None:
+            return result
+        started = time.perf_counter()
+        hits = reranker.rerank(query, result.hits)[:top_k]
+        timings = {**result.timings_ms, "rerank": (time.perf_counter() - started) * 1000}
+        return dataclasses.replace(result, hits=hits, mode=f"{result.mode}+rerank", timings_ms=timings)
 
     # -- answers -------------------------------------------------------------------------------
     def generator(self, spec: str | None = None) -> Generator | None:
@@ -239,6 +251,7 @@ class Ragtune:
 
         ``generator`` is a spec (``smollm2``, ``extractive``, ``openai:MODEL``, a model folder) or any
         object with the ``Generator`` protocol; ``on_token`` receives the answer as it streams.
+        ``reranker`` (in ``search_options``, e.g. ``load_reranker(...)``) reorders the sources.
         """
         s = self.settings
         options = AskOptions(top_k=top_k or s.answer_top_k, max_tokens=max_tokens or s.max_new_tokens,

@@ -225,6 +225,30 @@ def test_trained_reranker_fixes_hybrid_order_on_held_out_questions(world: World)
     assert margin(after) > margin(before) + 0.5, (margin(before), margin(after))
 
 
+def test_search_and_ask_take_a_reranker(world: World) -> None:
+    """rt.search and rt.ask retrieve the reranker's top_n candidates, rerank, and keep top_k."""
+    ds = world.dataset
+    two = load_reranker(world.settings.data_dir, COLLECTION, version=1, top_n=2)
+    checked = 0
+    for q in world.held_ids[:6]:
+        question, answer_uri, noise_uri = ds.queries[q], f"ans-{q[1:]}", f"noise-{q[1:]}"
+        plain = world.rt.search(question, collection=COLLECTION, top_k=2, principal=Principal.system())
+        if [h.uri for h in plain.hits] != [noise_uri, answer_uri]:
+            continue
+        result = world.rt.search(question, collection=COLLECTION, top_k=1, principal=Principal.system(), reranker=two)
+        assert [h.uri for h in result.hits] == [answer_uri]
+        assert result.mode == "hybrid+rerank" and result.timings_ms["rerank"] > 0
+        answered = world.rt.ask(question, collection=COLLECTION, top_k=1, generator="extractive",
+                                principal=Principal.system(), reranker=two)
+        assert [h.uri for h in answered.hits] == [answer_uri]
+        assert all(c.uri == answer_uri for c in answered.citations)
+        unranked = world.rt.ask(question, collection=COLLECTION, top_k=1, generator="extractive",
+                                principal=Principal.system())
+        assert [h.uri for h in unranked.hits] == [noise_uri]
+        checked += 1
+    assert checked >= 3
+
+
 def test_validation_chooser_picks_the_best_weight_and_zero_is_hybrid(world: World) -> None:
     from ragtune.evaluate.metrics import retrieval_metrics
     from ragtune.finetune.reranker import FUSION_WEIGHTS, validation_chooser

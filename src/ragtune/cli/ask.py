@@ -25,6 +25,8 @@ def ask_command(
     as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Ask as a member of this group.")] = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the answer as it is generated.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (no streaming).")] = False,
+    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Rerank the sources with the collection's "
+                                         "latest trained reranker (`ragtune rerank train`).")] = False,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Project data folder.")] = None,
 ) -> None:
     """Answer a question from a collection's documents, with numbered citations (or abstain)."""
@@ -45,9 +47,14 @@ def ask_command(
             sys.stdout.flush()
 
         with _engine(data_dir, **overrides) as rt:
+            extra: dict[str, Any] = {}
+            if rerank:
+                from ragtune.finetune.reranker import load_reranker
+
+                extra["reranker"] = load_reranker(rt.settings.data_dir, collection or rt.settings.default_collection)
             answer = rt.ask(question, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
                             principal=principal, generator=generator, max_tokens=max_tokens,
-                            on_token=on_token if stream and not as_json else None)
+                            on_token=on_token if stream and not as_json else None, **extra)
         if as_json:
             print(json.dumps(answer_fields(answer), ensure_ascii=False, indent=2, default=str))
             return

@@ -6,9 +6,7 @@ Imported by ``cli/main.py`` at start-up, so it imports nothing heavy at module l
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,11 +29,7 @@ def rerank_search(rt: Any, query: str, *, collection: str | None, top_k: int, ve
     name = collection or rt.settings.default_collection
     n = max(top_k, CANDIDATES)
     reranker = load_reranker(rt.settings.data_dir, name, version, top_n=n)
-    result = rt.search(query, collection=name, top_k=n, mode=mode or "hybrid", **search)
-    started = time.perf_counter()
-    hits = reranker.rerank(query, result.hits)[:top_k]
-    timings = {**result.timings_ms, "rerank": (time.perf_counter() - started) * 1000}
-    return dataclasses.replace(result, hits=hits, mode=f"{result.mode}+rerank", timings_ms=timings)
+    return rt.search(query, collection=name, top_k=top_k, mode=mode or "hybrid", reranker=reranker, **search)
 
 
 def _progress() -> Any:
