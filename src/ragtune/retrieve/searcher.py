@@ -201,11 +201,11 @@ class Searcher:
         if workers <= 1:
             return bm25_side(conn, info, qt, k, cond, options.bm25, qvec=qvec, dense_ids=dense_ids)
         bounds = self._splits(conn, info, workers)
-        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+        ranges = _ranges(bounds)
         with self.repo.db.shared_snapshot(conn, len(ranges) - 1) as others:
             conns = [conn, *others]
             if len(conns) < len(ranges):  # busy pool: fewer, wider ranges
-                ranges = list(zip([None, *bounds[: len(conns) - 1]], [*bounds[: len(conns) - 1], None], strict=True))
+                ranges = _ranges(bounds[: len(conns) - 1])
             futures = [self._executor().submit(bm25_side, c, info, qt, k, cond, options.bm25, qvec=qvec,
                                                dense_ids=dense_ids, chunk_range=r)
                        for c, r in zip(conns[1:], ranges[1:], strict=True)]
@@ -256,6 +256,11 @@ class Searcher:
                 f"the configured embedder is {self.embedder.name!r} ({self.embedder.dimension}-d); "
                 f"set embedder = {info.embedder!r} to query it"
             )
+
+
+def _ranges(cuts: list[int]) -> list[tuple[int | None, int | None]]:
+    """[low, high) chunk-id ranges between consecutive cuts, open at both ends."""
+    return list(zip([None, *cuts], [*cuts, None], strict=True))
 
 
 def _jsonable(value: Any) -> Any:
