@@ -109,10 +109,11 @@ def test_fusion_weight_adds_the_rerank_score_to_the_retrievers(trained: Path, tm
     for h in out:
         assert h.score == pytest.approx(expected[h.chunk.id], abs=1e-4)
         assert h.scores_by_source["rerank"] == pytest.approx(rerank[h.chunk.id - 100], abs=1e-4)
-    # weight 0 keeps the retriever's order exactly
+    # weight 0 keeps the retriever's order exactly, without running the model
     (weighted / "manifest.json").write_text(json.dumps({**manifest, "fusion_weight": 0.0}))
-    assert [h.chunk.id for h in CrossEncoderReranker(weighted, top_n=5).rerank(query, original)] == \
-        [h.chunk.id for h in original]
+    idle = CrossEncoderReranker(weighted, top_n=5)
+    assert idle.rerank(query, original) == [dataclasses.replace(h, rank=i) for i, h in enumerate(original, start=1)]
+    assert idle._model is None
 
 
 def test_top_n_larger_than_the_hits_and_no_hits(trained: Path) -> None:

@@ -12,8 +12,9 @@ A trained reranker is a folder with the encoder, its tokenizer, ``head.json`` an
 ``manifest.json``; a folder without the manifest is refused, so a bi-encoder folder cannot be
 used by mistake. When the manifest holds a ``fusion_weight`` w (chosen on validation questions
 at training time), the new order is z(retriever score) + w * z(rerank score) over the rescored
-hits; without it, the rerank score alone. Only the first ``top_n`` hits are rescored; the rest
-follow in their original order with their original scores (and no ``rerank`` entry).
+hits (w = 0: the order is kept and the model never runs); without it, the rerank score alone.
+Only the first ``top_n`` hits are rescored; the rest follow in their original order with their
+original scores (and no ``rerank`` entry).
 """
 
 from __future__ import annotations
@@ -200,6 +201,9 @@ class CrossEncoderReranker:
         return self.model.score(query, texts, self.batch_size)
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        if self.fusion_weight == 0:
+            # validation found the reranker no help on this collection: keep the order, skip the model
+            return [dataclasses.replace(h, rank=i) for i, h in enumerate(hits, start=1)]
         head, tail = hits[: self.top_n], hits[self.top_n:]
         scores = self.score(query, [h.chunk.text for h in head])
         final = fused_order([h.score for h in head], scores, self.fusion_weight) if head else []
