@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtune.evaluate.datasets import load_dataset
-from ragtune.evaluate.metrics import retrieval_metrics
+from ragtune.evaluate.metrics import doc_run_from_chunks, retrieval_metrics
 from ragtune.finetune.reranker import (
     hash_split,
     reranker_dir,
@@ -50,13 +50,8 @@ def _ordered(ids: list[str], salt: str) -> list[str]:
 
 
 def _doc_run(hits: list[Any]) -> dict[str, float]:
-    run: dict[str, float] = {}
-    for rank, h in enumerate(hits):
-        if h.uri not in run:
-            run[h.uri] = float(len(hits) - rank)  # only the order matters
-        if len(run) >= K:
-            break
-    return run
+    # by rank, not score: only the order matters
+    return doc_run_from_chunks({"q": [(h.uri, -float(rank)) for rank, h in enumerate(hits)]}, k=K)["q"]
 
 
 def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,8 +84,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     artifact = train_reranker(
         triples, reranker_dir(rt.settings.data_dir, collection), epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, seed=0, max_length=args.max_length, progress=progress,
-        choose=validation_chooser(rt, collection, [(ds.queries[q], {d for d, r in ds.qrels[q].items() if r > 0})
-                                                   for q in validation], top_n=args.top_n),
+        choose=validation_chooser(rt, collection, ds.positives(validation), top_n=args.top_n),
         extra={"source": {"dataset": name, "split": "hash half 'train'", "questions": len(picked),
                           "validation_questions": len(validation)}},
     )

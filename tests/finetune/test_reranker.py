@@ -255,7 +255,7 @@ def test_validation_chooser_picks_the_best_weight_and_zero_is_hybrid(world: Worl
     from ragtune.retrieve.rerank import PairScorer
 
     ds = world.dataset
-    pairs = [(ds.queries[q], {d for d, r in ds.qrels[q].items() if r > 0}) for q in world.held_ids]
+    pairs = ds.positives(world.held_ids)
     chosen = validation_chooser(world.rt, COLLECTION, pairs, top_n=10)(PairScorer.load(world.artifact.path))
     ndcg = chosen["validation"]["ndcg@10"]
     assert set(ndcg) == {"rerank alone", *(str(w) for w in FUSION_WEIGHTS)}

@@ -49,9 +49,9 @@ def ask_command(
         with _engine(data_dir, **overrides) as rt:
             extra: dict[str, Any] = {}
             if rerank:
-                from ragtune.finetune.reranker import load_reranker
+                from ragtune.cli.rerank import collection_reranker
 
-                extra["reranker"] = load_reranker(rt.settings.data_dir, collection or rt.settings.default_collection)
+                extra["reranker"] = collection_reranker(rt, collection, top_k=top_k or rt.settings.answer_top_k)
             answer = rt.ask(question, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
                             principal=principal, generator=generator, max_tokens=max_tokens,
                             on_token=on_token if stream and not as_json else None, **extra)

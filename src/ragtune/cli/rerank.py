@@ -17,19 +17,23 @@ from ragtune.errors import ConfigError
 rerank_app = typer.Typer(no_args_is_help=True, help="Train and list cross-encoder rerankers.")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
-CANDIDATES = 20
+
+
+def collection_reranker(rt: Any, collection: str | None, *, top_k: int, version: int | None = None) -> Any:
+    """The collection's reranker (latest version unless ``version``), rescoring ``max(top_k, 20)``
+    candidates."""
+    from ragtune.finetune.reranker import load_reranker
+    from ragtune.retrieve.rerank import DEFAULT_TOP_N
+
+    return load_reranker(rt.settings.data_dir, collection or rt.settings.default_collection, version,
+                         top_n=max(top_k, DEFAULT_TOP_N))
 
 
 def rerank_search(rt: Any, query: str, *, collection: str | None, top_k: int, version: int | None = None,
                   mode: str | None = None, **search: Any) -> Any:
-    """Search ``max(top_k, 20)`` candidates (hybrid unless ``mode`` says otherwise), rerank them
-    with the collection's reranker (latest version unless ``version``), keep ``top_k``."""
-    from ragtune.finetune.reranker import load_reranker
-
-    name = collection or rt.settings.default_collection
-    n = max(top_k, CANDIDATES)
-    reranker = load_reranker(rt.settings.data_dir, name, version, top_n=n)
-    return rt.search(query, collection=name, top_k=top_k, mode=mode or "hybrid", reranker=reranker, **search)
+    """Search and rerank with the collection's reranker (hybrid unless ``mode`` says otherwise)."""
+    reranker = collection_reranker(rt, collection, top_k=top_k, version=version)
+    return rt.search(query, collection=collection, top_k=top_k, mode=mode or "hybrid", reranker=reranker, **search)
 
 
 def _progress() -> Any:
@@ -106,8 +110,7 @@ def train(
                     ds = load_dataset(dataset, rt.settings.resolved_cache_dir / "packages")
                     train_half = sorted(hash_split(ds.queries)[0])
                     qids = train_half[:limit]
-                    held = [(ds.queries[q], {d for d, r in ds.qrels[q].items() if r > 0})
-                            for q in train_half[limit:limit + validation]]
+                    held = ds.positives(train_half[limit:limit + validation])
                     triples = triples_from_dataset(rt, ds, collection, qids, negatives_per_query=negatives,
                                                    progress=_updater(progress, "mining triples"))
                     source: dict[str, Any] = {"dataset": dataset, "questions": len(qids),

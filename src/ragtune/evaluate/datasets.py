@@ -20,7 +20,7 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,10 @@ class RetrievalDataset:
         unknown = [q for q in self.qrels if q not in self.queries]
         if unknown:
             raise DatasetError(f"{self.name}: qrels for unknown queries, e.g. {unknown[:3]}")
+
+    def positives(self, qids: Iterable[str]) -> list[tuple[str, set[str]]]:
+        """(question text, ids of its relevant documents) for each query id, in order."""
+        return [(self.queries[q], {d for d, r in self.qrels[q].items() if r > 0}) for q in qids]
 
     def stats(self) -> dict[str, int]:
         """Counts worth printing next to any result computed on this dataset."""

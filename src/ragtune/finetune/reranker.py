@@ -163,7 +163,7 @@ def triples_from_dataset(rt: Any, dataset: Any, collection: str, qids: Sequence[
     unknown = [q for q in qids if q not in dataset.queries]
     if unknown:
         raise DatasetError(f"{dataset.name}: unknown query ids, e.g. {unknown[:3]}")
-    pairs = [(dataset.queries[q], {d for d, r in dataset.qrels[q].items() if r > 0}) for q in qids]
+    pairs = dataset.positives(qids)
     return mine_triples(rt, collection, pairs, negatives_per_query=negatives_per_query, progress=progress)
 
 
@@ -367,7 +367,7 @@ def validation_chooser(rt: Any, collection: str, pairs: Sequence[tuple[str, set[
     positive document uris, the fusion weight whose reranked hybrid top ``top_n`` has the best
     nDCG@10; ties go to the smaller weight (0 keeps the retriever's order: a reranker that does
     not help on validation is not allowed to hurt)."""
-    from ragtune.evaluate.metrics import retrieval_metrics
+    from ragtune.evaluate.metrics import doc_run_from_chunks, retrieval_metrics
 
     principal = principal or Principal.system()
     pairs = [(q, set(p)) for q, p in pairs if q.strip() and p]
@@ -384,10 +384,7 @@ def validation_chooser(rt: Any, collection: str, pairs: Sequence[tuple[str, set[
             rerank = scorer.score(query, [h.chunk.text for h in hits]) if hits else []
             for weight, run in runs.items():
                 final = fused_order([h.score for h in hits], rerank, weight) if hits else []
-                doc_run: dict[str, float] = {}
-                for rank, j in enumerate(sorted(range(len(hits)), key=lambda j: -final[j])):
-                    doc_run.setdefault(hits[j].uri, float(len(hits) - rank))
-                run[str(i)] = doc_run
+                run.update(doc_run_from_chunks({str(i): [(h.uri, f) for h, f in zip(hits, final, strict=True)]}))
         ndcg = {w: retrieval_metrics(qrels, run)["nDCG@10"] for w, run in runs.items()}
         best = max(weights, key=lambda w: (round(ndcg[w], 6), -w))
         return {"fusion_weight": best, "validation": {

@@ -31,6 +31,7 @@ from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
 from ragtune.models import Hit
+from ragtune.retrieve import fusion
 
 MANIFEST = "manifest.json"
 KIND = "ragtune-reranker"
@@ -137,25 +138,19 @@ class PairScorer:
         return out
 
 
-def zscores(values: list[float]) -> list[float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return [(v - mean) / std if std > 1e-12 else 0.0 for v in values]
-
-
 def fused_order(retriever: list[float], rerank: list[float], weight: float | None) -> list[float]:
     """The scores hits are re-sorted by: the rerank score alone, or z(retriever) + w * z(rerank)."""
     if weight is None:
         return list(rerank)
-    return [a + weight * b for a, b in zip(zscores(retriever), zscores(rerank), strict=True)]
+    fused = fusion.convex({"retriever": dict(enumerate(retriever)), "rerank": dict(enumerate(rerank))},
+                          {"retriever": 1.0, "rerank": weight})
+    return [fused[i] for i in range(len(rerank))]
 
 
 class CrossEncoderReranker:
     """The ``Reranker`` protocol over a trained cross-encoder folder; loads the model on first use."""
 
-    def __init__(self, path: str | Path, *, top_n: int = DEFAULT_TOP_N, batch_size: int = 32,
-                 device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, *, top_n: int = DEFAULT_TOP_N, batch_size: int = 32) -> None:
         if top_n < 1:
             raise ConfigError(f"reranker top_n must be at least 1, got {top_n}")
         if batch_size < 1:
@@ -164,7 +159,6 @@ class CrossEncoderReranker:
         self.manifest = read_manifest(self.path)  # cheap: a small JSON file, no model
         self.top_n = top_n
         self.batch_size = batch_size
-        self.device = device
         self._model: Any = None
         self._lock = threading.Lock()
 
