@@ -131,3 +131,15 @@ def test_ask_prints_a_cited_answer_and_json(env: dict[str, str], tmp_path: Path)
     assert code == 0 and "do not answer" in out and "closest sources" in out
     code, _, err = invoke("ask", "anything?", "-c", "kb", "-g", "no-such-model")
     assert code == 2 and "unknown generator 'no-such-model'" in err
+
+
+def test_eval_answers_on_a_hotpotqa_subset(env: dict[str, str]) -> None:
+    """--subset-corpus indexes only the chosen questions' paragraphs, so HotpotQA runs in seconds."""
+    code, out, err = invoke("eval", "answers", "--dataset", "hotpotqa", "--generator", "extractive",
+                            "--limit", "4", "--subset-corpus", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dataset"] == "hotpotqa" and result["questions"] == 4
+    assert result["collection"].endswith("-sub4")
+    row = result["generators"]["extractive"]
+    assert row["questions"] == 4 and row["citation_precision"] is not None
