@@ -97,10 +97,11 @@ def bm25_query_terms(conn: Conn, info: CollectionInfo, terms: Counter[str]) -> Q
 
 
 def _tf_part(params: Bm25Params, avgdl: float) -> sql.Composable:
+    # k1 * (1 - b + b * dl / avgdl) folded into two constants: fewer operations per posting.
     # float8 literals: an untyped literal would make PostgreSQL do this arithmetic in numeric,
     # measured 6x slower over the postings of common terms.
-    return sql.SQL("p.tf / (p.tf + {k1}::float8 * (1 - {b}::float8 + {b}::float8 * p.dl / {avgdl}::float8))").format(
-        k1=sql.Literal(float(params.k1)), b=sql.Literal(float(params.b)), avgdl=sql.Literal(float(avgdl)))
+    return sql.SQL("p.tf / (p.tf + ({k}::float8 + {slope}::float8 * p.dl))").format(
+        k=sql.Literal(float(params.k1 * (1 - params.b))), slope=sql.Literal(float(params.k1 * params.b / avgdl)))
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,31 @@ def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, c
         dense_join = sql.SQL(" LEFT JOIN chunks c ON c.id = t.id AND t.id <> ALL(%s::bigint[])")
     else:
         dense_col, dense_join = sql.SQL("NULL::float8"), sql.SQL("")
-    query = sql.SQL(
-        "WITH q(id, w) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[])),"
-        " s AS MATERIALIZED (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
-        "  FROM q JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id),"
-        " t AS MATERIALIZED (SELECT s.id, s.score FROM s{restrict} ORDER BY s.score DESC, s.id LIMIT {k})"
-        " SELECT t.id, t.score, {dense_col} AS dense, true AS ranked FROM t{dense_join}"
-        " UNION ALL"
-        " SELECT s.id, s.score, NULL::float8, false FROM unnest(%s::bigint[]) AS d(id)"
-        " JOIN s ON s.id = d.id"
-    ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k),
-             dense_col=dense_col, dense_join=dense_join)
+    if qvec is None and not dense_ids:
+        # BM25 alone: no sums to keep, so no materialised CTE (measured 3 ms less per statement)
+        query = sql.SQL(
+            "SELECT s.id, s.score, NULL::float8 AS dense, true AS ranked FROM"
+            " (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
+            "  FROM unnest(%s::bigint[], %s::float8[]) AS q(id, w)"
+            "  JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id) s{restrict}"
+            " ORDER BY s.score DESC, s.id LIMIT {k}"
+        ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k))
+    else:
+        query = sql.SQL(
+            "WITH q(id, w) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[])),"
+            " s AS MATERIALIZED (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
+            "  FROM q JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id),"
+            " t AS MATERIALIZED (SELECT s.id, s.score FROM s{restrict} ORDER BY s.score DESC, s.id LIMIT {k})"
+            " SELECT t.id, t.score, {dense_col} AS dense, true AS ranked FROM t{dense_join}"
+            " UNION ALL"
+            " SELECT s.id, s.score, NULL::float8, false FROM unnest(%s::bigint[]) AS d(id)"
+            " JOIN s ON s.id = d.id"
+        ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k),
+                 dense_col=dense_col, dense_join=dense_join)
     # placeholders in text order: terms, weights, the condition's, the query vector, dense ids
-    values: list[Any] = [qt.ids, qt.weights, *(cond.params if cond.restrictive else []),
-                         *([qvec, list(dense_ids)] if qvec is not None else []), list(dense_ids)]
+    values: list[Any] = [qt.ids, qt.weights, *(cond.params if cond.restrictive else [])]
+    if qvec is not None or dense_ids:
+        values += [*([qvec, list(dense_ids)] if qvec is not None else []), list(dense_ids)]
     ranked: list[tuple[int, float]] = []
     bm25_of_dense: dict[int, float] = {}
     dense_of_ranked: dict[int, float] = {}
@@ -172,6 +184,29 @@ def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, c
             bm25_of_dense[r["id"]] = float(r["score"])
     ranked.sort(key=lambda kv: (-kv[1], kv[0]))
     return Bm25Side(ranked, bm25_of_dense, dense_of_ranked)
+
+
+def fill_scores(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, qvec: np.ndarray, params: Bm25Params, *,
+                bm25_for: Sequence[int], dense_for: Sequence[int]) -> tuple[dict[int, float], dict[int, float]]:
+    """BM25 scores of ``bm25_for`` and dense scores of ``dense_for``, exactly, in one statement:
+    what convex fusion needs when the dense and BM25 lists were searched in parallel. A chunk in
+    ``bm25_for`` with no query term is absent from the BM25 scores (its BM25 is 0)."""
+    if not bm25_for and not dense_for:
+        return {}, {}
+    vt = _vector_type(info)
+    query = sql.SQL(
+        "SELECT c.id, 1 - (c.embedding::{vt} <=> %s::{vt}) AS score, true AS dense FROM chunks c"
+        " WHERE c.id = ANY(%s::bigint[])"
+        " UNION ALL"
+        " SELECT p.chunk_id, sum(q.w * {tf}), false FROM unnest(%s::bigint[], %s::float8[]) AS q(id, w)"
+        " JOIN postings p ON p.term_id = q.id AND p.chunk_id = ANY(%s::bigint[]) GROUP BY p.chunk_id"
+    ).format(vt=vt, tf=_tf_part(params, qt.avgdl if qt is not None else 1.0))
+    ids, weights = (qt.ids, qt.weights) if qt is not None else ([], [])
+    bm25: dict[int, float] = {}
+    dense: dict[int, float] = {}
+    for r in conn.execute(query, (qvec, list(dense_for), ids, weights, list(bm25_for))).fetchall():
+        (dense if r["dense"] else bm25)[r["id"]] = float(r["score"])
+    return bm25, dense
 
 
 def fetch_chunks(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -7,10 +7,11 @@ list and the fetched chunk texts agree even while a writer replaces a document.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from time import perf_counter
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,12 +31,14 @@ from ragtune.retrieve.postgres import (
     count_matching,
     dense_search,
     fetch_chunks,
+    fill_scores,
 )
 from ragtune.settings import SEARCH_MODES, Settings
 from ragtune.store.database import Conn
 from ragtune.store.repository import CollectionInfo, Repository
 
 MAX_TOP_K = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,26 +122,28 @@ class Searcher:
             dense: dict[int, float] = {}
             bm25: dict[int, float] = {}
             wanted = k if options.mode != "hybrid" else n
-            if qvec is not None:
-                with timer.stage("dense"):
-                    ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=exact)
-                    if len(ranked) < min(wanted, matching) and not exact:
-                        # the index ran out of candidates before enough rows passed the filters
-                        ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search,
-                                              exact=True)
-                        exact = True
-                dense = dict(ranked)
-            # Term ids, weights and avgdl are read once per search, in its snapshot.
+            convex = options.mode == "hybrid" and options.fusion == "convex"
             side: Bm25Side | None = None
-            if options.mode != "dense":
+            if convex and qvec is not None and self._splits_work(info, options):
                 with timer.stage("bm25"):
                     query_terms = bm25_query_terms(conn, info, terms)
-                    # hybrid: the BM25 statement also returns the BM25 scores of the dense hits
-                    # and the dense scores of its own hits, so convex fusion needs no extra query
-                    convex = options.mode == "hybrid" and options.fusion == "convex"
-                    side = self._bm25(conn, info, query_terms, wanted, cond, options,
-                                      qvec if convex else None, list(dense) if convex else [])
-                    bm25 = dict(side.ranked)
+                dense_ranked, side, exact = self._hybrid_parallel(conn, info, query_terms, qvec, wanted, cond,
+                                                                  options, exact, matching, timer)
+                dense, bm25 = dict(dense_ranked), dict(side.ranked)
+            else:
+                if qvec is not None:
+                    with timer.stage("dense"):
+                        ranked, exact = self._dense(conn, info, qvec, wanted, cond, options, exact, matching)
+                    dense = dict(ranked)
+                if options.mode != "dense":
+                    with timer.stage("bm25"):
+                        # Term ids, weights and avgdl are read once per search, in its snapshot.
+                        query_terms = bm25_query_terms(conn, info, terms)
+                        # hybrid: the BM25 statement also returns the BM25 scores of the dense hits
+                        # and the dense scores of its own hits, so convex fusion needs no extra query
+                        side = self._bm25(conn, info, query_terms, wanted, cond, options,
+                                          qvec if convex else None, list(dense) if convex else [])
+                        bm25 = dict(side.ranked)
             with timer.stage("fuse"):
                 if options.mode == "dense":
                     fused = dense
@@ -191,6 +196,59 @@ class Searcher:
                     timings_ms=timings,
                 ))
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
+
+    def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,
+               options: SearchOptions, exact: bool, matching: int) -> tuple[list[tuple[int, float]], bool]:
+        ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=exact)
+        if len(ranked) < min(wanted, matching) and not exact:
+            # the index ran out of candidates before enough rows passed the filters
+            ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=True)
+            exact = True
+        return ranked, exact
+
+    @staticmethod
+    def _splits_work(info: CollectionInfo, options: SearchOptions) -> bool:
+        return options.workers > 1 and info.n_chunks >= options.split_min_chunks
+
+    def _hybrid_parallel(self, conn: Conn, info: CollectionInfo, qt: QueryTerms | None, qvec: np.ndarray,
+                         wanted: int, cond: Condition, options: SearchOptions, exact: bool, matching: int,
+                         timer: StageTimer) -> tuple[list[tuple[int, float]], Bm25Side, bool]:
+        """Hybrid on a large collection: the dense list and the BM25 ranges are searched at the
+        same time on connections sharing this snapshot, then one statement fills in the scores
+        each list lacks for the other's hits. Falls back to one-after-the-other on a busy pool."""
+        bounds = self._splits(conn, info, options.workers) if qt is not None else []
+        ranges = _ranges(bounds)
+        with self.repo.db.shared_snapshot(conn, len(ranges)) as others:
+            if not others:
+                with timer.stage("dense"):
+                    ranked, exact = self._dense(conn, info, qvec, wanted, cond, options, exact, matching)
+                with timer.stage("bm25"):
+                    side = bm25_side(conn, info, qt, wanted, cond, options.bm25, qvec=qvec,
+                                     dense_ids=[i for i, _ in ranked])
+                return ranked, side, exact
+            if len(others) < len(ranges):  # busy pool: fewer, wider ranges
+                ranges = _ranges(bounds[: len(others) - 1])
+            pool = self._executor()
+            started = perf_counter()
+            futures = [pool.submit(_timed, bm25_side, c, info, qt, wanted, cond, options.bm25, chunk_range=r)
+                       for c, r in zip(others, ranges, strict=True)]
+            (ranked, exact), dense_ms = _timed(self._dense, conn, info, qvec, wanted, cond, options, exact,
+                                               matching)
+            parts = [f.result() for f in futures]
+            merged = sorted((kv for part, _ in parts for kv in part.ranked),
+                            key=lambda kv: (-kv[1], kv[0]))[:wanted]
+            dense_ids = {i for i, _ in ranked}
+            bm25_ids = {i for i, _ in merged}
+            with timer.stage("fill"):  # the two halves of the fill on two connections at once
+                bm25_half = pool.submit(fill_scores, others[0], info, qt, qvec, options.bm25,
+                                        bm25_for=sorted(dense_ids - bm25_ids), dense_for=[])
+                _, dense_of_ranked = fill_scores(conn, info, qt, qvec, options.bm25,
+                                                 bm25_for=[], dense_for=sorted(bm25_ids - dense_ids))
+                bm25_of_dense, _ = bm25_half.result()
+        timer.timings_ms["dense"] = dense_ms
+        timer.timings_ms["bm25"] = timer.timings_ms.get("bm25", 0.0) + max(ms for _, ms in parts)
+        timer.timings_ms["parallel"] = (perf_counter() - started) * 1000.0
+        return ranked, Bm25Side(merged, bm25_of_dense, dense_of_ranked, ranges=len(parts)), exact
 
     def _bm25(self, conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, cond: Condition,
               options: SearchOptions, qvec: np.ndarray | None, dense_ids: list[int]) -> Bm25Side:
@@ -256,6 +314,12 @@ class Searcher:
                 f"the configured embedder is {self.embedder.name!r} ({self.embedder.dimension}-d); "
                 f"set embedder = {info.embedder!r} to query it"
             )
+
+
+def _timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    started = perf_counter()
+    result = fn(*args, **kwargs)
+    return result, (perf_counter() - started) * 1000.0
 
 
 def _ranges(cuts: list[int]) -> list[tuple[int | None, int | None]]:
