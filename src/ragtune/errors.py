@@ -13,13 +13,14 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   └── EmptyDocumentError       no text at all
     ├── StoreError               the database cannot be reached, started or migrated
     │   └── MigrationError
-    ├── NotFoundError            a collection, document or chunk that does not exist
+    ├── NotFoundError            a collection, document, chunk or dataset that does not exist
     ├── EmbedderMismatchError    querying a collection with another embedder than it was built with
     ├── ModelError               a model that cannot be found or loaded (or a bad adapter)
     ├── GenerationError          a generator endpoint that fails or cannot be reached
     │   └── GenerationTimeoutError   no complete answer within the configured timeout
     ├── QueryError               an invalid query, filter or top_k
-    └── DatasetError             an evaluation dataset that cannot be fetched or parsed
+    └── DatasetError             a dataset that cannot be fetched, parsed or stored
+        └── DatasetValidationError   training on a dataset whose validation failed (carries the reasons)
 """
 
 from __future__ import annotations
@@ -100,3 +101,18 @@ class QueryError(RagtuneError):
 
 class DatasetError(RagtuneError):
     code = "dataset_error"
+
+
+class DatasetValidationError(DatasetError):
+    """A dataset marked invalid by its validation report, used without ``force``."""
+
+    code = "dataset_invalid"
+
+    def __init__(self, name: str, version: int, reasons: tuple[str, ...]) -> None:
+        super().__init__(
+            f"dataset {name!r} version {version} failed validation: {'; '.join(reasons)}; "
+            "fix the data and import it again, or pass --force to train on it anyway"
+        )
+        self.name = name
+        self.version = version
+        self.reasons = reasons

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragtune.cli.datasets import register as register_datasets
 from ragtune.cli.rerank import rerank_app
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
@@ -401,8 +402,9 @@ def eval_retrieval(
     _run(body)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Evaluation data packages.")
+data_app = typer.Typer(no_args_is_help=True, help="Evaluation data packages and fine-tuning datasets.")
 app.add_typer(data_app, name="data")
+register_datasets(data_app)
 
 
 @data_app.command("fetch")

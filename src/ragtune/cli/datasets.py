@@ -1,0 +1,211 @@
+"""``ragtune data import|list|show|rm``: validated, versioned fine-tuning datasets.
+
+Registered on the ``data`` group by ``cli/main.py`` (``register(data_app)``), so nothing heavy is
+imported at module level; helpers of ``main`` are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def register(data_app: typer.Typer) -> None:
+    data_app.command("import")(data_import)
+    data_app.command("list")(data_list)
+    data_app.command("show")(data_show)
+    data_app.command("rm")(data_rm)
+
+
+def _store(rt: Any) -> Any:
+    from ragtune.finetune.datasets import DatasetStore
+
+    return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
+
+
+def data_import(
+    file: Annotated[Path, typer.Argument(help="A .jsonl or .json (list) file of examples.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name; a changed file makes a new version.")],
+    format: Annotated[str, typer.Option("--format", help="chat | alpaca | sharegpt | auto")] = "auto",
+    redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Store emails, phones, cards, IBANs ... "
+                                             "replaced by [EMAIL], [PHONE] ...")] = False,
+    eval_fraction: Annotated[float, typer.Option(help="Share of rows held out for evaluation (by hash).")] = 0.1,
+    eval_set: Annotated[bool, typer.Option("--eval-set", help="Register as an eval set: all rows are eval, and "
+                                           "other datasets are checked for leakage against it.")] = False,
+    base: Annotated[str, typer.Option(help="Base model whose tokenizer and context measure the rows.")] = "smollm2",
+    max_tokens: Annotated[int | None, typer.Option(help="Longest row allowed (default: the base context).")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Validate a file of examples and store it as a new version of a dataset."""
+    from ragtune.cli.main import _engine, _run, console, err_console
+
+    def body() -> None:
+        from ragtune.finetune.datasets import ImportOptions
+
+        options = ImportOptions(format=format, redact_pii=redact_pii, eval_fraction=eval_fraction,
+                                eval_set=eval_set, base=base, max_tokens=max_tokens)
+        with _engine(data_dir) as rt, err_console.status(f"validating {file.name}"):
+            result = _store(rt).import_file(file, name=name, options=options)
+        if as_json:
+            print(json.dumps({"created": result.created, **_json(result.dataset)}, default=str, indent=2))
+            return
+        info = result.dataset
+        if result.created:
+            console.print(f"imported [bold]{info.name}[/] version {info.version}: {info.row_count} rows "
+                          f"({info.train_rows} train, {info.eval_rows} eval), format {info.format}", highlight=False)
+        else:
+            console.print(f"unchanged: [bold]{info.name}[/] version {info.version} already holds this content",
+                          highlight=False)
+        print_report(console, info)
+
+    _run(body)
+
+
+def data_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """List every version of every dataset."""
+    from ragtune.cli.main import _engine, _run, console
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            infos = _store(rt).versions()
+        if as_json:
+            print(json.dumps([i.summary() for i in infos], default=str, indent=2))
+            return
+        table = Table(title=f"{len(infos)} dataset version(s)")
+        for col in ("name", "version", "format", "rows", "train", "eval", "valid", "eval set", "hash", "created"):
+            table.add_column(col)
+        for i in infos:
+            table.add_row(i.name, str(i.version), i.format, str(i.row_count), str(i.train_rows), str(i.eval_rows),
+                          "yes" if i.valid else "[red]no[/]", "yes" if i.eval_set else "", i.content_hash[:12],
+                          i.created_at[:19])
+        console.print(table)
+
+    _run(body)
+
+
+def data_show(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Version (default: the latest).")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show one dataset version and its validation report."""
+    from ragtune.cli.main import _engine, _run, console
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            info = _store(rt).get(name, version)
+        if as_json:
+            print(json.dumps(_json(info), default=str, indent=2))
+            return
+        console.print(f"[bold]{info.name}[/] version {info.version}: {info.row_count} rows ({info.train_rows} train, "
+                      f"{info.eval_rows} eval), format {info.format}, {info.schema.get('kind')}, hash "
+                      f"{info.content_hash[:12]}, from {info.source}", highlight=False)
+        print_report(console, info)
+
+    _run(body)
+
+
+def data_rm(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Only this version.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove a dataset (every version, or one)."""
+    from ragtune.cli.main import _engine, _run, console
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            n = _store(rt).remove(name, version)
+        console.print(f"removed {n} version(s) of {name}", highlight=False)
+
+    _run(body)
+
+
+def _json(info: Any) -> dict[str, Any]:
+    return {**info.summary(), "report": info.report}
+
+
+def print_report(console: Console, info: Any) -> None:
+    """The validation report as tables: checks, lengths, balance, and the rows at fault."""
+    r = info.report
+    lengths, dups, leak, pii = r["lengths"], r["duplicates"], r["leakage"], r["pii"]
+    checks = Table(title="validation")
+    for col in ("check", "result", "blocks training", "rows (line numbers)"):
+        checks.add_column(col, overflow="fold")
+
+    def lines(values: list[Any]) -> str:
+        return ", ".join(str(v) for v in values[:10]) + (" …" if len(values) > 10 else "")
+
+    def flag(n: int, blocking: bool) -> str:
+        return ("[red]yes[/]" if n else "no") if blocking else "no"
+
+    checks.add_row("schema", f"{r['dropped']} of {r['records']} rows dropped", flag(r["dropped"], True),
+                   lines([e["line"] for e in r["schema_errors"]]))
+    checks.add_row("empty outputs", f"{r['empty_outputs']['turns']} turn(s) in {r['empty_outputs']['rows']} row(s)",
+                   flag(r["empty_outputs"]["turns"], True), lines(r["empty_outputs"]["lines"]))
+    if lengths.get("counted"):
+        checks.add_row("length", f"{lengths['over']} over {lengths['max_tokens']} tokens ({lengths['tokenizer']}); "
+                       f"median {lengths['median']}, p95 {lengths['p95']}, max {lengths['max']}",
+                       flag(lengths["over"], True),
+                       lines([f"{o['line']} ({o['tokens']})" for o in lengths["over_rows"]]))
+    checks.add_row("exact duplicates", f"{dups['exact_groups']} group(s), {dups['exact_extra_rows']} extra row(s)",
+                   "no", lines(["=".join(map(str, g)) for g in dups["exact_examples"]]))
+    checks.add_row("near duplicates", f"{dups['near_pairs']} pair(s) over Jaccard {dups['threshold']}, "
+                   f"{dups['near_rows']} row(s)", "no",
+                   lines([f"{p['line']}~{p['other_line']}" for p in dups["near_examples"]]))
+    checks.add_row("train/eval leakage", f"{leak['eval_rows']} eval row(s) like a train row",
+                   flag(leak["eval_rows"], True), lines([f"{p['line']}~{p['other_line']}" for p in leak["examples"]]))
+    for set_name, found in leak["eval_sets"].items():
+        checks.add_row(f"leakage into {set_name}", f"{found['train_rows']} train row(s)",
+                       flag(found["train_rows"], True),
+                       lines([f"{p['line']}~{set_name}:{p['other_line']}" for p in found["examples"]]))
+    kinds = ", ".join(f"{k} {v}" for k, v in pii["by_kind"].items()) or "none"
+    checks.add_row("PII", f"{pii['findings']} finding(s) in {pii['rows']} row(s): {kinds}"
+                   + (" — redacted" if pii["redacted"] else ""), "no",
+                   lines(sorted({e["line"] for e in pii["examples"]})))
+    console.print(checks)
+
+    if lengths.get("histogram"):
+        hist = Table(title=f"tokens per row ({lengths['tokenizer']}, context {lengths['context_window']})")
+        hist.add_column("tokens")
+        hist.add_column("rows", justify="right")
+        peak = max(b["rows"] for b in lengths["histogram"]) or 1
+        hist.add_column("")
+        for b in lengths["histogram"]:
+            hist.add_row(f"{b['from']}-{b['to']}", str(b["rows"]), "█" * round(30 * b["rows"] / peak))
+        console.print(hist)
+
+    bal = r["balance"]
+    balance = Table(title="balance")
+    balance.add_column("what")
+    balance.add_column("counts", overflow="fold")
+    balance.add_row("rows", ", ".join(f"{k} {v}" for k, v in bal["kinds"].items()))
+    balance.add_row("messages by role", ", ".join(f"{k} {v}" for k, v in bal["roles"].items()))
+    balance.add_row("turns per row", ", ".join(f"{k}: {v}" for k, v in bal["turns_per_row"].items()))
+    if bal["rows_with_tools"] or bal["rows_with_tool_calls"]:
+        balance.add_row("tools", f"{bal['rows_with_tools']} row(s) declare tools, "
+                        f"{bal['rows_with_tool_calls']} call them")
+        balance.add_row("tool calls", ", ".join(f"{k} {v}" for k, v in list(bal["tool_calls"].items())[:15]))
+    if "preference" in bal:
+        p = bal["preference"]
+        balance.add_row("preference", f"{p['pairs']} pairs, {p['identical']} identical, "
+                        f"chosen longer in {p['chosen_longer']}")
+    console.print(balance)
+
+    for error in r["schema_errors"][:20]:
+        console.print(f"[red]line {error['line']}[/]: {error['message']}", highlight=False)
+    if info.valid:
+        console.print("[green]valid[/]: ready for training")
+    else:
+        console.print("[bold red]invalid[/]: " + "; ".join(info.reasons)
+                      + " (training refuses it unless --force)", highlight=False)
