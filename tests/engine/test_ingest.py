@@ -176,3 +176,22 @@ def test_jsonl_records_with_metadata_fields(rt: Ragtune, tmp_path: Path) -> None
     assert "malformed JSON" in report.failed[0].reason
     hits = rt.search("refund", mode="bm25", filters=["year<2024"]).hits
     assert [h.uri for h in hits] == [f"{path}#q1"] and hits[0].metadata["team"] == "billing"
+
+
+def test_a_document_the_database_refuses_fails_alone_and_the_batch_lands(rt: Ragtune) -> None:
+    """Documents are written a batch per transaction; one the database refuses (a NUL character,
+    which the file loaders strip but the Python API passes on, is not PostgreSQL text) is retried
+    alone and reported by URI, and the others land."""
+    from ragtune.models import LoadedDocument
+
+    docs = [LoadedDocument(uri=f"r{i}", text=f"Record {i} is about harbour {i} and its cranes.",
+                           metadata={"team": f"t{i}"}) for i in range(6)]
+    docs[3] = LoadedDocument(uri="r3", text="Harbour three.", metadata={"team": "a\x00b"})
+    report = rt.ingest_documents(docs)
+    assert report.added == 5
+    assert [f.source for f in report.failed] == ["r3"]
+    assert "refused" in report.failed[0].reason
+    assert {d.uri for d in rt.documents()} == {"r0", "r1", "r2", "r4", "r5"}
+    check_index_consistency(rt)
+    again = rt.ingest_documents(docs)
+    assert again.unchanged == 5 and len(again.failed) == 1

@@ -1,4 +1,4 @@
-"""The ingestion pipeline: sources -> loaded documents -> chunks -> vectors -> one transaction each.
+"""The ingestion pipeline: sources -> loaded documents -> chunks -> vectors -> whole documents in transactions.
 
 Why it is shaped like this:
 - The embedder is the bottleneck (tens of paragraphs per second on CPU), so every other step
@@ -7,8 +7,9 @@ Why it is shaped like this:
   and text hash) and deduplicated within a batch, and chunks from many documents are embedded in
   one call so batches are full.
 - Database writes run on a writer thread while the next batch is embedded.
-- Each document is written in its own transaction: a crash (even kill -9) leaves whole documents
-  or nothing, and a rerun picks up where it stopped because finished documents are unchanged.
+- Each embedded batch of documents is written in one transaction (one by one if that fails, to
+  name the bad document): a crash (even kill -9) leaves whole documents or nothing, and a rerun
+  picks up where it stopped because finished documents are unchanged.
 - A source that fails is reported with its name and reason; the rest of the run goes on.
 """
 
@@ -140,18 +141,35 @@ class IngestPipeline:
 
     def _write_all(self, info: CollectionInfo, prepared: list[PreparedDocument], report: IngestReport,
                    notify: ProgressCallback) -> None:
+        """One transaction for the whole batch; if it fails, each document on its own, so one bad
+        document is reported by name and the others still land."""
+        unique = len({d.uri for d in prepared}) == len(prepared)
+        if unique and len(prepared) > 1:
+            try:
+                statuses = self.repo.write_documents(info, prepared)
+            except Exception:  # retried one by one below, where the error surfaces with its document
+                pass
+            else:
+                for doc, status in zip(prepared, statuses, strict=True):
+                    self._count(report, doc, status, notify)
+                return
         for doc in prepared:
             try:
                 status = self.repo.write_document(info, doc)
             except RagtuneError as exc:
                 report.failed.append(FileFailure(doc.uri, getattr(exc, "code", "error"), str(exc)))
+                notify("document", 1)
             else:
-                if status == "added":
-                    report.added += 1
-                else:
-                    report.updated += 1
-                report.chunks += len(doc.chunks)
-            notify("document", 1)
+                self._count(report, doc, status, notify)
+
+    @staticmethod
+    def _count(report: IngestReport, doc: PreparedDocument, status: str, notify: ProgressCallback) -> None:
+        if status == "added":
+            report.added += 1
+        else:
+            report.updated += 1
+        report.chunks += len(doc.chunks)
+        notify("document", 1)
 
     def _embed(self, texts: list[str], report: IngestReport, notify: ProgressCallback) -> np.ndarray:
         """Vectors for ``texts``: cached ones from the store, the rest embedded once each."""

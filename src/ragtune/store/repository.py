@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import EmbedderMismatchError, NotFoundError, QueryError
+from ragtune.errors import EmbedderMismatchError, IngestError, NotFoundError, QueryError
 from ragtune.models import Chunk, Document
 from ragtune.store.database import Conn, Database
 
@@ -152,30 +153,54 @@ class Repository:
 
     def write_document(self, info: CollectionInfo, doc: PreparedDocument) -> str:
         """Insert or replace one document atomically; returns "added" or "updated"."""
-        lex_lens = [sum(c.values()) for c in doc.term_counts]
+        return self.write_documents(info, [doc])[0]
+
+    def write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument]) -> list[str]:
+        """Insert or replace several documents in one transaction; returns "added" or "updated"
+        for each. Readers see all of them or none, so never part of a document; set-based
+        statements make the database work per document a fraction of writing them one by one.
+        The URIs must be distinct."""
+        if not docs:
+            return []
+        if len({d.uri for d in docs}) != len(docs):
+            raise QueryError("write_documents: the same URI twice in one group")
+        for doc in docs:
+            if doc.vectors.shape != (len(doc.chunks), info.dimension):
+                raise EmbedderMismatchError(
+                    f"{doc.uri}: vectors of shape {doc.vectors.shape} for {len(doc.chunks)} chunks of a "
+                    f"{info.dimension}-d collection")
+        try:
+            return self._write_documents(info, docs)
+        except psycopg.errors.DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
+            source = docs[0].uri if len(docs) == 1 else f"{len(docs)} documents from {docs[0].uri}"
+            raise IngestError(source, f"the database refused the text: {exc}") from exc
+
+    def _write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument]) -> list[str]:
         with self.db.transaction() as conn:
             conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (info.id,))
-            row = conn.execute(
-                "SELECT id FROM documents WHERE collection_id = %s AND uri = %s", (info.id, doc.uri)
-            ).fetchone()
-            if row is not None:
-                document_id = row["id"]
-                self._remove_chunks(conn, info.id, [document_id])
-                conn.execute(
+            existing = {r["uri"]: r["id"] for r in conn.execute(
+                "SELECT id, uri FROM documents WHERE collection_id = %s AND uri = ANY(%s)",
+                (info.id, [d.uri for d in docs])).fetchall()}
+            if existing:
+                self._remove_chunks(conn, info.id, list(existing.values()))
+                conn.cursor().executemany(
                     "UPDATE documents SET content_hash = %s, version = version + 1, title = %s, body = %s,"
                     " metadata = %s, acl = %s, updated_at = now() WHERE id = %s",
-                    (doc.content_hash, doc.title, doc.text, Jsonb(doc.metadata), list(doc.acl), document_id),
-                )
-                status = "updated"
-            else:
-                document_id = conn.execute(
-                    "INSERT INTO documents (collection_id, uri, content_hash, title, body, metadata, acl)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (info.id, doc.uri, doc.content_hash, doc.title, doc.text, Jsonb(doc.metadata), list(doc.acl)),
-                ).fetchone()["id"]  # type: ignore[index]
-                status = "added"
-            self._insert_chunks(conn, info, document_id, doc, lex_lens)
-        return status
+                    [(d.content_hash, d.title, d.text, Jsonb(d.metadata), list(d.acl), existing[d.uri])
+                     for d in docs if d.uri in existing])
+            new = [d for d in docs if d.uri not in existing]
+            ids = dict(existing)
+            if new:
+                fresh = _next_ids(conn, "documents_id_seq", len(new))
+                with conn.cursor().copy("COPY documents (id, collection_id, uri, content_hash, title, body,"
+                                        " metadata, acl) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "text[]"])
+                    for doc_id, d in zip(fresh, new, strict=True):
+                        cp.write_row((doc_id, info.id, d.uri, d.content_hash, d.title, d.text, Jsonb(d.metadata),
+                                      list(d.acl)))
+                ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
+            self._insert_chunks(conn, info, [(ids[d.uri], d) for d in docs])
+        return ["updated" if d.uri in existing else "added" for d in docs]
 
     def update_document_attributes(self, collection_id: int, uri: str, metadata: dict[str, Any],
                                    acl: Sequence[str]) -> None:
@@ -262,7 +287,8 @@ class Repository:
         with self.db.transaction() as conn:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS embedding_staging"
                          " (text_hash bytea, embedding vector) ON COMMIT DELETE ROWS")
-            with conn.cursor().copy("COPY embedding_staging (text_hash, embedding) FROM STDIN") as cp:
+            with conn.cursor().copy("COPY embedding_staging (text_hash, embedding) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(["bytea", "vector"])
                 for h, vec in rows:
                     cp.write_row((h, vec))
             conn.execute(
@@ -290,30 +316,32 @@ class Repository:
         )
 
     @staticmethod
-    def _insert_chunks(conn: Conn, info: CollectionInfo, document_id: int,
-                       doc: PreparedDocument, lex_lens: list[int]) -> None:
-        n = len(doc.chunks)
+    def _insert_chunks(conn: Conn, info: CollectionInfo, docs: list[tuple[int, PreparedDocument]]) -> None:
+        n = sum(len(d.chunks) for _, d in docs)
         if n == 0:
             return
-        if doc.vectors.shape != (n, info.dimension):
-            raise EmbedderMismatchError(
-                f"{doc.uri}: vectors of shape {doc.vectors.shape} for {n} chunks of a {info.dimension}-d collection"
-            )
-        ids = [r["id"] for r in conn.execute(
-            "SELECT nextval('chunks_id_seq') AS id FROM generate_series(1, %s)", (n,)
-        ).fetchall()]
-        meta = Jsonb(doc.metadata)
-        acl = list(doc.acl)
+        ids = iter(_next_ids(conn, "chunks_id_seq", n))
+        # (chunk id, term counts, lexical length) of every chunk, for the postings
+        lexical: list[tuple[int, Counter[str], int]] = []
+        # binary COPY: no float formatting and parsing of the vectors
         with conn.cursor().copy(
             "COPY chunks (id, document_id, collection_id, ordinal, body, start_char, end_char, heading,"
-            " tokens, lex_len, metadata, acl, embedding) FROM STDIN"
+            " tokens, lex_len, metadata, acl, embedding) FROM STDIN (FORMAT BINARY)"
         ) as cp:
-            for cid, chunk, vec, lex_len in zip(ids, doc.chunks, doc.vectors, lex_lens, strict=True):
-                cp.write_row((cid, document_id, info.id, chunk.ordinal, chunk.text, chunk.start, chunk.end,
-                              chunk.heading, chunk.tokens, lex_len, meta, acl, vec))
+            cp.set_types(["int8", "int8", "int4", "int4", "text", "int4", "int4", "text", "int4", "int4",
+                          "jsonb", "text[]", "vector"])
+            for document_id, doc in docs:
+                meta = Jsonb(doc.metadata)
+                acl = list(doc.acl)
+                for chunk, vec, counts in zip(doc.chunks, doc.vectors, doc.term_counts, strict=True):
+                    cid = next(ids)
+                    lex_len = sum(counts.values())
+                    lexical.append((cid, counts, lex_len))
+                    cp.write_row((cid, document_id, info.id, chunk.ordinal, chunk.text, chunk.start, chunk.end,
+                                  chunk.heading, chunk.tokens, lex_len, meta, acl, vec))
         # Document frequency counts chunks containing a term (the chunk is the BM25 "document").
         df: Counter[str] = Counter()
-        for counts in doc.term_counts:
+        for _, counts, _ in lexical:
             df.update(counts.keys())
         if df:
             vocab = sorted(df)  # a fixed lock order; the collection lock already serialises writers
@@ -327,14 +355,20 @@ class Repository:
                     (info.id, vocab, [df[t] for t in vocab]),
                 ).fetchall()
             }
-            with conn.cursor().copy("COPY postings (term_id, chunk_id, tf, dl) FROM STDIN") as cp:
-                for cid, counts, lex_len in zip(ids, doc.term_counts, lex_lens, strict=True):
+            with conn.cursor().copy("COPY postings (term_id, chunk_id, tf, dl) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(["int8", "int8", "int4", "int4"])
+                for cid, counts, lex_len in lexical:
                     for term, tf in counts.items():
                         cp.write_row((term_ids[term], cid, tf, lex_len))
         conn.execute(
             "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s WHERE id = %s",
-            (n, sum(lex_lens), info.id),
+            (n, sum(x[2] for x in lexical), info.id),
         )
+
+
+def _next_ids(conn: Conn, sequence: str, n: int) -> list[int]:
+    return [r["id"] for r in conn.execute(
+        "SELECT nextval(%s::regclass) AS id FROM generate_series(1, %s)", (sequence, n)).fetchall()]
 
 
 def _document(row: dict[str, Any]) -> Document:
