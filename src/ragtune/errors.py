@@ -19,6 +19,8 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     ├── GenerationError          a generator endpoint that fails or cannot be reached
     │   └── GenerationTimeoutError   no complete answer within the configured timeout
     ├── QueryError               an invalid query, filter or top_k
+    ├── TrainingError            a training run that failed (carries ``run_dir``; its status says failed)
+    │   └── RunBusyError             another process is training in that run folder
     └── DatasetError             a dataset that cannot be fetched, parsed or stored
         └── DatasetValidationError   training on a dataset whose validation failed (carries the reasons)
 """
@@ -97,6 +99,21 @@ class GenerationTimeoutError(GenerationError):
 
 class QueryError(RagtuneError):
     code = "query_error"
+
+
+class TrainingError(RagtuneError):
+    """A training run that failed or cannot proceed; ``run_dir`` holds what it wrote."""
+
+    code = "training_failed"
+
+    def __init__(self, run_dir: object, reason: str) -> None:
+        super().__init__(f"training run {run_dir}: {reason}")
+        self.run_dir = run_dir
+        self.reason = reason
+
+
+class RunBusyError(TrainingError):
+    code = "run_busy"
 
 
 class DatasetError(RagtuneError):

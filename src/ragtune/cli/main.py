@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ragtune.cli.datasets import register as register_datasets
 from ragtune.cli.rerank import rerank_app
+from ragtune.cli.tune import tune_app
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 
@@ -34,6 +35,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(collections_app, name="collections")
 app.add_typer(traces_app, name="traces")
 app.add_typer(rerank_app, name="rerank")
+app.add_typer(tune_app, name="tune")
 
 console = Console()
 err_console = Console(stderr=True)

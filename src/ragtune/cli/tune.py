@@ -1,0 +1,148 @@
+"""``ragtune tune train|runs``: LoRA fine-tuning runs.
+
+Imported by ``cli/main.py`` at start-up, so nothing heavy is imported at module level; helpers of
+``main`` are imported inside the commands (``main`` imports this module).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+tune_app = typer.Typer(no_args_is_help=True, help="Fine-tune LoRA adapters on datasets (SFT or DPO).")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@tune_app.command("train")
+def train(
+    data: Annotated[str, typer.Option("--data", help="A stored dataset name (`ragtune data import`), or a chat "
+                                      "JSONL file (also Alpaca / ShareGPT).")],
+    base: Annotated[str, typer.Option("--base", help="Base model: smollm2 or a Hugging Face folder.")] = "smollm2",
+    config: Annotated[Path | None, typer.Option("--config", help="Training config (tune.toml).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Run folder (default <data-dir>/runs/"
+                                                "<name>-<timestamp>).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name (default: the dataset's).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this name "
+                                         "(or --output) from its last checkpoint.")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Data-parallel processes (torchrun, gloo).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sft | dpo (default: the config's, sft).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train on a dataset that failed validation; the "
+                                        "reasons are recorded with the run.")] = False,
+    version: Annotated[int | None, typer.Option("--data-version", help="Dataset version (default: latest).")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a LoRA adapter on a dataset; prints the run's record."""
+    from ragtune.cli.main import _run, _settings, err_console
+
+    def body() -> None:
+        from ragtune.finetune import runs
+        from ragtune.finetune.config import load_config, to_dict
+        from ragtune.finetune.train import resolve_base, resume_run, start_run
+
+        settings = _settings(data_dir)
+        tune = load_config(config, method=method)
+        dataset = _dataset(settings, data, tune, force=force, version=version)
+        run_name = runs.check_name(name or dataset.name)
+        if resume:
+            run_dir = output.expanduser() if output is not None else runs.resumable_run(
+                settings.data_dir / "runs", run_name)
+            expect: dict[str, Any] = {"base_hash": resolve_base(base, settings.resolved_cache_dir).hash,
+                                      "dataset_hash": dataset.content_hash}
+            if config is not None or method is not None:
+                expect["config"] = to_dict(tune)
+            record = resume_run(run_dir, nproc=nproc, console=err_console, expect=expect)
+        else:
+            record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
+                               cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
+                               nproc=nproc or 1, console=err_console)
+        _print_record(record, as_json)
+
+    _run(body)
+
+
+def _dataset(settings: Any, data: str, tune: Any, *, force: bool, version: int | None) -> Any:
+    from ragtune.finetune.trainset import from_file, from_store
+
+    path = Path(data).expanduser()
+    if path.is_file():
+        if version is not None:
+            raise typer.BadParameter("--data-version applies to stored datasets, not to a file")
+        return from_file(path, eval_fraction=tune.eval_fraction, force=force)
+    if "/" in data or path.suffix in (".jsonl", ".json"):
+        from ragtune.errors import DatasetError
+
+        raise DatasetError(f"no dataset file at {path}")
+    from ragtune.engine import Ragtune
+    from ragtune.finetune.datasets import DatasetStore
+
+    with Ragtune(settings) as rt:
+        return from_store(DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir), data, version=version,
+                          force=force)
+
+
+def _print_record(record: Any, as_json: bool) -> None:
+    from ragtune.cli.main import console, err_console
+
+    if as_json:
+        print(json.dumps(record.to_dict(), indent=2, default=str))
+        return
+    m = record.metrics
+    table = Table(title=f"run {record.run_id}: {record.status}", show_header=False)
+    rows = [
+        ("folder", record.path), ("method", record.method), ("base", f"{record.base} ({record.base_hash[:12]})"),
+        ("dataset", f"{record.dataset}" + (f" v{record.dataset_version}" if record.dataset_version else "")
+         + f" ({record.dataset_hash[:12]}): {record.train_rows} train, {record.eval_rows} eval rows"),
+        ("steps", f"{m.get('steps')} (resumed from {m['resumed_from_step']})" if m.get("resumed_from_step")
+         else str(m.get("steps"))),
+        ("loss", f"{_num(m.get('first_loss'))} -> {_num(m.get('last_loss'))} (mean {_num(m.get('train_loss'))})"),
+        ("eval loss", _num(m.get("eval_loss"))),
+        ("tokens/s", f"{m.get('tokens_per_second', 0):,.1f} ({m.get('session_tokens', 0):,} tokens in "
+                     f"{m.get('seconds', 0):.1f} s, {record.world_size} process(es))"),
+        ("peak memory", f"{m.get('peak_rss_mb', 0):,.0f} MiB RSS"),
+        ("adapter", record.adapter or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    for note in record.notes:
+        err_console.print(f"[yellow]note[/]: {note}", highlight=False)
+    for reason in record.forced_reasons:
+        err_console.print(f"[yellow]forced past validation[/]: {reason}", highlight=False)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@tune_app.command("runs")
+def list_runs(
+    name: Annotated[str | None, typer.Option("--name", help="Only runs of this name.")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List training runs (a run killed while training shows as failed)."""
+    from ragtune.cli.main import _run, _settings, console
+
+    def body() -> None:
+        from ragtune.finetune import runs
+
+        records = runs.list_runs(_settings(data_dir).data_dir / "runs", name)
+        if as_json:
+            print(json.dumps([r.to_dict() for r in records], indent=2, default=str))
+            return
+        table = Table(title=f"{len(records)} run(s)")
+        for col in ("run", "status", "method", "base", "dataset", "steps", "loss", "finished", "error"):
+            table.add_column(col, overflow="fold")
+        for r in records:
+            table.add_row(r.run_id, r.status, r.method, r.base, r.dataset, str(r.metrics.get("steps", "-")),
+                          _num(r.metrics.get("last_loss")), r.finished_at or "-", r.error or "")
+        console.print(table)
+
+    _run(body)

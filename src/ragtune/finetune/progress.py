@@ -1,0 +1,111 @@
+"""Watching a training: a TrainerCallback that keeps the numbers a run records (loss curve,
+tokens/s, peak memory, the step a resumed run started from) and, on the main process, draws a
+Rich progress bar with the latest loss, tokens/s and the time left.
+
+Tokens are the non-padding input tokens the Trainer counts (``include_num_input_tokens_seen``),
+summed over every process of a data-parallel run. Peak memory is this process's peak resident set
+(``ru_maxrss``), which on Linux is reported in KiB.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class TrainingMonitor(TrainerCallback):
+    """Collects metrics on every process; draws the bar only on the world's main process and only
+    when ``console`` is given."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console
+        self.losses: list[tuple[int, float]] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self.resumed_from_step = 0
+        self.start_step = 0
+        self.start_tokens = 0
+        self.tokens = 0
+        self.steps = 0
+        self.max_steps = 0
+        self.seconds = 0.0
+        self._started = 0.0
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    # -- callback hooks ------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # On resume the Trainer restores its state before this hook: global_step is where it goes on from.
+        self.start_step = self.resumed_from_step = int(state.global_step)
+        self.start_tokens = int(state.num_input_tokens_seen or 0)
+        self.max_steps = int(state.max_steps)
+        self._started = time.perf_counter()
+        if self.console is not None and state.is_world_process_zero:
+            self._progress = Progress(
+                TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=self.max_steps, completed=self.start_step,
+                                                 loss="-", speed="-")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps = int(state.global_step)
+        self.tokens = int(state.num_input_tokens_seen or 0)
+        self.seconds = time.perf_counter() - self._started
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.steps, speed=f"{self.tokens_per_second:,.0f}")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        step = int(state.global_step)
+        if "loss" in logs:
+            self.losses.append((step, float(logs["loss"])))
+            if self._progress is not None:
+                self._progress.update(self._task, loss=f"{float(logs['loss']):.4f}")
+        if "eval_loss" in logs:
+            self.eval_losses.append((step, float(logs["eval_loss"])))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # -- results -------------------------------------------------------------------------------
+    @property
+    def session_tokens(self) -> int:
+        return self.tokens - self.start_tokens
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.session_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """What this session of the run measured (a resumed run measures only what it trained)."""
+        return {
+            "steps": self.steps,
+            "resumed_from_step": self.resumed_from_step,
+            "session_steps": self.steps - self.start_step,
+            "tokens": self.tokens,
+            "session_tokens": self.session_tokens,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 2),
+            "first_loss": self.losses[0][1] if self.losses else None,
+            "last_loss": self.losses[-1][1] if self.losses else None,
+            "losses": [[s, round(v, 6)] for s, v in self.losses],
+            "eval_losses": [[s, round(v, 6)] for s, v in self.eval_losses],
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }

@@ -1,0 +1,289 @@
+"""LoRA training with PEFT through TRL (SFTTrainer, or DPOTrainer for preference pairs).
+
+``start_run`` makes a run folder (see ``runs``), snapshots the rows and the resolved config into
+it and trains; ``resume_run`` continues an unfinished run from its newest complete checkpoint,
+with the step counter, optimiser, scheduler and RNG states where they were. With ``nproc > 1``
+the training runs in ``nproc`` data-parallel processes started by torchrun on the gloo backend
+(each with ``cores // nproc`` threads); this process keeps the run's lock and writes its status.
+
+Choices, stated: fp32 on CPU (``bf16=False``); bf16 only on a CUDA GPU that supports it. QLoRA
+(``qlora = true``) loads the base in 4-bit NF4 through bitsandbytes, and only on a CUDA GPU; on a
+CPU it is skipped and the run's notes say so. Seeds are fixed (``set_seed`` before the LoRA
+weights are drawn, ``seed``/``data_seed`` for the Trainer). The base model's hash covers its
+config and weight files, so a registry can tell two bases apart whatever their folder names.
+
+``python -m ragtune.finetune.train RUN_DIR [--resume] [--progress]`` is the worker entry point
+that torchrun starts; it trains the run described in ``RUN_DIR`` and writes ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ragtune.errors import ConfigError, ModelError, RagtuneError, TrainingError
+from ragtune.finetune import runs
+from ragtune.finetune.config import TuneConfig, from_dict, to_dict, to_toml
+from ragtune.finetune.runs import RunRecord
+from ragtune.finetune.trainset import TrainSet, read_rows, write_rows
+
+log = logging.getLogger(__name__)
+
+_INSTALL = "pip install 'ragtune[train]'"
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    name: str
+    path: Path
+    hash: str
+
+
+def resolve_base(spec: str, cache_dir: Path) -> ResolvedBase:
+    """``smollm2`` (the packaged SmolLM2-135M-Instruct, converted once by ``generate.local``) or a
+    Hugging Face model folder, resolved as dataset validation resolves it, plus its hash."""
+    from ragtune.finetune.lengths import resolve_base as resolve
+
+    base = resolve(spec, cache_dir)
+    return ResolvedBase(base.name, base.path.resolve(), model_hash(base.path))
+
+
+def model_hash(path: Path) -> str:
+    """sha256 over the config and weight files (names and bytes), cached by size and mtime."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.name == "config.json" or p.suffix in (".safetensors", ".bin", ".gguf")))
+    key = (str(path), sum(p.stat().st_size for p in files), max(p.stat().st_mtime_ns for p in files))
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(p.name.encode() + b"\0")
+            with open(p, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    digest.update(block)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+# -- the orchestrating process ---------------------------------------------------------------------
+def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, cache_dir: Path,
+              name: str | None = None, output: Path | None = None, nproc: int = 1,
+              console: Console | None = None) -> RunRecord:
+    """Train a new run; returns its completed record (raises ``TrainingError`` when it fails)."""
+    if nproc < 1:
+        raise ConfigError(f"invalid --nproc {nproc}: expected at least 1")
+    data.check_method(config.method)
+    if not data.train:
+        raise ConfigError(f"dataset {data.name!r} has no training rows (all {len(data.eval)} rows are eval rows)")
+    model = resolve_base(base, cache_dir)
+    name = runs.check_name(name or data.name)
+    run_dir = runs.claim_output_dir(output) if output is not None else runs.create_run_dir(data_dir / "runs", name)
+    notes = (_qlora_note(),) if config.qlora and not _cuda() else ()
+    with runs.run_lock(run_dir):
+        (run_dir / "data").mkdir()
+        write_rows(run_dir / "data" / "train.jsonl", data.train)
+        write_rows(run_dir / "data" / "eval.jsonl", data.eval)
+        (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        record = RunRecord(
+            run_id=run_dir.name, name=name, path=str(run_dir.resolve()), method=config.method, base=model.name,
+            base_path=str(model.path), base_hash=model.hash, dataset=data.name, dataset_version=data.version,
+            dataset_hash=data.content_hash, train_rows=len(data.train), eval_rows=len(data.eval),
+            config=to_dict(config), started_at=runs.now(), world_size=nproc, forced_reasons=data.forced_reasons,
+            notes=notes,
+        )
+        return _execute(record, nproc=nproc, resume=False, console=console)
+
+
+def resume_run(run_dir: Path, *, nproc: int | None = None, console: Console | None = None,
+               expect: dict[str, Any] | None = None) -> RunRecord:
+    """Continue an unfinished run from its newest complete checkpoint. ``expect`` (``base_hash``,
+    ``dataset_hash``, ``config``) must match what the run recorded."""
+    status = runs.read_status(run_dir)  # marks a killed run failed
+    record = runs.read_record(run_dir)
+    if record is None:
+        raise ConfigError(f"{run_dir} is not a training run (run.json missing)")
+    if status["status"] == "completed":
+        raise ConfigError(f"run {run_dir} already completed; start a new run instead of --resume")
+    for key, value in (expect or {}).items():
+        recorded = getattr(record, key)
+        if value is not None and value != recorded:
+            changed = key
+            if key == "config":
+                changed = "config (" + ", ".join(sorted(k for k in {*value, *recorded}
+                                                        if value.get(k) != recorded.get(k))) + ")"
+            raise ConfigError(f"cannot resume {run_dir}: the {changed} differs from the run's; start a new run")
+    with runs.run_lock(run_dir):
+        record = record.replace(status="running", error=None, finished_at=None,
+                                world_size=nproc or record.world_size)
+        return _execute(record, nproc=record.world_size, resume=True, console=console)
+
+
+def _execute(record: RunRecord, *, nproc: int, resume: bool, console: Console | None) -> RunRecord:
+    run_dir = Path(record.path)
+    runs.set_status(run_dir, "running", resumed=resume)
+    runs.write_record(record)
+    try:
+        if nproc == 1:
+            metrics = train_worker(run_dir, resume=resume, console=console)
+        else:
+            metrics = _torchrun(run_dir, nproc, resume=resume, progress=console is not None)
+    except BaseException as exc:
+        reason = _reason(exc)
+        finished = runs.now()
+        runs.set_status(run_dir, "failed", error=reason)
+        runs.write_record(record.replace(status="failed", error=reason, finished_at=finished))
+        if isinstance(exc, RagtuneError | KeyboardInterrupt):
+            raise
+        raise TrainingError(run_dir, reason) from exc
+    record = record.replace(status="completed", finished_at=runs.now(), metrics=metrics,
+                            adapter=str(run_dir / "adapter"))
+    runs.write_record(record)
+    runs.set_status(run_dir, "completed")
+    return record
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _torchrun(run_dir: Path, nproc: int, *, resume: bool, progress: bool) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ragtune.finetune.train", str(run_dir)]
+    cmd += ["--resume"] if resume else []
+    cmd += ["--progress"] if progress else []
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        error = run_dir / "error.txt"
+        detail = error.read_text(encoding="utf-8").strip().splitlines()[-1] if error.is_file() else ""
+        raise RuntimeError(f"torchrun with {nproc} processes exited with code {code}"
+                           + (f": {detail}" if detail else ""))
+    return dict(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _qlora_note() -> str:
+    return "QLoRA skipped: 4-bit bitsandbytes needs a CUDA GPU and none is present; trained plain LoRA in fp32"
+
+
+# -- the training process (this process, or each torchrun worker) -----------------------------------
+def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Train the run described in ``run_dir``; the main process saves the adapter and metrics."""
+    try:
+        import torch
+        import transformers
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ModelError(f"training needs peft, trl and datasets: {_INSTALL} ({exc})") from exc
+    record = runs.read_record(run_dir)
+    if record is None:
+        raise ConfigError(f"{run_dir} is not a training run (run.json missing)")
+    config = from_dict(record.config)
+    checkpoint = runs.latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("no complete checkpoint in %s: training from the start", run_dir)
+
+    transformers.set_seed(config.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(record.base_path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{record.base_path} has no chat template; use an instruction-tuned model folder")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cuda = _cuda()
+    load: dict[str, Any] = {"dtype": torch.float32}
+    if config.qlora and cuda:
+        load = _qlora_load_options(torch)
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(record.base_path, **load)
+    if "quantization_config" in load:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    parameters = sum(p.numel() for p in model.parameters())
+    modules = config.lora.target_modules
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=modules if isinstance(modules, str) else list(modules), task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"invalid lora.target_modules={modules!r} for {record.base}: {exc}") from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    train_rows, eval_rows = read_rows(run_dir / "data" / "train.jsonl"), read_rows(run_dir / "data" / "eval.jsonl")
+    from ragtune.finetune.progress import TrainingMonitor
+    from ragtune.finetune.trainers import build_trainer
+
+    monitor = TrainingMonitor(console)
+    trainer, data_stats = build_trainer(
+        config, model=model, tokenizer=tokenizer, train_rows=train_rows, eval_rows=eval_rows,
+        output_dir=run_dir / "checkpoints", callbacks=[monitor], bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+    )
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        monitor.close()
+    metrics: dict[str, Any] = {
+        **monitor.metrics(),
+        "train_loss": float(result.training_loss),
+        "losses": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
+        "parameters": parameters, "trainable_parameters": trainable, "world_size": trainer.args.world_size,
+        **{f"data_{k}": v for k, v in data_stats.items()},
+    }
+    if metrics["losses"]:
+        metrics["first_loss"], metrics["last_loss"] = metrics["losses"][0][1], metrics["losses"][-1][1]
+    if eval_rows and config.eval_steps == 0:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
+    elif monitor.eval_losses:
+        metrics["eval_loss"] = monitor.eval_losses[-1][1]
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(run_dir / "adapter"))
+        runs.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _qlora_load_options(torch: Any) -> dict[str, Any]:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ModelError(f"QLoRA needs bitsandbytes: pip install bitsandbytes ({exc})") from exc
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+    ), "dtype": torch.float32}
+
+
+def _worker_main(argv: list[str]) -> int:
+    run_dir = Path(argv[0])
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        train_worker(run_dir, resume="--resume" in argv, console=Console(stderr=True) if "--progress" in argv else None)
+    except BaseException as exc:
+        with open(run_dir / "error.txt", "a", encoding="utf-8") as fh:
+            fh.write(f"rank {rank}: {traceback.format_exc()}\nrank {rank}: {_reason(exc)}\n")
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - started by torchrun
+    sys.exit(_worker_main(sys.argv[1:]))
