@@ -15,6 +15,7 @@ from typing import Any
 
 from ragtune.errors import IngestError, ModelError
 from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
+from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
 from ragtune.models import Answer, Document, IngestReport, LoadedDocument, Principal, SearchResult
@@ -246,12 +247,14 @@ class Ragtune:
             mode: str | None = None, filters: Sequence[Filter | str] | dict[str, Any] | None = None,
             principal: Principal | None = None, generator: str | Generator | None = None,
             on_token: Callable[[str], None] | None = None, max_tokens: int | None = None,
-            query_vector: Any = None, **search_options: Any) -> Answer:
+            query_vector: Any = None, answerability: AnswerabilityModel | None = None,
+            **search_options: Any) -> Answer:
         """Retrieve, then answer with numbered citations, or abstain when the documents do not answer.
 
         ``generator`` is a spec (``smollm2``, ``extractive``, ``openai:MODEL``, a model folder) or any
         object with the ``Generator`` protocol; ``on_token`` receives the answer as it streams.
         ``reranker`` (in ``search_options``, e.g. ``load_reranker(...)``) reorders the sources.
+        ``answerability`` (a trained ``AnswerabilityModel``) adds its abstention decision.
         """
         s = self.settings
         options = AskOptions(top_k=top_k or s.answer_top_k, max_tokens=max_tokens or s.max_new_tokens,
@@ -264,7 +267,7 @@ class Ragtune:
         with timer.stage("retrieve"):
             retrieved = self.search(question, collection=name, top_k=options.top_k, mode=mode, filters=filters,
                                     principal=principal, query_vector=query_vector, **search_options)
-        answerer = Answerer(model, self.support_scorer, self.traces)
+        answerer = Answerer(model, self.support_scorer, self.traces, answerability)
         return answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                on_token=on_token, timer=timer)
 

@@ -27,6 +27,9 @@ def ask_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (no streaming).")] = False,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Rerank the sources with the collection's "
                                          "latest trained reranker (`ragtune rerank train`).")] = False,
+    answerability: Annotated[str | None, typer.Option(
+        help="Also abstain by a trained answerability model: `latest` or a folder "
+             "(`ragtune answerability train`).")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Project data folder.")] = None,
 ) -> None:
     """Answer a question from a collection's documents, with numbered citations (or abstain)."""
@@ -52,6 +55,10 @@ def ask_command(
                 from ragtune.cli.rerank import collection_reranker
 
                 extra["reranker"] = collection_reranker(rt, collection, top_k=top_k or rt.settings.answer_top_k)
+            if answerability:
+                from ragtune.cli.answerability import resolve_answerability
+
+                extra["answerability"] = resolve_answerability(rt, answerability)
             answer = rt.ask(question, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
                             principal=principal, generator=generator, max_tokens=max_tokens,
                             on_token=on_token if stream and not as_json else None, **extra)

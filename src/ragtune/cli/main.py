@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragtune.cli.answerability import answerability_app
 from ragtune.cli.datasets import register as register_datasets
 from ragtune.cli.rerank import rerank_app
 from ragtune.cli.tune import tune_app
@@ -35,6 +36,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(collections_app, name="collections")
 app.add_typer(traces_app, name="traces")
 app.add_typer(rerank_app, name="rerank")
+app.add_typer(answerability_app, name="answerability")
 app.add_typer(tune_app, name="tune")
 
 console = Console()

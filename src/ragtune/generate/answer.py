@@ -4,6 +4,8 @@
 2. Abstention comes first and does not depend on the generator: every sentence of the retrieved
    sources gets a support score for the question (see ``grounding``); if the best one is below
    ``abstain_threshold`` the answer says the documents do not answer, and shows the closest sources.
+   With a trained answerability model (``answerability``) it also abstains when the model's
+   probability that the best source answers is below the model's threshold.
 3. The extractive answerer needs no model: it returns the best-supported sentences, cited.
    A generator gets the numbered-sources prompt (``prompt``) and its text is split into sentences,
    each checked against the sources it cites. A sentence that cites nothing is checked against all
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragtune.errors import GenerationTimeoutError
+from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import Evidence, SupportScorer, parse_citations, strip_citations
 from ragtune.generate.prompt import NO_ANSWER, Prompt, PromptSource, build_prompt
 from ragtune.generate.sentences import sentence_spans, split_sentences
@@ -54,10 +57,12 @@ class Candidate:
 class Answerer:
     """Answers over hits with one generator, or extractively when ``generator`` is None."""
 
-    def __init__(self, generator: Generator | None, scorer: SupportScorer, traces: TraceWriter | None = None) -> None:
+    def __init__(self, generator: Generator | None, scorer: SupportScorer, traces: TraceWriter | None = None,
+                 answerability: AnswerabilityModel | None = None) -> None:
         self.generator = generator
         self.scorer = scorer
         self.traces = traces
+        self.answerability = answerability
 
     @property
     def model_name(self) -> str:
@@ -73,10 +78,16 @@ class Answerer:
         with timer.stage("support"):
             candidates = self._candidates(question, prompt.sources)
         best = max((c.evidence.support for c in candidates), default=0.0)
+        answerable: float | None = None
+        if self.answerability is not None and best >= options.abstain_threshold:
+            with timer.stage("answerability"):
+                answerable = self.answerability.probability(question, [s.text for s in prompt.sources])
         completion: Completion | None = None
         error = None
         sentences: list[AnswerSentence] = []
-        if best < options.abstain_threshold:
+        if best < options.abstain_threshold or (
+                answerable is not None and self.answerability is not None
+                and answerable < self.answerability.threshold):
             text, abstained = NO_ANSWER, True
         elif self.generator is None:
             text, sentences = self._extractive(candidates, options)
@@ -101,7 +112,7 @@ class Answerer:
             question=question, text=text, citations=citations, hits=hits, model=self.model_name,
             sentences=sentences, abstained=abstained,
             grounded=not abstained and bool(sentences) and all(s.supported for s in sentences),
-            error=error, usage=_usage(completion, best), timings_ms=dict(timer.timings_ms),
+            error=error, usage=_usage(completion, best, answerable), timings_ms=dict(timer.timings_ms),
             prompt=prompt.messages,
         )
         trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion)
@@ -171,6 +182,8 @@ class Answerer:
                 "prompt": [{"role": m.role, "content": m.content} for m in prompt.messages],
                 "response": answer.text, "abstained": answer.abstained, "grounded": answer.grounded,
                 "usage": answer.usage,
+                "answerability": None if self.answerability is None else {
+                    "model": self.answerability.name, "threshold": self.answerability.threshold},
                 "finish_reason": completion.finish_reason if completion else None,
                 "sentences": [{"text": s.text, "citations": list(s.citations), "support": s.support,
                                "supported": s.supported, "inferred": s.inferred} for s in answer.sentences],
@@ -199,8 +212,10 @@ def _citations(sources: Sequence[PromptSource], sentences: Sequence[AnswerSenten
     return out
 
 
-def _usage(completion: Completion | None, support: float) -> dict[str, float]:
+def _usage(completion: Completion | None, support: float, answerable: float | None) -> dict[str, float]:
     usage: dict[str, float] = {"question_support": round(support, 4)}
+    if answerable is not None:
+        usage["answerable_probability"] = round(answerable, 4)
     if completion is not None:
         usage.update(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                      generation_seconds=round(completion.seconds, 3),
