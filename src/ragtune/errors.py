@@ -19,6 +19,12 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     ├── GenerationError          a generator endpoint that fails or cannot be reached
     │   └── GenerationTimeoutError   no complete answer within the configured timeout
     ├── QueryError               an invalid query, filter or top_k
+    │   └── LimitError               over a configured limit (top_k, inputs, files; carries ``limit``)
+    │       └── RequestTooLargeError     a request body over the server's size limit
+    ├── AccessError              a request the server refuses because of who is asking
+    │   ├── AuthenticationError      no API key, or an unknown, wrong or revoked one
+    │   ├── PermissionDeniedError    a valid key without the scope or group the action needs
+    │   └── RateLimitError           too many requests for one key (carries ``retry_after``)
     ├── TrainingError            a training run that failed (carries ``run_dir``; its status says failed)
     │   └── RunBusyError             another process is training in that run folder
     └── DatasetError             a dataset that cannot be fetched, parsed or stored
@@ -99,6 +105,40 @@ class GenerationTimeoutError(GenerationError):
 
 class QueryError(RagtuneError):
     code = "query_error"
+
+
+class LimitError(QueryError):
+    """A request over a configured limit; ``limit`` names the setting that sets it."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class RequestTooLargeError(LimitError):
+    code = "request_too_large"
+
+
+class AccessError(RagtuneError):
+    code = "access_denied"
+
+
+class AuthenticationError(AccessError):
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(AccessError):
+    code = "forbidden"
+
+
+class RateLimitError(AccessError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TrainingError(RagtuneError):

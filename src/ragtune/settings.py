@@ -72,6 +72,20 @@ class Settings:
     abstain_threshold: float = 0.35
     # An answer sentence counts as supported by its citations at or above this score.
     support_threshold: float = 0.5
+    # HTTP server (`ragtune serve`). server_auth: auto requires API keys unless bound to a loopback
+    # address; on / off force it.
+    server_host: str = "127.0.0.1"
+    server_port: int = 8000
+    server_auth: str = "auto"
+    server_max_request_bytes: int = 1024 * 1024  # one JSON request body
+    server_max_upload_bytes: int = 256 * 1024 * 1024  # one multipart upload; each file also <= max_file_bytes
+    server_max_upload_files: int = 100
+    server_max_top_k: int = 100
+    server_max_embedding_inputs: int = 256
+    server_rate_limit: float = 20.0  # requests per second per API key, refilling a bucket; 0 turns it off
+    server_rate_burst: int = 40
+    server_cors_origins: str = ""  # comma-separated origins CORS allows ("*": any); empty: no CORS
+    server_shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +116,16 @@ class Settings:
             ("answer_top_k", 1 <= self.answer_top_k <= 100),
             ("abstain_threshold", -1.0 <= self.abstain_threshold <= 1.0),
             ("support_threshold", 0.0 <= self.support_threshold <= 1.0),
+            ("server_port", 0 <= self.server_port <= 65535),
+            ("server_auth", self.server_auth in ("auto", "on", "off")),
+            ("server_max_request_bytes", self.server_max_request_bytes >= 1024),
+            ("server_max_upload_bytes", self.server_max_upload_bytes >= 1024),
+            ("server_max_upload_files", self.server_max_upload_files >= 1),
+            ("server_max_top_k", 1 <= self.server_max_top_k <= 1000),
+            ("server_max_embedding_inputs", self.server_max_embedding_inputs >= 1),
+            ("server_rate_limit", self.server_rate_limit >= 0),
+            ("server_rate_burst", self.server_rate_burst >= 1),
+            ("server_shutdown_timeout", self.server_shutdown_timeout >= 0),
         ]
         for name, ok in checks:
             if not ok:

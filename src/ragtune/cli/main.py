@@ -18,6 +18,7 @@ from rich.table import Table
 from ragtune.cli.answerability import answerability_app
 from ragtune.cli.datasets import register as register_datasets
 from ragtune.cli.rerank import rerank_app
+from ragtune.cli.serve import keys_app, serve_command
 from ragtune.cli.tune import tune_app
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
@@ -36,6 +37,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(collections_app, name="collections")
 app.add_typer(traces_app, name="traces")
 app.add_typer(rerank_app, name="rerank")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve_command)
 app.add_typer(answerability_app, name="answerability")
 app.add_typer(tune_app, name="tune")
 

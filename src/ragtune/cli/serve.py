@@ -1,0 +1,122 @@
+"""``ragtune serve`` (the HTTP API) and ``ragtune keys create|list|revoke`` (its API keys)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the HTTP server (shown once, stored hashed).")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+
+
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: server_host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server_port, 8000; 0 picks a free one).")] = None,
+    auth: Annotated[bool | None, typer.Option(
+        "--auth/--no-auth", help="Require API keys (default: on unless listening on a loopback address).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the REST and OpenAI-compatible API (FastAPI + uvicorn)."""
+    from ragtune.cli.main import _run, _settings, err_console
+
+    def body() -> None:
+        from ragtune.engine import Ragtune
+        from ragtune.server.app import bind, create_app, make_server
+        from ragtune.server.auth import KeyStore, auth_required, is_loopback
+
+        settings = _settings(data_dir, server_host=host, server_port=port)
+        listen = settings.server_host
+        required = auth_required(settings, listen, auth)
+        rt = Ragtune(settings)
+        # Connect, migrate and load the embedder before listening: the first request is not slow.
+        rt.embedder.embed_batch(["warm up"])
+        active = KeyStore(rt.db).active_count()
+        if required and active == 0:
+            err_console.print("[yellow]warning[/]: auth is on and there are no API keys; every request will be "
+                              "refused until you run `ragtune keys create --name NAME --scopes read`")
+        if not required and not is_loopback(listen):
+            err_console.print(f"[bold red]warning[/]: auth is off on {listen}: anyone who can reach it reads and "
+                              "changes everything")
+        app = create_app(rt, settings, auth=required)
+        sock = bind(listen, settings.server_port)
+        shown = f"[{listen}]" if ":" in listen else listen
+        err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
+                          f"(auth {'on' if required else 'off'}; OpenAPI at /docs)", highlight=False)
+        try:
+            make_server(app, settings, log_level=log_level).run(sockets=[sock])
+        finally:
+            sock.close()
+            rt.close()
+
+    _run(body)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    groups: Annotated[str, typer.Option(help="Comma-separated groups: the documents' ACLs it may read.")] = "",
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, ingest, admin.")] = "read",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Make an API key. It is printed once: only a salted hash is kept."""
+    from ragtune.cli.main import _engine, _run, err_console
+    from ragtune.server.auth import KeyStore, parse_list
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            made = KeyStore(rt.db).create(name, groups=parse_list(groups), scopes=parse_list(scopes))
+        if as_json:
+            print(json.dumps({"key": made.key, **made.info.public()}))
+            return
+        print(made.key)
+        err_console.print(f"key {made.info.key_id} '{made.info.name}': groups {list(made.info.groups) or 'none'}, "
+                          f"scopes {list(made.info.scopes)}. It is shown only this once.", highlight=False)
+
+    _run(body)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None) -> None:
+    """List API keys (ids, names, groups, scopes; never the secrets)."""
+    from rich.table import Table
+
+    from ragtune.cli.main import _engine, _run, console
+    from ragtune.server.auth import KeyStore
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            keys = KeyStore(rt.db).list()
+        if as_json:
+            print(json.dumps([k.public() for k in keys], indent=2))
+            return
+        table = Table(title=f"{len(keys)} API key(s)")
+        for col in ("id", "name", "groups", "scopes", "created", "last used", "status"):
+            table.add_column(col, overflow="fold")
+        for k in keys:
+            table.add_row(k.key_id, k.name, ",".join(k.groups), ",".join(k.scopes), k.created_at[:19],
+                          (k.last_used_at or "")[:19], "active" if k.active else f"revoked {k.revoked_at[:19]}"
+                          if k.revoked_at else "")
+        console.print(table)
+
+    _run(body)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+                data_dir: DataDir = None) -> None:
+    """Revoke an API key: every server refuses it from the next request on."""
+    from ragtune.cli.main import _engine, _run, console
+    from ragtune.server.auth import KeyStore
+
+    def body() -> None:
+        with _engine(data_dir) as rt:
+            changed = KeyStore(rt.db).revoke(key_id)
+        console.print(f"revoked {key_id}" if changed else f"{key_id} was already revoked")
+
+    _run(body)

@@ -1,0 +1,151 @@
+"""The HTTP server: ``create_app(engine, settings)`` builds the FastAPI app around one engine.
+
+Routers (one per area, in ``routes/``): collections, documents (upload, list, show, delete),
+ingest jobs, search, ask (JSON or Server-Sent Events), traces, datasets (read only) and the
+OpenAI-compatible ``/v1``. The OpenAPI spec is at ``/openapi.json`` (browsable at ``/docs``);
+``/health`` answers without a key and serves no data. Everything else needs an API key whenever
+auth is on (see ``auth``). Errors are problem responses (``problems``).
+
+Limits: a JSON body over ``server_max_request_bytes`` is refused with 413 before it is parsed
+(a body without Content-Length is read up to the limit, never further); uploads are streamed with
+their own limits (``uploads``). ``top_k`` over ``server_max_top_k`` is a 400 naming the limit.
+Shutdown: uvicorn stops accepting, lets in-flight requests (streams included) finish for up to
+``server_shutdown_timeout`` seconds, then the lifespan stops the ingest worker, which puts a job
+it had to cut short back in the queue.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from ragtune.server import problems
+from ragtune.server.auth import auth_required, parse_list
+from ragtune.server.deps import ServerState
+from ragtune.settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_UPLOAD_PATH = re.compile(r"^/collections/[^/]+/documents/?$")
+
+
+def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | None = None,
+               start_worker: bool = True) -> FastAPI:
+    """The app serving ``engine`` (a :class:`ragtune.engine.Ragtune`). ``auth`` None decides from
+    the settings (``server_auth``, and whether ``server_host`` is a loopback address)."""
+    from ragtune import __version__
+    from ragtune.server.routes import ask, collections, datasets, documents, ingest, openai, search, traces
+
+    settings = settings or engine.settings
+    state = ServerState(engine, settings, auth_required(settings, flag=auth))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_worker:
+            await to_thread.run_sync(state.worker.start)
+        try:
+            yield
+        finally:
+            if start_worker:
+                await to_thread.run_sync(state.worker.stop, max(settings.server_shutdown_timeout, 1.0))
+
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan,
+                  description="RAG and fine-tuning on PostgreSQL: REST and OpenAI-compatible API. "
+                              "Send an API key as 'Authorization: Bearer <key>'.")
+    app.state.ragtune = state
+    problems.install(app)
+    for module in (collections, documents, ingest, search, ask, traces, datasets, openai):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["meta"], summary="Liveness; needs no key and serves no data")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "auth": state.auth_required}
+
+    app.add_middleware(BodyLimit, max_bytes=settings.server_max_request_bytes)
+    origins = parse_list(settings.server_cors_origins)
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "Accept"],
+                           expose_headers=["Location", "Retry-After"])
+    return app
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` (uploads excepted: they stream with their own limits)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or (
+                scope["method"] == "POST" and _UPLOAD_PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send, declared.decode("latin-1"))
+                return
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()  # chunked: read up to the limit, then replay
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, receive, send, f"more than {self.max_bytes}")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
+        response = problems.problem(
+            413, "request_too_large",
+            f"request body of {size} bytes is over server_max_request_bytes={self.max_bytes}",
+            instance=scope["path"], openai=scope["path"].startswith("/v1/"), limit="server_max_request_bytes")
+        await response(scope, receive, send)
+
+
+def make_server(app: FastAPI, settings: Settings, *, log_level: str = "info", access_log: bool = False) -> Any:
+    """A uvicorn server for ``app`` with graceful shutdown; run it with ``.run(sockets=[bind(...)])``."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
+                            timeout_graceful_shutdown=int(settings.server_shutdown_timeout + 0.999) or None)
+    return uvicorn.Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), bound before uvicorn starts so connections queue."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

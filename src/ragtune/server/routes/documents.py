@@ -1,0 +1,164 @@
+"""Documents of a collection: upload (an asynchronous ingest job), list, show, delete.
+
+Every read applies the caller's groups: a document whose ACL shares no group with the caller is
+neither listed nor shown, and cannot be deleted or overwritten (it answers 404 / 403 as if absent).
+A non-admin caller may only give uploads an ACL made of its own groups.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from ragtune.errors import NotFoundError, PermissionDeniedError, QueryError
+from ragtune.models import Principal
+from ragtune.server.auth import check_groups, parse_list
+from ragtune.server.deps import Ingester, Reader, State
+from ragtune.server.routes.ingest import wait_for
+from ragtune.server.uploads import Upload, receive_upload
+
+router = APIRouter(prefix="/collections/{collection}/documents", tags=["documents"])
+
+_DOC_COLUMNS = ("d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl, d.title,"
+                " d.updated_at::text AS updated_at, (SELECT count(*) FROM chunks k WHERE k.document_id = d.id)"
+                " AS chunk_count")
+DocId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_VISIBLE = "(%(admin)s OR d.acl = '{}' OR d.acl && %(groups)s::text[])"
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "One part per file; the file name becomes the document URI."},
+        "acl": {"type": "string", "description": "Comma-separated groups allowed to read (empty: public)."},
+        "metadata": {"type": "string", "description": "A JSON object stored with every document."},
+    }}}}}}
+
+
+def _params(principal: Principal, **extra: Any) -> dict[str, Any]:
+    return {"admin": principal.admin, "groups": sorted(principal.groups), **extra}
+
+
+def _doc(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "acl": list(row["acl"])}
+
+
+@router.get("", summary="List the documents the caller may read")
+def list_documents(collection: str, state: State, caller: Reader,
+                   prefix: Annotated[str | None, Query(max_length=1000)] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> list[dict[str, Any]]:
+    info = state.engine.collection(collection)
+    with state.engine.db.connection() as conn:
+        rows = conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+            f" WHERE d.collection_id = %(cid)s AND {_VISIBLE}"
+            " AND (%(prefix)s::text IS NULL OR starts_with(d.uri, %(prefix)s::text))"
+            " ORDER BY d.uri LIMIT %(limit)s OFFSET %(offset)s",
+            _params(caller.principal, cid=info.id, prefix=prefix, limit=limit, offset=offset),
+        ).fetchall()
+    return [_doc(r) for r in rows]
+
+
+def _visible(state: Any, collection: str, doc_id: int, principal: Principal) -> dict[str, Any]:
+    info = state.engine.collection(collection)
+    with state.engine.db.connection() as conn:
+        row = conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+            f" WHERE d.collection_id = %(cid)s AND d.id = %(id)s AND {_VISIBLE}",
+            _params(principal, cid=info.id, id=doc_id),
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no document {doc_id} in collection {collection!r}")
+    return dict(row)
+
+
+@router.get("/{doc_id}", summary="Show a document with its chunks (and its text with text=true)")
+def get_document(collection: str, doc_id: DocId, state: State, caller: Reader,
+                 text: Annotated[bool, Query()] = False) -> dict[str, Any]:
+    row = _visible(state, collection, doc_id, caller.principal)
+    _, body, chunks = state.engine.document(row["uri"], collection=collection)
+    out = _doc(row)
+    out["chunks"] = [{"id": c.id, "ordinal": c.ordinal, "start": c.start, "end": c.end, "heading": c.heading,
+                      "tokens": c.tokens, "text": c.text} for c in chunks]
+    if text:
+        out["text"] = body
+    return out
+
+
+@router.delete("/{doc_id}", status_code=204, summary="Delete a document (ingest scope)")
+def delete_document(collection: str, doc_id: DocId, state: State, caller: Ingester) -> Response:
+    row = _visible(state, collection, doc_id, caller.principal)
+    state.engine.delete([row["uri"]], collection=collection)
+    return Response(status_code=204)
+
+
+@router.post("", status_code=202, openapi_extra=_UPLOAD_BODY,
+             summary="Upload files (multipart, streamed to disk); they are ingested by an asynchronous job")
+async def upload_documents(collection: str, request: Request, state: State, caller: Ingester,
+                           wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the job")] = 0
+                           ) -> JSONResponse:
+    from anyio import to_thread
+
+    if not caller.principal.admin:
+        await to_thread.run_sync(state.engine.collection, collection)  # only an admin creates collections
+    settings = state.settings
+    upload = await receive_upload(request, state.uploads, max_bytes=settings.server_max_upload_bytes,
+                                  max_file_bytes=settings.max_file_bytes,
+                                  max_files=settings.server_max_upload_files)
+    try:
+        acl, metadata = _form(upload, caller.principal)
+        await to_thread.run_sync(_check_overwrites, state, collection, upload, caller.principal)
+        job = await to_thread.run_sync(lambda: state.jobs.create(
+            collection=collection, principal=caller.principal, acl=acl, metadata=metadata, folder=upload.folder,
+            files=upload.files))
+    except BaseException:
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        raise
+    state.worker.wake()
+    if wait:
+        job = await wait_for(state, job.id, caller.principal, wait)
+    return JSONResponse(job.public(), status_code=202 if not job.done else 200,
+                        headers={"Location": f"/ingest-jobs/{job.id}"})
+
+
+def _form(upload: Upload, principal: Principal) -> tuple[tuple[str, ...], dict[str, Any]]:
+    acl = check_groups(parse_list(upload.field("acl")))
+    if not principal.admin and not set(acl) <= principal.groups:
+        outside = sorted(set(acl) - principal.groups)
+        raise PermissionDeniedError(f"an upload's ACL may only name the key's own groups; not {outside}")
+    metadata: dict[str, Any] = {}
+    for raw in upload.field("metadata"):
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise QueryError(f"metadata must be a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise QueryError(f"metadata must be a JSON object, got {type(value).__name__}")
+        metadata.update(value)
+    return acl, metadata
+
+
+def _check_overwrites(state: Any, collection: str, upload: Upload, principal: Principal) -> None:
+    """Refuse to replace documents the caller cannot read (same URI, another group's ACL)."""
+    if principal.admin:
+        return
+    try:
+        info = state.engine.collection(collection)
+    except NotFoundError:
+        return
+    names = [f.name for f in upload.files]
+    with state.engine.db.connection() as conn:
+        row = conn.execute(
+            "SELECT d.uri FROM documents d WHERE d.collection_id = %(cid)s"
+            " AND (d.uri = ANY(%(names)s) OR split_part(d.uri, '#', 1) = ANY(%(names)s))"
+            " AND NOT (d.acl = '{}' OR d.acl && %(groups)s::text[]) LIMIT 1",
+            {"cid": info.id, "names": names, "groups": sorted(principal.groups)},
+        ).fetchone()
+    if row is not None:
+        raise PermissionDeniedError(f"a document {row['uri']!r} exists in {collection!r} that this key cannot "
+                                    "read; it cannot be replaced with this key")

@@ -1,0 +1,228 @@
+"""OpenAI-compatible endpoints: the official clients work against ``/v1`` unchanged.
+
+* ``POST /v1/chat/completions`` answers the last user message with retrieval over a collection:
+  ``model`` names the collection (``ragtune`` means the default one), or the extra body field
+  ``collection`` does. The cited sources come back in the extra field ``sources`` (in the last
+  chunk when streaming), and ``ragtune`` holds the trace id, abstention and groundedness. Extra
+  fields ``top_k``, ``mode``, ``filters`` and ``generator`` work as in ``/collections/{c}/ask``.
+* ``POST /v1/embeddings`` embeds with the server's embedder (``model``: its name or ``ragtune``),
+  as floats or base64 (little-endian float32, what the Python client asks for by default).
+* ``GET /v1/models`` lists the collections and the embedder.
+
+Concessions: only the last user message is the question (earlier turns and system messages are
+not used: the prompt is ragtune's numbered-sources prompt); one choice (``n=1``); sampling
+parameters are accepted and ignored; token arrays as embedding input are not accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragtune.errors import LimitError, NotFoundError, QueryError
+from ragtune.models import Answer
+from ragtune.server.auth import Caller
+from ragtune.server.deps import Reader, ServerState, State
+from ragtune.server.problems import problem_payload
+from ragtune.server.routes.ask import check_max_tokens, served_generator
+from ragtune.server.schemas import Filters, to_filters
+from ragtune.server.streaming import sse, stream_tokens
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+DEFAULT_MODEL = "ragtune"
+_MAX_INPUT_CHARS = 100_000
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str = Field(max_length=50)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    # ragtune's extra fields
+    collection: str | None = Field(default=None, max_length=200)
+    top_k: int | None = None
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    filters: Filters | None = None
+    generator: str | None = Field(default=None, max_length=200)
+
+
+class EmbeddingsIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str]
+    model: str = Field(min_length=1, max_length=200)
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = None
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def _question(body: ChatIn) -> str:
+    for message in reversed(body.messages):
+        if message.role == "user":
+            text = _text(message.content).strip()
+            if text:
+                return text[:4000]
+    raise QueryError("messages hold no user message with text to answer")
+
+
+def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, Callable[..., Answer]]:
+    if body.n not in (None, 1):
+        raise QueryError(f"only n=1 is supported, got n={body.n}")
+    collection = body.collection or (state.settings.default_collection if body.model == DEFAULT_MODEL else body.model)
+    state.check_top_k(body.top_k)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_max_tokens(state, max_tokens)
+    question = _question(body)
+    filters = to_filters(body.filters)
+    generator = served_generator(state, body.generator)
+    state.engine.collection(collection)  # 404 before any streaming
+
+    def call(on_token: Callable[[str], None] | None) -> Answer:
+        answer: Answer = state.engine.ask(question, collection=collection, top_k=body.top_k, mode=body.mode,
+                                          filters=filters, principal=caller.principal, max_tokens=max_tokens,
+                                          generator=generator, on_token=on_token)
+        return answer
+
+    return collection, call
+
+
+def _sources(answer: Answer) -> list[dict[str, Any]]:
+    return [{"number": c.number, "uri": c.uri, "document_id": c.document_id, "chunk_id": c.chunk_id,
+             "start": c.start, "end": c.end, "text": c.text} for c in answer.citations]
+
+
+def _ragtune(answer: Answer) -> dict[str, Any]:
+    return {"trace_id": answer.trace_id, "abstained": answer.abstained, "grounded": answer.grounded,
+            "generator": answer.model, "error": answer.error}
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    prompt = int(answer.usage.get("prompt_tokens", 0))
+    completion = int(answer.usage.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@router.post("/chat/completions", summary="OpenAI chat completions, answered with retrieval over a collection",
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def chat_completions(body: ChatIn, state: State, caller: Reader) -> Any:
+    collection, call = await to_thread.run_sync(_chat_call, state, body, caller)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_chunks(call, completion_id, collection, include_usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    answer = await to_thread.run_sync(call, None)
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": collection,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": _usage(answer), "sources": _sources(answer), "ragtune": _ragtune(answer),
+    })
+
+
+async def _chunks(call: Callable[..., Answer], completion_id: str, model: str, include_usage: bool
+                  ) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        payload: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                   "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                "finish_reason": finish}], **extra}
+        if include_usage:
+            payload.setdefault("usage", None)
+        return sse(payload)
+
+    yield chunk({"role": "assistant", "content": ""})
+    streamed = False
+    async for kind, value in stream_tokens(call):
+        if kind == "token":
+            streamed = True
+            yield chunk({"content": value})
+        elif kind == "done":
+            if not streamed and value.text:  # an abstention is not streamed token by token
+                yield chunk({"content": value.text})
+            yield chunk({}, "stop", sources=_sources(value), ragtune=_ragtune(value))
+            if include_usage:
+                yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "choices": [], "usage": _usage(value)})
+        else:
+            problem = problem_payload(value)
+            yield sse({"error": {"message": problem["detail"], "type": "server_error", "param": None,
+                                 "code": problem["code"]}})
+    yield "data: [DONE]\n\n"
+
+
+def _embedder_names(state: ServerState) -> set[str]:
+    return {DEFAULT_MODEL, state.settings.embedder, state.engine.embedder.name}
+
+
+@router.post("/embeddings", summary="OpenAI embeddings with the server's embedder")
+def embeddings(body: EmbeddingsIn, state: State, caller: Reader) -> dict[str, Any]:
+    names = _embedder_names(state)
+    if body.model not in names:
+        raise NotFoundError(f"model {body.model!r} is not an embedder served here; use one of {sorted(names)}")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    limit = state.settings.server_max_embedding_inputs
+    if not texts:
+        raise QueryError("input is empty: give a string or a list of strings")
+    if len(texts) > limit:
+        raise LimitError(f"at most {limit} inputs per request (server_max_embedding_inputs), got {len(texts)}",
+                         "server_max_embedding_inputs")
+    long = next((i for i, t in enumerate(texts) if len(t) > _MAX_INPUT_CHARS), None)
+    if long is not None:
+        raise LimitError(f"input[{long}] is over {_MAX_INPUT_CHARS} characters", "embedding_input_chars")
+    embedder = state.engine.embedder
+    if body.dimensions is not None and body.dimensions != embedder.dimension:
+        raise QueryError(f"dimensions={body.dimensions}: this embedder makes {embedder.dimension}-d vectors only")
+    vectors = np.asarray(embedder.embed_batch(texts), dtype=np.float32)
+    tokens = _count_tokens(embedder, texts)
+    data = []
+    for i, vec in enumerate(vectors):
+        value: Any = (base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
+                      if body.encoding_format == "base64" else [float(x) for x in vec])
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _count_tokens(embedder: Any, texts: list[str]) -> int:
+    tokenizer = getattr(embedder, "tokenizer", None)
+    if tokenizer is None:
+        return 0
+    try:
+        return sum(len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"])
+    except Exception:  # a tokenizer with another interface: usage is informative only
+        return 0
+
+
+@router.get("/models", summary="The collections (chat models) and the embedder")
+def list_models(state: State, caller: Reader) -> dict[str, Any]:
+    created = int(time.time())
+    data = [{"id": c.name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune_kind": "collection"}
+            for c in state.engine.collections()]
+    data.append({"id": state.settings.embedder, "object": "model", "created": created, "owned_by": "ragtune",
+                 "ragtune_kind": "embedder"})
+    return {"object": "list", "data": data}

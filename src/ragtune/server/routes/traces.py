@@ -1,0 +1,56 @@
+"""Traces of searches and answers, filtered by who asks.
+
+A caller sees a trace if it is an admin, if it made the trace (same key), or if the trace's
+principal had no group the caller lacks *and* every chunk the trace shows (its results, and so
+the sources in an answer's prompt) is still readable by the caller. A chunk since deleted counts
+as unreadable. So a trace never shows another group's content, even one made by an admin key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from ragtune.errors import NotFoundError
+from ragtune.models import Principal
+from ragtune.server.deps import Reader, State
+
+router = APIRouter(prefix="/traces", tags=["traces"])
+
+_VISIBLE = """(%(admin)s OR t.principal = %(pid)s OR (t.groups <@ %(groups)s::text[] AND NOT EXISTS (
+    SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t.results) = 'array' THEN t.results ELSE '[]' END) r
+    LEFT JOIN chunks c ON c.id = CASE WHEN jsonb_typeof(r -> 'chunk_id') = 'number'
+                                      THEN (r ->> 'chunk_id')::bigint END
+    WHERE c.id IS NULL OR NOT (c.acl = '{}' OR c.acl && %(groups)s::text[]))))"""
+_COLUMNS = ("t.id, t.kind, t.created_at::text AS created_at, t.principal, t.groups, t.collection, t.query, t.params,"
+            " t.results, t.timings_ms, t.error")
+
+
+def _params(principal: Principal, **extra: Any) -> dict[str, Any]:
+    return {"admin": principal.admin, "pid": principal.id, "groups": sorted(principal.groups), **extra}
+
+
+@router.get("", summary="Recent traces the caller may see, newest first")
+def list_traces(state: State, caller: Reader,
+                kind: Annotated[Literal["search", "ask"] | None, Query()] = None,
+                collection: Annotated[str | None, Query(max_length=200)] = None,
+                limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[dict[str, Any]]:
+    with state.engine.db.connection() as conn:
+        return list(conn.execute(
+            f"SELECT {_COLUMNS} FROM traces t WHERE {_VISIBLE}"
+            " AND (%(kind)s::text IS NULL OR t.kind = %(kind)s)"
+            " AND (%(collection)s::text IS NULL OR t.collection = %(collection)s)"
+            " ORDER BY t.id DESC LIMIT %(limit)s",
+            _params(caller.principal, kind=kind, collection=collection, limit=limit),
+        ).fetchall())
+
+
+@router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
+def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Reader) -> dict[str, Any]:
+    with state.engine.db.connection() as conn:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM traces t WHERE t.id = %(id)s AND {_VISIBLE}",
+                           _params(caller.principal, id=trace_id)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no trace {trace_id}")
+    return dict(row)

@@ -1,0 +1,124 @@
+"""A real server for the server tests: uvicorn on a free loopback port in a thread, over one real
+database per test module (cloned from the migrated template), the real embedder, and the real
+packaged SmolLM2 for the answers that stream tokens (tiny ``max_tokens``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from ragtune.models import LoadedDocument
+
+DOCS = {
+    "public": [LoadedDocument(uri="office.md", text="The office opens at nine in the morning on weekdays. "
+                              "Visitors sign in at the front desk.", metadata={"team": "all"})],
+    "a": [LoadedDocument(uri="aurora.md", text="Project Aurora has a budget of four million euros. "
+                         "Aurora ships its first satellite in March.", metadata={"team": "a"})],
+    "b": [LoadedDocument(uri="borealis.md", text="Project Borealis keeps its launch code zebra-42 in the vault. "
+                         "Borealis reports to the board each quarter.", metadata={"team": "b"})],
+}
+
+
+@dataclass
+class Live:
+    url: str
+    engine: Any
+    settings: Any
+    keys: dict[str, str]
+    app: Any
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys.get(key, key)}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+
+@contextmanager
+def running(app: Any, settings: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; stops it (gracefully) on exit."""
+    from ragtune.server.app import bind, make_server
+
+    server = make_server(app, settings, log_level="warning")
+    sock = bind("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def module_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield make_conninfo(pg_admin_url, dbname=name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def server_settings(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Any:
+    from ragtune.settings import Settings
+
+    return Settings(data_dir=tmp_path_factory.mktemp("server") / "data", database_url=module_database_url,
+                    cache_dir=cache_dir, generator="smollm2", max_new_tokens=16, server_rate_limit=0,
+                    server_max_upload_bytes=16 * 1024 * 1024, server_max_top_k=50)
+
+
+@pytest.fixture(scope="module")
+def engine(server_settings: Any, embedder: Any) -> Iterator[Any]:
+    from ragtune.engine import Ragtune
+
+    rt = Ragtune(server_settings, embedder=embedder)
+    for group, docs in DOCS.items():
+        rt.ingest_documents(docs, collection="handbook", acl=[] if group == "public" else [group])
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(scope="module")
+def keys(engine: Any) -> dict[str, str]:
+    from ragtune.server.auth import KeyStore
+
+    store = KeyStore(engine.db)
+    made = {
+        "admin": store.create("admin", scopes=["admin"]),
+        "a": store.create("reader a", groups=["a"], scopes=["read"]),
+        "b": store.create("reader b", groups=["b"], scopes=["read"]),
+        "a_ingest": store.create("ingest a", groups=["a"], scopes=["read", "ingest"]),
+        "revoked": store.create("gone", groups=["a"], scopes=["read"]),
+    }
+    store.revoke(made["revoked"].info.key_id)
+    return {name: m.key for name, m in made.items()}
+
+
+@pytest.fixture(scope="module")
+def live(engine: Any, server_settings: Any, keys: dict[str, str]) -> Iterator[Live]:
+    from ragtune.server.app import create_app
+
+    app = create_app(engine, server_settings, auth=True)
+    with running(app, server_settings) as url:
+        yield Live(url, engine, server_settings, keys, app)
