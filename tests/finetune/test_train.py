@@ -136,7 +136,7 @@ def _wait_for(predicate: Any, timeout: float, proc: subprocess.Popen[bytes]) -> 
 
 def test_sigkill_then_resume_continues_the_step_counter(secret_file: Path, tmp_path: Path, cache_dir: Path) -> None:
     toml = tmp_path / "tune.toml"
-    toml.write_text(to_toml(TINY.replace(max_steps=6, save_steps=2)), encoding="utf-8")
+    toml.write_text(to_toml(TINY.replace(max_steps=4, save_steps=2)), encoding="utf-8")
     data_dir = tmp_path / "project"
     args = ["tune", "train", "--data", str(secret_file), "--config", str(toml), "--data-dir", str(data_dir),
             "--name", "killed"]
@@ -170,11 +170,11 @@ def test_sigkill_then_resume_continues_the_step_counter(secret_file: Path, tmp_p
     record = json.loads(out)
     m = record["metrics"]
     assert record["status"] == "completed" and record["path"] == str(run_dir.resolve())
-    assert m["resumed_from_step"] >= 2 and m["steps"] == 6
-    assert m["session_steps"] == 6 - m["resumed_from_step"]  # continued, not restarted
-    assert [s for s, _ in m["losses"]] == [1, 2, 3, 4, 5, 6]  # the curve of the whole run, each step once
-    state = json.loads((run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
-    assert state["global_step"] == 6
+    assert m["resumed_from_step"] == 2 and m["steps"] == 4
+    assert m["session_steps"] == 2  # continued from step 2, not restarted
+    assert [s for s, _ in m["losses"]] == [1, 2, 3, 4]  # the curve of the whole run, each step once
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
     # A finished run is not resumed again.
     code, _, err = _invoke(*args, "--resume")
     assert code == 2 and "no unfinished run" in err
@@ -286,3 +286,16 @@ def test_data_parallel_with_two_processes_on_gloo(secret_file: Path, tmp_path: P
     assert m["steps"] == 2 and len(m["losses"]) == 2 and m["tokens"] > 0
     assert (Path(record.path) / "adapter" / "adapter_model.safetensors").is_file()
     assert not (Path(record.path) / "error.txt").exists()
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (KeyboardInterrupt(), "interrupted"),
+    (MemoryError(), "out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "out of memory"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    (ValueError("bad"), "ValueError: bad"),
+])
+def test_failure_reasons_recorded_with_a_run(exc: BaseException, reason: str) -> None:
+    from ragtune.finetune.train import _reason
+
+    assert _reason(exc).startswith(reason)

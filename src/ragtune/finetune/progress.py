@@ -37,6 +37,7 @@ class TrainingMonitor(TrainerCallback):
         self.steps = 0
         self.max_steps = 0
         self.seconds = 0.0
+        self._first_step: tuple[int, float] | None = None  # (tokens, seconds) when the first step ended
         self._started = 0.0
         self._progress: Progress | None = None
         self._task: Any = None
@@ -63,6 +64,8 @@ class TrainingMonitor(TrainerCallback):
         self.steps = int(state.global_step)
         self.tokens = int(state.num_input_tokens_seen or 0)
         self.seconds = time.perf_counter() - self._started
+        if self._first_step is None:
+            self._first_step = (self.tokens, self.seconds)
         if self._progress is not None:
             self._progress.update(self._task, completed=self.steps, speed=f"{self.tokens_per_second:,.0f}")
 
@@ -93,6 +96,13 @@ class TrainingMonitor(TrainerCallback):
     def tokens_per_second(self) -> float:
         return self.session_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def steady_tokens_per_second(self) -> float | None:
+        """Tokens/s after the session's first step (which also pays for warm-up), if there were two."""
+        if self._first_step is None or self.seconds <= self._first_step[1]:
+            return None
+        return (self.tokens - self._first_step[0]) / (self.seconds - self._first_step[1])
+
     def metrics(self) -> dict[str, Any]:
         """What this session of the run measured (a resumed run measures only what it trained)."""
         return {
@@ -103,6 +113,7 @@ class TrainingMonitor(TrainerCallback):
             "session_tokens": self.session_tokens,
             "seconds": round(self.seconds, 3),
             "tokens_per_second": round(self.tokens_per_second, 2),
+            "steady_tokens_per_second": None if (v := self.steady_tokens_per_second) is None else round(v, 2),
             "first_loss": self.losses[0][1] if self.losses else None,
             "last_loss": self.losses[-1][1] if self.losses else None,
             "losses": [[s, round(v, 6)] for s, v in self.losses],

@@ -155,7 +155,9 @@ def _execute(record: RunRecord, *, nproc: int, resume: bool, console: Console | 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    # torch on CPU: "DefaultCPUAllocator: can't allocate memory"; on CUDA: "CUDA out of memory".
+    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return f"out of memory: {exc}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}"
 
