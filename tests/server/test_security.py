@@ -222,3 +222,40 @@ def test_keys_cli(server_settings: Settings, monkeypatch: pytest.MonkeyPatch) ->
     assert not next(k for k in listed if k["key_id"] == created["key_id"])["active"]
     bad = runner.invoke(app, ["keys", "create", "--name", "x", "--scopes", "root"])
     assert bad.exit_code == 2 and "invalid scopes" in bad.output
+
+
+def test_failed_attempts_are_rate_limited_per_client(engine: Any, server_settings: Settings,
+                                                     keys: dict[str, str]) -> None:
+    import httpx
+
+    from ragtune.server.app import create_app
+    from tests.server.conftest import running
+
+    settings = server_settings.replace(server_rate_limit=0.2, server_rate_burst=3)
+    with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
+            httpx.Client(base_url=url) as client:
+        wrong = {"Authorization": "Bearer rt_0123456789ab_" + "w" * 43}
+        codes = [client.get("/collections", headers=wrong).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        # a valid key is not held back by the guesses from the same address
+        assert client.get("/collections", headers={"Authorization": f"Bearer {keys['a']}"}).status_code == 200
+
+
+def test_cors_is_configurable(engine: Any, server_settings: Settings) -> None:
+    import httpx
+
+    from ragtune.server.app import create_app
+    from tests.server.conftest import running
+
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    settings = server_settings.replace(server_cors_origins="https://app.example")
+    with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
+            httpx.Client(base_url=url) as client:
+        r = client.options("/collections/handbook/search", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        r = client.options("/collections/handbook/search", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+    with running(create_app(engine, server_settings, auth=True, start_worker=False), server_settings) as url, \
+            httpx.Client(base_url=url) as client:  # off by default
+        assert "access-control-allow-origin" not in client.options("/collections", headers=preflight).headers

@@ -16,6 +16,7 @@ it had to cut short back in the queue.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -65,7 +66,7 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
     app.state.ragtune = state
     problems.install(app)
     for module in (collections, documents, ingest, search, ask, traces, datasets, openai):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness; needs no key and serves no data")
     def health() -> dict[str, Any]:
@@ -136,7 +137,7 @@ def make_server(app: FastAPI, settings: Settings, *, log_level: str = "info", ac
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=int(settings.server_shutdown_timeout + 0.999) or None)
+                            timeout_graceful_shutdown=math.ceil(settings.server_shutdown_timeout))
     return uvicorn.Server(config)
 
 

@@ -67,18 +67,22 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same
 def get_caller(request: Request, state: State,
                bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                header: Annotated[str | None, Depends(_header)]) -> Caller:
+    client = f"client:{request.client.host if request.client else 'unknown'}"
     token = bearer.credentials if bearer is not None else header
-    if token:
-        caller = Caller.from_key(state.keys.verify(token))
-    elif request.headers.get("authorization"):
-        raise AuthenticationError("unsupported Authorization header: send 'Authorization: Bearer <API key>'")
-    elif state.auth_required:
-        raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' "
-                                  "(an administrator makes one with `ragtune keys create`)")
-    else:
-        caller = Caller.local()
-    client = request.client.host if request.client else "unknown"
-    state.limiter.check(f"key:{caller.key_id}" if caller.key_id else f"client:{client}")
+    try:
+        if token:
+            caller = Caller.from_key(state.keys.verify(token))
+        elif request.headers.get("authorization"):
+            raise AuthenticationError("unsupported Authorization header: send 'Authorization: Bearer <API key>'")
+        elif state.auth_required:
+            raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' "
+                                      "(an administrator makes one with `ragtune keys create`)")
+        else:
+            caller = Caller.local()
+    except AuthenticationError:
+        state.limiter.check(client)  # failed attempts spend the client address's bucket: no free guessing
+        raise
+    state.limiter.check(f"key:{caller.key_id}" if caller.key_id else client)
     return caller
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragtune import errors as e
@@ -50,6 +51,24 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404
                415: "unsupported_media_type", 422: "invalid_request", 429: "rate_limited"}
 
 
+class Problem(BaseModel):
+    """An error response (RFC 9457); ``code`` is stable, extra members depend on the error."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+
+
+# Declared on every route, so the spec describes the errors it really returns.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": Problem, "description": "A problem response (application/problem+json)"},
+    "5XX": {"model": Problem, "description": "A problem response (application/problem+json)"},
+}
+
+
 def status_for(exc: e.RagtuneError) -> int:
     for cls, status in _STATUS:
         if isinstance(exc, cls):
@@ -81,6 +100,8 @@ def problem(status: int, code: str, detail: str, *, instance: str | None = None,
 
 def problem_payload(exc: BaseException) -> dict[str, Any]:
     """The body of a problem for an error met after a stream started (sent as an SSE event)."""
+    if not isinstance(exc, e.RagtuneError):
+        log.error("a streamed response failed", exc_info=exc)
     if isinstance(exc, e.RagtuneError):
         return {"type": f"urn:ragtune:problem:{exc.code}", "title": _title(status_for(exc)),
                 "status": status_for(exc), "detail": str(exc), "code": exc.code}
