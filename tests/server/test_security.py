@@ -147,7 +147,7 @@ def test_rate_limit_per_key(engine: Any, server_settings: Settings, keys: dict[s
     from ragtune.server.app import create_app
     from tests.server.conftest import running
 
-    settings = server_settings.replace(server_rate_limit=0.5, server_rate_burst=3)
+    settings = server_settings.replace(server_rate_limit=0.05, server_rate_burst=3)
     with running(create_app(engine, settings, auth=True), settings) as url:
         import httpx
 
@@ -231,7 +231,7 @@ def test_failed_attempts_are_rate_limited_per_client(engine: Any, server_setting
     from ragtune.server.app import create_app
     from tests.server.conftest import running
 
-    settings = server_settings.replace(server_rate_limit=0.2, server_rate_burst=3)
+    settings = server_settings.replace(server_rate_limit=0.05, server_rate_burst=3)
     with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         wrong = {"Authorization": "Bearer rt_0123456789ab_" + "w" * 43}
