@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install fetch lint bench clean
+.PHONY: demo test install fetch chromium lint bench clean
 
 install: $(STAMP)
 
@@ -27,7 +27,19 @@ fetch: $(STAMP)
 demo: fetch
 	$(BIN)/ragtune demo --eval-limit 1000
 
-test: fetch
+# The browser tests (-m browser) drive Debian's chromium, never a browser Playwright downloads.
+# Idempotent: nothing happens when /usr/bin/chromium is there; apt-get needs root (or sudo).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; \
+	  else echo "chromium is missing and installing it needs root or sudo (or deselect: pytest -m 'not browser')" >&2; \
+	  exit 1; fi; \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null; \
+	fi
+
+test: fetch chromium
 	$(BIN)/python -m pytest -q --timeout=1200
 
 lint: $(STAMP)

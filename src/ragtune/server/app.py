@@ -3,8 +3,9 @@
 Routers (one per area, in ``routes/``): collections, documents (upload, list, show, delete),
 ingest jobs, search, ask (JSON or Server-Sent Events), traces, datasets (read only) and the
 OpenAI-compatible ``/v1``. The OpenAPI spec is at ``/openapi.json`` (browsable at ``/docs``);
-``/health`` answers without a key and serves no data. Everything else needs an API key whenever
-auth is on (see ``auth``). Errors are problem responses (``problems``).
+``/health`` answers without a key and serves no data, and neither do the web console's static
+files at ``/console/`` (``/`` redirects there; see ``console``). Everything else needs an API key
+whenever auth is on (see ``auth``). Errors are problem responses (``problems``).
 
 Limits: a JSON body over ``server_max_request_bytes`` is refused with 413 before it is parsed
 (a body without Content-Length is read up to the limit, never further); uploads are streamed with
@@ -45,6 +46,7 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
     """The app serving ``engine`` (a :class:`ragtune.engine.Ragtune`). ``auth`` None decides from
     the settings (``server_auth``, and whether ``server_host`` is a loopback address)."""
     from ragtune import __version__
+    from ragtune.server import console
     from ragtune.server.routes import ask, collections, datasets, documents, ingest, openai, search, traces
 
     settings = settings or engine.settings
@@ -71,6 +73,8 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
     @app.get("/health", tags=["meta"], summary="Liveness; needs no key and serves no data")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "auth": state.auth_required}
+
+    console.install(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.server_max_request_bytes)
     origins = parse_list(settings.server_cors_origins)

@@ -4,6 +4,8 @@ A caller sees a trace if it is an admin, if it made the trace (same key), or if 
 principal had no group the caller lacks *and* every chunk the trace shows (its results, and so
 the sources in an answer's prompt) is still readable by the caller. A chunk since deleted counts
 as unreadable. So a trace never shows another group's content, even one made by an admin key.
+With ``chunks=true`` a trace also carries the text of the chunks it ranked that the caller may
+still read (the web console shows them beside their scores).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ _VISIBLE = """(%(admin)s OR t.principal = %(pid)s OR (t.groups <@ %(groups)s::te
     LEFT JOIN chunks c ON c.id = CASE WHEN jsonb_typeof(r -> 'chunk_id') = 'number'
                                       THEN (r ->> 'chunk_id')::bigint END
     WHERE c.id IS NULL OR NOT (c.acl = '{}' OR c.acl && %(groups)s::text[]))))"""
+_CHUNKS = """SELECT k.id AS chunk_id, k.document_id, d.uri, k.start_char AS start, k.end_char AS "end", k.heading,
+    k.body AS text FROM chunks k JOIN documents d ON d.id = k.document_id
+    WHERE k.id = ANY(%(ids)s) AND (%(admin)s OR k.acl = '{}' OR k.acl && %(groups)s::text[]) ORDER BY k.id"""
 _COLUMNS = ("t.id, t.kind, t.created_at::text AS created_at, t.principal, t.groups, t.collection, t.query, t.params,"
             " t.results, t.timings_ms, t.error")
 
@@ -47,10 +52,19 @@ def list_traces(state: State, caller: Reader,
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
-def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Reader) -> dict[str, Any]:
+def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Reader,
+              chunks: Annotated[bool, Query(description="Add the text of the ranked chunks")] = False
+              ) -> dict[str, Any]:
     with state.engine.db.connection() as conn:
         row = conn.execute(f"SELECT {_COLUMNS} FROM traces t WHERE t.id = %(id)s AND {_VISIBLE}",
                            _params(caller.principal, id=trace_id)).fetchone()
-    if row is None:
-        raise NotFoundError(f"no trace {trace_id}")
-    return dict(row)
+        if row is None:
+            raise NotFoundError(f"no trace {trace_id}")
+        out = dict(row)
+        if chunks:
+            results = out["results"] if isinstance(out["results"], list) else []
+            ids = sorted({r["chunk_id"] for r in results
+                          if isinstance(r, dict) and isinstance(r.get("chunk_id"), int)
+                          and 1 <= r["chunk_id"] < 2**63})
+            out["chunks"] = [dict(c) for c in conn.execute(_CHUNKS, _params(caller.principal, ids=ids)).fetchall()]
+    return out

@@ -1,0 +1,402 @@
+// ragtune console: plain JavaScript over the REST API, no framework and no build step.
+// Every piece of server text is put in the page with textContent (never innerHTML).
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const KEY = "ragtune.key";
+const COLLECTION = "ragtune.collection";
+const state = { key: sessionStorage.getItem(KEY) || "", auth: true };
+
+// ---- helpers -------------------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  for (const child of children) node.append(child ?? "");
+  return node;
+}
+
+function setStatus(text, isError = false) {
+  $("#status").textContent = text;
+  $("#status").className = isError ? "error" : "";
+}
+
+function show(node, visible = true) { node.hidden = !visible; }
+
+function collection() { return encodeURIComponent($("#collection").value); }
+
+function fmt(n, digits = 3) { return typeof n === "number" ? n.toFixed(digits) : ""; }
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.detail ? body.detail : `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+function authHeaders(extra = {}) {
+  return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : extra;
+}
+
+// fetch with the key; JSON bodies in and out; a problem response becomes an ApiError.
+async function request(path, { method = "GET", json, form, accept } = {}) {
+  const headers = authHeaders(accept ? { Accept: accept } : {});
+  let body = form;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  const response = await fetch(path, { method, headers, body });
+  if (!response.ok) {
+    const problem = await response.json().catch(() => null);
+    if (response.status === 401) showLogin(problem ? problem.detail : "");
+    throw new ApiError(response.status, problem);
+  }
+  return response;
+}
+
+async function api(path, options) {
+  const response = await request(path, options);
+  return response.status === 204 ? null : response.json();
+}
+
+// Run an action, reporting its failure in the status line.
+async function guarded(action) {
+  try {
+    await action();
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+// ---- login and collections -----------------------------------------------------------------
+
+function showLogin(message = "") {
+  sessionStorage.removeItem(KEY);
+  state.key = "";
+  for (const node of ["#tabs", "#session", "#passage"]) show($(node), false);
+  for (const tab of document.querySelectorAll(".tab")) show(tab, false);
+  show($("#login"));
+  setStatus(message, Boolean(message));
+  $("#key").focus();
+}
+
+async function start() {
+  const health = await (await fetch("/health")).json();
+  state.auth = health.auth;
+  if (state.auth && !state.key) return showLogin();
+  try {
+    await loadCollections();
+  } catch (error) {
+    if (error.status !== 401) setStatus(error.message, true);
+    return;
+  }
+  show($("#login"), false);
+  show($("#tabs"));
+  show($("#session"));
+  $("#who").textContent = state.auth ? `key ${state.key.split("_")[1] || ""}` : "auth off";
+  show($("#logout"), state.auth);
+  setStatus("");
+  openTab(location.hash.slice(1) || "ask");
+}
+
+async function loadCollections() {
+  const collections = await api("/collections");
+  const select = $("#collection");
+  const wanted = select.value || sessionStorage.getItem(COLLECTION);
+  select.replaceChildren(...collections.map((c) => el("option", { value: c.name, textContent: `${c.name} (${c.documents} docs)` })));
+  if (collections.some((c) => c.name === wanted)) select.value = wanted;
+}
+
+$("#login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  state.key = $("#key").value.trim();
+  sessionStorage.setItem(KEY, state.key);
+  $("#key").value = "";
+  await start();
+});
+
+$("#logout").addEventListener("click", () => showLogin());
+
+$("#collection").addEventListener("change", () => {
+  sessionStorage.setItem(COLLECTION, $("#collection").value);
+  openTab(location.hash.slice(1) || "ask");
+});
+
+// ---- tabs -------------------------------------------------------------------------------------
+
+const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces() };
+
+function openTab(name) {
+  if (!document.getElementById(name)?.classList.contains("tab")) name = "ask";
+  history.replaceState(null, "", `#${name}`);
+  for (const tab of document.querySelectorAll(".tab")) show(tab, tab.id === name);
+  for (const button of document.querySelectorAll("#tabs button")) button.classList.toggle("active", button.dataset.tab === name);
+  show($("#passage"), false);
+  if (onOpen[name]) guarded(onOpen[name]);
+}
+
+for (const button of document.querySelectorAll("#tabs button")) {
+  button.addEventListener("click", () => openTab(button.dataset.tab));
+}
+
+// ---- passages: a document's text with one span highlighted ------------------------------------
+
+// The passage [start, end) marked; inside it, each quoted sentence found word for word in bold.
+function highlight(passage, quotes) {
+  const found = quotes.map((q) => [passage.indexOf(q), q.length]).filter(([at, n]) => at >= 0 && n > 0)
+    .sort((a, b) => a[0] - b[0]);
+  const mark = el("mark");
+  let done = 0;
+  for (const [at, n] of found) {
+    if (at < done) continue;
+    mark.append(passage.slice(done, at), el("strong", { textContent: passage.slice(at, at + n) }));
+    done = at + n;
+  }
+  mark.append(passage.slice(done));
+  return mark;
+}
+
+async function openPassage(documentId, start, end, label, quotes = []) {
+  const doc = await api(`/collections/${collection()}/documents/${documentId}?text=true`);
+  const text = doc.text || "";
+  const mark = highlight(text.slice(start, end), quotes);
+  $("#passage-title").textContent = `${label ? label + " " : ""}${doc.uri} · characters ${start}–${end}`;
+  $("#passage-text").replaceChildren(text.slice(0, start), mark, text.slice(end));
+  show($("#passage"));
+  mark.scrollIntoView({ block: "center" });
+}
+
+$("#close-passage").addEventListener("click", () => show($("#passage"), false));
+
+function passageButton(text, documentId, start, end, label, quotes = []) {
+  const button = el("button", { type: "button", className: "link", textContent: text });
+  button.addEventListener("click", () => guarded(() => openPassage(documentId, start, end, label, quotes)));
+  return button;
+}
+
+// ---- ask: Server-Sent Events read from a fetch stream -----------------------------------------
+
+async function* serverSentEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
+const CITATION = /\[(\d+(?:\s*,\s*\d+)*)\]/g;
+
+// The answer's text with each [n] (or [n, m]) that names a citation made a button that opens
+// the cited passage, with the answer's sentences citing it emphasised where they quote it.
+function renderAnswer(answer) {
+  const cited = new Map(answer.citations.map((c) => [c.number, c]));
+  const citeButton = (c, text) => {
+    const quotes = answer.sentences.filter((s) => s.citations.includes(c.number))
+      .map((s) => s.text.replace(CITATION, "").trim());
+    const button = passageButton(text, c.document_id, c.start, c.end, `[${c.number}]`, quotes);
+    button.classList.add("cite");
+    return button;
+  };
+  const parts = [];
+  let last = 0;
+  for (const match of answer.answer.matchAll(CITATION)) {
+    parts.push(answer.answer.slice(last, match.index));
+    for (const number of match[1].split(",").map((n) => Number(n.trim()))) {
+      const c = cited.get(number);
+      parts.push(c ? citeButton(c, `[${number}]`) : `[${number}]`);
+    }
+    last = match.index + match[0].length;
+  }
+  parts.push(answer.answer.slice(last));
+  $("#answer").replaceChildren(...parts);
+  $("#citations").replaceChildren(...answer.citations.map((c) =>
+    el("li", { value: c.number }, citeButton(c, c.uri), ` ${c.text.slice(0, 160)}${c.text.length > 160 ? "…" : ""}`)));
+  const meta = [answer.model, answer.abstained ? "abstained" : answer.grounded ? "grounded" : "not fully grounded"];
+  if (answer.error) meta.push(answer.error);
+  const trace = answer.trace_id ? el("button", { type: "button", className: "link", textContent: `trace ${answer.trace_id}` }) : "";
+  if (trace) trace.addEventListener("click", () => { openTab("traces"); guarded(() => showTrace(answer.trace_id)); });
+  $("#answer-meta").replaceChildren(meta.join(" · "), " · ", trace);
+}
+
+$("#ask-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  guarded(async () => {
+    const body = { question: $("#question").value, top_k: Number($("#ask-top-k").value) || undefined, stream: true };
+    if ($("#generator").value) body.generator = $("#generator").value;
+    if ($("#max-tokens").value) body.max_tokens = Number($("#max-tokens").value);
+    show($("#answer-box"));
+    show($("#passage"), false);
+    $("#answer").textContent = "";
+    $("#answer").classList.add("streaming");
+    $("#answer-meta").textContent = "";
+    $("#citations").replaceChildren();
+    setStatus("answering…");
+    try {
+      const response = await request(`/collections/${collection()}/ask`, { method: "POST", json: body, accept: "text/event-stream" });
+      for await (const { event, data } of serverSentEvents(response)) {
+        if (event === "token") $("#answer").append(data.text);
+        else if (event === "answer") renderAnswer(data);
+        else if (event === "error") throw new ApiError(data.status, data);
+      }
+      setStatus("");
+    } finally {
+      $("#answer").classList.remove("streaming");
+    }
+  });
+});
+
+// ---- search -----------------------------------------------------------------------------------
+
+function parseFilters(text) {
+  return text.split(/[,\n]/).map((f) => f.trim()).filter(Boolean);
+}
+
+$("#search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  guarded(async () => {
+    const body = { query: $("#query").value, top_k: Number($("#search-top-k").value) || 10 };
+    if ($("#mode").value) body.mode = $("#mode").value;
+    const filters = parseFilters($("#filters").value);
+    if (filters.length) body.filters = filters;
+    const result = await api(`/collections/${collection()}/search`, { method: "POST", json: body });
+    $("#hits tbody").replaceChildren(...result.hits.map((h) => el("tr", {},
+      el("td", { textContent: h.rank }),
+      el("td", { textContent: fmt(h.score) }),
+      el("td", { textContent: `${fmt(h.scores.dense)} / ${fmt(h.scores.bm25)}` }),
+      el("td", {}, passageButton(h.uri, h.document_id, h.start, h.end, `#${h.rank}`)),
+      el("td", { className: "text", textContent: h.text }),
+    )));
+    show($("#hits"));
+    setStatus(`${result.hits.length} hits (${result.mode}) in ${fmt(result.timings_ms.search, 1)} ms · trace ${result.trace_id}`);
+  });
+});
+
+// ---- documents --------------------------------------------------------------------------------
+
+async function loadDocuments() {
+  const prefix = $("#prefix").value;
+  const docs = await api(`/collections/${collection()}/documents?limit=1000${prefix ? `&prefix=${encodeURIComponent(prefix)}` : ""}`);
+  $("#docs tbody").replaceChildren(...docs.map((d) => {
+    const remove = el("button", { type: "button", textContent: "Delete" });
+    remove.addEventListener("click", () => guarded(async () => {
+      if (!confirm(`Delete ${d.uri}?`)) return;
+      await api(`/collections/${collection()}/documents/${d.id}`, { method: "DELETE" });
+      setStatus(`deleted ${d.uri}`);
+      await loadDocuments();
+    }));
+    const row = el("tr", {},
+      el("td", {}, passageButton(d.uri, d.id, 0, 0, "")),
+      el("td", { textContent: d.version }),
+      el("td", { textContent: d.chunk_count }),
+      el("td", { textContent: d.acl.join(", ") || "everyone" }),
+      el("td", { className: "text", textContent: JSON.stringify(d.metadata) }),
+      el("td", { textContent: d.updated_at.slice(0, 19) }),
+      el("td", {}, remove));
+    row.dataset.uri = d.uri;
+    return row;
+  }));
+}
+
+$("#refresh-docs").addEventListener("click", () => guarded(loadDocuments));
+$("#prefix").addEventListener("change", () => guarded(loadDocuments));
+
+function describeJob(job) {
+  const files = job.files.map((f) => {
+    const errors = f.errors.map((e) => `${e.source}: ${e.reason}`).join("; ");
+    return `${f.name}: ${f.status}${errors ? ` (${errors})` : ""}`;
+  });
+  const progress = job.status === "running" && job.progress ? ` · ${job.progress.chunks || 0} chunks so far` : "";
+  return `ingest job ${job.id}: ${job.status}${job.error ? ` (${job.error})` : ""}${progress} · ${files.join(", ")}`;
+}
+
+$("#upload-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  guarded(async () => {
+    const form = new FormData();
+    for (const file of $("#files").files) form.append("files", file, file.name);
+    if ($("#acl").value.trim()) form.append("acl", $("#acl").value.trim());
+    if ($("#metadata").value.trim()) form.append("metadata", $("#metadata").value.trim());
+    let job = await api(`/collections/${collection()}/documents`, { method: "POST", form });
+    $("#job").dataset.status = job.status;
+    $("#job").textContent = describeJob(job);
+    while (!["succeeded", "failed"].includes(job.status)) {  // long-poll until the job is done
+      job = await api(`/ingest-jobs/${job.id}?wait=5`);
+      $("#job").dataset.status = job.status;
+      $("#job").textContent = describeJob(job);
+    }
+    $("#upload-form").reset();
+    await Promise.all([loadDocuments(), loadCollections()]);
+  });
+});
+
+// ---- traces -----------------------------------------------------------------------------------
+
+async function loadTraces() {
+  const kind = $("#trace-kind").value;
+  const traces = await api(`/traces?limit=50&collection=${collection()}${kind ? `&kind=${kind}` : ""}`);
+  $("#trace-list tbody").replaceChildren(...traces.map((t) => {
+    const open = el("button", { type: "button", className: "link", textContent: t.id });
+    open.addEventListener("click", () => guarded(() => showTrace(t.id)));
+    const slowest = Object.values(t.timings_ms || {}).reduce((a, b) => Math.max(a, b), 0);
+    return el("tr", {}, el("td", {}, open), el("td", { textContent: t.kind }),
+      el("td", { textContent: t.created_at.slice(0, 19) }), el("td", { className: "text", textContent: t.query || "" }),
+      el("td", { textContent: fmt(slowest, 1) }));
+  }));
+}
+
+$("#refresh-traces").addEventListener("click", () => guarded(loadTraces));
+$("#trace-kind").addEventListener("change", () => guarded(loadTraces));
+
+async function showTrace(id) {
+  const t = await api(`/traces/${id}?chunks=true`);
+  $("#trace-title").textContent = `Trace ${t.id} · ${t.kind} · “${t.query || ""}” · ${t.created_at.slice(0, 19)}`;
+  const searchId = t.params && t.params.search_trace_id;
+  const searchLink = searchId ? el("button", { type: "button", className: "link", textContent: `search trace ${searchId}` }) : "";
+  if (searchLink) searchLink.addEventListener("click", () => guarded(() => showTrace(searchId)));
+  $("#trace-links").replaceChildren(t.error ? `error: ${t.error} · ` : "", `principal ${t.principal}`,
+    t.params && t.params.model ? ` · model ${t.params.model}` : "", searchLink ? " · retrieval in " : "", searchLink);
+  const timings = Object.entries(t.timings_ms || {});
+  const longest = Math.max(1, ...timings.map(([, ms]) => ms));
+  $("#timings tbody").replaceChildren(...timings.map(([stage, ms]) => {
+    const bar = el("span", { className: "bar" });
+    bar.style.width = `${(100 * ms) / longest}%`;  // CSSOM: allowed by the page's style-src 'self'
+    return el("tr", {}, el("th", { textContent: stage }), el("td", { textContent: fmt(ms, 1) }),
+      el("td", { className: "bar-cell" }, bar));
+  }));
+  const chunks = new Map((t.chunks || []).map((c) => [c.chunk_id, c]));
+  $("#trace-results tbody").replaceChildren(...(t.results || []).map((r, i) => {
+    const c = chunks.get(r.chunk_id);
+    const label = r.number ?? r.rank ?? i + 1;
+    const by = Object.entries(r.scores || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
+    return el("tr", { className: r.cited ? "cited" : "" },
+      el("td", { textContent: `${label}${r.cited ? " ✓" : ""}` }), el("td", { textContent: fmt(r.score) }),
+      el("td", { textContent: by }),
+      el("td", {}, c ? passageButton(`${c.uri} #${r.chunk_id}`, c.document_id, r.start ?? c.start, r.end ?? c.end, `[${label}]`)
+        : `chunk ${r.chunk_id} (gone)`),
+      el("td", { className: "text", textContent: c ? c.text : "" }));
+  }));
+  const prompt = (t.params && t.params.prompt) || [];
+  show($("#prompt-box"), prompt.length > 0);
+  $("#prompt").replaceChildren(...prompt.map((m) => el("div", { className: "message" },
+    el("h4", { textContent: m.role }), el("pre", { textContent: m.content }))));
+  $("#response").textContent = (t.params && t.params.response) || "";
+  $("#trace-params").textContent = JSON.stringify({ ...t.params, prompt: undefined }, null, 2);
+  show($("#trace"));
+  $("#trace").scrollIntoView();
+}
+
+start().catch((error) => setStatus(error.message, true));
