@@ -126,7 +126,7 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     expect(page.locator("#job")).to_have_attribute("data-status", "succeeded", timeout=180_000)
     expect(page.locator("#job")).to_contain_text("lighthouse.md: ingested")
     row = page.locator("#docs tr[data-uri='lighthouse.md']")
-    expect(row).to_contain_text("a")
+    expect(row.locator("td").nth(3)).to_have_text("a")  # the ACL given in the form
     shot("02-documents")
 
     # search with a metadata filter: only the new document passes it
@@ -190,8 +190,18 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     expect(row).to_have_count(0)
     shot("07-deleted")
 
+    # a server without auth: no login, the console opens on the data at once
+    from ragtune.server.app import create_app
+    from tests.server.conftest import running
+
+    with running(create_app(live.engine, live.settings, auth=False, start_worker=False), live.settings) as url:
+        page.goto(f"{url}/")
+        expect(page.locator("#tabs")).to_be_visible()
+        expect(page.locator("#who")).to_have_text("auth off")
+        expect(page.locator("#login")).to_be_hidden()
     context.close()
     assert not errors, errors
-    outside = [u for u in requests if not u.startswith(live.url) and not u.startswith("data:")]
+    local = ("http://127.0.0.1:", "data:")
+    outside = [u for u in requests if not u.startswith(local)]
     assert not outside, outside
     print(f"\nconsole screenshots: {artifacts} ({time.monotonic() - started:.1f} s in the browser)")
