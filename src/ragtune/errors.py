@@ -27,6 +27,8 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   └── RateLimitError           too many requests for one key (carries ``retry_after``)
     ├── TrainingError            a training run that failed (carries ``run_dir``; its status says failed)
     │   └── RunBusyError             another process is training in that run folder
+    ├── RegistryError            a model registry operation refused (failed run, no earlier production version)
+    │   └── PromotionRefusedError    a candidate worse than production on a promotion gate (carries the failures)
     └── DatasetError             a dataset that cannot be fetched, parsed or stored
         └── DatasetValidationError   training on a dataset whose validation failed (carries the reasons)
 """
@@ -154,6 +156,25 @@ class TrainingError(RagtuneError):
 
 class RunBusyError(TrainingError):
     code = "run_busy"
+
+
+class RegistryError(RagtuneError):
+    code = "registry_error"
+
+
+class PromotionRefusedError(RegistryError):
+    """A promotion the gates refused; ``failures`` describes each failed gate."""
+
+    code = "promotion_refused"
+
+    def __init__(self, name: str, version: int, failures: tuple[str, ...]) -> None:
+        super().__init__(
+            f"version {version} of {name!r} is worse than the production version on {len(failures)} gate(s): "
+            f"{'; '.join(failures)}; pass --force to promote it anyway (recorded with the version)"
+        )
+        self.name = name
+        self.version = version
+        self.failures = failures
 
 
 class DatasetError(RagtuneError):

@@ -8,6 +8,7 @@ and impossible values are refused with the key named, at load time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError
+from ragtune.finetune.gates import DEFAULT_GATES, parse_gates
 
 FUSION_METHODS = ("convex", "rrf")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
@@ -86,6 +88,8 @@ class Settings:
     server_rate_burst: int = 40
     server_cors_origins: str = ""  # comma-separated origins CORS allows ("*": any); empty: no CORS
     server_shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
+    # Model registry: metric -> "higher" | "lower" (":TOLERANCE" or a table); see finetune/gates.py.
+    promotion_gates: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GATES), hash=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +134,7 @@ class Settings:
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
+        parse_gates(self.promotion_gates)  # raises naming the bad gate
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -199,6 +204,8 @@ def _coerce(build: Any, base: Settings | None, values: dict[str, Any]) -> Settin
                 converted[key] = int(value)
             elif kind == "float":
                 converted[key] = float(value)
+            elif kind.startswith("dict") and isinstance(value, str):  # RAGTUNE_PROMOTION_GATES='{...}'
+                converted[key] = json.loads(value)
             else:
                 converted[key] = value
         except (TypeError, ValueError):

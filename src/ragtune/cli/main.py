@@ -17,9 +17,11 @@ from rich.table import Table
 
 from ragtune.cli.answerability import answerability_app
 from ragtune.cli.datasets import register as register_datasets
+from ragtune.cli.models import models_app
 from ragtune.cli.rerank import rerank_app
 from ragtune.cli.serve import keys_app, serve_command
 from ragtune.cli.tune import tune_app
+from ragtune.cli.tune_eval import register as register_tune_eval
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 
@@ -41,6 +43,8 @@ app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_command)
 app.add_typer(answerability_app, name="answerability")
 app.add_typer(tune_app, name="tune")
+register_tune_eval(tune_app)
+app.add_typer(models_app, name="models")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -6,7 +6,9 @@ Specs (``generator`` in ragtune.toml or ``--generator``):
 * ``openai:MODEL``: any OpenAI-compatible server at ``openai_base_url`` (vLLM, llama.cpp server,
   Ollama, OpenAI), key read from the environment variable named by ``openai_api_key_env``;
 * ``llamacpp:FILE.gguf``: llama-cpp-python, an optional extra;
-* a Hugging Face model folder (``hf:PATH`` or just ``PATH``).
+* a Hugging Face model folder (``hf:PATH`` or just ``PATH``);
+* ``registry:NAME[@ALIAS|/VERSION]``: a registered fine-tuned version (base + LoRA adapter), by
+  default the one the ``production`` alias points at, resolved again on every request.
 
 ``generator_adapter`` applies a PEFT LoRA adapter to a transformers generator. ``extractive`` is
 not a generator (no model at all); the engine handles it before reaching this registry. There is no
@@ -75,6 +77,12 @@ def _openai(model: str, settings: Settings) -> Generator:
                                      timeout=settings.generation_timeout, retries=settings.generation_retries)
 
 
+def _registry(ref: str, settings: Settings) -> Generator:
+    from ragtune.finetune.serving import registry_generator
+
+    return registry_generator(ref, settings)
+
+
 def _llamacpp(path: str, settings: Settings) -> Generator:
     from ragtune.generate.llamacpp import LlamaCppGenerator
 
@@ -86,3 +94,4 @@ for _name in ("smollm2", "smollm2-135m-instruct"):
 register_generator("hf", _transformers, prefix=True)
 register_generator("openai", _openai, prefix=True)
 register_generator("llamacpp", _llamacpp, prefix=True)
+register_generator("registry", _registry, prefix=True)

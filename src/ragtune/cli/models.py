@@ -1,0 +1,180 @@
+"""``ragtune models list|track|register|promote|rollback|export``: the model registry (MLflow in
+our PostgreSQL; see ``finetune.registry``).
+
+Imported by ``cli/main.py`` at start-up, so nothing heavy is imported at module level; helpers of
+``main`` are imported inside the commands (``main`` imports this module).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+models_app = typer.Typer(no_args_is_help=True, help="Registered fine-tuned models: track, register, promote, "
+                                                    "roll back, export (MLflow in the project's PostgreSQL).")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+SHOWN_METRICS = ("eval.loss", "eval.token_f1", "eval.json_valid", "eval.tool_args_accuracy", "eval_loss")
+
+
+def _registry(data_dir: Path | None) -> Any:
+    from ragtune.cli.main import _settings
+    from ragtune.finetune.registry import ModelRegistry
+
+    for noisy in ("mlflow", "alembic"):  # table creation and migrations log at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return ModelRegistry(_settings(data_dir))
+
+
+def _version_json(v: Any) -> dict[str, Any]:
+    return {"name": v.name, "version": v.version, "aliases": list(v.aliases), "run_id": v.run_id,
+            "mlflow_run_id": v.mlflow_run_id, "run_status": v.run_status, "base": v.base, "base_hash": v.base_hash,
+            "dataset": v.dataset, "dataset_hash": v.dataset_hash, "adapter": v.adapter, "metrics": v.metrics,
+            "promotion": json.loads(v.tags["ragtune.promotion"]) if "ragtune.promotion" in v.tags else None}
+
+
+@models_app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List registered model versions with their aliases and gated metrics."""
+    from ragtune.cli.main import _run, console
+
+    def body() -> None:
+        versions = _registry(data_dir).versions(name)
+        if as_json:
+            print(json.dumps([_version_json(v) for v in versions], indent=2))
+            return
+        table = Table(title=f"{len(versions)} model version(s)")
+        for col in ("model", "version", "aliases", "run", "status", "base", "dataset", *SHOWN_METRICS, "promoted"):
+            table.add_column(col, overflow="fold")
+        for v in versions:
+            promotion = json.loads(v.tags.get("ragtune.promotion", "null")) or {}
+            promoted = f"{'forced ' if promotion.get('forced') else ''}{promotion.get('at', '')}" if promotion else ""
+            table.add_row(v.name, str(v.version), ",".join(v.aliases), v.run_id, v.run_status, v.base, v.dataset,
+                          *(_num(v.metrics.get(m)) for m in SHOWN_METRICS), promoted)
+        console.print(table)
+
+    _run(body)
+
+
+@models_app.command("track")
+def track(
+    run: Annotated[str | None, typer.Argument(help="One run (folder, id or name); default: every run.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Log training runs to MLflow (failed ones too, as FAILED) without registering them."""
+    from ragtune.cli.main import _run, _settings, console
+
+    def body() -> None:
+        from ragtune.finetune import runs
+        from ragtune.finetune.evaluate import resolve_run
+
+        registry = _registry(data_dir)
+        runs_dir = _settings(data_dir).data_dir / "runs"
+        if run is None:
+            ids = registry.track(runs_dir)
+        else:
+            record = runs.read_record(resolve_run(run, runs_dir))
+            ids = [registry.log_run(record)] if record is not None else []
+        console.print(f"tracked {len(ids)} run(s) in MLflow experiment 'ragtune'")
+
+    _run(body)
+
+
+@models_app.command("register")
+def register(
+    run: Annotated[str, typer.Argument(help="Run folder, run id or run name (its newest completed run).")],
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the run's name).")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a completed run's adapter as a new model version (failed runs are refused)."""
+    from ragtune.cli.main import _run, _settings, console
+
+    def body() -> None:
+        from ragtune.finetune.evaluate import resolve_run
+
+        registry = _registry(data_dir)
+        version = registry.register(resolve_run(run, _settings(data_dir).data_dir / "runs"), name)
+        if as_json:
+            print(json.dumps(_version_json(version), indent=2))
+            return
+        console.print(f"registered {version.name} version {version.version} (run {version.run_id}); serve it with "
+                      f"--generator registry:{version.name}/{version.version}", highlight=False)
+        if not any(k.startswith("eval.") for k in version.metrics):
+            console.print("[yellow]note[/]: no evaluation yet; gated promotion over a production version needs "
+                          f"`ragtune tune eval {version.run_id}`", highlight=False)
+
+    _run(body)
+
+
+@models_app.command("promote")
+def promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to serve as production.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even when a gate finds it worse than the current "
+                                        "production version (recorded with the version).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Point the production alias at a version, if no gated metric is worse than production's."""
+    from ragtune.cli.main import _run, console, err_console
+
+    def body() -> None:
+        result = _registry(data_dir).promote(name, version, force=force)
+        if not result.changed:
+            console.print(f"{name} version {version} is already production")
+            return
+        for gate in result.gates:
+            mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
+            console.print(f"{mark} {gate.describe()}", highlight=False)
+        for note in result.notes:
+            err_console.print(f"[yellow]note[/]: {note}", highlight=False)
+        before = f" (was version {result.previous})" if result.previous else ""
+        forced = " [red]forced past failed gates[/]" if result.forced else ""
+        console.print(f"{name}@production -> version {version}{before}{forced}", highlight=False)
+
+    _run(body)
+
+
+@models_app.command("rollback")
+def rollback(name: Annotated[str, typer.Argument(help="Model name.")], data_dir: DataDir = None) -> None:
+    """Point the production alias back at the previous production version."""
+    from ragtune.cli.main import _run, console
+
+    def body() -> None:
+        result = _registry(data_dir).rollback(name)
+        console.print(f"{name}@production -> version {result.version} (rolled back from {result.previous})",
+                      highlight=False)
+
+    _run(body)
+
+
+@models_app.command("export")
+def export(
+    ref: Annotated[str, typer.Argument(help="NAME (production), NAME@ALIAS or NAME/VERSION.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the merged Hugging Face model.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Merge a version's adapter into its base model and save a standalone Hugging Face folder."""
+    from ragtune.cli.main import _run, console
+
+    def body() -> None:
+        from ragtune.finetune.serving import export_model
+
+        path = export_model(_registry(data_dir), ref, out)
+        console.print(f"exported {ref} to {path}", highlight=False)
+
+    _run(body)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

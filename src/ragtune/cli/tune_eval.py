@@ -1,0 +1,83 @@
+"""``ragtune tune eval RUN``: base and adapter side by side on the run's held-out rows.
+
+``register(tune_app)`` adds the command to the ``tune`` Typer app. Nothing heavy is imported at
+module level; helpers of ``cli.main`` are imported inside the command (``main`` imports this).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+
+
+def tune_eval(
+    run: Annotated[str, typer.Argument(help="Run folder, run id or run name (its newest completed run).")],
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N held-out rows.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy decoding budget per reply.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (no per-case outputs).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Compare base and tuned: held-out loss and perplexity, exact match, token F1, ROUGE-L, JSON
+    validity, schema conformance and tool-call accuracy; writes eval.json into the run folder."""
+    from ragtune.cli.main import _run, _settings, console, err_console
+
+    def body() -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ragtune.finetune.evaluate import evaluate_run, resolve_run
+
+        settings = _settings(data_dir)
+        run_dir = resolve_run(run, settings.data_dir / "runs")
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(side: str, done: int, total: int) -> None:
+                if side not in tasks:
+                    tasks[side] = bar.add_task(f"{side} replies", total=total)
+                bar.update(tasks[side], completed=done)
+
+            report = evaluate_run(run_dir, settings=settings, limit=limit, max_new_tokens=max_new_tokens,
+                                  progress=progress)
+        if as_json:
+            data = report.to_dict()
+            data.pop("details")
+            print(json.dumps(data, indent=2))
+            return
+        console.print(report_table(report))
+        console.print(f"written to {Path(report.run_dir) / 'eval.json'}", highlight=False)
+
+    _run(body)
+
+
+def report_table(report: Any) -> Table:
+    from ragtune.finetune.evaluate import METRICS
+
+    cases = ", ".join(f"{n} {kind}" for kind, n in sorted(report.cases.items()))
+    table = Table(title=f"{report.run_id}: {report.rows} held-out row(s), {cases} case(s); greedy, "
+                        f"{report.max_new_tokens} new tokens at most")
+    for col in ("metric", "base", "tuned", "delta"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    delta = report.delta
+    for name, higher in METRICS.items():
+        a, b, d = report.base_metrics.get(name), report.tuned_metrics.get(name), delta.get(name)
+        if a is None and b is None:
+            continue
+        colour = "" if d is None or d == 0 else "green" if (d > 0) == higher else "red"
+        shown = "-" if d is None else f"{d:+.4f}"
+        table.add_row(name, _num(a), _num(b), f"[{colour}]{shown}[/]" if colour else shown)
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def register(tune_app: typer.Typer) -> None:
+    tune_app.command("eval")(tune_eval)

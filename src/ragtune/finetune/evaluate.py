@@ -1,0 +1,310 @@
+"""Benchmark-driven evaluation of a training run: the base model and the base + adapter, side by
+side on the run's held-out rows (``data/eval.jsonl``), with the same greedy decoding.
+
+Both sides are ragtune's own generators, built by ``generate.registry.make_generator`` from the
+run's base model folder, once without and once with ``generator_adapter``: what is measured is what
+``ask`` would serve. Measured on each side:
+
+* held-out loss and perplexity: mean negative log-likelihood per completion token (the assistant
+  turns only, rendered with the base model's chat template exactly as training renders them:
+  ``trainset.sft_features``), over every evaluated row, token-weighted; perplexity is its exp.
+  Rows are not cut to the run's ``max_length`` (that is a training budget), only to the model's
+  context window;
+* task metrics per reply (``scoring``): every assistant turn of a row is one case, prompted with
+  the turns before it (the reference turns, not the model's own); a turn that calls tools is a
+  ``tool_call`` case, a turn whose text is a JSON object or array a ``json`` case, any other turn
+  a ``text`` case. A preference row is evaluated on its chosen reply.
+
+Each metric is the mean over the cases it applies to (None when none does). The report goes to
+``eval.json`` in the run folder (with every case's outputs, for reading) and is what
+``finetune.registry`` logs and gates promotions on. Concessions: one prompt at a time (no batched
+generation), and cases of one row share its context, so they are not independent samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError, NotFoundError, TrainingError
+from ragtune.finetune import scoring
+from ragtune.finetune.examples import Example, canonical_json, template_messages
+from ragtune.models import Message
+from ragtune.protocols import Generator
+from ragtune.settings import Settings
+
+REPORT_FILE = "eval.json"
+# Every metric the report holds, and whether higher is better (the table's colours, the gates).
+METRICS: dict[str, bool] = {
+    "loss": False, "perplexity": False,
+    "exact_match": True, "token_f1": True, "rouge_l": True,
+    "json_valid": True, "schema_valid": True,
+    "tool_name_accuracy": True, "tool_args_accuracy": True, "tool_args_f1": True,
+}
+Progress = Callable[[str, int, int], None]  # (side, cases done, cases in all)
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One reference assistant turn and the messages before it."""
+
+    row: int  # the row's line in its dataset file
+    turn: int  # index of the turn among the row's rendered messages
+    kind: str  # text | json | tool_call
+    messages: tuple[Message, ...]
+    reference: str  # the turn as the model is trained to write it
+    calls: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] | None = None
+    value: Any = None  # the reference JSON of a json case
+
+    def score(self, output: str) -> dict[str, float]:
+        if self.kind == "tool_call":
+            return scoring.tool_call_scores(output, list(self.calls), self.tools)
+        if self.kind == "json":
+            return scoring.json_scores(output, self.value)
+        return scoring.text_scores(output, self.reference)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    run_id: str
+    run_dir: str
+    base: str
+    adapter: str
+    rows: int
+    rows_hash: str  # sha256 of the evaluated rows: two reports compare only on the same rows
+    cases: dict[str, int]  # count by kind
+    max_new_tokens: int
+    base_metrics: dict[str, float | None]
+    tuned_metrics: dict[str, float | None]
+    details: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+    decoding: str = "greedy"
+
+    @property
+    def delta(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in METRICS:
+            a, b = self.base_metrics.get(name), self.tuned_metrics.get(name)
+            out[name] = None if a is None or b is None else b - a
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "run_dir": self.run_dir, "base": self.base, "adapter": self.adapter,
+            "rows": self.rows, "rows_hash": self.rows_hash, "cases": self.cases,
+            "decoding": self.decoding, "max_new_tokens": self.max_new_tokens, "created_at": self.created_at,
+            "metrics": {"base": self.base_metrics, "tuned": self.tuned_metrics, "delta": self.delta},
+            "timings": self.timings, "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        return cls(run_id=data["run_id"], run_dir=data["run_dir"], base=data["base"], adapter=data["adapter"],
+                   rows=data["rows"], rows_hash=data["rows_hash"], cases=data["cases"],
+                   max_new_tokens=data["max_new_tokens"], base_metrics=data["metrics"]["base"],
+                   tuned_metrics=data["metrics"]["tuned"], details=data.get("details", []),
+                   timings=data.get("timings", {}), created_at=data.get("created_at", ""),
+                   decoding=data.get("decoding", "greedy"))
+
+
+# -- which run --------------------------------------------------------------------------------------
+def resolve_run(ref: str | Path, runs_dir: Path) -> Path:
+    """A run folder from a path, a run id (``<name>-<timestamp>``) or a run name (its newest
+    completed run)."""
+    from ragtune.finetune import runs
+
+    path = Path(ref).expanduser()
+    if (path / "run.json").is_file():
+        return path.resolve()
+    if (runs_dir / str(ref) / "run.json").is_file():
+        return (runs_dir / str(ref)).resolve()
+    completed = [r for r in runs.list_runs(runs_dir, str(ref)) if r.status == "completed"]
+    if completed:
+        return Path(completed[-1].path)
+    raise NotFoundError(f"no training run {str(ref)!r}: neither a run folder, a run id in {runs_dir} nor the "
+                        "name of a completed run (see `ragtune tune runs`)")
+
+
+def completed_record(run_dir: Path) -> Any:
+    """The run's record, refused unless the run completed with an adapter."""
+    from ragtune.finetune import runs
+
+    status = runs.read_status(run_dir)["status"]  # marks a killed run failed first
+    record = runs.read_record(run_dir)
+    if record is None:
+        raise NotFoundError(f"{run_dir} is not a training run (run.json missing)")
+    if status != "completed" or record.status != "completed":
+        why = f": {record.error}" if record.error else ""
+        raise TrainingError(run_dir, f"the run is {record.status if status == 'completed' else status}{why}; "
+                                     "only a completed run has an adapter to evaluate, register or promote")
+    if not record.adapter or not (Path(record.adapter) / "adapter_config.json").is_file():
+        raise TrainingError(run_dir, f"the completed run has no adapter at {record.adapter}")
+    return record
+
+
+# -- cases ------------------------------------------------------------------------------------------
+def as_sft(example: Example) -> Example:
+    """A preference row as the conversation that ends with its chosen reply."""
+    if example.chosen is None:
+        return example
+    return Example(example.line, [*example.messages, example.chosen], example.tools)
+
+
+def eval_cases(examples: Sequence[Example]) -> list[EvalCase]:
+    cases: list[EvalCase] = []
+    for raw in examples:
+        example = as_sft(raw)
+        rendered = template_messages(example)  # may add a system turn declaring the tools
+        sources = iter(m for m in example.messages if m["role"] == "assistant")
+        for i, message in enumerate(rendered):
+            if message["role"] != "assistant":
+                continue
+            source = next(sources)
+            prompt = tuple(Message(role=m["role"], content=m["content"]) for m in rendered[:i])
+            if not prompt:
+                continue
+            calls = scoring.reference_calls(source)
+            value = None if calls else scoring.json_reference(message["content"])
+            kind = "tool_call" if calls else "json" if value is not None else "text"
+            cases.append(EvalCase(example.line, i, kind, prompt, message["content"], tuple(calls),
+                                  tuple(example.tools) if example.tools else None, value))
+    return cases
+
+
+def rows_hash(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(canonical_json(e.content()).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+# -- measuring --------------------------------------------------------------------------------------
+def heldout_loss(generator: Generator, examples: Sequence[Example]) -> tuple[float | None, int]:
+    """Mean NLL per completion token of ``examples`` under the generator's model, and the number
+    of tokens; ``(None, 0)`` for a generator without a local model (an HTTP endpoint)."""
+    model, tokenizer = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
+    if model is None or tokenizer is None:
+        return None, 0
+    import torch
+
+    from ragtune.finetune.trainset import IGNORE, sft_features
+
+    window = int(getattr(generator, "context_window", 2048))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for example in examples:
+            features = sft_features(tokenizer, as_sft(example), window)
+            ids = torch.tensor([features.input_ids])
+            labels = torch.tensor(features.labels[1:])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            mask = labels != IGNORE
+            if not bool(mask.any()):
+                continue
+            logprobs = torch.log_softmax(logits[mask], dim=-1)
+            total -= float(logprobs.gather(1, labels[mask].unsqueeze(1)).sum())
+            count += int(mask.sum())
+    return (total / count if count else None), count
+
+
+def _side(generator: Generator, cases: Sequence[EvalCase], examples: Sequence[Example], *, max_new_tokens: int,
+          label: str, progress: Progress | None) -> tuple[dict[str, float | None], list[tuple[str, dict[str, float]]],
+                                                         dict[str, float]]:
+    started = time.perf_counter()
+    loss, tokens = heldout_loss(generator, examples)
+    loss_seconds = time.perf_counter() - started
+    outputs: list[tuple[str, dict[str, float]]] = []
+    generated, gen_seconds = 0, 0.0
+    for n, case in enumerate(cases, start=1):
+        completion = generator.generate(list(case.messages), max_tokens=max_new_tokens)
+        generated += completion.completion_tokens
+        gen_seconds += completion.seconds
+        outputs.append((completion.text, case.score(completion.text)))
+        if progress is not None:
+            progress(label, n, len(cases))
+    metrics: dict[str, float | None] = dict.fromkeys(METRICS)
+    metrics["loss"] = loss
+    metrics["perplexity"] = math.exp(loss) if loss is not None else None
+    sums: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for _, scores in outputs:
+        sums.update(scores)
+        counts.update(scores.keys())
+    for name in counts:
+        metrics[name] = sums[name] / counts[name]
+    timings = {"loss_seconds": loss_seconds, "loss_tokens": float(tokens), "generation_seconds": gen_seconds,
+               "generated_tokens": float(generated),
+               "tokens_per_second": generated / gen_seconds if gen_seconds > 0 else 0.0}
+    return metrics, outputs, timings
+
+
+def build_generators(record: Any, settings: Settings) -> tuple[Generator, Generator]:
+    """The base model and base + adapter, built as ``ask`` builds them."""
+    from ragtune.generate.registry import make_generator
+
+    base = make_generator(record.base_path, settings.replace(generator_adapter=None))
+    tuned = make_generator(record.base_path, settings.replace(generator_adapter=Path(record.adapter)))
+    return base, tuned
+
+
+def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit: int | None = None,
+                 max_new_tokens: int = 128, base: Generator | None = None, tuned: Generator | None = None,
+                 progress: Progress | None = None, write: bool = True) -> EvalReport:
+    """Evaluate base and tuned on the run's held-out rows (the first ``limit`` of them) and write
+    ``eval.json``. ``base``/``tuned`` default to generators built from the run (``build_generators``)."""
+    from ragtune.finetune import runs
+    from ragtune.finetune.trainset import read_rows
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"invalid --limit {limit}: expected at least 1 row")
+    if not 1 <= max_new_tokens <= 32768:
+        raise ConfigError(f"invalid --max-new-tokens {max_new_tokens}: expected 1 to 32768")
+    run_dir = Path(run_dir)
+    record = completed_record(run_dir)
+    held_out = run_dir / "data" / "eval.jsonl"
+    examples = read_rows(held_out) if held_out.is_file() else []
+    if not examples:
+        raise ConfigError(f"run {record.run_id} has no held-out rows ({held_out} is empty or missing): train with "
+                          "eval_fraction > 0 or on a stored dataset with an eval split")
+    examples = examples[:limit] if limit else examples
+    cases = eval_cases(examples)
+    if base is None or tuned is None:
+        built = build_generators(record, settings or Settings())
+        base, tuned = base or built[0], tuned or built[1]
+    base_metrics, base_out, base_time = _side(base, cases, examples, max_new_tokens=max_new_tokens, label="base",
+                                              progress=progress)
+    tuned_metrics, tuned_out, tuned_time = _side(tuned, cases, examples, max_new_tokens=max_new_tokens,
+                                                 label="tuned", progress=progress)
+    details = [
+        {"row": c.row, "turn": c.turn, "kind": c.kind, "reference": c.reference,
+         "base": {"output": b[0], **b[1]}, "tuned": {"output": t[0], **t[1]}}
+        for c, b, t in zip(cases, base_out, tuned_out, strict=True)
+    ]
+    report = EvalReport(
+        run_id=record.run_id, run_dir=str(run_dir.resolve()), base=record.base, adapter=str(record.adapter),
+        rows=len(examples), rows_hash=rows_hash(examples), cases=dict(Counter(c.kind for c in cases)),
+        max_new_tokens=max_new_tokens, base_metrics=base_metrics, tuned_metrics=tuned_metrics, details=details,
+        timings={**{f"base_{k}": v for k, v in base_time.items()}, **{f"tuned_{k}": v for k, v in tuned_time.items()}},
+        created_at=runs.now(),
+    )
+    if write:
+        runs.write_json(run_dir / REPORT_FILE, report.to_dict())
+    return report
+
+
+def read_report(run_dir: str | Path) -> EvalReport | None:
+    path = Path(run_dir) / REPORT_FILE
+    try:
+        return EvalReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{path} is not an evaluation report: {exc}") from exc

@@ -1,0 +1,219 @@
+"""Task metrics for one generated reply against the held-out reference, by kind of reply.
+
+* ``text``: exact match and token F1 with the official SQuAD normalisation (shared with
+  ``evaluate.answers``), and ROUGE-L: the F-measure of the longest common subsequence of tokens,
+  tokenised as the ``rouge-score`` package does by default (lower case, runs of ``[a-z0-9]``, no
+  stemming); a test compares it with that package.
+* ``json`` (a reference that is a JSON object or array): JSON validity of the whole reply (code
+  fences allowed) and conformance to a schema inferred from the reference (the same JSON types,
+  every key of each reference object required).
+* ``tool_call`` (a reference turn that calls tools): JSON validity as above; schema conformance
+  (every call is ``{"name", "arguments"}``, names a declared tool, and its arguments validate
+  against that tool's ``parameters`` with ``jsonschema``); name accuracy (the called names, in
+  order, equal the reference's); argument accuracy (the calls equal the reference's, names and
+  arguments); and argument F1 over ``(name, key, value)`` triples for partial credit.
+
+Calls are read leniently so a model gets credit for the call it meant: the whole reply, else the
+first JSON value inside it; a single call or a list of calls; ``{"name", "arguments"}`` or the
+OpenAI form ``{"function": {"name", "arguments"}}``, arguments as an object or a JSON string.
+Validity stays strict (the whole reply must parse): that is the property a caller relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from ragtune.errors import ModelError
+from ragtune.evaluate.answers import exact_match, token_f1
+from ragtune.finetune.examples import canonical_json
+
+KINDS = ("text", "json", "tool_call")
+_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
+_ROUGE_TOKEN = re.compile(r"[^a-z0-9]+")
+
+
+# -- text ------------------------------------------------------------------------------------------
+def rouge_tokens(text: str) -> list[str]:
+    """``rouge_score.tokenize`` without stemming: lower case, non-alphanumerics as separators."""
+    return _ROUGE_TOKEN.sub(" ", text.lower()).split()
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    if not a or not b:
+        return 0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (beta 1) of ``prediction`` against ``reference``."""
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    lcs = lcs_length(ref, pred)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def text_scores(prediction: str, reference: str) -> dict[str, float]:
+    return {"exact_match": exact_match(prediction, [reference]), "token_f1": token_f1(prediction, [reference]),
+            "rouge_l": rouge_l(prediction, reference)}
+
+
+# -- JSON ------------------------------------------------------------------------------------------
+def strict_json(text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when the whole reply (inside one code fence at most) is one JSON value."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    try:
+        return True, json.loads(body)
+    except (json.JSONDecodeError, ValueError):
+        return False, None
+
+
+def first_json(text: str) -> Any:
+    """The reply as JSON, else the first JSON object or array found inside it, else None."""
+    ok, value = strict_json(text)
+    if ok:
+        return value
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"[{\[]", text):
+        try:
+            return decoder.raw_decode(text, match.start())[0]
+        except (json.JSONDecodeError, ValueError):
+            continue
+    return None
+
+
+def json_reference(text: str) -> Any:
+    """The reference as a JSON object or array, or None when it is prose (or a bare scalar)."""
+    body = text.strip()
+    if not body.startswith(("{", "[")):
+        return None
+    ok, value = strict_json(body)
+    return value if ok and isinstance(value, dict | list) else None
+
+
+def infer_schema(value: Any) -> dict[str, Any]:
+    """A JSON Schema the reference satisfies: its types, recursively; every key required."""
+    if isinstance(value, dict):
+        return {"type": "object", "properties": {k: infer_schema(v) for k, v in value.items()},
+                "required": sorted(value)}
+    if isinstance(value, list):
+        return {"type": "array", "items": infer_schema(value[0])} if value else {"type": "array"}
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int | float):
+        return {"type": "number"}
+    if isinstance(value, str):
+        return {"type": "string"}
+    return {"type": "null"}
+
+
+def conforms(value: Any, schema: dict[str, Any]) -> bool:
+    """``value`` validates against ``schema``; a schema that is itself invalid accepts any value
+    of the declared top-level type (the tool declarations in public sets are not all valid)."""
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - installed with the train extra
+        raise ModelError(f"schema conformance needs jsonschema: pip install 'ragtune[train]' ({exc})") from exc
+    try:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        return bool(validator.is_valid(value))
+    except (jsonschema.SchemaError, TypeError, ValueError, KeyError):
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        return kind != "object" or isinstance(value, dict)
+
+
+def json_scores(prediction: str, reference: Any) -> dict[str, float]:
+    ok, value = strict_json(prediction)
+    return {"json_valid": float(ok), "schema_valid": float(ok and conforms(value, infer_schema(reference)))}
+
+
+# -- tool calls ------------------------------------------------------------------------------------
+def reference_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"name", "arguments"}]`` of an assistant turn in the internal chat form."""
+    return [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+            for c in message.get("tool_calls", ())]
+
+
+def parse_calls(text: str) -> list[dict[str, Any]] | None:
+    """The calls in a reply (see the module docstring), or None when there are none."""
+    return calls_in(first_json(text))
+
+
+def calls_in(value: Any) -> list[dict[str, Any]] | None:
+    """The calls a decoded JSON value holds, or None when it is not one call or a list of calls."""
+    if isinstance(value, dict) and isinstance(value.get("tool_calls"), list):
+        value = value["tool_calls"]
+    items = value if isinstance(value, list) else [value]
+    calls: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        fn = item["function"] if isinstance(item.get("function"), dict) else item
+        name, arguments = fn.get("name"), fn.get("arguments", fn.get("parameters", {}))
+        if isinstance(arguments, str):
+            with contextlib.suppress(json.JSONDecodeError, ValueError):
+                arguments = json.loads(arguments)
+        if not isinstance(name, str):
+            return None
+        calls.append({"name": name, "arguments": arguments})
+    return calls or None
+
+
+def _calls_conform(calls: list[dict[str, Any]] | None, tools: Sequence[dict[str, Any]] | None) -> bool:
+    if not calls:
+        return False
+    declared = {t["function"]["name"]: t["function"].get("parameters") for t in tools or ()}
+    for call in calls:
+        if not isinstance(call["arguments"], dict):
+            return False
+        if tools:
+            if call["name"] not in declared:
+                return False
+            parameters = declared[call["name"]]
+            if isinstance(parameters, dict) and not conforms(call["arguments"], parameters):
+                return False
+    return True
+
+
+def _triples(calls: Sequence[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+    out: Counter[tuple[str, str, str]] = Counter()
+    for call in calls:
+        arguments = call["arguments"] if isinstance(call["arguments"], dict) else {"": call["arguments"]}
+        out.update((call["name"], str(k), canonical_json(v)) for k, v in arguments.items())
+        if not arguments:
+            out[(call["name"], "", "")] += 1
+    return out
+
+
+def tool_call_scores(prediction: str, reference: list[dict[str, Any]],
+                     tools: Sequence[dict[str, Any]] | None) -> dict[str, float]:
+    ok, value = strict_json(prediction)
+    calls = parse_calls(prediction)
+    names = [c["name"] for c in calls or ()]
+    exact = calls is not None and [(c["name"], canonical_json(c["arguments"])) for c in calls] == [
+        (c["name"], canonical_json(c["arguments"])) for c in reference]
+    gold, got = _triples(reference), _triples(calls or [])
+    common = sum((gold & got).values())
+    f1 = 0.0 if common == 0 else 2 * common / (sum(gold.values()) + sum(got.values()))
+    return {
+        "json_valid": float(ok),
+        "schema_valid": float(ok and _calls_conform(calls_in(value), tools)),
+        "tool_name_accuracy": float(names == [c["name"] for c in reference]),
+        "tool_args_accuracy": float(exact),
+        "tool_args_f1": f1,
+    }

@@ -1,0 +1,137 @@
+"""Serving and exporting registered model versions (``finetune.registry`` keeps the books).
+
+``registry:NAME`` (the production alias), ``registry:NAME@ALIAS`` or ``registry:NAME/VERSION`` is a
+generator spec (``generate.registry``): :class:`RegistryGenerator` resolves the reference on every
+request (one indexed query on the alias), so a promotion or rollback takes effect on the next
+request; the base model + adapter of a version are loaded once and kept (the last two used).
+A version's base model is the folder it was trained on (the packaged SmolLM2 is converted again
+if its cache is gone), checked against the base hash recorded at training.
+
+``export_model`` merges a version's adapter into its base with PEFT's ``merge_and_unload`` and saves
+a standalone Hugging Face folder (plus ``ragtune_model.json``, its provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import ConfigError, ModelError
+from ragtune.finetune.registry import PRODUCTION, ModelRef, ModelRegistry, ModelVersionInfo
+from ragtune.finetune.runs import now
+from ragtune.models import Completion, Message
+from ragtune.settings import Settings
+
+_INSTALL = "pip install 'ragtune[train]'"
+
+
+def base_folder(info: ModelVersionInfo, cache_dir: Path) -> Path:
+    """The version's base model folder, checked against the hash it was trained on."""
+    from ragtune.finetune.lengths import PACKAGED_BASES
+    from ragtune.finetune.train import model_hash
+
+    path = Path(info.base_path)
+    if not (path / "config.json").is_file():
+        if info.base.lower() not in PACKAGED_BASES:
+            raise ModelError(f"the base model of {info.name} version {info.version} is gone from {path}")
+        from ragtune.generate.local import packaged_smollm2
+
+        path = packaged_smollm2(cache_dir)
+    if info.base_hash and model_hash(path) != info.base_hash:
+        raise ModelError(f"the base model at {path} is not the one {info.name} version {info.version} was "
+                         f"trained on (hash {info.base_hash[:12]})")
+    return path
+
+
+def export_model(registry: ModelRegistry, ref: str | ModelRef, out: Path) -> Path:
+    """Merge the version's adapter into its base (PEFT ``merge_and_unload``) and save a
+    standalone Hugging Face model folder at ``out`` (which must not exist or be empty)."""
+    info = registry.resolve(ref)
+    base = base_folder(info, registry.settings.resolved_cache_dir)
+    try:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise ModelError(f"exporting a model needs peft: {_INSTALL} ({exc})") from exc
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not empty; choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        merged = PeftModel.from_pretrained(model, info.adapter).merge_and_unload()
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(tmp))
+        (tmp / "ragtune_model.json").write_text(json.dumps({
+            "model": info.name, "version": info.version, "run_id": info.run_id, "base": info.base,
+            "base_hash": info.base_hash, "dataset": info.dataset, "dataset_hash": info.dataset_hash,
+            "exported_at": now()}, indent=2), encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class RegistryGenerator:
+    """A generator that serves whatever version ``ref`` points at when a request arrives."""
+
+    def __init__(self, ref: str | ModelRef, registry: ModelRegistry, *, keep: int = 2) -> None:
+        self.ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        self.registry = registry
+        self.keep = keep
+        self.name = f"registry:{self.ref}"
+        self._loaded: dict[int, Any] = {}  # version -> TransformersGenerator, most recently used last
+        self._lock = threading.Lock()
+
+    def current(self) -> Any:
+        """The generator of the version the reference points at now (loaded once per version)."""
+        if self.ref.version is not None:
+            version = self.ref.version
+        else:
+            version = int(self.registry.by_alias(self.ref.name, self.ref.alias or PRODUCTION).version)
+        with self._lock:
+            generator = self._loaded.pop(version, None)
+            if generator is None:
+                info = self.registry.version(self.ref.name, version)
+                if not info.servable:
+                    raise ModelError(f"{self.ref} points at version {version}, whose run did not complete")
+                from ragtune.generate.local import TransformersGenerator
+
+                settings = self.registry.settings
+                generator = TransformersGenerator(
+                    base_folder(info, settings.resolved_cache_dir), adapter=info.adapter,
+                    name=f"{self.ref.name}/{version}", max_time=settings.generation_timeout)
+            self._loaded[version] = generator
+            while len(self._loaded) > self.keep:
+                self._loaded.pop(next(iter(self._loaded)))
+        self.name = f"registry:{self.ref} ({self.ref.name}/{version})"
+        return generator
+
+    def generate(self, messages: Sequence[Message], *, max_tokens: int = 256,
+                 on_token: Callable[[str], None] | None = None) -> Completion:
+        completion: Completion = self.current().generate(messages, max_tokens=max_tokens, on_token=on_token)
+        return completion
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.current().count_tokens(text))
+
+    def render(self, messages: Sequence[Message]) -> str:
+        return str(self.current().render(messages))
+
+    @property
+    def context_window(self) -> int:
+        return int(self.current().context_window)
+
+
+def registry_generator(ref: str, settings: Settings) -> RegistryGenerator:
+    """The ``registry:`` generator spec's factory (``generate.registry``)."""
+    return RegistryGenerator(ref, ModelRegistry(settings))
