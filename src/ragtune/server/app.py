@@ -47,7 +47,7 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
     the settings (``server_auth``, and whether ``server_host`` is a loopback address)."""
     from ragtune import __version__
     from ragtune.server import console
-    from ragtune.server.routes import ask, collections, datasets, documents, ingest, openai, search, traces
+    from ragtune.server.routes import ask, collections, datasets, documents, ingest, models, openai, search, traces
 
     settings = settings or engine.settings
     state = ServerState(engine, settings, auth_required(settings, flag=auth))
@@ -67,7 +67,7 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
                               "Send an API key as 'Authorization: Bearer <key>'.")
     app.state.ragtune = state
     problems.install(app)
-    for module in (collections, documents, ingest, search, ask, traces, datasets, openai):
+    for module in (collections, documents, ingest, search, ask, traces, datasets, models, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness; needs no key and serves no data")

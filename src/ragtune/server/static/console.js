@@ -124,7 +124,7 @@ $("#collection").addEventListener("change", () => {
 
 // ---- tabs -------------------------------------------------------------------------------------
 
-const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces() };
+const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces(), models: () => loadModels() };
 
 function openTab(name) {
   if (!document.getElementById(name)?.classList.contains("tab")) name = "ask";
@@ -398,5 +398,24 @@ async function showTrace(id) {
   show($("#trace"));
   $("#trace").scrollIntoView();
 }
+
+// ---- models (read only) ---------------------------------------------------------------------
+
+async function loadModels() {
+  const models = await api("/models");
+  show($("#models-empty"), models.length === 0);
+  $("#model-list tbody").replaceChildren(...models.flatMap((m) => m.versions.map((v) => {
+    const metrics = Object.entries(v.metrics).map(([k, x]) => `${k.slice(5)} ${fmt(x)}`).join(" · ");
+    return el("tr", { className: v.aliases.includes("production") ? "production" : "" },
+      el("td", { textContent: m.name }), el("td", { textContent: v.version }),
+      el("td", { textContent: v.aliases.join(", ") }), el("td", { textContent: v.run_id || v.mlflow_run_id }),
+      el("td", { textContent: v.servable ? "ok" : `${v.run_status} / ${v.trained}` }),
+      el("td", { textContent: v.base }), el("td", { textContent: v.dataset }),
+      el("td", { className: "text", textContent: metrics }),
+      el("td", { textContent: v.created_at ? new Date(v.created_at).toISOString().slice(0, 19) : "" }));
+  })));
+}
+
+$("#refresh-models").addEventListener("click", () => guarded(loadModels));
 
 start().catch((error) => setStatus(error.message, true));
