@@ -3,6 +3,8 @@ consistency checks of the lexical index against a recomputation from scratch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -49,3 +51,21 @@ def check_index_consistency(rt: Any) -> None:
             "SELECT d.uri FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
         ).fetchall()
         assert empty_docs == [], f"documents without chunks: {empty_docs}"
+
+
+@contextmanager
+def database_from_template(admin_url: str, template: str, prefix: str = "t_") -> Iterator[str]:
+    """A fresh database copied from the migrated template; dropped (forcibly) afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield make_conninfo(admin_url, dbname=name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -5,14 +5,12 @@ serving by reference (the next request follows the alias) and export of a merged
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from ragtune.cli.main import app
@@ -24,6 +22,7 @@ from ragtune.finetune.registry import ModelRef, ModelRegistry, sqlalchemy_url
 from ragtune.finetune.serving import base_folder, export_model
 from ragtune.settings import Settings
 from tests.finetune.tuned import SECRET, chat, copy_run
+from tests.helpers import database_from_template
 
 runner = CliRunner()
 GOOD = {"loss": 0.2, "perplexity": 1.22, "exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "json_valid": 1.0,
@@ -76,14 +75,8 @@ def test_gates_are_validated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- a registry in a database of its own for this module ---------------------------------------------
 @pytest.fixture(scope="module")
 def module_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    name = f"t_reg_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    try:
-        yield make_conninfo(pg_admin_url, dbname=name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database_from_template(pg_admin_url, template_db, "t_reg_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

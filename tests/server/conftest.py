@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from ragtune.models import LoadedDocument
+from tests.helpers import database_from_template
 
 DOCS = {
     "public": [LoadedDocument(uri="office.md", text="The office opens at nine in the morning on weekdays. "
@@ -67,14 +65,8 @@ def running(app: Any, settings: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def module_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    try:
-        yield make_conninfo(pg_admin_url, dbname=name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database_from_template(pg_admin_url, template_db, "t_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
