@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -30,6 +28,8 @@ from typing import Any
 import httpx
 import numpy as np
 from common import bench_engine, write_result
+
+from ragtune.testing.serve import start_serve
 
 COLLECTION = "server-load-squad"
 MIX = (("search", 0.7), ("ask", 0.2), ("ingest", 0.1))
@@ -61,20 +61,9 @@ def served(rt: Any, generator: str, *, rate_limit: float = 0) -> Iterator[tuple[
            "RAGTUNE_SERVER_RATE_LIMIT": str(rate_limit), "RAGTUNE_EMBEDDER": rt.settings.embedder}
     if rt.settings.database_url:
         env["RAGTUNE_DATABASE_URL"] = rt.settings.database_url
-    proc = subprocess.Popen([sys.executable, "-m", "ragtune.cli.main", "serve", "--host", "127.0.0.1", "--port", "0",
-                             "--auth", "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    proc, url = start_serve(env, "--auth", "--log-level", "warning")
     try:
-        url = None
         assert proc.stderr is not None
-        deadline = time.monotonic() + 180
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"ragtune serve exited with {proc.returncode}")
-            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        if url is None:
-            raise RuntimeError("ragtune serve did not start within 180 s")
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
         yield url, made.key
     finally:

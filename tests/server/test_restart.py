@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ragtune.testing.serve import start_serve
 from tests.helpers import check_index_consistency
 
 pytestmark = pytest.mark.slow
@@ -29,19 +28,8 @@ def serve_process(settings: Any) -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "RAGTUNE_DATABASE_URL": settings.database_url, "RAGTUNE_DATA_DIR": str(settings.data_dir),
            "RAGTUNE_CACHE_DIR": str(settings.cache_dir), "RAGTUNE_GENERATOR": "extractive",
            "RAGTUNE_SERVER_RATE_LIMIT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "ragtune.cli.main", "serve", "--port", "0", "--auth",
-                             "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    proc, url = start_serve(env, "--auth", "--log-level", "warning")
     try:
-        assert proc.stderr is not None
-        url = None
-        deadline = time.monotonic() + 180
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"ragtune serve exited with {proc.returncode}")
-            match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "ragtune serve did not start"
         yield proc, url
     finally:
         if proc.poll() is None:
