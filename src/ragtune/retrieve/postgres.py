@@ -81,18 +81,20 @@ class QueryTerms:
 def bm25_query_terms(conn: Conn, info: CollectionInfo, terms: Counter[str]) -> QueryTerms | None:
     if not terms:
         return None
-    stats = conn.execute("SELECT n_chunks, total_len FROM collections WHERE id = %s", (info.id,)).fetchone()
+    # one round trip: the collection's counts, with its rows of the query's terms (none: one row of NULLs)
     rows = conn.execute(
-        "SELECT id, term, df FROM terms WHERE collection_id = %s AND term = ANY(%s) AND df > 0",
-        (info.id, sorted(terms)),
+        "SELECT c.n_chunks, c.total_len, t.id, t.term, t.df FROM collections c"
+        " LEFT JOIN terms t ON t.collection_id = c.id AND t.term = ANY(%s) AND t.df > 0 WHERE c.id = %s",
+        (sorted(terms), info.id),
     ).fetchall()
-    if not stats or not rows or stats["n_chunks"] <= 0:
+    found = [r for r in rows if r["id"] is not None]
+    if not found or rows[0]["n_chunks"] <= 0:
         return None
-    n = float(stats["n_chunks"])
+    n = float(rows[0]["n_chunks"])
     return QueryTerms(
-        ids=[r["id"] for r in rows],
-        weights=[terms[r["term"]] * math.log(1 + (n - r["df"] + 0.5) / (r["df"] + 0.5)) for r in rows],
-        avgdl=max(stats["total_len"], 1) / n,
+        ids=[r["id"] for r in found],
+        weights=[terms[r["term"]] * math.log(1 + (n - r["df"] + 0.5) / (r["df"] + 0.5)) for r in found],
+        avgdl=max(rows[0]["total_len"], 1) / n,
     )
 
 

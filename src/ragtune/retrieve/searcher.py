@@ -7,8 +7,9 @@ list and the fetched chunk texts agree even while a writer replaces a document.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, TypeVar
@@ -125,10 +126,8 @@ class Searcher:
             convex = options.mode == "hybrid" and options.fusion == "convex"
             side: Bm25Side | None = None
             if convex and qvec is not None and self._splits_work(info, options):
-                with timer.stage("bm25"):
-                    query_terms = bm25_query_terms(conn, info, terms)
-                dense_ranked, side, exact = self._hybrid_parallel(conn, info, query_terms, qvec, wanted, cond,
-                                                                  options, exact, matching, timer)
+                dense_ranked, side, exact = self._hybrid_parallel(conn, info, terms, qvec, wanted, cond, options,
+                                                                  exact, matching, timer)
                 dense, bm25 = dict(dense_ranked), dict(side.ranked)
             else:
                 if qvec is not None:
@@ -210,43 +209,58 @@ class Searcher:
     def _splits_work(info: CollectionInfo, options: SearchOptions) -> bool:
         return options.workers > 1 and info.n_chunks >= options.split_min_chunks
 
-    def _hybrid_parallel(self, conn: Conn, info: CollectionInfo, qt: QueryTerms | None, qvec: np.ndarray,
+    def _hybrid_parallel(self, conn: Conn, info: CollectionInfo, terms: Counter[str], qvec: np.ndarray,
                          wanted: int, cond: Condition, options: SearchOptions, exact: bool, matching: int,
                          timer: StageTimer) -> tuple[list[tuple[int, float]], Bm25Side, bool]:
-        """Hybrid on a large collection: the dense list and the BM25 ranges are searched at the
-        same time on connections sharing this snapshot, then one statement fills in the scores
-        each list lacks for the other's hits. Falls back to one-after-the-other on a busy pool."""
-        bounds = self._splits(conn, info, options.workers) if qt is not None else []
+        """Hybrid on a large collection: the BM25 ranges are summed on connections sharing this
+        snapshot while this one searches the dense list and then fills in the BM25 scores of the
+        dense hits, so only the dense scores of the BM25-only hits wait for BM25 to end. Each
+        range's thread joins the snapshot, reads the query terms and commits on its own, off the
+        critical path. Falls back to one-after-the-other on a busy pool."""
+        bounds = self._splits(conn, info, options.workers) if terms else []
         ranges = _ranges(bounds)
-        with self.repo.db.shared_snapshot(conn, len(ranges)) as others:
+        with self.repo.db.snapshot_helpers(conn, len(ranges)) as shared:
+            others = shared.conns
             if not others:
                 with timer.stage("dense"):
                     ranked, exact = self._dense(conn, info, qvec, wanted, cond, options, exact, matching)
                 with timer.stage("bm25"):
+                    qt = bm25_query_terms(conn, info, terms)
                     side = bm25_side(conn, info, qt, wanted, cond, options.bm25, qvec=qvec,
                                      dense_ids=[i for i, _ in ranked])
                 return ranked, side, exact
             if len(others) < len(ranges):  # busy pool: fewer, wider ranges
                 ranges = _ranges(bounds[: len(others) - 1])
-            pool = self._executor()
+
+            def one_range(c: Conn, chunk_range: tuple[int | None, int | None]) -> Bm25Side:
+                shared.join(c)
+                part = bm25_side(c, info, bm25_query_terms(c, info, terms), wanted, cond, options.bm25,
+                                 chunk_range=chunk_range)
+                shared.release(c)
+                return part
+
             started = perf_counter()
-            futures = [pool.submit(_timed, bm25_side, c, info, qt, wanted, cond, options.bm25, chunk_range=r)
-                       for c, r in zip(others, ranges, strict=True)]
-            (ranked, exact), dense_ms = _timed(self._dense, conn, info, qvec, wanted, cond, options, exact,
-                                               matching)
-            parts = [f.result() for f in futures]
-            merged = sorted((kv for part, _ in parts for kv in part.ranked),
-                            key=lambda kv: (-kv[1], kv[0]))[:wanted]
+            futures = [self._executor().submit(_timed, one_range, c, r) for c, r in zip(others, ranges, strict=True)]
+            try:
+                (ranked, exact), dense_ms = _timed(self._dense, conn, info, qvec, wanted, cond, options, exact,
+                                                   matching)
+                # while the ranges are still summing: the BM25 scores of every dense hit
+                fill_started = perf_counter()
+                qt = bm25_query_terms(conn, info, terms)
+                bm25_of_dense, _ = fill_scores(conn, info, qt, qvec, options.bm25, bm25_for=[i for i, _ in ranked],
+                                               dense_for=[])
+                fill_ms = (perf_counter() - fill_started) * 1000.0
+                parts = [f.result() for f in futures]
+            finally:
+                wait(futures)  # no connection goes back to the pool while a thread still uses it
+            merged = sorted((kv for part, _ in parts for kv in part.ranked), key=lambda kv: (-kv[1], kv[0]))[:wanted]
             dense_ids = {i for i, _ in ranked}
-            bm25_ids = {i for i, _ in merged}
-            with timer.stage("fill"):  # the two halves of the fill on two connections at once
-                bm25_half = pool.submit(fill_scores, others[0], info, qt, qvec, options.bm25,
-                                        bm25_for=sorted(dense_ids - bm25_ids), dense_for=[])
-                _, dense_of_ranked = fill_scores(conn, info, qt, qvec, options.bm25,
-                                                 bm25_for=[], dense_for=sorted(bm25_ids - dense_ids))
-                bm25_of_dense, _ = bm25_half.result()
+            with timer.stage("fill"):
+                _, dense_of_ranked = fill_scores(conn, info, qt, qvec, options.bm25, bm25_for=[],
+                                                 dense_for=sorted(i for i, _ in merged if i not in dense_ids))
         timer.timings_ms["dense"] = dense_ms
-        timer.timings_ms["bm25"] = timer.timings_ms.get("bm25", 0.0) + max(ms for _, ms in parts)
+        timer.timings_ms["fill_dense_hits"] = fill_ms
+        timer.timings_ms["bm25"] = max(ms for _, ms in parts)
         timer.timings_ms["parallel"] = (perf_counter() - started) * 1000.0
         return ranked, Bm25Side(merged, bm25_of_dense, dense_of_ranked, ranges=len(parts)), exact
 

@@ -49,6 +49,25 @@ def _configure(conn: psycopg.Connection[DictRow]) -> None:
     register_vector(conn)
 
 
+@dataclass(frozen=True)
+class SharedSnapshot:
+    """An exported snapshot and pooled connections that may join it."""
+
+    snapshot_id: str
+    conns: list[Conn]
+
+    def join(self, conn: Conn) -> None:
+        # no parameters, so psycopg sends both statements in one simple-protocol round trip
+        conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}")
+                     .format(sql.Literal(self.snapshot_id)))
+
+    @staticmethod
+    def release(conn: Conn) -> None:
+        """End the connection's read-only transaction, if one is open."""
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("COMMIT")
+
+
 class Database:
     """A small pool of connections to one database. Opened lazily, closed with ``close``."""
 
@@ -105,28 +124,34 @@ class Database:
         """Up to ``extra`` more connections that see exactly the snapshot of ``conn`` (which must
         be inside a ``snapshot()``), for statements of one search run in parallel. Only idle
         pooled connections are taken, never waited for: a busy pool yields fewer, even none."""
+        with self.snapshot_helpers(conn, extra) as shared:
+            for other in shared.conns:
+                shared.join(other)
+            yield shared.conns
+
+    @contextmanager
+    def snapshot_helpers(self, conn: Conn, extra: int) -> Iterator[SharedSnapshot]:
+        """Like ``shared_snapshot``, but each connection is joined to the snapshot by whoever uses
+        it (``SharedSnapshot.join``, one round trip), so threads can do that in parallel and
+        finish early (``release``). Open transactions are ended when the block exits."""
         if extra < 1:
-            yield []
+            yield SharedSnapshot("", [])
             return
         from psycopg_pool import PoolTimeout
 
         row = conn.execute("SELECT pg_export_snapshot() AS id").fetchone()
-        snapshot_id = row["id"] if row else None
         taken: list[Conn] = []
         try:
             for _ in range(extra):
                 try:
-                    other = self.pool.getconn(timeout=0.01)
+                    taken.append(self.pool.getconn(timeout=0.01))
                 except PoolTimeout:
                     break
-                taken.append(other)
-                other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-            yield taken
+            yield SharedSnapshot(row["id"] if row else "", taken)
         finally:
             for other in taken:
                 try:
-                    other.execute("COMMIT")
+                    SharedSnapshot.release(other)
                 finally:
                     self.pool.putconn(other)
 
