@@ -22,6 +22,7 @@ from ragtune.cli.rerank import rerank_app
 from ragtune.cli.serve import keys_app, serve_command
 from ragtune.cli.tune import tune_app
 from ragtune.cli.tune_eval import register as register_tune_eval
+from ragtune.cli.tune_search import register_tune_search
 from ragtune.errors import RagtuneError
 from ragtune.settings import Settings
 
@@ -44,6 +45,7 @@ app.command("serve")(serve_command)
 app.add_typer(answerability_app, name="answerability")
 app.add_typer(tune_app, name="tune")
 register_tune_eval(tune_app)
+register_tune_search(tune_app)
 app.add_typer(models_app, name="models")
 
 console = Console()

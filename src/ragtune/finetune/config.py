@@ -22,7 +22,9 @@
     [dpo]
     beta = 0.1
 
-An unknown key or an impossible value raises :class:`ConfigError` naming the key (``lora.r``).
+A ``[search]`` table (the search space of ``ragtune tune search``) may sit in the same file; it is
+validated by ``finetune.search`` and skipped here. An unknown key or an impossible value raises
+:class:`ConfigError` naming the key (``lora.r``).
 ``to_toml`` writes the resolved configuration back in the same layout, so a run's ``config.toml``
 can start another run.
 """
@@ -202,6 +204,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
             raise ConfigError(f"training config not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        data.pop("search", None)  # the hyperparameter search's table, read by finetune.search
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(data, source=source)
 

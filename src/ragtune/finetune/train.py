@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,15 @@ def model_hash(path: Path) -> str:
 # -- the orchestrating process ---------------------------------------------------------------------
 def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, cache_dir: Path,
               name: str | None = None, output: Path | None = None, nproc: int = 1,
-              console: Console | None = None) -> RunRecord:
-    """Train a new run; returns its completed record (raises ``TrainingError`` when it fails)."""
+              console: Console | None = None, callbacks: Sequence[Any] = ()) -> RunRecord:
+    """Train a new run; returns its completed record (raises ``TrainingError`` when it fails).
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the hyperparameter search's
+    pruning hook); they live in this process, so they need ``nproc == 1``."""
     if nproc < 1:
         raise ConfigError(f"invalid --nproc {nproc}: expected at least 1")
+    if callbacks and nproc > 1:
+        raise ConfigError(f"Trainer callbacks run in this process only; they cannot be used with --nproc {nproc}")
     data.check_method(config.method)
     if not data.train:
         raise ConfigError(f"dataset {data.name!r} has no training rows (all {len(data.eval)} rows are eval rows)")
@@ -101,7 +107,7 @@ def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, 
             config=to_dict(config), started_at=runs.now(), world_size=nproc, forced_reasons=data.forced_reasons,
             notes=notes,
         )
-        return _execute(record, nproc=nproc, resume=False, console=console)
+        return _execute(record, nproc=nproc, resume=False, console=console, callbacks=callbacks)
 
 
 def resume_run(run_dir: Path, *, nproc: int | None = None, console: Console | None = None,
@@ -128,13 +134,14 @@ def resume_run(run_dir: Path, *, nproc: int | None = None, console: Console | No
         return _execute(record, nproc=record.world_size, resume=True, console=console)
 
 
-def _execute(record: RunRecord, *, nproc: int, resume: bool, console: Console | None) -> RunRecord:
+def _execute(record: RunRecord, *, nproc: int, resume: bool, console: Console | None,
+             callbacks: Sequence[Any] = ()) -> RunRecord:
     run_dir = Path(record.path)
     runs.set_status(run_dir, "running", resumed=resume)
     runs.write_record(record)
     try:
         if nproc == 1:
-            metrics = train_worker(run_dir, resume=resume, console=console)
+            metrics = train_worker(run_dir, resume=resume, console=console, callbacks=callbacks)
         else:
             metrics = _torchrun(run_dir, nproc, resume=resume, progress=console is not None)
     except BaseException as exc:
@@ -189,7 +196,8 @@ def _qlora_note() -> str:
 
 
 # -- the training process (this process, or each torchrun worker) -----------------------------------
-def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None = None,
+                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the run described in ``run_dir``; the main process saves the adapter and metrics."""
     try:
         import torch
@@ -237,8 +245,8 @@ def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None
     monitor = TrainingMonitor(console)
     trainer, data_stats = build_trainer(
         config, model=model, tokenizer=tokenizer, train_rows=train_rows, eval_rows=eval_rows,
-        output_dir=run_dir / "checkpoints", callbacks=[monitor], bf16=cuda and torch.cuda.is_bf16_supported(),
-        use_cpu=not cuda,
+        output_dir=run_dir / "checkpoints", callbacks=[monitor, *callbacks],
+        bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda,
     )
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
