@@ -25,7 +25,6 @@ from typing import Any
 
 from common import default_bench_data, write_result
 from rich.console import Console
-from rich.table import Table
 
 console = Console()
 LLAMAFACTORY = "llamafactory==0.9.5"
@@ -70,12 +69,6 @@ def train(task: str, spec: dict[str, Any], data_dir: Path) -> Path:
     return Path(record.path)
 
 
-def newest_run(task: str, data_dir: Path) -> Path:
-    from ragtune.finetune.evaluate import resolve_run
-
-    return resolve_run(f"showcase-{task}", data_dir / "runs")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
@@ -85,12 +78,14 @@ def main() -> None:
     spec = TASKS[args.task]
     data_dir = default_bench_data() / "showcase"
 
-    from ragtune.finetune.evaluate import METRICS, evaluate_run
+    from ragtune.cli.tune_eval import report_table
+    from ragtune.finetune.evaluate import evaluate_run, resolve_run
     from ragtune.finetune.runs import read_record
     from ragtune.settings import Settings
 
     started = time.perf_counter()
-    run_dir = newest_run(args.task, data_dir) if args.eval_only else train(args.task, spec, data_dir)
+    run_dir = (resolve_run(f"showcase-{args.task}", data_dir / "runs") if args.eval_only
+               else train(args.task, spec, data_dir))
     train_seconds = time.perf_counter() - started
     record = read_record(run_dir)
     assert record is not None
@@ -98,17 +93,7 @@ def main() -> None:
     report = evaluate_run(run_dir, settings=Settings(data_dir=data_dir), limit=limit,
                           max_new_tokens=spec["max_new_tokens"])
     m = record.metrics
-    table = Table(title=f"{args.task}: SmolLM2-135M base vs LoRA on {report.rows} held-out rows "
-                        f"({', '.join(f'{n} {k}' for k, n in sorted(report.cases.items()))} cases), greedy")
-    for col in ("metric", "base", "tuned", "delta"):
-        table.add_column(col, justify="right")
-    for name in METRICS:
-        a, b = report.base_metrics.get(name), report.tuned_metrics.get(name)
-        if a is None and b is None:
-            continue
-        table.add_row(name, "-" if a is None else f"{a:.4f}", "-" if b is None else f"{b:.4f}",
-                      "-" if a is None or b is None else f"{b - a:+.4f}")
-    console.print(table)
+    console.print(report_table(report))  # the table `ragtune tune eval` prints
     console.print(f"training: {m['steps']} steps, {m.get('session_tokens', 0):,} tokens, {m['seconds']:.0f} s, "
                   f"{m['tokens_per_second']:.1f} tokens/s, loss {m.get('first_loss', 0):.3f} -> "
                   f"{m.get('last_loss', 0):.3f}, peak RSS {m.get('peak_rss_mb', 0):,.0f} MiB")

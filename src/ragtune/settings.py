@@ -169,13 +169,7 @@ class Settings:
         if path is None and Path("ragtune.toml").is_file():
             path = Path("ragtune.toml")
         if path is not None:
-            try:
-                with open(path, "rb") as fh:
-                    raw = tomllib.load(fh)
-            except FileNotFoundError:
-                raise ConfigError(f"config file not found: {path}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+            raw = read_toml(path)
             values.update(raw.get("ragtune", raw))
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         for name in names:
@@ -187,6 +181,17 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}{f' in {path}' if path else ''}")
         return _coerce(lambda base, kw: cls(**kw), None, values)
+
+
+def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or bad TOML is a ``ConfigError`` naming the path."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def _coerce(build: Any, base: Settings | None, values: dict[str, Any]) -> Settings:

@@ -5,7 +5,6 @@ serving by reference (the next request follows the alias) and export of a merged
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from ragtune.finetune.registry import ModelRef, ModelRegistry, sqlalchemy_url
 from ragtune.finetune.serving import base_folder, export_model
 from ragtune.settings import Settings
 from tests.finetune.tuned import SECRET, chat, copy_run
-from tests.helpers import database_from_template
 
 runner = CliRunner()
 GOOD = {"loss": 0.2, "perplexity": 1.22, "exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "json_valid": 1.0,
@@ -72,18 +70,7 @@ def test_gates_are_validated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.load()
 
 
-# -- a registry in a database of its own for this module ---------------------------------------------
-@pytest.fixture(scope="module")
-def module_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    with database_from_template(pg_admin_url, template_db, "t_reg_") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, module_db: str, cache_dir: Path) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("project"), database_url=module_db, cache_dir=cache_dir)
-
-
+# -- a registry on the module's own database (conftest: module_db, project) -----------------------------
 @pytest.fixture(scope="module")
 def registry(project: Settings) -> ModelRegistry:
     return ModelRegistry(project)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from ragtune.finetune.search import (
 )
 from ragtune.finetune.trainset import TrainSet, from_file
 from ragtune.settings import Settings
-from tests.helpers import database_from_template
 
 runner = CliRunner()
 ANSWER = "The secret word is pineapple."
@@ -53,17 +51,6 @@ evaluations = 2
 def _toml(path: Path, config: TuneConfig, search_table: str = SPACE) -> Path:
     path.write_text(to_toml(config) + search_table, encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def module_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    with database_from_template(pg_admin_url, template_db, "t_search_") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, module_db: str, cache_dir: Path) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("project"), database_url=module_db, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")

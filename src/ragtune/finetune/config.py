@@ -34,13 +34,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError
+from ragtune.settings import read_toml
 
 METHODS = ("sft", "dpo")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -197,13 +197,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     source = None
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"training config not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        data = read_toml(path, what="training config")
         data.pop("search", None)  # the hyperparameter search's table, read by finetune.search
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(data, source=source)

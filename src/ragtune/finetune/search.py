@@ -47,7 +47,6 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from ragtune.errors import ConfigError, DatasetError, ModelError, NotFoundError,
 from ragtune.finetune import runs
 from ragtune.finetune.config import TuneConfig, to_dict
 from ragtune.finetune.trainset import TrainSet
-from ragtune.settings import Settings
+from ragtune.settings import Settings, read_toml
 
 SCHEMA = "optuna"
 TRIAL_LOCK = "ragtune.search.trial"  # advisory lock (hashtext(TRIAL_LOCK), trial_id) held while a trial trains
@@ -148,14 +147,7 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     """The ``[search]`` table of a training config (the defaults without one)."""
     if path is None:
         return SearchSpace()
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"training config not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    table = data.get("search", {})
+    table = read_toml(path, what="training config").get("search", {})
     if not isinstance(table, dict):
         raise ConfigError(f"invalid search={table!r} in {path}: expected a table [search]")
     return space_from_dict(table, source=str(path))
@@ -304,13 +296,22 @@ def open_storage(settings: Settings) -> Iterator[StudyStorage]:
         storage.engine.dispose()
 
 
+def _orphans(study: Any, locks: _Locks) -> Iterator[Any]:
+    """The RUNNING trials nobody holds the lock of (their process died), each yielded while this
+    process holds its lock."""
+    for trial in study.get_trials(deepcopy=False, states=(_optuna().trial.TrialState.RUNNING,)):
+        if locks.try_trial(trial._trial_id):
+            try:
+                yield trial
+            finally:
+                locks.release_trial(trial._trial_id)
+
+
 def _sweep_stale(study: Any, locks: _Locks) -> list[int]:
-    """Mark failed the RUNNING trials nobody holds the lock of (their process died)."""
+    """Mark the orphaned trials failed, and their run folders."""
     optuna = _optuna()
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if not locks.try_trial(trial._trial_id):
-            continue
+    for trial in _orphans(study, locks):
         try:
             reason = "interrupted: its process stopped without finishing (killed or out of memory)"
             study._storage.set_trial_user_attr(trial._trial_id, "error", reason)
@@ -318,23 +319,16 @@ def _sweep_stale(study: Any, locks: _Locks) -> list[int]:
             failed.append(trial.number)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished meanwhile
-        finally:
-            locks.release_trial(trial._trial_id)
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir and Path(run_dir, "status.json").is_file():
             runs.read_status(Path(run_dir))  # a run left "running" without its lock is marked failed
     return failed
 
 
-def _stale(study: Any, locks: _Locks) -> set[int]:
-    """Numbers of RUNNING trials nobody trains (read-only: nothing is marked)."""
-    optuna = _optuna()
-    out = set()
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if locks.try_trial(trial._trial_id):
-            locks.release_trial(trial._trial_id)
-            out.add(trial.number)
-    return out
+def _best(trials: Any) -> Any:
+    """The complete trial with the lowest eval loss (the earliest on a tie), or None."""
+    complete = [t for t in trials if t.state == _optuna().trial.TrialState.COMPLETE]
+    return min(complete, key=lambda t: (t.value, t.number)) if complete else None
 
 
 # -- pruning --------------------------------------------------------------------------------------
@@ -427,8 +421,7 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                 if on_trial is not None:
                     on_trial(info)
             all_trials = opened.get_trials(deepcopy=False)
-            complete = [t for t in all_trials if t.state == states.COMPLETE]
-            best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+            best = _best(all_trials)
         finally:
             locks.close()
     notes: list[str] = []
@@ -558,18 +551,16 @@ def _describe(store: StudyStorage, name: str, *, with_trials: bool) -> StudyInfo
     study = _load(store.rdb, name)
     if study is None:
         raise NotFoundError(f"no study named {name!r} (see `ragtune tune studies`)")
-    states = _optuna().trial.TrialState
     trials = study.get_trials(deepcopy=False)
     locks = _Locks(store.database_url)
     try:
-        stale = _stale(study, locks)
+        stale = {t.number for t in _orphans(study, locks)}  # read-only: nothing is marked
     finally:
         locks.close()
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    complete = [t for t in trials if t.state == states.COMPLETE]
-    best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+    best = _best(trials)
     started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
     shown = tuple(TrialInfo.of(t, "stale: its process is gone (marked failed when the search resumes)"
                                if t.number in stale else None) for t in trials) if with_trials else ()

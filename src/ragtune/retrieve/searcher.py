@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, TypeVar
@@ -215,8 +215,9 @@ class Searcher:
         """Hybrid on a large collection: the BM25 ranges are summed on connections sharing this
         snapshot while this one searches the dense list and then fills in the BM25 scores of the
         dense hits, so only the dense scores of the BM25-only hits wait for BM25 to end. Each
-        range's thread joins the snapshot, reads the query terms and commits on its own, off the
-        critical path. Falls back to one-after-the-other on a busy pool."""
+        range's thread joins the snapshot while this one reads the query terms (once, handed over
+        in a future) and commits on its own, off the critical path. Falls back to
+        one-after-the-other on a busy pool."""
         bounds = self._splits(conn, info, options.workers) if terms else []
         ranges = _ranges(bounds)
         with self.repo.db.snapshot_helpers(conn, len(ranges)) as shared:
@@ -232,21 +233,27 @@ class Searcher:
             if len(others) < len(ranges):  # busy pool: fewer, wider ranges
                 ranges = _ranges(bounds[: len(others) - 1])
 
+            query_terms: Future[QueryTerms | None] = Future()
+
             def one_range(c: Conn, chunk_range: tuple[int | None, int | None]) -> Bm25Side:
                 shared.join(c)
-                part = bm25_side(c, info, bm25_query_terms(c, info, terms), wanted, cond, options.bm25,
-                                 chunk_range=chunk_range)
+                part = bm25_side(c, info, query_terms.result(), wanted, cond, options.bm25, chunk_range=chunk_range)
                 shared.release(c)
                 return part
 
             started = perf_counter()
             futures = [self._executor().submit(_timed, one_range, c, r) for c, r in zip(others, ranges, strict=True)]
             try:
+                try:
+                    qt = bm25_query_terms(conn, info, terms)
+                except BaseException as exc:
+                    query_terms.set_exception(exc)  # the range threads stop too
+                    raise
+                query_terms.set_result(qt)
                 (ranked, exact), dense_ms = _timed(self._dense, conn, info, qvec, wanted, cond, options, exact,
                                                    matching)
                 # while the ranges are still summing: the BM25 scores of every dense hit
                 fill_started = perf_counter()
-                qt = bm25_query_terms(conn, info, terms)
                 bm25_of_dense, _ = fill_scores(conn, info, qt, qvec, options.bm25, bm25_for=[i for i, _ in ranked],
                                                dense_for=[])
                 fill_ms = (perf_counter() - fill_started) * 1000.0
