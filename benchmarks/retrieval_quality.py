@@ -124,7 +124,7 @@ def bench_dataset(name: str, limit: int | None, variants: list[str], embedder: s
             elif part.startswith("w="):
                 options["dense_weight"] = float(part[2:])
             elif part.startswith("ef="):
-                options["ef_search"] = int(part[3:])
+                options["hybrid_ef_search" if mode == "hybrid" else "ef_search"] = int(part[3:])
         run, lat = our_run(rt, collection, qids, texts, vectors, mode, **options)
         rows[f"ragtune {variant}"] = {**retrieval_metrics(ds.qrels, run), **pct(lat)}
         console.print(f"{name} ragtune {variant}: nDCG@10 {rows[f'ragtune {variant}']['nDCG@10']:.4f}")

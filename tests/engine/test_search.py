@@ -308,3 +308,17 @@ def test_every_search_writes_a_trace(rt: Ragtune) -> None:
     assert [r["chunk_id"] for r in row["results"]] == [h.chunk.id for h in res.hits]
     assert set(row["results"][0]["scores"]) == {"dense", "bm25"}
     assert {"embed", "dense", "bm25", "fuse", "fetch"} <= set(row["timings_ms"])
+
+
+def test_hybrid_and_dense_use_their_own_ef_search(rt: Ragtune) -> None:
+    rt.ingest_documents([LoadedDocument(uri="ef1", text="hnsw candidates for the fused list")])
+    for mode, options, expected in [
+        ("dense", {}, rt.settings.hnsw_ef_search),
+        ("hybrid", {}, rt.settings.hybrid_ef_search),
+        ("hybrid", {"hybrid_ef_search": 150}, 150),
+        ("dense", {"ef_search": 40}, 40),
+        ("bm25", {}, None),
+    ]:
+        rt.search("fused candidates", mode=mode, **options)
+        assert rt.traces.recent(1)[0]["params"]["ef_search"] == expected, (mode, options)
+    assert rt.settings.hybrid_ef_search != rt.settings.hnsw_ef_search

@@ -51,7 +51,8 @@ class SearchOptions:
     dense_weight: float = 0.5
     rrf_k: int = 60
     candidates: int = 100
-    ef_search: int = 200
+    ef_search: int = 200  # dense mode
+    hybrid_ef_search: int = 100  # the dense list of hybrid
     exact_scan_threshold: int = 5000
     workers: int = 2
     split_min_chunks: int = 20000
@@ -73,12 +74,17 @@ class SearchOptions:
             mode=settings.default_mode, fusion=settings.fusion, normalization=settings.hybrid_normalization,
             dense_weight=settings.hybrid_dense_weight,
             rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
+            hybrid_ef_search=settings.hybrid_ef_search,
             exact_scan_threshold=settings.exact_scan_threshold,
             workers=settings.search_workers, split_min_chunks=settings.bm25_split_min_chunks,
             bm25=Bm25Params(settings.bm25_k1, settings.bm25_b),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _ef(options: SearchOptions) -> int:
+    return options.hybrid_ef_search if options.mode == "hybrid" else options.ef_search
 
 
 class Searcher:
@@ -188,6 +194,7 @@ class Searcher:
                     params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
                             "normalization": options.normalization,
                             "dense_weight": options.dense_weight, "exact_scan": exact,
+                            "ef_search": None if options.mode == "bm25" else _ef(options),
                             "bm25_ranges": side.ranges if side is not None else 0,
                             "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
@@ -198,10 +205,11 @@ class Searcher:
 
     def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,
                options: SearchOptions, exact: bool, matching: int) -> tuple[list[tuple[int, float]], bool]:
-        ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=exact)
+        ef = _ef(options)
+        ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=ef, exact=exact)
         if len(ranked) < min(wanted, matching) and not exact:
             # the index ran out of candidates before enough rows passed the filters
-            ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=options.ef_search, exact=True)
+            ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=ef, exact=True)
             exact = True
         return ranked, exact
 
