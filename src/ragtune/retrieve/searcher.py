@@ -68,6 +68,11 @@ class SearchOptions:
         if self.normalization not in fusion.NORMALIZERS:
             raise QueryError(f"unknown score normalization {self.normalization!r}; use zscore or minmax")
 
+    @property
+    def dense_ef_search(self) -> int:
+        """The HNSW ef_search of this mode's dense list."""
+        return self.hybrid_ef_search if self.mode == "hybrid" else self.ef_search
+
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SearchOptions:
         values: dict[str, Any] = dict(
@@ -81,10 +86,6 @@ class SearchOptions:
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-
-def _ef(options: SearchOptions) -> int:
-    return options.hybrid_ef_search if options.mode == "hybrid" else options.ef_search
 
 
 class Searcher:
@@ -194,7 +195,7 @@ class Searcher:
                     params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
                             "normalization": options.normalization,
                             "dense_weight": options.dense_weight, "exact_scan": exact,
-                            "ef_search": None if options.mode == "bm25" else _ef(options),
+                            "ef_search": None if options.mode == "bm25" else options.dense_ef_search,
                             "bm25_ranges": side.ranges if side is not None else 0,
                             "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
@@ -205,7 +206,7 @@ class Searcher:
 
     def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,
                options: SearchOptions, exact: bool, matching: int) -> tuple[list[tuple[int, float]], bool]:
-        ef = _ef(options)
+        ef = options.dense_ef_search
         ranked = dense_search(conn, info, qvec, wanted, cond, ef_search=ef, exact=exact)
         if len(ranked) < min(wanted, matching) and not exact:
             # the index ran out of candidates before enough rows passed the filters
