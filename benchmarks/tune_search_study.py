@@ -26,7 +26,6 @@ from typing import Any
 
 from common import default_bench_data, write_result
 from rich.console import Console
-from rich.table import Table
 from tune_showcase import LLAMAFACTORY, demo_file
 
 console = Console()
@@ -41,7 +40,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="Delete the bench project first.")
     args = parser.parse_args()
 
-    from ragtune.finetune.config import TuneConfig
+    from ragtune.cli.tune_search import trials_table
+    from ragtune.finetune.config import TuneConfig, to_dict
     from ragtune.finetune.runs import read_record
     from ragtune.finetune.search import SearchSpace, search
     from ragtune.finetune.train import start_run
@@ -65,16 +65,13 @@ def main() -> None:
         data = from_file(subset, eval_fraction=config.eval_fraction, force=True)
         console.print(f"{len(data.train)} train rows, {len(data.eval)} held-out rows, {args.steps} steps per trial")
 
-        started = time.perf_counter()
         baseline = start_run(base="smollm2", data=data, config=config, data_dir=project,
                              cache_dir=settings.resolved_cache_dir, name="default-config", console=console)
-        baseline_seconds = time.perf_counter() - started
-        console.print(f"default config: eval loss {baseline.metrics['eval_loss']:.4f} ({baseline_seconds:.0f} s)")
 
         started = time.perf_counter()
         result = search(settings=settings, data=data, config=config, trials=args.trials, space=space, study=STUDY,
                         console=console,
-                        on_trial=lambda t: console.print(f"trial {t.number} {t.state} {t.value} {t.params}"))
+                        on_trial=lambda t: console.print(f"trial {t.number} {t.state} eval loss {t.value}"))
         search_seconds = time.perf_counter() - started
 
     rows: list[dict[str, Any]] = []
@@ -84,20 +81,12 @@ def main() -> None:
         rows.append({**trial.to_dict(), "seconds": metrics.get("seconds"),
                      "tokens_per_second": metrics.get("tokens_per_second")})
 
-    table = Table(title=f"tune search: {STUDY} ({len(data.train)} train / {len(data.eval)} held-out Alpaca rows, "
-                        f"{args.steps} steps)")
-    for column in ("trial", "state", "eval loss", "lr", "r", "alpha", "dropout", "steps", "seconds"):
-        table.add_column(column, justify="left" if column == "state" else "right")
-    table.add_row("default", "COMPLETE", f"{baseline.metrics['eval_loss']:.4f}", f"{config.learning_rate:.1e}",
-                  str(config.lora.r), str(config.lora.alpha), f"{config.lora.dropout:.3f}",
-                  str(baseline.metrics["steps"]), f"{baseline.metrics['seconds']:.0f}")
-    for row in rows:
-        p = row["params"]
-        table.add_row(str(row["number"]), row["state"], "-" if row["value"] is None else f"{row['value']:.4f}",
-                      f"{p.get('learning_rate', 0):.1e}", str(p.get("lora_r", "")), str(p.get("lora_alpha", "")),
-                      f"{p.get('lora_dropout', 0):.3f}", str(row.get("steps") or ""),
-                      "" if row["seconds"] is None else f"{row['seconds']:.0f}")
-    console.print(table)
+    # the table `ragtune tune search` prints, after the baseline it is compared with
+    console.print(f"default config: eval loss {baseline.metrics['eval_loss']:.4f}, lr {config.learning_rate:.2e} "
+                  f"r={config.lora.r} alpha={config.lora.alpha} drop={config.lora.dropout:.3f}, "
+                  f"{baseline.metrics['steps']} steps, {baseline.metrics['seconds']:.0f} s")
+    console.print(trials_table(f"study {STUDY}: {len(data.train)} train / {len(data.eval)} held-out rows, "
+                               f"{args.steps} steps", result.trials))
     best = result.best
     if best is not None and best.value is not None:
         default_loss = baseline.metrics["eval_loss"]
@@ -107,7 +96,7 @@ def main() -> None:
     path = write_result("tune_search_study", {
         "data": f"{LLAMAFACTORY} data/alpaca_en_demo.json, first {args.rows} rows",
         "base": "SmolLM2-135M-Instruct (fp32)", "train_rows": len(data.train), "eval_rows": len(data.eval),
-        "config": {"max_steps": args.steps, "batch_size": 4, "max_length": 256},
+        "config": to_dict(config),
         "space": space.to_dict(),
         "baseline": {"eval_loss": baseline.metrics["eval_loss"], "seconds": baseline.metrics["seconds"],
                      "params": {"learning_rate": config.learning_rate, "lora_r": config.lora.r,
