@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ragtune.store.repository import BLOCK_BITS
+
 
 class CountingEmbedder:
     """Delegates to a real embedder and counts how many texts it was asked to embed."""
@@ -47,6 +49,22 @@ def check_index_consistency(rt: Any) -> None:
             "SELECT count(*) AS n FROM postings p LEFT JOIN chunks c ON c.id = p.chunk_id WHERE c.id IS NULL"
         ).fetchone()
         assert orphans["n"] == 0
+        # every packed block holds exactly the postings of its (term, chunk-id range), none elsewhere
+        unpacked = (
+            "SELECT b.term_id, (b.block::bigint << {bits})"
+            "  + ('x' || encode(substring(b.postings FROM 12 * i + 1 FOR 4), 'hex'))::bit(32)::int AS chunk_id,"
+            " ('x' || encode(substring(b.postings FROM 12 * i + 5 FOR 4), 'hex'))::bit(32)::int AS tf,"
+            " ('x' || encode(substring(b.postings FROM 12 * i + 9 FOR 4), 'hex'))::bit(32)::int AS dl"
+            " FROM posting_blocks b, generate_series(0, length(b.postings) / 12 - 1) AS i"
+        ).format(bits=BLOCK_BITS)
+        differ = conn.execute(
+            f"SELECT count(*) AS n FROM (({unpacked} EXCEPT ALL SELECT term_id, chunk_id, tf, dl FROM postings)"
+            f" UNION ALL (SELECT term_id, chunk_id, tf, dl FROM postings EXCEPT ALL {unpacked})) x"
+        ).fetchone()
+        assert differ["n"] == 0, f"{differ['n']} postings differ between posting_blocks and postings"
+        bad_length = conn.execute("SELECT count(*) AS n FROM posting_blocks WHERE length(postings) % 12 <> 0"
+                                  " OR length(postings) = 0").fetchone()
+        assert bad_length["n"] == 0
         empty_docs = conn.execute(
             "SELECT d.uri FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
         ).fetchall()

@@ -272,8 +272,6 @@ class Ragtune:
                                on_token=on_token, timer=timer)
 
     def close(self) -> None:
-        if "searcher" in self.__dict__:  # created on first search
-            self.searcher.close()
         if self._database is not None:
             self._database.close()
 

@@ -51,14 +51,10 @@ class Settings:
     # (+1.5 ms p50), ef 400 1.0 (+10 ms); see benchmarks/hnsw_recall.py.
     hnsw_ef_search: int = 200
     # Hybrid's dense list is `candidates` long and fused with BM25: on all 7,405 HotpotQA questions
-    # ef 100 gives the same nDCG@10 as 200 (0.7685) with less CPU beside the BM25 ranges.
+    # ef 100 gives the same nDCG@10 as 200 (0.7685) for less CPU.
     hybrid_ef_search: int = 100
     # Below this many matching chunks a filtered dense search scans exactly instead of the index.
     exact_scan_threshold: int = 5000
-    # BM25 over a collection of at least bm25_split_min_chunks chunks is summed in this many
-    # disjoint chunk-id ranges on parallel connections (one snapshot); 1 turns it off.
-    search_workers: int = 2
-    bm25_split_min_chunks: int = 20000
     cache_dir: Path | None = None
     # Answers: which generator writes them (smollm2 | extractive | openai:MODEL | llamacpp:FILE.gguf |
     # a Hugging Face model folder) and an optional LoRA adapter folder served on top of it.
@@ -114,8 +110,6 @@ class Settings:
             ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000),
             ("hybrid_ef_search", 1 <= self.hybrid_ef_search <= 1000),
             ("exact_scan_threshold", self.exact_scan_threshold >= 0),
-            ("search_workers", 1 <= self.search_workers <= 16),
-            ("bm25_split_min_chunks", self.bm25_split_min_chunks >= 0),
             ("generator", bool(self.generator.strip())),
             ("generation_timeout", self.generation_timeout > 0),
             ("generation_retries", 0 <= self.generation_retries <= 10),

@@ -6,7 +6,8 @@ scan over just those chunks instead (``exact_scan_threshold``).
 
 BM25 (Lucene/bm25s variant): idf = ln(1 + (N - df + 0.5) / (df + 0.5)),
 tf part = tf / (tf + k1 * (1 - b + b * dl / avgdl)), summed over query terms (with multiplicity),
-with N, avgdl and df read from the exact statistics kept by every write.
+with N, avgdl and df read from the exact statistics kept by every write, and the postings read
+from their packed blocks in the search's snapshot, then summed in numpy.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from psycopg import sql
 
 from ragtune.retrieve.filters import Condition
 from ragtune.store.database import Conn
-from ragtune.store.repository import CollectionInfo
+from ragtune.store.repository import BLOCK_BITS, CollectionInfo
 
 
 @dataclass(frozen=True)
@@ -98,117 +99,97 @@ def bm25_query_terms(conn: Conn, info: CollectionInfo, terms: Counter[str]) -> Q
     )
 
 
-def _tf_part(params: Bm25Params, avgdl: float) -> sql.Composable:
-    # k1 * (1 - b + b * dl / avgdl) folded into two constants: fewer operations per posting.
-    # float8 literals: an untyped literal would make PostgreSQL do this arithmetic in numeric,
-    # measured 6x slower over the postings of common terms.
-    return sql.SQL("p.tf / (p.tf + ({k}::float8 + {slope}::float8 * p.dl))").format(
-        k=sql.Literal(float(params.k1 * (1 - params.b))), slope=sql.Literal(float(params.k1 * params.b / avgdl)))
+_PACKED = np.dtype(">i4")  # the records of posting_blocks: (chunk id - block base, tf, dl)
 
 
 @dataclass(frozen=True)
-class Bm25Side:
-    """One BM25 statement's answer: its ranked list, the BM25 scores of the given dense hits it
-    covers, and the dense scores of its ranked chunks (when a query vector was given)."""
+class Bm25Scores:
+    """The BM25 score of every chunk holding a query term (any other chunk scores 0), with no
+    filter applied: ``scores[i]`` belongs to chunk ``first_id + i``."""
 
-    ranked: list[tuple[int, float]]
-    bm25_of_dense: dict[int, float]
-    dense_of_ranked: dict[int, float]
-    ranges: int = 1  # how many chunk-id ranges were summed in parallel
+    first_id: int
+    scores: np.ndarray
+    postings: int  # how many postings were summed
+
+    @classmethod
+    def none(cls) -> Bm25Scores:
+        return cls(0, np.zeros(0), 0)
+
+    def of(self, ids: Sequence[int]) -> dict[int, float]:
+        """Scores of the given chunks; a chunk with no query term is left out (its BM25 is 0)."""
+        out = {}
+        for i in ids:
+            j = i - self.first_id
+            if 0 <= j < len(self.scores) and self.scores[j] > 0:
+                out[i] = float(self.scores[j])
+        return out
+
+    def ranked(self, limit: int | None = None) -> list[tuple[int, float]]:
+        """Chunks with a score > 0, best first (ties by chunk id), the first ``limit`` of them."""
+        scored = np.flatnonzero(self.scores > 0)
+        if limit is not None and limit < len(scored):
+            # the limit-th best score, then everything at least as good: ties at the cut stay whole
+            cut = np.partition(self.scores[scored], len(scored) - limit)[len(scored) - limit]
+            scored = scored[self.scores[scored] >= cut]
+        order = scored[np.lexsort((scored, -self.scores[scored]))][:limit]
+        return [(int(j) + self.first_id, float(self.scores[j])) for j in order]
 
 
-def bm25_side(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, k: int, cond: Condition,
-              params: Bm25Params, *, qvec: np.ndarray | None = None, dense_ids: Sequence[int] = (),
-              chunk_range: tuple[int | None, int | None] = (None, None)) -> Bm25Side:
-    """Exact top-k BM25, and what hybrid fusion needs besides, in one statement.
-
-    Every posting of every query term is summed inside PostgreSQL; the sums are kept (a
-    materialised CTE) so the BM25 scores of the dense hits are read from them instead of probing
-    the postings again. ``chunk_range`` = [low, high) restricts the sum to a range of chunk ids,
-    so disjoint ranges can run on parallel connections and their top-k lists merge exactly.
-
-    Static MaxScore pruning (score rare terms first, bound the rest) was tried and measured on
-    HotpotQA: its bound was below the k-th partial score in under 20% of queries, so with the
-    fallback it was slower than summing everything. The cost is the postings of common terms.
-    """
+def bm25_scores(conn: Conn, qt: QueryTerms | None, params: Bm25Params) -> Bm25Scores:
+    """Sum the query terms' packed postings in numpy, as bm25s does in memory: PostgreSQL returns
+    ~50 block rows per term instead of one row per posting, whose per-row cost made this 5x
+    slower in SQL (24 ms vs 4 ms per HotpotQA question, 2026-11-26)."""
     if qt is None:
-        return Bm25Side([], {}, {})
-    low, high = chunk_range
-    bounds: sql.Composable = sql.SQL("")
-    if low is not None:
-        bounds += sql.SQL(" AND p.chunk_id >= {}").format(sql.Literal(int(low)))
-    if high is not None:
-        bounds += sql.SQL(" AND p.chunk_id < {}").format(sql.Literal(int(high)))
-    restrict = sql.SQL(" JOIN chunks c ON c.id = s.id WHERE {}").format(cond.sql) if cond.restrictive else sql.SQL("")
-    dense_col: sql.Composable
-    dense_join: sql.Composable
-    if qvec is not None:
-        vt = _vector_type(info)
-        dense_col = sql.SQL("1 - (c.embedding::{vt} <=> %s::{vt})").format(vt=vt)
-        # only for chunks the dense list lacks: reading a vector can mean a TOAST fetch
-        dense_join = sql.SQL(" LEFT JOIN chunks c ON c.id = t.id AND t.id <> ALL(%s::bigint[])")
-    else:
-        dense_col, dense_join = sql.SQL("NULL::float8"), sql.SQL("")
-    if qvec is None and not dense_ids:
-        # BM25 alone: no sums to keep, so no materialised CTE (measured 3 ms less per statement)
-        query = sql.SQL(
-            "SELECT s.id, s.score, NULL::float8 AS dense, true AS ranked FROM"
-            " (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
-            "  FROM unnest(%s::bigint[], %s::float8[]) AS q(id, w)"
-            "  JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id) s{restrict}"
-            " ORDER BY s.score DESC, s.id LIMIT {k}"
-        ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k))
-    else:
-        query = sql.SQL(
-            "WITH q(id, w) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[])),"
-            " s AS MATERIALIZED (SELECT p.chunk_id AS id, sum(q.w * {tf}) AS score"
-            "  FROM q JOIN postings p ON p.term_id = q.id{bounds} GROUP BY p.chunk_id),"
-            " t AS MATERIALIZED (SELECT s.id, s.score FROM s{restrict} ORDER BY s.score DESC, s.id LIMIT {k})"
-            " SELECT t.id, t.score, {dense_col} AS dense, true AS ranked FROM t{dense_join}"
-            " UNION ALL"
-            " SELECT s.id, s.score, NULL::float8, false FROM unnest(%s::bigint[]) AS d(id)"
-            " JOIN s ON s.id = d.id"
-        ).format(tf=_tf_part(params, qt.avgdl), bounds=bounds, restrict=restrict, k=sql.Literal(k),
-                 dense_col=dense_col, dense_join=dense_join)
-    # placeholders in text order: terms, weights, the condition's, the query vector, dense ids
-    values: list[Any] = [qt.ids, qt.weights, *(cond.params if cond.restrictive else [])]
-    if qvec is not None or dense_ids:
-        values += [*([qvec, list(dense_ids)] if qvec is not None else []), list(dense_ids)]
-    ranked: list[tuple[int, float]] = []
-    bm25_of_dense: dict[int, float] = {}
-    dense_of_ranked: dict[int, float] = {}
-    for r in conn.execute(query, values).fetchall():
-        if r["ranked"]:
-            ranked.append((r["id"], float(r["score"])))
-            if r["dense"] is not None:
-                dense_of_ranked[r["id"]] = float(r["dense"])
-        else:
-            bm25_of_dense[r["id"]] = float(r["score"])
-    ranked.sort(key=lambda kv: (-kv[1], kv[0]))
-    return Bm25Side(ranked, bm25_of_dense, dense_of_ranked)
+        return Bm25Scores.none()
+    rows = conn.execute(
+        "SELECT q.ord::int4 AS ord, b.block, b.postings FROM unnest(%s::bigint[]) WITH ORDINALITY AS q(id, ord)"
+        " JOIN posting_blocks b ON b.term_id = q.id", (qt.ids,), binary=True).fetchall()
+    if not rows:
+        return Bm25Scores.none()
+    counts = np.fromiter((len(r["postings"]) // 12 for r in rows), dtype=np.int64, count=len(rows))
+    packed = np.frombuffer(b"".join(r["postings"] for r in rows), dtype=_PACKED).reshape(-1, 3)
+    block_base = np.fromiter((r["block"] for r in rows), dtype=np.int64, count=len(rows)) << BLOCK_BITS
+    term_of_row = np.fromiter((r["ord"] for r in rows), dtype=np.int64, count=len(rows)) - 1
+    chunk_ids = np.repeat(block_base, counts) + packed[:, 0]
+    weights = np.asarray(qt.weights, dtype=np.float64)[np.repeat(term_of_row, counts)]
+    tf = packed[:, 1].astype(np.float64)
+    # k1 * (1 - b + b * dl / avgdl) folded into two constants, as in the formula above
+    norm = params.k1 * (1 - params.b) + (params.k1 * params.b / qt.avgdl) * packed[:, 2].astype(np.float64)
+    first = int(chunk_ids.min())
+    sums = np.bincount(chunk_ids - first, weights=weights * (tf / (tf + norm)))
+    return Bm25Scores(first, sums, len(packed))
 
 
-def fill_scores(conn: Conn, info: CollectionInfo, qt: QueryTerms | None, qvec: np.ndarray, params: Bm25Params, *,
-                bm25_for: Sequence[int], dense_for: Sequence[int]) -> tuple[dict[int, float], dict[int, float]]:
-    """BM25 scores of ``bm25_for`` and dense scores of ``dense_for``, exactly, in one statement:
-    what convex fusion needs when the dense and BM25 lists were searched in parallel. A chunk in
-    ``bm25_for`` with no query term is absent from the BM25 scores (its BM25 is 0)."""
-    if not bm25_for and not dense_for:
-        return {}, {}
+def allowed_chunks(conn: Conn, ids: Sequence[int], cond: Condition) -> set[int]:
+    """Which of ``ids`` pass the filters and ACL."""
+    if not ids:
+        return set()
+    query = sql.SQL("SELECT c.id FROM chunks c WHERE c.id = ANY(%s::bigint[]) AND {}").format(cond.sql)
+    return {r["id"] for r in conn.execute(query, [list(ids), *cond.params]).fetchall()}
+
+
+def bm25_top(conn: Conn, scores: Bm25Scores, k: int, cond: Condition) -> list[tuple[int, float]]:
+    """The exact top-k of the chunks passing ``cond``: the best-scoring candidates are checked
+    first, and only when too few pass are all the rest checked too."""
+    if not cond.restrictive:
+        return scores.ranked(k)
+    ranked = scores.ranked()
+    first = ranked[: 4 * k + 64]
+    passed = allowed_chunks(conn, [i for i, _ in first], cond)
+    if sum(1 for i, _ in first if i in passed) < k and len(first) < len(ranked):
+        passed |= allowed_chunks(conn, [i for i, _ in ranked[len(first):]], cond)
+    return [kv for kv in ranked if kv[0] in passed][:k]
+
+
+def dense_scores(conn: Conn, info: CollectionInfo, qvec: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+    """Cosine similarity of the query to the given chunks: what convex fusion needs for the BM25
+    hits the dense list lacks."""
+    if not ids:
+        return {}
     vt = _vector_type(info)
-    query = sql.SQL(
-        "SELECT c.id, 1 - (c.embedding::{vt} <=> %s::{vt}) AS score, true AS dense FROM chunks c"
-        " WHERE c.id = ANY(%s::bigint[])"
-        " UNION ALL"
-        " SELECT p.chunk_id, sum(q.w * {tf}), false FROM unnest(%s::bigint[], %s::float8[]) AS q(id, w)"
-        " JOIN postings p ON p.term_id = q.id AND p.chunk_id = ANY(%s::bigint[]) GROUP BY p.chunk_id"
-    ).format(vt=vt, tf=_tf_part(params, qt.avgdl if qt is not None else 1.0))
-    ids, weights = (qt.ids, qt.weights) if qt is not None else ([], [])
-    bm25: dict[int, float] = {}
-    dense: dict[int, float] = {}
-    for r in conn.execute(query, (qvec, list(dense_for), ids, weights, list(bm25_for))).fetchall():
-        (dense if r["dense"] else bm25)[r["id"]] = float(r["score"])
-    return bm25, dense
+    query = sql.SQL("SELECT c.id, 1 - (c.embedding::{vt} <=> %s::{vt}) AS score FROM chunks c"
+                    " WHERE c.id = ANY(%s::bigint[])").format(vt=vt)
+    return {r["id"]: float(r["score"]) for r in conn.execute(query, (qvec, list(ids))).fetchall()}
 
 
 def fetch_chunks(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
 from ragtune.errors import MigrationError, StoreError
@@ -47,25 +46,6 @@ def _configure(conn: psycopg.Connection[DictRow]) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
-
-
-@dataclass(frozen=True)
-class SharedSnapshot:
-    """An exported snapshot and pooled connections that may join it."""
-
-    snapshot_id: str
-    conns: list[Conn]
-
-    def join(self, conn: Conn) -> None:
-        # no parameters, so psycopg sends both statements in one simple-protocol round trip
-        conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}")
-                     .format(sql.Literal(self.snapshot_id)))
-
-    @staticmethod
-    def release(conn: Conn) -> None:
-        """End the connection's read-only transaction, if one is open."""
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("COMMIT")
 
 
 class Database:
@@ -118,42 +98,6 @@ class Database:
                 yield conn
             finally:
                 conn.execute("COMMIT")
-
-    @contextmanager
-    def shared_snapshot(self, conn: Conn, extra: int) -> Iterator[list[Conn]]:
-        """Up to ``extra`` more connections that see exactly the snapshot of ``conn`` (which must
-        be inside a ``snapshot()``), for statements of one search run in parallel. Only idle
-        pooled connections are taken, never waited for: a busy pool yields fewer, even none."""
-        with self.snapshot_helpers(conn, extra) as shared:
-            for other in shared.conns:
-                shared.join(other)
-            yield shared.conns
-
-    @contextmanager
-    def snapshot_helpers(self, conn: Conn, extra: int) -> Iterator[SharedSnapshot]:
-        """Like ``shared_snapshot``, but each connection is joined to the snapshot by whoever uses
-        it (``SharedSnapshot.join``, one round trip), so threads can do that in parallel and
-        finish early (``release``). Open transactions are ended when the block exits."""
-        if extra < 1:
-            yield SharedSnapshot("", [])
-            return
-        from psycopg_pool import PoolTimeout
-
-        row = conn.execute("SELECT pg_export_snapshot() AS id").fetchone()
-        taken: list[Conn] = []
-        try:
-            for _ in range(extra):
-                try:
-                    taken.append(self.pool.getconn(timeout=0.01))
-                except PoolTimeout:
-                    break
-            yield SharedSnapshot(row["id"] if row else "", taken)
-        finally:
-            for other in taken:
-                try:
-                    SharedSnapshot.release(other)
-                finally:
-                    self.pool.putconn(other)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations; returns the versions applied."""
