@@ -105,34 +105,32 @@ _PACKED = np.dtype(">i4")  # the records of posting_blocks: (chunk id - block ba
 @dataclass(frozen=True)
 class Bm25Scores:
     """The BM25 score of every chunk holding a query term (any other chunk scores 0), with no
-    filter applied: ``scores[i]`` belongs to chunk ``first_id + i``."""
+    filter applied: ``scores[i]`` belongs to chunk ``ids[i]``, ids ascending."""
 
-    first_id: int
+    ids: np.ndarray
     scores: np.ndarray
     postings: int  # how many postings were summed
 
     @classmethod
     def none(cls) -> Bm25Scores:
-        return cls(0, np.zeros(0), 0)
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
 
     def of(self, ids: Sequence[int]) -> dict[int, float]:
         """Scores of the given chunks; a chunk with no query term is left out (its BM25 is 0)."""
-        out = {}
-        for i in ids:
-            j = i - self.first_id
-            if 0 <= j < len(self.scores) and self.scores[j] > 0:
-                out[i] = float(self.scores[j])
-        return out
+        wanted = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids, wanted), max(len(self.ids) - 1, 0))
+        found = self.ids[at] == wanted if len(self.ids) else np.zeros(len(wanted), dtype=bool)
+        return {int(i): float(s) for i, s in zip(wanted[found], self.scores[at[found]], strict=True)}
 
     def ranked(self, limit: int | None = None) -> list[tuple[int, float]]:
-        """Chunks with a score > 0, best first (ties by chunk id), the first ``limit`` of them."""
-        scored = np.flatnonzero(self.scores > 0)
-        if limit is not None and limit < len(scored):
+        """Chunks best first (ties by chunk id), the first ``limit`` of them."""
+        candidates = np.arange(len(self.scores))
+        if limit is not None and limit < len(candidates):
             # the limit-th best score, then everything at least as good: ties at the cut stay whole
-            cut = np.partition(self.scores[scored], len(scored) - limit)[len(scored) - limit]
-            scored = scored[self.scores[scored] >= cut]
-        order = scored[np.lexsort((scored, -self.scores[scored]))][:limit]
-        return [(int(j) + self.first_id, float(self.scores[j])) for j in order]
+            cut = np.partition(self.scores, len(candidates) - limit)[len(candidates) - limit]
+            candidates = np.flatnonzero(self.scores >= cut)
+        order = candidates[np.lexsort((self.ids[candidates], -self.scores[candidates]))][:limit]
+        return [(int(self.ids[j]), float(self.scores[j])) for j in order]
 
 
 def bm25_scores(conn: Conn, qt: QueryTerms | None, params: Bm25Params) -> Bm25Scores:
@@ -156,8 +154,15 @@ def bm25_scores(conn: Conn, qt: QueryTerms | None, params: Bm25Params) -> Bm25Sc
     # k1 * (1 - b + b * dl / avgdl) folded into two constants, as in the formula above
     norm = params.k1 * (1 - params.b) + (params.k1 * params.b / qt.avgdl) * packed[:, 2].astype(np.float64)
     first = int(chunk_ids.min())
-    sums = np.bincount(chunk_ids - first, weights=weights * (tf / (tf + norm)))
-    return Bm25Scores(first, sums, len(packed))
+    span = int(chunk_ids.max()) - first + 1
+    contributions = weights * (tf / (tf + norm))
+    if span <= max(1 << 20, 8 * len(chunk_ids)):  # one slot per chunk id in range: no sorting
+        sums = np.bincount(chunk_ids - first, weights=contributions)
+        scored = np.flatnonzero(sums)
+        return Bm25Scores(scored + first, sums[scored], len(packed))
+    # the collection's ids are spread thinly (its chunks interleaved with other collections')
+    ids, slot = np.unique(chunk_ids, return_inverse=True)
+    return Bm25Scores(ids, np.bincount(slot, weights=contributions), len(packed))
 
 
 def allowed_chunks(conn: Conn, ids: Sequence[int], cond: Condition) -> set[int]:
