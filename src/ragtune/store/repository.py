@@ -318,7 +318,7 @@ class Repository:
             " SELECT DISTINCT term_id, (chunk_id >> %s)::int AS block FROM gone",
             (document_ids, BLOCK_BITS),
         ).fetchall()
-        _rebuild_blocks(conn, [(r["term_id"], r["block"]) for r in touched])
+        rebuild_posting_blocks(conn, [(r["term_id"], r["block"]) for r in touched])
         conn.execute(
             "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING lex_len)"
             " UPDATE collections SET n_chunks = n_chunks - (SELECT count(*) FROM gone),"
@@ -371,20 +371,24 @@ class Repository:
                 for cid, counts, lex_len in lexical:
                     for term, tf in counts.items():
                         cp.write_row((term_ids[term], cid, tf, lex_len))
-            # new chunk ids are fresh, so their postings append to the blocks
-            conn.execute(sql.SQL(
-                "INSERT INTO posting_blocks (term_id, block, postings)"
-                " SELECT p.term_id, (p.chunk_id >> {bits})::int, string_agg({packed}, ''::bytea ORDER BY p.chunk_id)"
-                " FROM postings p WHERE p.chunk_id = ANY(%s::bigint[]) GROUP BY 1, 2"
-                " ON CONFLICT (term_id, block) DO UPDATE SET postings = posting_blocks.postings || EXCLUDED.postings"
-            ).format(bits=sql.Literal(BLOCK_BITS), packed=_PACKED_POSTING), ([cid for cid, _, _ in lexical],))
+            append_posting_blocks(conn, [cid for cid, _, _ in lexical])
         conn.execute(
             "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s WHERE id = %s",
             (n, sum(x[2] for x in lexical), info.id),
         )
 
 
-def _rebuild_blocks(conn: Conn, keys: list[tuple[int, int]]) -> None:
+def append_posting_blocks(conn: Conn, chunk_ids: list[int]) -> None:
+    """Add the postings of new chunks to their blocks: fresh chunk ids are in no block yet."""
+    conn.execute(sql.SQL(
+        "INSERT INTO posting_blocks (term_id, block, postings)"
+        " SELECT p.term_id, (p.chunk_id >> {bits})::int, string_agg({packed}, ''::bytea ORDER BY p.chunk_id)"
+        " FROM postings p WHERE p.chunk_id = ANY(%s::bigint[]) GROUP BY 1, 2"
+        " ON CONFLICT (term_id, block) DO UPDATE SET postings = posting_blocks.postings || EXCLUDED.postings"
+    ).format(bits=sql.Literal(BLOCK_BITS), packed=_PACKED_POSTING), (chunk_ids,))
+
+
+def rebuild_posting_blocks(conn: Conn, keys: list[tuple[int, int]]) -> None:
     """Re-pack the given (term id, block) posting blocks from ``postings``; a block left without
     postings is dropped."""
     if not keys:
