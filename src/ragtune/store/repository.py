@@ -2,8 +2,8 @@
 
 Every change to one document happens in one transaction that first locks its collection row:
 chunks, vectors, postings (and their packed blocks), document frequencies and the collection's
-BM25 statistics move together, so readers (who use a snapshot) see either the old version or the new one, and BM25
-statistics stay exact under inserts and deletes.
+BM25 statistics move together, so readers (who use a snapshot) see either the old version or the
+new one, and BM25 statistics stay exact under inserts and deletes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from ragtune.store.database import Conn, Database
 
 # Postings are also packed into blocks of 2**BLOCK_BITS chunk ids per term (migration 005), one
 # bytea of big-endian int4 triples (chunk id - block base, tf, dl) each: ~50 rows per term of a
-# 66k-chunk collection, and an append rewrites at most 48 KB.
+# 66k-chunk collection, and an append rewrites at most 48 KB. Migration 005 packs with the same
+# width: changing it takes a migration that re-packs every block.
 BLOCK_BITS = 12
 _PACKED_POSTING = sql.SQL("int4send((p.chunk_id & {mask})::int4) || int4send(p.tf) || int4send(p.dl)").format(
     mask=sql.Literal((1 << BLOCK_BITS) - 1))
