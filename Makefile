@@ -39,7 +39,7 @@ chromium:
 	    --no-install-recommends chromium >/dev/null; \
 	fi
 
-test: fetch chromium
+test: fetch chromium lint
 	$(BIN)/python -m pytest -q --timeout=1200
 
 lint: $(STAMP)

@@ -51,12 +51,12 @@ def check_index_consistency(rt: Any) -> None:
         assert orphans["n"] == 0
         # every packed block holds exactly the postings of its (term, chunk-id range), none elsewhere
         unpacked = (
-            "SELECT b.term_id, (b.block::bigint << {bits})"
+            f"SELECT b.term_id, (b.block::bigint << {BLOCK_BITS})"
             "  + ('x' || encode(substring(b.postings FROM 12 * i + 1 FOR 4), 'hex'))::bit(32)::int AS chunk_id,"
             " ('x' || encode(substring(b.postings FROM 12 * i + 5 FOR 4), 'hex'))::bit(32)::int AS tf,"
             " ('x' || encode(substring(b.postings FROM 12 * i + 9 FOR 4), 'hex'))::bit(32)::int AS dl"
             " FROM posting_blocks b, generate_series(0, length(b.postings) / 12 - 1) AS i"
-        ).format(bits=BLOCK_BITS)
+        )
         differ = conn.execute(
             f"SELECT count(*) AS n FROM (({unpacked} EXCEPT ALL SELECT term_id, chunk_id, tf, dl FROM postings)"
             f" UNION ALL (SELECT term_id, chunk_id, tf, dl FROM postings EXCEPT ALL {unpacked})) x"
@@ -65,6 +65,27 @@ def check_index_consistency(rt: Any) -> None:
         bad_length = conn.execute("SELECT count(*) AS n FROM posting_blocks WHERE length(postings) % 12 <> 0"
                                   " OR length(postings) = 0").fetchone()
         assert bad_length["n"] == 0
+        # the same statistics per ACL class (migration 007): one class per distinct stored ACL of a
+        # collection's chunks, none empty, and per class the df of every term it holds
+        classes = conn.execute(
+            "SELECT k.collection_id, k.acl, k.n_chunks, k.total_len, x.n, x.len FROM acl_classes k FULL JOIN"
+            " (SELECT collection_id, acl, count(*) AS n, sum(lex_len) AS len FROM chunks GROUP BY 1, 2) x"
+            " ON x.collection_id = k.collection_id AND x.acl = k.acl"
+            " WHERE k.n_chunks IS DISTINCT FROM x.n OR k.total_len IS DISTINCT FROM x.len LIMIT 5"
+        ).fetchall()
+        assert classes == [], f"ACL class counts drifted: {classes}"
+        class_df = conn.execute(
+            "SELECT coalesce(s.class_id, r.class_id) AS class_id, coalesce(s.term_id, r.term_id) AS term_id,"
+            " s.df AS stored, r.df AS actual FROM (SELECT * FROM acl_class_terms WHERE df <> 0) s FULL JOIN"
+            " (SELECT k.id AS class_id, p.term_id, count(*) AS df FROM postings p JOIN chunks c ON c.id = p.chunk_id"
+            "  JOIN acl_classes k ON k.collection_id = c.collection_id AND k.acl = c.acl GROUP BY 1, 2) r"
+            " ON r.class_id = s.class_id AND r.term_id = s.term_id WHERE s.df IS DISTINCT FROM r.df LIMIT 5"
+        ).fetchall()
+        assert class_df == [], f"ACL class document frequencies drifted: {class_df}"
+        foreign = conn.execute(
+            "SELECT count(*) AS n FROM acl_class_terms x JOIN acl_classes k ON k.id = x.class_id"
+            " JOIN terms t ON t.id = x.term_id WHERE t.collection_id <> k.collection_id").fetchone()
+        assert foreign["n"] == 0, "ACL class rows point at another collection's terms"
         empty_docs = conn.execute(
             "SELECT d.uri FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
         ).fetchall()

@@ -13,28 +13,34 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import IngestError, ModelError
+from ragtune.errors import IngestError, ModelError, NotFoundError, QueryError
 from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
-from ragtune.ingest.pipeline import IngestPipeline, ProgressCallback
+from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes, ProgressCallback
 from ragtune.models import Answer, Document, IngestReport, LoadedDocument, Principal, SearchResult
 from ragtune.observe.traces import StageTimer
 from ragtune.protocols import Chunker, Embedder, Generator, Reranker
-from ragtune.retrieve.filters import Filter, as_filters
+from ragtune.retrieve.filters import Filter, FilterLimits, as_filters, bad_text, check_size
 from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.searcher import Searcher, SearchOptions
 from ragtune.settings import Settings
-from ragtune.store.database import Database, resolve_database_url
+from ragtune.store.access import WriteAccess
+from ragtune.store.database import Database
 from ragtune.store.repository import CollectionInfo, Repository
+
+# Writes through the engine are the local operator's unless a caller passes its own principal.
+_OPERATOR = Principal.system()
 
 
 class Ragtune:
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None,
-                 database: Database | None = None) -> None:
+                 database: Database | None = None, on_database_wait: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._embedder = embedder
         self._database = database
+        # Told once ("crash recovery" or "startup") when opening the embedded server has to wait.
+        self._on_database_wait = on_database_wait
         self.analyzer = LexicalAnalyzer()
         self._generators: dict[str, Generator] = {}
 
@@ -42,8 +48,7 @@ class Ragtune:
     @property
     def db(self) -> Database:
         if self._database is None:
-            url = resolve_database_url(self.settings.database_url, self.settings.data_dir)
-            self._database = Database.connect(url)
+            self._database = Database.from_settings(self.settings, on_wait=self._on_database_wait)
         return self._database
 
     @property
@@ -107,54 +112,75 @@ class Ragtune:
                 name, self.embedder.name, self.embedder.dimension,
                 m=self.settings.hnsw_m, ef_construction=self.settings.hnsw_ef_construction,
             )
-        return self.repo.collection(name)
+        # Reads go through db.read: after losing the database they wait for it and run once more.
+        return self.db.read(lambda: self.repo.collection(name))
 
-    def collections(self) -> list[CollectionInfo]:
-        return self.repo.collections()
+    def collections(self, *, principal: Principal = _OPERATOR, name: str | None = None) -> list[CollectionInfo]:
+        """Every collection (or the one named) for the operator; for anyone else only those holding
+        a document they may read, with counts of what they may read."""
+        return self.db.read(lambda: self.repo.visible_collections(principal, name))
+
+    def visible_collection(self, name: str, principal: Principal) -> CollectionInfo:
+        """The collection, if ``principal`` may read a document in it; else the same NotFoundError
+        as for a collection that does not exist, so its name is not confirmed either."""
+        info = self.collection(name)
+        if not self.db.read(lambda: self.repo.has_visible_documents(info.id, principal)):
+            raise NotFoundError(f"no collection named {name!r}")
+        return info
 
     def drop_collection(self, name: str) -> None:
         self.repo.drop_collection(name)
 
     # -- ingest --------------------------------------------------------------------------------
+    # ``metadata`` and ``acl`` None mean "not given": stored documents keep theirs and new ones
+    # inherit them (``IngestPipeline``); a stored document's ACL changes only with ``change_acl``.
+    # The writer is the local operator (an admin principal) unless ``principal`` says otherwise.
     def ingest(self, paths: Sequence[str | Path] | str | Path, *, collection: str | None = None,
-               metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
+               metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,
                include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: Any = None,
-               progress: ProgressCallback | None = None, on_files: Any = None) -> IngestReport:
+               progress: ProgressCallback | None = None, on_files: Any = None,
+               principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest files and folders (recursively). Returns counts of added/updated/unchanged/failed."""
-        files = self._files(paths, include, exclude)
+        roots = self._roots(paths)
+        files = self._files(roots, include, exclude)
         if on_files is not None:
             on_files(len(files))
-        return self._run(self._load(files, loader_options), collection, metadata, acl, progress)
+        return self._run(self._load(files, loader_options), collection, metadata, acl, progress,
+                         access=WriteAccess(principal, change_acl), inherit_from=roots)
 
     def ingest_documents(self, documents: Iterable[LoadedDocument], *, collection: str | None = None,
-                         metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
-                         progress: ProgressCallback | None = None, whole_documents: bool = False) -> IngestReport:
-        """Ingest already-loaded documents (records from code, datasets).
+                         metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
+                         change_acl: bool = False, progress: ProgressCallback | None = None,
+                         whole_documents: bool = False, principal: Principal = _OPERATOR) -> IngestReport:
+        """Ingest already-loaded documents (records from code, datasets, uploads). New documents
+        without ``acl`` are public.
 
         ``whole_documents`` indexes each document as a single chunk (evaluation corpora whose
         documents are the judged units).
         """
         chunker = self._whole_document_chunker if whole_documents else None
-        return self._run(documents, collection, metadata, acl, progress, chunker=chunker)
+        return self._run(documents, collection, metadata, acl, progress, chunker=chunker,
+                         access=WriteAccess(principal, change_acl))
 
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
-             acl: Iterable[str] = (), include: Sequence[str] = (), exclude: Sequence[str] = (),
-             loader_options: Any = None, progress: ProgressCallback | None = None,
-             on_files: Any = None) -> IngestReport:
+             acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
+             exclude: Sequence[str] = (), loader_options: Any = None, progress: ProgressCallback | None = None,
+             on_files: Any = None, principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest a folder and remove the collection's documents from it that are gone.
 
         Documents of files that failed to load this time are kept: a transient read error must not
         delete what is stored.
         """
-        root = Path(folder).expanduser().resolve()
-        files = self._files([root], include, exclude)
+        roots = self._roots([folder])
+        files = self._files(roots, include, exclude)
         if on_files is not None:
             on_files(len(files))
         seen: set[str] = set()
-        report = self._run(self._load(files, loader_options), collection, metadata, acl, progress, seen)
+        report = self._run(self._load(files, loader_options), collection, metadata, acl, progress, seen=seen,
+                           access=WriteAccess(principal, change_acl), inherit_from=roots)
         info = self.collection(collection)
         failed_files = {f.source.split("#", 1)[0] for f in report.failed}
-        prefix = str(root) + "/"
+        prefix = str(roots[0]) + "/"
         stale = [
             d.uri for d in self.repo.documents(info.id, prefix=prefix)
             if d.uri not in seen and d.uri.split("#", 1)[0] not in failed_files
@@ -163,35 +189,49 @@ class Ragtune:
         return report
 
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
-             metadata: dict[str, Any] | None, acl: Iterable[str], progress: ProgressCallback | None,
-             seen: set[str] | None = None, chunker: Chunker | None = None) -> IngestReport:
+             metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: ProgressCallback | None, *,
+             access: WriteAccess, seen: set[str] | None = None, chunker: Chunker | None = None,
+             inherit_from: Sequence[Path] = ()) -> IngestReport:
         info = self.collection(collection, create=True)
         pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
-                                  batch_texts=max(self.settings.embed_batch_size * 4, 64))
-        return pipeline.run(docs, info, metadata=metadata, acl=acl, progress=progress, seen=seen)
+                                  batch_texts=max(self.settings.embed_batch_size * 4, 64),
+                                  max_chunks=self.settings.max_chunks_per_document)
+        defaults = None
+        if inherit_from:
+            # a file named on its own inherits from its folder only; files of a folder from any
+            # folder up to it
+            defaults = InheritedAttributes(self.repo, info.id, [str(r if r.is_dir() else r.parent)
+                                                                for r in inherit_from])
+        return pipeline.run(docs, info, access=access, metadata=metadata, acl=acl, defaults=defaults,
+                            progress=progress, seen=seen)
 
     @staticmethod
-    def _files(paths: Sequence[str | Path] | str | Path, include: Sequence[str], exclude: Sequence[str]
-               ) -> list[Path]:
-        from ragtune.ingest.loaders import iter_files
-
+    def _roots(paths: Sequence[str | Path] | str | Path) -> list[Path]:
         if isinstance(paths, str | Path):
             paths = [paths]
-        return list(iter_files([Path(p).expanduser().resolve() for p in paths], list(include), list(exclude)))
+        return [Path(p).expanduser().resolve() for p in paths]
+
+    @staticmethod
+    def _files(roots: Sequence[Path], include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
+        from ragtune.ingest.loaders import iter_files
+
+        return list(iter_files(roots, list(include), list(exclude)))
 
     def _load(self, files: Sequence[Path], loader_options: Any) -> Iterator[LoadedDocument | IngestError]:
         from ragtune.ingest.loaders import LoaderOptions, load_files
 
-        options = loader_options or LoaderOptions(max_file_bytes=self.settings.max_file_bytes)
+        options = loader_options or LoaderOptions.from_settings(self.settings)
         return load_files(files, options)
 
     # -- documents -----------------------------------------------------------------------------
     def documents(self, *, collection: str | None = None, prefix: str | None = None,
                   limit: int | None = None) -> list[Document]:
-        return self.repo.documents(self.collection(collection).id, prefix=prefix, limit=limit)
+        name = collection or self.settings.default_collection
+        return self.db.read(lambda: self.repo.documents(self.repo.collection(name).id, prefix=prefix, limit=limit))
 
     def document(self, uri: str, *, collection: str | None = None) -> tuple[Document, str, list[Any]]:
-        return self.repo.document(self.collection(collection).id, self._uri(uri))
+        name, path = collection or self.settings.default_collection, self._uri(uri)
+        return self.db.read(lambda: self.repo.document(self.repo.collection(name).id, path))
 
     def delete(self, uris: str | Sequence[str], *, collection: str | None = None) -> int:
         if isinstance(uris, str):
@@ -216,9 +256,14 @@ class Ragtune:
         retrieved, reranked, and the first ``top_k`` kept."""
         n = top_k if reranker is None else max(top_k, int(getattr(reranker, "top_n", top_k)))
         opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=n, **options)
-        result = self.searcher.search(collection or self.settings.default_collection, query, opts,
-                                      filters=as_filters(filters), principal=principal or Principal(),
-                                      query_vector=query_vector)
+        problem = bad_text(query)
+        if problem:
+            raise QueryError(f"the query holds {problem}")
+        parsed = as_filters(filters)
+        check_size(parsed, FilterLimits(self.settings.max_filters, self.settings.max_filter_values))
+        result = self.db.read(lambda: self.searcher.search(
+            collection or self.settings.default_collection, query, opts, filters=parsed,
+            principal=principal or Principal(), query_vector=query_vector))
         if reranker is None:
             return result
         started = time.perf_counter()

@@ -10,9 +10,15 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   ├── DecodeError              text whose encoding cannot be determined
     │   ├── CorruptFileError         a file its loader cannot parse (broken PDF, DOCX ...)
     │   ├── FileTooLargeError        over ``max_file_bytes``
-    │   └── EmptyDocumentError       no text at all
+    │   ├── ExpansionLimitError      a container (DOCX zip, PDF streams) expanding past its limits (carries ``limit``)
+    │   ├── ChunkLimitError          a document splitting into more than ``max_chunks_per_document`` chunks
+    │   ├── EmptyDocumentError       no text at all
+    │   ├── AclChangeError           a write that would change an ACL unasked, or needs one given
+    │   └── ReplaceDeniedError       a write the writer may not make to a stored document
     ├── StoreError               the database cannot be reached, started or migrated
-    │   └── MigrationError
+    │   ├── MigrationError
+    │   ├── DatabaseUnavailableError the database is down, restarting or saturated (carries ``retry_after``)
+    │   └── QueryTimeoutError        a statement stopped by ``statement_timeout``
     ├── NotFoundError            a collection, document, chunk or dataset that does not exist
     ├── EmbedderMismatchError    querying a collection with another embedder than it was built with
     ├── ModelError               a model that cannot be found or loaded (or a bad adapter)
@@ -25,6 +31,7 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   ├── AuthenticationError      no API key, or an unknown, wrong or revoked one
     │   ├── PermissionDeniedError    a valid key without the scope or group the action needs
     │   └── RateLimitError           too many requests for one key (carries ``retry_after``)
+    │       └── JobLimitError            too many unfinished ingest jobs for one key (carries ``limit``)
     ├── TrainingError            a training run that failed (carries ``run_dir``; its status says failed)
     │   └── RunBusyError             another process is training in that run folder
     ├── RegistryError            a model registry operation refused (failed run, no earlier production version)
@@ -77,12 +84,73 @@ class EmptyDocumentError(IngestError):
     code = "empty_document"
 
 
+class ExpansionLimitError(IngestError):
+    """A compressed container that would expand past a limit; refused before it is expanded (a zip's
+    declared sizes) or as soon as the limit is passed (PDF streams). ``limit`` names the setting."""
+
+    code = "expansion_limit"
+
+    def __init__(self, source: str, reason: str, limit: str = "max_expanded_bytes") -> None:
+        # ``limit`` has a default so that ``type(err)(source, reason)`` (renaming a source) still works
+        super().__init__(source, reason)
+        self.limit = limit
+
+
+class ChunkLimitError(IngestError):
+    """A document that splits into more chunks than ``max_chunks_per_document``; refused before any is embedded."""
+
+    code = "chunk_limit"
+
+    def __init__(self, source: str, reason: str, limit: str = "max_chunks_per_document") -> None:
+        super().__init__(source, reason)
+        self.limit = limit
+
+
+class AclChangeError(IngestError):
+    """Re-ingesting ``source`` would change its stored ACL, which needs ``change_acl``; or ``source``
+    is new and its ACL cannot be inherited, so it must be given."""
+
+    code = "acl_change"
+
+
+class ReplaceDeniedError(IngestError):
+    """The writer may not replace ``source``; the reason never says whether a hidden document exists."""
+
+    code = "replace_denied"
+
+
 class StoreError(RagtuneError):
     code = "store_error"
 
 
 class MigrationError(StoreError):
     code = "migration_error"
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot serve right now: the server is gone, recovering or starting, or every
+    pooled connection stayed busy. ``retry_after`` is a hint in seconds; when the embedded server
+    failed to start, ``log_file`` names its log and ``log_tail`` holds the end of it (kept out of
+    the message, which stays one line)."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 2.0, log_file: str | None = None,
+                 log_tail: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.log_file = log_file
+        self.log_tail = log_tail
+
+
+class QueryTimeoutError(StoreError):
+    """PostgreSQL stopped a statement that ran longer than ``statement_timeout`` (``timeout``, seconds)."""
+
+    code = "query_timeout"
+
+    def __init__(self, message: str, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class NotFoundError(RagtuneError):
@@ -141,6 +209,16 @@ class RateLimitError(AccessError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class JobLimitError(RateLimitError):
+    """A key already has as many unfinished (queued or running) ingest jobs as ``limit`` allows."""
+
+    code = "too_many_jobs"
+
+    def __init__(self, message: str, retry_after: float, limit: str = "server_max_jobs_per_key") -> None:
+        super().__init__(message, retry_after)
+        self.limit = limit
 
 
 class TrainingError(RagtuneError):

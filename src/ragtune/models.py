@@ -95,6 +95,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    acl_changed: int = 0  # stored documents whose ACL this run changed (only when asked to)
     failed: list[FileFailure] = field(default_factory=list)
     chunks: int = 0
     embedded: int = 0  # texts actually sent through the embedder (cache misses)

@@ -20,6 +20,7 @@ from ragtune.finetune.gates import DEFAULT_GATES, parse_gates
 
 FUSION_METHODS = ("convex", "rrf")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
+BM25_STATISTICS = ("visible", "global")
 SECRET_FIELDS = frozenset({"database_url"})
 
 
@@ -28,11 +29,33 @@ class Settings:
     data_dir: Path = Path(".ragtune")
     # An external PostgreSQL (with pgvector) instead of the embedded server in data_dir.
     database_url: str | None = None
+    # Seconds one statement on a pooled connection may run before PostgreSQL stops it (0: no limit);
+    # migrations and maintenance (dropping a collection, building its HNSW index) are exempt.
+    statement_timeout: float = 30.0
+    # Seconds a request waits for a pooled connection, or for a lost database to come back (the
+    # embedded server is restarted), before it fails with DatabaseUnavailableError (HTTP 503).
+    database_wait: float = 10.0
+    # Seconds starting the embedded server may take, crash recovery (WAL replay) included.
+    database_start_timeout: float = 300.0
     embedder: str = "minilm"
     default_collection: str = "default"
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
     max_file_bytes: int = 25 * 1024 * 1024
+    # What a compressed file (a DOCX's zip, a PDF's streams) may expand to, checked before parsing
+    # (ingest/loaders/containers.py). 64 MiB: our DOCX loader parses 6-10 MB of XML a second, so at
+    # most ~7-11 s of parsing; a 1,000-page Word book is ~10-15 MiB of XML, a photo-heavy DOCX
+    # expands to about its file size (<= max_file_bytes).
+    max_expanded_bytes: int = 64 * 1024 * 1024
+    # Expanded / compressed size of one zip member or PDF stream over 4 MiB. Text-heavy parts
+    # compress 3-30x; the bombs we built from repeated paragraphs 106-213x (issue 14's: 229x).
+    max_expansion_ratio: float = 100.0
+    max_container_members: int = 10_000  # entries of a zip; a DOCX has ~20, one with many images a few hundred
+    # Chunks one document may split into, refused before any is embedded: 1.6x what a 25 MiB
+    # (max_file_bytes) English text makes (31k chunks of 256 tokens); dense text (logs, CSV of
+    # numbers: 2,400-3,200 chunks a MiB) over ~16-21 MiB needs it raised. 50k chunks take
+    # 7 min to an hour of embedding on 2 cores. 0: no limit.
+    max_chunks_per_document: int = 50_000
     embed_batch_size: int = 64
     # Retrieval
     default_mode: str = "hybrid"
@@ -45,6 +68,10 @@ class Settings:
     candidates: int = 100
     bm25_k1: float = 1.5
     bm25_b: float = 0.75
+    # Which chunks BM25's N, avgdl and df count for a principal: "visible", those it can read (its
+    # scores then say nothing about documents it cannot read), or "global", every chunk of the
+    # collection (scores leak term statistics of hidden documents). Measured: README, security.
+    bm25_statistics: str = "visible"
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     # HNSW recall@10 against exact search on 33k HotpotQA paragraphs: ef 100 0.9905, ef 200 0.9970
@@ -55,6 +82,10 @@ class Settings:
     hybrid_ef_search: int = 100
     # Below this many matching chunks a filtered dense search scans exactly instead of the index.
     exact_scan_threshold: int = 5000
+    # Filters per search, and values across them (an "in" list counts each): thousands cost
+    # PostgreSQL minutes (retrieve/filters.py).
+    max_filters: int = 32
+    max_filter_values: int = 256
     cache_dir: Path | None = None
     # Answers: which generator writes them (smollm2 | extractive | openai:MODEL | llamacpp:FILE.gguf |
     # a Hugging Face model folder) and an optional LoRA adapter folder served on top of it.
@@ -81,11 +112,35 @@ class Settings:
     server_max_request_bytes: int = 1024 * 1024  # one JSON request body
     server_max_upload_bytes: int = 256 * 1024 * 1024  # one multipart upload; each file also <= max_file_bytes
     server_max_upload_files: int = 100
+    # Unfinished (queued or running) ingest jobs one key may have; an upload over it gets 429 before
+    # it is stored. With the worker picking the key whose last job started longest ago, one key's
+    # burst waits behind the others' jobs instead of in front of them. 0: no limit.
+    server_max_jobs_per_key: int = 4
     server_max_top_k: int = 100
     server_max_embedding_inputs: int = 256
     server_rate_limit: float = 20.0  # requests per second per API key, refilling a bucket; 0 turns it off
     server_rate_burst: int = 40
+    # A key this server has not verified lately costs a scrypt (~40 ms of a core), so each client
+    # address has its own bucket for those, spent before the scrypt: 2/s is 8 % of a core per address,
+    # and a burst of 20 lets a gateway with 20 keys restart. 0 turns it off.
+    server_auth_rate_limit: float = 2.0
+    server_auth_burst: int = 20
+    # scrypts running at once (one per core here); a request that waits server_verification_wait
+    # seconds for a slot gets 429 instead of queueing, so a flood cannot pile up work or threads.
+    server_max_concurrent_verifications: int = 2
+    server_verification_wait: float = 0.5
+    # A verified key skips the scrypt this long (its row is still read on every request, so a
+    # revocation counts at once); 0 verifies every request.
+    server_key_cache_seconds: float = 300.0
+    # A 429 to a caller without a valid key is answered no sooner than this after its request began:
+    # a flood from a pool of connections then sends a few requests a second, not thousands. 0: at once.
+    server_auth_refusal_delay: float = 1.0
     server_cors_origins: str = ""  # comma-separated origins CORS allows ("*": any); empty: no CORS
+    # Host names the server answers for (comma-separated; "*": any). Bound to loopback it always
+    # accepts the loopback names and refuses others (DNS rebinding); bound elsewhere, empty = any.
+    server_allowed_hosts: str = ""
+    # /docs (Swagger UI, served from the swagger-ui-bundle package, never a CDN); off by default.
+    server_api_docs: bool = False
     server_shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     # Model registry: metric -> "higher" | "lower" (":TOLERANCE" or a table); see finetune/gates.py.
     promotion_gates: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GATES), hash=False)
@@ -96,7 +151,14 @@ class Settings:
             ("chunk_max_tokens", self.chunk_max_tokens > 0),
             ("chunk_overlap_tokens", 0 <= self.chunk_overlap_tokens < self.chunk_max_tokens),
             ("max_file_bytes", self.max_file_bytes > 0),
+            ("max_expanded_bytes", self.max_expanded_bytes > 0),
+            ("max_expansion_ratio", self.max_expansion_ratio >= 1),
+            ("max_container_members", self.max_container_members > 0),
+            ("max_chunks_per_document", self.max_chunks_per_document >= 0),
             ("embed_batch_size", self.embed_batch_size > 0),
+            ("statement_timeout", 0 <= self.statement_timeout <= 86400),
+            ("database_wait", 0 < self.database_wait <= 3600),
+            ("database_start_timeout", 0 < self.database_start_timeout <= 86400),
             ("default_mode", self.default_mode in SEARCH_MODES),
             ("fusion", self.fusion in FUSION_METHODS),
             ("hybrid_normalization", self.hybrid_normalization in ("zscore", "minmax")),
@@ -105,11 +167,14 @@ class Settings:
             ("candidates", self.candidates > 0),
             ("bm25_k1", self.bm25_k1 >= 0),
             ("bm25_b", 0.0 <= self.bm25_b <= 1.0),
+            ("bm25_statistics", self.bm25_statistics in BM25_STATISTICS),
             ("hnsw_m", 2 <= self.hnsw_m <= 100),
             ("hnsw_ef_construction", self.hnsw_ef_construction >= 2 * self.hnsw_m),
             ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000),
             ("hybrid_ef_search", 1 <= self.hybrid_ef_search <= 1000),
             ("exact_scan_threshold", self.exact_scan_threshold >= 0),
+            ("max_filters", 1 <= self.max_filters <= 10_000),
+            ("max_filter_values", self.max_filters <= self.max_filter_values <= 100_000),
             ("generator", bool(self.generator.strip())),
             ("generation_timeout", self.generation_timeout > 0),
             ("generation_retries", 0 <= self.generation_retries <= 10),
@@ -123,10 +188,17 @@ class Settings:
             ("server_max_request_bytes", self.server_max_request_bytes >= 1024),
             ("server_max_upload_bytes", self.server_max_upload_bytes >= 1024),
             ("server_max_upload_files", self.server_max_upload_files >= 1),
+            ("server_max_jobs_per_key", self.server_max_jobs_per_key >= 0),
             ("server_max_top_k", 1 <= self.server_max_top_k <= 1000),
             ("server_max_embedding_inputs", self.server_max_embedding_inputs >= 1),
             ("server_rate_limit", self.server_rate_limit >= 0),
             ("server_rate_burst", self.server_rate_burst >= 1),
+            ("server_auth_rate_limit", self.server_auth_rate_limit >= 0),
+            ("server_auth_burst", self.server_auth_burst >= 1),
+            ("server_max_concurrent_verifications", 1 <= self.server_max_concurrent_verifications <= 256),
+            ("server_verification_wait", 0 <= self.server_verification_wait <= 60),
+            ("server_key_cache_seconds", self.server_key_cache_seconds >= 0),
+            ("server_auth_refusal_delay", 0 <= self.server_auth_refusal_delay <= 60),
             ("server_shutdown_timeout", self.server_shutdown_timeout >= 0),
         ]
         for name, ok in checks:
@@ -207,6 +279,8 @@ def _coerce(build: Any, base: Settings | None, values: dict[str, Any]) -> Settin
                 converted[key] = int(value)
             elif kind == "float":
                 converted[key] = float(value)
+            elif kind == "bool":
+                converted[key] = _bool(value)
             elif kind.startswith("dict") and isinstance(value, str):  # RAGTUNE_PROMOTION_GATES='{...}'
                 converted[key] = json.loads(value)
             else:
@@ -214,6 +288,18 @@ def _coerce(build: Any, base: Settings | None, values: dict[str, Any]) -> Settin
         except (TypeError, ValueError):
             raise ConfigError(f"invalid setting {key}={value!r}: expected {kind}") from None
     return build(base, **converted) if base is not None else build(None, converted)
+
+
+def _bool(value: Any) -> bool:
+    """A bool from TOML, or from text as an environment variable gives it."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def _redact_url(url: str) -> str:

@@ -66,8 +66,11 @@ def test_metadata_or_acl_change_updates_without_embedding(settings, embedder, do
     with Ragtune(settings, embedder=counting) as rt:
         rt.ingest([docs / "dogs.md"])
         embedded = counting.texts
-        report = rt.ingest([docs / "dogs.md"], metadata={"team": "k9"}, acl=["trainers"])
-        assert report.updated == 1 and counting.texts == embedded
+        refused = rt.ingest([docs / "dogs.md"], metadata={"team": "k9"}, acl=["trainers"])
+        assert refused.updated == 0 and [f.error for f in refused.failed] == ["acl_change"]
+        assert rt.documents()[0].acl == () and "team" not in rt.documents()[0].metadata  # nothing half-applied
+        report = rt.ingest([docs / "dogs.md"], metadata={"team": "k9"}, acl=["trainers"], change_acl=True)
+        assert report.updated == 1 and report.acl_changed == 1 and counting.texts == embedded
         doc = rt.documents()[0]
         assert doc.metadata["team"] == "k9" and doc.acl == ("trainers",) and doc.version == 2
         assert rt.search("dogs bark", mode="bm25").hits == []  # now restricted to trainers

@@ -89,7 +89,8 @@ def assert_same_ranking(a: list, b: list) -> None:  # type: ignore[type-arg]
 def sql_bm25(rt: Ragtune, collection: str, query: str, k: int, filters: list[Filter],
              principal: Principal) -> list[tuple[str, float]]:
     """BM25 top-k summed over the plain postings rows, in SQL: an independent check of the
-    packed blocks summed in numpy."""
+    packed blocks summed in numpy. N, avgdl and df are counted from the rows of the chunks the
+    principal can read (``bm25_statistics = "visible"``; metadata filters do not narrow them)."""
     from psycopg import sql
 
     from ragtune.retrieve.filters import compile_conditions
@@ -97,19 +98,24 @@ def sql_bm25(rt: Ragtune, collection: str, query: str, k: int, filters: list[Fil
     info = rt.repo.collection(collection)
     terms = rt.searcher.analyzer.term_counts(query)
     cond = compile_conditions(filters, principal)
+    readable = compile_conditions([], principal)
     k1, b = rt.settings.bm25_k1, rt.settings.bm25_b
     statement = sql.SQL(
-        "WITH q AS (SELECT t.id, x.n * ln(1 + (s.n_chunks - t.df + 0.5) / (t.df + 0.5)) AS w,"
+        "WITH r AS MATERIALIZED (SELECT c.id, c.lex_len FROM chunks c WHERE c.collection_id = %s AND {readable}),"
+        " s AS (SELECT count(*) AS n_chunks, sum(lex_len) AS total_len FROM r),"
+        " q AS (SELECT t.id, x.n * ln(1 + (s.n_chunks - f.df + 0.5) / (f.df + 0.5)) AS w,"
         "  s.total_len::float8 / s.n_chunks AS avgdl"
-        "  FROM unnest(%s::text[], %s::int[]) AS x(term, n) JOIN terms t ON t.term = x.term"
-        "  JOIN collections s ON s.id = t.collection_id WHERE s.id = %s AND t.df > 0)"
+        "  FROM unnest(%s::text[], %s::int[]) AS x(term, n) JOIN terms t ON t.term = x.term AND t.collection_id = %s"
+        "  CROSS JOIN s CROSS JOIN LATERAL (SELECT count(*) AS df FROM postings p JOIN r ON r.id = p.chunk_id"
+        "   WHERE p.term_id = t.id) f WHERE f.df > 0)"
         " SELECT d.uri, sum(q.w * p.tf / (p.tf + {k1} * (1 - {b} + {b} * p.dl / q.avgdl))) AS score"
         " FROM q JOIN postings p ON p.term_id = q.id JOIN chunks c ON c.id = p.chunk_id"
         " JOIN documents d ON d.id = c.document_id WHERE {cond}"
         " GROUP BY c.id, d.uri ORDER BY score DESC, c.id LIMIT {limit}"
-    ).format(k1=sql.Literal(k1), b=sql.Literal(b), cond=cond.sql, limit=sql.Literal(k))
+    ).format(k1=sql.Literal(k1), b=sql.Literal(b), cond=cond.sql, readable=readable.sql, limit=sql.Literal(k))
     with rt.db.connection() as conn:
-        rows = conn.execute(statement, [list(terms), list(terms.values()), info.id, *cond.params]).fetchall()
+        rows = conn.execute(statement, [info.id, *readable.params, list(terms), list(terms.values()), info.id,
+                                        *cond.params]).fetchall()
     return [(r["uri"], float(r["score"])) for r in rows]
 
 

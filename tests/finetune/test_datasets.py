@@ -1,5 +1,6 @@
 """Fine-tuning datasets: the three real LLaMA-Factory demo files, hand-written bad inputs, versions,
-atomicity, the split, leakage, and the ``ragtune data`` commands (real PostgreSQL, real tokenizer).
+atomicity, the split, leakage, access (ACLs of versions and rows), and the ``ragtune data`` commands
+(real PostgreSQL, real tokenizer).
 
 Expectations are computed here from the raw files (with plain ``json`` and the tokenizer itself),
 not copied from the validator's output.
@@ -17,16 +18,20 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError
+from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError, PermissionDeniedError
 from ragtune.evaluate.packages import fetch_package, read_member
+from ragtune.finetune.dataset_access import ADMINS_ONLY, row_acl
 from ragtune.finetune.datasets import DatasetStore, ImportOptions, require_valid, row_hash
+from ragtune.finetune.examples import Example
 from ragtune.finetune.formats import parse_bytes
 from ragtune.finetune.lengths import TemplateTokenCounter
+from ragtune.models import Principal
 from ragtune.store.database import Database
 
 LLAMAFACTORY = "llamafactory==0.9.5"
 DEMOS = {"alpaca": "data/alpaca_en_demo.json", "glaive": "data/glaive_toolcall_en_demo.json",
          "dpo": "data/dpo_en_demo.json"}
+SYSTEM = Principal.system()  # the operator's reads: every version, every row
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -112,10 +117,10 @@ def test_alpaca_demo(store: DatasetStore, demo_dir: Path, raw: dict[str, list[di
     assert sum(b["rows"] for b in lens["histogram"]) == len(records)
     assert report["balance"]["roles"] == {"user": 999, "assistant": 999}
 
-    stored = store.rows(info)
+    stored = store.rows(info, principal=SYSTEM)
     assert [m["content"] for m in stored[0].messages] == [records[0]["instruction"], records[0]["output"]]
     assert [e.messages[-1]["content"] for e in stored] == [r["output"] for r in records]
-    assert len(store.rows(info, "eval")) == info.eval_rows
+    assert len(store.rows(info, "eval", principal=SYSTEM)) == info.eval_rows
     assert info.valid == (not report["blocking"])
 
 
@@ -156,7 +161,7 @@ def test_glaive_toolcall_demo(store: DatasetStore, demo_dir: Path, raw: dict[str
                               options=ImportOptions(format="sharegpt", max_tokens=max(raw_tokens.values()) + 2000))
     assert again.created and again.dataset.version == 2 and again.dataset.valid
     assert require_valid(again.dataset) == ()
-    stored = store.rows(again.dataset)
+    stored = store.rows(again.dataset, principal=SYSTEM)
     first_call = next(m for m in stored[0].messages if m.get("tool_calls"))
     first_raw = next(t for t in records[0]["conversations"] if t["from"] == "function_call")
     assert first_call["tool_calls"][0]["function"] == json.loads(first_raw["value"])
@@ -172,7 +177,7 @@ def test_dpo_demo(store: DatasetStore, demo_dir: Path, raw: dict[str, list[dict[
     assert pref["chosen_longer"] == sum(1 for r in records if len(r["chosen"]["value"]) > len(r["rejected"]["value"]))
     systems = sum(1 for r in records for t in r["conversations"] if t["from"] == "system")
     assert info.report["balance"]["roles"]["system"] == systems
-    stored = store.rows(info)
+    stored = store.rows(info, principal=SYSTEM)
     assert [e.chosen["content"] for e in stored if e.chosen] == [r["chosen"]["value"] for r in records]
     assert [e.rejected["content"] for e in stored if e.rejected] == [r["rejected"]["value"] for r in records]
 
@@ -217,12 +222,12 @@ def test_bad_input_is_reported_line_by_line(store: DatasetStore, tmp_path: Path)
     assert not info.valid and len(info.reasons) == 3
     for words in ("schema errors", "empty or whitespace-only", "longer than 8192"):
         assert any(words in reason for reason in info.reasons), (words, info.reasons)
-    stored = {e.line: e for e in store.rows(info)}
+    stored = {e.line: e for e in store.rows(info, principal=SYSTEM)}
     assert sorted(stored) == [1, 3, 4, 5, 6] and EMAIL in stored[5].messages[0]["content"]
 
     redacted = store.import_file(path, name="bad", options=ImportOptions(eval_fraction=0.0, redact_pii=True))
     assert redacted.created and redacted.dataset.version == 2 and redacted.dataset.report["pii"]["redacted"]
-    row = next(e for e in store.rows(redacted.dataset) if e.line == BAD_LINES["pii"])
+    row = next(e for e in store.rows(redacted.dataset, principal=SYSTEM) if e.line == BAD_LINES["pii"])
     assert row.messages[0]["content"] == "Refund [EMAIL], card [CREDIT_CARD]"
     assert row.messages[1]["content"] == "Sent to IBAN [IBAN]."
 
@@ -235,7 +240,7 @@ def test_json_list_rows_keep_the_line_they_start_on(store: DatasetStore, tmp_pat
     path.write_text(text, encoding="utf-8")
     starts = [n for n, line in enumerate(text.splitlines(), start=1) if line == "  {"]
     info = store.import_file(path, name="list").dataset
-    assert [e.line for e in store.rows(info)] == starts[:3] + starts[4:]
+    assert [e.line for e in store.rows(info, principal=SYSTEM)] == starts[:3] + starts[4:]
     assert info.report["schema_errors"] == [{"line": starts[3], "message": "missing 'output'"}]
 
 
@@ -317,14 +322,14 @@ def test_versions_and_noop_reimport(store: DatasetStore, tmp_path: Path) -> None
     second = store.import_file(path, name="v")
     assert second.created and second.dataset.version == 2 and second.dataset.row_count == 5
     assert second.dataset.content_hash != first.dataset.content_hash
-    assert [(i.name, i.version) for i in store.versions()] == [("v", 1), ("v", 2)]
-    assert store.get("v").version == 2 and store.get("v", 1).row_count == 4
+    assert [(i.name, i.version) for i in store.versions(principal=SYSTEM)] == [("v", 1), ("v", 2)]
+    assert store.get("v", principal=SYSTEM).version == 2 and store.get("v", 1, principal=SYSTEM).row_count == 4
     with pytest.raises(NotFoundError, match=r"no version 3 \(versions: \[1, 2\]\)"):
-        store.get("v", 3)
-    assert store.remove("v", 1) == 1 and _table_counts(store) == (1, 5)
-    assert store.remove("v") == 1 and _table_counts(store) == (0, 0)
+        store.get("v", 3, principal=SYSTEM)
+    assert store.remove("v", 1, principal=SYSTEM) == 1 and _table_counts(store) == (1, 5)
+    assert store.remove("v", principal=SYSTEM) == 1 and _table_counts(store) == (0, 0)
     with pytest.raises(NotFoundError, match="no dataset named 'v'"):
-        store.get("v")
+        store.get("v", principal=SYSTEM)
 
 
 def test_a_failed_import_leaves_nothing(store: DatasetStore, demo_dir: Path) -> None:
@@ -348,14 +353,15 @@ def test_split_depends_only_on_row_content(store: DatasetStore, demo_dir: Path,
     backward = store.import_file(_jsonl(tmp_path / "rev.jsonl", records[::-1]), name="rev").dataset
 
     def assignment(info: Any) -> dict[str, str]:
-        return {row_hash(e): s for e, s in zip(store.rows(info), store.splits(info), strict=True)}
+        return {row_hash(e): s for e, s in zip(store.rows(info, principal=SYSTEM), store.splits(info, principal=SYSTEM),
+                                               strict=True)}
 
     assert assignment(forward) == assignment(backward)
     # Expected 10 % of 999 rows: within five standard deviations (sqrt(999 * 0.1 * 0.9) = 9.5).
     assert abs(forward.eval_rows - 99.9) < 5 * 9.5 and forward.eval_rows == backward.eval_rows
     # Exact copies share a split, so they never leak between train and eval.
     by_text: dict[str, set[str]] = {}
-    for e, s in zip(store.rows(forward), store.splits(forward), strict=True):
+    for e, s in zip(store.rows(forward, principal=SYSTEM), store.splits(forward, principal=SYSTEM), strict=True):
         by_text.setdefault(json.dumps(e.content(), sort_keys=True), set()).add(s)
     assert all(len(s) == 1 for s in by_text.values())
 
@@ -402,6 +408,164 @@ def test_import_options_are_checked_at_construction(kwargs: dict[str, Any], matc
         ImportOptions(**kwargs)
 
 
+# -- access ---------------------------------------------------------------------------------------
+def _reader(*groups: str) -> Principal:
+    return Principal(id="reader:" + ",".join(groups), groups=frozenset(groups))
+
+
+def _example(i: int, topic: str) -> Example:
+    return Example(i, [{"role": "user", "content": f"What does note {i} say about {topic}?"},
+                       {"role": "assistant", "content": f"Note {i} says {topic} {_filler(i, 8)}."}])
+
+
+def _reads_every_document(principal: Principal, document_acls: list[tuple[str, ...]]) -> bool:
+    """The reference rule: a principal reads a row made from documents iff it reads each of them."""
+    return principal.admin or all(not acl or principal.groups & set(acl) for acl in document_acls)
+
+
+# Rows made from documents: the ACLs of each row's documents ('()' a public document).
+SOURCES: list[list[tuple[str, ...]] | None] = [
+    None,                               # 1 not from documents: as the dataset
+    [()],                               # 2 one public document
+    [("a",)],                           # 3 one document for a
+    [("a", "b"), ("b", "c")],           # 4 common group b
+    [("a",), ("b",)],                   # 5 no common group: only principals in a and b may read both
+    [("a",), ()],                       # 6 a public document restricts nothing
+    [("a", "b"), ("a", "b", "c"), ("b",)],  # 7 common group b
+]
+
+
+def test_row_acl_is_what_every_source_document_admits() -> None:
+    assert [row_acl(s or ()) for s in SOURCES] == [None, (), ("a",), ("b",), (ADMINS_ONLY,), ("a",), ("b",)]
+    assert row_acl([("b", "a"), ("a", "b")]) == ("a", "b")
+
+
+def test_rows_made_from_documents_inherit_their_acls(store: DatasetStore) -> None:
+    examples = [_example(i, "budgets") for i in range(1, len(SOURCES) + 1)]
+    info = store.import_examples(examples, name="from-docs", source="test:documents", source_acls=SOURCES,
+                                 options=ImportOptions(eval_fraction=0.0, acl=())).dataset
+    assert info.schema["row_acls"] and info.row_count == len(SOURCES)
+    with store.db.connection() as conn:
+        stored = [r["acl"] for r in conn.execute(
+            "SELECT acl FROM dataset_rows WHERE dataset_id = %s ORDER BY ordinal", (info.id,))]
+    assert stored == [None, [], ["a"], ["b"], [ADMINS_ONLY], ["a"], ["b"]]
+
+    # Every principal over the groups a, b, c (and principals carrying the sentinel itself): never a
+    # row the reference refuses; exactly the reference for principals in at most one group; in
+    # general, the rows where one of its groups admits it to every document (the safe side).
+    principals = [_reader(*g) for g in ([], ["a"], ["b"], ["c"], ["a", "b"], ["a", "c"], ["b", "c"],
+                                        ["a", "b", "c"], [ADMINS_ONLY], [ADMINS_ONLY, "c"])]
+    for principal in [*principals, SYSTEM]:
+        seen = [e.line for e in store.rows(info, principal=principal)]
+        expected = [i for i, src in enumerate(SOURCES, start=1) if _reads_every_document(principal, src or [])]
+        one_group = [i for i, src in enumerate(SOURCES, start=1) if principal.admin or any(
+            _reads_every_document(_reader(g), src or []) for g in principal.groups | {"(none)"})]
+        assert set(seen) <= set(expected) and seen == one_group, principal
+        if len(principal.groups - {ADMINS_ONLY}) <= 1:
+            assert seen == expected, principal
+        assert len(store.splits(info, principal=principal)) == len(seen)
+        view = store.get("from-docs", principal=principal)
+        assert view.row_count == len(seen) and view.train_rows == len(seen)
+        if len(seen) < len(SOURCES):  # a report over all rows would count and locate the hidden ones
+            assert view.report.keys() == {"withheld"} and "lengths" not in view.schema
+        else:
+            assert view.report == info.report
+    # Documents for a-or-b and b-or-c: a principal in a and c may read both, but the row is b's only.
+    assert [e.line for e in store.rows(info, principal=_reader("a", "b"))] == [1, 2, 3, 4, 6, 7]
+    assert [e.line for e in store.rows(info, principal=_reader("a", "c"))] == [1, 2, 3, 6]
+
+    # The same rows from documents with other ACLs are other content: a new version.
+    changed = store.import_examples(examples, name="from-docs", source="test:documents",
+                                    source_acls=[None] * len(SOURCES), options=ImportOptions(eval_fraction=0.0, acl=()))
+    assert changed.created and changed.dataset.version == 2 and not changed.dataset.schema["row_acls"]
+    with pytest.raises(DatasetError, match="2 source ACL lists for 7 examples"):
+        store.import_examples(examples, name="from-docs", source="t", source_acls=SOURCES[:2])
+
+
+def test_a_hidden_version_is_reported_as_missing(store: DatasetStore, tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "hr.jsonl", [_chat(f"Salary of employee {i}?", f"It is {1000 + i} euros.")
+                                          for i in range(6)])
+    hr, eng, nobody = _reader("hr"), _reader("eng"), _reader()
+    first = store.import_file(path, name="pay").dataset
+    assert first.acl is None  # the default: admins only
+    for principal in (hr, eng, nobody):
+        assert store.versions(principal=principal) == [] and store.eval_sets(principal=principal) == {}
+        assert store.rows(first, principal=principal) == [] and store.splits(first, principal=principal) == []
+        for version in (None, 1):
+            with pytest.raises(NotFoundError) as hidden:
+                store.get("pay", version, principal=principal)
+            with pytest.raises(NotFoundError) as missing:
+                store.get("absent", version, principal=principal)
+            assert str(hidden.value) == str(missing.value).replace("absent", "pay") == "no dataset named 'pay'"
+
+    # The same bytes with another ACL: no new version, the version's ACL changes.
+    again = store.import_file(path, name="pay", options=ImportOptions(acl=("hr",)))
+    assert not again.created and again.acl_changed and again.dataset.version == 1 and again.dataset.acl == ("hr",)
+    assert not store.import_file(path, name="pay", options=ImportOptions(acl=("hr",))).acl_changed
+    assert [i.version for i in store.versions(principal=hr)] == [1] and store.versions(principal=eng) == []
+    assert len(store.rows(store.get("pay", principal=hr), principal=hr)) == 6
+
+    # Each version has its own ACL: a public version 2 leaves version 1 to hr, and a reader that
+    # cannot read version 1 is told of the versions it can read only.
+    _jsonl(path, [_chat("Office hours?", "Nine to five.")])
+    second = store.import_file(path, name="pay", options=ImportOptions(acl=()))
+    assert second.created and second.dataset.version == 2
+    assert store.get("pay", principal=eng).version == 2 and store.get("pay", principal=hr).version == 2
+    assert store.get("pay", 1, principal=hr).version == 1
+    with pytest.raises(NotFoundError, match=r"^dataset 'pay' has no version 1 \(versions: \[2\]\)$"):
+        store.get("pay", 1, principal=eng)
+    assert [(i.name, i.version) for i in store.versions(principal=nobody)] == [("pay", 2)]
+
+
+def test_acl_changes_and_removal_need_an_admin(store: DatasetStore, tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [_chat(f"Q{i} {_filler(i, 5)}?", f"A{i}.") for i in range(4)])
+    store.import_file(path, name="d", options=ImportOptions(acl=("hr",)))
+    hr, eng = _reader("hr"), _reader("eng")
+    for act in (lambda p: store.set_acl("d", (), principal=p), lambda p: store.remove("d", principal=p)):
+        with pytest.raises(PermissionDeniedError, match="only an admin may"):
+            act(hr)  # it can read the dataset, so it learns it is refused
+        with pytest.raises(NotFoundError, match=r"^no dataset 'd'$"):
+            act(eng)  # it cannot: as if there were none
+    assert store.get("d", principal=SYSTEM).acl == ("hr",)
+    assert store.set_acl("d", ["eng", "hr", "eng"], principal=SYSTEM) == 1
+    assert store.get("d", principal=eng).acl == ("eng", "hr")
+    assert store.set_acl("d", None, principal=SYSTEM) == 1 and store.versions(principal=eng) == []
+    with pytest.raises(NotFoundError, match=r"^no dataset 'd' version 7$"):
+        store.set_acl("d", (), principal=SYSTEM, version=7)
+    for bad, match in (("hr,eng", "not the string"), (["hr eng"], "invalid group name"), ([ADMINS_ONLY], "invalid")):
+        with pytest.raises(DatasetError, match=match):
+            store.set_acl("d", bad, principal=SYSTEM)
+        with pytest.raises(DatasetError, match=match):
+            ImportOptions(acl=bad)  # type: ignore[arg-type]
+    assert store.remove("d", principal=SYSTEM) == 1
+
+
+def test_the_report_does_not_name_eval_sets_the_reader_cannot_read(store: DatasetStore, tmp_path: Path) -> None:
+    benchmark = [_chat(f"Question {_filler(i)}", f"Answer {_filler(i + 100)}") for i in range(1, 4)]
+    store.import_file(_jsonl(tmp_path / "secret.jsonl", benchmark), name="secret-bench",
+                      options=ImportOptions(eval_set=True))  # admins only
+    copied = benchmark[1]["messages"]
+    training = [_chat(f"Topic {_filler(i + 200)}", f"Reply {_filler(i + 300)}") for i in range(6)]
+    training.append(_chat(copied[0]["content"] + " please", copied[1]["content"]))
+    train = store.import_file(_jsonl(tmp_path / "train.jsonl", training), name="train",
+                              options=ImportOptions(eval_fraction=0.0, acl=())).dataset
+    # Imports check leakage against every eval set, whoever may read it.
+    assert train.report["leakage"]["eval_sets"]["secret-bench"]["examples"][0]["other_line"] == 2
+    assert not train.valid
+
+    reader = _reader("eng")
+    seen = store.get("train", principal=reader)
+    assert "secret-bench" not in json.dumps(seen.__dict__) and not seen.valid
+    hidden = seen.report["leakage"]["eval_sets"]
+    assert hidden == {"hidden eval set 1": {"pairs": 1, "train_rows": 1, "examples": [{"line": 7}]}}
+    assert seen.reasons == ("1 train row(s) near-duplicate hidden eval set 1",)
+    assert [i.reasons for i in store.versions(principal=reader)] == [seen.reasons]
+    assert store.get("train", principal=SYSTEM).reasons == ("1 train row(s) near-duplicate eval set 'secret-bench'",)
+
+    store.set_acl("secret-bench", ["eng"], principal=SYSTEM)
+    assert store.get("train", principal=reader).report == train.report
+
+
 # -- the command --------------------------------------------------------------------------------
 def test_data_commands(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ragtune.cli.main import app
@@ -430,6 +594,32 @@ def test_data_commands(database_url: str, cache_dir: Path, tmp_path: Path, monke
     assert result.exit_code == 2 and "no dataset named 'nope'" in result.stderr
     result = runner.invoke(app, ["data", "import", str(path), "--name", "bad", "--eval-fraction", "1.5"])
     assert result.exit_code == 2 and "eval_fraction" in result.stderr
+    assert payload["acl"] is None  # admins only by default
+    result = runner.invoke(app, ["data", "acl", "bad", "--acl", "hr, eng"])
+    assert result.exit_code == 0 and "1 version(s) of bad now readable by eng,hr" in result.stdout
+    assert json.loads(runner.invoke(app, ["data", "show", "bad", "--json"]).stdout)["acl"] == ["eng", "hr"]
+    assert "readable by eng,hr" in " ".join(runner.invoke(app, ["data", "show", "bad"]).stdout.split())
+    result = runner.invoke(app, ["data", "import", str(path), "--name", "bad", "--format", "chat", "--public"])
+    assert result.exit_code == 0 and "unchanged" in result.stdout
+    assert "now readable by public" in " ".join(result.stdout.split())
+    assert json.loads(runner.invoke(app, ["data", "list", "--json"]).stdout)[0]["acl"] == []
+    for args in (["data", "acl", "bad"], ["data", "acl", "bad", "--public", "--admins-only"],
+                 ["data", "import", str(path), "--name", "bad", "--acl", "hr", "--public"],
+                 ["data", "acl", "bad", "--acl", " , "]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "--" in result.output, (args, result.output)
+    result = runner.invoke(app, ["data", "acl", "nope", "--public"])
+    assert result.exit_code == 2 and "no dataset 'nope'" in result.stderr
+    result = runner.invoke(app, ["data", "acl", "bad", "--admins-only"])
+    assert result.exit_code == 0 and "now readable by admins only" in result.stdout
+    # A new version gets the import's ACL and leaves the older one's alone, which the import points out.
+    _jsonl(tmp_path / "good.jsonl", [_chat("What is 2 + 2?", "4.")])
+    result = runner.invoke(app, ["data", "import", str(tmp_path / "good.jsonl"), "--name", "bad", "--acl", "eng"])
+    flat = " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "version 2" in flat and "readable by eng" in flat
+    assert "note: version 1 is readable by admins only (change with `ragtune data acl bad`)" in flat
+    listed = json.loads(runner.invoke(app, ["data", "list", "--json"]).stdout)
+    assert [(d["version"], d["acl"]) for d in listed] == [(1, None), (2, ["eng"])]
     result = runner.invoke(app, ["data", "rm", "bad"])
-    assert result.exit_code == 0 and "removed 1 version(s)" in result.stdout
+    assert result.exit_code == 0 and "removed 2 version(s)" in result.stdout
     assert json.loads(runner.invoke(app, ["data", "list", "--json"]).stdout) == []

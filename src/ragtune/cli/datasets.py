@@ -1,7 +1,9 @@
-"""``ragtune data import|list|show|rm``: validated, versioned fine-tuning datasets.
+"""``ragtune data import|list|show|acl|rm``: validated, versioned fine-tuning datasets.
 
 Registered on the ``data`` group by ``cli/main.py`` (``register(data_app)``), so nothing heavy is
-imported at module level; helpers of ``main`` are imported inside the commands.
+imported at module level; helpers of ``main`` are imported inside the commands. These are the local
+operator's commands: they read and change every dataset as ``Principal.system()`` (an admin), while
+the server shows each API key only the versions and rows its groups may read.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from rich.table import Table
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AclOption = Annotated[str | None, typer.Option("--acl", help="Comma-separated groups whose keys may read it "
+                                               "(default: admins only).")]
+Public = Annotated[bool, typer.Option("--public", help="Every key with the read scope may read it.")]
 
 
 def register(data_app: typer.Typer) -> None:
     data_app.command("import")(data_import)
     data_app.command("list")(data_list)
     data_app.command("show")(data_show)
+    data_app.command("acl")(data_acl)
     data_app.command("rm")(data_rm)
 
 
@@ -29,6 +35,26 @@ def _store(rt: Any) -> Any:
     from ragtune.finetune.datasets import DatasetStore
 
     return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
+
+
+def _operator() -> Any:
+    from ragtune.models import Principal
+
+    return Principal.system()  # the local operator: see the module docstring
+
+
+def _acl(acl: str | None, public: bool, admins_only: bool = False) -> tuple[str, ...] | None:
+    """The ACL the flags ask for: None (admins only, also when none is given), () or groups."""
+    if sum((acl is not None, public, admins_only)) > 1:
+        raise typer.BadParameter("give only one of --acl, --public" + (" and --admins-only" if admins_only else ""))
+    if public:
+        return ()
+    if acl is None:
+        return None
+    groups = tuple(g.strip() for g in acl.split(",") if g.strip())
+    if not groups:
+        raise typer.BadParameter("--acl needs at least one group (--public lets every key read)")
+    return groups
 
 
 def data_import(
@@ -42,29 +68,42 @@ def data_import(
                                            "other datasets are checked for leakage against it.")] = False,
     base: Annotated[str, typer.Option(help="Base model whose tokenizer and context measure the rows.")] = "smollm2",
     max_tokens: Annotated[int | None, typer.Option(help="Longest row allowed (default: the base context).")] = None,
+    acl: AclOption = None,
+    public: Public = False,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Validate a file of examples and store it as a new version of a dataset."""
+    """Validate a file of examples and store it as a new version of a dataset (readable by admins
+    only unless --acl or --public; the same file again with another ACL changes that version's ACL)."""
     from ragtune.cli.main import _engine, _run, console, err_console
 
     def body() -> None:
+        from ragtune.finetune.dataset_access import acl_label
         from ragtune.finetune.datasets import ImportOptions
 
         options = ImportOptions(format=format, redact_pii=redact_pii, eval_fraction=eval_fraction,
-                                eval_set=eval_set, base=base, max_tokens=max_tokens)
+                                eval_set=eval_set, base=base, max_tokens=max_tokens, acl=_acl(acl, public))
         with _engine(data_dir) as rt, err_console.status(f"validating {file.name}"):
-            result = _store(rt).import_file(file, name=name, options=options)
+            store = _store(rt)
+            result = store.import_file(file, name=name, options=options)
+            others = [i for i in store.versions(principal=_operator())
+                      if i.name == name and i.version != result.dataset.version and i.acl != result.dataset.acl]
         if as_json:
-            print(json.dumps({"created": result.created, **_json(result.dataset)}, default=str, indent=2))
+            print(json.dumps({"created": result.created, "acl_changed": result.acl_changed, **_json(result.dataset)},
+                             default=str, indent=2))
             return
         info = result.dataset
         if result.created:
             console.print(f"imported [bold]{info.name}[/] version {info.version}: {info.row_count} rows "
-                          f"({info.train_rows} train, {info.eval_rows} eval), format {info.format}", highlight=False)
+                          f"({info.train_rows} train, {info.eval_rows} eval), format {info.format}, "
+                          f"readable by {acl_label(info.acl)}", highlight=False)
         else:
-            console.print(f"unchanged: [bold]{info.name}[/] version {info.version} already holds this content",
+            console.print(f"unchanged: [bold]{info.name}[/] version {info.version} already holds this content"
+                          + (f"; now readable by {acl_label(info.acl)}" if result.acl_changed else ""),
                           highlight=False)
+        if others:  # each version keeps its own ACL: say so where it differs
+            console.print("note: " + ", ".join(f"version {i.version} is readable by {acl_label(i.acl)}" for i in others)
+                          + f" (change with `ragtune data acl {name}`)", highlight=False)
         print_report(console, info)
 
     _run(body)
@@ -75,18 +114,21 @@ def data_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     from ragtune.cli.main import _engine, _run, console
 
     def body() -> None:
+        from ragtune.finetune.dataset_access import acl_label
+
         with _engine(data_dir) as rt:
-            infos = _store(rt).versions()
+            infos = _store(rt).versions(principal=_operator())
         if as_json:
             print(json.dumps([i.summary() for i in infos], default=str, indent=2))
             return
         table = Table(title=f"{len(infos)} dataset version(s)")
-        for col in ("name", "version", "format", "rows", "train", "eval", "valid", "eval set", "hash", "created"):
+        for col in ("name", "version", "format", "rows", "train", "eval", "valid", "eval set", "readable by", "hash",
+                    "created"):
             table.add_column(col)
         for i in infos:
             table.add_row(i.name, str(i.version), i.format, str(i.row_count), str(i.train_rows), str(i.eval_rows),
-                          "yes" if i.valid else "[red]no[/]", "yes" if i.eval_set else "", i.content_hash[:12],
-                          i.created_at[:19])
+                          "yes" if i.valid else "[red]no[/]", "yes" if i.eval_set else "", acl_label(i.acl),
+                          i.content_hash[:12], i.created_at[:19])
         console.print(table)
 
     _run(body)
@@ -102,15 +144,43 @@ def data_show(
     from ragtune.cli.main import _engine, _run, console
 
     def body() -> None:
+        from ragtune.finetune.dataset_access import acl_label
+
         with _engine(data_dir) as rt:
-            info = _store(rt).get(name, version)
+            info = _store(rt).get(name, version, principal=_operator())
         if as_json:
             print(json.dumps(_json(info), default=str, indent=2))
             return
         console.print(f"[bold]{info.name}[/] version {info.version}: {info.row_count} rows ({info.train_rows} train, "
                       f"{info.eval_rows} eval), format {info.format}, {info.schema.get('kind')}, hash "
-                      f"{info.content_hash[:12]}, from {info.source}", highlight=False)
+                      f"{info.content_hash[:12]}, from {info.source}, readable by {acl_label(info.acl)}"
+                      + ("; some rows only by the groups of their source documents" if info.schema.get("row_acls")
+                         else ""), highlight=False)
         print_report(console, info)
+
+    _run(body)
+
+
+def data_acl(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    acl: AclOption = None,
+    public: Public = False,
+    admins_only: Annotated[bool, typer.Option("--admins-only", help="Only admin keys may read it.")] = False,
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Only this version (default: all).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Change who may read a dataset: every version, or one (rows from documents keep their own ACL too)."""
+    from ragtune.cli.main import _engine, _run, console
+
+    def body() -> None:
+        from ragtune.finetune.dataset_access import acl_label, check_acl
+
+        if acl is None and not public and not admins_only:
+            raise typer.BadParameter("give --acl GROUPS, --public or --admins-only")
+        wanted = check_acl(_acl(acl, public, admins_only))  # as stored: sorted, each group once
+        with _engine(data_dir) as rt:
+            n = _store(rt).set_acl(name, wanted, principal=_operator(), version=version)
+        console.print(f"{n} version(s) of {name} now readable by {acl_label(wanted)}", highlight=False)
 
     _run(body)
 
@@ -125,7 +195,7 @@ def data_rm(
 
     def body() -> None:
         with _engine(data_dir) as rt:
-            n = _store(rt).remove(name, version)
+            n = _store(rt).remove(name, version, principal=_operator())
         console.print(f"removed {n} version(s) of {name}", highlight=False)
 
     _run(body)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ragtune.cli.answerability import answerability_app
@@ -63,7 +64,13 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
 def _engine(data_dir: Path | None = None, **overrides: Any) -> Any:
     from ragtune.engine import Ragtune
 
-    return Ragtune(_settings(data_dir, **overrides))
+    return Ragtune(_settings(data_dir, **overrides), on_database_wait=_database_notice)
+
+
+def _database_notice(reason: str) -> None:
+    """One line while the embedded PostgreSQL makes us wait (after a crash it replays its log first)."""
+    what = "recover (crash recovery)" if reason == "crash recovery" else "start"
+    err_console.print(f"waiting for PostgreSQL to {what}…", highlight=False, soft_wrap=True)
 
 
 def _run(fn: Callable[[], T]) -> T:
@@ -71,7 +78,8 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except RagtuneError as exc:
-        err_console.print(f"[bold red]error[/]: {exc}", markup=True, highlight=False)
+        # one line, whatever the terminal's width; the message's own brackets are not markup
+        err_console.print(f"[bold red]error[/]: {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -123,16 +131,33 @@ def _print_report(report: Any, verb: str = "ingested") -> None:
     table.add_row(*(str(v) for v in (report.added, report.updated, report.unchanged, report.removed,
                                        len(report.failed), report.chunks, report.embedded)))
     console.print(table)
-    for failure in report.failed:
-        err_console.print(f"[red]failed[/] {failure.source}: {failure.reason}", highlight=False)
+    if report.acl_changed:
+        console.print(f"ACL changed on {report.acl_changed} stored document(s), as asked (--change-acl)")
+    from rich.markup import escape
+
+    for failure in report.failed:  # reasons quote ACLs like [hr]: not markup
+        err_console.print(f"[red]failed[/] {escape(failure.source)}: {escape(failure.reason)}", highlight=False,
+                          soft_wrap=True)
+
+
+AclOpt = Annotated[str | None, typer.Option(
+    "--acl", help="Comma-separated groups allowed to read. Not given: stored documents keep their ACL and new "
+                  "ones take their folder's.")]
+PublicOpt = Annotated[bool, typer.Option("--public", help="Readable by everyone (an empty ACL).")]
+ChangeAclOpt = Annotated[bool, typer.Option(
+    "--change-acl", help="Allow --acl/--public to change the ACL of documents already stored.")]
+MetaOpt = Annotated[list[str] | None, typer.Option(
+    "--meta", help="key=value metadata (repeatable). Not given: stored documents keep theirs.")]
 
 
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
     collection: CollectionOpt = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta", help="key=value metadata (repeatable).")] = None,
-    acl: Annotated[str | None, typer.Option("--acl", help="Comma-separated groups allowed to read.")] = None,
+    meta: MetaOpt = None,
+    acl: AclOpt = None,
+    public: PublicOpt = False,
+    change_acl: ChangeAclOpt = False,
     include: Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")] = None,
     text_field: Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")] = "text",
@@ -141,42 +166,55 @@ def ingest(
     data_dir: DataDir = None,
 ) -> None:
     """Ingest files, folders and JSON Lines records into a collection."""
-    _ingest_command(paths, collection, meta, acl, include, exclude, text_field, metadata_fields, id_field,
-                    data_dir, sync=False)
+    _ingest_command(paths, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
+                    metadata_fields, id_field, data_dir, sync=False)
 
 
 @app.command()
 def sync(
     folder: Annotated[Path, typer.Argument(help="Folder to mirror.")],
     collection: CollectionOpt = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta")] = None,
-    acl: Annotated[str | None, typer.Option("--acl")] = None,
-    include: Annotated[list[str] | None, typer.Option("--include")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude")] = None,
-    text_field: Annotated[str, typer.Option()] = "text",
-    metadata_fields: Annotated[str | None, typer.Option()] = None,
-    id_field: Annotated[str | None, typer.Option()] = None,
+    meta: MetaOpt = None,
+    acl: AclOpt = None,
+    public: PublicOpt = False,
+    change_acl: ChangeAclOpt = False,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")] = None,
+    text_field: Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")] = "text",
+    metadata_fields: Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")] = None,
+    id_field: Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Ingest a folder and remove documents whose files are gone."""
-    _ingest_command([folder], collection, meta, acl, include, exclude, text_field, metadata_fields, id_field,
-                    data_dir, sync=True)
+    """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
+    metadata unless you give new ones."""
+    _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
+                    metadata_fields, id_field, data_dir, sync=True)
 
 
-def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: str | None,
-                    include: list[str] | None, exclude: list[str] | None, text_field: str,
+def _acl_option(acl: str | None, public: bool) -> list[str] | None:
+    if public and acl is not None:
+        raise typer.BadParameter("give either --acl or --public")
+    if public:
+        return []
+    if acl is not None and not _groups(acl):
+        raise typer.BadParameter("--acl needs at least one group; use --public for a public document")
+    return _groups(acl) if acl is not None else None
+
+
+def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: list[str] | None,
+                    change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
                     metadata_fields: str | None, id_field: str | None, data_dir: Path | None, *, sync: bool) -> None:
     def body() -> None:
         from ragtune.ingest.loaders import LoaderOptions
 
         rt = _engine(data_dir)
-        options = LoaderOptions(
-            max_file_bytes=rt.settings.max_file_bytes, text_field=text_field,
+        options = LoaderOptions.from_settings(
+            rt.settings, text_field=text_field,
             metadata_fields=tuple(_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
         )
         progress, on_event, on_files = _ingest_progress()
-        kwargs = dict(collection=collection, metadata=_parse_meta(meta), acl=_groups(acl),
-                      include=include or (), exclude=exclude or (), loader_options=options,
+        kwargs = dict(collection=collection, metadata=_parse_meta(meta) if meta else None, acl=acl,
+                      change_acl=change_acl, include=include or (), exclude=exclude or (), loader_options=options,
                       progress=on_event, on_files=on_files)
         with rt, progress:
             report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)

@@ -18,6 +18,9 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="Port (default: server_port, 8000; 0 picks a free one).")] = None,
     auth: Annotated[bool | None, typer.Option(
         "--auth/--no-auth", help="Require API keys (default: on unless listening on a loopback address).")] = None,
+    insecure_public: Annotated[bool, typer.Option(
+        "--insecure-public", help="Allow --no-auth on an address other than loopback: anyone who can reach it "
+                                  "reads and changes everything.")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     data_dir: DataDir = None,
 ) -> None:
@@ -26,12 +29,17 @@ def serve_command(
 
     def body() -> None:
         from ragtune.engine import Ragtune
+        from ragtune.errors import ConfigError
         from ragtune.server.app import bind, create_app, make_server
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
         settings = _settings(data_dir, server_host=host, server_port=port)
         listen = settings.server_host
         required = auth_required(settings, listen, auth)
+        if not required and not is_loopback(listen) and not insecure_public:
+            raise ConfigError(f"refusing to serve {listen} without API keys: anyone who can reach it would read and "
+                              "change everything. Create keys (`ragtune keys create`) and drop --no-auth / "
+                              "server_auth=off, or pass --insecure-public if that is really what you want")
         rt = Ragtune(settings)
         # Connect, migrate and load the embedder before listening: the first request is not slow.
         rt.embedder.embed_batch(["warm up"])
@@ -45,8 +53,9 @@ def serve_command(
         app = create_app(rt, settings, auth=required)
         sock = bind(listen, settings.server_port)
         shown = f"[{listen}]" if ":" in listen else listen
+        docs = "/docs" if settings.server_api_docs else "/openapi.json"
         err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
-                          f"(auth {'on' if required else 'off'}; OpenAPI at /docs)", highlight=False)
+                          f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
         try:
             make_server(app, settings, log_level=log_level).run(sockets=[sock])
         finally:

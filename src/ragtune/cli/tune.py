@@ -81,10 +81,12 @@ def _dataset(settings: Any, data: str, tune: Any, *, force: bool, version: int |
         raise DatasetError(f"no dataset file at {path}")
     from ragtune.engine import Ragtune
     from ragtune.finetune.datasets import DatasetStore
+    from ragtune.models import Principal
 
     with Ragtune(settings) as rt:
-        return from_store(DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir), data, version=version,
-                          force=force)
+        # Training, search and evaluation are the local operator's commands: they read every row.
+        return from_store(DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir), data,
+                          principal=Principal.system(), version=version, force=force)
 
 
 def _print_record(record: Any, as_json: bool) -> None:

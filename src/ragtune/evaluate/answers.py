@@ -136,12 +136,12 @@ def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: in
     import time
 
     from ragtune.evaluate.datasets import load_dataset
-    from ragtune.evaluate.retrieval import index_dataset
+    from ragtune.evaluate.retrieval import eval_collection, index_dataset
 
     dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages",
                            limit_queries=limit if subset_corpus else None, subset_corpus=subset_corpus)
     if subset_corpus and collection is None:
-        collection = f"eval-{dataset.name}-{rt.embedder.name}-sub{limit}"
+        collection = eval_collection(dataset.name, rt.embedder.name, f"-sub{limit}")
     name, _ = index_dataset(rt, dataset, collection)
     cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
     principal = Principal.system()

@@ -8,12 +8,19 @@ the numbers include the ACL SQL and trace writing).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ragtune.models import LoadedDocument, Principal
+
+
+def eval_collection(dataset: str, embedder: str, suffix: str = "") -> str:
+    """The collection an evaluation indexes into: a valid collection name for any dataset name
+    (``beir:PATH`` holds a colon and slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"eval-{dataset}-{embedder}{suffix}")[:200]
 
 
 def dataset_documents(dataset: Any) -> list[LoadedDocument]:
@@ -28,7 +35,7 @@ def dataset_documents(dataset: Any) -> list[LoadedDocument]:
 def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress: Any = None) -> tuple[str, Any]:
     """Ingest a dataset's corpus as a collection (one document = one chunk); stored embeddings and
     unchanged documents make a rerun nearly free. Returns the collection name and the report."""
-    name = collection or f"eval-{dataset.name}-{rt.embedder.name}"
+    name = collection or eval_collection(dataset.name, rt.embedder.name)
     total = len(dataset.corpus)
     task = progress.add_task(f"indexing {total} documents", total=total) if progress else None
     report = rt.ingest_documents(
@@ -49,7 +56,8 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
 
     dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages", limit_queries=limit,
                            subset_corpus=subset_corpus)
-    name = collection or f"eval-{dataset.name}-{rt.embedder.name}" + (f"-sub{limit}" if subset_corpus and limit else "")
+    name = collection or eval_collection(dataset.name, rt.embedder.name,
+                                         f"-sub{limit}" if subset_corpus and limit else "")
     principal = Principal.system()
     with Progress(console=progress_console, transient=True) as progress:
         name, report = index_dataset(rt, dataset, name, progress)

@@ -8,24 +8,45 @@ A failure at any point leaves nothing of the new version behind.
 
 The train/eval split is a function of each row's content alone (``assign_split``), so it is the same
 on every import, whatever the order of the rows, and exact copies always share a split.
+
+Access (issue 14). Every read takes a :class:`Principal` and goes through one predicate
+(``dataset_access.visible`` for versions, ``row_visible`` for rows, where the ACL values are
+described); rows made from documents (``import_examples``) get :func:`row_acl` of their documents'
+ACLs. What a principal cannot read answers exactly as if it did not exist, and nothing about it
+shows through what it can read: counts are of visible rows, the validation report of a version with
+rows hidden from the principal is withheld, and eval sets it cannot read are not named in the
+leakage report (``_view``). The ACL is not content: importing the same content again with another
+ACL changes that version's ACL instead of making a new version, and ``set_acl`` changes it at any
+time (admins only, as is ``remove``). Each version has its own ACL, so a redacted version can be
+public while the original stays admins only; a new version leaves the older ones' ACLs alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError
+from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError, PermissionDeniedError
+from ragtune.finetune.dataset_access import (
+    check_acl,
+    row_acl,
+    row_visible,
+    sql_acl,
+    visible,
+    withheld,
+    without_eval_sets,
+)
 from ragtune.finetune.examples import Example, canonical_json
 from ragtune.finetune.formats import FORMATS, ParsedFile, parse_bytes
 from ragtune.finetune.lengths import TemplateTokenCounter, TokenCounter
 from ragtune.finetune.validate import ValidationOptions, redact_examples, scan_pii, validate
+from ragtune.models import Principal
 from ragtune.store.database import Conn, Database
 
 ProgressCallback = Callable[[int], None]  # rows written so far
@@ -33,7 +54,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _IMPORT_LOCK = 7_203_116  # advisory-lock namespace for dataset imports (one lock per name)
 _BATCH = 256
 _COLUMNS = ("id, name, version, format, source, content_hash, options, row_count, train_rows, eval_rows, schema,"
-            " report, valid, reasons, eval_set, created_at")
+            " report, valid, reasons, eval_set, created_at, acl")
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,9 @@ class ImportOptions:
     base: str = "smollm2"  # the model whose tokenizer and context window measure the rows
     max_tokens: int | None = None  # default: the base model's context window
     near_duplicate_threshold: float = 0.8
+    # Who may read the version: None admins only, () every principal, else principals in any group.
+    # Not part of ``stored``: the same content imported with another ACL changes the ACL.
+    acl: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.format not in (*FORMATS, "auto"):
@@ -55,6 +79,7 @@ class ImportOptions:
         if not self.base.strip():
             raise DatasetError("base must name a model")
         self.validation()  # checks max_tokens and the threshold
+        object.__setattr__(self, "acl", check_acl(self.acl))
 
     def validation(self) -> ValidationOptions:
         return ValidationOptions(max_tokens=self.max_tokens, near_duplicate_threshold=self.near_duplicate_threshold)
@@ -68,6 +93,9 @@ class ImportOptions:
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """A version as one principal may know it: counts, schema, report and reasons cover only what it
+    can read (``DatasetStore._view``)."""
+
     id: int
     name: str
     version: int
@@ -84,10 +112,12 @@ class DatasetInfo:
     reasons: tuple[str, ...]
     eval_set: bool
     created_at: str
+    acl: tuple[str, ...] | None  # None admins only, () every principal, else groups
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DatasetInfo:
-        return cls(**{**row, "reasons": tuple(row["reasons"]), "created_at": str(row["created_at"])})
+        return cls(**{**row, "reasons": tuple(row["reasons"]), "created_at": str(row["created_at"]),
+                      "acl": None if row["acl"] is None else tuple(row["acl"])})
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "report"}
@@ -97,6 +127,7 @@ class DatasetInfo:
 class ImportResult:
     dataset: DatasetInfo
     created: bool  # False when the same content was already the latest version
+    acl_changed: bool = False  # the content was there, with another ACL, now replaced by the import's
 
 
 def row_hash(example: Example) -> str:
@@ -119,14 +150,22 @@ def require_valid(dataset: DatasetInfo, force: bool = False) -> tuple[str, ...]:
     return dataset.reasons
 
 
-def _schema(parsed: ParsedFile, examples: list[Example]) -> dict[str, Any]:
+def _schema(parsed: ParsedFile, examples: list[Example], row_acls: Sequence[tuple[str, ...] | None] | None
+            ) -> dict[str, Any]:
     kinds = sorted({e.kind for e in examples})
     return {
         "format": parsed.format, "kind": kinds[0] if len(kinds) == 1 else "mixed", "fields": parsed.fields,
         "roles": sorted({m["role"] for e in examples for m in e.messages}),
         "tools": any(e.tools for e in examples),
         "tool_calls": any(m.get("tool_calls") for e in examples for m in e.replies()),
+        # Some row restricts its readers beyond its version's ACL: only then are rows counted per reader.
+        "row_acls": any(row_acls or ()),
     }
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise DatasetError(f"invalid dataset name {name!r}: letters, digits, '.', '_' and '-', at most 128")
 
 
 class DatasetStore:
@@ -143,7 +182,7 @@ class DatasetStore:
             self._counters[base] = TemplateTokenCounter.for_base(base, self.cache_dir)
         return self._counters[base]
 
-    # -- import --------------------------------------------------------------------------------
+    # -- import (the operator's: no principal; reads inside run as the system) ------------------
     def import_file(self, path: str | Path, *, name: str, options: ImportOptions | None = None,
                     progress: ProgressCallback | None = None) -> ImportResult:
         path = Path(path).expanduser()
@@ -156,15 +195,43 @@ class DatasetStore:
     def import_bytes(self, data: bytes, *, name: str, source: str, options: ImportOptions | None = None,
                      progress: ProgressCallback | None = None) -> ImportResult:
         options = options or ImportOptions()
-        if not _NAME.fullmatch(name):
-            raise DatasetError(f"invalid dataset name {name!r}: letters, digits, '.', '_' and '-', at most 128")
+        _check_name(name)
         parsed = parse_bytes(data, source=source, format=options.format)
-        content_hash = hashlib.sha256(data).hexdigest()
+        return self._import(parsed, name=name, source=source, content_hash=hashlib.sha256(data).hexdigest(),
+                            options=options, row_acls=None, progress=progress)
+
+    def import_examples(self, examples: Sequence[Example], *, name: str, source: str,
+                        source_acls: Sequence[Sequence[Sequence[str]] | None] | None = None,
+                        options: ImportOptions | None = None,
+                        progress: ProgressCallback | None = None) -> ImportResult:
+        """Rows built in code (from documents, say) as a version, validated like a file: they are
+        written as chat JSON Lines and read back, so row ``i`` is line ``i + 1`` and a malformed row
+        is a schema error of its line. ``source_acls[i]`` holds the ACLs of the documents row ``i``
+        was made from (None or empty: from none); the row's ACL is their :func:`row_acl`, checked on
+        top of the version's ``options.acl``."""
+        options = options or ImportOptions()
+        _check_name(name)
+        if options.format not in ("auto", "chat"):
+            raise DatasetError(f"examples are imported in the chat form, not {options.format!r}")
+        if source_acls is not None and len(source_acls) != len(examples):
+            raise DatasetError(f"{len(source_acls)} source ACL lists for {len(examples)} examples")
+        data = "".join(canonical_json(e.content()) + "\n" for e in examples).encode("utf-8")
+        parsed = parse_bytes(data, source=source, format="chat")
+        acls = None if source_acls is None else [row_acl(a or ()) for a in source_acls]
+        digest = hashlib.sha256(data)
+        if acls is not None:  # the same rows with other ACLs are other content: a new version
+            digest.update(canonical_json(acls).encode("utf-8"))
+        return self._import(parsed, name=name, source=source, content_hash=digest.hexdigest(), options=options,
+                            row_acls=None if acls is None else [acls[e.line - 1] for e in parsed.examples],
+                            progress=progress)
+
+    def _import(self, parsed: ParsedFile, *, name: str, source: str, content_hash: str, options: ImportOptions,
+                row_acls: list[tuple[str, ...] | None] | None, progress: ProgressCallback | None) -> ImportResult:
         stored_options = options.stored(parsed.format)
-        with self.db.connection() as conn:
-            latest = self._latest(conn, name)
-        if latest is not None and latest.content_hash == content_hash and latest.options == stored_options:
-            return ImportResult(latest, created=False)
+        with self.db.transaction() as conn:
+            kept = self._unchanged(conn, name, content_hash, stored_options, options.acl)
+        if kept is not None:
+            return kept
         if not parsed.examples:
             first = f"; line {parsed.issues[0].line}: {parsed.issues[0].message}" if parsed.issues else ""
             raise DatasetError(f"{source}: no valid rows ({len(parsed.issues)} schema error(s){first})")
@@ -174,113 +241,204 @@ class DatasetStore:
         pii["redacted"] = options.redact_pii
         hashes = [row_hash(e) for e in examples]
         splits = ["eval" if options.eval_set else assign_split(h, options.eval_fraction) for h in hashes]
-        eval_sets = {} if options.eval_set else self.eval_sets(exclude=name)
+        # Leakage is checked against every eval set, whoever may read them; what the report then
+        # shows of the ones a reader cannot read is trimmed when it is read (``_view``).
+        eval_sets = {} if options.eval_set else self.eval_sets(exclude=name, principal=Principal.system())
         report = validate(parsed, examples, splits, counter=self.token_counter(options.base), eval_sets=eval_sets,
                           pii=pii, options=options.validation())
 
         with self.db.transaction() as conn:
-            # One import per name at a time: the version number and the no-op check stay exact.
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_IMPORT_LOCK, name))
+            kept = self._unchanged(conn, name, content_hash, stored_options, options.acl)
+            if kept is not None:
+                return kept
             latest = self._latest(conn, name)
-            if latest is not None and latest.content_hash == content_hash and latest.options == stored_options:
-                return ImportResult(latest, created=False)
             row = conn.execute(
                 f"INSERT INTO datasets (name, version, format, source, content_hash, options, row_count, train_rows,"
-                f" eval_rows, schema, report, valid, reasons, eval_set)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                f" eval_rows, schema, report, valid, reasons, eval_set, acl)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
                 (name, (latest.version if latest else 0) + 1, parsed.format, source, content_hash,
                  Jsonb(stored_options), len(examples), report.split["train"], report.split["eval"],
-                 Jsonb(_schema(parsed, examples)), Jsonb(report.to_dict()), report.valid, report.blocking,
-                 options.eval_set),
+                 Jsonb(_schema(parsed, examples, row_acls)), Jsonb(report.to_dict()), report.valid, report.blocking,
+                 options.eval_set, sql_acl(options.acl)),
             ).fetchone()
             assert row is not None
             info = DatasetInfo.from_row(row)
-            self._write_rows(conn, info.id, examples, splits, hashes, progress)
+            self._write_rows(conn, info.id, examples, splits, hashes, row_acls, progress)
         return ImportResult(info, created=True)
+
+    def _unchanged(self, conn: Conn, name: str, content_hash: str, stored_options: dict[str, Any],
+                   acl: tuple[str, ...] | None) -> ImportResult | None:
+        """Takes the name's import lock (one import per name at a time keeps the version number and
+        this check exact); the latest version when it holds this content already, its ACL set to
+        ``acl``, else None."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_IMPORT_LOCK, name))
+        latest = self._latest(conn, name)
+        if latest is None or latest.content_hash != content_hash or latest.options != stored_options:
+            return None
+        if latest.acl == acl:
+            return ImportResult(latest, created=False)
+        row = conn.execute(f"UPDATE datasets SET acl = %s WHERE id = %s RETURNING {_COLUMNS}",
+                           (sql_acl(acl), latest.id)).fetchone()
+        assert row is not None
+        return ImportResult(DatasetInfo.from_row(row), created=False, acl_changed=True)
 
     @staticmethod
     def _write_rows(conn: Conn, dataset_id: int, examples: list[Example], splits: list[str], hashes: list[str],
-                    progress: ProgressCallback | None) -> None:
+                    row_acls: list[tuple[str, ...] | None] | None, progress: ProgressCallback | None) -> None:
         def opt(value: Any) -> Any:
             return None if value is None else Jsonb(value)
 
+        acls = row_acls or [None] * len(examples)
         with conn.cursor() as cur:
             for start in range(0, len(examples), _BATCH):
                 cur.executemany(
                     "INSERT INTO dataset_rows (dataset_id, ordinal, line, split, row_hash, messages, tools, chosen,"
-                    " rejected) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " rejected, acl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(dataset_id, i, e.line, splits[i], hashes[i], Jsonb(e.messages), opt(e.tools), opt(e.chosen),
-                      opt(e.rejected))
+                      opt(e.rejected), sql_acl(acls[i]))
                      for i, e in enumerate(examples[start:start + _BATCH], start=start)],
                 )
                 if progress is not None:
                     progress(min(start + _BATCH, len(examples)))
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- reading: every read takes the principal it reads for --------------------------------------
     @staticmethod
     def _latest(conn: Conn, name: str) -> DatasetInfo | None:
+        """The latest version whoever may read it: for imports only."""
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM datasets WHERE name = %s ORDER BY version DESC LIMIT 1", (name,)
         ).fetchone()
         return DatasetInfo.from_row(row) if row else None
 
-    def get(self, name: str, version: int | None = None) -> DatasetInfo:
+    def get(self, name: str, version: int | None = None, *, principal: Principal) -> DatasetInfo:
+        """A version ``principal`` may read (default: the latest of those). One it may not read
+        is reported exactly as a missing one, and the versions listed are those it may read."""
+        vis, params = visible(principal)
         with self.db.connection() as conn:
-            if version is None:
-                info = self._latest(conn, name)
-                if info is None:
-                    raise NotFoundError(f"no dataset named {name!r}")
-                return info
-            row = conn.execute(f"SELECT {_COLUMNS} FROM datasets WHERE name = %s AND version = %s",
-                               (name, version)).fetchone()
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM datasets d WHERE name = %s AND (%s::int IS NULL OR version = %s) AND {vis}"
+                " ORDER BY version DESC LIMIT 1", (name, version, version, *params)).fetchone()
             if row is None:
                 versions = [r["version"] for r in conn.execute(
-                    "SELECT version FROM datasets WHERE name = %s ORDER BY version", (name,))]
+                    f"SELECT version FROM datasets d WHERE name = %s AND {vis} ORDER BY version", (name, *params))]
                 if not versions:
                     raise NotFoundError(f"no dataset named {name!r}")
                 raise NotFoundError(f"dataset {name!r} has no version {version} (versions: {versions})")
-            return DatasetInfo.from_row(row)
+            return self._view(conn, [DatasetInfo.from_row(row)], principal)[0]
 
-    def versions(self) -> list[DatasetInfo]:
-        """Every version of every dataset, by name then version."""
+    def versions(self, *, principal: Principal) -> list[DatasetInfo]:
+        """Every version ``principal`` may read, by name then version."""
+        vis, params = visible(principal)
         with self.db.connection() as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM datasets ORDER BY name, version").fetchall()
-        return [DatasetInfo.from_row(r) for r in rows]
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM datasets d WHERE {vis} ORDER BY name, version",
+                                params).fetchall()
+            return self._view(conn, [DatasetInfo.from_row(r) for r in rows], principal)
 
-    def rows(self, dataset: DatasetInfo, split: str | None = None) -> list[Example]:
-        """The stored examples of one version in file order, optionally of one split."""
+    def _row_query(self, columns: str, dataset: DatasetInfo, split: str | None, principal: Principal) -> list[Any]:
+        # The version's ACL is checked again here: a DatasetInfo may have been read by someone else.
         if split not in (None, "train", "eval"):
             raise DatasetError(f"split must be 'train' or 'eval', got {split!r}")
+        vis, vparams = visible(principal)
+        row_vis, rparams = row_visible(principal)
         with self.db.connection() as conn:
-            rows = conn.execute(
-                "SELECT line, messages, tools, chosen, rejected FROM dataset_rows WHERE dataset_id = %s"
-                " AND (%s::text IS NULL OR split = %s) ORDER BY ordinal",
-                (dataset.id, split, split),
+            return conn.execute(
+                f"SELECT {columns} FROM dataset_rows r JOIN datasets d ON d.id = r.dataset_id WHERE r.dataset_id = %s"
+                f" AND (%s::text IS NULL OR r.split = %s) AND {vis} AND {row_vis} ORDER BY r.ordinal",
+                (dataset.id, split, split, *vparams, *rparams),
             ).fetchall()
+
+    def rows(self, dataset: DatasetInfo, split: str | None = None, *, principal: Principal) -> list[Example]:
+        """The examples of one version that ``principal`` may read, in file order, optionally of one
+        split (none at all for a version it may not read)."""
+        rows = self._row_query("r.line, r.messages, r.tools, r.chosen, r.rejected", dataset, split, principal)
         return [Example(r["line"], r["messages"], r["tools"], r["chosen"], r["rejected"]) for r in rows]
 
-    def splits(self, dataset: DatasetInfo) -> list[str]:
-        with self.db.connection() as conn:
-            return [r["split"] for r in conn.execute(
-                "SELECT split FROM dataset_rows WHERE dataset_id = %s ORDER BY ordinal", (dataset.id,))]
+    def splits(self, dataset: DatasetInfo, *, principal: Principal) -> list[str]:
+        """The split of each row ``rows(dataset, principal=principal)`` returns, in the same order."""
+        return [r["split"] for r in self._row_query("r.split", dataset, None, principal)]
 
-    def eval_sets(self, *, exclude: str | None = None) -> dict[str, list[Example]]:
-        """The rows of the latest version of every registered eval set (but ``exclude``)."""
+    def eval_sets(self, *, principal: Principal, exclude: str | None = None) -> dict[str, list[Example]]:
+        """The rows ``principal`` may read of the latest version it may read of every registered
+        eval set (but ``exclude``)."""
+        vis, params = visible(principal)
         with self.db.connection() as conn:
             latest = conn.execute(
-                f"SELECT DISTINCT ON (name) {_COLUMNS} FROM datasets ORDER BY name, version DESC"
+                f"SELECT DISTINCT ON (name) {_COLUMNS} FROM datasets d WHERE {vis} ORDER BY name, version DESC", params
             ).fetchall()
-        return {r["name"]: self.rows(DatasetInfo.from_row(r)) for r in latest
+        return {r["name"]: self.rows(DatasetInfo.from_row(r), principal=principal) for r in latest
                 if r["eval_set"] and r["name"] != exclude}
 
-    def remove(self, name: str, version: int | None = None) -> int:
+    def _view(self, conn: Conn, infos: list[DatasetInfo], principal: Principal) -> list[DatasetInfo]:
+        """``infos`` (versions ``principal`` reads) as it may know them: with rows hidden from it,
+        counts of the rest and nothing else computed over all rows; leakage into eval sets it cannot
+        read (every row of) under neutral names."""
+        if principal.admin or not infos:
+            return infos
+        row_vis, params = row_visible(principal)
+        with_acls = [i.id for i in infos if i.schema.get("row_acls")]
+        counts = {r["dataset_id"]: (r["n"], r["train"]) for r in conn.execute(
+            f"SELECT r.dataset_id, count(*) AS n, count(*) FILTER (WHERE r.split = 'train') AS train"
+            f" FROM dataset_rows r WHERE r.dataset_id = ANY(%s) AND {row_vis} GROUP BY r.dataset_id",
+            (with_acls, *params))} if with_acls else {}
+        named = {n for i in infos for n in i.report.get("leakage", {}).get("eval_sets", {})}
+        readable = self._readable_eval_sets(conn, principal) if named else set()
+        out = []
+        for info in infos:
+            rows, train = counts.get(info.id, (0, 0)) if info.id in with_acls else (info.row_count, info.train_rows)
+            out.append(withheld(info, rows, train) if rows != info.row_count
+                       else without_eval_sets(info, named - readable))
+        return out
+
+    @staticmethod
+    def _readable_eval_sets(conn: Conn, principal: Principal) -> set[str]:
+        """Names of the eval sets whose latest version ``principal`` may read, every row of it."""
+        vis, vparams = visible(principal)
+        row_vis, rparams = row_visible(principal)
+        return {r["name"] for r in conn.execute(
+            f"SELECT s.name FROM (SELECT DISTINCT ON (name) id, name, eval_set, schema FROM datasets d WHERE {vis}"
+            f" ORDER BY name, version DESC) s WHERE s.eval_set AND NOT (coalesce((s.schema ->> 'row_acls')::boolean,"
+            f" false) AND EXISTS (SELECT 1 FROM dataset_rows r WHERE r.dataset_id = s.id AND NOT {row_vis}))",
+            (*vparams, *rparams))}
+
+    # -- changes (admins only) ---------------------------------------------------------------------
+    def _require_admin(self, conn: Conn, name: str, version: int | None, principal: Principal, action: str) -> None:
+        """Refuse a non-admin: as missing when it cannot read the dataset (or version), else as
+        forbidden."""
+        if principal.admin:
+            return
+        vis, params = visible(principal)
+        found = conn.execute(f"SELECT 1 FROM datasets d WHERE name = %s AND (%s::int IS NULL OR version = %s)"
+                             f" AND {vis} LIMIT 1", (name, version, version, *params)).fetchone()
+        if found is None:
+            raise _missing(name, version)
+        raise PermissionDeniedError(f"only an admin may {action} dataset {name!r}")
+
+    def set_acl(self, name: str, acl: Iterable[str] | None, *, principal: Principal,
+                version: int | None = None) -> int:
+        """Set who may read one version, or every version, of a dataset (``acl`` as
+        :attr:`ImportOptions.acl`); returns how many versions were changed."""
+        checked = check_acl(acl)
+        with self.db.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_IMPORT_LOCK, name))
+            self._require_admin(conn, name, version, principal, "change the ACL of")
+            cur = conn.execute("UPDATE datasets SET acl = %s WHERE name = %s AND (%s::int IS NULL OR version = %s)",
+                               (sql_acl(checked), name, version, version))
+            if cur.rowcount == 0:
+                raise _missing(name, version)
+            return cur.rowcount
+
+    def remove(self, name: str, version: int | None = None, *, principal: Principal) -> int:
         """Delete one version, or every version, of a dataset; returns how many were deleted."""
         with self.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_IMPORT_LOCK, name))
+            self._require_admin(conn, name, version, principal, "remove")
             cur = conn.execute(
                 "DELETE FROM datasets WHERE name = %s AND (%s::int IS NULL OR version = %s)", (name, version, version)
             )
             if cur.rowcount == 0:
-                what = f"dataset {name!r}" + (f" version {version}" if version is not None else "")
-                raise NotFoundError(f"no {what}")
+                raise _missing(name, version)
             return cur.rowcount
+
+
+def _missing(name: str, version: int | None) -> NotFoundError:
+    return NotFoundError(f"no dataset {name!r}" + (f" version {version}" if version is not None else ""))

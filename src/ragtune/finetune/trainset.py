@@ -25,6 +25,7 @@ from typing import Any
 from ragtune.errors import DatasetError, DatasetValidationError, ModelError
 from ragtune.finetune.examples import Example, canonical_json, template_messages
 from ragtune.finetune.formats import parse_file
+from ragtune.models import Principal
 
 IGNORE = -100  # label of tokens without loss
 
@@ -75,14 +76,16 @@ def from_file(path: str | Path, *, eval_fraction: float, force: bool = False, fo
                     [e for e, s in zip(parsed.examples, splits, strict=True) if s == "eval"], reasons)
 
 
-def from_store(store: Any, name: str, *, version: int | None = None, force: bool = False) -> TrainSet:
-    """A stored dataset through its validation gate (``require_valid``), with its own split."""
+def from_store(store: Any, name: str, *, principal: Principal, version: int | None = None,
+               force: bool = False) -> TrainSet:
+    """A stored dataset through its validation gate (``require_valid``), with its own split: the
+    rows ``principal`` may read."""
     from ragtune.finetune.datasets import require_valid
 
-    info = store.get(name, version)
+    info = store.get(name, version, principal=principal)
     reasons = require_valid(info, force)
-    return TrainSet(info.name, info.version, info.content_hash, store.rows(info, "train"), store.rows(info, "eval"),
-                    tuple(reasons))
+    return TrainSet(info.name, info.version, info.content_hash, store.rows(info, "train", principal=principal),
+                    store.rows(info, "eval", principal=principal), tuple(reasons))
 
 
 def write_rows(path: Path, examples: Sequence[Example]) -> None:

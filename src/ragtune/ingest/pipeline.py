@@ -11,25 +11,36 @@ Why it is shaped like this:
   name the bad document): a crash (even kill -9) leaves whole documents or nothing, and a rerun
   picks up where it stopped because finished documents are unchanged.
 - A source that fails is reported with its name and reason; the rest of the run goes on.
+
+Metadata and ACL. What the caller gives (``metadata``, ``acl``) is applied to every document of
+the run; None means "not given": a stored document keeps what it has (its given metadata and its
+ACL), and a new one takes ``defaults(uri)`` (file ingests: what its folder's documents share, see
+``InheritedAttributes``), else none and public. A run never changes a stored document's ACL unless
+``access.change_acl`` says so, and never replaces a document the writer cannot read; the store
+checks both again with the rows locked (``store.access``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ragtune.errors import IngestError, RagtuneError
+from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
 from ragtune.protocols import Chunker, Embedder
 from ragtune.retrieve.lexical import LexicalAnalyzer
+from ragtune.store.access import WriteAccess, check_replace, describe_acl
 from ragtune.store.repository import (
     CollectionInfo,
+    ExistingDocument,
     PreparedDocument,
     Repository,
     content_hash,
@@ -37,38 +48,87 @@ from ragtune.store.repository import (
 )
 
 ProgressCallback = Callable[[str, int], None]  # (event, amount): "document", "chunks", "embedded"
+Attributes = tuple[tuple[str, ...], dict[str, Any]]  # (ACL, given metadata)
+# a new document's attributes when the caller gave none; the flag says whether its ACL is wanted
+Defaults = Callable[[str, bool], Attributes]
 
 
 @dataclass
 class _Pending:
     loaded: LoadedDocument
-    metadata: dict[str, Any]
-    acl: tuple[str, ...]
+    metadata: dict[str, Any]  # the loader's, with the title
+    user_metadata: dict[str, Any] | None  # None: keep the stored document's
+    acl: tuple[str, ...] | None  # None: keep the stored document's
     hash: str
+    acl_change: bool = False
     chunks: list[Any] = field(default_factory=list)
     terms: list[Counter[str]] = field(default_factory=list)
 
 
+class InheritedAttributes:
+    """A new file's ACL and given metadata when the ingest gave none: those of the documents
+    already stored from its folder, or from the nearest folder above it (up to the folder the
+    ingest named) that has any, so a file added to a restricted folder never lands public. When
+    that folder's documents have different ACLs the file is refused until an ACL is given; the
+    metadata is what they all share. No stored documents: public, no metadata.
+
+    What is stored is read once, on the first new file, so every file of a run inherits from the
+    collection as it was before the run, whatever order the writes land in."""
+
+    def __init__(self, repo: Repository, collection_id: int, roots: Sequence[str]) -> None:
+        self.repo = repo
+        self.collection_id = collection_id
+        self.roots = {r.rstrip("/") or "/" for r in roots}
+        self._folders: dict[str, set[tuple[tuple[str, ...], str]]] | None = None
+
+    def __call__(self, uri: str, want_acl: bool = True) -> Attributes:
+        if self._folders is None:
+            self._folders = {}
+            for root in self.roots:
+                self._folders.update(self.repo.folder_attributes(self.collection_id, root))
+        folder = os.path.dirname(uri.split("#", 1)[0])
+        while not self._folders.get(folder):
+            parent = os.path.dirname(folder)
+            if folder in self.roots or parent == folder:
+                return (), {}
+            folder = parent
+        found = self._folders[folder]
+        acls = sorted({acl for acl, _ in found})
+        if len(acls) > 1 and want_acl:
+            raise AclChangeError(uri, f"the documents stored from {folder} have different ACLs "
+                                      f"({', '.join(describe_acl(a) for a in acls)}); give the new file's ACL (--acl)")
+        metas = [json.loads(meta) for _, meta in found]
+        shared = metas[0]
+        for meta in metas[1:]:
+            shared = {k: v for k, v in shared.items() if k in meta and meta[k] == v}
+        return acls[0], shared
+
+
 class IngestPipeline:
     def __init__(self, repo: Repository, embedder: Embedder, chunker: Chunker, analyzer: LexicalAnalyzer,
-                 *, batch_texts: int = 256) -> None:
+                 *, batch_texts: int = 256, max_chunks: int = 0) -> None:
+        """``max_chunks``: the most chunks one document may have (``max_chunks_per_document``; 0: no limit)."""
+        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 0:
+            raise ConfigError(f"max_chunks must be an integer of at least 0 (0: no limit), got {max_chunks!r}")
         self.repo = repo
         self.embedder = embedder
         self.chunker = chunker
         self.analyzer = analyzer
         self.batch_texts = batch_texts
+        self.max_chunks = max_chunks
 
     def run(self, documents: Iterable[LoadedDocument | IngestError], info: CollectionInfo, *,
-            metadata: dict[str, Any] | None = None, acl: Iterable[str] = (),
-            progress: ProgressCallback | None = None, seen: set[str] | None = None) -> IngestReport:
+            access: WriteAccess, metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
+            defaults: Defaults | None = None, progress: ProgressCallback | None = None,
+            seen: set[str] | None = None) -> IngestReport:
         """Ingest a stream of loaded documents (or the errors loading them raised).
 
         ``seen`` (if given) collects the URIs produced by this run, for ``sync``.
         """
         started = time.perf_counter()
         report = IngestReport()
-        extra_meta = dict(metadata or {})
-        acl_t = tuple(sorted(set(acl)))
+        given_meta = dict(metadata) if metadata is not None else None
+        given_acl = tuple(sorted(set(acl))) if acl is not None else None
         notify = progress or (lambda event, n: None)
         batch: list[_Pending] = []
         batch_chunks = 0
@@ -83,48 +143,80 @@ class IngestPipeline:
                 for loaded in loaded_docs:
                     if seen is not None:
                         seen.add(loaded.uri)
-                    meta = {**loaded.metadata, **extra_meta}
-                    if loaded.title and "title" not in meta:
-                        meta["title"] = loaded.title
-                    digest = content_hash(loaded.text)
-                    old = existing.get(loaded.uri)
-                    if old is not None and old.content_hash == digest:
-                        if old.metadata == meta and old.acl == acl_t:
-                            report.unchanged += 1
-                        else:
-                            self.repo.update_document_attributes(info.id, loaded.uri, meta, acl_t)
-                            report.updated += 1
+                    try:
+                        pending = self._plan(loaded, existing.get(loaded.uri), access, given_meta, given_acl,
+                                             defaults, info, report)
+                        if pending is not None:
+                            self._prepare(pending)
+                    except RagtuneError as exc:
+                        report.failed.append(FileFailure(loaded.uri, getattr(exc, "code", "error"),
+                                                         getattr(exc, "reason", str(exc))))
                         notify("document", 1)
                         continue
-                    try:
-                        pending = self._prepare(loaded, meta, acl_t, digest)
-                    except RagtuneError as exc:
-                        report.failed.append(FileFailure(loaded.uri, getattr(exc, "code", "error"), str(exc)))
+                    if pending is None:  # nothing to embed: unchanged, or new attributes only
                         notify("document", 1)
                         continue
                     batch.append(pending)
                     batch_chunks += len(pending.chunks)
                     if batch_chunks >= self.batch_texts:
-                        writes.append(self._flush(batch, info, writer, report, notify))
+                        writes.append(self._flush(batch, info, writer, report, notify, access))
                         batch, batch_chunks = [], 0
                     self._reap(writes, done_only=True)
             if batch:
-                writes.append(self._flush(batch, info, writer, report, notify))
+                writes.append(self._flush(batch, info, writer, report, notify, access))
             self._reap(writes, done_only=False)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, loaded: LoadedDocument, meta: dict[str, Any], acl: tuple[str, ...], digest: str) -> _Pending:
-        chunks = self.chunker.split(loaded)
+    def _plan(self, loaded: LoadedDocument, old: ExistingDocument | None, access: WriteAccess,
+              given_meta: dict[str, Any] | None, given_acl: tuple[str, ...] | None, defaults: Defaults | None,
+              info: CollectionInfo, report: IngestReport) -> _Pending | None:
+        """What to write for one loaded document: a pending write, or None when only its
+        attributes change (done here) or nothing does. Raises when the write is not allowed."""
+        own = dict(loaded.metadata)
+        if loaded.title and "title" not in own:
+            own["title"] = loaded.title
+        digest = content_hash(loaded.text)
+        if old is None:
+            acl, user = given_acl, given_meta
+            if defaults is not None and (acl is None or user is None):
+                inherited_acl, inherited_meta = defaults(loaded.uri, acl is None)
+                acl = inherited_acl if acl is None else acl
+                user = inherited_meta if user is None else user
+            return _Pending(loaded, own, user, acl, digest)
+        # Checked here first so that an unchanged document the writer may not read is refused like
+        # any other (an "unchanged" answer would confirm its content), and again under the row lock.
+        target_acl = old.acl if given_acl is None else given_acl
+        check_replace(access, loaded.uri, old.acl, target_acl)
+        acl_change = target_acl != old.acl
+        if old.content_hash != digest:
+            return _Pending(loaded, own, given_meta, given_acl, digest, acl_change=acl_change)
+        target_meta = {**own, **(old.user_metadata if given_meta is None else given_meta)}
+        if target_meta == old.metadata and not acl_change:
+            report.unchanged += 1
+        elif self.repo.update_document_attributes(info.id, loaded.uri, own, given_meta, given_acl, access):
+            report.updated += 1
+            report.acl_changed += acl_change
+        else:
+            report.unchanged += 1
+        return None
+
+    def _prepare(self, pending: _Pending) -> None:
+        chunks = self.chunker.split(pending.loaded)
         if not chunks:
             from ragtune.errors import EmptyDocumentError
 
-            raise EmptyDocumentError(loaded.uri, "no text to index")
-        terms = [self.analyzer.term_counts(c.text) for c in chunks]
-        return _Pending(loaded, meta, acl, digest, chunks, terms)
+            raise EmptyDocumentError(pending.loaded.uri, "no text to index")
+        if self.max_chunks and len(chunks) > self.max_chunks:
+            # Before the lexical terms and any embedding: a document that expanded far beyond its
+            # upload (issue 14: 433 KB became 99,109 chunks) must not hold the worker for minutes.
+            raise ChunkLimitError(pending.loaded.uri, f"{len(chunks):,} chunks from {len(pending.loaded.text):,} "
+                                                      f"characters, over max_chunks_per_document={self.max_chunks:,}")
+        pending.chunks = chunks
+        pending.terms = [self.analyzer.term_counts(c.text) for c in chunks]
 
     def _flush(self, batch: list[_Pending], info: CollectionInfo, writer: ThreadPoolExecutor,
-               report: IngestReport, notify: ProgressCallback) -> Future[None]:
+               report: IngestReport, notify: ProgressCallback, access: WriteAccess) -> Future[None]:
         texts = [c.text for p in batch for c in p.chunks]
         vectors = self._embed(texts, report, notify)
         offset = 0
@@ -133,41 +225,45 @@ class IngestPipeline:
             n = len(p.chunks)
             prepared.append(PreparedDocument(
                 uri=p.loaded.uri, title=p.loaded.title, text=p.loaded.text, content_hash=p.hash,
-                metadata=p.metadata, acl=p.acl, chunks=p.chunks, vectors=vectors[offset:offset + n],
-                term_counts=p.terms,
+                metadata=p.metadata, user_metadata=p.user_metadata, acl=p.acl, chunks=p.chunks,
+                vectors=vectors[offset:offset + n], term_counts=p.terms,
             ))
             offset += n
-        return writer.submit(self._write_all, info, prepared, report, notify)
+        acl_changes = {p.loaded.uri for p in batch if p.acl_change}
+        return writer.submit(self._write_all, info, prepared, report, notify, access, acl_changes)
 
     def _write_all(self, info: CollectionInfo, prepared: list[PreparedDocument], report: IngestReport,
-                   notify: ProgressCallback) -> None:
+                   notify: ProgressCallback, access: WriteAccess, acl_changes: set[str]) -> None:
         """One transaction for the whole batch; if it fails, each document on its own, so one bad
         document is reported by name and the others still land."""
         unique = len({d.uri for d in prepared}) == len(prepared)
         if unique and len(prepared) > 1:
             try:
-                statuses = self.repo.write_documents(info, prepared)
+                statuses = self.repo.write_documents(info, prepared, access)
             except Exception:  # retried one by one below, where the error surfaces with its document
                 pass
             else:
                 for doc, status in zip(prepared, statuses, strict=True):
-                    self._count(report, doc, status, notify)
+                    self._count(report, doc, status, notify, doc.uri in acl_changes)
                 return
         for doc in prepared:
             try:
-                status = self.repo.write_document(info, doc)
+                status = self.repo.write_document(info, doc, access)
             except RagtuneError as exc:
-                report.failed.append(FileFailure(doc.uri, getattr(exc, "code", "error"), str(exc)))
+                report.failed.append(FileFailure(doc.uri, getattr(exc, "code", "error"),
+                                                 getattr(exc, "reason", str(exc))))
                 notify("document", 1)
             else:
-                self._count(report, doc, status, notify)
+                self._count(report, doc, status, notify, doc.uri in acl_changes)
 
     @staticmethod
-    def _count(report: IngestReport, doc: PreparedDocument, status: str, notify: ProgressCallback) -> None:
+    def _count(report: IngestReport, doc: PreparedDocument, status: str, notify: ProgressCallback,
+               acl_changed: bool) -> None:
         if status == "added":
             report.added += 1
         else:
             report.updated += 1
+            report.acl_changed += acl_changed
         report.chunks += len(doc.chunks)
         notify("document", 1)
 

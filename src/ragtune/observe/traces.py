@@ -53,10 +53,11 @@ class TraceWriter:
     def write(self, record: TraceRecord) -> int:
         with self.db.transaction() as conn:
             row = conn.execute(
-                "INSERT INTO traces (kind, principal, groups, collection, query, params, results, timings_ms, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                "INSERT INTO traces (kind, principal, principal_admin, groups, collection, query, params, results,"
+                " timings_ms, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (
-                    record.kind, record.principal.id, sorted(record.principal.groups), record.collection,
+                    record.kind, record.principal.id, record.principal.admin, sorted(record.principal.groups),
+                    record.collection,
                     record.query, Jsonb(record.params), Jsonb(record.results),
                     Jsonb({k: round(v, 3) for k, v in record.timings_ms.items()}), record.error,
                 ),

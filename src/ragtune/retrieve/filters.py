@@ -2,11 +2,16 @@
 
 Keys and values always travel as bind parameters, never as SQL text, so a filter like
 ``title=x'; DROP TABLE chunks; --`` is just a value that matches nothing.
+
+Size. Each condition is a containment test the planner combines with the others; thousands of
+them cost PostgreSQL seconds to minutes (5,000 keys: ~60 s, measured), so ``check_size`` caps the
+number of filters and of values across them (``max_filters``, ``max_filter_values``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +20,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import QueryError
+from ragtune.errors import LimitError, QueryError
 from ragtune.models import Principal
 
 OPERATORS = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
@@ -35,6 +40,11 @@ class Filter:
     def __post_init__(self) -> None:
         if not self.key:
             raise QueryError("a filter needs a metadata key")
+        for part in (self.key, *(self.value if isinstance(self.value, list | tuple | set | frozenset)
+                                 else (self.value,))):
+            problem = bad_value(part)
+            if problem:
+                raise QueryError(f"filter {self.key!r}: {problem}")
         if self.op not in OPERATORS:
             raise QueryError(f"unknown filter operator {self.op!r} for {self.key!r}; use one of {OPERATORS}")
         if self.op == "in" and not isinstance(self.value, list | tuple | set | frozenset):
@@ -57,6 +67,51 @@ class Filter:
         if op in _RANGE_SQL and isinstance(value, str):
             raise QueryError(f"filter {text!r}: a range needs a number or an ISO date, got {raw!r}")
         return cls(key, op, value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_INT = 2**63 - 1
+
+
+def bad_text(value: str) -> str | None:
+    """What makes ``value`` text PostgreSQL cannot store (None when it can)."""
+    if "\x00" in value:
+        return "a NUL character"
+    if _SURROGATE.search(value):
+        return "a lone surrogate (not valid Unicode text)"
+    return None
+
+
+def bad_value(value: Any) -> str | None:
+    """What makes a filter key or value unusable: bad text, an integer beyond 64 bits, a non-finite number."""
+    if isinstance(value, str):
+        problem = bad_text(value)
+        return f"holds {problem}" if problem else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and abs(value) > _MAX_INT:
+        return "a number out of range (more than 64 bits)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    return None
+
+
+@dataclass(frozen=True)
+class FilterLimits:
+    """How many filters, and values across them, one search may have."""
+
+    max_filters: int = 32
+    max_values: int = 256
+
+
+def check_size(filters: Sequence[Filter], limits: FilterLimits) -> None:
+    if len(filters) > limits.max_filters:
+        raise LimitError(f"at most {limits.max_filters} filters per search (max_filters), got {len(filters)}",
+                         "max_filters")
+    values = sum(len(f.value) if f.op == "in" else 1 for f in filters)
+    if values > limits.max_values:
+        raise LimitError(f"at most {limits.max_values} filter values per search (max_filter_values), got {values}",
+                         "max_filter_values")
 
 
 def parse_scalar(raw: str) -> Any:

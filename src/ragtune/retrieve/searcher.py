@@ -2,6 +2,13 @@
 
 All statements of one search run in one REPEATABLE READ snapshot, so the dense list, the BM25
 list and the fetched chunk texts agree even while a writer replaces a document.
+
+What a caller sees (hits, scores, the trace) depends only on what it can read: BM25 statistics
+are those of its readable chunks (``bm25_statistics = "visible"``, see ``retrieve.postgres``), and
+the trace records no count over all chunks (it used to record how many postings BM25 summed,
+hidden chunks' included, which told whether a word occurs in documents the caller cannot read).
+Per-stage timings still grow with the postings of hidden chunks for words readable chunks hold
+too: the README's security section says what that and the shared HNSW graph leave open.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.postgres import (
     Bm25Params,
     Bm25Scores,
-    bm25_query_terms,
     bm25_scores,
     bm25_top,
     count_matching,
@@ -30,7 +36,7 @@ from ragtune.retrieve.postgres import (
     dense_search,
     fetch_chunks,
 )
-from ragtune.settings import SEARCH_MODES, Settings
+from ragtune.settings import BM25_STATISTICS, SEARCH_MODES, Settings
 from ragtune.store.database import Conn
 from ragtune.store.repository import CollectionInfo, Repository
 
@@ -50,6 +56,7 @@ class SearchOptions:
     hybrid_ef_search: int = 100  # the dense list of hybrid
     exact_scan_threshold: int = 5000
     bm25: Bm25Params = field(default_factory=Bm25Params)
+    bm25_statistics: str = "visible"  # "visible" | "global": which chunks N, avgdl and df count
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
@@ -60,6 +67,9 @@ class SearchOptions:
             raise QueryError(f"unknown fusion {self.fusion!r}; use convex or rrf")
         if self.normalization not in fusion.NORMALIZERS:
             raise QueryError(f"unknown score normalization {self.normalization!r}; use zscore or minmax")
+        if self.bm25_statistics not in BM25_STATISTICS:
+            raise QueryError(f"unknown bm25_statistics {self.bm25_statistics!r}; use one of "
+                             f"{', '.join(BM25_STATISTICS)}")
 
     @property
     def dense_ef_search(self) -> int:
@@ -74,7 +84,7 @@ class SearchOptions:
             rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
             hybrid_ef_search=settings.hybrid_ef_search,
             exact_scan_threshold=settings.exact_scan_threshold,
-            bm25=Bm25Params(settings.bm25_k1, settings.bm25_b),
+            bm25=Bm25Params(settings.bm25_k1, settings.bm25_b), bm25_statistics=settings.bm25_statistics,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -119,6 +129,7 @@ class Searcher:
             dense: dict[int, float] = {}
             bm25: dict[int, float] = {}
             scores = Bm25Scores.none()
+            statistics = None  # which BM25 statistics were used, for the trace
             wanted = k if options.mode != "hybrid" else n
             if qvec is not None:
                 with timer.stage("dense"):
@@ -126,8 +137,12 @@ class Searcher:
                 dense = dict(ranked)
             if options.mode != "dense":
                 with timer.stage("bm25"):
-                    # term ids, weights and avgdl are read in the search's snapshot, like the postings
-                    scores = bm25_scores(conn, bm25_query_terms(conn, info, terms), options.bm25)
+                    # statistics and postings come from the search's snapshot, in one statement; an
+                    # admin reads every chunk, so its visible statistics are the collection's
+                    groups = None if principal.admin or options.bm25_statistics == "global" \
+                        else sorted(principal.groups)
+                    statistics = "global" if groups is None else "visible"
+                    scores = bm25_scores(conn, info, terms, options.bm25, groups)
                     bm25 = dict(bm25_top(conn, scores, wanted, cond))
             with timer.stage("fuse"):
                 if options.mode == "dense":
@@ -177,7 +192,7 @@ class Searcher:
                             "normalization": options.normalization,
                             "dense_weight": options.dense_weight, "exact_scan": exact,
                             "ef_search": None if options.mode == "bm25" else options.dense_ef_search,
-                            "bm25_postings": scores.postings,
+                            "bm25_statistics": statistics,
                             "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
                               "scores": h.scores_by_source} for h in hits],

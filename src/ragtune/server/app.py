@@ -13,6 +13,13 @@ their own limits (``uploads``). ``top_k`` over ``server_max_top_k`` is a 400 nam
 Shutdown: uvicorn stops accepting, lets in-flight requests (streams included) finish for up to
 ``server_shutdown_timeout`` seconds, then the lifespan stops the ingest worker, which puts a job
 it had to cut short back in the queue.
+
+Losing the database: ``/health`` checks it (a fresh connection, bounded to a few seconds) and
+answers 503 ``{"status": "unavailable", "code": "database_unavailable", ...}`` with ``Retry-After``
+while it is down; that check, like any request that finds the database gone, starts the embedded
+server's restart in the background (``Database``), and the engine's reads wait for it and run once
+more. A request that cannot be served in ``database_wait`` seconds is a 503 problem with
+``Retry-After``; a statement over ``statement_timeout`` is a 504 ``query_timeout``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
+from ragtune.errors import ConfigError, DatabaseUnavailableError, StoreError
 from ragtune.server import problems
 from ragtune.server.auth import auth_required, parse_list
+from ragtune.server.cancel import CancelOnDisconnect
 from ragtune.server.deps import ServerState
+from ragtune.server.guards import RequestGuard, allowed_hosts
 from ragtune.settings import Settings
 
 Scope = MutableMapping[str, Any]
@@ -39,6 +51,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _UPLOAD_PATH = re.compile(r"^/collections/[^/]+/documents/?$")
+_HEALTH_TIMEOUT_S = 3.0  # a health check answers within this even when the database hangs
 
 
 def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | None = None,
@@ -62,7 +75,7 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
             if start_worker:
                 await to_thread.run_sync(state.worker.stop, max(settings.server_shutdown_timeout, 1.0))
 
-    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="RAG and fine-tuning on PostgreSQL: REST and OpenAI-compatible API. "
                               "Send an API key as 'Authorization: Bearer <key>'.")
     app.state.ragtune = state
@@ -70,20 +83,67 @@ def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | No
     for module in (collections, documents, ingest, search, ask, traces, datasets, models, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
-    @app.get("/health", tags=["meta"], summary="Liveness; needs no key and serves no data")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "auth": state.auth_required}
+    @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",
+             response_model=None, responses={503: {"description": "The database is down or restarting; "
+                                                                   "Retry-After says when to ask again"}})
+    async def health() -> dict[str, Any] | JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "auth": state.auth_required}
+        problem: StoreError | None = DatabaseUnavailableError(f"no answer within {_HEALTH_TIMEOUT_S:g} s")
+        with anyio.move_on_after(_HEALTH_TIMEOUT_S):
+            problem = await to_thread.run_sync(_database_problem, state.engine, abandon_on_cancel=True)
+        if problem is None:
+            return body  # unchanged since before the database was checked: clients compare it
+        retry = max(1, round(getattr(problem, "retry_after", 2.0) + 0.49))
+        return JSONResponse({**body, "status": "unavailable", "database": "unavailable", "code": problem.code,
+                             "detail": problems.DATABASE_UNAVAILABLE, "retry_after": retry},
+                            status_code=503, headers={"Retry-After": str(retry)})
 
     console.install(app)
+    if settings.server_api_docs:
+        install_api_docs(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.server_max_request_bytes)
     origins = parse_list(settings.server_cors_origins)
+    # added last, so it runs first: nothing reaches a route (or CORS) before the guard's checks
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Accept"],
                            expose_headers=["Location", "Retry-After"])
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(RequestGuard, cors_origins=origins,
+                       hosts=allowed_hosts(settings.server_host, parse_list(settings.server_allowed_hosts)))
     return app
+
+
+def install_api_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files: nothing from another host."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import swagger_ui_bundle
+    except ImportError as exc:
+        raise ConfigError("server_api_docs needs the swagger-ui-bundle package: pip install 'ragtune[server]'") from exc
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ragtune API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
+
+def _database_problem(engine: Any) -> StoreError | None:
+    """None when the database answers; opening it (first use) or a failed ping starts the embedded
+    server (again)."""
+    try:
+        engine.db.ping()
+    except StoreError as exc:
+        return exc
+    return None
 
 
 class BodyLimit:

@@ -4,8 +4,10 @@
 A key reads ``rt_<key_id>_<secret>``. ``key_id`` (12 hex digits) is public and finds the row; the
 secret (32 random bytes) is stored only as a salted scrypt hash with a per-key salt, so the key is
 shown once, when it is made. Verifying a secret costs one scrypt (tens of milliseconds), so a
-process remembers the SHA-256 of keys it has verified; the row is still read on every request, so
-a revocation takes effect at once in every server.
+process remembers the SHA-256 of keys it has verified for ``server_key_cache_seconds`` (and of
+wrong keys for a minute); the row is still read on every request, so a revocation takes effect at
+once in every server. The server spends a client address's ``server_auth_rate_limit`` bucket and
+one of ``server_max_concurrent_verifications`` slots before any scrypt (``deps.get_caller``).
 
 A key's ``groups`` become the request principal's groups (the document ACLs apply to everything it
 reads); its ``scopes`` guard what it may do: ``read`` (search, ask, list, traces, the OpenAI
@@ -48,6 +50,10 @@ _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
 # scrypt at n=2**14, r=8 uses 16 MiB and ~40 ms per check here: cheap for us, slow for guessing
 _KDF = {"name": "scrypt", "n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _VERIFIED_CACHE = 4096
+# A wrong key is remembered so a client repeating it costs no scrypt; only briefly, since the entry
+# just saves CPU (a wrong key stays wrong) and a short life keeps the table to recent offenders.
+_REJECTED_TTL_S = 60.0
+_REJECTED_CACHE = 4096
 _TOUCH_EVERY_S = 60.0
 
 
@@ -129,13 +135,28 @@ def check_groups(groups: Iterable[str]) -> tuple[str, ...]:
 
 
 class KeyStore:
-    """API keys in the ``api_keys`` table."""
+    """API keys in the ``api_keys`` table.
 
-    def __init__(self, db: Database) -> None:
+    ``cache_seconds`` is how long a verified key skips the scrypt (0: never). Keys that failed are
+    remembered too, for at most ``_REJECTED_TTL_S``, in a table of their own so a flood of wrong
+    keys can never push a verified key out. ``kdf_calls``, ``kdf_active`` and ``kdf_peak`` count
+    the scrypt verifications (all, running now, most at once), for the server's tests.
+    """
+
+    def __init__(self, db: Database, *, cache_seconds: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if cache_seconds < 0:
+            raise ConfigError(f"cache_seconds must be >= 0, got {cache_seconds}")
         self.db = db
-        self._verified: OrderedDict[bytes, str] = OrderedDict()  # sha256(key) -> key_id
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._verified: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()  # sha256(key) -> id, hash, at
+        self._rejected: OrderedDict[bytes, float] = OrderedDict()  # sha256(key) -> when it failed
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.kdf_calls = 0
+        self.kdf_active = 0
+        self.kdf_peak = 0
 
     def create(self, name: str, *, groups: Iterable[str] = (), scopes: Iterable[str] = ("read",)) -> CreatedKey:
         name = name.strip()
@@ -186,36 +207,112 @@ class KeyStore:
             conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s", (key_id,))
         return True
 
+    def remembered(self, key: str) -> bool:
+        """True if ``key`` was verified within ``cache_seconds`` (its row must still be read); False if
+        only a scrypt can tell. Raises AuthenticationError for a malformed key or one that failed
+        lately. Memory only (no database, no scrypt): the server calls it on its event loop."""
+        _, _, fingerprint = _parse(key)
+        now = self._clock()
+        with self._lock:
+            if self._fresh_verified(fingerprint, now) is not None:
+                return True
+            if self._fresh_rejected(fingerprint, now):
+                raise AuthenticationError("invalid API key")
+        return False
+
+    def verify_cached(self, key: str) -> ApiKey | None:
+        """Like ``verify`` but never runs a scrypt: None when the key would need one."""
+        key_id, _, fingerprint = _parse(key)
+        now = self._clock()
+        with self._lock:
+            entry = self._fresh_verified(fingerprint, now)
+            if entry is None:
+                if self._fresh_rejected(fingerprint, now):
+                    raise AuthenticationError("invalid API key")
+                return None
+        row = self._row(key_id)
+        if row is None or entry[0] != key_id or bytes(row["hash"]) != entry[1]:
+            with self._lock:  # the row is gone or was replaced: only a fresh check may say yes
+                self._verified.pop(fingerprint, None)
+            return None
+        return self._accept(row)
+
     def verify(self, key: str) -> ApiKey:
-        """The key's row if the key is valid and not revoked; AuthenticationError otherwise."""
-        match = _KEY.fullmatch(key.strip())
-        if match is None:
-            raise AuthenticationError("malformed API key: expected rt_<id>_<secret> as made by `ragtune keys create`")
-        key_id, secret = match.groups()
-        fingerprint = hashlib.sha256(key.strip().encode()).digest()
+        """The key's row if the key is valid and not revoked; AuthenticationError otherwise.
+
+        A key verified within ``cache_seconds`` costs one row read; any other costs one scrypt too,
+        the same for an unknown key id (against a dummy salt) as for a wrong secret, so timing tells
+        no key ids. The row is read on every call, so a revocation counts at once."""
+        found = self.verify_cached(key)
+        if found is not None:
+            return found
+        key_id, secret, fingerprint = _parse(key)
+        row = self._row(key_id)
+        if row is None:
+            self._kdf(secret, b"0" * 16, _KDF)
+            self._reject(fingerprint)
+            raise AuthenticationError("invalid API key")
+        expected = bytes(row["hash"])
+        if not hmac.compare_digest(self._kdf(secret, bytes(row["salt"]), row["kdf"] or _KDF), expected):
+            self._reject(fingerprint)
+            raise AuthenticationError("invalid API key")
+        if self.cache_seconds > 0:
+            with self._lock:
+                self._verified[fingerprint] = (key_id, expected, self._clock())
+                self._verified.move_to_end(fingerprint)
+                while len(self._verified) > _VERIFIED_CACHE:
+                    self._verified.popitem(last=False)
+        return self._accept(row)
+
+    def _row(self, key_id: str) -> dict[str, Any] | None:
         with self.db.connection() as conn:
-            row = conn.execute(
+            row: dict[str, Any] | None = conn.execute(
                 "SELECT key_id, name, groups, scopes, salt, hash, kdf, created_at::text AS created_at,"
                 " last_used_at::text AS last_used_at, revoked_at::text AS revoked_at FROM api_keys WHERE key_id = %s",
                 (key_id,),
             ).fetchone()
-        if row is None:
-            _hash(secret, b"0" * 16, _KDF)  # as slow as a wrong secret: timing tells no key ids
-            raise AuthenticationError("invalid API key")
-        with self._lock:
-            known = self._verified.get(fingerprint) == key_id
-        if not known:
-            expected = bytes(row["hash"])
-            if not hmac.compare_digest(_hash(secret, bytes(row["salt"]), row["kdf"] or _KDF), expected):
-                raise AuthenticationError("invalid API key")
-            with self._lock:
-                self._verified[fingerprint] = key_id
-                while len(self._verified) > _VERIFIED_CACHE:
-                    self._verified.popitem(last=False)
+        return row
+
+    def _accept(self, row: dict[str, Any]) -> ApiKey:
         if row["revoked_at"] is not None:
-            raise AuthenticationError(f"API key {key_id} was revoked at {row['revoked_at']}")
-        self._touch(key_id)
+            raise AuthenticationError(f"API key {row['key_id']} was revoked at {row['revoked_at']}")
+        self._touch(row["key_id"])
         return _key(row)
+
+    def _kdf(self, secret: str, salt: bytes, kdf: dict[str, Any]) -> bytes:
+        with self._lock:
+            self.kdf_calls += 1
+            self.kdf_active += 1
+            self.kdf_peak = max(self.kdf_peak, self.kdf_active)
+        try:
+            return _hash(secret, salt, kdf)
+        finally:
+            with self._lock:
+                self.kdf_active -= 1
+
+    def _fresh_verified(self, fingerprint: bytes, now: float) -> tuple[str, bytes, float] | None:
+        """The cache entry if younger than the TTL (caller holds the lock); an expired one is dropped."""
+        entry = self._verified.get(fingerprint)
+        if entry is not None and now - entry[2] >= self.cache_seconds:
+            del self._verified[fingerprint]
+            return None
+        return entry
+
+    def _fresh_rejected(self, fingerprint: bytes, now: float) -> bool:
+        at = self._rejected.get(fingerprint)
+        if at is not None and now - at >= min(self.cache_seconds, _REJECTED_TTL_S):
+            del self._rejected[fingerprint]
+            return False
+        return at is not None
+
+    def _reject(self, fingerprint: bytes) -> None:
+        if self.cache_seconds <= 0:
+            return
+        with self._lock:
+            self._rejected[fingerprint] = self._clock()
+            self._rejected.move_to_end(fingerprint)
+            while len(self._rejected) > _REJECTED_CACHE:
+                self._rejected.popitem(last=False)
 
     def _touch(self, key_id: str) -> None:
         now = time.monotonic()
@@ -225,6 +322,15 @@ class KeyStore:
             self._touched[key_id] = now
         with self.db.connection() as conn:
             conn.execute("UPDATE api_keys SET last_used_at = now() WHERE key_id = %s", (key_id,))
+
+
+def _parse(key: str) -> tuple[str, str, bytes]:
+    """``(key_id, secret, sha256 of the key)``; AuthenticationError if it is not a key's shape."""
+    key = key.strip()
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise AuthenticationError("malformed API key: expected rt_<id>_<secret> as made by `ragtune keys create`")
+    return match.group(1), match.group(2), hashlib.sha256(key.encode()).digest()
 
 
 def _hash(secret: str, salt: bytes, kdf: dict[str, Any]) -> bytes:
@@ -259,8 +365,8 @@ class RateLimiter:
     def check(self, who: str) -> None:
         if self.rate <= 0:
             return
-        now = self._clock()
-        with self._lock:
+        with self._lock:  # the clock too: a thread delayed before the lock would set the bucket's time back
+            now = self._clock()
             tokens, at = self._buckets.pop(who, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
             if tokens < 1.0:

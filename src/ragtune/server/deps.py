@@ -2,22 +2,37 @@
 
 ``Reader``, ``Ingester`` and ``Admin`` are FastAPI parameter types that authenticate the request,
 apply the caller's rate limit and require a scope, in that order.
+
+Authentication is async on purpose: FastAPI runs a sync dependency in its thread pool, so a flood
+of bad keys would queue for (and hold) the threads every request needs. Here a key remembered as
+verified costs one row read in a thread; a refusal (malformed, lately wrong, out of tokens, no
+verification slot free) costs no thread at all; and only a key the server has to check runs a
+scrypt, in one of ``server_max_concurrent_verifications`` threads of its own, after spending a
+token from the client address's ``server_auth_rate_limit`` bucket. A 429 to a caller without a
+valid key is held back (``server_auth_refusal_delay``), so a flood slows itself down.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+from anyio import to_thread
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from ragtune.errors import AuthenticationError, LimitError
+from ragtune.errors import AuthenticationError, LimitError, RateLimitError
 from ragtune.server.auth import Caller, KeyStore, RateLimiter
 from ragtune.server.jobs import JobStore, JobWorker
 from ragtune.settings import Settings
+
+# Refusals held back at once: each keeps a connection (a file descriptor) open, so well under the
+# usual limit of 1,024 open files, leaving room for everyone else.
+_MAX_HELD = 256
 
 
 @dataclass
@@ -26,13 +41,60 @@ class ServerState:
     settings: Settings
     auth_required: bool
     limiter: RateLimiter = field(init=False)
+    auth_limiter: RateLimiter = field(init=False)  # per client address, spent before each scrypt
+    # Admission to a scrypt, and the threads that run them: two limiters, because a task that holds a
+    # token cannot borrow a second one from the same limiter for its thread. The first admits at most
+    # N tasks, so the second never makes one wait; it keeps scrypts out of the shared thread pool.
+    verifications: anyio.CapacityLimiter = field(init=False)
+    verification_threads: anyio.CapacityLimiter = field(init=False)
+    _held: int = field(default=0, init=False)  # refusals waiting out server_auth_refusal_delay
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.settings.server_rate_limit, self.settings.server_rate_burst)
+        s = self.settings
+        self.limiter = RateLimiter(s.server_rate_limit, s.server_rate_burst)
+        self.auth_limiter = RateLimiter(s.server_auth_rate_limit, s.server_auth_burst)
+        self.verifications = anyio.CapacityLimiter(s.server_max_concurrent_verifications)
+        self.verification_threads = anyio.CapacityLimiter(s.server_max_concurrent_verifications)
 
     @cached_property
     def keys(self) -> KeyStore:
-        return KeyStore(self.engine.db)
+        return KeyStore(self.engine.db, cache_seconds=self.settings.server_key_cache_seconds)
+
+    async def hold_refusal(self, began: float) -> None:
+        """Answer a 429 to a caller without a valid key no sooner than ``server_auth_refusal_delay``
+        after its request began. A client that floods from a fixed set of connections (any script with
+        a worker pool) then sends a few requests a second instead of thousands, which the server would
+        otherwise have to parse and answer on the same cores as everyone else. The wait holds no thread;
+        at most ``_MAX_HELD`` refusals wait at once (each holds a connection), the rest are answered now."""
+        delay = self.settings.server_auth_refusal_delay - (time.monotonic() - began)
+        if delay <= 0 or self._held >= _MAX_HELD:
+            return
+        self._held += 1  # only the event loop's thread touches it
+        try:
+            await anyio.sleep(delay)
+        finally:
+            self._held -= 1
+
+    async def verify(self, token: str, client: str) -> Caller:
+        """Check a key the server has not verified lately: spend the client's auth bucket, then wait
+        at most ``server_verification_wait`` for a slot, then run the scrypt in a thread."""
+        self.auth_limiter.check(client)
+        wait = self.settings.server_verification_wait
+        try:
+            self.verifications.acquire_nowait()
+        except anyio.WouldBlock:
+            with anyio.move_on_after(wait) as waited:
+                await self.verifications.acquire()
+            if waited.cancelled_caught:
+                limit = self.settings.server_max_concurrent_verifications
+                raise RateLimitError(f"the server is verifying {limit} API keys at once "
+                                     f"(server_max_concurrent_verifications); retry in a moment",
+                                     retry_after=max(wait, 1.0)) from None
+        try:
+            key = await to_thread.run_sync(self.keys.verify, token, limiter=self.verification_threads)
+        finally:
+            self.verifications.release()
+        return Caller.from_key(key)
 
     @cached_property
     def uploads(self) -> Path:
@@ -53,7 +115,7 @@ class ServerState:
                              "server_max_top_k")
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:  # async: no thread-pool hop for a lookup
     state: ServerState = request.app.state.ragtune
     return state
 
@@ -64,30 +126,41 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `ragtune key
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, in a header of its own.")
 
 
-def get_caller(request: Request, state: State,
-               bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-               header: Annotated[str | None, Depends(_header)]) -> Caller:
+async def get_caller(request: Request, state: State,
+                     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                     header: Annotated[str | None, Depends(_header)]) -> Caller:
     client = f"client:{request.client.host if request.client else 'unknown'}"
-    token = bearer.credentials if bearer is not None else header
+    began = time.monotonic()
     try:
-        if token:
-            caller = Caller.from_key(state.keys.verify(token))
-        elif request.headers.get("authorization"):
-            raise AuthenticationError("unsupported Authorization header: send 'Authorization: Bearer <API key>'")
-        elif state.auth_required:
-            raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' "
-                                      "(an administrator makes one with `ragtune keys create`)")
-        else:
-            caller = Caller.local()
-    except AuthenticationError:
-        state.limiter.check(client)  # failed attempts spend the client address's bucket: no free guessing
+        caller = await _authenticate(request, state, bearer.credentials if bearer is not None else header, client)
+    except RateLimitError:
+        await state.hold_refusal(began)
         raise
     state.limiter.check(f"key:{caller.key_id}" if caller.key_id else client)
     return caller
 
 
+async def _authenticate(request: Request, state: ServerState, token: str | None, client: str) -> Caller:
+    try:
+        if token:
+            # memory only, on the event loop: raises for a malformed or lately wrong key
+            known = state.keys.remembered(token)
+            key = await to_thread.run_sync(state.keys.verify_cached, token) if known else None
+            # None also when the entry expired since: then the key goes the counted, capped way
+            return Caller.from_key(key) if key is not None else await state.verify(token, client)
+        if request.headers.get("authorization"):
+            raise AuthenticationError("unsupported Authorization header: send 'Authorization: Bearer <API key>'")
+        if state.auth_required:
+            raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' "
+                                      "(an administrator makes one with `ragtune keys create`)")
+        return Caller.local()
+    except AuthenticationError:
+        state.limiter.check(client)  # failed attempts spend the client address's bucket: no free guessing
+        raise
+
+
 def _scope(scope: str) -> Any:
-    def require(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    async def require(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
         return caller.require(scope)
 
     require.__name__ = f"require_{scope}"

@@ -12,6 +12,14 @@ so a rerun finishes the job without duplicating or half-writing anything. A grac
 stops the running job between documents and puts it back in the queue. A job interrupted
 ``MAX_ATTEMPTS`` times, or whose files are gone (another machine's upload folder), is marked failed
 with the reason. A job's upload folder is removed when it ends.
+
+Fairness (issue 14: one tenant's 99k-chunk job delayed another's). A key may have at most
+``server_max_jobs_per_key`` unfinished jobs: the upload route asks before storing the upload, and
+``create`` counts again under a per-key lock, so two uploads racing cannot both take the last
+slot. The worker does not run jobs in arrival order but takes the pending job of the key whose
+last job started longest ago (a key that never started one first; ties by job id): a key that
+queued ten jobs gets one turn, then every other waiting key gets one, round-robin. A file over a
+loader or chunk limit fails alone, with its reason, in its job's file list.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import IngestError, NotFoundError, RagtuneError
+from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
 from ragtune.models import IngestReport, LoadedDocument, Principal
@@ -41,8 +49,12 @@ log = logging.getLogger("ragtune.server.jobs")
 STATUSES = ("queued", "running", "succeeded", "failed")
 MAX_ATTEMPTS = 3
 _LOCK_NS = 7_203_117  # advisory-lock namespace of ingest jobs
-_COLUMNS = ("id, collection, status, principal, acl, metadata, upload_dir, files, progress, report, error, attempts,"
-            " created_at::text AS created_at, started_at::text AS started_at, finished_at::text AS finished_at")
+_QUOTA_NS = 7_203_118  # advisory-lock namespace of a key's job count, held while creating a job
+# A hint for a client refused for having too many unfinished jobs: they take seconds to minutes.
+JOB_LIMIT_RETRY_AFTER = 5.0
+_COLUMNS = ("id, collection, status, principal, principal_groups, principal_admin, acl, change_acl, metadata,"
+            " upload_dir, files, progress, report, error, attempts, created_at::text AS created_at,"
+            " started_at::text AS started_at, finished_at::text AS finished_at")
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,11 @@ class IngestJob:
     collection: str
     status: str
     principal: str
-    acl: tuple[str, ...]
-    metadata: dict[str, Any]
+    principal_groups: tuple[str, ...]
+    principal_admin: bool
+    acl: tuple[str, ...] | None  # None: not given (stored documents keep theirs, new ones are public)
+    change_acl: bool
+    metadata: dict[str, Any] | None  # None: not given
     upload_dir: str
     files: list[dict[str, Any]]
     progress: dict[str, Any]
@@ -67,15 +82,21 @@ class IngestJob:
     def done(self) -> bool:
         return self.status in ("succeeded", "failed")
 
+    @property
+    def writer(self) -> Principal:
+        """Who uploaded the job: its documents are written as this principal."""
+        return Principal(id=self.principal, groups=frozenset(self.principal_groups), admin=self.principal_admin)
+
     def public(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "upload_dir"}
-        out["acl"] = list(self.acl)
+        out = {k: v for k, v in self.__dict__.items() if k not in ("upload_dir", "principal_groups", "principal_admin")}
+        out["acl"] = list(self.acl) if self.acl is not None else None
         out["files"] = [{k: v for k, v in f.items() if k != "stored"} for f in self.files]
         return out
 
 
 def _job(row: dict[str, Any]) -> IngestJob:
-    return IngestJob(**{**row, "acl": tuple(row["acl"])})
+    return IngestJob(**{**row, "acl": tuple(row["acl"]) if row["acl"] is not None else None,
+                        "principal_groups": tuple(row["principal_groups"])})
 
 
 class JobStore:
@@ -83,15 +104,25 @@ class JobStore:
         self.db = db
         self.uploads = uploads
 
-    def create(self, *, collection: str, principal: Principal, acl: tuple[str, ...], metadata: dict[str, Any],
-               folder: Path, files: list[UploadedFile]) -> IngestJob:
+    def create(self, *, collection: str, principal: Principal, acl: tuple[str, ...] | None,
+               metadata: dict[str, Any] | None, folder: Path, files: list[UploadedFile],
+               change_acl: bool = False, max_per_key: int = 0) -> IngestJob:
+        """A queued job; ``JobLimitError`` if ``principal`` already has ``max_per_key`` unfinished
+        ones (0: no limit)."""
         entries = [{"name": f.name, "stored": f.stored, "bytes": f.bytes, "status": "pending", "errors": []}
                    for f in files]
         with self.db.transaction() as conn:
+            if max_per_key:
+                # Serialises this key's creates until commit, so the count below stays true.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_QUOTA_NS, principal.id))
+                _check_quota(self._count_unfinished(conn, principal.id), max_per_key)
             row = conn.execute(
-                f"INSERT INTO ingest_jobs (collection, status, principal, acl, metadata, upload_dir, files)"
-                f" VALUES (%s, 'queued', %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (collection, principal.id, list(acl), Jsonb(metadata), str(folder), Jsonb(entries)),
+                f"INSERT INTO ingest_jobs (collection, status, principal, principal_groups, principal_admin, acl,"
+                f" change_acl, metadata, upload_dir, files) VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)"
+                f" RETURNING {_COLUMNS}",
+                (collection, principal.id, sorted(principal.groups), principal.admin,
+                 list(acl) if acl is not None else None, change_acl,
+                 Jsonb(metadata) if metadata is not None else None, str(folder), Jsonb(entries)),
             ).fetchone()
         assert row is not None
         return _job(row)
@@ -113,10 +144,36 @@ class JobStore:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def unfinished(self, principal_id: str) -> int:
+        """How many of the key's jobs are queued or running."""
+        with self.db.connection() as conn:
+            return self._count_unfinished(conn, principal_id)
+
+    def check_quota(self, principal_id: str, max_per_key: int) -> None:
+        """``JobLimitError`` if the key has ``max_per_key`` unfinished jobs already (0: no limit);
+        asked before an upload is stored, and again by ``create``."""
+        if max_per_key:
+            _check_quota(self.unfinished(principal_id), max_per_key)
+
+    @staticmethod
+    def _count_unfinished(conn: psycopg.Connection[Any], principal_id: str) -> int:
+        row = conn.execute("SELECT count(*) AS n FROM ingest_jobs WHERE principal = %s"
+                           " AND status IN ('queued', 'running')", (principal_id,)).fetchone()
+        return int(row["n"]) if row else 0
+
     def pending(self) -> list[int]:
+        """Pending jobs in the order to run them: first the jobs of the key whose last job started
+        longest ago (never: first of all), ties by id, so keys take turns. A key's jobs start in id
+        order, so its last start is among its latest started jobs; looking at 50 of them keeps the
+        query an index scan however long its history (``ingest_jobs_principal``)."""
         with self.db.connection() as conn:
             return [r["id"] for r in conn.execute(
-                "SELECT id FROM ingest_jobs WHERE status IN ('queued', 'running') ORDER BY id").fetchall()]
+                "WITH pending AS (SELECT id, principal FROM ingest_jobs WHERE status IN ('queued', 'running')),"
+                " turns AS (SELECT k.principal, (SELECT max(r.started_at) FROM (SELECT s.started_at FROM ingest_jobs s"
+                "   WHERE s.principal = k.principal AND s.started_at IS NOT NULL ORDER BY s.id DESC LIMIT 50) r)"
+                "   AS last_start FROM (SELECT DISTINCT principal FROM pending) k)"
+                " SELECT p.id FROM pending p JOIN turns t USING (principal)"
+                " ORDER BY t.last_start ASC NULLS FIRST, p.id").fetchall()]
 
     def start(self, job_id: int) -> IngestJob | None:
         """Mark a pending job running (one more attempt); None if it is no longer pending."""
@@ -219,6 +276,7 @@ class JobWorker:
             conn.close()
 
     def _claim(self, conn: psycopg.Connection[Any]) -> int | None:
+        """The first pending job in turn order (``JobStore.pending``) that no other worker holds."""
         for job_id in self.store.pending():
             row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_NS, job_id)).fetchone()
             if row and row[0]:
@@ -251,7 +309,8 @@ class JobWorker:
         loaded: dict[str, set[str]] = {}
         try:
             report = self.engine.ingest_documents(self._documents(job, loaded), collection=job.collection,
-                                                  metadata=job.metadata, acl=job.acl, progress=on_event)
+                                                  metadata=job.metadata, acl=job.acl, change_acl=job.change_acl,
+                                                  principal=job.writer, progress=on_event)
         except _Stopped:
             log.info("ingest job %s stopped by shutdown; it will resume", job.id)
             self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
@@ -272,7 +331,7 @@ class JobWorker:
     def _documents(self, job: IngestJob, loaded: dict[str, set[str]]) -> Iterator[LoadedDocument | IngestError]:
         """The job's documents, with the stored file's path replaced by the uploaded name; ``loaded``
         collects the URIs of each file's documents."""
-        options = LoaderOptions(max_file_bytes=self.engine.settings.max_file_bytes)
+        options = LoaderOptions.from_settings(self.engine.settings)
         folder = Path(job.upload_dir)
         for f in job.files:
             path = folder / f["stored"]
@@ -294,6 +353,13 @@ class JobWorker:
     def _end(self, job: IngestJob, status: str, **kwargs: Any) -> None:
         self.store.finish(job.id, status, **kwargs)
         shutil.rmtree(job.upload_dir, ignore_errors=True)
+
+
+def _check_quota(unfinished: int, max_per_key: int) -> None:
+    if unfinished >= max_per_key:
+        raise JobLimitError(f"this key has {unfinished} unfinished ingest jobs (queued or running), the most "
+                            f"server_max_jobs_per_key={max_per_key} allows; wait for one to finish",
+                            JOB_LIMIT_RETRY_AFTER)
 
 
 def _rename(uri: str, stored: str, name: str) -> str:

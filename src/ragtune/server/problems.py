@@ -25,6 +25,7 @@ from ragtune import errors as e
 log = logging.getLogger("ragtune.server")
 
 PROBLEM_JSON = "application/problem+json"
+DATABASE_UNAVAILABLE = "the database is not available right now (restarting or busy); retry after the Retry-After delay"
 
 # Most specific class first: the first match wins.
 _STATUS: list[tuple[type[e.RagtuneError], int]] = [
@@ -41,6 +42,9 @@ _STATUS: list[tuple[type[e.RagtuneError], int]] = [
     (e.DatasetError, 400),
     (e.IngestError, 422),
     (e.GenerationTimeoutError, 504),
+    # The database is our upstream: a statement it stopped for running too long is a gateway
+    # timeout (retrying the same query would time out again), not a 503 inviting a retry.
+    (e.QueryTimeoutError, 504),
     (e.GenerationError, 502),
     (e.ModelError, 503),
     (e.StoreError, 503),
@@ -102,6 +106,10 @@ def problem_payload(exc: BaseException) -> dict[str, Any]:
     """The body of a problem for an error met after a stream started (sent as an SSE event)."""
     if not isinstance(exc, e.RagtuneError):
         log.error("a streamed response failed", exc_info=exc)
+    if isinstance(exc, e.DatabaseUnavailableError):
+        log.warning("a streamed response failed: %s", exc)
+        return {"type": f"urn:ragtune:problem:{exc.code}", "title": _title(503), "status": 503,
+                "detail": DATABASE_UNAVAILABLE, "code": exc.code, "retry_after": round(exc.retry_after, 3)}
     if isinstance(exc, e.RagtuneError):
         return {"type": f"urn:ragtune:problem:{exc.code}", "title": _title(status_for(exc)),
                 "status": status_for(exc), "detail": str(exc), "code": exc.code}
@@ -126,16 +134,19 @@ def ragtune_error_response(request: Request, exc: e.RagtuneError) -> JSONRespons
     extra: dict[str, Any] = {}
     if isinstance(exc, e.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="ragtune"'
-    if isinstance(exc, e.RateLimitError):
+    if isinstance(exc, e.RateLimitError | e.DatabaseUnavailableError):
         headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
         extra["retry_after"] = round(exc.retry_after, 3)
-    if isinstance(exc, e.LimitError):
+    if isinstance(exc, e.LimitError | e.JobLimitError):
         extra["limit"] = exc.limit
     if isinstance(exc, e.IngestError):
         extra["source"] = exc.source
     if status >= 500:
         log.warning("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    return problem(status, exc.code, str(exc), instance=request.url.path, headers=headers or None,
+    detail = str(exc)
+    if isinstance(exc, e.DatabaseUnavailableError):
+        detail = DATABASE_UNAVAILABLE  # its message names the server's address and folders: logged above
+    return problem(status, exc.code, detail, instance=request.url.path, headers=headers or None,
                    openai=_is_openai(request), **extra)
 
 

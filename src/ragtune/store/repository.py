@@ -3,15 +3,18 @@
 Every change to one document happens in one transaction that first locks its collection row:
 chunks, vectors, postings (and their packed blocks), document frequencies and the collection's
 BM25 statistics move together, so readers (who use a snapshot) see either the old version or the
-new one, and BM25 statistics stay exact under inserts and deletes.
+new one, and BM25 statistics stay exact under inserts and deletes. The same statistics are also
+kept per ACL class (migration 007), so a search can use those of just the chunks its principal
+can read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragtune.errors import EmbedderMismatchError, IngestError, NotFoundError, QueryError
-from ragtune.models import Chunk, Document
+from ragtune.models import Chunk, Document, Principal
+from ragtune.store.access import WriteAccess, check_replace
 from ragtune.store.database import Conn, Database
 
 # Postings are also packed into blocks of 2**BLOCK_BITS chunk ids per term (migration 005), one
@@ -43,6 +47,15 @@ class CollectionInfo:
     documents: int = 0
 
 
+@dataclass
+class AclClassDelta:
+    """What some chunks of one ACL add to (negative: take from) their ACL class's BM25 statistics."""
+
+    chunks: int = 0
+    length: int = 0
+    df: dict[int, int] = field(default_factory=dict)  # term id -> how many of the chunks hold it
+
+
 @dataclass(frozen=True)
 class ExistingDocument:
     id: int
@@ -50,21 +63,61 @@ class ExistingDocument:
     version: int
     metadata: dict[str, Any]
     acl: tuple[str, ...]
+    user_metadata: dict[str, Any]
 
 
 @dataclass
 class PreparedDocument:
-    """A document ready to be written: chunks with vectors and lexical term counts."""
+    """A document ready to be written: chunks with vectors and lexical term counts.
+
+    ``metadata`` is what the loader found (and the title); ``user_metadata`` what the caller gave,
+    which wins over it. ``acl`` and ``user_metadata`` None keep the stored document's values (a new
+    document: public, none), read under the write's row lock so a concurrent change is never undone.
+    """
 
     uri: str
     title: str | None
     text: str
     content_hash: str
     metadata: dict[str, Any]
-    acl: tuple[str, ...]
+    user_metadata: dict[str, Any] | None
+    acl: tuple[str, ...] | None
     chunks: list[Chunk]
     vectors: np.ndarray
     term_counts: list[Counter[str]]
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    """A document's metadata and ACL as they will be stored."""
+
+    metadata: dict[str, Any]
+    user_metadata: dict[str, Any]
+    acl: tuple[str, ...]
+
+
+def _resolve(access: WriteAccess, uri: str, loader_metadata: dict[str, Any], user_metadata: dict[str, Any] | None,
+             acl: tuple[str, ...] | None, current: dict[str, Any] | None) -> _Attributes:
+    """The attributes a write stores, given the locked row it replaces (None: a new document);
+    raises when ``access`` may not make the write (``store.access``)."""
+    stored_acl = tuple(sorted(current["acl"])) if current is not None else ()
+    target_acl = tuple(sorted(set(acl))) if acl is not None else stored_acl
+    if current is not None:
+        check_replace(access, uri, stored_acl, target_acl)
+    user = user_metadata if user_metadata is not None else (current["user_metadata"] if current is not None else {})
+    return _Attributes({**loader_metadata, **user}, dict(user), target_acl)
+
+
+# One rule for every edge (CLI, HTTP, Python): a name that is safe in a URL path, a file name and a log line.
+COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_COLLECTION_NAME = re.compile(COLLECTION_NAME)
+
+
+def check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+        raise QueryError(f"invalid collection name {name!r}: 1 to 200 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
 
 
 def text_hash(text: str) -> bytes:
@@ -82,9 +135,9 @@ class Repository:
     # -- collections -------------------------------------------------------------------------
     def ensure_collection(self, name: str, embedder: str, dimension: int, *, m: int, ef_construction: int
                           ) -> CollectionInfo:
-        if not name or len(name) > 200:
-            raise QueryError(f"invalid collection name {name!r}")
-        with self.db.transaction() as conn:
+        check_collection_name(name)
+        # no statement_timeout: building the HNSW index of a filled collection takes minutes
+        with self.db.transaction(statement_timeout=0) as conn:
             conn.execute(
                 "INSERT INTO collections (name, embedder, dimension) VALUES (%s, %s, %s)"
                 " ON CONFLICT (name) DO NOTHING",
@@ -135,8 +188,36 @@ class Repository:
             ).fetchall()
         return [CollectionInfo(**r) for r in rows]
 
+    def visible_collections(self, principal: Principal, name: str | None = None) -> list[CollectionInfo]:
+        """The collections (all, or the one named) holding a document ``principal`` may read, with
+        counts of those only (``total_len`` is not counted: 0), so nothing of what it cannot read
+        shows, not even a name."""
+        if principal.admin:
+            return [c for c in self.collections() if name is None or c.name == name]
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT c.id, c.name, c.embedder, c.dimension, 0 AS total_len, v.documents,"
+                " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id"
+                "  AND (k.acl = '{}' OR k.acl && %(groups)s::text[])) AS n_chunks"
+                " FROM collections c CROSS JOIN LATERAL (SELECT count(*) AS documents FROM documents d"
+                "  WHERE d.collection_id = c.id AND (d.acl = '{}' OR d.acl && %(groups)s::text[])) v"
+                " WHERE v.documents > 0 AND (%(name)s::text IS NULL OR c.name = %(name)s) ORDER BY c.name",
+                {"groups": sorted(principal.groups), "name": name},
+            ).fetchall()
+        return [CollectionInfo(**r) for r in rows]
+
+    def has_visible_documents(self, collection_id: int, principal: Principal) -> bool:
+        if principal.admin:
+            return True
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM documents d WHERE d.collection_id = %s"
+                " AND (d.acl = '{}' OR d.acl && %s::text[])) AS visible",
+                (collection_id, sorted(principal.groups))).fetchone()
+        return bool(row and row["visible"])
+
     def drop_collection(self, name: str) -> None:
-        with self.db.transaction() as conn:
+        with self.db.transaction(statement_timeout=0) as conn:  # deletes every row of a collection
             info = self._collection(conn, name)
             conn.execute(
                 "DELETE FROM postings p USING chunks c WHERE c.collection_id = %s AND p.chunk_id = c.id",
@@ -152,24 +233,42 @@ class Repository:
     def existing(self, collection_id: int, uris: Sequence[str]) -> dict[str, ExistingDocument]:
         with self.db.connection() as conn:
             rows = conn.execute(
-                "SELECT id, uri, content_hash, version, metadata, acl FROM documents"
+                "SELECT id, uri, content_hash, version, metadata, acl, user_metadata FROM documents"
                 " WHERE collection_id = %s AND uri = ANY(%s)",
                 (collection_id, list(uris)),
             ).fetchall()
         return {
-            r["uri"]: ExistingDocument(r["id"], r["content_hash"], r["version"], r["metadata"], tuple(r["acl"]))
+            r["uri"]: ExistingDocument(r["id"], r["content_hash"], r["version"], r["metadata"],
+                                       tuple(sorted(r["acl"])), r["user_metadata"])
             for r in rows
         }
 
-    def write_document(self, info: CollectionInfo, doc: PreparedDocument) -> str:
-        """Insert or replace one document atomically; returns "added" or "updated"."""
-        return self.write_documents(info, [doc])[0]
+    def folder_attributes(self, collection_id: int, root: str) -> dict[str, set[tuple[tuple[str, ...], str]]]:
+        """For every folder under ``root`` (an absolute path) holding stored documents, the distinct
+        (ACL, given metadata as canonical JSON) pairs of the documents from files directly in it."""
+        prefix = root.rstrip("/") + "/"
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT regexp_replace(split_part(uri, '#', 1), '/[^/]*$', '') AS folder, acl,"
+                " user_metadata::text AS meta FROM documents WHERE collection_id = %s AND starts_with(uri, %s)",
+                (collection_id, prefix),
+            ).fetchall()
+        found: dict[str, set[tuple[tuple[str, ...], str]]] = {}
+        for r in rows:
+            found.setdefault(r["folder"] or "/", set()).add((tuple(sorted(r["acl"])), r["meta"]))
+        return found
 
-    def write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument]) -> list[str]:
+    def write_document(self, info: CollectionInfo, doc: PreparedDocument, access: WriteAccess) -> str:
+        """Insert or replace one document atomically; returns "added" or "updated"."""
+        return self.write_documents(info, [doc], access)[0]
+
+    def write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument], access: WriteAccess
+                        ) -> list[str]:
         """Insert or replace several documents in one transaction; returns "added" or "updated"
         for each. Readers see all of them or none, so never part of a document; set-based
         statements make the database work per document a fraction of writing them one by one.
-        The URIs must be distinct."""
+        The URIs must be distinct. A replacement ``access`` may not make (``store.access``)
+        raises and writes nothing."""
         if not docs:
             return []
         if len({d.uri for d in docs}) != len(docs):
@@ -180,53 +279,75 @@ class Repository:
                     f"{doc.uri}: vectors of shape {doc.vectors.shape} for {len(doc.chunks)} chunks of a "
                     f"{info.dimension}-d collection")
         try:
-            return self._write_documents(info, docs)
+            return self._write_documents(info, docs, access)
         except psycopg.errors.DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
             source = docs[0].uri if len(docs) == 1 else f"{len(docs)} documents from {docs[0].uri}"
             raise IngestError(source, f"the database refused the text: {exc}") from exc
 
-    def _write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument]) -> list[str]:
+    def _write_documents(self, info: CollectionInfo, docs: Sequence[PreparedDocument], access: WriteAccess
+                         ) -> list[str]:
         with self.db.transaction() as conn:
             conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (info.id,))
-            existing = {r["uri"]: r["id"] for r in conn.execute(
-                "SELECT id, uri FROM documents WHERE collection_id = %s AND uri = ANY(%s)",
+            # the rows are locked before the check, so what is checked is what gets replaced
+            current = {r["uri"]: r for r in conn.execute(
+                "SELECT id, uri, acl, user_metadata FROM documents WHERE collection_id = %s AND uri = ANY(%s)"
+                " ORDER BY id FOR UPDATE",
                 (info.id, [d.uri for d in docs])).fetchall()}
+            attrs = {d.uri: _resolve(access, d.uri, d.metadata, d.user_metadata, d.acl, current.get(d.uri))
+                     for d in docs}
+            existing = {uri: r["id"] for uri, r in current.items()}
             if existing:
                 self._remove_chunks(conn, info.id, list(existing.values()))
                 conn.cursor().executemany(
                     "UPDATE documents SET content_hash = %s, version = version + 1, title = %s, body = %s,"
-                    " metadata = %s, acl = %s, updated_at = now() WHERE id = %s",
-                    [(d.content_hash, d.title, d.text, Jsonb(d.metadata), list(d.acl), existing[d.uri])
+                    " metadata = %s, user_metadata = %s, acl = %s, updated_at = now() WHERE id = %s",
+                    [(d.content_hash, d.title, d.text, Jsonb(attrs[d.uri].metadata), Jsonb(attrs[d.uri].user_metadata),
+                      list(attrs[d.uri].acl), existing[d.uri])
                      for d in docs if d.uri in existing])
             new = [d for d in docs if d.uri not in existing]
             ids = dict(existing)
             if new:
                 fresh = _next_ids(conn, "documents_id_seq", len(new))
                 with conn.cursor().copy("COPY documents (id, collection_id, uri, content_hash, title, body,"
-                                        " metadata, acl) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "text[]"])
+                                        " metadata, user_metadata, acl) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "jsonb", "text[]"])
                     for doc_id, d in zip(fresh, new, strict=True):
-                        cp.write_row((doc_id, info.id, d.uri, d.content_hash, d.title, d.text, Jsonb(d.metadata),
-                                      list(d.acl)))
+                        a = attrs[d.uri]
+                        cp.write_row((doc_id, info.id, d.uri, d.content_hash, d.title, d.text, Jsonb(a.metadata),
+                                      Jsonb(a.user_metadata), list(a.acl)))
                 ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
-            self._insert_chunks(conn, info, [(ids[d.uri], d) for d in docs])
+            self._insert_chunks(conn, info, [(ids[d.uri], d, attrs[d.uri]) for d in docs])
         return ["updated" if d.uri in existing else "added" for d in docs]
 
-    def update_document_attributes(self, collection_id: int, uri: str, metadata: dict[str, Any],
-                                   acl: Sequence[str]) -> None:
-        """Same text, new metadata or ACL: no re-embedding, but chunks get the new copies too."""
+    def update_document_attributes(self, collection_id: int, uri: str, loader_metadata: dict[str, Any],
+                                   user_metadata: dict[str, Any] | None, acl: Sequence[str] | None,
+                                   access: WriteAccess) -> bool:
+        """Same text, new metadata or ACL: no re-embedding, but chunks get the new copies too.
+        None keeps the stored value; returns False when nothing changed."""
         with self.db.transaction() as conn:
+            # the collection first, as every writer locks it: an ACL change moves ACL class statistics
+            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
             row = conn.execute(
-                "UPDATE documents SET metadata = %s, acl = %s, version = version + 1, updated_at = now()"
-                " WHERE collection_id = %s AND uri = %s RETURNING id",
-                (Jsonb(metadata), list(acl), collection_id, uri),
-            ).fetchone()
+                "SELECT id, acl, metadata, user_metadata FROM documents WHERE collection_id = %s AND uri = %s"
+                " FOR UPDATE", (collection_id, uri)).fetchone()
             if row is None:
                 raise NotFoundError(f"no document {uri!r}")
+            a = _resolve(access, uri, loader_metadata, user_metadata, None if acl is None else tuple(acl), row)
+            if a.metadata == row["metadata"] and a.user_metadata == row["user_metadata"] and \
+                    a.acl == tuple(sorted(row["acl"])):
+                return False
+            conn.execute(
+                "UPDATE documents SET metadata = %s, user_metadata = %s, acl = %s, version = version + 1,"
+                " updated_at = now() WHERE id = %s",
+                (Jsonb(a.metadata), Jsonb(a.user_metadata), list(a.acl), row["id"]),
+            )
+            if list(row["acl"]) != list(a.acl):  # the chunks change ACL class
+                move_acl_statistics(conn, collection_id, row["id"], a.acl)
             conn.execute(
                 "UPDATE chunks SET metadata = %s, acl = %s WHERE document_id = %s",
-                (Jsonb(metadata), list(acl), row["id"]),
+                (Jsonb(a.metadata), list(a.acl), row["id"]),
             )
+        return True
 
     def delete_documents(self, collection_id: int, uris: Sequence[str]) -> int:
         if not uris:
@@ -310,31 +431,44 @@ class Repository:
     # -- internals ---------------------------------------------------------------------------
     @staticmethod
     def _remove_chunks(conn: Conn, collection_id: int, document_ids: list[int]) -> None:
+        # document frequencies fall in the collection and in the chunks' ACL classes (migration 007)
         touched = conn.execute(
             "WITH gone AS ("
             "  DELETE FROM postings p USING chunks c"
-            "  WHERE c.document_id = ANY(%s) AND p.chunk_id = c.id RETURNING p.term_id, p.chunk_id),"
+            "  WHERE c.document_id = ANY(%(docs)s) AND p.chunk_id = c.id RETURNING p.term_id, p.chunk_id, c.acl),"
             " df AS (UPDATE terms t SET df = t.df - g.n"
-            "  FROM (SELECT term_id, count(*) AS n FROM gone GROUP BY term_id) g WHERE t.id = g.term_id)"
-            " SELECT DISTINCT term_id, (chunk_id >> %s)::int AS block FROM gone",
-            (document_ids, BLOCK_BITS),
+            "  FROM (SELECT term_id, count(*) AS n FROM gone GROUP BY term_id) g WHERE t.id = g.term_id),"
+            " class_df AS (UPDATE acl_class_terms x SET df = x.df - g.n"
+            "  FROM (SELECT k.id AS class_id, gone.term_id, count(*) AS n FROM gone"
+            "   JOIN acl_classes k ON k.collection_id = %(cid)s AND k.acl = gone.acl GROUP BY 1, 2) g"
+            "  WHERE x.class_id = g.class_id AND x.term_id = g.term_id)"
+            " SELECT DISTINCT term_id, (chunk_id >> %(bits)s)::int AS block FROM gone",
+            {"docs": document_ids, "cid": collection_id, "bits": BLOCK_BITS},
         ).fetchall()
         rebuild_posting_blocks(conn, [(r["term_id"], r["block"]) for r in touched])
-        conn.execute(
-            "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%s) RETURNING lex_len)"
+        row = conn.execute(
+            "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%(docs)s) RETURNING lex_len, acl),"
+            " classes AS (UPDATE acl_classes k SET n_chunks = k.n_chunks - g.n, total_len = k.total_len - g.len"
+            "  FROM (SELECT acl, count(*) AS n, sum(lex_len) AS len FROM gone GROUP BY acl) g"
+            "  WHERE k.collection_id = %(cid)s AND k.acl = g.acl RETURNING k.id, k.n_chunks)"
             " UPDATE collections SET n_chunks = n_chunks - (SELECT count(*) FROM gone),"
-            " total_len = total_len - (SELECT coalesce(sum(lex_len), 0) FROM gone) WHERE id = %s",
-            (document_ids, collection_id),
-        )
+            " total_len = total_len - (SELECT coalesce(sum(lex_len), 0) FROM gone) WHERE id = %(cid)s"
+            " RETURNING (SELECT array_agg(id) FROM classes WHERE n_chunks = 0) AS emptied",
+            {"docs": document_ids, "cid": collection_id},
+        ).fetchone()
+        if row is not None and row["emptied"]:  # a class without chunks goes, with its terms' rows
+            conn.execute("DELETE FROM acl_classes WHERE id = ANY(%s)", (row["emptied"],))
 
     @staticmethod
-    def _insert_chunks(conn: Conn, info: CollectionInfo, docs: list[tuple[int, PreparedDocument]]) -> None:
-        n = sum(len(d.chunks) for _, d in docs)
+    def _insert_chunks(conn: Conn, info: CollectionInfo, docs: list[tuple[int, PreparedDocument, _Attributes]]
+                       ) -> None:
+        n = sum(len(d.chunks) for _, d, _ in docs)
         if n == 0:
             return
         ids = iter(_next_ids(conn, "chunks_id_seq", n))
         # (chunk id, term counts, lexical length) of every chunk, for the postings
         lexical: list[tuple[int, Counter[str], int]] = []
+        by_acl: dict[tuple[str, ...], list[int]] = {}  # the ACL classes of the chunks: indexes into lexical
         # binary COPY: no float formatting and parsing of the vectors
         with conn.cursor().copy(
             "COPY chunks (id, document_id, collection_id, ordinal, body, start_char, end_char, heading,"
@@ -342,12 +476,14 @@ class Repository:
         ) as cp:
             cp.set_types(["int8", "int8", "int4", "int4", "text", "int4", "int4", "text", "int4", "int4",
                           "jsonb", "text[]", "vector"])
-            for document_id, doc in docs:
-                meta = Jsonb(doc.metadata)
-                acl = list(doc.acl)
+            for document_id, doc, attrs in docs:
+                meta = Jsonb(attrs.metadata)
+                acl = list(attrs.acl)
+                members = by_acl.setdefault(tuple(acl), [])  # the class is the ACL exactly as stored
                 for chunk, vec, counts in zip(doc.chunks, doc.vectors, doc.term_counts, strict=True):
                     cid = next(ids)
                     lex_len = sum(counts.values())
+                    members.append(len(lexical))
                     lexical.append((cid, counts, lex_len))
                     cp.write_row((cid, document_id, info.id, chunk.ordinal, chunk.text, chunk.start, chunk.end,
                                   chunk.heading, chunk.tokens, lex_len, meta, acl, vec))
@@ -355,6 +491,7 @@ class Repository:
         df: Counter[str] = Counter()
         for _, counts, _ in lexical:
             df.update(counts.keys())
+        term_ids: dict[str, int] = {}
         if df:
             vocab = sorted(df)  # a fixed lock order; the collection lock already serialises writers
             term_ids = {
@@ -377,6 +514,68 @@ class Repository:
             "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s WHERE id = %s",
             (n, sum(x[2] for x in lexical), info.id),
         )
+        deltas: dict[tuple[str, ...], AclClassDelta] = {}
+        for key, members in by_acl.items():
+            if not members:
+                continue
+            if len(by_acl) == 1:  # the usual batch, of one ACL: the class gains what the collection gains
+                class_df = df
+            else:
+                class_df = Counter()
+                for i in members:
+                    class_df.update(lexical[i][1].keys())
+            deltas[key] = AclClassDelta(len(members), sum(lexical[i][2] for i in members),
+                                        {term_ids[t]: k for t, k in class_df.items()})
+        add_acl_statistics(conn, info.id, deltas)
+
+
+def add_acl_statistics(conn: Conn, collection_id: int, deltas: Mapping[tuple[str, ...], AclClassDelta]) -> None:
+    """Add ``deltas`` (keyed by ACL exactly as stored on the chunks; negative to take away) to the
+    collection's ACL class statistics, creating the classes named, deleting those left empty."""
+    if not deltas:
+        return
+    keys = sorted(deltas)
+    rows = conn.execute(
+        "INSERT INTO acl_classes (collection_id, acl, n_chunks, total_len)"
+        " SELECT %s, ARRAY(SELECT e FROM jsonb_array_elements_text(x.acl) WITH ORDINALITY AS a(e, i) ORDER BY i),"
+        "  x.n, x.len FROM jsonb_to_recordset(%s) AS x(acl jsonb, n bigint, len bigint)"
+        " ON CONFLICT (collection_id, acl) DO UPDATE SET n_chunks = acl_classes.n_chunks + EXCLUDED.n_chunks,"
+        "  total_len = acl_classes.total_len + EXCLUDED.total_len RETURNING id, acl, n_chunks",
+        (collection_id, Jsonb([{"acl": list(k), "n": deltas[k].chunks, "len": deltas[k].length} for k in keys])),
+    ).fetchall()
+    class_of = {tuple(r["acl"]): r["id"] for r in rows}
+    changes = sorted((class_of[k], term, n) for k in keys for term, n in deltas[k].df.items() if n)
+    if changes:
+        conn.execute(
+            "INSERT INTO acl_class_terms (class_id, term_id, df)"
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[])"
+            " ON CONFLICT (class_id, term_id) DO UPDATE SET df = acl_class_terms.df + EXCLUDED.df",
+            ([c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]),
+        )
+    emptied = [r["id"] for r in rows if r["n_chunks"] == 0]
+    if emptied:
+        conn.execute("DELETE FROM acl_classes WHERE id = ANY(%s)", (emptied,))
+
+
+def move_acl_statistics(conn: Conn, collection_id: int, document_id: int, acl: Sequence[str]) -> None:
+    """An ACL-only change: the document's chunks (same terms, same lengths) leave the classes of
+    the ACL they store for the class of ``acl``. Call it before the chunks' ACL is updated."""
+    target = tuple(acl)
+    params = (document_id, list(target))
+    chunks = conn.execute(
+        "SELECT acl, count(*) AS n, sum(lex_len) AS len FROM chunks WHERE document_id = %s AND acl <> %s::text[]"
+        " GROUP BY acl", params).fetchall()
+    if not chunks:
+        return
+    deltas = {tuple(r["acl"]): AclClassDelta(-r["n"], -r["len"]) for r in chunks}
+    gain = AclClassDelta(sum(r["n"] for r in chunks), sum(r["len"] for r in chunks))
+    for r in conn.execute(
+            "SELECT c.acl, p.term_id, count(*) AS n FROM chunks c JOIN postings p ON p.chunk_id = c.id"
+            " WHERE c.document_id = %s AND c.acl <> %s::text[] GROUP BY 1, 2", params).fetchall():
+        deltas[tuple(r["acl"])].df[r["term_id"]] = -r["n"]
+        gain.df[r["term_id"]] = gain.df.get(r["term_id"], 0) + r["n"]
+    deltas[target] = gain
+    add_acl_statistics(conn, collection_id, deltas)
 
 
 def append_posting_blocks(conn: Conn, chunk_ids: list[int]) -> None:

@@ -6,7 +6,9 @@
 
 Every loader refuses files over ``max_file_bytes`` from their size alone, refuses empty and
 whitespace-only documents (``EmptyDocumentError``), and records ``source_path`` and ``format`` in
-metadata (never timestamps, so equal content hashes equal).
+metadata (never timestamps, so equal content hashes equal). Compressed formats (DOCX, PDF) also
+refuse to expand past ``max_expanded_bytes`` / ``max_expansion_ratio`` / ``max_container_members``
+(``ExpansionLimitError``, see ``containers.py``).
 """
 
 from ragtune.ingest.loaders.base import LoaderOptions

@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import ConfigError, EmptyDocumentError, FileTooLargeError, IngestError
 from ragtune.models import LoadedDocument, Section
 
+if TYPE_CHECKING:
+    from ragtune.settings import Settings
+
 DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
+# Container limits (DOCX is a zip, PDF streams are Flate-compressed); why these values: settings.py.
+DEFAULT_MAX_EXPANDED_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_EXPANSION_RATIO = 100.0
+DEFAULT_MAX_CONTAINER_MEMBERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -24,9 +31,16 @@ class LoaderOptions:
 
     ``metadata_fields`` / ``text_field`` / ``id_field`` / ``title_field`` are for JSON and JSON
     Lines records; ``metadata_fields=None`` means "every other scalar field".
+
+    ``max_expanded_bytes`` / ``max_expansion_ratio`` / ``max_container_members`` bound what a
+    compressed file may expand to (``containers.py``): a DOCX's zip members together, a PDF's
+    decoded streams together, and the text extracted from either.
     """
 
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_expanded_bytes: int = DEFAULT_MAX_EXPANDED_BYTES
+    max_expansion_ratio: float = DEFAULT_MAX_EXPANSION_RATIO
+    max_container_members: int = DEFAULT_MAX_CONTAINER_MEMBERS
     text_field: str = "text"
     metadata_fields: Sequence[str] | None = None  # stored as a tuple
     id_field: str | None = None
@@ -37,6 +51,13 @@ class LoaderOptions:
             raise ConfigError(f"max_file_bytes must be an integer, got {self.max_file_bytes!r}")
         if self.max_file_bytes <= 0:
             raise ConfigError(f"max_file_bytes must be greater than 0, got {self.max_file_bytes!r}")
+        for name in ("max_expanded_bytes", "max_container_members"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be an integer greater than 0, got {value!r}")
+        ratio = self.max_expansion_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio >= 1:
+            raise ConfigError(f"max_expansion_ratio must be a number of at least 1, got {ratio!r}")
         if not self.text_field:
             raise ConfigError(f"text_field must be a non-empty field name, got {self.text_field!r}")
         if self.metadata_fields is not None:
@@ -46,6 +67,13 @@ class LoaderOptions:
                 )
             # Accept any iterable (a list from TOML); store a tuple so the options stay hashable.
             object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> LoaderOptions:
+        """The size and container limits from ``settings``, plus ``options`` (the record fields)."""
+        return cls(max_file_bytes=settings.max_file_bytes, max_expanded_bytes=settings.max_expanded_bytes,
+                   max_expansion_ratio=settings.max_expansion_ratio,
+                   max_container_members=settings.max_container_members, **options)
 
 
 def check_size(path: Path, options: LoaderOptions) -> int:
@@ -68,10 +96,14 @@ def check_size(path: Path, options: LoaderOptions) -> int:
 
 def read_checked(path: Path, options: LoaderOptions) -> bytes:
     """The file's bytes, after ``check_size``; the read is capped in case the file grew since."""
-    check_size(path, options)
+    size = check_size(path, options)
     try:
         with path.open("rb") as handle:
-            data = handle.read(options.max_file_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the size stat gave (+1 to see growth), not
+            # max_file_bytes, or every small file would cost a transient 25 MiB buffer
+            data = handle.read(size + 1)
+            if len(data) > size:
+                data += handle.read(options.max_file_bytes + 1 - len(data))
     except OSError as exc:
         raise IngestError(str(path), f"cannot read file: {exc.strerror or exc}") from exc
     if len(data) > options.max_file_bytes:

@@ -7,9 +7,17 @@ block, one line per row, cells joined by `` | `` (a merged cell is written once)
 footers, footnotes, comments and tables nested in cells are not read: a concession to keep the
 loader small, they rarely hold the text people search for.
 
+Before python-docx sees the file, ``check_zip`` refuses a zip that declares or yields more than
+the container limits allow (``ExpansionLimitError``): a 433 KB file expanding to 99 MB of XML is
+refused from its central directory in milliseconds instead of parsed for minutes.
+
 A file python-docx cannot open (not a zip, no document part, broken XML) is a
 ``CorruptFileError`` with the reason; the ``except Exception`` is broad because those failures
 surface as zipfile, KeyError and lxml errors alike.
+
+A paragraph's style name is looked up once per style id: python-docx resolves ``paragraph.style``
+by scanning every style of the document for the default one, which was 95 % of the time spent
+loading a document of many paragraphs (17 s for 29k paragraphs).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 from ragtune.errors import CorruptFileError
 from ragtune.ingest.loaders.base import LoaderOptions, file_document, read_checked, require_text
+from ragtune.ingest.loaders.containers import check_zip
 from ragtune.models import LoadedDocument, Section
 
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -35,6 +44,7 @@ class DocxLoader:
 
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         data = read_checked(source, self.options)
+        check_zip(data, str(source), self.options, kind="DOCX")
         try:
             text, sections, title = _read(data)
         except Exception as exc:  # see the module docstring
@@ -52,13 +62,14 @@ def _read(data: bytes) -> tuple[str, tuple[Section, ...], str | None]:
     sections: list[Section] = []
     title: str | None = None
     offset = 0
+    styles: dict[str | None, str] = {}
     for item in document.iter_inner_content():
         level: int | None = None
         if isinstance(item, Table):
             block = _table_text(item)
         else:
             block = _NEWLINES.sub("\n", item.text).strip()
-            style = _style_name(item)
+            style = _style_name(item, styles)
             heading = _HEADING_STYLE.match(style)
             if heading:
                 level = int(heading.group(1))
@@ -79,9 +90,12 @@ def _read(data: bytes) -> tuple[str, tuple[Section, ...], str | None]:
     return "\n\n".join(blocks), tuple(sections), title
 
 
-def _style_name(paragraph: Any) -> str:
-    style = paragraph.style
-    return str(style.name) if style is not None and style.name else ""
+def _style_name(paragraph: Any, cache: dict[str | None, str]) -> str:
+    style_id = paragraph._p.style  # the w:pStyle value, None for the default paragraph style
+    if style_id not in cache:
+        style = paragraph.style
+        cache[style_id] = str(style.name) if style is not None and style.name else ""
+    return cache[style_id]
 
 
 def _table_text(table: Any) -> str:

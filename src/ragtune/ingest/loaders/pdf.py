@@ -6,6 +6,12 @@ line, so a page break is also a paragraph break for the chunker. Metadata record
 chunk's offsets back into page numbers for citations. PDF outlines are not turned into sections:
 they point at pages, not at offsets in the extracted text.
 
+Compressed streams are bounded by ``PdfBudget`` (``containers.py``): while the file is read,
+pypdf's per-stream output limits are lowered to ``max_expanded_bytes``, each page's content
+streams and forms are added to the file's decoded total before its text is extracted, and the
+extracted text is counted too; a file over a limit is an ``ExpansionLimitError`` (so is a stream
+pypdf stops at its own limit).
+
 A file pypdf cannot parse, or an encrypted file that does not open with the empty password, is
 a ``CorruptFileError`` carrying pypdf's reason. pypdf raises many unrelated exception types on
 malformed input (its own, but also ``KeyError``, ``ValueError``, ``struct.error``...), hence the
@@ -20,8 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import CorruptFileError
+from ragtune.errors import CorruptFileError, ExpansionLimitError
 from ragtune.ingest.loaders.base import LoaderOptions, base_metadata, read_checked, require_text
+from ragtune.ingest.loaders.containers import PdfBudget
 from ragtune.models import LoadedDocument
 
 _NEWLINES = re.compile(r"\r\n?")
@@ -34,7 +41,7 @@ class PdfLoader:
 
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         data = read_checked(source, self.options)
-        pages, title = _extract(data, str(source))
+        pages, title = _extract(data, str(source), self.options)
         text, starts = _join_pages(pages)
         require_text(text, str(source))
         metadata = base_metadata(source, "pdf")
@@ -42,17 +49,29 @@ class PdfLoader:
         yield LoadedDocument(uri=str(source), text=text, metadata=metadata, title=title, mime="application/pdf")
 
 
-def _extract(data: bytes, source: str) -> tuple[list[str], str | None]:
+def _extract(data: bytes, source: str, options: LoaderOptions) -> tuple[list[str], str | None]:
     from pypdf import PdfReader
+    from pypdf.errors import LimitReachedError
 
+    budget = PdfBudget(source, options)
+    pages: list[str] = []
     try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise CorruptFileError(source, "encrypted PDF: it does not open without a password")
-        pages = [_NEWLINES.sub("\n", page.extract_text() or "").replace("\x00", "") for page in reader.pages]
-        title = _title(reader)
-    except CorruptFileError:
+        with budget.limits():
+            reader = PdfReader(io.BytesIO(data), strict=False)
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise CorruptFileError(source, "encrypted PDF: it does not open without a password")
+            for page in reader.pages:
+                budget.add_page(page)
+                text = _NEWLINES.sub("\n", page.extract_text() or "").replace("\x00", "")
+                budget.add_text(text)
+                pages.append(text)
+            title = _title(reader)
+    except (CorruptFileError, ExpansionLimitError):
         raise
+    except LimitReachedError as exc:  # one stream over pypdf's (lowered) per-stream limit
+        raise ExpansionLimitError(source, f"a stream decodes to more than {budget.stream_limit:,} bytes, the most one "
+                                          f"may (max_expanded_bytes={options.max_expanded_bytes:,}, at most pypdf's "
+                                          f"own limit); pypdf: {exc}", "max_expanded_bytes") from exc
     except Exception as exc:  # see the module docstring
         raise CorruptFileError(source, f"unreadable PDF: {type(exc).__name__}: {exc}") from exc
     return pages, title

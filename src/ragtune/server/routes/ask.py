@@ -53,7 +53,8 @@ def ask_call(state: ServerState, collection: str, body: AskIn, caller: Caller
     check_max_tokens(state, body.max_tokens)
     generator = served_generator(state, body.generator)
     filters = to_filters(body.filters)
-    state.engine.collection(collection)  # a missing collection is a 404, not an error event
+    # a missing collection, or one holding nothing the caller may read, is a 404, not an error event
+    state.engine.visible_collection(collection, caller.principal)
 
     def call(on_token: Callable[[str], None] | None) -> Any:
         return state.engine.ask(body.question, collection=collection, top_k=body.top_k, mode=body.mode,

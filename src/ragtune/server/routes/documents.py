@@ -1,8 +1,12 @@
 """Documents of a collection: upload (an asynchronous ingest job), list, show, delete.
 
 Every read applies the caller's groups: a document whose ACL shares no group with the caller is
-neither listed nor shown, and cannot be deleted or overwritten (it answers 404 / 403 as if absent).
-A non-admin caller may only give uploads an ACL made of its own groups.
+neither listed nor shown, and cannot be deleted (404 as if absent). A non-admin caller may only give
+uploads an ACL made of its own groups. Whether an upload may replace a stored document is decided
+when the job writes it, with the row locked (``store.access``): an upload without ``acl`` keeps the
+stored documents' ACL, one with a different ACL needs ``change_acl=true``, and a refused file is
+reported in the job with a reason that is the same whether or not the name belongs to a document the
+caller cannot read.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ragtune.errors import NotFoundError, PermissionDeniedError, QueryError
 from ragtune.models import Principal
 from ragtune.server.auth import check_groups, parse_list
 from ragtune.server.deps import Ingester, Reader, State
+from ragtune.server.guards import json_problem
 from ragtune.server.routes.ingest import wait_for
 from ragtune.server.uploads import Upload, receive_upload
 
@@ -34,8 +39,12 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "One part per file; the file name becomes the document URI."},
-        "acl": {"type": "string", "description": "Comma-separated groups allowed to read (empty: public)."},
-        "metadata": {"type": "string", "description": "A JSON object stored with every document."},
+        "acl": {"type": "string", "description": "Comma-separated groups allowed to read (empty: public). Not sent: "
+                                                 "stored documents keep their ACL, new ones are public."},
+        "change_acl": {"type": "string", "enum": ["true", "false"],
+                       "description": "Allow the upload to change the ACL of documents already stored."},
+        "metadata": {"type": "string", "description": "A JSON object stored with every document. Not sent: stored "
+                                                      "documents keep theirs."},
     }}}}}}
 
 
@@ -52,7 +61,7 @@ def list_documents(collection: str, state: State, caller: Reader,
                    prefix: Annotated[str | None, Query(max_length=1000)] = None,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                    offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> list[dict[str, Any]]:
-    info = state.engine.collection(collection)
+    info = state.engine.visible_collection(collection, caller.principal)
     with state.engine.db.connection() as conn:
         rows = conn.execute(
             f"SELECT {_DOC_COLUMNS} FROM documents d JOIN collections c ON c.id = d.collection_id"
@@ -107,15 +116,16 @@ async def upload_documents(collection: str, request: Request, state: State, call
     if not caller.principal.admin:
         await to_thread.run_sync(state.engine.collection, collection)  # only an admin creates collections
     settings = state.settings
+    # before a byte of the upload is stored; create() counts again under a lock
+    await to_thread.run_sync(state.jobs.check_quota, caller.principal.id, settings.server_max_jobs_per_key)
     upload = await receive_upload(request, state.uploads, max_bytes=settings.server_max_upload_bytes,
                                   max_file_bytes=settings.max_file_bytes,
                                   max_files=settings.server_max_upload_files)
     try:
-        acl, metadata = _form(upload, caller.principal)
-        await to_thread.run_sync(_check_overwrites, state, collection, upload, caller.principal)
+        acl, metadata, change_acl = _form(upload, caller.principal)
         job = await to_thread.run_sync(lambda: state.jobs.create(
             collection=collection, principal=caller.principal, acl=acl, metadata=metadata, folder=upload.folder,
-            files=upload.files))
+            files=upload.files, change_acl=change_acl, max_per_key=settings.server_max_jobs_per_key))
     except BaseException:
         shutil.rmtree(upload.folder, ignore_errors=True)
         raise
@@ -126,12 +136,16 @@ async def upload_documents(collection: str, request: Request, state: State, call
                         headers={"Location": f"/ingest-jobs/{job.id}"})
 
 
-def _form(upload: Upload, principal: Principal) -> tuple[tuple[str, ...], dict[str, Any]]:
-    acl = check_groups(parse_list(upload.field("acl")))
-    if not principal.admin and not set(acl) <= principal.groups:
+def _form(upload: Upload, principal: Principal) -> tuple[tuple[str, ...] | None, dict[str, Any] | None, bool]:
+    """The upload's ACL and metadata (None when the form does not send them) and ``change_acl``."""
+    acl = check_groups(parse_list(upload.field("acl"))) if upload.field("acl") else None
+    if acl is not None and not principal.admin and not set(acl) <= principal.groups:
         outside = sorted(set(acl) - principal.groups)
         raise PermissionDeniedError(f"an upload's ACL may only name the key's own groups; not {outside}")
-    metadata: dict[str, Any] = {}
+    change = [v.strip().lower() for v in upload.field("change_acl")]
+    if any(v not in ("true", "false", "1", "0", "") for v in change):
+        raise QueryError(f"change_acl must be true or false, got {change!r}")
+    metadata: dict[str, Any] | None = None
     for raw in upload.field("metadata"):
         try:
             value = json.loads(raw)
@@ -139,26 +153,8 @@ def _form(upload: Upload, principal: Principal) -> tuple[tuple[str, ...], dict[s
             raise QueryError(f"metadata must be a JSON object: {exc}") from None
         if not isinstance(value, dict):
             raise QueryError(f"metadata must be a JSON object, got {type(value).__name__}")
-        metadata.update(value)
-    return acl, metadata
-
-
-def _check_overwrites(state: Any, collection: str, upload: Upload, principal: Principal) -> None:
-    """Refuse to replace documents the caller cannot read (same URI, another group's ACL)."""
-    if principal.admin:
-        return
-    try:
-        info = state.engine.collection(collection)
-    except NotFoundError:
-        return
-    names = [f.name for f in upload.files]
-    with state.engine.db.connection() as conn:
-        row = conn.execute(
-            "SELECT d.uri FROM documents d WHERE d.collection_id = %(cid)s"
-            " AND (d.uri = ANY(%(names)s) OR split_part(d.uri, '#', 1) = ANY(%(names)s))"
-            " AND NOT (d.acl = '{}' OR d.acl && %(groups)s::text[]) LIMIT 1",
-            {"cid": info.id, "names": names, "groups": sorted(principal.groups)},
-        ).fetchone()
-    if row is not None:
-        raise PermissionDeniedError(f"a document {row['uri']!r} exists in {collection!r} that this key cannot "
-                                    "read; it cannot be replaced with this key")
+        problem = json_problem(value, "metadata")
+        if problem is not None:
+            raise QueryError(f"the upload's {problem}")
+        metadata = {**(metadata or {}), **value}
+    return acl, metadata, any(v in ("true", "1") for v in change)

@@ -98,7 +98,7 @@ def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, C
     question = _question(body)
     filters = to_filters(body.filters)
     generator = served_generator(state, body.generator)
-    state.engine.collection(collection)  # 404 before any streaming
+    state.engine.visible_collection(collection, caller.principal)  # 404 before any streaming
 
     def call(on_token: Callable[[str], None] | None) -> Answer:
         answer: Answer = state.engine.ask(question, collection=collection, top_k=body.top_k, mode=body.mode,
@@ -218,11 +218,11 @@ def _count_tokens(embedder: Any, texts: list[str]) -> int:
         return 0
 
 
-@router.get("/models", summary="The collections (chat models) and the embedder")
+@router.get("/models", summary="The collections the caller may read (chat models) and the embedder")
 def list_models(state: State, caller: Reader) -> dict[str, Any]:
     created = int(time.time())
     data = [{"id": c.name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune_kind": "collection"}
-            for c in state.engine.collections()]
+            for c in state.engine.collections(principal=caller.principal)]
     data.append({"id": state.settings.embedder, "object": "model", "created": created, "owned_by": "ragtune",
                  "ragtune_kind": "embedder"})
     return {"object": "list", "data": data}

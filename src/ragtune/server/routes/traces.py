@@ -1,9 +1,11 @@
 """Traces of searches and answers, filtered by who asks.
 
 A caller sees a trace if it is an admin, if it made the trace (same key), or if the trace's
-principal had no group the caller lacks *and* every chunk the trace shows (its results, and so
-the sources in an answer's prompt) is still readable by the caller. A chunk since deleted counts
-as unreadable. So a trace never shows another group's content, even one made by an admin key.
+principal was not an admin, had no group the caller lacks, *and* every chunk the trace shows (its
+results, and so the sources in an answer's prompt) is still readable by the caller. A chunk since
+deleted counts as unreadable. So a trace never shows another group's content, and an admin's trace
+(which may show anything, and whose query alone may be about anything, even with no hits) is seen
+by admins and its own key only.
 With ``chunks=true`` a trace also carries the text of the chunks it ranked that the caller may
 still read (the web console shows them beside their scores).
 """
@@ -20,7 +22,8 @@ from ragtune.server.deps import Reader, State
 
 router = APIRouter(prefix="/traces", tags=["traces"])
 
-_VISIBLE = """(%(admin)s OR t.principal = %(pid)s OR (t.groups <@ %(groups)s::text[] AND NOT EXISTS (
+_VISIBLE = """(%(admin)s OR t.principal = %(pid)s OR (NOT t.principal_admin AND t.groups <@ %(groups)s::text[]
+    AND NOT EXISTS (
     SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t.results) = 'array' THEN t.results ELSE '[]' END) r
     LEFT JOIN chunks c ON c.id = CASE WHEN jsonb_typeof(r -> 'chunk_id') = 'number'
                                       THEN (r ->> 'chunk_id')::bigint END

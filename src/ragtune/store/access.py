@@ -1,0 +1,60 @@
+"""Who may read and who may replace a document: the rule every write checks inside its transaction.
+
+Reading: an admin reads everything; anyone reads a document without an ACL (public within its
+collection) and a document whose ACL shares a group with them.
+
+Replacing (a new version of a document, or new metadata or ACL for it), checked with the row locked,
+so nothing can change between the check and the write:
+
+- a document the writer cannot read is refused with the same reason as any other refused
+  replacement, so the refusal does not say whether the name belongs to a hidden document;
+- the ACL never changes unless asked for: a write that gives no ACL keeps the stored one, and a
+  write whose ACL differs from the stored one is refused unless ``change_acl`` is set;
+- a non-admin may change the ACL only of a document restricted to groups all of which it belongs
+  to, and only to groups of its own. So a public document (every reader's) can be hidden, or a
+  shared one narrowed, only by an admin; an ingest key cannot take a document away from others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ragtune.errors import AclChangeError, ReplaceDeniedError
+from ragtune.models import Principal
+
+
+@dataclass(frozen=True)
+class WriteAccess:
+    """Who writes, and whether they asked to change ACLs of documents that exist."""
+
+    principal: Principal
+    change_acl: bool = False
+
+
+def can_read(principal: Principal, acl: Iterable[str]) -> bool:
+    groups = tuple(acl)
+    return principal.admin or not groups or not principal.groups.isdisjoint(groups)
+
+
+def describe_acl(acl: Iterable[str]) -> str:
+    groups = sorted(acl)
+    return f"[{', '.join(groups)}]" if groups else "public"
+
+
+def check_replace(access: WriteAccess, uri: str, current: tuple[str, ...], target: tuple[str, ...]) -> None:
+    """Raise unless ``access`` may replace the document ``uri`` whose ACL is ``current`` with one
+    whose ACL is ``target``."""
+    principal = access.principal
+    if not can_read(principal, current):
+        raise ReplaceDeniedError(uri, "this key may not replace a document of that name")
+    if tuple(sorted(target)) == tuple(sorted(current)):
+        return
+    if not access.change_acl:
+        raise AclChangeError(uri, f"this would change its ACL from {describe_acl(current)} to {describe_acl(target)};"
+                                  " ask for it explicitly (--change-acl, change_acl=true)")
+    if principal.admin:
+        return
+    if not current or not set(current) <= principal.groups or not set(target) <= principal.groups:
+        raise ReplaceDeniedError(uri, "this key may not change the ACL of that document: only an admin changes the "
+                                      "ACL of a public document or of one shared with groups outside the key's own")
