@@ -10,9 +10,10 @@ per-principal BM25 statistics apply), hybrid mode, top 10. Costs:
   question (variant order rotated every question), so drift and load hit every variant alike:
   *before* (no request guard, no cancel-on-disconnect watcher, BM25 statistics of the whole
   collection), each check added alone, and *all* (what ships). Keys are verified once, then cached.
-- In-process: the engine's per-search text and filter-size checks, and the database checkout's
-  liveness poll, timed over many calls (they are microseconds; an A/B of whole searches could not
-  see them), as a share of the shipped search p50.
+- In-process: the request guard and the cancel watcher around an app that answers at once, the
+  engine's per-search text and filter-size checks, and the database checkout's liveness poll, timed
+  over many calls (they are microseconds, within the noise of an A/B of whole searches), as a share
+  of the shipped search p50.
 
 Writes benchmarks/results/security_overhead.json.
 """
@@ -109,13 +110,75 @@ def micro(fn: Any, n: int) -> float:
     return statistics.median(batches)
 
 
+def middleware_us(rounds: int = 7, n: int = 3000) -> dict[str, float]:
+    """Median microseconds the request guard and the cancel watcher add to one JSON POST, each
+    around an app that answers at once (plain ASGI calls in one event loop: no sockets, no noise
+    from the rest of a search)."""
+    import asyncio
+    import json
+
+    from ragtune.server.cancel import CancelOnDisconnect
+    from ragtune.server.guards import RequestGuard, allowed_hosts
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    body = json.dumps({"query": "When were the Normans in Normandy?", "top_k": 10}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/collections/x/search", "query_string": b"",
+             "scheme": "http", "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                                           (b"content-length", str(len(body)).encode())]}
+
+    class Client:
+        """One request's receive and send: the body, then a disconnect once the response is sent."""
+
+        def __init__(self) -> None:
+            self.sent = False
+            self.done = asyncio.Event()
+
+        async def receive(self) -> dict[str, Any]:
+            if not self.sent:
+                self.sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self.done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(self, message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.done.set()
+
+    async def per_request(handler: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            client = Client()
+            await handler(dict(scope), client.receive, client.send)
+        return (time.perf_counter() - started) / n * 1e6
+
+    async def measure() -> dict[str, float]:
+        handlers = {"bare": app, "guard": RequestGuard(app, hosts=allowed_hosts("127.0.0.1", []), cors_origins=[]),
+                    "watcher": CancelOnDisconnect(app)}
+        times: dict[str, list[float]] = {k: [] for k in handlers}
+        for _ in range(rounds):
+            for name, handler in handlers.items():
+                times[name].append(await per_request(handler))
+        bare = statistics.median(times["bare"])
+        return {name: statistics.median(v) - bare for name, v in times.items() if name != "bare"}
+
+    return asyncio.run(measure())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    from bm25_statistics import head_bm25_scores
+
+    import ragtune.retrieve.searcher as searcher_module
     from ragtune.engine import Ragtune
     from ragtune.retrieve.filters import FilterLimits, as_filters, bad_text, check_size
+    from ragtune.retrieve.postgres import bm25_scores
     from ragtune.server.auth import KeyStore
 
     rt = bench_engine(server_rate_limit=0)
@@ -123,11 +186,13 @@ def main() -> None:
     settings = rt.settings
     global_rt = Ragtune(settings.replace(bm25_statistics="global"), embedder=rt.embedder, database=rt.db)
     keys = {g: KeyStore(rt.db).create(f"overhead {g}", groups=[g], scopes=["read"]) for g in GROUPS}
+    before, reference = "before (HEAD)", "global statistics, no guard, no watcher"
     variants = {  # name -> (engine, guard, cancel)
-        "before": (global_rt, False, False),
-        "+ visible BM25 statistics": (rt, False, False),
-        "+ request guard": (global_rt, True, False),
-        "+ cancel on disconnect": (global_rt, False, True),
+        before: (global_rt, False, False),
+        reference: (global_rt, False, False),
+        "visible statistics": (rt, False, False),
+        "global + request guard": (global_rt, True, False),
+        "global + cancel watcher": (global_rt, False, True),
         "all (shipped)": (rt, True, True),
     }
     load_before = os.getloadavg()
@@ -140,20 +205,25 @@ def main() -> None:
                 base_url=url, headers={"Authorization": f"Bearer {keys[g].key}"}, timeout=60)) for g in GROUPS}
         names = list(variants)
         for name in names:  # warm up: models, key verification, caches
+            searcher_module.bm25_scores = head_bm25_scores if name == before else bm25_scores
             for question, g in pairs[:30]:
                 clients[name][g].post(f"/collections/{COLLECTION}/search", json={"query": question})
         for r in range(args.rounds):
             for i, (question, g) in enumerate(pairs):
                 shift = (i + r) % len(names)
                 for name in names[shift:] + names[:shift]:
+                    # one request at a time, so swapping the searcher's BM25 function is safe
+                    searcher_module.bm25_scores = head_bm25_scores if name == before else bm25_scores
                     started = time.perf_counter()
                     response = clients[name][g].post(f"/collections/{COLLECTION}/search", json={"query": question})
                     times[name].append((time.perf_counter() - started) * 1000)
                     assert response.status_code == 200, response.text
+    searcher_module.bm25_scores = bm25_scores
     load_after = os.getloadavg()
-    base = p50(times["before"])
+    base, ref = p50(times[before]), p50(times[reference])
     rows = {name: {"p50_ms": round(p50(v), 3), "p95_ms": round(sorted(v)[int(0.95 * len(v))], 3),
-                   "ratio_to_before": round(p50(v) / base, 4), "n": len(v)} for name, v in times.items()}
+                   "ratio_to_before": round(p50(v) / base, 4), "ratio_to_reference": round(p50(v) / ref, 4),
+                   "n": len(v)} for name, v in times.items()}
 
     shipped = rows["all (shipped)"]["p50_ms"] * 1000  # µs
     limits = FilterLimits(settings.max_filters, settings.max_filter_values)
@@ -171,16 +241,22 @@ def main() -> None:
             pass
 
     checkout_us, bare_us = micro(checkout, 2000), micro(bare_checkout, 2000)
+    middleware = middleware_us()
     in_process = {
+        "request guard (per request)": {"us": round(middleware["guard"], 2),
+                                        "share_of_p50": middleware["guard"] / shipped},
+        "cancel watcher (per request)": {"us": round(middleware["watcher"], 2),
+                                         "share_of_p50": middleware["watcher"] / shipped},
         "text and filter-size checks (per search)": {"us": round(text_us, 2), "share_of_p50": text_us / shipped},
         "checkout liveness poll (x3 per search)": {"us": round(3 * (checkout_us - bare_us), 2),
                                                    "share_of_p50": 3 * (checkout_us - bare_us) / shipped},
     }
     print(f"\nsearch over HTTP, hybrid, {len(pairs)} questions x {args.rounds} rounds, as group principals "
           f"(load {load_before[0]:.2f} -> {load_after[0]:.2f}):")
-    print(f"{'variant':32s} {'p50 ms':>8s} {'p95 ms':>8s} {'x before':>9s}")
+    print(f"{'variant':42s} {'p50 ms':>8s} {'p95 ms':>8s} {'x before':>9s} {'x global ref':>13s}")
     for name, row in rows.items():
-        print(f"{name:32s} {row['p50_ms']:8.2f} {row['p95_ms']:8.2f} {row['ratio_to_before']:9.4f}")
+        print(f"{name:42s} {row['p50_ms']:8.2f} {row['p95_ms']:8.2f} {row['ratio_to_before']:9.4f}"
+              f" {row['ratio_to_reference']:13.4f}")
     print("\nin process:")
     for name, row in in_process.items():
         print(f"{name:44s} {row['us']:8.2f} us  {100 * row['share_of_p50']:.3f}% of the shipped p50")
