@@ -4,7 +4,7 @@ DOCX and PDF files, all in one run.
 
     python benchmarks/container_limits.py [--repeats 15] [--old-full] [--no-pipeline]
 
-Old path = the loaders of the last commit (``git show HEAD:...``, imported from a temporary file):
+Old path = the loaders before issue 14 (``git show 6aff500:...``, imported from a temporary file):
 python-docx with no limits, one style lookup per paragraph. Its parse of the full bomb takes minutes,
 so it is timed on a bomb one tenth the size (same paragraph, same ratio) and scaled by 10; the
 parse time is linear in the paragraphs (measured: 17 s for 10 MB, 153 s for 99 MB). ``--old-full``
@@ -34,15 +34,17 @@ import tempfile
 import time
 import types
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import ROOT, write_result
 
+from ragtune.testing.files import MB, bomb_docx, pdf_bytes
+
 REPO = ROOT.parent
-MB = 1_000_000
+# The loaders before issue 14: the "old path" this benchmark compares with.
+OLD_REV = "6aff500"
 # 45 words of business prose: with python-docx's markup this compresses ~230x, like the issue's file
 SENTENCE = ("the quarterly report shows revenue growth in every region while costs stayed flat and the board "
             "approved the plan for the next year after a long discussion of risks in the supply chain and "
@@ -50,8 +52,8 @@ SENTENCE = ("the quarterly report shows revenue growth in every region while cos
 
 
 def old_module(relative: str, name: str) -> types.ModuleType:
-    """A module of the last commit, imported under ``name`` from a temporary file."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{relative}"], check=True, capture_output=True,
+    """A module of ``OLD_REV``, imported under ``name`` from a temporary file."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_REV}:{relative}"], check=True, capture_output=True,
                             text=True).stdout
     path = Path(tempfile.mkdtemp(prefix="ragtune-old-")) / f"{name}.py"
     path.write_text(source)
@@ -94,58 +96,17 @@ def normal_docx(articles: list[tuple[str, list[str]]]) -> bytes:
     return out.getvalue()
 
 
-def bomb_docx(expanded: int) -> bytes:
-    import docx
-
-    template = io.BytesIO()
-    docx.Document().save(template)
-    source = zipfile.ZipFile(io.BytesIO(template.getvalue()))
-    xml = source.read("word/document.xml").decode()
-    head, tail = xml.split("<w:body>")[0] + "<w:body>", "<w:sectPr" + xml.split("<w:sectPr", 1)[1]
-    unit = f"<w:p><w:r><w:t>{SENTENCE}</w:t></w:r></w:p>".encode()
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
-        for info in source.infolist():
-            if info.filename != "word/document.xml":
-                target.writestr(info.filename, source.read(info.filename))
-                continue
-            with target.open(info.filename, "w", force_zip64=True) as stream:
-                stream.write(head.encode())
-                for _ in range(expanded // len(unit)):
-                    stream.write(unit)
-                stream.write(tail.encode())
-    return out.getvalue()
-
-
 def flate_pdf(pages: list[str]) -> bytes:
+    """A PDF of one Flate-compressed page per text, 90 characters a line."""
     def escape(s: str) -> str:
         return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
-    objects: dict[int, bytes] = {1: b"<< /Type /Catalog /Pages 2 0 R >>",
-                                 3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"}
-    kids = []
-    for i, text in enumerate(pages):
-        number = 4 + 2 * i
+    contents = []
+    for text in pages:
         lines = [text[j:j + 90] for j in range(0, len(text), 90)]
-        content = ("BT /F1 10 Tf 12 TL 40 760 Td " + " T* ".join(f"({escape(line)}) Tj" for line in lines)
-                   + " ET").encode()
-        packed = zlib.compress(content)
-        objects[number] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R"
-                           f" >> >> /Contents {number + 1} 0 R >>").encode()
-        objects[number + 1] = b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed + b"\nendstream"
-        kids.append(f"{number} 0 R")
-    objects[2] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = {}
-    for n in sorted(objects):
-        offsets[n] = len(out)
-        out += b"%d 0 obj\n" % n + objects[n] + b"\nendobj\n"
-    xref, size = len(out), max(objects) + 1
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
-    for n in range(1, size):
-        out += b"%010d 00000 n \n" % offsets[n]
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref)
-    return bytes(out)
+        contents.append(("BT /F1 10 Tf 12 TL 40 760 Td " + " T* ".join(f"({escape(line)}) Tj" for line in lines)
+                         + " ET").encode())
+    return pdf_bytes(contents)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -198,8 +159,8 @@ def main() -> None:
     result: dict[str, Any] = {"repeats": args.repeats}
     try:
         # -- the issue's bomb ----------------------------------------------------------------
-        build_s, bomb = timed(lambda: bomb_docx(99 * MB))
-        tenth = bomb_docx(int(9.9 * MB))
+        build_s, bomb = timed(lambda: bomb_docx(99 * MB, SENTENCE))
+        tenth = bomb_docx(int(9.9 * MB), SENTENCE)
         bomb_path, tenth_path = work / "bomb.docx", work / "tenth.docx"
         bomb_path.write_bytes(bomb)
         tenth_path.write_bytes(tenth)

@@ -25,12 +25,13 @@ import hashlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 from common import bench_engine, write_result
+
+from ragtune.testing.serve import serve_in_thread
 
 COLLECTION = "security-overhead-squad"
 GROUPS = ("g0", "g1", "g2", "g3")
@@ -62,26 +63,6 @@ def prepare(rt: Any, limit: int) -> list[tuple[str, str]]:
         if len(pairs) >= limit:
             break
     return pairs
-
-
-@contextmanager
-def serve(app: Any, settings: Any) -> Iterator[str]:
-    import threading
-
-    from ragtune.server.app import bind, make_server
-
-    server = make_server(app, settings, log_level="warning")
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def variant_app(rt: Any, settings: Any, *, guard: bool, cancel: bool) -> Any:
@@ -200,7 +181,8 @@ def main() -> None:
     with ExitStack() as stack:
         clients: dict[str, dict[str, httpx.Client]] = {}
         for name, (engine, guard, cancel) in variants.items():
-            url = stack.enter_context(serve(variant_app(engine, settings, guard=guard, cancel=cancel), settings))
+            url = stack.enter_context(serve_in_thread(variant_app(engine, settings, guard=guard, cancel=cancel),
+                                                      settings))
             clients[name] = {g: stack.enter_context(httpx.Client(
                 base_url=url, headers={"Authorization": f"Bearer {keys[g].key}"}, timeout=60)) for g in GROUPS}
         names = list(variants)

@@ -4,7 +4,6 @@ SIGKILL of its postmaster (the pid from ``EmbeddedPostgres.status()``)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from ragtune.store.server import EmbeddedPostgres
+from ragtune.testing.crash import kill_embedded_postgres
 
 
 @contextmanager
@@ -37,20 +37,7 @@ def embedded_folder(prefix: str = "ragtune-test-crash-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def kill_postgres(folder: Path) -> int:
-    """SIGKILL the running postmaster of ``folder``; returns once it is dead (gone or a zombie)."""
-    status = EmbeddedPostgres(folder).status()
-    assert status.running and status.pid, status
-    os.kill(status.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(status.pid).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.005)
-    return status.pid
+kill_postgres = kill_embedded_postgres
 
 
 def postmaster_pid(folder: Path) -> int | None:

@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from ragtune.cli.main import app
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def env(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
-    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
-    monkeypatch.chdir(tmp_path)
-    return dict(os.environ)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
+from tests.cli.runner import invoke
 
 
 def test_ingest_search_docs_roundtrip(env: dict[str, str], tmp_path: Path) -> None:

@@ -4,10 +4,7 @@ packaged SmolLM2 for the answers that stream tokens (tiny ``max_tokens``)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import httpx
 import pytest
 
 from ragtune.models import LoadedDocument
+from ragtune.testing.serve import serve_in_thread
 from tests.helpers import database_from_template
 
 DOCS = {
@@ -41,26 +39,8 @@ class Live:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
 
-@contextmanager
-def running(app: Any, settings: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; stops it (gracefully) on exit."""
-    from ragtune.server.app import bind, make_server
-
-    server = make_server(app, settings, log_level="warning")
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
+# Serve an app in a thread on a free loopback port (the tests' name for it).
+running = serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Schemathesis against the served OpenAPI spec over real HTTP: no input makes the server answer
-5xx. Bounded (a few examples per operation); runs as an admin key so writes are exercised too."""
+5xx. Bounded (25 examples per operation; ``benchmarks/schemathesis_fuzz.py`` runs many more); runs
+as an admin key so writes are exercised too."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_no_input_makes_a_server_error(live: Any) -> None:
         operation = result.ok()
         operations += 1
 
-        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
         @given(case=operation.as_strategy())
         def check(case: Any) -> None:

@@ -148,6 +148,11 @@ ChangeAclOpt = Annotated[bool, typer.Option(
     "--change-acl", help="Allow --acl/--public to change the ACL of documents already stored.")]
 MetaOpt = Annotated[list[str] | None, typer.Option(
     "--meta", help="key=value metadata (repeatable). Not given: stored documents keep theirs.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")]
+TextFieldOpt = Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")]
+MetadataFieldsOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")]
+IdFieldOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")]
 
 
 @app.command()
@@ -158,11 +163,11 @@ def ingest(
     acl: AclOpt = None,
     public: PublicOpt = False,
     change_acl: ChangeAclOpt = False,
-    include: Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")] = None,
-    text_field: Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")] = "text",
-    metadata_fields: Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")] = None,
-    id_field: Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")] = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    text_field: TextFieldOpt = "text",
+    metadata_fields: MetadataFieldsOpt = None,
+    id_field: IdFieldOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest files, folders and JSON Lines records into a collection."""
@@ -178,11 +183,11 @@ def sync(
     acl: AclOpt = None,
     public: PublicOpt = False,
     change_acl: ChangeAclOpt = False,
-    include: Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")] = None,
-    text_field: Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")] = "text",
-    metadata_fields: Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")] = None,
-    id_field: Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")] = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    text_field: TextFieldOpt = "text",
+    metadata_fields: MetadataFieldsOpt = None,
+    id_field: IdFieldOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and

@@ -1,11 +1,16 @@
-"""Start ``ragtune serve`` as a real child process and learn its address (tests and benchmarks)."""
+"""Run the server for tests and benchmarks: ``ragtune serve`` as a real child process (learning its
+address), or an app in a thread of this process on a free loopback port."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 _SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
 
@@ -30,3 +35,26 @@ def start_serve(env: dict[str, str], *args: str, timeout: float = 180.0) -> tupl
         proc.kill()
         proc.wait()
         raise
+
+
+@contextmanager
+def serve_in_thread(app: Any, settings: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its URL and stops it
+    (gracefully) on exit."""
+    from ragtune.server.app import bind, make_server
+
+    server = make_server(app, settings, log_level="warning")
+    sock = bind("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
