@@ -5,9 +5,10 @@ ingest for T seconds; reports errors, p50/p95 latency per operation and throughp
 
 The server runs as a subprocess (``ragtune serve --auth``, its own process and GIL) over the
 benchmark project (``common.bench_engine``: SQuAD dev paragraphs, embeddings cached across runs);
-the clients are threads with one HTTP connection each, using an admin key made for the run and
-revoked after it. Mix per request: 70 % search, 20 % ask, 10 % upload of a small new document
-(an asynchronous ingest job; all jobs must succeed by the end). Only 127.0.0.1 is ever contacted,
+the clients are threads with one HTTP connection each, each with a key of its own (read and
+ingest scopes, as separate tenants), made for the run and revoked after it. Mix per request:
+70 % search, 20 % ask, 10 % upload of a small new document (an asynchronous ingest job; all jobs
+must succeed by the end). Only 127.0.0.1 is ever contacted,
 and both the duration (<= 600 s) and the clients (<= 64) are capped. Writes
 benchmarks/results/server_load.json.
 """
@@ -137,15 +138,24 @@ def main() -> None:
             for q in questions[:20]:  # query embedding and the ask path warm up, untimed
                 warm.post(f"/collections/{COLLECTION}/search", json={"query": q})
             warm.post(f"/collections/{COLLECTION}/ask", json={"question": questions[0], "max_tokens": 16})
+        # one key per client, as separate tenants would have (a key may hold server_max_jobs_per_key
+        # unfinished ingest jobs); the admin key waits for the jobs at the end
+        from ragtune.server.auth import KeyStore
+
+        client_keys = [KeyStore(rt.db).create(f"load client {i}", scopes=["read", "ingest"])
+                       for i in range(args.clients)]
         started = time.monotonic()
-        threads = [threading.Thread(target=client_loop, args=(url, key, questions, started + args.seconds, i, out,
-                                                              errors, jobs, lock)) for i in range(args.clients)]
+        threads = [threading.Thread(target=client_loop, args=(url, client_keys[i].key, questions,
+                                                              started + args.seconds, i, out, errors, jobs, lock))
+                   for i in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
         job_status = finish_jobs(url, key, jobs)
+        for made in client_keys:
+            KeyStore(rt.db).revoke(made.info.key_id)
     requests = sum(len(v) for v in out.values())
     result = {
         "clients": args.clients, "seconds": round(elapsed, 1), "generator": args.generator,

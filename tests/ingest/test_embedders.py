@@ -322,3 +322,43 @@ def test_registration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fp32: Emb
     monkeypatch.setitem(embedders._REGISTRY, "custom", lambda cache_dir: fp32)
     assert "custom" in available_embedders()
     assert make_embedder("custom", cache_dir=tmp_path) is fp32
+
+
+def test_the_embedder_serves_concurrent_callers(embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The server embeds from many threads at once (searches, answers' evidence, ingest jobs). The
+    model's tokenizer keeps its padding and truncation as state, set before each call: another
+    thread's call in between left a batch unpadded ("expected sequence of length 38 at dim 1 (got
+    22)", two 500s in the load test). The window is a few bytecodes, so the test widens it: the real
+    tokenizer sleeps a little after setting its state. Every thread's vectors must equal the
+    sequential ones."""
+    import threading
+    import time
+
+    import numpy as np
+
+    texts = [[f"question {t} {i} " + "word " * ((t * 7 + i * 13) % 60) for i in range(6)] for t in range(6)]
+    expected = [embedder.embed_batch(batch) for batch in texts]
+    tokenizer = embedder.model.tokenizer
+    set_state = tokenizer.set_truncation_and_padding
+
+    def slow_set_state(*args, **kwargs):  # type: ignore[no-untyped-def]
+        set_state(*args, **kwargs)
+        time.sleep(0.002)
+
+    monkeypatch.setattr(tokenizer, "set_truncation_and_padding", slow_set_state)
+    failures: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for _ in range(10):
+                got = embedder.embed_batch(texts[t])
+                assert np.allclose(got, expected[t], atol=1e-5)
+        except BaseException as exc:  # recorded for the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures, failures[:3]

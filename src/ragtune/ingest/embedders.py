@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -216,6 +217,9 @@ class SentenceTransformerEmbedder:
         self.name: str = name or _default_name(self.model_path)
         self._model: SentenceTransformer | None = None
         self._tokenizer: Any = None
+        # The model's tokenizer keeps padding and truncation as state, set before each call: calls
+        # from two threads at once (a search and an ingest job in the server) left batches unpadded.
+        self._lock = threading.Lock()
         # A plain attribute (the Embedder protocol wants one); the JSON files almost always tell, and
         # only an exotic module stack makes us load the model here.
         self.dimension: int = self.layout.dimension or self._model_dimension()
@@ -251,12 +255,11 @@ class SentenceTransformerEmbedder:
 
     @property
     def tokenizer(self) -> Any:
-        """The model's fast tokenizer, loadable without the model (for the chunker's token counts)."""
+        """A copy of the model's fast tokenizer, loadable without the model (for the chunker's token
+        counts): never the model's own, whose padding and truncation other callers would change
+        while ``embed_batch`` runs."""
         if self._tokenizer is None:
-            self._tokenizer = (
-                self._model.tokenizer if self._model is not None
-                else _load_tokenizer(self.layout.transformer_dir)
-            )
+            self._tokenizer = _load_tokenizer(self.layout.transformer_dir)
         return self._tokenizer
 
     def count_tokens(self, text: str) -> int:
@@ -268,19 +271,21 @@ class SentenceTransformerEmbedder:
         self.embed_batch(["warm up"])
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 rows, L2-normalised, in the order of ``texts``."""
+        """float32 rows, L2-normalised, in the order of ``texts``. One call at a time (the model
+        uses every core anyway)."""
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
         texts = list(texts)
         model = self.model
-        tokenized = model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        lengths = [len(ids) for ids in tokenized["input_ids"]]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for rows in token_budget_groups(lengths, self.batch_size * 32, 4 * self.batch_size):
-            out[rows] = model.encode(
-                [texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )
+        with self._lock:
+            tokenized = model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+            lengths = [len(ids) for ids in tokenized["input_ids"]]
+            for rows in token_budget_groups(lengths, self.batch_size * 32, 4 * self.batch_size):
+                out[rows] = model.encode(
+                    [texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                )
         return out
 
 
@@ -352,6 +357,7 @@ class OnnxInt8Embedder:
         self._file_stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", base) + "-int8"
         self._session: onnxruntime.InferenceSession | None = None
         self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
         self._input_names: tuple[str, ...] = ()
 
     # -- lazily loaded parts ------------------------------------------------------------------------
@@ -363,7 +369,8 @@ class OnnxInt8Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` without the special tokens the model adds ([CLS], [SEP])."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
     def session(self) -> onnxruntime.InferenceSession:
@@ -513,8 +520,9 @@ class OnnxInt8Embedder:
         if not texts:
             return out
         session = self.session
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        with self._tokenizer_lock:  # its padding and truncation are state, set before each call
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         # Longest first: the pool's last tasks are then the short ones, so no worker idles long.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]

@@ -55,6 +55,10 @@ Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as di
 T = TypeVar("T")
 
 log = logging.getLogger("ragtune.store")
+# psycopg_pool warns on stderr about every connection a lost server broke ("discarding closed
+# connection", "error connecting"): this module turns that loss into DatabaseUnavailableError and a
+# restart, so those lines would only repeat it, and a CLI command would print them above its results.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 _MIGRATION_LOCK = 7_203_115  # arbitrary advisory-lock key owned by ragtune migrations
 # SQLSTATEs that mean the server, not the statement, failed: connection exceptions (class 08),

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from ragtune.errors import NotFoundError, PermissionDeniedError, QueryError
+from ragtune.errors import JobLimitError, NotFoundError, PermissionDeniedError, QueryError
 from ragtune.models import Principal
 from ragtune.server.auth import check_groups, parse_list
 from ragtune.server.deps import Ingester, Reader, State
@@ -117,7 +117,11 @@ async def upload_documents(collection: str, request: Request, state: State, call
         await to_thread.run_sync(state.engine.collection, collection)  # only an admin creates collections
     settings = state.settings
     # before a byte of the upload is stored; create() counts again under a lock
-    await to_thread.run_sync(state.jobs.check_quota, caller.principal.id, settings.server_max_jobs_per_key)
+    try:
+        await to_thread.run_sync(state.jobs.check_quota, caller.principal.id, settings.server_max_jobs_per_key)
+    except JobLimitError:
+        await _discard_body(request)
+        raise
     upload = await receive_upload(request, state.uploads, max_bytes=settings.server_max_upload_bytes,
                                   max_file_bytes=settings.max_file_bytes,
                                   max_files=settings.server_max_upload_files)
@@ -134,6 +138,20 @@ async def upload_documents(collection: str, request: Request, state: State, call
         job = await wait_for(state, job.id, caller.principal, wait)
     return JSONResponse(job.public(), status_code=202 if not job.done else 200,
                         headers={"Location": f"/ingest-jobs/{job.id}"})
+
+
+_DRAIN_BYTES = 1024 * 1024
+
+
+async def _discard_body(request: Request) -> None:
+    """Read (and drop) up to 1 MiB of a body we refuse before storing it: answering while the client
+    still sends makes the server close the connection under it, and the client sees a reset instead
+    of the refusal. A larger body is cut off all the same (the refusal saves receiving it)."""
+    read = 0
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > _DRAIN_BYTES:
+            break
 
 
 def _form(upload: Upload, principal: Principal) -> tuple[tuple[str, ...] | None, dict[str, Any] | None, bool]:

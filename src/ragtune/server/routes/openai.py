@@ -209,13 +209,17 @@ def embeddings(body: EmbeddingsIn, state: State, caller: Reader) -> dict[str, An
 
 
 def _count_tokens(embedder: Any, texts: list[str]) -> int:
-    tokenizer = getattr(embedder, "tokenizer", None)
-    if tokenizer is None:
+    """Tokens the embedder read: each text's own, cut at its window, plus [CLS] and [SEP]. Through
+    ``count_tokens``, which is safe while other threads embed (a tokenizer's settings are state)."""
+    counter = getattr(embedder, "count_tokens", None)
+    if counter is None:
         return 0
+    window = int(getattr(embedder, "max_seq_length", 0) or 0)
     try:
-        return sum(len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"])
-    except Exception:  # a tokenizer with another interface: usage is informative only
+        counts = [counter(t) + 2 for t in texts]
+    except Exception:  # a counter with another interface: usage is informative only
         return 0
+    return sum(min(n, window) if window else n for n in counts)
 
 
 @router.get("/models", summary="The collections the caller may read (chat models) and the embedder")
