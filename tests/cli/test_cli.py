@@ -126,3 +126,13 @@ def test_eval_answers_on_a_hotpotqa_subset(env: dict[str, str]) -> None:
     assert result["collection"].endswith("-sub4")
     row = result["generators"]["extractive"]
     assert row["questions"] == 4 and row["citation_precision"] is not None
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "-leading-dash", "tab\tname", "x" * 201, "nul\x00"])
+def test_the_cli_refuses_collection_names_the_api_refuses(env: dict[str, str], tmp_path: Path, name: str) -> None:
+    """One rule for every edge (issue 14): the API refuses these with 422, the CLI with exit 2."""
+    (tmp_path / "note.md").write_text("# Note\n\nA note.\n", encoding="utf-8")
+    code, _, err = invoke("ingest", str(tmp_path / "note.md"), "--collection", name)
+    assert code == 2 and "invalid collection name" in err, (name, code, err)
+    code, out, _ = invoke("collections", "list")
+    assert code == 0 and name[:20] not in out
