@@ -37,18 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from common import CACHE, write_result
+from common import CACHE, percentiles, write_result
 
 PATH = "/collections"
-
-
-def percentiles(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    arr = np.asarray(values)
-    return {"n": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 2),
-            "p95_ms": round(float(np.percentile(arr, 95)), 2), "max_ms": round(float(arr.max()), 2)}
 
 
 def cpu_seconds(pid: int) -> float:

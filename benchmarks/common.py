@@ -53,3 +53,14 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def percentiles(values: list[float]) -> dict[str, Any]:
+    """n, p50, p95 and max of latencies in milliseconds."""
+    import numpy as np
+
+    if not values:
+        return {"n": 0}
+    arr = np.asarray(values)
+    return {"n": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 2),
+            "p95_ms": round(float(np.percentile(arr, 95)), 2), "max_ms": round(float(arr.max()), 2)}

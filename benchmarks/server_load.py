@@ -27,8 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import numpy as np
-from common import bench_engine, write_result
+from common import bench_engine, percentiles, write_result
 
 from ragtune.testing.serve import start_serve
 
@@ -74,14 +73,6 @@ def served(rt: Any, generator: str, *, rate_limit: float = 0) -> Iterator[tuple[
         except subprocess.TimeoutExpired:
             proc.kill()
         store.revoke(made.info.key_id)
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    arr = np.asarray(values)
-    return {"n": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 2),
-            "p95_ms": round(float(np.percentile(arr, 95)), 2), "max_ms": round(float(arr.max()), 2)}
 
 
 def client_loop(url: str, key: str, questions: list[str], stop_at: float, seed: int,
