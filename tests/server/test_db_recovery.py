@@ -88,6 +88,26 @@ def test_health_reports_the_lost_database_and_the_server_restarts_it(served: tup
     print(f"health back {back:.2f} s after the first 503")
 
 
+def test_the_server_restarts_a_lost_database_without_any_request(folder: Path, embedder: Any,
+                                                                 cache_dir: Path) -> None:
+    """No request and no health check after the kill: the ingest worker, which looks for jobs every
+    2 s, finds the loss, and that starts the restart."""
+    settings = Settings(data_dir=folder, cache_dir=cache_dir, generator="extractive", server_rate_limit=0)
+    rt = Ragtune(settings, embedder=embedder)
+    try:
+        rt.ingest_documents(DOCS, collection="kb")
+        with running(create_app(rt, settings, auth=False), settings) as url:
+            killed = kill_postgres(folder)
+            deadline = time.monotonic() + 20
+            while postmaster_pid(folder) in (None, killed) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert postmaster_pid(folder) not in (None, killed), "the server did not restart its database"
+            with httpx.Client(base_url=url, timeout=30) as client:
+                assert client.post("/collections/kb/search", json=SEARCH).status_code == 200
+    finally:
+        rt.close()
+
+
 def test_requests_right_after_a_kill_are_answered_or_refused_with_retry_after(served: tuple[str, Ragtune],
                                                                             folder: Path) -> None:
     url, _rt = served

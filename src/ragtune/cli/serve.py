@@ -25,7 +25,7 @@ def serve_command(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the REST and OpenAI-compatible API (FastAPI + uvicorn)."""
-    from ragtune.cli.main import _run, _settings, err_console
+    from ragtune.cli.main import _database_notice, _run, _settings, err_console
 
     def body() -> None:
         from ragtune.engine import Ragtune
@@ -40,7 +40,7 @@ def serve_command(
             raise ConfigError(f"refusing to serve {listen} without API keys: anyone who can reach it would read and "
                               "change everything. Create keys (`ragtune keys create`) and drop --no-auth / "
                               "server_auth=off, or pass --insecure-public if that is really what you want")
-        rt = Ragtune(settings)
+        rt = Ragtune(settings, on_database_wait=_database_notice)
         # Connect, migrate and load the embedder before listening: the first request is not slow.
         rt.embedder.embed_batch(["warm up"])
         active = KeyStore(rt.db).active_count()

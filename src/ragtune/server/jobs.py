@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError
+from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError, StoreError
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
 from ragtune.models import IngestReport, LoadedDocument, Principal
@@ -266,6 +266,13 @@ class JobWorker:
                     self._run(job_id)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NS, job_id))
+            except (psycopg.OperationalError, StoreError) as exc:  # the database is down or restarting
+                log.warning("ingest worker: the database is unavailable (%s); retrying in %.0fs",
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.poll_s)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._stopping.wait(self.poll_s)
             except Exception:
                 log.exception("ingest worker: unexpected error; retrying in %.0fs", self.poll_s)
                 if conn is not None:

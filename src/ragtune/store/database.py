@@ -283,7 +283,10 @@ class Database:
     def snapshot(self) -> Iterator[Conn]:
         """A read-only REPEATABLE READ transaction: every statement sees the same committed state."""
         with self.connection() as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # psycopg has just begun the transaction itself: a second BEGIN made PostgreSQL log a
+            # warning on every search ("there is already a transaction in progress"), so the
+            # server's log grew with the traffic. SET TRANSACTION sets the same on the open one.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             try:
                 yield conn
             finally:
