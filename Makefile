@@ -45,6 +45,7 @@ test: fetch chromium lint
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 bench: fetch
 	$(BIN)/python benchmarks/retrieval_quality.py

@@ -17,7 +17,7 @@ import time
 from common import bench_engine, write_result
 from rich.console import Console
 
-from ragtune.cli.ask import answers_table
+from ragtune.cli.evaluate import answers_table
 from ragtune.evaluate.answers import evaluate_answers
 
 console = Console()

@@ -17,12 +17,13 @@ from ragtune.errors import IngestError, ModelError, NotFoundError, QueryError
 from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
+from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes, ProgressCallback
-from ragtune.models import Answer, Document, IngestReport, LoadedDocument, Principal, SearchResult
+from ragtune.models import Answer, Chunk, Document, IngestReport, LoadedDocument, Principal, SearchResult
 from ragtune.observe.traces import StageTimer
+from ragtune.plugins import Plugins, default_plugins
 from ragtune.protocols import Chunker, Embedder, Generator, Reranker
 from ragtune.retrieve.filters import Filter, FilterLimits, as_filters, bad_text, check_size
-from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.searcher import Searcher, SearchOptions
 from ragtune.settings import Settings
 from ragtune.store.access import WriteAccess
@@ -35,8 +36,11 @@ _OPERATOR = Principal.system()
 
 class Ragtune:
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None,
-                 database: Database | None = None, on_database_wait: Callable[[str], None] | None = None) -> None:
+                 database: Database | None = None, on_database_wait: Callable[[str], None] | None = None,
+                 plugins: Plugins | None = None) -> None:
         self.settings = settings
+        # every part is built from these registries: ragtune's own and the installed plugins'
+        self.plugins = plugins or default_plugins()
         self._embedder = embedder
         self._database = database
         # Told once ("crash recovery" or "startup") when opening the embedded server has to wait.
@@ -56,7 +60,8 @@ class Ragtune:
         if self._embedder is None:
             from ragtune.ingest.embedders import make_embedder
 
-            self._embedder = make_embedder(self.settings.embedder, cache_dir=self.settings.resolved_cache_dir)
+            self._embedder = make_embedder(self.settings.embedder, cache_dir=self.settings.resolved_cache_dir,
+                                           plugins=self.plugins)
         return self._embedder
 
     @cached_property
@@ -79,13 +84,12 @@ class Ragtune:
 
     @cached_property
     def _whole_document_chunker(self) -> Chunker:
-        from ragtune.ingest.chunker import WholeDocumentChunker
-        from ragtune.ingest.tokens import HFTokenCounter
+        return self.chunker("whole")
 
-        return WholeDocumentChunker(HFTokenCounter(self._tokenizer()))
-
-    def chunker(self) -> Chunker:
-        from ragtune.ingest.chunker import StructuredChunker
+    def chunker(self, name: str | None = None) -> Chunker:
+        """The chunker ``name`` (default: the ``chunker`` setting) over the embedder's own tokenizer,
+        with a budget the embedder can read whole."""
+        from ragtune.ingest.chunker import ChunkBudget
         from ragtune.ingest.tokens import HFTokenCounter
 
         counter = HFTokenCounter(self._tokenizer())
@@ -95,8 +99,8 @@ class Ragtune:
         budget = self.settings.chunk_max_tokens
         if limit:
             budget = min(budget, int(limit) - counter.special_tokens)
-        return StructuredChunker(counter, max_tokens=budget,
-                                 overlap_tokens=min(self.settings.chunk_overlap_tokens, budget // 2))
+        factory = self.plugins.chunkers.get(name or self.settings.chunker)
+        return factory(counter, ChunkBudget(budget, min(self.settings.chunk_overlap_tokens, budget // 2)))
 
     def _tokenizer(self) -> Any:
         tokenizer = getattr(self.embedder, "tokenizer", None)
@@ -181,11 +185,11 @@ class Ragtune:
         info = self.collection(collection)
         failed_files = {f.source.split("#", 1)[0] for f in report.failed}
         prefix = str(roots[0]) + "/"
-        stale = [
-            d.uri for d in self.repo.documents(info.id, prefix=prefix)
+        stale = [  # only what the writer may read can be found gone, and removed
+            d.uri for d in self.repo.documents(info.id, principal=principal, prefix=prefix)
             if d.uri not in seen and d.uri.split("#", 1)[0] not in failed_files
         ]
-        report.removed = self.repo.delete_documents(info.id, stale)
+        report.removed = self.repo.delete_documents(info.id, stale, principal=principal)
         return report
 
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
@@ -224,19 +228,28 @@ class Ragtune:
         return load_files(files, options)
 
     # -- documents -----------------------------------------------------------------------------
-    def documents(self, *, collection: str | None = None, prefix: str | None = None,
-                  limit: int | None = None) -> list[Document]:
+    # Reads and deletes see what ``principal`` may read (the local operator, an admin, by default).
+    def documents(self, *, collection: str | None = None, prefix: str | None = None, limit: int | None = None,
+                  offset: int = 0, principal: Principal = _OPERATOR) -> list[Document]:
         name = collection or self.settings.default_collection
-        return self.db.read(lambda: self.repo.documents(self.repo.collection(name).id, prefix=prefix, limit=limit))
+        return self.db.read(lambda: self.repo.documents(self.repo.collection(name).id, principal=principal,
+                                                        prefix=prefix, limit=limit, offset=offset))
 
-    def document(self, uri: str, *, collection: str | None = None) -> tuple[Document, str, list[Any]]:
-        name, path = collection or self.settings.default_collection, self._uri(uri)
-        return self.db.read(lambda: self.repo.document(self.repo.collection(name).id, path))
+    def document(self, uri: str | None = None, *, collection: str | None = None, document_id: int | None = None,
+                 principal: Principal = _OPERATOR) -> tuple[Document, str, list[Chunk]]:
+        """A document by URI (or ``document_id``) with its text and chunks; one ``principal`` may not
+        read is not found."""
+        name = collection or self.settings.default_collection
+        path = self._uri(uri) if uri is not None else None
+        return self.db.read(lambda: self.repo.document(self.repo.collection(name).id, principal=principal, uri=path,
+                                                       document_id=document_id))
 
-    def delete(self, uris: str | Sequence[str], *, collection: str | None = None) -> int:
+    def delete(self, uris: str | Sequence[str], *, collection: str | None = None,
+               principal: Principal = _OPERATOR) -> int:
         if isinstance(uris, str):
             uris = [uris]
-        return self.repo.delete_documents(self.collection(collection).id, [self._uri(u) for u in uris])
+        return self.repo.delete_documents(self.collection(collection).id, [self._uri(u) for u in uris],
+                                          principal=principal)
 
     @staticmethod
     def _uri(uri: str) -> str:
@@ -281,7 +294,7 @@ class Ragtune:
         if spec not in self._generators:
             from ragtune.generate.registry import make_generator
 
-            self._generators[spec] = make_generator(spec, self.settings)
+            self._generators[spec] = make_generator(spec, self.settings, self.plugins)
         return self._generators[spec]
 
     @cached_property

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError
-from ragtune.finetune.gates import DEFAULT_GATES, parse_gates
 
 FUSION_METHODS = ("convex", "rrf")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
@@ -39,6 +40,7 @@ class Settings:
     database_start_timeout: float = 300.0
     embedder: str = "minilm"
     default_collection: str = "default"
+    chunker: str = "structured"  # a registered chunker (ragtune.plugins): structured | whole | a plugin's
     chunk_max_tokens: int = 256
     chunk_overlap_tokens: int = 32
     max_file_bytes: int = 25 * 1024 * 1024
@@ -148,6 +150,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool]] = [
+            ("chunker", bool(self.chunker.strip())),
             ("chunk_max_tokens", self.chunk_max_tokens > 0),
             ("chunk_overlap_tokens", 0 <= self.chunk_overlap_tokens < self.chunk_max_tokens),
             ("max_file_bytes", self.max_file_bytes > 0),
@@ -251,6 +254,69 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}{f' in {path}' if path else ''}")
         return _coerce(lambda base, kw: cls(**kw), None, values)
+
+
+# -- promotion gates: the format of the promotion_gates setting (finetune/gates.py applies them) --
+DEFAULT_GATES: dict[str, Any] = {
+    "eval.loss": "lower",
+    "eval.token_f1": "higher",
+    "eval.rouge_l": "higher",
+    "eval.json_valid": "higher",
+    "eval.schema_valid": "higher",
+    "eval.tool_name_accuracy": "higher",
+    "eval.tool_args_accuracy": "higher",
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    higher_is_better: bool
+    tolerance: float = 0.0
+
+    def passes(self, candidate: float, production: float) -> bool:
+        if self.higher_is_better:
+            return candidate >= production - self.tolerance
+        return candidate <= production + self.tolerance
+
+
+def parse_gates(value: Mapping[str, Any] | str | None) -> tuple[Gate, ...]:
+    """Gates from the setting's value; a bad entry raises ``ConfigError`` naming it."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid setting promotion_gates={value!r}: not a JSON object ({exc.msg})") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"invalid setting promotion_gates={value!r}: expected a table of metric = direction")
+    gates = []
+    for metric, spec in value.items():
+        where = f"promotion_gates.{metric}"
+        tolerance: Any
+        if isinstance(spec, str):
+            better, _, tolerance = spec.partition(":")
+            tolerance = tolerance or 0.0
+        elif isinstance(spec, Mapping):
+            unknown = sorted(set(spec) - {"better", "tolerance"})
+            if unknown:
+                raise ConfigError(f"invalid setting {where}: unknown key(s) {', '.join(unknown)}")
+            better, tolerance = str(spec.get("better", "")), spec.get("tolerance", 0.0)
+        else:
+            raise ConfigError(f"invalid setting {where}={spec!r}: expected 'higher', 'lower' or a table")
+        if better.strip() not in ("higher", "lower"):
+            raise ConfigError(f"invalid setting {where}={spec!r}: better must be 'higher' or 'lower'")
+        try:
+            tol = float(str(tolerance).strip())
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid setting {where}={spec!r}: tolerance must be a number") from None
+        if not (math.isfinite(tol) and tol >= 0):
+            raise ConfigError(f"invalid setting {where}={spec!r}: tolerance must be >= 0")
+        if not str(metric).strip():
+            raise ConfigError("invalid setting promotion_gates: empty metric name")
+        gates.append(Gate(str(metric), better.strip() == "higher", tol))
+    return tuple(gates)
 
 
 def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:

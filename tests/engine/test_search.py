@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from ragtune import Filter, LoadedDocument, Principal
 from ragtune.engine import Ragtune
-from ragtune.errors import QueryError
-from ragtune.retrieve.lexical import LexicalAnalyzer
+from ragtune.errors import NotFoundError, QueryError
+from ragtune.ingest.lexical import LexicalAnalyzer
 from tests.helpers import check_index_consistency
 
 WORDS = (
@@ -202,7 +202,10 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
             acl=acl,
             metadata={"dept": rng.choice(["a", "b", "c"]), "year": 2000 + i % 10},
         )
-    yield rt, acl_of
+    with rt.db.connection() as conn:
+        uri_of_chunk = {r["id"]: r["uri"] for r in conn.execute(
+            "SELECT c.id, d.uri FROM chunks c JOIN documents d ON d.id = c.document_id").fetchall()}
+    yield rt, acl_of, uri_of_chunk
     rt.close()
 
 
@@ -216,15 +219,24 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
 )
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_acl_never_leaks(acl_world, groups, mode, words, dept, year_min, top_k) -> None:  # type: ignore[no-untyped-def]
-    rt, acl_of = acl_world
+    """Search, documents, single documents and traces: nothing outside the principal's groups, ever."""
+    rt, acl_of, uri_of_chunk = acl_world
     filters = []
     if dept is not None:
         filters.append(Filter("dept", "eq", dept))
     if year_min is not None:
         filters.append(Filter("year", "gte", year_min))
-    principal = Principal("p", groups)
+    # one id per set of groups, as an API key has: a principal always sees its own traces
+    principal = Principal("p:" + ",".join(sorted(groups)), groups)
     hits = rt.search(" ".join(words), mode=mode, top_k=top_k, filters=filters, principal=principal).hits
     visible = {u for u, acl in acl_of.items() if not acl or set(acl) & groups}
+    assert {d.uri for d in rt.documents(principal=principal, limit=1000)} == visible
+    for uri in sorted(set(acl_of) - visible)[:3]:
+        with pytest.raises(NotFoundError):
+            rt.document(uri, principal=principal)
+    for trace in rt.traces.visible(principal, limit=200):
+        shown = {uri_of_chunk.get(r["chunk_id"]) for r in trace["results"]}
+        assert shown <= visible, (trace["id"], shown - visible, groups)
     for h in hits:
         assert h.uri in visible, (h.uri, acl_of[h.uri], groups)
         if dept is not None:

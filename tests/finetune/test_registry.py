@@ -16,10 +16,9 @@ from ragtune.cli.main import app
 from ragtune.errors import ConfigError, NotFoundError, PromotionRefusedError, RegistryError, TrainingError
 from ragtune.finetune import runs
 from ragtune.finetune.evaluate import EvalReport
-from ragtune.finetune.gates import Gate, parse_gates
 from ragtune.finetune.registry import ModelRef, ModelRegistry, sqlalchemy_url
 from ragtune.finetune.serving import base_folder, export_model
-from ragtune.settings import Settings
+from ragtune.settings import Gate, Settings, parse_gates
 from tests.finetune.tuned import SECRET, chat, copy_run
 
 runner = CliRunner()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ragtune.generate.grounding import SupportScorer, parse_citations, strip_citations
-from ragtune.retrieve.lexical import LexicalAnalyzer
+from ragtune.ingest.lexical import LexicalAnalyzer
 
 
 @pytest.mark.parametrize(("sentence", "numbers"), [

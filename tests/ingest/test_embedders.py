@@ -19,11 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ragtune.errors import ConfigError, ModelError
-from ragtune.ingest import embedders
 from ragtune.ingest.embedders import (
     OnnxInt8Embedder,
     SentenceTransformerEmbedder,
-    available_embedders,
     make_embedder,
     packaged_model_path,
     token_budget_groups,
@@ -318,10 +316,15 @@ def test_other_folders_are_named_after_themselves(tmp_path: Path) -> None:
     assert make_embedder(f"{folder}:int8", cache_dir=tmp_path).name == "my-model-int8"
 
 
-def test_registration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fp32: Embedder) -> None:
-    monkeypatch.setitem(embedders._REGISTRY, "custom", lambda cache_dir: fp32)
-    assert "custom" in available_embedders()
-    assert make_embedder("custom", cache_dir=tmp_path) is fp32
+def test_registration(tmp_path: Path, fp32: Embedder) -> None:
+    from ragtune.plugins import Plugins
+
+    plugins = Plugins.load(entry_points=False)
+    plugins.add("test", lambda p: p.embedders.register("custom", lambda name, cache_dir: fp32))
+    assert "custom" in plugins.embedders.names() and plugins.embedders.source("custom") == "test"
+    assert make_embedder("custom", cache_dir=tmp_path, plugins=plugins) is fp32
+    with pytest.raises(ConfigError, match=r"registers the embedder 'minilm', which plugin ragtune\.ingest\.plugin"):
+        plugins.add("rival", lambda p: p.embedders.register("minilm", lambda name, cache_dir: fp32))
 
 
 def test_the_embedder_serves_concurrent_callers(embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -19,8 +19,7 @@ from ragtune.errors import (
     IngestError,
     UnsupportedFormatError,
 )
-from ragtune.ingest.loaders import LoaderOptions, iter_files, load_files, loader_for, register_loader
-from ragtune.ingest.loaders import registry as registry_module
+from ragtune.ingest.loaders import LoaderOptions, iter_files, load_files, loader_for
 from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.models import LoadedDocument
 from ragtune.protocols import Loader
@@ -503,24 +502,33 @@ class _ShoutLoader:
         yield LoadedDocument(uri=str(source), text=source.read_text().upper())
 
 
-def test_register_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
-    register_loader(["shout", ".YELL"], _ShoutLoader)
+def test_a_plugin_registers_a_loader(tmp_path: Path) -> None:
+    from ragtune.plugins import Plugins
+
+    plugins = Plugins.load(entry_points=False)
+
+    def shout(p: Plugins) -> None:
+        for suffix in ("shout", ".YELL"):
+            p.loaders.register(suffix, _ShoutLoader)
+
+    plugins.add("shout-plugin", shout)
     path = tmp_path / "x.yell"
     path.write_text("hi")
     options = LoaderOptions(max_file_bytes=99)
-    loader = loader_for(path, options)
+    loader = loader_for(path, options, plugins)
     assert isinstance(loader, _ShoutLoader) and loader.options is options
     assert [d.text for d in loader.load(path)] == ["HI"]
+    assert ".shout" in plugins.loaders and plugins.loaders.source(".yell") == "shout-plugin"
 
-    with pytest.raises(ConfigError, match=r"already registered for \['.shout'\]"):
-        register_loader(".shout", _ShoutLoader)
-    register_loader(".txt", _ShoutLoader, replace=True)  # built-ins go through the same path
-    assert isinstance(loader_for("a.txt"), _ShoutLoader)
+    with pytest.raises(ConfigError, match=r"registers the loader '\.txt', which plugin ragtune\.ingest\.plugin"):
+        plugins.add("rival", lambda p: p.loaders.register(".txt", _ShoutLoader))
+    plugins.add("override", lambda p: p.loaders.register(".txt", _ShoutLoader, replace=True))
+    assert isinstance(loader_for("a.txt", plugins=plugins), _ShoutLoader)
+    assert type(loader_for("a.txt")).__name__ == "TextLoader"  # the default plugins are untouched
     with pytest.raises(ConfigError, match="'a/b'"):
-        register_loader("a/b", _ShoutLoader)
+        plugins.add("bad", lambda p: p.loaders.register("a/b", _ShoutLoader))
     with pytest.raises(ConfigError, match="callable"):
-        register_loader(".z", "not a factory")  # type: ignore[arg-type]
+        plugins.add("bad", lambda p: p.loaders.register(".z", "not a factory"))
 
 
 # ---------------------------------------------------------------- discovery

@@ -1,22 +1,25 @@
-"""``ragtune answerability``: train the model that decides when the documents cannot answer.
-
-Imported by ``cli/main.py`` at start-up, so nothing heavy is imported at module level.
-"""
+"""``ragtune answerability train``: train the model that decides when the documents cannot answer;
+``ask --answerability`` loads it through ``resolve_answerability``."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-answerability_app = typer.Typer(no_args_is_help=True, help="Train the answerability model used for abstention.")
+from ragtune.cli.common import AsJson, DataDir, console, engine, progress_bar, run_command
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+    from ragtune.generate.answerability import AnswerabilityModel
+
+app = typer.Typer()  # answerability train
 
 
-def resolve_answerability(rt: Any, spec: str) -> Any:
+def resolve_answerability(rt: Ragtune, spec: str) -> AnswerabilityModel:
     """``latest`` (the newest trained in the project) or a model folder, as an ``AnswerabilityModel``."""
     from ragtune.finetune.answerability import latest_answerability
     from ragtune.generate.answerability import AnswerabilityModel
@@ -25,7 +28,7 @@ def resolve_answerability(rt: Any, spec: str) -> Any:
     return AnswerabilityModel(path)
 
 
-@answerability_app.command("train")
+@app.command("train")
 def train(
     limit: Annotated[int | None, typer.Option(help="Training questions (default: every question of the "
                                               "training half of the SQuAD 2.0 dev articles).")] = None,
@@ -34,17 +37,12 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     learning_rate: Annotated[float, typer.Option()] = 3e-5,
     max_length: Annotated[int, typer.Option(help="Tokens of question + passage.")] = 192,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """Train on SQuAD 2.0 dev (answerable vs unanswerable questions, split by article) and store the
     model with the abstention threshold chosen on held-out articles."""
-    from ragtune.cli.main import _engine, _run, console
-    from ragtune.cli.rerank import _progress
-
     def body() -> None:
-        import random
-
         from ragtune.evaluate.datasets import load_dataset
         from ragtune.finetune.answerability import (
             answerability_dir,
@@ -54,14 +52,14 @@ def train(
         )
         from ragtune.generate.answerability import read_manifest
 
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             dataset = load_dataset("squad", rt.settings.resolved_cache_dir / "packages")
             train_rows, held_out = split_by_group(squad_examples(dataset))
             rng = random.Random(0)
             rng.shuffle(train_rows)
             rng.shuffle(held_out)
             train_rows = train_rows[:limit] if limit else train_rows
-            with _progress() as progress:
+            with progress_bar() as progress:
                 task = progress.add_task("training", total=None)
 
                 def update(step: int, total: int, loss: float) -> None:
@@ -82,4 +80,4 @@ def train(
                       f"ROC AUC {v['roc_auc']:.3f}")
         console.print("use it: `ragtune ask --answerability latest ...`")
 
-    _run(body)
+    run_command(body)

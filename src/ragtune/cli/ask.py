@@ -11,10 +11,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragtune.cli.answerability import resolve_answerability
+from ragtune.cli.common import CollectionOpt, DataDir, console, engine, parse_groups, run_command
+from ragtune.cli.rerank import collection_reranker
+from ragtune.models import Answer, Principal
 
-def ask_command(
+app = typer.Typer()  # ask (top level)
+
+
+@app.command("ask")
+def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
-    collection: Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")] = None,
+    collection: CollectionOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Sources given to the generator.")] = None,
     mode: Annotated[str | None, typer.Option(help="Retrieval: dense | bm25 | hybrid")] = None,
     generator: Annotated[str | None, typer.Option(
@@ -30,16 +38,13 @@ def ask_command(
     answerability: Annotated[str | None, typer.Option(
         help="Also abstain by a trained answerability model: `latest` or a folder "
              "(`ragtune answerability train`).")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Project data folder.")] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Answer a question from a collection's documents, with numbered citations (or abstain)."""
-    from ragtune.cli.main import _engine, _groups, _run, console
-
     def body() -> None:
         from ragtune.generate.answer import answer_fields
-        from ragtune.models import Principal
 
-        groups = frozenset(g for item in as_group or [] for g in _groups(item))
+        groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
         principal = Principal(id="cli", groups=groups)
         overrides: dict[str, Any] = {"generator_adapter": adapter} if adapter else {}
         streamed: list[str] = []
@@ -49,15 +54,11 @@ def ask_command(
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        with _engine(data_dir, **overrides) as rt:
+        with engine(data_dir, **overrides) as rt:
             extra: dict[str, Any] = {}
             if rerank:
-                from ragtune.cli.rerank import collection_reranker
-
                 extra["reranker"] = collection_reranker(rt, collection, top_k=top_k or rt.settings.answer_top_k)
             if answerability:
-                from ragtune.cli.answerability import resolve_answerability
-
                 extra["answerability"] = resolve_answerability(rt, answerability)
             answer = rt.ask(question, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
                             principal=principal, generator=generator, max_tokens=max_tokens,
@@ -71,12 +72,13 @@ def ask_command(
                 console.print(answer.text)
         else:
             console.print(answer.text, highlight=False)
-        _print_sources(console, answer)
+        print_sources(console, answer)
 
-    _run(body)
+    run_command(body)
 
 
-def _print_sources(console: Console, answer: Any) -> None:
+def print_sources(console: Console, answer: Answer) -> None:
+    """Warnings, unsupported sentences, the sources table (cited ones ticked) and the status line."""
     if answer.error:
         console.print(f"[yellow]warning[/]: {answer.error}")
     flagged = [s for s in answer.sentences if not s.supported]
@@ -97,58 +99,3 @@ def _print_sources(console: Console, answer: Any) -> None:
     speed = f", {tps:.1f} tokens/s" if tps else ""
     console.print(f"[dim]{answer.model}: {status}{speed}, trace {answer.trace_id}[/]")
 
-
-def eval_answers_command(
-    dataset: Annotated[str, typer.Option(help="squad | hotpotqa | beir:PATH")] = "squad",
-    generators: Annotated[str, typer.Option("--generator", "-g",
-                                            help="Comma-separated generators to compare.")] = "extractive,smollm2",
-    limit: Annotated[int, typer.Option(help="Questions (half unanswerable where the set has them).")] = 20,
-    collection: Annotated[str | None, typer.Option("--collection", "-c")] = None,
-    subset_corpus: Annotated[bool, typer.Option(
-        "--subset-corpus", help="Index only the chosen questions' paragraphs (the whole HotpotQA corpus takes "
-                                "~45 min to embed at fp32).")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Project data folder.")] = None,
-) -> None:
-    """EM, F1, abstention, citation precision, groundedness, latency and tokens/s per generator."""
-    from rich.progress import Progress
-
-    from ragtune.cli.main import _engine, _run, console, err_console
-
-    def body() -> None:
-        from ragtune.evaluate.answers import evaluate_answers
-
-        names = [g.strip() for g in generators.split(",") if g.strip()]
-        with _engine(data_dir) as rt, Progress(console=err_console, transient=True) as progress:
-            tasks: dict[str, Any] = {}
-
-            def advance(gen: str, done: int, total: int) -> None:
-                if gen not in tasks:
-                    tasks[gen] = progress.add_task(f"asking with {gen}", total=total)
-                progress.update(tasks[gen], completed=done)
-
-            result = evaluate_answers(rt, dataset, generators=names, limit=limit, collection=collection,
-                                      progress=advance, subset_corpus=subset_corpus)
-        if as_json:
-            print(json.dumps(result, indent=2))
-            return
-        console.print(answers_table(result))
-
-    _run(body)
-
-
-def answers_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"answers on {result['dataset']}: {result['questions']} questions")
-    columns = [("EM", "exact_match"), ("F1", "f1"), ("abst. P", "abstention_precision"),
-               ("abst. R", "abstention_recall"), ("cite P", "citation_precision"), ("grounded", "groundedness"),
-               ("p50 ms", "p50_ms"), ("tok/s", "tokens_per_second")]
-    table.add_column("generator")
-    for label, _ in columns:
-        table.add_column(label, justify="right")
-    for gen, row in result["generators"].items():
-        cells = []
-        for _, key in columns:
-            value = row.get(key)
-            cells.append("-" if value is None else (f"{value:.0f}" if key == "p50_ms" else f"{value:.3f}"))
-        table.add_row(gen, *cells)
-    return table

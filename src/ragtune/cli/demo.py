@@ -8,10 +8,18 @@ retrieval quality on SQuAD.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from rich.console import Console
+import typer
 from rich.table import Table
+
+from ragtune.cli.ask import print_sources
+from ragtune.cli.common import DataDir, console, engine, err_console, ingest_progress, print_report, run_command
+
+if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+
+app = typer.Typer()  # demo (top level)
 
 DEMO_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("Who was the Norse leader?", {}),
@@ -43,8 +51,21 @@ def write_articles(dataset: Any, folder: Path) -> int:
     return len(articles)
 
 
-def run_demo(rt: Any, console: Console, err_console: Console, *, eval_limit: int | None) -> None:
-    from ragtune.cli.main import _ingest_progress, _print_report
+@app.command()
+def demo(
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N SQuAD questions.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the main job end to end: ingest SQuAD articles, search, update, evaluate."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            run_demo(rt, eval_limit=eval_limit)
+
+    run_command(body)
+
+
+def run_demo(rt: Ragtune, *, eval_limit: int | None) -> None:
+    """The five steps of ``ragtune demo`` on an open engine, printed as they run."""
     from ragtune.evaluate.datasets import load_dataset
     from ragtune.evaluate.retrieval import evaluate_retrieval
 
@@ -53,11 +74,11 @@ def run_demo(rt: Any, console: Console, err_console: Console, *, eval_limit: int
     folder = rt.settings.data_dir / "demo" / "squad-articles"
     n = write_articles(squad, folder)
     console.rule(f"1. ingest {n} SQuAD 2.0 dev articles ({len(squad.corpus)} paragraphs) from {folder}")
-    progress, on_event, on_files = _ingest_progress()
+    progress, on_event, on_files = ingest_progress()
     with progress:
         report = rt.sync(folder, collection="squad-articles", progress=on_event, on_files=on_files,
                          metadata={"source": "squad-dev"})
-    _print_report(report, "synced")
+    print_report(report, "synced")
 
     console.rule("2. hybrid search over the articles")
     for query, extra in DEMO_QUERIES:
@@ -84,8 +105,6 @@ def run_demo(rt: Any, console: Console, err_console: Console, *, eval_limit: int
     console.print(f"after deleting it ({removed} removed): top hit {Path(hit[0].uri).name!r}" if hit else "no hit")
 
     console.rule("4. cited answers (extractive, the local SmolLM2-135M), and a question no article covers")
-    from ragtune.cli.ask import _print_sources
-
     for question, generator in DEMO_QUESTIONS:
         console.print(f"[bold]Q ({generator}):[/] {question}")
         console.print("[bold]A:[/] ", end="")
@@ -97,18 +116,18 @@ def run_demo(rt: Any, console: Console, err_console: Console, *, eval_limit: int
 
         answer = rt.ask(question, collection="squad-articles", generator=generator, top_k=3, on_token=show)
         console.print("" if streamed else answer.text, highlight=False, markup=False)
-        _print_sources(console, answer)
+        print_sources(console, answer)
 
     label = f"first {eval_limit}" if eval_limit else "all"
     console.rule(f"5. retrieval quality on SQuAD 2.0 dev ({label} answerable questions, paragraph level)")
-    result = evaluate_retrieval(rt, "squad", limit=eval_limit, progress_console=err_console)
-    table = Table(title=f"{result['queries']} queries over {result['corpus']} paragraphs")
+    quality = evaluate_retrieval(rt, "squad", limit=eval_limit, progress_console=err_console)
+    table = Table(title=f"{quality['queries']} queries over {quality['corpus']} paragraphs")
     table.add_column("mode")
-    for m in result["measures"]:
+    for m in quality["measures"]:
         table.add_column(m, justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p95 ms", justify="right")
-    for mode, row in result["modes"].items():
-        table.add_row(mode, *(f"{row[m]:.3f}" for m in result["measures"]), f"{row['p50_ms']:.1f}",
+    for mode, row in quality["modes"].items():
+        table.add_row(mode, *(f"{row[m]:.3f}" for m in quality["measures"]), f"{row['p50_ms']:.1f}",
                       f"{row['p95_ms']:.1f}")
     console.print(table)

@@ -1,35 +1,31 @@
 """``ragtune models list|track|register|promote|rollback|export``: the model registry (MLflow in
-our PostgreSQL; see ``finetune.registry``).
-
-Imported by ``cli/main.py`` at start-up, so nothing heavy is imported at module level; helpers of
-``main`` are imported inside the commands (``main`` imports this module).
-"""
+our PostgreSQL; see ``finetune.registry``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-models_app = typer.Typer(no_args_is_help=True, help="Registered fine-tuned models: track, register, promote, "
-                                                    "roll back, export (MLflow in the project's PostgreSQL).")
+from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, run_command
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+if TYPE_CHECKING:
+    from ragtune.finetune.registry import ModelRegistry
+
+app = typer.Typer()  # models list|track|register|promote|rollback|export
 SHOWN_METRICS = ("eval.loss", "eval.token_f1", "eval.json_valid", "eval.tool_args_accuracy", "eval_loss")
 
 
-def _registry(data_dir: Path | None) -> Any:
-    from ragtune.cli.main import _settings
+def _registry(data_dir: Path | None) -> ModelRegistry:
     from ragtune.finetune.registry import ModelRegistry
 
     for noisy in ("mlflow", "alembic"):  # table creation and migrations log at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return ModelRegistry(_settings(data_dir))
+    return ModelRegistry(load_settings(data_dir))
 
 
 def _version_json(v: Any) -> dict[str, Any]:
@@ -39,15 +35,13 @@ def _version_json(v: Any) -> dict[str, Any]:
             "promotion": json.loads(v.tags["ragtune.promotion"]) if "ragtune.promotion" in v.tags else None}
 
 
-@models_app.command("list")
+@app.command("list")
 def list_models(
     name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """List registered model versions with their aliases and gated metrics."""
-    from ragtune.cli.main import _run, console
-
     def body() -> None:
         versions = _registry(data_dir).versions(name)
         if as_json:
@@ -60,26 +54,24 @@ def list_models(
             promotion = json.loads(v.tags.get("ragtune.promotion", "null")) or {}
             promoted = f"{'forced ' if promotion.get('forced') else ''}{promotion.get('at', '')}" if promotion else ""
             table.add_row(v.name, str(v.version), ",".join(v.aliases), v.run_id, v.run_status, v.base, v.dataset,
-                          *(_num(v.metrics.get(m)) for m in SHOWN_METRICS), promoted)
+                          *(num(v.metrics.get(m)) for m in SHOWN_METRICS), promoted)
         console.print(table)
 
-    _run(body)
+    run_command(body)
 
 
-@models_app.command("track")
+@app.command("track")
 def track(
     run: Annotated[str | None, typer.Argument(help="One run (folder, id or name); default: every run.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Log training runs to MLflow (failed ones too, as FAILED) without registering them."""
-    from ragtune.cli.main import _run, _settings, console
-
     def body() -> None:
         from ragtune.finetune import runs
         from ragtune.finetune.evaluate import resolve_run
 
         registry = _registry(data_dir)
-        runs_dir = _settings(data_dir).data_dir / "runs"
+        runs_dir = load_settings(data_dir).data_dir / "runs"
         if run is None:
             ids = registry.track(runs_dir)
         else:
@@ -87,10 +79,10 @@ def track(
             ids = [registry.log_run(record)] if record is not None else []
         console.print(f"tracked {len(ids)} run(s) in MLflow experiment 'ragtune'")
 
-    _run(body)
+    run_command(body)
 
 
-@models_app.command("register")
+@app.command("register")
 def register(
     run: Annotated[str, typer.Argument(help="Run folder, run id or run name (its newest completed run).")],
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the run's name).")] = None,
@@ -98,13 +90,11 @@ def register(
     data_dir: DataDir = None,
 ) -> None:
     """Register a completed run's adapter as a new model version (failed runs are refused)."""
-    from ragtune.cli.main import _run, _settings, console
-
     def body() -> None:
         from ragtune.finetune.evaluate import resolve_run
 
         registry = _registry(data_dir)
-        version = registry.register(resolve_run(run, _settings(data_dir).data_dir / "runs"), name)
+        version = registry.register(resolve_run(run, load_settings(data_dir).data_dir / "runs"), name)
         if as_json:
             print(json.dumps(_version_json(version), indent=2))
             return
@@ -114,10 +104,10 @@ def register(
             console.print("[yellow]note[/]: no evaluation yet; gated promotion over a production version needs "
                           f"`ragtune tune eval {version.run_id}`", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
-@models_app.command("promote")
+@app.command("promote")
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version to serve as production.")],
@@ -126,8 +116,6 @@ def promote(
     data_dir: DataDir = None,
 ) -> None:
     """Point the production alias at a version, if no gated metric is worse than production's."""
-    from ragtune.cli.main import _run, console, err_console
-
     def body() -> None:
         result = _registry(data_dir).promote(name, version, force=force)
         if not result.changed:
@@ -142,39 +130,32 @@ def promote(
         forced = " [red]forced past failed gates[/]" if result.forced else ""
         console.print(f"{name}@production -> version {version}{before}{forced}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
-@models_app.command("rollback")
+@app.command("rollback")
 def rollback(name: Annotated[str, typer.Argument(help="Model name.")], data_dir: DataDir = None) -> None:
     """Point the production alias back at the previous production version."""
-    from ragtune.cli.main import _run, console
-
     def body() -> None:
         result = _registry(data_dir).rollback(name)
         console.print(f"{name}@production -> version {result.version} (rolled back from {result.previous})",
                       highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
-@models_app.command("export")
+@app.command("export")
 def export(
     ref: Annotated[str, typer.Argument(help="NAME (production), NAME@ALIAS or NAME/VERSION.")],
     out: Annotated[Path, typer.Argument(help="New folder for the merged Hugging Face model.")],
     data_dir: DataDir = None,
 ) -> None:
     """Merge a version's adapter into its base model and save a standalone Hugging Face folder."""
-    from ragtune.cli.main import _run, console
-
     def body() -> None:
         from ragtune.finetune.serving import export_model
 
         path = export_model(_registry(data_dir), ref, out)
         console.print(f"exported {ref} to {path}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

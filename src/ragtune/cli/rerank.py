@@ -1,25 +1,29 @@
-"""``ragtune rerank``: train a collection's cross-encoder reranker and list its versions.
-
-Imported by ``cli/main.py`` at start-up, so it imports nothing heavy at module level; helpers of
-``main`` are imported inside the commands (``main`` imports this module).
-"""
+"""``ragtune rerank train|list``: train a collection's cross-encoder reranker and list its versions;
+``search --rerank`` and ``ask --rerank`` load it through ``collection_reranker``."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import Progress
+from rich.table import Table
 
+from ragtune.cli.common import DataDir, console, engine, load_settings, progress_bar, run_command
 from ragtune.errors import ConfigError
 
-rerank_app = typer.Typer(no_args_is_help=True, help="Train and list cross-encoder rerankers.")
+if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+    from ragtune.models import SearchResult
+    from ragtune.retrieve.rerank import CrossEncoderReranker
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+app = typer.Typer()  # rerank train|list
 
 
-def collection_reranker(rt: Any, collection: str | None, *, top_k: int, version: int | None = None) -> Any:
+def collection_reranker(rt: Ragtune, collection: str | None, *, top_k: int, version: int | None = None
+                        ) -> CrossEncoderReranker:
     """The collection's reranker (latest version unless ``version``), rescoring ``max(top_k, 20)``
     candidates."""
     from ragtune.finetune.reranker import load_reranker
@@ -29,30 +33,14 @@ def collection_reranker(rt: Any, collection: str | None, *, top_k: int, version:
                          top_n=max(top_k, DEFAULT_TOP_N))
 
 
-def rerank_search(rt: Any, query: str, *, collection: str | None, top_k: int, version: int | None = None,
-                  mode: str | None = None, **search: Any) -> Any:
+def rerank_search(rt: Ragtune, query: str, *, collection: str | None, top_k: int, version: int | None = None,
+                  mode: str | None = None, **search: Any) -> SearchResult:
     """Search and rerank with the collection's reranker (hybrid unless ``mode`` says otherwise)."""
     reranker = collection_reranker(rt, collection, top_k=top_k, version=version)
     return rt.search(query, collection=collection, top_k=top_k, mode=mode or "hybrid", reranker=reranker, **search)
 
 
-def _progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from ragtune.cli.main import err_console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err_console)
-
-
-def _updater(progress: Any, description: str) -> Any:
+def _updater(progress: Progress, description: str) -> Callable[[int, int], None]:
     task = progress.add_task(description, total=None)
 
     def update(done: int, total: int) -> None:
@@ -61,7 +49,7 @@ def _updater(progress: Any, description: str) -> Any:
     return update
 
 
-@rerank_app.command("train")
+@app.command("train")
 def train(
     collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to train on.")],
     dataset: Annotated[str | None, typer.Option(
@@ -82,8 +70,6 @@ def train(
     data_dir: DataDir = None,
 ) -> None:
     """Train a reranker on (question, positive, hard negative) triples mined from the collection."""
-    from ragtune.cli.main import _engine, _run, console
-
     def body() -> None:
         from ragtune.finetune.reranker import (
             hash_split,
@@ -94,16 +80,17 @@ def train(
             triples_from_dataset,
             validation_chooser,
         )
+        from ragtune.generate.registry import make_generator
 
         for key, value in (("limit", limit), ("synthetic", synthetic)):
             if value < 1:
                 raise ConfigError(f"--{key} must be at least 1, got {value}")
         if validation < 0:
             raise ConfigError(f"--validation must be at least 0, got {validation}")
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             rt.collection(collection)  # NotFoundError before any model loads
             out_dir = reranker_dir(rt.settings.data_dir, name or collection)
-            with _progress() as progress:
+            with progress_bar() as progress:
                 if dataset is not None:
                     from ragtune.evaluate.datasets import load_dataset
 
@@ -116,7 +103,7 @@ def train(
                     source: dict[str, Any] = {"dataset": dataset, "questions": len(qids),
                                               "split": "hash half 'train'"}
                 else:
-                    gen = _make_generator(generator, rt.settings)
+                    gen = make_generator(generator, rt.settings)
                     pairs = synthetic_pairs(rt, collection, gen, limit=synthetic + validation,
                                             progress=_updater(progress, "writing questions"))
                     # the last questions written are held out (too few: all train, no choice)
@@ -138,19 +125,10 @@ def train(
             console.print(f"validation nDCG@10 by fusion weight ({m['validation']['questions']} questions): "
                           f"{scores}; chosen {m['fusion_weight']}")
 
-    _run(body)
+    run_command(body)
 
 
-def _make_generator(spec: str, settings: Any) -> Any:
-    try:
-        from ragtune.generate.registry import make_generator
-    except ImportError as exc:
-        raise ConfigError(f"synthetic questions need a generator, but none is available ({exc}); "
-                          "train from an indexed dataset with --dataset instead") from exc
-    return make_generator(spec, settings)
-
-
-@rerank_app.command("list")
+@app.command("list")
 def list_versions(
     name: Annotated[str | None, typer.Option("--name", "--collection", "-c",
                                              help="Reranker (collection) name; all when omitted.")] = None,
@@ -158,14 +136,12 @@ def list_versions(
     data_dir: DataDir = None,
 ) -> None:
     """List trained reranker versions with their manifests."""
-    from rich.table import Table
 
-    from ragtune.cli.main import _run, _settings, console
 
     def body() -> None:
         from ragtune.finetune.reranker import list_rerankers
 
-        root = _settings(data_dir).data_dir
+        root = load_settings(data_dir).data_dir
         folder = root / "rerankers"
         names = [name] if name else sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
         artifacts = [a for n in names for a in list_rerankers(root, n)]
@@ -183,4 +159,4 @@ def list_versions(
                           str(h.get("learning_rate", "")), f"{m.get('train_seconds', 0):.0f}")
         console.print(table)
 
-    _run(body)
+    run_command(body)

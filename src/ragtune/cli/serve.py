@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-keys_app = typer.Typer(no_args_is_help=True, help="API keys of the HTTP server (shown once, stored hashed).")
+from ragtune.cli.common import AsJson, DataDir, console, engine, err_console, load_settings, open_engine, run_command
+from ragtune.errors import ConfigError
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+app = typer.Typer()  # serve (top level)
+keys_app = typer.Typer()  # keys create|list|revoke
+
+SERVER_EXTRA = "pip install 'ragtune[server]'"
 
 
-def serve_command(
+@app.command("serve")
+def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: server_host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: server_port, 8000; 0 picks a free one).")] = None,
     auth: Annotated[bool | None, typer.Option(
@@ -25,44 +30,42 @@ def serve_command(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the REST and OpenAI-compatible API (FastAPI + uvicorn)."""
-    from ragtune.cli.main import _database_notice, _run, _settings, err_console
-
     def body() -> None:
-        from ragtune.engine import Ragtune
-        from ragtune.errors import ConfigError
-        from ragtune.server.app import bind, create_app, make_server
+        try:  # FastAPI and uvicorn are an optional extra
+            from ragtune.server.app import bind, create_app, make_server
+        except ImportError as exc:
+            raise ConfigError(f"ragtune serve needs the server extra: {SERVER_EXTRA} ({exc})") from exc
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
-        settings = _settings(data_dir, server_host=host, server_port=port)
-        listen = settings.server_host
-        required = auth_required(settings, listen, auth)
+        project = load_settings(data_dir, server_host=host, server_port=port)
+        listen = project.server_host
+        required = auth_required(project, listen, auth)
         if not required and not is_loopback(listen) and not insecure_public:
             raise ConfigError(f"refusing to serve {listen} without API keys: anyone who can reach it would read and "
                               "change everything. Create keys (`ragtune keys create`) and drop --no-auth / "
                               "server_auth=off, or pass --insecure-public if that is really what you want")
-        rt = Ragtune(settings, on_database_wait=_database_notice)
-        # Connect, migrate and load the embedder before listening: the first request is not slow.
-        rt.embedder.embed_batch(["warm up"])
-        active = KeyStore(rt.db).active_count()
-        if required and active == 0:
-            err_console.print("[yellow]warning[/]: auth is on and there are no API keys; every request will be "
-                              "refused until you run `ragtune keys create --name NAME --scopes read`")
-        if not required and not is_loopback(listen):
-            err_console.print(f"[bold red]warning[/]: auth is off on {listen}: anyone who can reach it reads and "
-                              "changes everything")
-        app = create_app(rt, settings, auth=required)
-        sock = bind(listen, settings.server_port)
-        shown = f"[{listen}]" if ":" in listen else listen
-        docs = "/docs" if settings.server_api_docs else "/openapi.json"
-        err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
-                          f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
-        try:
-            make_server(app, settings, log_level=log_level).run(sockets=[sock])
-        finally:
-            sock.close()
-            rt.close()
+        with open_engine(project) as rt:
+            # Connect, migrate and load the embedder before listening: the first request is not slow.
+            rt.embedder.embed_batch(["warm up"])
+            active = KeyStore(rt.db).active_count()
+            if required and active == 0:
+                err_console.print("[yellow]warning[/]: auth is on and there are no API keys; every request will be "
+                                  "refused until you run `ragtune keys create --name NAME --scopes read`")
+            if not required and not is_loopback(listen):
+                err_console.print(f"[bold red]warning[/]: auth is off on {listen}: anyone who can reach it reads "
+                                  "and changes everything")
+            api = create_app(rt, project, auth=required)
+            sock = bind(listen, project.server_port)
+            shown = f"[{listen}]" if ":" in listen else listen
+            docs = "/docs" if project.server_api_docs else "/openapi.json"
+            err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
+                              f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
+            try:
+                make_server(api, project, log_level=log_level).run(sockets=[sock])
+            finally:
+                sock.close()
 
-    _run(body)
+    run_command(body)
 
 
 @keys_app.command("create")
@@ -70,15 +73,14 @@ def keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
     groups: Annotated[str, typer.Option(help="Comma-separated groups: the documents' ACLs it may read.")] = "",
     scopes: Annotated[str, typer.Option(help="Comma-separated: read, ingest, admin.")] = "read",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """Make an API key. It is printed once: only a salted hash is kept."""
-    from ragtune.cli.main import _engine, _run, err_console
     from ragtune.server.auth import KeyStore, parse_list
 
     def body() -> None:
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             made = KeyStore(rt.db).create(name, groups=parse_list(groups), scopes=parse_list(scopes))
         if as_json:
             print(json.dumps({"key": made.key, **made.info.public()}))
@@ -87,19 +89,16 @@ def keys_create(
         err_console.print(f"key {made.info.key_id} '{made.info.name}': groups {list(made.info.groups) or 'none'}, "
                           f"scopes {list(made.info.scopes)}. It is shown only this once.", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
 @keys_app.command("list")
-def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None) -> None:
+def keys_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List API keys (ids, names, groups, scopes; never the secrets)."""
-    from rich.table import Table
-
-    from ragtune.cli.main import _engine, _run, console
     from ragtune.server.auth import KeyStore
 
     def body() -> None:
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             keys = KeyStore(rt.db).list()
         if as_json:
             print(json.dumps([k.public() for k in keys], indent=2))
@@ -113,19 +112,18 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False, data_dir
                           if k.revoked_at else "")
         console.print(table)
 
-    _run(body)
+    run_command(body)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
                 data_dir: DataDir = None) -> None:
     """Revoke an API key: every server refuses it from the next request on."""
-    from ragtune.cli.main import _engine, _run, console
     from ragtune.server.auth import KeyStore
 
     def body() -> None:
-        with _engine(data_dir) as rt:
+        with engine(data_dir) as rt:
             changed = KeyStore(rt.db).revoke(key_id)
         console.print(f"revoked {key_id}" if changed else f"{key_id} was already revoked")
 
-    _run(body)
+    run_command(body)

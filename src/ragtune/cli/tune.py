@@ -1,25 +1,28 @@
-"""``ragtune tune train|runs``: LoRA fine-tuning runs.
-
-Imported by ``cli/main.py`` at start-up, so nothing heavy is imported at module level; helpers of
-``main`` are imported inside the commands (``main`` imports this module).
-"""
+"""``ragtune tune train|runs``: LoRA fine-tuning runs (``tune search`` reads its data the same way:
+``training_data``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-tune_app = typer.Typer(no_args_is_help=True, help="Fine-tune LoRA adapters on datasets (SFT or DPO).")
+from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, open_engine, run_command
+from ragtune.errors import DatasetError
+from ragtune.models import Principal
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+if TYPE_CHECKING:
+    from ragtune.finetune.config import TuneConfig
+    from ragtune.finetune.trainset import TrainSet
+    from ragtune.settings import Settings
+
+app = typer.Typer()  # tune train|runs
 
 
-@tune_app.command("train")
+@app.command("train")
 def train(
     data: Annotated[str, typer.Option("--data", help="A stored dataset name (`ragtune data import`), or a chat "
                                       "JSONL file (also Alpaca / ShareGPT).")],
@@ -39,16 +42,14 @@ def train(
     data_dir: DataDir = None,
 ) -> None:
     """Train a LoRA adapter on a dataset; prints the run's record."""
-    from ragtune.cli.main import _run, _settings, err_console
-
     def body() -> None:
         from ragtune.finetune import runs
         from ragtune.finetune.config import load_config, to_dict
         from ragtune.finetune.train import resolve_base, resume_run, start_run
 
-        settings = _settings(data_dir)
+        settings = load_settings(data_dir)
         tune = load_config(config, method=method)
-        dataset = _dataset(settings, data, tune, force=force, version=version)
+        dataset = training_data(settings, data, tune, force=force, version=version)
         run_name = runs.check_name(name or dataset.name)
         if resume:
             run_dir = output.expanduser() if output is not None else runs.resumable_run(
@@ -64,10 +65,11 @@ def train(
                                nproc=nproc or 1, console=err_console)
         _print_record(record, as_json)
 
-    _run(body)
+    run_command(body)
 
 
-def _dataset(settings: Any, data: str, tune: Any, *, force: bool, version: int | None) -> Any:
+def training_data(settings: Settings, data: str, tune: TuneConfig, *, force: bool, version: int | None) -> TrainSet:
+    """``--data``: a file of examples, or a stored dataset (its latest version unless ``version``)."""
     from ragtune.finetune.trainset import from_file, from_store
 
     path = Path(data).expanduser()
@@ -76,22 +78,16 @@ def _dataset(settings: Any, data: str, tune: Any, *, force: bool, version: int |
             raise typer.BadParameter("--data-version applies to stored datasets, not to a file")
         return from_file(path, eval_fraction=tune.eval_fraction, force=force)
     if "/" in data or path.suffix in (".jsonl", ".json"):
-        from ragtune.errors import DatasetError
-
         raise DatasetError(f"no dataset file at {path}")
-    from ragtune.engine import Ragtune
     from ragtune.finetune.datasets import DatasetStore
-    from ragtune.models import Principal
 
-    with Ragtune(settings) as rt:
+    with open_engine(settings) as rt:
         # Training, search and evaluation are the local operator's commands: they read every row.
         return from_store(DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir), data,
                           principal=Principal.system(), version=version, force=force)
 
 
 def _print_record(record: Any, as_json: bool) -> None:
-    from ragtune.cli.main import console, err_console
-
     if as_json:
         print(json.dumps(record.to_dict(), indent=2, default=str))
         return
@@ -103,8 +99,8 @@ def _print_record(record: Any, as_json: bool) -> None:
          + f" ({record.dataset_hash[:12]}): {record.train_rows} train, {record.eval_rows} eval rows"),
         ("steps", f"{m.get('steps')} (resumed from {m['resumed_from_step']})" if m.get("resumed_from_step")
          else str(m.get("steps"))),
-        ("loss", f"{_num(m.get('first_loss'))} -> {_num(m.get('last_loss'))} (mean {_num(m.get('train_loss'))})"),
-        ("eval loss", _num(m.get("eval_loss"))),
+        ("loss", f"{num(m.get('first_loss'))} -> {num(m.get('last_loss'))} (mean {num(m.get('train_loss'))})"),
+        ("eval loss", num(m.get("eval_loss"))),
         ("tokens/s", f"{m.get('tokens_per_second', 0):,.1f} ({m.get('session_tokens', 0):,} tokens in "
                      f"{m.get('seconds', 0):.1f} s, {record.world_size} process(es))"),
         ("peak memory", f"{m.get('peak_rss_mb', 0):,.0f} MiB RSS"),
@@ -119,23 +115,17 @@ def _print_record(record: Any, as_json: bool) -> None:
         err_console.print(f"[yellow]forced past validation[/]: {reason}", highlight=False)
 
 
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-@tune_app.command("runs")
+@app.command("runs")
 def list_runs(
     name: Annotated[str | None, typer.Option("--name", help="Only runs of this name.")] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """List training runs (a run killed while training shows as failed)."""
-    from ragtune.cli.main import _run, _settings, console
-
     def body() -> None:
         from ragtune.finetune import runs
 
-        records = runs.list_runs(_settings(data_dir).data_dir / "runs", name)
+        records = runs.list_runs(load_settings(data_dir).data_dir / "runs", name)
         if as_json:
             print(json.dumps([r.to_dict() for r in records], indent=2, default=str))
             return
@@ -144,7 +134,7 @@ def list_runs(
             table.add_column(col, overflow="fold")
         for r in records:
             table.add_row(r.run_id, r.status, r.method, r.base, r.dataset, str(r.metrics.get("steps", "-")),
-                          _num(r.metrics.get("last_loss")), r.finished_at or "-", r.error or "")
+                          num(r.metrics.get("last_loss")), r.finished_at or "-", r.error or "")
         console.print(table)
 
-    _run(body)
+    run_command(body)

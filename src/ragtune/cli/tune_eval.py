@@ -1,8 +1,4 @@
-"""``ragtune tune eval RUN``: base and adapter side by side on the run's held-out rows.
-
-``register(tune_app)`` adds the command to the ``tune`` Typer app. Nothing heavy is imported at
-module level; helpers of ``cli.main`` are imported inside the command (``main`` imports this).
-"""
+"""``ragtune tune eval RUN``: base and adapter side by side on the run's held-out rows."""
 
 from __future__ import annotations
 
@@ -11,11 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+from ragtune.cli.common import DataDir, console, err_console, load_settings, num, run_command
+
+app = typer.Typer()  # tune eval
 
 
+@app.command("eval")
 def tune_eval(
     run: Annotated[str, typer.Argument(help="Run folder, run id or run name (its newest completed run).")],
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N held-out rows.")] = None,
@@ -25,14 +25,10 @@ def tune_eval(
 ) -> None:
     """Compare base and tuned: held-out loss and perplexity, exact match, token F1, ROUGE-L, JSON
     validity, schema conformance and tool-call accuracy; writes eval.json into the run folder."""
-    from ragtune.cli.main import _run, _settings, console, err_console
-
     def body() -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from ragtune.finetune.evaluate import evaluate_run, resolve_run
 
-        settings = _settings(data_dir)
+        settings = load_settings(data_dir)
         run_dir = resolve_run(run, settings.data_dir / "runs")
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as bar:
@@ -53,10 +49,11 @@ def tune_eval(
         console.print(report_table(report))
         console.print(f"written to {Path(report.run_dir) / 'eval.json'}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
 def report_table(report: Any) -> Table:
+    """Base, tuned and delta per metric, the delta green where it improved (the benchmarks print it too)."""
     from ragtune.finetune.evaluate import METRICS
 
     cases = ", ".join(f"{n} {kind}" for kind, n in sorted(report.cases.items()))
@@ -71,13 +68,5 @@ def report_table(report: Any) -> Table:
             continue
         colour = "" if d is None or d == 0 else "green" if (d > 0) == higher else "red"
         shown = "-" if d is None else f"{d:+.4f}"
-        table.add_row(name, _num(a), _num(b), f"[{colour}]{shown}[/]" if colour else shown)
+        table.add_row(name, num(a), num(b), f"[{colour}]{shown}[/]" if colour else shown)
     return table
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def register(tune_app: typer.Typer) -> None:
-    tune_app.command("eval")(tune_eval)

@@ -1,9 +1,4 @@
-"""``ragtune tune search|studies|study``: the Optuna hyperparameter search (``finetune.search``).
-
-``register_tune_search(tune_app)`` adds the commands to the ``tune`` Typer app. Nothing heavy is
-imported at module level; helpers of ``cli.main`` are imported inside the commands (``main``
-imports this module).
-"""
+"""``ragtune tune search|studies|study``: the Optuna hyperparameter search (``finetune.search``)."""
 
 from __future__ import annotations
 
@@ -14,12 +9,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, run_command
+from ragtune.cli.tune import training_data
+
+app = typer.Typer()  # tune search|studies|study
 _PARAMS = (("learning_rate", "lr", "{:.2e}"), ("lora_r", "r", "{}"), ("lora_alpha", "alpha", "{}"),
            ("lora_dropout", "drop", "{:.3f}"), ("epochs", "epochs", "{}"))
 
 
+@app.command("search")
 def tune_search(
     data: Annotated[str, typer.Option("--data", help="A stored dataset name (with eval rows), or a chat JSONL file "
                                       "(set eval_fraction in the config).")],
@@ -38,17 +36,14 @@ def tune_search(
 ) -> None:
     """Search learning rate, LoRA rank, alpha, dropout and epochs with Optuna (TPE, median pruning);
     each trial is a training run; the study is kept in PostgreSQL; the best trial is registered."""
-    from ragtune.cli.main import _run, _settings, console, err_console
-
     def body() -> None:
-        from ragtune.cli.tune import _dataset
         from ragtune.finetune.config import load_config
         from ragtune.finetune.search import load_space, search
 
-        settings = _settings(data_dir)
+        settings = load_settings(data_dir)
         tune = load_config(config)
         space = load_space(config)
-        dataset = _dataset(settings, data, tune, force=False, version=version)
+        dataset = training_data(settings, data, tune, force=False, version=version)
 
         def on_trial(info: Any) -> None:
             colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(info.state, "")
@@ -79,17 +74,16 @@ def tune_search(
         for note in result.notes:
             err_console.print(f"[yellow]note[/]: {note}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("studies")
 def tune_studies(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List hyperparameter-search studies with their trial counts and best eval loss."""
-    from ragtune.cli.main import _run, _settings, console
-
     def body() -> None:
         from ragtune.finetune.search import list_studies
 
-        studies = list_studies(_settings(data_dir))
+        studies = list_studies(load_settings(data_dir))
         if as_json:
             print(json.dumps([s.to_dict() for s in studies], indent=2, default=str))
             return
@@ -98,26 +92,25 @@ def tune_studies(as_json: AsJson = False, data_dir: DataDir = None) -> None:
             table.add_column(col, overflow="fold")
         for s in studies:
             counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.counts.items()))
-            table.add_row(s.name, s.dataset or "-", counts or "0", _num(s.best.value if s.best else None),
+            table.add_row(s.name, s.dataset or "-", counts or "0", num(s.best.value if s.best else None),
                           str(s.best.number) if s.best else "-", Path(s.best.run_dir).name if s.best and
                           s.best.run_dir else "-", s.started or "-")
         console.print(table)
 
-    _run(body)
+    run_command(body)
 
 
+@app.command("study")
 def tune_study(
     name: Annotated[str, typer.Argument(help="Study name (see `ragtune tune studies`).")],
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """Show a study's trials: number, state, parameters, eval loss and run folder."""
-    from ragtune.cli.main import _run, _settings, console
-
     def body() -> None:
         from ragtune.finetune.search import describe_study
 
-        info = describe_study(_settings(data_dir), name)
+        info = describe_study(load_settings(data_dir), name)
         if as_json:
             print(json.dumps(info.to_dict(), indent=2, default=str))
             return
@@ -126,7 +119,7 @@ def tune_study(
         if info.best is not None:
             console.print(f"best: trial {info.best.number}, eval loss {info.best.value:.4f}", highlight=False)
 
-    _run(body)
+    run_command(body)
 
 
 def trials_table(title: str, trials: Any) -> Table:
@@ -140,20 +133,10 @@ def trials_table(title: str, trials: Any) -> Table:
     for t in trials:
         table.add_row(str(t.number), t.state, *(fmt.format(t.params[k]) if k in t.params else "-"
                                                 for k, _, fmt in params),
-                      _num(t.value), "-" if t.steps is None else str(t.steps),
+                      num(t.value), "-" if t.steps is None else str(t.steps),
                       "\n".join(x for x in (Path(t.run_dir).name if t.run_dir else "", t.note or "") if x) or "-")
     return table
 
 
 def _params(info: Any) -> str:
     return " ".join(f"{short}={fmt.format(info.params[k])}" for k, short, fmt in _PARAMS if k in info.params)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def register_tune_search(tune_app: typer.Typer) -> None:
-    tune_app.command("search")(tune_search)
-    tune_app.command("studies")(tune_studies)
-    tune_app.command("study")(tune_study)

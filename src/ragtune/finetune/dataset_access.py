@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import DatasetError
 from ragtune.models import Principal
+from ragtune.store.access import readable
 
 if TYPE_CHECKING:
     from ragtune.finetune.datasets import DatasetInfo
@@ -74,25 +75,21 @@ def sql_acl(acl: Sequence[str] | None) -> list[str] | None:
     return None if acl is None else list(acl)
 
 
-def principal_groups(principal: Principal) -> list[str]:
-    # A principal built in code could carry the sentinel as a group; it must never open a row.
-    return sorted(principal.groups - {ADMINS_ONLY})
-
-
 def visible(principal: Principal) -> tuple[str, list[Any]]:
-    """The one rule for reading a version (``datasets d``): admins read every version; others one
-    whose ACL is empty or shares a group (a NULL ACL, admins only, satisfies neither)."""
-    if principal.admin:
-        return "TRUE", []
-    return "(d.acl = '{}' OR d.acl && %s::text[])", [principal_groups(principal)]
+    """The one read rule (``store.access.readable``) for a version (``datasets d``): admins read
+    every version; others one whose ACL is empty or shares a group (a NULL ACL, admins only,
+    satisfies neither)."""
+    condition, params = readable(principal, "d.acl")
+    return condition.as_string(None), params
 
 
 def row_visible(principal: Principal) -> tuple[str, list[Any]]:
     """The rule for a row (``dataset_rows r``) of a version the principal reads: no ACL of its own,
-    an empty one, or one sharing a group. Never NULL, so ``NOT`` of it is safe."""
+    or one the read rule lets it read. Never NULL, so ``NOT`` of it is safe."""
     if principal.admin:
         return "TRUE", []
-    return "(r.acl IS NULL OR r.acl = '{}' OR r.acl && %s::text[])", [principal_groups(principal)]
+    condition, params = readable(principal, "r.acl")
+    return f"(r.acl IS NULL OR coalesce({condition.as_string(None)}, false))", params
 
 
 def withheld(info: DatasetInfo, rows: int, train: int) -> DatasetInfo:

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, ModelError, NotFoundError, PromotionRefusedError, RegistryError
-from ragtune.finetune.gates import Gate, GateResult, check_gates, parse_gates
-from ragtune.settings import Settings
+from ragtune.finetune.gates import GateResult, check_gates
+from ragtune.settings import Gate, Settings, parse_gates
 
 log = logging.getLogger(__name__)
 

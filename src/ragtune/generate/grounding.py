@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ragtune.generate.sentences import split_sentences
+from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.protocols import Embedder
-from ragtune.retrieve.lexical import LexicalAnalyzer
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 

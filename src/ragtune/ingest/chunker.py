@@ -71,6 +71,14 @@ class OffsetTokenizer(Protocol):
 
 
 @dataclass(frozen=True)
+class ChunkBudget:
+    """How many of the embedder's tokens a chunk may hold, and how many overlap the previous one."""
+
+    max_tokens: int = 256
+    overlap_tokens: int = 32
+
+
+@dataclass(frozen=True)
 class _Segment:
     start: int
     end: int

@@ -12,8 +12,8 @@ backends for one model:
   dense nDCG@10 -0.002/-0.000 (``benchmarks/embedder_speed.py``, results in benchmarks/results/).
 
 Vectors of the two backends are close but not interchangeable, so their ``name`` differs and a collection
-built with one refuses queries embedded by the other. Backends are built by name through a small
-registry (:func:`register_embedder`, :func:`make_embedder`); the built-ins use the same path.
+built with one refuses queries embedded by the other. Backends are built by name through the plugin
+registry (``ragtune.plugins``, registered in ``ragtune.ingest.plugin``), as a plugin's would be.
 
 Constructors only read a few JSON files of the model folder; models, tokenizers and ONNX sessions load on
 first use, so importing ragtune or building an ``Engine`` stays instant.
@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune.errors import ConfigError, ModelError
+from ragtune.plugins import Plugins, default_plugins
 from ragtune.protocols import Embedder
 
 if TYPE_CHECKING:
@@ -667,47 +668,9 @@ def _export_onnx(model: Any, example: dict[str, Any], path: Path) -> str:
     raise ModelError(f"cannot export the embedder to ONNX: {'; '.join(errors)}")
 
 
-# -- registry ----------------------------------------------------------------------------------------
-EmbedderFactory = Callable[[Path], Embedder]  # receives the cache folder
-_REGISTRY: dict[str, EmbedderFactory] = {}
-
-
-def register_embedder(name: str, factory: EmbedderFactory) -> None:
-    """Make ``name`` a valid ``embedder`` setting; built-ins register the same way."""
-    _REGISTRY[name] = factory
-
-
-def available_embedders() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def make_embedder(spec: str, *, cache_dir: str | Path) -> Embedder:
-    """An embedder from a registered name or a model folder path (``PATH`` or ``PATH:int8``)."""
-    cache = Path(cache_dir).expanduser()
-    if spec in _REGISTRY:
-        return _REGISTRY[spec](cache)
-    path, _, variant = spec.rpartition(":")
-    if variant not in {"int8", "fp32"} or not path:
-        path, variant = spec, "fp32"
-    if os.sep in path or "/" in path or path.startswith((".", "~")) or Path(path).exists():
-        if variant == "int8":
-            return OnnxInt8Embedder(path, cache_dir=cache)
-        return SentenceTransformerEmbedder(path)
-    raise ConfigError(
-        f"unknown embedder {spec!r}; choose one of {', '.join(available_embedders())}, or the path of a "
-        "sentence-transformers folder (append ':int8' for the int8 ONNX backend)"
-    )
-
-
-def _fp32_packaged(cache_dir: Path) -> Embedder:
-    return SentenceTransformerEmbedder(packaged_model_path(), name=PACKAGED_NAME)
-
-
-def _int8_packaged(cache_dir: Path) -> Embedder:
-    return OnnxInt8Embedder(packaged_model_path(), cache_dir=cache_dir, name=f"{PACKAGED_NAME}-int8")
-
-
-for _alias in ("minilm", PACKAGED_NAME):
-    register_embedder(_alias, _fp32_packaged)
-for _alias in ("minilm-int8", f"{PACKAGED_NAME}-int8"):
-    register_embedder(_alias, _int8_packaged)
+# -- resolution ------------------------------------------------------------------------------------
+def make_embedder(spec: str, *, cache_dir: str | Path, plugins: Plugins | None = None) -> Embedder:
+    """The embedder a spec names: a registered name (``minilm``, ``minilm-int8``, a plugin's) or a
+    model folder path (``PATH`` or ``PATH:int8``); see ``ragtune.plugins``."""
+    factory, argument = (plugins or default_plugins()).embedders.resolve(spec)
+    return factory(argument, Path(cache_dir).expanduser())

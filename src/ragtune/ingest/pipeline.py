@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
+from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
 from ragtune.protocols import Chunker, Embedder
-from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.store.access import WriteAccess, check_replace, describe_acl
 from ragtune.store.repository import (
     CollectionInfo,

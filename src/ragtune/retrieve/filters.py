@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from ragtune.errors import LimitError, QueryError
 from ragtune.models import Principal
+from ragtune.store.access import readable
 
 OPERATORS = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
 _RANGE_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -202,9 +203,9 @@ def compile_conditions(filters: Iterable[Filter], principal: Principal) -> Condi
         parts.append(cond)
         params.extend(p)
     if not principal.admin:
-        # A document without an ACL is public within its collection.
-        parts.append(sql.SQL("(c.acl = '{}' OR c.acl && %s::text[])"))
-        params.append(sorted(principal.groups))
+        acl, acl_params = readable(principal, "c.acl")  # the one read rule (store.access)
+        parts.append(acl)
+        params.extend(acl_params)
     if not parts:
         return Condition(sql.SQL("TRUE"), [], False)
     return Condition(sql.SQL(" AND ").join(parts), params, True)

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import EmbedderMismatchError, QueryError
+from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import Chunk, Hit, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
 from ragtune.protocols import Embedder
 from ragtune.retrieve import fusion
 from ragtune.retrieve.filters import Condition, Filter, compile_conditions
-from ragtune.retrieve.lexical import LexicalAnalyzer
 from ragtune.retrieve.postgres import (
     Bm25Params,
     Bm25Scores,

@@ -1,7 +1,11 @@
-"""Who may read and who may replace a document: the rule every write checks inside its transaction.
+"""Who may read and who may replace a document: the one read rule every query applies, and the rule
+every write checks inside its transaction.
 
-Reading: an admin reads everything; anyone reads a document without an ACL (public within its
-collection) and a document whose ACL shares a group with them.
+Reading: an admin reads everything; anyone reads a row without an ACL (public within its
+collection) and a row whose ACL shares a group with them; a NULL ACL (a dataset's default) is for
+admins only. In SQL the rule is the function ``ragtune_readable`` (migration 009), and
+``readable()`` is the one place that writes the condition for a query: documents, chunks, traces,
+datasets and their rows all go through it.
 
 Replacing (a new version of a document, or new metadata or ACL for it), checked with the row locked,
 so nothing can change between the check and the write:
@@ -19,6 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
 
 from ragtune.errors import AclChangeError, ReplaceDeniedError
 from ragtune.models import Principal
@@ -32,9 +39,25 @@ class WriteAccess:
     change_acl: bool = False
 
 
+def principal_groups(principal: Principal) -> list[str]:
+    """The groups a principal reads with; a name no key can hold (``!admins``, the admins-only mark
+    of dataset rows) never counts, even when code builds a principal with it."""
+    return sorted(g for g in principal.groups if not g.startswith("!"))
+
+
+def readable(principal: Principal, column: str) -> tuple[sql.Composable, list[Any]]:
+    """The condition under which ``principal`` may read a row whose ACL is ``column`` (``d.acl``),
+    and its parameters: ``TRUE`` and none for an admin."""
+    if principal.admin:
+        return sql.SQL("TRUE"), []
+    return (sql.SQL("ragtune_readable({}, %s::text[])").format(sql.Identifier(*column.split("."))),
+            [principal_groups(principal)])
+
+
 def can_read(principal: Principal, acl: Iterable[str]) -> bool:
+    """``ragtune_readable`` in Python, for a row already read."""
     groups = tuple(acl)
-    return principal.admin or not groups or not principal.groups.isdisjoint(groups)
+    return principal.admin or not groups or not set(principal_groups(principal)).isdisjoint(groups)
 
 
 def describe_acl(acl: Iterable[str]) -> str:

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from ragtune.errors import EmbedderMismatchError, IngestError, NotFoundError, QueryError
 from ragtune.models import Chunk, Document, Principal
-from ragtune.store.access import WriteAccess, check_replace
+from ragtune.store.access import WriteAccess, check_replace, readable
 from ragtune.store.database import Conn, Database
 
 # Postings are also packed into blocks of 2**BLOCK_BITS chunk ids per term (migration 005), one
@@ -194,26 +194,25 @@ class Repository:
         shows, not even a name."""
         if principal.admin:
             return [c for c in self.collections() if name is None or c.name == name]
+        chunk_ok, chunk_params = readable(principal, "k.acl")
+        doc_ok, doc_params = readable(principal, "d.acl")
         with self.db.connection() as conn:
-            rows = conn.execute(
+            rows = conn.execute(sql.SQL(
                 "SELECT c.id, c.name, c.embedder, c.dimension, 0 AS total_len, v.documents,"
-                " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id"
-                "  AND (k.acl = '{}' OR k.acl && %(groups)s::text[])) AS n_chunks"
+                " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id AND {chunk_ok}) AS n_chunks"
                 " FROM collections c CROSS JOIN LATERAL (SELECT count(*) AS documents FROM documents d"
-                "  WHERE d.collection_id = c.id AND (d.acl = '{}' OR d.acl && %(groups)s::text[])) v"
-                " WHERE v.documents > 0 AND (%(name)s::text IS NULL OR c.name = %(name)s) ORDER BY c.name",
-                {"groups": sorted(principal.groups), "name": name},
-            ).fetchall()
+                "  WHERE d.collection_id = c.id AND {doc_ok}) v"
+                " WHERE v.documents > 0 AND (%s::text IS NULL OR c.name = %s) ORDER BY c.name"
+            ).format(chunk_ok=chunk_ok, doc_ok=doc_ok), [*chunk_params, *doc_params, name, name]).fetchall()
         return [CollectionInfo(**r) for r in rows]
 
     def has_visible_documents(self, collection_id: int, principal: Principal) -> bool:
         if principal.admin:
             return True
+        ok, params = readable(principal, "d.acl")
         with self.db.connection() as conn:
-            row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM documents d WHERE d.collection_id = %s"
-                " AND (d.acl = '{}' OR d.acl && %s::text[])) AS visible",
-                (collection_id, sorted(principal.groups))).fetchone()
+            row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM documents d WHERE d.collection_id = %s"
+                                       " AND {ok}) AS visible").format(ok=ok), [collection_id, *params]).fetchone()
         return bool(row and row["visible"])
 
     def drop_collection(self, name: str) -> None:
@@ -349,49 +348,56 @@ class Repository:
             )
         return True
 
-    def delete_documents(self, collection_id: int, uris: Sequence[str]) -> int:
+    def delete_documents(self, collection_id: int, uris: Sequence[str], *, principal: Principal) -> int:
+        """Delete the documents of these URIs that ``principal`` may read; returns how many."""
         if not uris:
             return 0
+        ok, params = readable(principal, "d.acl")
         with self.db.transaction() as conn:
             conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
             ids = [
                 r["id"]
-                for r in conn.execute(
-                    "SELECT id FROM documents WHERE collection_id = %s AND uri = ANY(%s)",
-                    (collection_id, list(uris)),
-                ).fetchall()
+                for r in conn.execute(sql.SQL(
+                    "SELECT d.id FROM documents d WHERE d.collection_id = %s AND d.uri = ANY(%s) AND {ok}"
+                ).format(ok=ok), [collection_id, list(uris), *params]).fetchall()
             ]
             if ids:
                 self._remove_chunks(conn, collection_id, ids)
                 conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (ids,))
         return len(ids)
 
-    def documents(self, collection_id: int, *, prefix: str | None = None, limit: int | None = None,
-                  offset: int = 0) -> list[Document]:
+    _DOCUMENT = ("SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
+                 " d.title, d.updated_at::text AS updated_at,"
+                 " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) AS chunk_count")
+
+    def documents(self, collection_id: int, *, principal: Principal, prefix: str | None = None,
+                  limit: int | None = None, offset: int = 0) -> list[Document]:
+        """The documents of a collection ``principal`` may read, by URI."""
+        ok, params = readable(principal, "d.acl")
         with self.db.connection() as conn:
-            rows = conn.execute(
-                "SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
-                " d.title, d.updated_at::text AS updated_at,"
-                " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) AS chunk_count"
-                " FROM documents d JOIN collections c ON c.id = d.collection_id"
-                " WHERE d.collection_id = %s AND (%s::text IS NULL OR starts_with(d.uri, %s::text))"
-                " ORDER BY d.uri LIMIT %s OFFSET %s",
-                (collection_id, prefix, prefix, limit, offset),
+            rows = conn.execute(sql.SQL(
+                self._DOCUMENT + " FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE d.collection_id = %s AND {ok} AND (%s::text IS NULL OR starts_with(d.uri, %s::text))"
+                " ORDER BY d.uri LIMIT %s OFFSET %s").format(ok=ok),
+                [collection_id, *params, prefix, prefix, limit, offset],
             ).fetchall()
         return [_document(r) for r in rows]
 
-    def document(self, collection_id: int, uri: str) -> tuple[Document, str, list[Chunk]]:
+    def document(self, collection_id: int, *, principal: Principal, uri: str | None = None,
+                 document_id: int | None = None) -> tuple[Document, str, list[Chunk]]:
+        """One document (by URI or id) with its text and chunks, if ``principal`` may read it; a
+        hidden one is not found, exactly like a missing one."""
+        if (uri is None) == (document_id is None):
+            raise QueryError("name a document by uri or by document_id")
+        ok, params = readable(principal, "d.acl")
         with self.db.connection() as conn:
-            row = conn.execute(
-                "SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
-                " d.title, d.updated_at::text AS updated_at, d.body,"
-                " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) AS chunk_count"
-                " FROM documents d JOIN collections c ON c.id = d.collection_id"
-                " WHERE d.collection_id = %s AND d.uri = %s",
-                (collection_id, uri),
+            row = conn.execute(sql.SQL(
+                self._DOCUMENT + ", d.body FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE d.collection_id = %s AND {ok} AND (d.uri = %s OR d.id = %s)").format(ok=ok),
+                [collection_id, *params, uri, document_id],
             ).fetchone()
             if row is None:
-                raise NotFoundError(f"no document {uri!r} in this collection")
+                raise NotFoundError(f"no document {uri if uri is not None else document_id!r} in this collection")
             chunks = conn.execute(
                 "SELECT id, document_id, ordinal, body AS text, start_char AS start, end_char AS end,"
                 " heading, tokens FROM chunks WHERE document_id = %s ORDER BY ordinal",
@@ -399,6 +405,15 @@ class Repository:
             ).fetchall()
         body = row.pop("body")
         return _document(row), body, [Chunk(**c) for c in chunks]
+
+    def readable_chunks(self, ids: Sequence[int], principal: Principal) -> list[dict[str, Any]]:
+        """The chunks among ``ids`` that ``principal`` may read, with their document's URI and text."""
+        ok, params = readable(principal, "k.acl")
+        with self.db.connection() as conn:
+            return list(conn.execute(sql.SQL(
+                "SELECT k.id AS chunk_id, k.document_id, d.uri, k.start_char AS start, k.end_char AS \"end\","
+                " k.heading, k.body AS text FROM chunks k JOIN documents d ON d.id = k.document_id"
+                " WHERE k.id = ANY(%s) AND {ok} ORDER BY k.id").format(ok=ok), [list(ids), *params]).fetchall())
 
     # -- embedding cache ---------------------------------------------------------------------
     def cached_embeddings(self, model: str, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Loaders: one module per file format, chosen by suffix through a small registry.
+"""Loaders: one module per file format, chosen by suffix through the plugin registry (``ragtune.plugins``).
 
     loader = loader_for(path, LoaderOptions(max_file_bytes=...))
     for document in loader.load(path):   # Iterator[LoadedDocument]
@@ -14,7 +14,7 @@ refuse to expand past ``max_expanded_bytes`` / ``max_expansion_ratio`` / ``max_c
 from ragtune.ingest.loaders.base import LoaderOptions
 from ragtune.ingest.loaders.discover import iter_files, load_files
 from ragtune.ingest.loaders.jsonl import BadRecordsError
-from ragtune.ingest.loaders.registry import loader_for, register_loader, supported_suffixes
+from ragtune.ingest.loaders.registry import loader_for, supported_suffixes
 
 __all__ = [
     "BadRecordsError",
@@ -22,6 +22,5 @@ __all__ = [
     "iter_files",
     "load_files",
     "loader_for",
-    "register_loader",
     "supported_suffixes",
 ]

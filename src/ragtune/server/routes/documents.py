@@ -18,8 +18,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from ragtune.errors import JobLimitError, NotFoundError, PermissionDeniedError, QueryError
-from ragtune.models import Principal
+from ragtune.errors import JobLimitError, PermissionDeniedError, QueryError
+from ragtune.models import Document, Principal
 from ragtune.server.auth import check_groups, parse_list
 from ragtune.server.deps import Ingester, Reader, State
 from ragtune.server.guards import json_problem
@@ -28,11 +28,7 @@ from ragtune.server.uploads import Upload, receive_upload
 
 router = APIRouter(prefix="/collections/{collection}/documents", tags=["documents"])
 
-_DOC_COLUMNS = ("d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl, d.title,"
-                " d.updated_at::text AS updated_at, (SELECT count(*) FROM chunks k WHERE k.document_id = d.id)"
-                " AS chunk_count")
 DocId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-_VISIBLE = "(%(admin)s OR d.acl = '{}' OR d.acl && %(groups)s::text[])"
 
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
@@ -48,12 +44,8 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     }}}}}}
 
 
-def _params(principal: Principal, **extra: Any) -> dict[str, Any]:
-    return {"admin": principal.admin, "groups": sorted(principal.groups), **extra}
-
-
-def _doc(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "acl": list(row["acl"])}
+def _doc(document: Document) -> dict[str, Any]:
+    return {**document.__dict__, "acl": list(document.acl)}
 
 
 @router.get("", summary="List the documents the caller may read")
@@ -61,37 +53,17 @@ def list_documents(collection: str, state: State, caller: Reader,
                    prefix: Annotated[str | None, Query(max_length=1000)] = None,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                    offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> list[dict[str, Any]]:
-    info = state.engine.visible_collection(collection, caller.principal)
-    with state.engine.db.connection() as conn:
-        rows = conn.execute(
-            f"SELECT {_DOC_COLUMNS} FROM documents d JOIN collections c ON c.id = d.collection_id"
-            f" WHERE d.collection_id = %(cid)s AND {_VISIBLE}"
-            " AND (%(prefix)s::text IS NULL OR starts_with(d.uri, %(prefix)s::text))"
-            " ORDER BY d.uri LIMIT %(limit)s OFFSET %(offset)s",
-            _params(caller.principal, cid=info.id, prefix=prefix, limit=limit, offset=offset),
-        ).fetchall()
-    return [_doc(r) for r in rows]
-
-
-def _visible(state: Any, collection: str, doc_id: int, principal: Principal) -> dict[str, Any]:
-    info = state.engine.collection(collection)
-    with state.engine.db.connection() as conn:
-        row = conn.execute(
-            f"SELECT {_DOC_COLUMNS} FROM documents d JOIN collections c ON c.id = d.collection_id"
-            f" WHERE d.collection_id = %(cid)s AND d.id = %(id)s AND {_VISIBLE}",
-            _params(principal, cid=info.id, id=doc_id),
-        ).fetchone()
-    if row is None:
-        raise NotFoundError(f"no document {doc_id} in collection {collection!r}")
-    return dict(row)
+    state.engine.visible_collection(collection, caller.principal)
+    return [_doc(d) for d in state.engine.documents(collection=collection, prefix=prefix, limit=limit, offset=offset,
+                                                    principal=caller.principal)]
 
 
 @router.get("/{doc_id}", summary="Show a document with its chunks (and its text with text=true)")
 def get_document(collection: str, doc_id: DocId, state: State, caller: Reader,
                  text: Annotated[bool, Query()] = False) -> dict[str, Any]:
-    row = _visible(state, collection, doc_id, caller.principal)
-    _, body, chunks = state.engine.document(row["uri"], collection=collection)
-    out = _doc(row)
+    document, body, chunks = state.engine.document(collection=collection, document_id=doc_id,
+                                                   principal=caller.principal)
+    out = _doc(document)
     out["chunks"] = [{"id": c.id, "ordinal": c.ordinal, "start": c.start, "end": c.end, "heading": c.heading,
                       "tokens": c.tokens, "text": c.text} for c in chunks]
     if text:
@@ -101,8 +73,8 @@ def get_document(collection: str, doc_id: DocId, state: State, caller: Reader,
 
 @router.delete("/{doc_id}", status_code=204, summary="Delete a document (ingest scope)")
 def delete_document(collection: str, doc_id: DocId, state: State, caller: Ingester) -> Response:
-    row = _visible(state, collection, doc_id, caller.principal)
-    state.engine.delete([row["uri"]], collection=collection)
+    document, _, _ = state.engine.document(collection=collection, document_id=doc_id, principal=caller.principal)
+    state.engine.delete([document.uri], collection=collection, principal=caller.principal)
     return Response(status_code=204)
 
 

@@ -2,7 +2,8 @@
 
 The same analysis as Lucene's English analyser and bm25s: lower case, words of two or more word
 characters, Lucene's 33 English stop words, Snowball English stemming (PyStemmer). Keeping it
-identical lets our PostgreSQL BM25 be checked against bm25s score for score.
+identical lets our PostgreSQL BM25 be checked against bm25s score for score. It lives in ``ingest``,
+below ``retrieve``: what indexes a chunk and what reads a query must be the same code.
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""What every ``ragtune`` command shares, defined once: the consoles, settings and engine, the error
+boundary, the common options, and the ingest progress bars and report.
+
+Every command module imports this one; nothing but the entry point imports ``cli/main.py``, which
+only assembles the command tree, so the package has no import cycle.
+
+``ragtune --help`` imports every command module, so at module level they import only typer, rich,
+this module, each other and the base modules (``errors``, ``settings``, ``models``). The engine and
+the layers under it (store, ingest, retrieve, generate, evaluate, finetune, server) pull in numpy,
+psycopg, torch or FastAPI and are imported inside the command that uses them: that, and nothing
+else, is what a function-local import in ``cli/`` is for.
+
+``load_settings`` and ``run_command`` are not called ``settings`` and ``run``: command bodies keep
+their settings in a local ``settings``, and ``tune eval`` and ``models track|register`` take an
+argument ``run`` (its name is the ``RUN`` shown in their help).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ragtune.errors import RagtuneError
+from ragtune.settings import Settings
+
+if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+    from ragtune.models import IngestReport
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
+CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """The project's settings (``ragtune.toml``, ``RAGTUNE_*``), with the command's options on top."""
+    return Settings.load(data_dir=data_dir, **overrides)
+
+
+def engine(data_dir: Path | None = None, **overrides: Any) -> Ragtune:
+    """The engine for the project; open it with ``with`` so its database pool is closed."""
+    return open_engine(load_settings(data_dir, **overrides))
+
+
+def open_engine(project: Settings) -> Ragtune:
+    """The engine for settings a command already holds (``serve`` reads them before it opens one)."""
+    from ragtune.engine import Ragtune
+
+    return Ragtune(project, on_database_wait=database_notice)
+
+
+def database_notice(reason: str) -> None:
+    """One line while the embedded PostgreSQL makes us wait (after a crash it replays its log first)."""
+    what = "recover (crash recovery)" if reason == "crash recovery" else "start"
+    err_console.print(f"waiting for PostgreSQL to {what}…", highlight=False, soft_wrap=True)
+
+
+def run_command(fn: Callable[[], T]) -> T:
+    """Run a command body, turning ragtune errors into a message and exit code 2 (Ctrl-C: 130)."""
+    try:
+        return fn()
+    except RagtuneError as exc:
+        # one line, whatever the terminal's width; the message's own brackets are not markup
+        err_console.print(f"[bold red]error[/]: {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def parse_groups(value: str | None) -> list[str]:
+    """``"hr, staff,"`` -> ``["hr", "staff"]``: a comma-separated option, blanks dropped."""
+    return [g.strip() for g in (value or "").split(",") if g.strip()]
+
+
+def parse_meta(items: list[str] | None) -> dict[str, Any]:
+    """``--meta key=value`` items as metadata, values typed as filters type them (``2024`` is a number)."""
+    from ragtune.retrieve.filters import json_value, parse_scalar
+
+    meta: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--meta expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        meta[key.strip()] = json_value(parse_scalar(value.strip()))
+    return meta
+
+
+def progress_bar(*, transient: bool = False) -> Progress:
+    """Bars on stderr for long work (training, mining): description, bar, n/total, elapsed, remaining."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=transient)
+
+
+def ingest_progress() -> tuple[Progress, Callable[[str, int], None], Callable[[int], None]]:
+    """Bars for documents and embedded chunks, and the engine's two progress callbacks that move them.
+
+    Away from a terminal rich draws nothing while it runs and prints the final bars once, which is
+    what a log wants: no ``disable`` needed.
+    """
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=False)
+    docs = progress.add_task("documents", total=None)
+    chunks = progress.add_task("chunks embedded", total=None)
+
+    def on_event(event: str, n: int) -> None:
+        if event == "document":
+            progress.advance(docs, n)
+        elif event == "embedded":
+            progress.advance(chunks, n)
+
+    def on_files(n: int) -> None:
+        progress.update(docs, total=n, description=f"documents ({n} files)")
+
+    return progress, on_event, on_files
+
+
+def print_report(report: IngestReport, verb: str = "ingested") -> None:
+    """An ingest or sync report as a table; each failed source on stderr with its reason."""
+    table = Table(title=f"{verb}: {report.total} document(s) in {report.seconds:.1f}s")
+    for col in ("added", "updated", "unchanged", "removed", "failed", "chunks", "embedded"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(v) for v in (report.added, report.updated, report.unchanged, report.removed,
+                                       len(report.failed), report.chunks, report.embedded)))
+    console.print(table)
+    if report.acl_changed:
+        console.print(f"ACL changed on {report.acl_changed} stored document(s), as asked (--change-acl)")
+    for failure in report.failed:  # reasons quote ACLs like [hr]: not markup
+        err_console.print(f"[red]failed[/] {escape(failure.source)}: {escape(failure.reason)}", highlight=False,
+                          soft_wrap=True)
+
+
+def num(value: float | None) -> str:
+    """A metric in a table: four decimals, ``-`` when there is none."""
+    return "-" if value is None else f"{value:.4f}"

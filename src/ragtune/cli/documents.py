@@ -1,0 +1,168 @@
+"""``ragtune ingest``, ``ragtune sync`` and ``ragtune docs list|show|rm``: documents in, listed, out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ragtune.cli.common import (
+    AsJson,
+    CollectionOpt,
+    DataDir,
+    console,
+    engine,
+    ingest_progress,
+    parse_groups,
+    parse_meta,
+    print_report,
+    run_command,
+)
+
+app = typer.Typer()  # ingest, sync (top level)
+docs_app = typer.Typer()  # docs list|show|rm
+
+AclOpt = Annotated[str | None, typer.Option(
+    "--acl", help="Comma-separated groups allowed to read. Not given: stored documents keep their ACL and new "
+                  "ones take their folder's.")]
+PublicOpt = Annotated[bool, typer.Option("--public", help="Readable by everyone (an empty ACL).")]
+ChangeAclOpt = Annotated[bool, typer.Option(
+    "--change-acl", help="Allow --acl/--public to change the ACL of documents already stored.")]
+MetaOpt = Annotated[list[str] | None, typer.Option(
+    "--meta", help="key=value metadata (repeatable). Not given: stored documents keep theirs.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Glob of files to take.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to skip.")]
+TextFieldOpt = Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")]
+MetadataFieldsOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")]
+IdFieldOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")]
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+    collection: CollectionOpt = None,
+    meta: MetaOpt = None,
+    acl: AclOpt = None,
+    public: PublicOpt = False,
+    change_acl: ChangeAclOpt = False,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    text_field: TextFieldOpt = "text",
+    metadata_fields: MetadataFieldsOpt = None,
+    id_field: IdFieldOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Ingest files, folders and JSON Lines records into a collection."""
+    _ingest_command(paths, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
+                    metadata_fields, id_field, data_dir, sync=False)
+
+
+@app.command()
+def sync(
+    folder: Annotated[Path, typer.Argument(help="Folder to mirror.")],
+    collection: CollectionOpt = None,
+    meta: MetaOpt = None,
+    acl: AclOpt = None,
+    public: PublicOpt = False,
+    change_acl: ChangeAclOpt = False,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    text_field: TextFieldOpt = "text",
+    metadata_fields: MetadataFieldsOpt = None,
+    id_field: IdFieldOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
+    metadata unless you give new ones."""
+    _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
+                    metadata_fields, id_field, data_dir, sync=True)
+
+
+def _acl_option(acl: str | None, public: bool) -> list[str] | None:
+    if public and acl is not None:
+        raise typer.BadParameter("give either --acl or --public")
+    if public:
+        return []
+    if acl is not None and not parse_groups(acl):
+        raise typer.BadParameter("--acl needs at least one group; use --public for a public document")
+    return parse_groups(acl) if acl is not None else None
+
+
+def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: list[str] | None,
+                    change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
+                    metadata_fields: str | None, id_field: str | None, data_dir: Path | None, *, sync: bool) -> None:
+    def body() -> None:
+        from ragtune.ingest.loaders import LoaderOptions
+
+        metadata = parse_meta(meta) if meta else None  # a bad --meta is refused before the database starts
+        progress, on_event, on_files = ingest_progress()
+        with engine(data_dir) as rt:
+            options = LoaderOptions.from_settings(
+                rt.settings, text_field=text_field,
+                metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
+            )
+            kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
+                                          include=include or (), exclude=exclude or (), loader_options=options,
+                                          progress=on_event, on_files=on_files)
+            with progress:
+                report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)
+        print_report(report, "synced" if sync else "ingested")
+        if report.failed and report.added + report.updated + report.unchanged == 0:
+            raise typer.Exit(1)
+
+    run_command(body)
+
+
+@docs_app.command("list")
+def docs_list(collection: CollectionOpt = None, prefix: Annotated[str | None, typer.Option()] = None,
+              limit: Annotated[int, typer.Option()] = 100, as_json: AsJson = False,
+              data_dir: DataDir = None) -> None:
+    """List documents of a collection."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            docs = rt.documents(collection=collection, prefix=prefix, limit=limit)
+        if as_json:
+            print(json.dumps([d.__dict__ for d in docs], default=str, indent=2))
+            return
+        table = Table(title=f"{len(docs)} document(s)")
+        for col in ("uri", "version", "chunks", "acl", "updated"):
+            table.add_column(col, overflow="fold")
+        for d in docs:
+            table.add_row(d.uri, str(d.version), str(d.chunk_count), ",".join(d.acl) or "public", d.updated_at or "")
+        console.print(table)
+
+    run_command(body)
+
+
+@docs_app.command("show")
+def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = False,
+              data_dir: DataDir = None) -> None:
+    """Show one document: metadata, ACL and its chunks."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            doc, _text, chunks = rt.document(uri, collection=collection)
+        if as_json:
+            print(json.dumps({**doc.__dict__, "chunks": [c.__dict__ for c in chunks]}, default=str, indent=2))
+            return
+        console.print(f"[bold]{doc.uri}[/] v{doc.version} hash {doc.content_hash[:12]} acl {list(doc.acl) or 'public'}")
+        console.print(doc.metadata)
+        for c in chunks:
+            console.print(f"[dim]#{c.ordinal} {c.start}-{c.end} {c.tokens} tok {c.heading}[/]\n{c.text[:300]}")
+
+    run_command(body)
+
+
+@docs_app.command("rm")
+def docs_rm(uris: list[str], collection: CollectionOpt = None, data_dir: DataDir = None) -> None:
+    """Remove documents (by URI, as listed by ``docs list``)."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            n = rt.delete(uris, collection=collection)
+        console.print(f"removed {n} document(s)")
+        if n == 0:
+            raise typer.Exit(1)
+
+    run_command(body)

@@ -1,0 +1,101 @@
+"""``ragtune eval retrieval|answers``: retrieval and answer quality on a dataset."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from ragtune.cli.common import AsJson, CollectionOpt, DataDir, console, engine, err_console, run_command
+
+app = typer.Typer()  # eval answers|retrieval
+
+
+@app.command("answers")
+def eval_answers(
+    dataset: Annotated[str, typer.Option(help="squad | hotpotqa | beir:PATH")] = "squad",
+    generators: Annotated[str, typer.Option("--generator", "-g",
+                                            help="Comma-separated generators to compare.")] = "extractive,smollm2",
+    limit: Annotated[int, typer.Option(help="Questions (half unanswerable where the set has them).")] = 20,
+    collection: CollectionOpt = None,
+    subset_corpus: Annotated[bool, typer.Option(
+        "--subset-corpus", help="Index only the chosen questions' paragraphs (the whole HotpotQA corpus takes "
+                                "~45 min to embed at fp32).")] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """EM, F1, abstention, citation precision, groundedness, latency and tokens/s per generator."""
+    def body() -> None:
+        from ragtune.evaluate.answers import evaluate_answers
+
+        names = [g.strip() for g in generators.split(",") if g.strip()]
+        with engine(data_dir) as rt, Progress(console=err_console, transient=True) as progress:
+            tasks: dict[str, Any] = {}
+
+            def advance(gen: str, done: int, total: int) -> None:
+                if gen not in tasks:
+                    tasks[gen] = progress.add_task(f"asking with {gen}", total=total)
+                progress.update(tasks[gen], completed=done)
+
+            result = evaluate_answers(rt, dataset, generators=names, limit=limit, collection=collection,
+                                      progress=advance, subset_corpus=subset_corpus)
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        console.print(answers_table(result))
+
+    run_command(body)
+
+
+def answers_table(result: dict[str, Any]) -> Table:
+    """One row per generator of ``evaluate_answers``' result (the benchmarks print it too)."""
+    table = Table(title=f"answers on {result['dataset']}: {result['questions']} questions")
+    columns = [("EM", "exact_match"), ("F1", "f1"), ("abst. P", "abstention_precision"),
+               ("abst. R", "abstention_recall"), ("cite P", "citation_precision"), ("grounded", "groundedness"),
+               ("p50 ms", "p50_ms"), ("tok/s", "tokens_per_second")]
+    table.add_column("generator")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for gen, row in result["generators"].items():
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else (f"{value:.0f}" if key == "p50_ms" else f"{value:.3f}"))
+        table.add_row(gen, *cells)
+    return table
+
+
+@app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[str, typer.Option(help="squad | hotpotqa | beir:PATH")] = "squad",
+    modes: Annotated[str, typer.Option(help="Comma-separated modes to compare.")] = "bm25,dense,hybrid",
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
+    subset_corpus: Annotated[bool, typer.Option(help="With --limit: index only those queries' paragraphs.")] = False,
+    collection: CollectionOpt = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """nDCG@10, Recall@5, Recall@10 and MRR@10 for each search mode on a dataset."""
+    def body() -> None:
+        from ragtune.evaluate.retrieval import evaluate_retrieval
+
+        with engine(data_dir) as rt:
+            result = evaluate_retrieval(rt, dataset, modes=[m.strip() for m in modes.split(",")], limit=limit,
+                                        subset_corpus=subset_corpus, collection=collection,
+                                        progress_console=err_console)
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        table = Table(title=f"retrieval on {dataset}: {result['queries']} queries, {result['corpus']} documents")
+        table.add_column("mode")
+        for m in result["measures"]:
+            table.add_column(m, justify="right")
+        table.add_column("p50 ms", justify="right")
+        for mode, row in result["modes"].items():
+            table.add_row(mode, *(f"{row[m]:.4f}" for m in result["measures"]), f"{row['p50_ms']:.1f}")
+        console.print(table)
+
+    run_command(body)

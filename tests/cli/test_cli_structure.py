@@ -1,0 +1,182 @@
+"""The shape of ``ragtune.cli`` (issue 15): one package without import cycles, one registration style,
+a fast ``--help``, and every engine a command opens closed again."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grimp
+import psycopg
+import pytest
+import typer
+from psycopg.conninfo import conninfo_to_dict
+
+import ragtune.cli
+from ragtune.cli.main import app
+from tests.cli.runner import invoke
+
+GROUPS = ("ingest", "sync", "search", "ask", "docs", "collections", "db", "config", "traces", "eval", "data", "demo",
+          "serve", "keys", "rerank", "answerability", "tune", "models")
+
+
+@pytest.fixture(scope="module")
+def cli_imports() -> dict[str, set[str]]:
+    """Each ``ragtune.cli`` module and the ``ragtune.cli`` modules it imports, function-local imports included."""
+    graph = grimp.build_graph("ragtune", exclude_type_checking_imports=True)
+    modules = {m for m in graph.modules if m.startswith("ragtune.cli.")}
+    return {m: {i for i in graph.find_modules_directly_imported_by(m) if i in modules} for m in modules}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components with more than one module (or a module importing itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in edges[v]:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    """The check below is only as good as this: a cycle through three modules and a self-import are found."""
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}, "e": {"a"}}
+    assert sorted(_cycles(edges)) == [["a", "b", "c"], ["d"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_cli_modules(cli_imports: dict[str, set[str]]) -> None:
+    assert "ragtune.cli.common" in cli_imports and "ragtune.cli.main" in cli_imports
+    assert _cycles(cli_imports) == []
+
+
+def test_only_the_entry_point_imports_main(cli_imports: dict[str, set[str]]) -> None:
+    """``cli/main.py`` only assembles the tree; the helpers every command needs live in ``cli/common.py``."""
+    graph = grimp.build_graph("ragtune", exclude_type_checking_imports=True)
+    assert graph.find_modules_that_directly_import("ragtune.cli.main") == set()
+    assert all("ragtune.cli.common" in imported for m, imported in cli_imports.items()
+               if m not in ("ragtune.cli.common", "ragtune.cli.main"))
+
+
+def _attached(root: typer.Typer) -> set[int]:
+    """The ids of every Typer app reachable from ``root`` through ``add_typer``."""
+    seen = {id(root)}
+    for info in root.registered_groups:
+        if info.typer_instance is not None:
+            seen |= _attached(info.typer_instance)
+    return seen
+
+
+def test_every_command_app_of_every_module_is_attached() -> None:
+    """One registration style: modules hold ``typer.Typer()`` apps; a module's app left out of ``main`` fails here."""
+    attached = _attached(app)
+    apps = []
+    for info in pkgutil.iter_modules(ragtune.cli.__path__):
+        module = importlib.import_module(f"ragtune.cli.{info.name}")
+        apps += [f"{info.name}.{name}" for name, value in vars(module).items()
+                 if isinstance(value, typer.Typer) and id(value) not in attached]
+    assert apps == []
+    assert len(attached) > 15  # the walk itself works: the root, 12 groups and the modules' apps
+
+
+def test_help_lists_every_command_group() -> None:
+    script = Path(sys.executable).with_name("ragtune")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ragtune.cli.main"]
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    listed = re.findall(r"^│ (\S+) ", done.stdout.split("Commands")[1], flags=re.M)
+    assert [g for g in GROUPS if g not in listed] == []
+
+
+def test_help_imports_no_heavy_dependency() -> None:
+    """``ragtune --help`` imports every command module: none may import these at module level."""
+    heavy = ("torch", "transformers", "sentence_transformers", "fastapi", "uvicorn", "mlflow", "optuna", "peft")
+    code = ("import sys; from ragtune.cli.main import app; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ""
+
+
+def test_serve_without_the_server_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """FastAPI made unimportable (``sys.modules[name] = None`` is how Python spells "not installed")."""
+    code = ("import sys; sys.modules['fastapi'] = None; from ragtune.cli.main import app; "
+            "app(['serve', '--data-dir', sys.argv[1]], prog_name='ragtune')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'ragtune[server]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def _backends(admin_url: str, database: str) -> int:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                           (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _connections_left(admin_url: str, database: str, wait: float = 5.0) -> int:
+    """Connections to ``database`` still open after ``wait`` seconds (a closed one takes a moment to go)."""
+    deadline = time.monotonic() + wait
+    while (n := _backends(admin_url, database)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return n
+
+
+def test_every_command_closes_the_engine_it_opens(env: dict[str, str], pg_admin_url: str, database_url: str,
+                                                  tmp_path: Path) -> None:
+    """Run in-process, an engine left open keeps its pool's connections to the test database. A failed
+    command is the telling case: its traceback holds the engine in a reference cycle, so only the
+    cyclic collector (paused here, as it may be for a while in a long process) would free it."""
+    database = conninfo_to_dict(database_url)["dbname"]
+    assert isinstance(database, str)
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nThe office opens at nine.\n", encoding="utf-8")
+    commands = [  # (exit code, args)
+        (0, ("ingest", str(note), "-c", "kb")), (0, ("sync", str(tmp_path), "-c", "kb", "--include", "*.md")),
+        (0, ("search", "when does the office open", "-c", "kb")), (2, ("search", "x", "-c", "nope")),
+        (0, ("docs", "list", "-c", "kb")), (0, ("docs", "show", str(note), "-c", "kb")),
+        (2, ("docs", "show", "missing.md", "-c", "kb")), (0, ("collections", "list")), (0, ("db", "status")),
+        (0, ("traces", "list")), (0, ("keys", "list")), (0, ("data", "list")), (2, ("data", "show", "nope")),
+        (2, ("collections", "rm", "nope")), (0, ("collections", "rm", "kb")),
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        for expected, args in commands:
+            code, _out, err = invoke(*args)
+            assert code == expected, (args, err)
+            assert _connections_left(pg_admin_url, database) == 0, args
+    finally:
+        gc.enable()
