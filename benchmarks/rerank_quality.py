@@ -4,7 +4,7 @@ hybrid + cross-encoder rerank on questions never used for training, and the late
     RAGTUNE_CACHE_DIR=~/.cache/ragtune python benchmarks/rerank_quality.py --datasets squad hotpotqa
 
 The questions of each dataset are split in two halves by a hash of the question id
-(``ragtune.finetune.reranker.hash_split``): triples (question, positive paragraph, hard negative
+(``ragtune.finetune.rerankers.mining.hash_split``): triples (question, positive paragraph, hard negative
 from the hybrid top hits) are mined from the first half only, a cross-encoder initialised from
 MiniLM is trained on a bounded number of them, and both systems are scored on a bounded sample of
 the second half. The corpora must be indexed first (benchmarks/populate.py). Per-query rerank
@@ -29,15 +29,10 @@ from rich.table import Table
 
 from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.metrics import doc_run_from_chunks, retrieval_metrics
-from ragtune.finetune.reranker import (
-    hash_split,
-    reranker_dir,
-    train_reranker,
-    triples_from_dataset,
-    validation_chooser,
-)
+from ragtune.finetune.rerankers.mining import HASH_SPLIT, hash_split, triples_from_dataset
+from ragtune.finetune.rerankers.training import train_reranker, validation_chooser
 from ragtune.models import Principal
-from ragtune.retrieve.rerank import CrossEncoderReranker
+from ragtune.retrieve.rerank import CrossEncoderReranker, reranker_store
 
 console = Console()
 K = 10
@@ -82,15 +77,17 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             console.print(f"  step {done}/{total}")
 
     artifact = train_reranker(
-        triples, reranker_dir(rt.settings.data_dir, collection), epochs=args.epochs, batch_size=args.batch_size,
+        triples, reranker_store(rt.settings.data_dir, collection), epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, seed=0, max_length=args.max_length, progress=progress,
         choose=validation_chooser(rt, collection, ds.positives(validation), top_n=args.top_n),
-        extra={"source": {"dataset": name, "split": "hash half 'train'", "questions": len(picked),
-                          "validation_questions": len(validation)}},
+        source={"dataset": name, "questions": len(picked), "validation_questions": len(validation)},
+        split=f"{HASH_SPLIT}; a bounded sample of the 'train' half trained on, the next questions of it held out "
+              "to choose the fusion weight",
     )
-    console.print(f"{name}: fusion weight {artifact.manifest['fusion_weight']} chosen on validation "
-                  f"{artifact.manifest.get('validation', {}).get('ndcg@10')}")
-    console.print(f"{name}: trained v{artifact.version} in {artifact.manifest['train_seconds']:.0f}s")
+    metrics = artifact.manifest["metrics"]
+    console.print(f"{name}: fusion weight {artifact.thresholds['fusion_weight']} chosen on validation "
+                  f"{metrics.get('validation', {}).get('ndcg@10')}")
+    console.print(f"{name}: trained v{artifact.version} in {metrics['train_seconds']:.0f}s")
 
     held = _ordered(held_ids, "eval")[: args.eval_queries]
     texts = [ds.queries[q] for q in held]
@@ -140,7 +137,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def show(label: str, result: dict[str, Any]) -> None:
     tr = result["training"]
     table = Table(title=f"{label}: {result['questions']['evaluated']} held-out questions; trained on "
-                        f"{tr['triples']} triples in {tr['manifest']['train_seconds']:.0f}s; top_n {result['top_n']}")
+                        f"{tr['triples']} triples in {tr['manifest']['metrics']['train_seconds']:.0f}s; "
+                        f"top_n {result['top_n']}")
     cols = ["nDCG@10", "R@5", "R@10", "RR@10"]
     table.add_column("system")
     for c in cols:

@@ -3,7 +3,7 @@ on the Alpaca demo rows (LLaMA-Factory 0.9.5 sdist, ``data/alpaca_en_demo.json``
 
     python benchmarks/train_speed.py [--steps 20] [--batch-size 4] [--max-length 256] [--ranks 8,16]
 
-Each rank trains in its own process through ``ragtune.finetune.train.start_run`` (so the peak RSS
+Each rank trains in its own process through ``ragtune.finetune.lora.train.start_run`` (so the peak RSS
 is that run's alone), fp32, no gradient checkpointing, no checkpoint saved during the timed steps.
 Tokens are the non-padding input tokens the Trainer counts; tokens/s is measured after the first
 step (which also pays for warm-up). The FLOPs bound is the usual 6 x parameters x tokens (forward
@@ -60,10 +60,10 @@ def peak_flops(n: int = 2048, repeats: int = 10) -> float:
 
 def one_rank(rank: int, steps: int, batch_size: int, max_length: int) -> dict[str, Any]:
     """Train ``steps`` steps at LoRA rank ``rank`` in this process; the run's metrics."""
-    from ragtune.finetune.config import LoraSettings, TuneConfig
-    from ragtune.finetune.formats import parse_bytes
-    from ragtune.finetune.train import start_run
-    from ragtune.finetune.trainset import TrainSet
+    from ragtune.finetune.data.formats import parse_bytes
+    from ragtune.finetune.lora.config import LoraSettings, TuneConfig
+    from ragtune.finetune.lora.train import start_run
+    from ragtune.finetune.lora.trainset import TrainSet
     from ragtune.settings import Settings
 
     data = alpaca_bytes()

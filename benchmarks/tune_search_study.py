@@ -41,11 +41,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from ragtune.cli.tune_search import trials_table
-    from ragtune.finetune.config import TuneConfig, to_dict
-    from ragtune.finetune.runs import read_record
-    from ragtune.finetune.search import SearchSpace, search
-    from ragtune.finetune.train import start_run
-    from ragtune.finetune.trainset import from_file
+    from ragtune.finetune.lifecycle.search import search
+    from ragtune.finetune.lifecycle.search_space import SearchSpace
+    from ragtune.finetune.lora.config import TuneConfig, to_dict
+    from ragtune.finetune.lora.runs import read_record
+    from ragtune.finetune.lora.train import start_run
+    from ragtune.finetune.lora.trainset import from_file
     from ragtune.settings import Settings
 
     project = default_bench_data() / "search-study"

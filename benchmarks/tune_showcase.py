@@ -5,8 +5,8 @@ base against tuned on held-out rows, the same greedy decoding for both.
     python benchmarks/tune_showcase.py --task style      # data/alpaca_en_demo.json
     python benchmarks/tune_showcase.py --task toolcall --eval-only   # re-evaluate the newest run
 
-Each task trains through ``ragtune.finetune.train.start_run`` (what ``ragtune tune train`` runs)
-and evaluates through ``ragtune.finetune.evaluate.evaluate_run`` (``ragtune tune eval``). The
+Each task trains through ``ragtune.finetune.lora.train.start_run`` (what ``ragtune tune train`` runs)
+and evaluates through ``ragtune.finetune.lora.evaluate.evaluate_run`` (``ragtune tune eval``). The
 split is ragtune's own deterministic hash split (10 % held out, so exact duplicates never straddle
 it). The tool-call set holds one 11,632-token row over the base's context: validation flags it,
 the run is forced past it (the reason is recorded with the run) and ``max_length`` truncates it.
@@ -52,9 +52,9 @@ def demo_file(member: str, folder: Path) -> Path:
 
 
 def train(task: str, spec: dict[str, Any], data_dir: Path) -> Path:
-    from ragtune.finetune.config import LoraSettings, TuneConfig
-    from ragtune.finetune.train import start_run
-    from ragtune.finetune.trainset import from_file
+    from ragtune.finetune.lora.config import LoraSettings, TuneConfig
+    from ragtune.finetune.lora.train import start_run
+    from ragtune.finetune.lora.trainset import from_file
     from ragtune.settings import Settings
 
     config = TuneConfig(epochs=spec["epochs"], max_steps=spec["max_steps"], batch_size=4,
@@ -79,8 +79,8 @@ def main() -> None:
     data_dir = default_bench_data() / "showcase"
 
     from ragtune.cli.tune_eval import report_table
-    from ragtune.finetune.evaluate import evaluate_run, resolve_run
-    from ragtune.finetune.runs import read_record
+    from ragtune.finetune.lora.evaluate import evaluate_run, resolve_run
+    from ragtune.finetune.lora.runs import read_record
     from ragtune.settings import Settings
 
     started = time.perf_counter()

@@ -20,6 +20,7 @@ class CountingEmbedder:
         self.name = name or inner.name
         self.dimension = inner.dimension
         self.tokenizer = inner.tokenizer
+        self.max_seq_length = inner.max_seq_length
         self.texts = 0
         self.calls = 0
 

@@ -7,11 +7,12 @@ database (and the embedded server) start on first use, the embedding model loads
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragtune.errors import IngestError, ModelError, NotFoundError, QueryError
 from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
@@ -20,9 +21,17 @@ from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes, ProgressCallback
 from ragtune.models import Answer, Chunk, Document, IngestReport, LoadedDocument, Principal, SearchResult
-from ragtune.observe.traces import StageTimer
+from ragtune.observe.traces import StageTimer, TraceWriter
 from ragtune.plugins import Plugins, default_plugins
-from ragtune.protocols import Chunker, Embedder, Generator, Reranker
+from ragtune.protocols import (
+    Chunker,
+    Embedder,
+    Generator,
+    Reranker,
+    RerankWindow,
+    TokenizedEmbedder,
+    WarmsUp,
+)
 from ragtune.retrieve.filters import Filter, FilterLimits, as_filters, bad_text, check_size
 from ragtune.retrieve.searcher import Searcher, SearchOptions
 from ragtune.settings import Settings
@@ -30,8 +39,16 @@ from ragtune.store.access import WriteAccess
 from ragtune.store.database import Database
 from ragtune.store.repository import CollectionInfo, Repository
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ragtune.ingest.loaders.base import LoaderOptions
+
 # Writes through the engine are the local operator's unless a caller passes its own principal.
 _OPERATOR = Principal.system()
+# A setting or argument that turns a trained part off; ``vN`` names a version of one.
+_NONE = ("", "none")
+_VERSION = re.compile(r"^v[1-9][0-9]*$")
 
 
 class Ragtune:
@@ -47,6 +64,9 @@ class Ragtune:
         self._on_database_wait = on_database_wait
         self.analyzer = LexicalAnalyzer()
         self._generators: dict[str, Generator] = {}
+        # trained models by the folder they were loaded from: a new version is a new folder
+        self._rerankers: dict[str, Reranker] = {}
+        self._answerability: dict[Path, AnswerabilityModel] = {}
 
     # -- lazily built parts --------------------------------------------------------------------
     @property
@@ -69,9 +89,7 @@ class Ragtune:
         return Repository(self.db)
 
     @cached_property
-    def traces(self) -> Any:
-        from ragtune.observe.traces import TraceWriter
-
+    def traces(self) -> TraceWriter:
         return TraceWriter(self.db)
 
     @cached_property
@@ -92,21 +110,16 @@ class Ragtune:
         from ragtune.ingest.chunker import ChunkBudget
         from ragtune.ingest.tokens import HFTokenCounter
 
-        counter = HFTokenCounter(self._tokenizer())
+        embedder = self.embedder
+        if not isinstance(embedder, TokenizedEmbedder):
+            raise ModelError(f"embedder {embedder.name!r} exposes no tokenizer and window to measure chunk sizes "
+                             "(ragtune.protocols.TokenizedEmbedder)")
+        counter = HFTokenCounter(embedder.tokenizer)
         # The model truncates at max_seq_length including its special tokens: a longer chunk
         # would be embedded only in part.
-        limit = getattr(self.embedder, "max_seq_length", None)
-        budget = self.settings.chunk_max_tokens
-        if limit:
-            budget = min(budget, int(limit) - counter.special_tokens)
+        budget = min(self.settings.chunk_max_tokens, int(embedder.max_seq_length) - counter.special_tokens)
         factory = self.plugins.chunkers.get(name or self.settings.chunker)
         return factory(counter, ChunkBudget(budget, min(self.settings.chunk_overlap_tokens, budget // 2)))
-
-    def _tokenizer(self) -> Any:
-        tokenizer = getattr(self.embedder, "tokenizer", None)
-        if tokenizer is None:
-            raise ModelError(f"embedder {self.embedder.name!r} exposes no tokenizer to measure chunk sizes")
-        return tokenizer
 
     # -- collections ---------------------------------------------------------------------------
     def collection(self, name: str | None = None, *, create: bool = False) -> CollectionInfo:
@@ -141,8 +154,8 @@ class Ragtune:
     # The writer is the local operator (an admin principal) unless ``principal`` says otherwise.
     def ingest(self, paths: Sequence[str | Path] | str | Path, *, collection: str | None = None,
                metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,
-               include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: Any = None,
-               progress: ProgressCallback | None = None, on_files: Any = None,
+               include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
+               progress: ProgressCallback | None = None, on_files: Callable[[int], None] | None = None,
                principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest files and folders (recursively). Returns counts of added/updated/unchanged/failed."""
         roots = self._roots(paths)
@@ -152,7 +165,7 @@ class Ragtune:
         return self._run(self._load(files, loader_options), collection, metadata, acl, progress,
                          access=WriteAccess(principal, change_acl), inherit_from=roots)
 
-    def ingest_documents(self, documents: Iterable[LoadedDocument], *, collection: str | None = None,
+    def ingest_documents(self, documents: Iterable[LoadedDocument | IngestError], *, collection: str | None = None,
                          metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
                          change_acl: bool = False, progress: ProgressCallback | None = None,
                          whole_documents: bool = False, principal: Principal = _OPERATOR) -> IngestReport:
@@ -168,8 +181,9 @@ class Ragtune:
 
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
-             exclude: Sequence[str] = (), loader_options: Any = None, progress: ProgressCallback | None = None,
-             on_files: Any = None, principal: Principal = _OPERATOR) -> IngestReport:
+             exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
+             progress: ProgressCallback | None = None, on_files: Callable[[int], None] | None = None,
+             principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest a folder and remove the collection's documents from it that are gone.
 
         Documents of files that failed to load this time are kept: a transient read error must not
@@ -221,7 +235,8 @@ class Ragtune:
 
         return list(iter_files(roots, list(include), list(exclude)))
 
-    def _load(self, files: Sequence[Path], loader_options: Any) -> Iterator[LoadedDocument | IngestError]:
+    def _load(self, files: Sequence[Path], loader_options: LoaderOptions | None
+              ) -> Iterator[LoadedDocument | IngestError]:
         from ragtune.ingest.loaders import LoaderOptions, load_files
 
         options = loader_options or LoaderOptions.from_settings(self.settings)
@@ -263,11 +278,17 @@ class Ragtune:
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
                filters: Sequence[Filter | str] | dict[str, Any] | None = None,
-               principal: Principal | None = None, query_vector: Any = None, reranker: Reranker | None = None,
+               principal: Principal | None = None, query_vector: np.ndarray | None = None,
+               reranker: Reranker | str | bool | None = None,
                **options: Any) -> SearchResult:
-        """Ranked hits. With a ``reranker``, its ``top_n`` candidates (at least ``top_k``) are
-        retrieved, reranked, and the first ``top_k`` kept."""
-        n = top_k if reranker is None else max(top_k, int(getattr(reranker, "top_n", top_k)))
+        """Ranked hits. ``reranker`` (see ``reranker()``; default: the ``reranker`` setting) rescores
+        its ``top_n`` candidates (at least ``top_k``), and the first ``top_k`` are kept."""
+        name = collection or self.settings.default_collection
+        if reranker is None or isinstance(reranker, (str, bool)):
+            reranker = self.reranker(reranker, collection=name)
+        if isinstance(reranker, RerankWindow):
+            reranker = cast("Reranker", reranker.widened(top_k))
+        n = max(top_k, reranker.top_n) if isinstance(reranker, RerankWindow) else top_k
         opts = SearchOptions.from_settings(self.settings, mode=mode, top_k=n, **options)
         problem = bad_text(query)
         if problem:
@@ -275,7 +296,7 @@ class Ragtune:
         parsed = as_filters(filters)
         check_size(parsed, FilterLimits(self.settings.max_filters, self.settings.max_filter_values))
         result = self.db.read(lambda: self.searcher.search(
-            collection or self.settings.default_collection, query, opts, filters=parsed,
+            name, query, opts, filters=parsed,
             principal=principal or Principal(), query_vector=query_vector))
         if reranker is None:
             return result
@@ -283,6 +304,57 @@ class Ragtune:
         hits = reranker.rerank(query, result.hits)[:top_k]
         timings = {**result.timings_ms, "rerank": (time.perf_counter() - started) * 1000}
         return dataclasses.replace(result, hits=hits, mode=f"{result.mode}+rerank", timings_ms=timings)
+
+    def reranker(self, spec: str | bool | None = None, *, collection: str | None = None) -> Reranker | None:
+        """The reranker a search uses. ``spec``: None for the ``reranker`` setting; False, ``""`` or
+        ``none`` for no reranking; True for the configured one, or the collection's latest trained
+        reranker when none is configured; ``latest`` / ``vN`` for a version of the collection's
+        trained reranker (``ragtune rerank train``); ``trained:NAME[@vN]``, a model folder, or a
+        plugin's spec. Each model loads once; ``latest`` is looked up again on every call, so a
+        newly trained version is used from the next search on."""
+        chosen = self._choose(spec, self.settings.reranker)
+        if chosen is None:
+            return None
+        name = collection or self.settings.default_collection
+        if chosen == "latest" or _VERSION.match(chosen):
+            chosen = f"trained:{name}" + ("" if chosen == "latest" else f"@{chosen}")
+        factory, argument = self.plugins.rerankers.resolve(chosen)
+        part = factory(argument, self.settings)
+        # A part that names its folder is reused by folder: loading a cross-encoder takes seconds.
+        folder = getattr(part, "path", None)
+        return part if folder is None else self._rerankers.setdefault(str(folder), part)
+
+    def answerability_model(self, spec: str | bool | None = None) -> AnswerabilityModel | None:
+        """The answerability model an answer also abstains by. ``spec``: None for the
+        ``answerability`` setting; False, ``""`` or ``none`` for none; True for the configured one, or
+        the project's latest trained model when none is configured; ``latest`` / ``vN`` for a version
+        of it (``ragtune answerability train``); or a model folder. Each model loads once."""
+        from ragtune.generate.answerability import answerability_store
+
+        chosen = self._choose(spec, self.settings.answerability)
+        if chosen is None:
+            return None
+        if chosen == "latest" or _VERSION.match(chosen):
+            version = None if chosen == "latest" else int(chosen[1:])
+            folder = answerability_store(self.settings.data_dir).get(version).path
+        else:
+            folder = Path(chosen).expanduser()
+        if folder not in self._answerability:
+            self._answerability[folder] = AnswerabilityModel(folder)
+        return self._answerability[folder]
+
+    @staticmethod
+    def _choose(spec: str | bool | None, configured: str) -> str | None:
+        """The spec a part is resolved from (None: no part), by the rule ``reranker`` and
+        ``answerability_model`` share."""
+        if spec is None:
+            spec = configured
+        elif spec is True:
+            spec = configured if configured.strip().lower() not in _NONE else "latest"
+        elif spec is False:
+            return None
+        chosen = spec.strip()
+        return None if chosen.lower() in _NONE else chosen
 
     # -- answers -------------------------------------------------------------------------------
     def generator(self, spec: str | None = None) -> Generator | None:
@@ -305,29 +377,42 @@ class Ragtune:
             mode: str | None = None, filters: Sequence[Filter | str] | dict[str, Any] | None = None,
             principal: Principal | None = None, generator: str | Generator | None = None,
             on_token: Callable[[str], None] | None = None, max_tokens: int | None = None,
-            query_vector: Any = None, answerability: AnswerabilityModel | None = None,
+            query_vector: np.ndarray | None = None, reranker: Reranker | str | bool | None = None,
+            answerability: AnswerabilityModel | str | bool | None = None,
             **search_options: Any) -> Answer:
         """Retrieve, then answer with numbered citations, or abstain when the documents do not answer.
 
-        ``generator`` is a spec (``smollm2``, ``extractive``, ``openai:MODEL``, a model folder) or any
-        object with the ``Generator`` protocol; ``on_token`` receives the answer as it streams.
-        ``reranker`` (in ``search_options``, e.g. ``load_reranker(...)``) reorders the sources.
-        ``answerability`` (a trained ``AnswerabilityModel``) adds its abstention decision.
+        ``generator`` is a spec (``smollm2``, ``extractive``, ``openai:MODEL``, ``registry:NAME@alias``,
+        a model folder) or any object with the ``Generator`` protocol; ``on_token`` receives the
+        answer as it streams. ``reranker`` reorders the sources (see ``reranker()``);
+        ``answerability`` adds a trained model's abstention decision (see ``answerability_model()``);
+        both default to their settings.
         """
         s = self.settings
         options = AskOptions(top_k=top_k or s.answer_top_k, max_tokens=max_tokens or s.max_new_tokens,
                              context_tokens=s.context_tokens, abstain_threshold=s.abstain_threshold,
                              support_threshold=s.support_threshold)
         model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
+        judge = (self.answerability_model(answerability)
+                 if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or Principal()
         name = collection or s.default_collection
         timer = StageTimer()
         with timer.stage("retrieve"):
             retrieved = self.search(question, collection=name, top_k=options.top_k, mode=mode, filters=filters,
-                                    principal=principal, query_vector=query_vector, **search_options)
-        answerer = Answerer(model, self.support_scorer, self.traces, answerability)
+                                    principal=principal, query_vector=query_vector, reranker=reranker,
+                                    **search_options)
+        answerer = Answerer(model, self.support_scorer, self.traces, judge)
         return answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                on_token=on_token, timer=timer)
+
+    def warm_up(self) -> None:
+        """Load the slow parts now (the embedder, and the generators built so far, when they declare a
+        warm-up), so the first request is not the one that waits; the server calls this before it
+        listens. Generators are not built here: a ``registry:`` one may not be registered yet."""
+        for part in (self.embedder, *self._generators.values()):
+            if isinstance(part, WarmsUp):
+                part.warm_up()
 
     def close(self) -> None:
         if self._database is not None:

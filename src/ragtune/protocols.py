@@ -1,10 +1,15 @@
-"""Structural protocols: anything with the right method plugs in (one required method each)."""
+"""Structural protocols: anything with the right method plugs in (one required method each).
+
+The optional capabilities a part may have (a tokenizer and window, a token budget, a warm-up) are
+protocols of their own, checked with ``isinstance`` where they are used: a part without them still
+works, with the documented fallback.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,3 +55,41 @@ class Generator(Protocol):
 @runtime_checkable
 class Reranker(Protocol):
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]: ...
+
+
+# -- optional capabilities -------------------------------------------------------------------------
+@runtime_checkable
+class RerankWindow(Protocol):
+    """A reranker that rescores only its first ``top_n`` hits: the engine retrieves at least that
+    many candidates, and widens the window when a search asks for more (``top_k`` > ``top_n``)."""
+
+    top_n: int
+
+    def widened(self, top_n: int) -> RerankWindow: ...
+
+
+@runtime_checkable
+class TokenizedEmbedder(Embedder, Protocol):
+    """An embedder whose tokenizer the chunker measures chunks with, and the window it reads:
+    chunks are cut to fit. Without one the engine cannot chunk (ingest needs it)."""
+
+    tokenizer: Any
+    max_seq_length: int
+
+
+@runtime_checkable
+class TokenBudget(Protocol):
+    """A generator that counts its own tokens and knows its context window: the prompt's sources
+    are packed to fit. Without one, 3 characters count as a token and ``context_tokens`` is the budget."""
+
+    @property
+    def context_window(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A part that is slow on first use: the server calls ``warm_up`` before it listens."""
+
+    def warm_up(self) -> None: ...

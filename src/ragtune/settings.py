@@ -88,11 +88,17 @@ class Settings:
     # PostgreSQL minutes (retrieve/filters.py).
     max_filters: int = 32
     max_filter_values: int = 256
+    # The reranker every search uses unless it names another: "" (none), "latest" (the collection's
+    # newest trained one, `ragtune rerank train`), "vN", "trained:NAME[@vN]", a folder, a plugin's.
+    reranker: str = ""
     cache_dir: Path | None = None
     # Answers: which generator writes them (smollm2 | extractive | openai:MODEL | llamacpp:FILE.gguf |
     # a Hugging Face model folder) and an optional LoRA adapter folder served on top of it.
     generator: str = "smollm2"
     generator_adapter: Path | None = None
+    # The trained answerability model every answer also abstains by: "" (none), "latest" (the
+    # newest, `ragtune answerability train`), "vN", or a folder.
+    answerability: str = ""
     openai_base_url: str = "https://api.openai.com/v1"
     # The API key is read from this environment variable, never from the config file.
     openai_api_key_env: str = "OPENAI_API_KEY"
@@ -144,6 +150,9 @@ class Settings:
     # /docs (Swagger UI, served from the swagger-ui-bundle package, never a CDN); off by default.
     server_api_docs: bool = False
     server_shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
+    # Generators a request may name besides the configured one and "extractive" (comma-separated
+    # specs, e.g. "registry:support@production"): each is loaded on first use and kept.
+    server_generators: str = ""
     # Model registry: metric -> "higher" | "lower" (":TOLERANCE" or a table); see finetune/gates.py.
     promotion_gates: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GATES), hash=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)

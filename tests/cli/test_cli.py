@@ -136,3 +136,30 @@ def test_the_cli_refuses_collection_names_the_api_refuses(env: dict[str, str], t
     assert code == 2 and "invalid collection name" in err, (name, code, err)
     code, out, _ = invoke("collections", "list")
     assert code == 0 and name[:20] not in out
+
+
+def test_docs_and_traces_read_as_a_user_or_group(env: dict[str, str], tmp_path: Path) -> None:
+    """The local default is the system principal; --as-user/--as-group read as someone else (issue 15)."""
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "pay.md").write_text("# Pay\n\nSalary bands are reviewed each spring.\n", encoding="utf-8")
+    (folder / "office.md").write_text("# Office\n\nThe office opens at nine.\n", encoding="utf-8")
+    assert invoke("ingest", str(folder / "pay.md"), "-c", "kb", "--acl", "hr")[0] == 0
+    assert invoke("ingest", str(folder / "office.md"), "-c", "kb", "--public")[0] == 0  # else it takes [hr]
+
+    def listed(*who: str) -> set[str]:
+        code, out, err = invoke("docs", "list", "-c", "kb", "--json", *who)
+        assert code == 0, err
+        return {Path(d["uri"]).name for d in json.loads(out)}
+
+    assert listed() == {"pay.md", "office.md"}
+    assert listed("--as-group", "eng") == {"office.md"} and listed("--as-group", "hr") == {"pay.md", "office.md"}
+    code, _, err = invoke("docs", "show", str(folder / "pay.md"), "-c", "kb", "--as-user", "eve", "--as-group", "eng")
+    assert code == 2 and "no document" in err
+    assert invoke("docs", "rm", str(folder / "pay.md"), "-c", "kb", "--as-group", "eng")[0] == 1  # not removed
+    assert listed() == {"pay.md", "office.md"}
+    assert invoke("search", "salary bands", "-c", "kb", "--as-group", "hr", "--json")[0] == 0
+    code, out, _ = invoke("traces", "list", "--limit", "5", "--as-user", "eve", "--as-group", "eng")
+    assert code == 0 and "salary" not in out.lower()  # an hr member's trace, with hr's chunk in it
+    code, out, _ = invoke("traces", "list", "--limit", "5")
+    assert code == 0 and "salary bands" in out.lower()

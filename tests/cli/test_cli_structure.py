@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 import ragtune.cli
 from ragtune.cli.main import app
 from tests.cli.runner import invoke
+from tests.structure import cycles, import_edges
 
 GROUPS = ("ingest", "sync", "search", "ask", "docs", "collections", "db", "config", "traces", "eval", "data", "demo",
           "serve", "keys", "rerank", "answerability", "tune", "models")
@@ -30,56 +31,19 @@ GROUPS = ("ingest", "sync", "search", "ask", "docs", "collections", "db", "confi
 @pytest.fixture(scope="module")
 def cli_imports() -> dict[str, set[str]]:
     """Each ``ragtune.cli`` module and the ``ragtune.cli`` modules it imports, function-local imports included."""
-    graph = grimp.build_graph("ragtune", exclude_type_checking_imports=True)
-    modules = {m for m in graph.modules if m.startswith("ragtune.cli.")}
-    return {m: {i for i in graph.find_modules_directly_imported_by(m) if i in modules} for m in modules}
-
-
-def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components with more than one module (or a module importing itself)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(edges[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1 or v in edges[v]:
-                found.append(sorted(component))
-
-    for v in sorted(edges):
-        if v not in index:
-            visit(v)
-    return found
+    return {m: imported - {"ragtune.cli"} for m, imported in import_edges("ragtune.cli").items() if m != "ragtune.cli"}
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
     """The check below is only as good as this: a cycle through three modules and a self-import are found."""
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}, "e": {"a"}}
-    assert sorted(_cycles(edges)) == [["a", "b", "c"], ["d"]]
-    assert _cycles({"a": {"b"}, "b": set()}) == []
+    assert sorted(cycles(edges)) == [["a", "b", "c"], ["d"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_no_import_cycle_among_cli_modules(cli_imports: dict[str, set[str]]) -> None:
     assert "ragtune.cli.common" in cli_imports and "ragtune.cli.main" in cli_imports
-    assert _cycles(cli_imports) == []
+    assert cycles(cli_imports) == []
 
 
 def test_only_the_entry_point_imports_main(cli_imports: dict[str, set[str]]) -> None:

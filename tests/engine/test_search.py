@@ -352,7 +352,7 @@ def test_every_search_writes_a_trace(rt: Ragtune) -> None:
         ]
     )
     res = rt.search("record search", mode="hybrid", principal=Principal("ann", frozenset({"eng"})))
-    row = rt.traces.recent(1)[0]
+    row = rt.traces.visible(Principal.system(), limit=1)[0]
     assert row["id"] == res.trace_id and row["query"] == "record search" and row["principal"] == "ann"
     assert row["groups"] == ["eng"] and row["params"]["mode"] == "hybrid"
     assert [r["chunk_id"] for r in row["results"]] == [h.chunk.id for h in res.hits]
@@ -370,5 +370,5 @@ def test_hybrid_and_dense_use_their_own_ef_search(rt: Ragtune) -> None:
         ("bm25", {}, None),
     ]:
         rt.search("fused candidates", mode=mode, **options)
-        assert rt.traces.recent(1)[0]["params"]["ef_search"] == expected, (mode, options)
+        assert rt.traces.visible(Principal.system(), limit=1)[0]["params"]["ef_search"] == expected, (mode, options)
     assert rt.settings.hybrid_ef_search != rt.settings.hnsw_ef_search

@@ -16,14 +16,14 @@ from ragtune.evaluate.datasets import load_dataset
 from ragtune.finetune.answerability import (
     AnswerabilityExample,
     abstention_prf,
-    answerability_dir,
     choose_threshold,
-    latest_answerability,
+    examples_hash,
     split_by_group,
     squad_examples,
     train_answerability,
 )
-from ragtune.generate.answerability import AnswerabilityModel
+from ragtune.generate.answerability import SPLIT_RULE, AnswerabilityModel, answerability_store, load_answerability
+from ragtune.retrieve.rerank import reranker_store
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,21 @@ def examples(cache_dir: Path) -> list[AnswerabilityExample]:
 
 
 @pytest.fixture(scope="module")
-def trained(examples: list[AnswerabilityExample], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train, held_out = split_by_group(examples)
+def small(examples: list[AnswerabilityExample]) -> list[AnswerabilityExample]:
+    train, _ = split_by_group(examples)
     rng = random.Random(1)
-    small = [*rng.sample([e for e in train if e.answerable], 12),
-             *rng.sample([e for e in train if not e.answerable], 12)]
+    return [*rng.sample([e for e in train if e.answerable], 12),
+            *rng.sample([e for e in train if not e.answerable], 12)]
+
+
+@pytest.fixture(scope="module")
+def trained(examples: list[AnswerabilityExample], small: list[AnswerabilityExample],
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, held_out = split_by_group(examples)
     validation = [*held_out[:10], *[e for e in held_out if not e.answerable][:10]]
     data_dir = tmp_path_factory.mktemp("project")
-    return train_answerability(small, answerability_dir(data_dir), validation=validation, batch_size=8,
-                               max_length=64, extra={"source": "test"})
+    return train_answerability(small, answerability_store(data_dir), validation=validation, batch_size=8,
+                               max_length=64, source="test").path
 
 
 def test_squad_examples_are_split_by_article(cache_dir: Path, examples: list[AnswerabilityExample]) -> None:
@@ -71,14 +77,19 @@ def test_threshold_choice_and_auc_match_a_reference() -> None:
     assert chosen["f1"] == pytest.approx(max(abstention_prf(probs, labels, t)[2] for t in grid), abs=1e-4)
 
 
-def test_training_publishes_a_loadable_model_with_its_threshold(trained: Path,
+def test_training_publishes_a_loadable_model_with_its_threshold(trained: Path, small: list[AnswerabilityExample],
                                                                examples: list[AnswerabilityExample]) -> None:
     manifest = json.loads((trained / "manifest.json").read_text())
-    assert trained.name == "v1" and manifest["version"] == 1
-    assert manifest["examples"] == 24 and manifest["validation_examples"] == 20
-    assert manifest["train_loss"]["steps"] == 3
-    assert 0.05 <= manifest["threshold"] <= 0.95 and manifest["threshold"] == manifest["validation"]["threshold"]
-    assert latest_answerability(trained.parent.parent.parent) == trained
+    assert trained.name == "v1" and trained.parent.name == "answerability" and trained.parent.parent.name == "models"
+    assert (manifest["kind"], manifest["format"], manifest["version"]) == ("ragtune-answerability", 1, 1)
+    assert manifest["data"] == {"sha256": examples_hash(small), "rows": 24, "held_out": 20, "source": "test",
+                                "split": SPLIT_RULE, "unanswerable": 12}
+    assert manifest["metrics"]["train_loss"]["steps"] == 3
+    assert set(manifest["metrics"]["held_out"]) == {"precision", "recall", "f1", "roc_auc"}
+    assert 0.05 <= manifest["thresholds"]["abstain_below"] <= 0.95
+    assert manifest["hyperparameters"]["max_length"] == 64
+    latest = load_answerability(trained.parent.parent.parent)
+    assert latest.path == trained and latest.threshold == manifest["thresholds"]["abstain_below"]
     model = AnswerabilityModel(trained)
     question, passage = examples[0].question, examples[0].passage
     p = model.probability(question, [passage, "An unrelated passage about tides."])
@@ -121,4 +132,6 @@ def test_bad_answerability_models_are_clear_errors(tmp_path: Path, trained: Path
         AnswerabilityModel(trained, threshold=1.5)
     only_answerable = [AnswerabilityExample("q", "p", True, "a")] * 4
     with pytest.raises(DatasetError, match="both answerable and unanswerable"):
-        train_answerability(only_answerable, tmp_path / "out", validation=only_answerable)
+        train_answerability(only_answerable, answerability_store(tmp_path), validation=only_answerable)
+    with pytest.raises(ConfigError, match="publishes answerability models, not rerankers"):
+        train_answerability(only_answerable, reranker_store(tmp_path, "docs"), validation=only_answerable)

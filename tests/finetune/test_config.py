@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ragtune.errors import ConfigError
-from ragtune.finetune.config import LoraSettings, TuneConfig, from_dict, load_config, to_dict, to_toml
+from ragtune.finetune.lora.config import LoraSettings, TuneConfig, from_dict, load_config, to_dict, to_toml
 
 FULL = """
 method = "dpo"

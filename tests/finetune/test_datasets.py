@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 
 from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError, PermissionDeniedError
 from ragtune.evaluate.packages import fetch_package, read_member
-from ragtune.finetune.dataset_access import ADMINS_ONLY, row_acl
-from ragtune.finetune.datasets import DatasetStore, ImportOptions, require_valid, row_hash
-from ragtune.finetune.examples import Example
-from ragtune.finetune.formats import parse_bytes
-from ragtune.finetune.lengths import TemplateTokenCounter
+from ragtune.finetune.data.access import ADMINS_ONLY, row_acl
+from ragtune.finetune.data.examples import Example
+from ragtune.finetune.data.formats import parse_bytes
+from ragtune.finetune.data.lengths import TemplateTokenCounter
+from ragtune.finetune.data.store import DatasetStore
+from ragtune.finetune.data.versions import ImportOptions, require_valid, row_hash
 from ragtune.models import Principal
 from ragtune.store.database import Database
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from ragtune.cli.main import app
 from ragtune.errors import ConfigError, TrainingError
-from ragtune.finetune import scoring
-from ragtune.finetune.evaluate import EvalReport, eval_cases, evaluate_run, read_report, resolve_run
+from ragtune.finetune.lora import scoring
+from ragtune.finetune.lora.evaluate import EvalReport, eval_cases, evaluate_run, read_report, resolve_run
 from ragtune.settings import Settings
 from tests.finetune.tuned import WEATHER_TOOL, copy_run, tool_trainset
 

@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 
 from ragtune.cli.main import app
 from ragtune.errors import ConfigError, NotFoundError, PromotionRefusedError, RegistryError, TrainingError
-from ragtune.finetune import runs
-from ragtune.finetune.evaluate import EvalReport
-from ragtune.finetune.registry import ModelRef, ModelRegistry, sqlalchemy_url
-from ragtune.finetune.serving import base_folder, export_model
+from ragtune.finetune.lifecycle.refs import ModelRef
+from ragtune.finetune.lifecycle.registry import SCHEMA, ModelRegistry
+from ragtune.finetune.lifecycle.serving import base_folder, export_model
+from ragtune.finetune.lifecycle.tracking import sqlalchemy_url
+from ragtune.finetune.lora import runs
+from ragtune.finetune.lora.evaluate import EvalReport
 from ragtune.settings import Gate, Settings, parse_gates
 from tests.finetune.tuned import SECRET, chat, copy_run
 
@@ -35,7 +37,7 @@ BASE = {**dict.fromkeys(GOOD, 0.0), "loss": 2.5, "perplexity": 12.2}
                                                                  "options=-csearch_path%3Dmlflow&port=5433"),
 ])
 def test_sqlalchemy_url_for_psycopg_with_the_mlflow_schema_first(url: str, expected: str) -> None:
-    assert sqlalchemy_url(url) == expected
+    assert sqlalchemy_url(url, SCHEMA) == expected
 
 
 @pytest.mark.parametrize(("text", "name", "alias", "version"), [

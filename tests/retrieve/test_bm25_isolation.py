@@ -90,7 +90,7 @@ def test_a_hidden_document_moves_no_visible_score(rt: Ragtune, mode: str) -> Non
         results, traces = [], []
         for q in queries:
             results.append(ranked(rt, q, "c", ENG, mode, bm25_statistics=statistics))
-            row = rt.traces.recent(1)[0]
+            row = rt.traces.visible(Principal.system(), limit=1)[0]
             traces.append({"params": row["params"], "results": row["results"],
                            "timing_keys": sorted(row["timings_ms"])})
         return results, traces
@@ -127,7 +127,7 @@ def test_traces_and_responses_carry_no_count_over_all_chunks(rt: Ragtune) -> Non
     for mode in ("bm25", "dense", "hybrid"):
         for principal in (ENG, Principal.system()):
             result = rt.search("budget salary", collection="t", mode=mode, principal=principal)
-            params = rt.traces.recent(1)[0]["params"]
+            params = rt.traces.visible(Principal.system(), limit=1)[0]["params"]
             assert set(params) == {"mode", "top_k", "fusion", "normalization", "dense_weight", "exact_scan",
                                    "ef_search", "bm25_statistics", "filters"}, params
             assert params["bm25_statistics"] == (None if mode == "dense" else

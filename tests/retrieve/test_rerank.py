@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from ragtune.errors import ConfigError, ModelError
-from ragtune.finetune.reranker import Triple, base_model_path, train_reranker
+from ragtune.finetune.minilm import base_model_path
+from ragtune.finetune.rerankers.mining import Triple
+from ragtune.finetune.rerankers.training import train_reranker
 from ragtune.models import Chunk, Hit
 from ragtune.protocols import Reranker
-from ragtune.retrieve.rerank import CrossEncoderReranker
+from ragtune.retrieve.rerank import CrossEncoderReranker, reranker_store
 
 TEXTS = [
     "Parental leave is sixteen weeks at full pay.",
@@ -30,8 +32,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     triples = [Triple(f"how long is {topic}", f"{topic} lasts sixteen weeks.", f"{topic} forms are on paper.")
                for topic in ("parental leave", "sick leave", "annual leave", "study leave", "a sabbatical",
                              "jury duty", "bereavement leave", "a secondment")]
-    out = tmp_path_factory.mktemp("rerankers") / "hr"
-    return train_reranker(triples, out, epochs=1, batch_size=8, learning_rate=1e-4, max_length=32).path
+    store = reranker_store(tmp_path_factory.mktemp("project"), "hr")
+    return train_reranker(triples, store, epochs=1, batch_size=8, learning_rate=1e-4, max_length=32).path
 
 
 def hits() -> list[Hit]:
@@ -66,7 +68,7 @@ def reference_scores(path: Path, query: str, texts: list[str]) -> list[float]:
 def test_reranks_the_first_top_n_and_keeps_the_rest_in_order(trained: Path) -> None:
     reranker = CrossEncoderReranker(trained, top_n=4, batch_size=3)
     assert isinstance(reranker, Reranker)
-    assert reranker._model is None  # nothing loaded before first use
+    assert not reranker.loaded  # nothing loaded before first use
     original = hits()
     query = "how long is parental leave"
     out = reranker.rerank(query, original)
@@ -92,7 +94,7 @@ def test_fusion_weight_adds_the_rerank_score_to_the_retrievers(trained: Path, tm
     weighted = tmp_path / "weighted"
     shutil.copytree(trained, weighted)
     manifest = json.loads((weighted / "manifest.json").read_text())
-    (weighted / "manifest.json").write_text(json.dumps({**manifest, "fusion_weight": 0.5}))
+    (weighted / "manifest.json").write_text(json.dumps({**manifest, "thresholds": {"fusion_weight": 0.5}}))
     query = "how long is parental leave"
     original = hits()[:5]
     rerank = reference_scores(trained, query, [h.chunk.text for h in original])
@@ -110,10 +112,20 @@ def test_fusion_weight_adds_the_rerank_score_to_the_retrievers(trained: Path, tm
         assert h.score == pytest.approx(expected[h.chunk.id], abs=1e-4)
         assert h.scores_by_source["rerank"] == pytest.approx(rerank[h.chunk.id - 100], abs=1e-4)
     # weight 0 keeps the retriever's order exactly, without running the model
-    (weighted / "manifest.json").write_text(json.dumps({**manifest, "fusion_weight": 0.0}))
+    (weighted / "manifest.json").write_text(json.dumps({**manifest, "thresholds": {"fusion_weight": 0.0}}))
     idle = CrossEncoderReranker(weighted, top_n=5)
     assert idle.rerank(query, original) == [dataclasses.replace(h, rank=i) for i, h in enumerate(original, start=1)]
-    assert idle._model is None
+    assert not idle.loaded
+
+
+def test_a_widened_reranker_rescores_more_hits_with_the_same_model(trained: Path) -> None:
+    narrow = CrossEncoderReranker(trained, top_n=2)
+    assert narrow.widened(2) is narrow and narrow.widened(1) is narrow
+    wide = narrow.widened(5)
+    assert (wide.top_n, narrow.top_n) == (5, 2)
+    out = wide.rerank("how long is parental leave", hits()[:5])
+    assert all("rerank" in h.scores_by_source for h in out)
+    assert narrow.loaded and wide.model is narrow.model  # loaded once, for both
 
 
 def test_top_n_larger_than_the_hits_and_no_hits(trained: Path) -> None:
@@ -139,8 +151,8 @@ def test_bad_folders_are_model_errors_naming_the_path(tmp_path: Path, trained: P
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({**json.loads((trained / "manifest.json").read_text()),
                                                    "format": 1}))
-    with pytest.raises(ModelError, match=r"format 1.*train it again"):
-        CrossEncoderReranker(old).rerank("q", hits())
+    with pytest.raises(ModelError, match=rf"{old} is a reranker of format 1.*train it again"):
+        CrossEncoderReranker(old)  # at construction, before any model is loaded
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text((trained / "manifest.json").read_text())

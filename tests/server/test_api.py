@@ -162,7 +162,8 @@ def test_documents_list_show_and_delete(live: Any) -> None:
 
 
 def test_datasets_are_read_only_views(live: Any) -> None:
-    from ragtune.finetune.datasets import DatasetStore, ImportOptions
+    from ragtune.finetune.data.store import DatasetStore
+    from ragtune.finetune.data.versions import ImportOptions
 
     rows = "\n".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                                               {"role": "assistant", "content": f"It is {2 * i}."}]})

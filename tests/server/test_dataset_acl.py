@@ -52,8 +52,9 @@ def all_keys(live: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stored(live: Any) -> Iterator[None]:
-    from ragtune.finetune.datasets import DatasetStore, ImportOptions
-    from ragtune.finetune.examples import Example
+    from ragtune.finetune.data.examples import Example
+    from ragtune.finetune.data.store import DatasetStore
+    from ragtune.finetune.data.versions import ImportOptions
 
     store = DatasetStore(live.engine.db, cache_dir=live.settings.resolved_cache_dir)
     chat = ImportOptions(format="chat", eval_fraction=0.0)
@@ -115,7 +116,8 @@ def test_hidden_datasets_answer_exactly_like_missing_ones(live: Any, all_keys: d
 
 def test_a_version_hidden_from_a_key_is_not_listed_among_its_versions(live: Any, all_keys: dict[str, str],
                                                                       stored: None) -> None:
-    from ragtune.finetune.datasets import DatasetStore, ImportOptions
+    from ragtune.finetune.data.store import DatasetStore
+    from ragtune.finetune.data.versions import ImportOptions
     from ragtune.models import Principal
 
     store = DatasetStore(live.engine.db, cache_dir=live.settings.resolved_cache_dir)

@@ -33,7 +33,7 @@ def test_an_empty_registry_and_the_problems(live: Any) -> None:
 def test_a_registered_model_is_listed_with_its_alias_run_and_metrics(live: Any) -> None:
     from mlflow.entities import Metric
 
-    from ragtune.finetune.registry import ModelRegistry
+    from ragtune.finetune.lifecycle.registry import ModelRegistry
 
     registry = ModelRegistry(live.settings)
     client = registry.client

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import DataDir, console, engine, load_settings, open_engine, run_command
+from ragtune.cli.common import (
+    AsGroupOpt,
+    AsUserOpt,
+    DataDir,
+    console,
+    engine,
+    load_settings,
+    open_engine,
+    reader,
+    run_command,
+)
 
 collections_app = typer.Typer()  # collections list|rm
 db_app = typer.Typer()  # db status|stop
@@ -80,11 +90,12 @@ def config_show(data_dir: DataDir = None) -> None:
 
 
 @traces_app.command("list")
-def traces_list(limit: Annotated[int, typer.Option()] = 10, data_dir: DataDir = None) -> None:
-    """Show the most recent traces."""
+def traces_list(limit: Annotated[int, typer.Option()] = 10, as_user: AsUserOpt = None, as_group: AsGroupOpt = None,
+                data_dir: DataDir = None) -> None:
+    """Show the most recent traces (those the principal may see)."""
     def body() -> None:
         with engine(data_dir) as rt:
-            rows = rt.traces.recent(limit)
+            rows = rt.traces.visible(reader(as_user, as_group), limit=limit)
         print(json.dumps(rows, default=str, indent=2))
 
     run_command(body)

@@ -1,31 +1,17 @@
 """``ragtune answerability train``: train the model that decides when the documents cannot answer;
-``ask --answerability`` loads it through ``resolve_answerability``."""
+``ask --answerability`` uses it (the engine resolves it: ``Ragtune.answerability_model``)."""
 
 from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from ragtune.cli.common import AsJson, DataDir, console, engine, progress_bar, run_command
 
-if TYPE_CHECKING:
-    from ragtune.engine import Ragtune
-    from ragtune.generate.answerability import AnswerabilityModel
-
 app = typer.Typer()  # answerability train
-
-
-def resolve_answerability(rt: Ragtune, spec: str) -> AnswerabilityModel:
-    """``latest`` (the newest trained in the project) or a model folder, as an ``AnswerabilityModel``."""
-    from ragtune.finetune.answerability import latest_answerability
-    from ragtune.generate.answerability import AnswerabilityModel
-
-    path = latest_answerability(rt.settings.data_dir) if spec == "latest" else Path(spec)
-    return AnswerabilityModel(path)
 
 
 @app.command("train")
@@ -44,13 +30,8 @@ def train(
     model with the abstention threshold chosen on held-out articles."""
     def body() -> None:
         from ragtune.evaluate.datasets import load_dataset
-        from ragtune.finetune.answerability import (
-            answerability_dir,
-            split_by_group,
-            squad_examples,
-            train_answerability,
-        )
-        from ragtune.generate.answerability import read_manifest
+        from ragtune.finetune.answerability import split_by_group, squad_examples, train_answerability
+        from ragtune.generate.answerability import answerability_store
 
         with engine(data_dir) as rt:
             dataset = load_dataset("squad", rt.settings.resolved_cache_dir / "packages")
@@ -65,19 +46,20 @@ def train(
                 def update(step: int, total: int, loss: float) -> None:
                     progress.update(task, completed=step, total=total, description=f"training (loss {loss:.3f})")
 
-                path = train_answerability(train_rows, answerability_dir(rt.settings.data_dir),
-                                           validation=held_out[:validation], epochs=epochs, batch_size=batch_size,
-                                           learning_rate=learning_rate, max_length=max_length, progress=update,
-                                           extra={"source": "squad-2.0-dev"})
-        manifest = read_manifest(path)
+                artefact = train_answerability(train_rows, answerability_store(rt.settings.data_dir),
+                                               validation=held_out[:validation], epochs=epochs,
+                                               batch_size=batch_size, learning_rate=learning_rate,
+                                               max_length=max_length, progress=update, source="squad-2.0-dev")
+        manifest = artefact.manifest
         if as_json:
-            print(json.dumps({"path": str(path), **manifest}, indent=2))
+            print(json.dumps({"path": str(artefact.path), **manifest}, indent=2))
             return
-        v = manifest["validation"]
-        console.print(f"trained {path} on {manifest['examples']} questions in {manifest['train_seconds']:.0f}s; "
-                      f"threshold {v['threshold']} on {manifest['validation_examples']} held-out questions: "
-                      f"abstention precision {v['precision']:.3f}, recall {v['recall']:.3f}, "
-                      f"ROC AUC {v['roc_auc']:.3f}")
+        data, metrics = manifest["data"], manifest["metrics"]
+        held = metrics["held_out"]
+        console.print(f"trained {artefact.path} on {data['rows']} questions in {metrics['train_seconds']:.0f}s; "
+                      f"threshold {artefact.thresholds['abstain_below']} on {data['held_out']} held-out questions: "
+                      f"abstention precision {held['precision']:.3f}, recall {held['recall']:.3f}, "
+                      f"ROC AUC {held['roc_auc']:.3f}")
         console.print("use it: `ragtune ask --answerability latest ...`")
 
     run_command(body)

@@ -11,9 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.cli.answerability import resolve_answerability
 from ragtune.cli.common import CollectionOpt, DataDir, console, engine, parse_groups, run_command
-from ragtune.cli.rerank import collection_reranker
 from ragtune.models import Answer, Principal
 
 app = typer.Typer()  # ask (top level)
@@ -33,11 +31,12 @@ def ask(
     as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Ask as a member of this group.")] = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the answer as it is generated.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (no streaming).")] = False,
-    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Rerank the sources with the collection's "
-                                         "latest trained reranker (`ragtune rerank train`).")] = False,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="Rerank the sources with the configured reranker, or the collection's latest "
+                                     "trained one (`ragtune rerank train`); default: the reranker setting.")] = None,
     answerability: Annotated[str | None, typer.Option(
-        help="Also abstain by a trained answerability model: `latest` or a folder "
-             "(`ragtune answerability train`).")] = None,
+        help="Also abstain by a trained answerability model: `latest`, `vN` or a folder (`ragtune answerability "
+             "train`); `none` turns the answerability setting off.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Answer a question from a collection's documents, with numbered citations (or abstain)."""
@@ -55,14 +54,10 @@ def ask(
             sys.stdout.flush()
 
         with engine(data_dir, **overrides) as rt:
-            extra: dict[str, Any] = {}
-            if rerank:
-                extra["reranker"] = collection_reranker(rt, collection, top_k=top_k or rt.settings.answer_top_k)
-            if answerability:
-                extra["answerability"] = resolve_answerability(rt, answerability)
             answer = rt.ask(question, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
                             principal=principal, generator=generator, max_tokens=max_tokens,
-                            on_token=on_token if stream and not as_json else None, **extra)
+                            on_token=on_token if stream and not as_json else None, reranker=rerank,
+                            answerability=answerability)
         if as_json:
             print(json.dumps(answer_fields(answer), ensure_ascii=False, indent=2, default=str))
             return

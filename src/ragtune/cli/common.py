@@ -35,6 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ragtune.errors import RagtuneError
+from ragtune.models import Principal
 from ragtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ err_console = Console(stderr=True)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AsUserOpt = Annotated[str | None, typer.Option(
+    "--as-user", help="Read as this user (with --as-group: its groups); default: the system principal, who "
+                      "reads everything.")]
+AsGroupOpt = Annotated[list[str] | None, typer.Option(
+    "--as-group", help="Read as a member of these groups (comma-separated or repeated).")]
 
 
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
@@ -85,6 +91,15 @@ def run_command(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def reader(as_user: str | None, as_group: list[str] | None) -> Principal:
+    """Who a ``docs`` or ``traces`` command reads as: the system principal (named ``system``, an
+    admin) unless a user or groups are given, then that user with those groups only."""
+    if as_user is None and not as_group:
+        return Principal.system()
+    groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
+    return Principal(id=as_user or "cli", groups=groups)
 
 
 def parse_groups(value: str | None) -> list[str]:

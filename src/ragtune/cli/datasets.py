@@ -21,7 +21,7 @@ from ragtune.models import Principal
 
 if TYPE_CHECKING:
     from ragtune.engine import Ragtune
-    from ragtune.finetune.datasets import DatasetStore
+    from ragtune.finetune.data.store import DatasetStore
 
 app = typer.Typer()  # data import|list|show|acl|rm|fetch
 
@@ -31,7 +31,7 @@ Public = Annotated[bool, typer.Option("--public", help="Every key with the read 
 
 
 def _store(rt: Ragtune) -> DatasetStore:
-    from ragtune.finetune.datasets import DatasetStore
+    from ragtune.finetune.data.store import DatasetStore
 
     return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
 
@@ -74,8 +74,8 @@ def data_import(
     """Validate a file of examples and store it as a new version of a dataset (readable by admins
     only unless --acl or --public; the same file again with another ACL changes that version's ACL)."""
     def body() -> None:
-        from ragtune.finetune.dataset_access import acl_label
-        from ragtune.finetune.datasets import ImportOptions
+        from ragtune.finetune.data.access import acl_label
+        from ragtune.finetune.data.versions import ImportOptions
 
         options = ImportOptions(format=format, redact_pii=redact_pii, eval_fraction=eval_fraction,
                                 eval_set=eval_set, base=base, max_tokens=max_tokens, acl=_acl(acl, public))
@@ -109,7 +109,7 @@ def data_import(
 def data_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List every version of every dataset."""
     def body() -> None:
-        from ragtune.finetune.dataset_access import acl_label
+        from ragtune.finetune.data.access import acl_label
 
         with engine(data_dir) as rt:
             infos = _store(rt).versions(principal=_operator())
@@ -138,7 +138,7 @@ def data_show(
 ) -> None:
     """Show one dataset version and its validation report."""
     def body() -> None:
-        from ragtune.finetune.dataset_access import acl_label
+        from ragtune.finetune.data.access import acl_label
 
         with engine(data_dir) as rt:
             info = _store(rt).get(name, version, principal=_operator())
@@ -166,7 +166,7 @@ def data_acl(
 ) -> None:
     """Change who may read a dataset: every version, or one (rows from documents keep their own ACL too)."""
     def body() -> None:
-        from ragtune.finetune.dataset_access import acl_label, check_acl
+        from ragtune.finetune.data.access import acl_label, check_acl
 
         if acl is None and not public and not admins_only:
             raise typer.BadParameter("give --acl GROUPS, --public or --admins-only")

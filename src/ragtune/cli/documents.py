@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from ragtune.cli.common import (
+    AsGroupOpt,
     AsJson,
+    AsUserOpt,
     CollectionOpt,
     DataDir,
     console,
@@ -19,6 +21,7 @@ from ragtune.cli.common import (
     parse_groups,
     parse_meta,
     print_report,
+    reader,
     run_command,
 )
 
@@ -118,12 +121,13 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
 
 @docs_app.command("list")
 def docs_list(collection: CollectionOpt = None, prefix: Annotated[str | None, typer.Option()] = None,
-              limit: Annotated[int, typer.Option()] = 100, as_json: AsJson = False,
-              data_dir: DataDir = None) -> None:
-    """List documents of a collection."""
+              limit: Annotated[int, typer.Option()] = 100, as_json: AsJson = False, as_user: AsUserOpt = None,
+              as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
+    """List documents of a collection (those the principal may read)."""
     def body() -> None:
         with engine(data_dir) as rt:
-            docs = rt.documents(collection=collection, prefix=prefix, limit=limit)
+            docs = rt.documents(collection=collection, prefix=prefix, limit=limit,
+                                principal=reader(as_user, as_group))
         if as_json:
             print(json.dumps([d.__dict__ for d in docs], default=str, indent=2))
             return
@@ -138,12 +142,12 @@ def docs_list(collection: CollectionOpt = None, prefix: Annotated[str | None, ty
 
 
 @docs_app.command("show")
-def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = False,
-              data_dir: DataDir = None) -> None:
+def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = False, as_user: AsUserOpt = None,
+              as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
     """Show one document: metadata, ACL and its chunks."""
     def body() -> None:
         with engine(data_dir) as rt:
-            doc, _text, chunks = rt.document(uri, collection=collection)
+            doc, _text, chunks = rt.document(uri, collection=collection, principal=reader(as_user, as_group))
         if as_json:
             print(json.dumps({**doc.__dict__, "chunks": [c.__dict__ for c in chunks]}, default=str, indent=2))
             return
@@ -156,11 +160,12 @@ def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = Fals
 
 
 @docs_app.command("rm")
-def docs_rm(uris: list[str], collection: CollectionOpt = None, data_dir: DataDir = None) -> None:
-    """Remove documents (by URI, as listed by ``docs list``)."""
+def docs_rm(uris: list[str], collection: CollectionOpt = None, as_user: AsUserOpt = None,
+            as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
+    """Remove documents (by URI, as listed by ``docs list``; only those the principal may read)."""
     def body() -> None:
         with engine(data_dir) as rt:
-            n = rt.delete(uris, collection=collection)
+            n = rt.delete(uris, collection=collection, principal=reader(as_user, as_group))
         console.print(f"removed {n} document(s)")
         if n == 0:
             raise typer.Exit(1)

@@ -1,5 +1,5 @@
 """``ragtune models list|track|register|promote|rollback|export``: the model registry (MLflow in
-our PostgreSQL; see ``finetune.registry``)."""
+our PostgreSQL; see ``finetune.lifecycle.registry``)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from rich.table import Table
 from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, run_command
 
 if TYPE_CHECKING:
-    from ragtune.finetune.registry import ModelRegistry
+    from ragtune.finetune.lifecycle.registry import ModelRegistry
 
 app = typer.Typer()  # models list|track|register|promote|rollback|export
 SHOWN_METRICS = ("eval.loss", "eval.token_f1", "eval.json_valid", "eval.tool_args_accuracy", "eval_loss")
 
 
 def _registry(data_dir: Path | None) -> ModelRegistry:
-    from ragtune.finetune.registry import ModelRegistry
+    from ragtune.finetune.lifecycle.registry import ModelRegistry
 
     for noisy in ("mlflow", "alembic"):  # table creation and migrations log at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -67,8 +67,8 @@ def track(
 ) -> None:
     """Log training runs to MLflow (failed ones too, as FAILED) without registering them."""
     def body() -> None:
-        from ragtune.finetune import runs
-        from ragtune.finetune.evaluate import resolve_run
+        from ragtune.finetune.lora import runs
+        from ragtune.finetune.lora.evaluate import resolve_run
 
         registry = _registry(data_dir)
         runs_dir = load_settings(data_dir).data_dir / "runs"
@@ -91,7 +91,7 @@ def register(
 ) -> None:
     """Register a completed run's adapter as a new model version (failed runs are refused)."""
     def body() -> None:
-        from ragtune.finetune.evaluate import resolve_run
+        from ragtune.finetune.lora.evaluate import resolve_run
 
         registry = _registry(data_dir)
         version = registry.register(resolve_run(run, load_settings(data_dir).data_dir / "runs"), name)
@@ -152,7 +152,7 @@ def export(
 ) -> None:
     """Merge a version's adapter into its base model and save a standalone Hugging Face folder."""
     def body() -> None:
-        from ragtune.finetune.serving import export_model
+        from ragtune.finetune.lifecycle.serving import export_model
 
         path = export_model(_registry(data_dir), ref, out)
         console.print(f"exported {ref} to {path}", highlight=False)

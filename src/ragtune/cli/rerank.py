@@ -1,11 +1,11 @@
 """``ragtune rerank train|list``: train a collection's cross-encoder reranker and list its versions;
-``search --rerank`` and ``ask --rerank`` load it through ``collection_reranker``."""
+``search --rerank`` and ``ask --rerank`` use it (the engine resolves it: ``Ragtune.reranker``)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -14,30 +14,7 @@ from rich.table import Table
 from ragtune.cli.common import DataDir, console, engine, load_settings, progress_bar, run_command
 from ragtune.errors import ConfigError
 
-if TYPE_CHECKING:
-    from ragtune.engine import Ragtune
-    from ragtune.models import SearchResult
-    from ragtune.retrieve.rerank import CrossEncoderReranker
-
 app = typer.Typer()  # rerank train|list
-
-
-def collection_reranker(rt: Ragtune, collection: str | None, *, top_k: int, version: int | None = None
-                        ) -> CrossEncoderReranker:
-    """The collection's reranker (latest version unless ``version``), rescoring ``max(top_k, 20)``
-    candidates."""
-    from ragtune.finetune.reranker import load_reranker
-    from ragtune.retrieve.rerank import DEFAULT_TOP_N
-
-    return load_reranker(rt.settings.data_dir, collection or rt.settings.default_collection, version,
-                         top_n=max(top_k, DEFAULT_TOP_N))
-
-
-def rerank_search(rt: Ragtune, query: str, *, collection: str | None, top_k: int, version: int | None = None,
-                  mode: str | None = None, **search: Any) -> SearchResult:
-    """Search and rerank with the collection's reranker (hybrid unless ``mode`` says otherwise)."""
-    reranker = collection_reranker(rt, collection, top_k=top_k, version=version)
-    return rt.search(query, collection=collection, top_k=top_k, mode=mode or "hybrid", reranker=reranker, **search)
 
 
 def _updater(progress: Progress, description: str) -> Callable[[int, int], None]:
@@ -71,16 +48,16 @@ def train(
 ) -> None:
     """Train a reranker on (question, positive, hard negative) triples mined from the collection."""
     def body() -> None:
-        from ragtune.finetune.reranker import (
+        from ragtune.finetune.rerankers.mining import (
+            HASH_SPLIT,
             hash_split,
             mine_triples,
-            reranker_dir,
             synthetic_pairs,
-            train_reranker,
             triples_from_dataset,
-            validation_chooser,
         )
+        from ragtune.finetune.rerankers.training import train_reranker, validation_chooser
         from ragtune.generate.registry import make_generator
+        from ragtune.retrieve.rerank import reranker_store
 
         for key, value in (("limit", limit), ("synthetic", synthetic)):
             if value < 1:
@@ -89,7 +66,7 @@ def train(
             raise ConfigError(f"--validation must be at least 0, got {validation}")
         with engine(data_dir) as rt:
             rt.collection(collection)  # NotFoundError before any model loads
-            out_dir = reranker_dir(rt.settings.data_dir, name or collection)
+            store = reranker_store(rt.settings.data_dir, name or collection)
             with progress_bar() as progress:
                 if dataset is not None:
                     from ragtune.evaluate.datasets import load_dataset
@@ -100,8 +77,9 @@ def train(
                     held = ds.positives(train_half[limit:limit + validation])
                     triples = triples_from_dataset(rt, ds, collection, qids, negatives_per_query=negatives,
                                                    progress=_updater(progress, "mining triples"))
-                    source: dict[str, Any] = {"dataset": dataset, "questions": len(qids),
-                                              "split": "hash half 'train'"}
+                    source: dict[str, Any] = {"dataset": dataset, "questions": len(qids)}
+                    split = (f"{HASH_SPLIT}; the first {len(qids)} of the 'train' half (by id) trained on, the "
+                             f"next {len(held)} held out to choose the fusion weight")
                 else:
                     gen = make_generator(generator, rt.settings)
                     pairs = synthetic_pairs(rt, collection, gen, limit=synthetic + validation,
@@ -112,18 +90,20 @@ def train(
                     triples = mine_triples(rt, collection, pairs, negatives_per_query=negatives,
                                            progress=_updater(progress, "mining triples"))
                     source = {"synthetic": len(pairs), "generator": getattr(gen, "name", generator)}
-                artifact = train_reranker(triples, out_dir, epochs=epochs, batch_size=batch_size,
+                    split = (f"generated questions in order: the last {len(held)} held out to choose the fusion "
+                             "weight" if held else "every generated question trained on (too few to hold any out)")
+                artifact = train_reranker(triples, store, epochs=epochs, batch_size=batch_size,
                                           learning_rate=learning_rate, seed=seed,
                                           choose=validation_chooser(rt, collection, held) if held else None,
-                                          progress=_updater(progress, "training steps"),
-                                          extra={"collection": collection, "source": source})
-        m = artifact.manifest
-        console.print(f"reranker [bold]{artifact.name}[/] v{artifact.version}: {m['triples']} triples from "
-                      f"{m['queries']} questions, trained in {m['train_seconds']:.0f}s -> {artifact.path}")
-        if m.get("validation"):
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in m["validation"]["ndcg@10"].items())
-            console.print(f"validation nDCG@10 by fusion weight ({m['validation']['questions']} questions): "
-                          f"{scores}; chosen {m['fusion_weight']}")
+                                          progress=_updater(progress, "training steps"), source=source, split=split,
+                                          fields={"collection": collection})
+        data, metrics = artifact.manifest["data"], artifact.manifest["metrics"]
+        console.print(f"reranker [bold]{artifact.name}[/] v{artifact.version}: {data['rows']} triples from "
+                      f"{data['queries']} questions, trained in {metrics['train_seconds']:.0f}s -> {artifact.path}")
+        if metrics.get("validation"):
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics["validation"]["ndcg@10"].items())
+            console.print(f"validation nDCG@10 by fusion weight ({metrics['validation']['questions']} questions): "
+                          f"{scores}; chosen {artifact.thresholds['fusion_weight']}")
 
     run_command(body)
 
@@ -139,12 +119,12 @@ def list_versions(
 
 
     def body() -> None:
-        from ragtune.finetune.reranker import list_rerankers
+        from ragtune.retrieve.rerank import RERANKER, reranker_store
+        from ragtune.store.artefacts import names
 
         root = load_settings(data_dir).data_dir
-        folder = root / "rerankers"
-        names = [name] if name else sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-        artifacts = [a for n in names for a in list_rerankers(root, n)]
+        folder = root / RERANKER.root
+        artifacts = [a for n in ([name] if name else names(root, RERANKER)) for a in reranker_store(root, n).versions()]
         if as_json:
             print(json.dumps([{"name": a.name, "version": a.version, "path": str(a.path), "manifest": a.manifest}
                               for a in artifacts], indent=2))
@@ -153,10 +133,12 @@ def list_versions(
         for col in ("name", "version", "created", "triples", "questions", "weight", "epochs", "lr", "seconds"):
             table.add_column(col)
         for a in artifacts:
-            m, h = a.manifest, a.manifest.get("hyperparameters", {})
-            table.add_row(a.name, f"v{a.version}", str(m.get("created_at", "")), str(m.get("triples", "")),
-                          str(m.get("queries", "")), str(m.get("fusion_weight", "")), str(h.get("epochs", "")),
-                          str(h.get("learning_rate", "")), f"{m.get('train_seconds', 0):.0f}")
+            m, h = a.manifest, a.manifest["hyperparameters"]
+            data, metrics = m["data"], m["metrics"]
+            table.add_row(a.name, f"v{a.version}", str(m.get("created_at", "")), str(data.get("rows", "")),
+                          str(data.get("queries", "")), str(a.thresholds.get("fusion_weight", "")),
+                          str(h.get("epochs", "")), str(h.get("learning_rate", "")),
+                          f"{metrics.get('train_seconds') or 0:.0f}")
         console.print(table)
 
     run_command(body)

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ragtune.cli.common import AsJson, CollectionOpt, DataDir, console, engine, parse_groups, run_command
-from ragtune.cli.rerank import rerank_search
 from ragtune.models import Principal, SearchResult
 
 app = typer.Typer()  # search (top level)
@@ -28,22 +27,21 @@ def search(
     as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Search as a member of this group.")] = None,
     as_admin: Annotated[bool, typer.Option("--as-admin", help="Ignore ACLs (sees everything).")] = False,
     as_json: AsJson = False,
-    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Rerank max(top-k, 20) hybrid candidates "
-                                         "with the collection's latest trained reranker.")] = False,
-    rerank_version: Annotated[int | None, typer.Option(help="Reranker version (implies --rerank).")] = None,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="Rerank max(top-k, 20) candidates with the configured reranker, or the "
+                                     "collection's latest trained one (default: the reranker setting).")] = None,
+    rerank_version: Annotated[int | None, typer.Option(help="Version of the collection's trained reranker "
+                                                             "(implies --rerank).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Search a collection: dense, BM25 or hybrid, with filters and access control."""
     def body() -> None:
         groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
         principal = Principal(id="cli", groups=groups, admin=as_admin)
+        reranker: str | bool | None = f"v{rerank_version}" if rerank_version is not None else rerank
         with engine(data_dir) as rt:
-            if rerank or rerank_version is not None:
-                result = rerank_search(rt, query, collection=collection, top_k=top_k, version=rerank_version,
-                                       mode=mode, filters=filter_ or [], principal=principal, fusion=fusion)
-            else:
-                result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
-                                   principal=principal, fusion=fusion)
+            result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],
+                               principal=principal, fusion=fusion, reranker=reranker)
         if as_json:
             print(json.dumps(result_json(result), ensure_ascii=False, indent=2))
             return

@@ -10,11 +10,10 @@ from rich.table import Table
 
 from ragtune.cli.common import AsJson, DataDir, console, engine, err_console, load_settings, open_engine, run_command
 from ragtune.errors import ConfigError
+from ragtune.extras import needs
 
 app = typer.Typer()  # serve (top level)
 keys_app = typer.Typer()  # keys create|list|revoke
-
-SERVER_EXTRA = "pip install 'ragtune[server]'"
 
 
 @app.command("serve")
@@ -31,10 +30,8 @@ def serve(
 ) -> None:
     """Serve the REST and OpenAI-compatible API (FastAPI + uvicorn)."""
     def body() -> None:
-        try:  # FastAPI and uvicorn are an optional extra
+        with needs("server", "ragtune serve", error=ConfigError):  # FastAPI and uvicorn are an optional extra
             from ragtune.server.app import bind, create_app, make_server
-        except ImportError as exc:
-            raise ConfigError(f"ragtune serve needs the server extra: {SERVER_EXTRA} ({exc})") from exc
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
         project = load_settings(data_dir, server_host=host, server_port=port)
@@ -46,7 +43,7 @@ def serve(
                               "server_auth=off, or pass --insecure-public if that is really what you want")
         with open_engine(project) as rt:
             # Connect, migrate and load the embedder before listening: the first request is not slow.
-            rt.embedder.embed_batch(["warm up"])
+            rt.warm_up()
             active = KeyStore(rt.db).active_count()
             if required and active == 0:
                 err_console.print("[yellow]warning[/]: auth is on and there are no API keys; every request will be "

@@ -15,8 +15,8 @@ from ragtune.errors import DatasetError
 from ragtune.models import Principal
 
 if TYPE_CHECKING:
-    from ragtune.finetune.config import TuneConfig
-    from ragtune.finetune.trainset import TrainSet
+    from ragtune.finetune.lora.config import TuneConfig
+    from ragtune.finetune.lora.trainset import TrainSet
     from ragtune.settings import Settings
 
 app = typer.Typer()  # tune train|runs
@@ -43,9 +43,9 @@ def train(
 ) -> None:
     """Train a LoRA adapter on a dataset; prints the run's record."""
     def body() -> None:
-        from ragtune.finetune import runs
-        from ragtune.finetune.config import load_config, to_dict
-        from ragtune.finetune.train import resolve_base, resume_run, start_run
+        from ragtune.finetune.lora import runs
+        from ragtune.finetune.lora.config import load_config, to_dict
+        from ragtune.finetune.lora.train import resolve_base, resume_run, start_run
 
         settings = load_settings(data_dir)
         tune = load_config(config, method=method)
@@ -70,7 +70,7 @@ def train(
 
 def training_data(settings: Settings, data: str, tune: TuneConfig, *, force: bool, version: int | None) -> TrainSet:
     """``--data``: a file of examples, or a stored dataset (its latest version unless ``version``)."""
-    from ragtune.finetune.trainset import from_file, from_store
+    from ragtune.finetune.lora.trainset import from_file, from_store
 
     path = Path(data).expanduser()
     if path.is_file():
@@ -79,7 +79,7 @@ def training_data(settings: Settings, data: str, tune: TuneConfig, *, force: boo
         return from_file(path, eval_fraction=tune.eval_fraction, force=force)
     if "/" in data or path.suffix in (".jsonl", ".json"):
         raise DatasetError(f"no dataset file at {path}")
-    from ragtune.finetune.datasets import DatasetStore
+    from ragtune.finetune.data.store import DatasetStore
 
     with open_engine(settings) as rt:
         # Training, search and evaluation are the local operator's commands: they read every row.
@@ -123,7 +123,7 @@ def list_runs(
 ) -> None:
     """List training runs (a run killed while training shows as failed)."""
     def body() -> None:
-        from ragtune.finetune import runs
+        from ragtune.finetune.lora import runs
 
         records = runs.list_runs(load_settings(data_dir).data_dir / "runs", name)
         if as_json:

@@ -26,7 +26,7 @@ def tune_eval(
     """Compare base and tuned: held-out loss and perplexity, exact match, token F1, ROUGE-L, JSON
     validity, schema conformance and tool-call accuracy; writes eval.json into the run folder."""
     def body() -> None:
-        from ragtune.finetune.evaluate import evaluate_run, resolve_run
+        from ragtune.finetune.lora.evaluate import evaluate_run, resolve_run
 
         settings = load_settings(data_dir)
         run_dir = resolve_run(run, settings.data_dir / "runs")
@@ -54,7 +54,7 @@ def tune_eval(
 
 def report_table(report: Any) -> Table:
     """Base, tuned and delta per metric, the delta green where it improved (the benchmarks print it too)."""
-    from ragtune.finetune.evaluate import METRICS
+    from ragtune.finetune.lora.evaluate import METRICS
 
     cases = ", ".join(f"{n} {kind}" for kind, n in sorted(report.cases.items()))
     table = Table(title=f"{report.run_id}: {report.rows} held-out row(s), {cases} case(s); greedy, "

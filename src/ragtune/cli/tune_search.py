@@ -1,4 +1,4 @@
-"""``ragtune tune search|studies|study``: the Optuna hyperparameter search (``finetune.search``)."""
+"""``ragtune tune search|studies|study``: the Optuna hyperparameter search (``finetune.lifecycle.search``)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def tune_search(
     """Search learning rate, LoRA rank, alpha, dropout and epochs with Optuna (TPE, median pruning);
     each trial is a training run; the study is kept in PostgreSQL; the best trial is registered."""
     def body() -> None:
-        from ragtune.finetune.config import load_config
-        from ragtune.finetune.search import load_space, search
+        from ragtune.finetune.lifecycle.search import search
+        from ragtune.finetune.lifecycle.search_space import load_space
+        from ragtune.finetune.lora.config import load_config
 
         settings = load_settings(data_dir)
         tune = load_config(config)
@@ -81,7 +82,7 @@ def tune_search(
 def tune_studies(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List hyperparameter-search studies with their trial counts and best eval loss."""
     def body() -> None:
-        from ragtune.finetune.search import list_studies
+        from ragtune.finetune.lifecycle.studies import list_studies
 
         studies = list_studies(load_settings(data_dir))
         if as_json:
@@ -108,7 +109,7 @@ def tune_study(
 ) -> None:
     """Show a study's trials: number, state, parameters, eval loss and run folder."""
     def body() -> None:
-        from ragtune.finetune.search import describe_study
+        from ragtune.finetune.lifecycle.studies import describe_study
 
         info = describe_study(load_settings(data_dir), name)
         if as_json:

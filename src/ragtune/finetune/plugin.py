@@ -18,6 +18,6 @@ def register(plugins: Plugins) -> None:
 
 
 def _registry(ref: str, settings: Settings) -> Generator:
-    from ragtune.finetune.serving import registry_generator
+    from ragtune.finetune.lifecycle.serving import registry_generator
 
     return registry_generator(ref, settings)

@@ -27,7 +27,7 @@ from ragtune.generate.prompt import NO_ANSWER, Prompt, PromptSource, build_promp
 from ragtune.generate.sentences import sentence_spans, split_sentences
 from ragtune.models import Answer, AnswerSentence, Citation, Completion, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
-from ragtune.protocols import Generator
+from ragtune.protocols import Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
 _ABSTAIN_MARKERS = ("do not answer", "does not answer", "don't answer", "cannot answer", "no information")
@@ -120,15 +120,14 @@ class Answerer:
 
     # -- parts ---------------------------------------------------------------------------------
     def _count_tokens(self) -> Callable[[str], int]:
-        counter = getattr(self.generator, "count_tokens", None)
-        if callable(counter):
-            return counter
+        if isinstance(self.generator, TokenBudget):
+            return self.generator.count_tokens
         # No tokenizer (extractive, or a remote model): a conservative 3 characters per token.
         return lambda text: len(text) // 3 + 1
 
     def _budget(self, options: AskOptions) -> int:
-        window = getattr(self.generator, "context_window", None)
-        if isinstance(window, int) and window > 0:
+        window = self.generator.context_window if isinstance(self.generator, TokenBudget) else 0
+        if window > 0:
             # leave room for the system message, the question and the answer
             return max(64, min(options.context_tokens, window - options.max_tokens - 256))
         return options.context_tokens

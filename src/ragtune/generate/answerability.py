@@ -8,8 +8,10 @@ a small head over the [CLS] state, the mean-pooled question tokens and their pro
 mean-pooled passage tokens. ``ragtune answerability train`` (``ragtune.finetune.answerability``)
 trains it on SQuAD 2.0 and stores the abstention threshold chosen on held-out articles.
 
-A trained model is a folder with the encoder, its tokenizer, ``head.json`` and ``manifest.json``;
-the manifest is read at construction (cheap), the network on first use.
+A trained model is a version in the artefact store (``ragtune.store.artefacts``,
+``<data_dir>/models/answerability/v<N>/``: the folder it had before the store): the encoder, its
+tokenizer, ``head.json`` and the manifest, which is read and checked at construction (cheap); the
+network loads on first use.
 """
 
 from __future__ import annotations
@@ -23,11 +25,46 @@ from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
 from ragtune.retrieve.rerank import quiet_model_loading
+from ragtune.store.artefacts import MANIFEST, ArtefactKind, ArtefactStore, read_manifest
 
-MANIFEST = "manifest.json"
 HEAD = "head.json"
-KIND = "ragtune-answerability"
-FORMAT = 1
+DEFAULT_NAME = "answerability"  # one model per project so far (``ask --answerability latest``)
+# How ``finetune.answerability.split_by_group`` holds articles out; also what an upgraded manifest
+# (written before the artefact store, by the same rule) records.
+SPLIT_RULE = ("by SQuAD article: articles whose sha256('ragtune-answerability', title) has an odd first byte "
+              "are held out (to choose the threshold), the others trained on")
+
+
+def _upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest written before the artefact store (counts, losses, threshold at the top) in
+    today's sections."""
+    moved = ("examples", "validation_examples", "source", "train_seconds", "train_loss", "validation", "threshold",
+             "hyperparameters")
+    validation = dict(manifest.get("validation") or {})
+    validation.pop("threshold", None)
+    return {
+        **{k: v for k, v in manifest.items() if k not in moved},
+        "data": {"sha256": None, "rows": manifest.get("examples", 0), "held_out": manifest.get("validation_examples"),
+                 "source": manifest.get("source"), "split": SPLIT_RULE},
+        "metrics": {"train_seconds": manifest.get("train_seconds"), "train_loss": manifest.get("train_loss"),
+                    "held_out": validation},
+        "thresholds": {"abstain_below": manifest.get("threshold")},
+        "hyperparameters": manifest.get("hyperparameters") or {},
+    }
+
+
+ANSWERABILITY = ArtefactKind(
+    kind="ragtune-answerability",
+    format=1,
+    root="models",
+    noun="answerability model",
+    train_command="ragtune answerability train",
+    upgrade=_upgrade,
+)
+
+
+def answerability_store(data_dir: str | Path, name: str = DEFAULT_NAME) -> ArtefactStore:
+    return ArtefactStore.of(data_dir, ANSWERABILITY, name)
 
 
 class AnswerabilityNet:
@@ -104,26 +141,6 @@ class AnswerabilityNet:
         return out
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise ModelError(f"answerability model folder {path} does not exist; "
-                         "train one with `ragtune answerability train`")
-    file = path / MANIFEST
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path} is not a trained ragtune answerability model (no {MANIFEST}); "
-                         "train one with `ragtune answerability train`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{file}: unreadable answerability manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ModelError(f"{file} is not a ragtune answerability manifest (kind must be {KIND!r})")
-    if manifest.get("format") != FORMAT:
-        raise ModelError(f"{path} is an answerability model of format {manifest.get('format')!r}; this version "
-                         f"reads format {FORMAT}: train it again with `ragtune answerability train`")
-    return manifest
-
-
 class AnswerabilityModel:
     """The probability that the best retrieved passages answer a question; abstain below
     ``threshold`` (the one stored at training time unless given)."""
@@ -134,8 +151,8 @@ class AnswerabilityModel:
         if passages < 1:
             raise ConfigError(f"answerability passages must be at least 1, got {passages}")
         self.path = Path(path).expanduser()
-        self.manifest = read_manifest(self.path)
-        stored = self.manifest.get("threshold")
+        self.manifest = read_manifest(self.path, ANSWERABILITY)
+        stored = self.manifest["thresholds"].get("abstain_below")
         self.threshold = float(threshold if threshold is not None else stored if stored is not None else 0.5)
         if not math.isfinite(self.threshold):
             raise ModelError(f"{self.path / MANIFEST}: threshold {stored!r} is not a number")
@@ -165,3 +182,8 @@ class AnswerabilityModel:
         if not chosen:
             return 0.0
         return max(self.net.probabilities([question] * len(chosen), chosen))
+
+
+def load_answerability(data_dir: str | Path, version: int | None = None, **options: Any) -> AnswerabilityModel:
+    """The project's answerability model (the latest version by default); the network loads on first use."""
+    return AnswerabilityModel(answerability_store(data_dir).get(version).path, **options)

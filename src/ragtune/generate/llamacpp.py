@@ -12,7 +12,6 @@ time per model (a llama.cpp context is not thread-safe).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, GenerationError, ModelError
+from ragtune.extras import check_installed, require
 from ragtune.models import Completion, Message
 
-INSTALL_HINT = ("llama.cpp generation needs llama-cpp-python: pip install 'ragtune[llamacpp]' "
-                "(it compiles llama.cpp from source, about 12 minutes on 2 cores)")
+PURPOSE = "llama.cpp generation"
 
 
 class LlamaCppGenerator:
@@ -46,8 +45,7 @@ class LlamaCppGenerator:
                 raise ConfigError(f"invalid {key}={value!r} for the llama.cpp generator")
         if not self.path.is_file():
             raise ModelError(f"no GGUF file at {self.path}; set `generator` to 'llamacpp:/path/to/model.gguf'")
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise ModelError(INSTALL_HINT)
+        check_installed("llama_cpp", "llamacpp", PURPOSE)
         self.name = name or self.path.stem
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -60,10 +58,7 @@ class LlamaCppGenerator:
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            try:
-                import llama_cpp
-            except ImportError as exc:
-                raise ModelError(f"{INSTALL_HINT} ({exc})") from exc
+            llama_cpp = require("llama_cpp", "llamacpp", PURPOSE)
             try:
                 self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                                             chat_format=self.chat_format, verbose=False)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ModelError
+from ragtune.extras import needs
 from ragtune.models import Completion, Message
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,8 @@ class TransformersGenerator:
             except Exception as exc:
                 raise ModelError(f"cannot load the model at {self.path}: {exc}") from exc
             if self.adapter is not None:
-                try:
+                with needs("train", "serving a LoRA adapter"):
                     from peft import PeftModel
-                except ImportError as exc:
-                    raise ModelError("serving a LoRA adapter needs peft: pip install 'ragtune[train]'") from exc
                 try:
                     model = PeftModel.from_pretrained(model, str(self.adapter))  # type: ignore[assignment]
                 except Exception as exc:

@@ -87,19 +87,6 @@ class OpenAICompatibleGenerator:
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Any, model: str | None = None, **options: Any) -> OpenAICompatibleGenerator:
-        """Build from :class:`~ragtune.settings.Settings`; ``model`` defaults to ``generator="openai:MODEL"``."""
-        if model is None:
-            prefix, _, rest = str(settings.generator).partition(":")
-            if prefix != "openai" or not rest:
-                raise ConfigError(f"generator={settings.generator!r} names no OpenAI model; use 'openai:MODEL'")
-            model = rest
-        options.setdefault("api_key_env", settings.openai_api_key_env)
-        options.setdefault("timeout", settings.generation_timeout)
-        options.setdefault("retries", settings.generation_retries)
-        return cls(settings.openai_base_url, model, **options)
-
     def __repr__(self) -> str:  # never the key
         return f"OpenAICompatibleGenerator(base_url={self.base_url!r}, model={self.model!r})"
 

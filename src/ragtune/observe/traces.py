@@ -88,15 +88,6 @@ class TraceWriter:
             raise NotFoundError(f"no trace {trace_id}")
         return dict(row)
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
-        with self.db.connection() as conn:
-            return list(
-                conn.execute(
-                    "SELECT id, kind, created_at::text AS created_at, principal, groups, collection, query,"
-                    " params, results, timings_ms, error FROM traces ORDER BY id DESC LIMIT %s",
-                    (limit,),
-                ).fetchall()
-            )
 
 
 # A trace shows its query, parameters and ranked chunks (an answer's prompt quotes them). Its

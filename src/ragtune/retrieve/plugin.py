@@ -1,10 +1,12 @@
 """ragtune's own rerankers, registered through the hook every plugin uses (``ragtune.plugins``): a
-trained cross-encoder folder (``ragtune rerank train`` writes them) by its path."""
+version of a trained cross-encoder in the artefact store (``trained:NAME[@vN]``, the latest without
+``@``; ``ragtune rerank train`` writes them, one name per collection), or such a folder by its path."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ragtune.errors import ConfigError
 from ragtune.plugins import ANY, Plugins
 
 if TYPE_CHECKING:
@@ -13,7 +15,17 @@ if TYPE_CHECKING:
 
 
 def register(plugins: Plugins) -> None:
+    plugins.rerankers.register("trained:", _trained)
     plugins.rerankers.register(ANY, _folder)
+
+
+def _trained(spec: str, settings: Settings) -> Reranker:
+    from ragtune.retrieve.rerank import load_reranker
+
+    name, _, version = spec.partition("@")
+    if version and not (version.startswith("v") and version[1:].isdigit()):
+        raise ConfigError(f"reranker 'trained:{spec}': the version is written vN, e.g. @v2")
+    return load_reranker(settings.data_dir, name.strip(), int(version[1:]) if version else None)
 
 
 def _folder(path: str, settings: Settings) -> Reranker:

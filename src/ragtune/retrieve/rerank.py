@@ -1,6 +1,6 @@
 """A cross-encoder reranker: reads (query, chunk) pairs jointly and rescores the first hits.
 
-The model is one ragtune trained itself (``ragtune.finetune.reranker``): no pretrained
+The model is one ragtune trained itself (``ragtune.finetune.rerankers``): no pretrained
 cross-encoder ships in any package on these machines. Its network is MiniLM reading
 ``[CLS] query [SEP] chunk [SEP]`` jointly; the score is the cosine of the mean-pooled query
 tokens and the mean-pooled chunk tokens, times a learned scale. That head needs no new weights,
@@ -8,11 +8,13 @@ so an untrained model already ranks like a (cross-attending) bi-encoder and trai
 sense rather than from a random head (a random linear head did not learn in the CPU steps
 afforded here: nDCG@10 fell from 0.89 to 0.29 on SQuAD).
 
-A trained reranker is a folder with the encoder, its tokenizer, ``head.json`` and ragtune's
-``manifest.json``; a folder without the manifest is refused, so a bi-encoder folder cannot be
-used by mistake. When the manifest holds a ``fusion_weight`` w (chosen on validation questions
-at training time), the new order is z(retriever score) + w * z(rerank score) over the rescored
-hits (w = 0: the order is kept and the model never runs); without it, the rerank score alone.
+A trained reranker is a version in the artefact store (``ragtune.store.artefacts``,
+``<data_dir>/rerankers/<name>/v<N>/``): the encoder, its tokenizer, ``head.json`` and the
+manifest, read and checked by the store's one reader; a folder without the manifest is refused,
+so a bi-encoder folder cannot be used by mistake. When the manifest's thresholds hold a
+``fusion_weight`` w (chosen on validation questions at training time), the new order is
+z(retriever score) + w * z(rerank score) over the rescored hits (w = 0: the order is kept and the
+model never runs); without it, the rerank score alone.
 Only the first ``top_n`` hits are rescored; the rest follow in their original order with their
 original scores (and no ``rerank`` entry).
 """
@@ -20,6 +22,7 @@ original scores (and no ``rerank`` entry).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -32,37 +35,53 @@ from typing import Any
 from ragtune.errors import ConfigError, ModelError
 from ragtune.models import Hit
 from ragtune.retrieve import fusion
+from ragtune.store.artefacts import ArtefactKind, ArtefactStore, read_manifest
 
-MANIFEST = "manifest.json"
-KIND = "ragtune-reranker"
-FORMAT = 2  # 1 was a sentence-transformers CrossEncoder with a linear head
 DEFAULT_TOP_N = 20
+SPLIT_NOT_RECORDED = "not recorded (trained before the artefact store)"
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a trained reranker folder, or ``ModelError`` naming the folder."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelError(f"reranker folder {path} does not exist")
-    file = path / MANIFEST
-    if not file.is_file():
-        raise ModelError(f"{path} is not a trained ragtune reranker (no {MANIFEST}); "
-                         "train one with `ragtune rerank train`")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{file}: unreadable reranker manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ModelError(f"{file} is not a ragtune reranker manifest (kind must be {KIND!r})")
-    return manifest
+def _upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A reranker manifest written before the artefact store (its counts, hash, source, losses and
+    fusion weight at the top) in today's sections."""
+    moved = ("triples", "queries", "triples_sha256", "source", "train_seconds", "train_loss", "loss_curve",
+             "validation", "fusion_weight", "hyperparameters")
+    source, validation = manifest.get("source"), manifest.get("validation") or {}
+    split = source.get("split") if isinstance(source, dict) else None
+    return {
+        **{k: v for k, v in manifest.items() if k not in moved},
+        "data": {"sha256": manifest.get("triples_sha256"), "rows": manifest.get("triples", 0),
+                 "held_out": validation.get("questions"), "source": source, "split": split or SPLIT_NOT_RECORDED,
+                 "queries": manifest.get("queries")},
+        "metrics": {k: manifest[k] for k in ("train_seconds", "train_loss", "loss_curve", "validation")
+                    if k in manifest},
+        "thresholds": {"fusion_weight": manifest.get("fusion_weight")},
+        "hyperparameters": manifest.get("hyperparameters") or {},
+    }
+
+
+RERANKER = ArtefactKind(
+    kind="ragtune-reranker",
+    format=2,  # 1 was a sentence-transformers CrossEncoder with a linear head
+    root="rerankers",
+    noun="reranker",
+    train_command="ragtune rerank train",
+    upgrade=_upgrade,
+)
+
+
+def reranker_store(data_dir: str | Path, name: str) -> ArtefactStore:
+    """The versions of the reranker ``name`` (by default a collection's name) in a data folder."""
+    return ArtefactStore.of(data_dir, RERANKER, name)
 
 
 @contextlib.contextmanager
 def quiet_model_loading() -> Iterator[None]:
     """Silence the load reports and progress bars transformers and sentence-transformers print
     for every model load and save (e.g. the new head of a base model); errors still raise."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as transformers_logging
 
+    hf_logging: Any = transformers_logging  # partly untyped: its setters carry no annotations
     st_logger = logging.getLogger("sentence_transformers")
     hf_level, st_level = hf_logging.get_verbosity(), st_logger.level
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -156,10 +175,11 @@ class CrossEncoderReranker:
         if batch_size < 1:
             raise ConfigError(f"reranker batch_size must be at least 1, got {batch_size}")
         self.path = Path(path).expanduser()
-        self.manifest = read_manifest(self.path)  # cheap: a small JSON file, no model
+        self.manifest = read_manifest(self.path, RERANKER)  # cheap: a small JSON file, no model
         self.top_n = top_n
         self.batch_size = batch_size
-        self._model: Any = None
+        # one slot, shared with the copies ``widened`` makes, so the model loads once for all
+        self._loaded: list[PairScorer] = []
         self._lock = threading.Lock()
 
     @property
@@ -167,22 +187,32 @@ class CrossEncoderReranker:
         return f"{self.manifest.get('name', self.path.parent.name)}/v{self.manifest.get('version', '?')}"
 
     @property
-    def model(self) -> Any:
-        if self._model is None:
+    def model(self) -> PairScorer:
+        if not self._loaded:
             with self._lock:
-                if self._model is None:
-                    self._model = self._load()
-        return self._model
+                if not self._loaded:
+                    self._loaded.append(self._load())
+        return self._loaded[0]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (it loads on first use)."""
+        return bool(self._loaded)
+
+    def widened(self, top_n: int) -> CrossEncoderReranker:
+        """This reranker rescoring at least ``top_n`` hits, sharing its (loaded or not) model."""
+        if top_n <= self.top_n:
+            return self
+        wider = copy.copy(self)
+        wider.top_n = top_n
+        return wider
 
     @property
     def fusion_weight(self) -> float | None:
-        weight = self.manifest.get("fusion_weight")
+        weight = self.manifest["thresholds"].get("fusion_weight")
         return None if weight is None else float(weight)
 
     def _load(self) -> PairScorer:
-        if self.manifest.get("format") != FORMAT:
-            raise ModelError(f"{self.path} is a reranker of format {self.manifest.get('format')!r}; this "
-                             f"version reads format {FORMAT}: train it again with `ragtune rerank train`")
         try:
             return PairScorer.load(self.path)
         except Exception as exc:  # a broken folder fails in many library-specific ways
@@ -211,3 +241,10 @@ class CrossEncoderReranker:
         for h in tail:
             out.append(dataclasses.replace(h, rank=len(out) + 1))
         return out
+
+
+def load_reranker(data_dir: str | Path, name: str, version: int | None = None, **options: Any
+                  ) -> CrossEncoderReranker:
+    """A ``CrossEncoderReranker`` for a version of ``name`` (the latest by default); the model loads
+    on first use."""
+    return CrossEncoderReranker(reranker_store(data_dir, name).get(version).path, **options)

@@ -225,18 +225,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
-
-
-class CollectionRetriever:
-    """The ``Retriever`` protocol over one collection and a fixed mode."""
-
-    def __init__(self, searcher: Searcher, collection: str, options: SearchOptions) -> None:
-        self.searcher = searcher
-        self.collection = collection
-        self.options = options
-
-    def retrieve(self, query: str, *, top_k: int = 10, filters: Sequence[Filter] = (),
-                 principal: Principal | None = None) -> list[Hit]:
-        opts = SearchOptions(**{**self.options.__dict__, "top_k": top_k})
-        return self.searcher.search(self.collection, query, opts, filters=filters,
-                                    principal=principal or Principal()).hits

@@ -37,7 +37,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from ragtune.engine import Ragtune
 from ragtune.errors import ConfigError, DatabaseUnavailableError, StoreError
+from ragtune.extras import require
 from ragtune.server import problems
 from ragtune.server.auth import auth_required, parse_list
 from ragtune.server.cancel import CancelOnDisconnect
@@ -54,7 +56,7 @@ _UPLOAD_PATH = re.compile(r"^/collections/[^/]+/documents/?$")
 _HEALTH_TIMEOUT_S = 3.0  # a health check answers within this even when the database hangs
 
 
-def create_app(engine: Any, settings: Settings | None = None, *, auth: bool | None = None,
+def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool | None = None,
                start_worker: bool = True) -> FastAPI:
     """The app serving ``engine`` (a :class:`ragtune.engine.Ragtune`). ``auth`` None decides from
     the settings (``server_auth``, and whether ``server_host`` is a loopback address)."""
@@ -122,10 +124,7 @@ def install_api_docs(app: FastAPI) -> None:
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
-    try:
-        import swagger_ui_bundle
-    except ImportError as exc:
-        raise ConfigError("server_api_docs needs the swagger-ui-bundle package: pip install 'ragtune[server]'") from exc
+    swagger_ui_bundle = require("swagger_ui_bundle", "server", "server_api_docs", error=ConfigError)
     app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
@@ -136,7 +135,7 @@ def install_api_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-static/favicon-32x32.png")
 
 
-def _database_problem(engine: Any) -> StoreError | None:
+def _database_problem(engine: Ragtune) -> StoreError | None:
     """None when the database answers; opening it (first use) or a failed ping starts the embedded
     server (again)."""
     try:

@@ -25,6 +25,7 @@ from anyio import to_thread
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from ragtune.engine import Ragtune
 from ragtune.errors import AuthenticationError, LimitError, RateLimitError
 from ragtune.server.auth import Caller, KeyStore, RateLimiter
 from ragtune.server.jobs import JobStore, JobWorker
@@ -37,7 +38,7 @@ _MAX_HELD = 256
 
 @dataclass
 class ServerState:
-    engine: Any  # ragtune.engine.Ragtune
+    engine: Ragtune
     settings: Settings
     auth_required: bool
     limiter: RateLimiter = field(init=False)

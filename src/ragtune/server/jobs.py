@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ragtune.engine import Ragtune
 from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError, StoreError
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
@@ -224,7 +225,8 @@ class _Stopped(Exception):
 class JobWorker:
     """Runs pending jobs one at a time (embedding already uses every core) on a background thread."""
 
-    def __init__(self, engine: Any, store: JobStore, *, poll_s: float = 2.0, progress_every_s: float = 1.0) -> None:
+    def __init__(self, engine: Ragtune, store: JobStore, *, poll_s: float = 2.0,
+                 progress_every_s: float = 1.0) -> None:
         self.engine = engine
         self.store = store
         self.poll_s = poll_s

@@ -45,6 +45,12 @@ def to_filters(filters: Filters | None) -> list[Filter]:
     return out
 
 
+RERANK = ("true: rerank with the server's configured reranker, or the collection's latest trained one; "
+          "false: no reranking; absent: the server's reranker setting")
+ANSWERABILITY = ("true: also abstain by the configured answerability model, or the latest trained one; "
+                 "false: not; absent: the server's answerability setting")
+
+
 class SearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=4000)
@@ -52,6 +58,7 @@ class SearchIn(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = None
     fusion: Literal["convex", "rrf"] | None = None
     filters: Filters | None = None
+    rerank: bool | None = Field(default=None, description=RERANK)
 
 
 class AskIn(BaseModel):
@@ -64,6 +71,8 @@ class AskIn(BaseModel):
                                   description="extractive, or the server's configured generator")
     max_tokens: int | None = None
     stream: bool = Field(default=False, description="Server-Sent Events: token events, then the answer")
+    rerank: bool | None = Field(default=None, description=RERANK)
+    answerability: bool | None = Field(default=None, description=ANSWERABILITY)
 
 
 def hit_json(h: Hit) -> dict[str, Any]:

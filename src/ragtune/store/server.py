@@ -343,7 +343,7 @@ def _is_postgres(pid: int) -> bool:
 
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("postgres")
+        return bool(process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("postgres"))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

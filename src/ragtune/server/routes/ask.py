@@ -29,11 +29,12 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def served_generator(state: ServerState, requested: str | None) -> str:
-    """The generator to use: the configured one unless the request names another served one."""
+    """The generator to use: the configured one unless the request names another served one
+    (``extractive`` or one of ``server_generators``)."""
     configured = state.settings.generator.strip()
     if requested is None or not requested.strip():
         return configured
-    allowed = {configured, EXTRACTIVE}
+    allowed = {configured, EXTRACTIVE, *(g.strip() for g in state.settings.server_generators.split(",") if g.strip())}
     if requested.strip() not in allowed:
         raise ConfigError(f"generator {requested!r} is not served here; use one of {sorted(allowed)}")
     return requested.strip()
@@ -59,7 +60,8 @@ def ask_call(state: ServerState, collection: str, body: AskIn, caller: Caller
     def call(on_token: Callable[[str], None] | None) -> Any:
         return state.engine.ask(body.question, collection=collection, top_k=body.top_k, mode=body.mode,
                                 filters=filters, principal=caller.principal, generator=generator,
-                                max_tokens=body.max_tokens, on_token=on_token)
+                                max_tokens=body.max_tokens, on_token=on_token, reranker=body.rerank,
+                                answerability=body.answerability)
 
     return call
 

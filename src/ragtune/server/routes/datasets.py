@@ -14,7 +14,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 def _store(state: ServerState) -> Any:
-    from ragtune.finetune.datasets import DatasetStore
+    from ragtune.finetune.data.store import DatasetStore
 
     return DatasetStore(state.engine.db, cache_dir=state.settings.resolved_cache_dir)
 

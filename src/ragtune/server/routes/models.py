@@ -26,7 +26,7 @@ _FIELDS = ("version", "aliases", "run_id", "mlflow_run_id", "run_status", "train
 @contextmanager
 def _registry(state: ServerState) -> Iterator[Any]:
     """The registry, with MLflow's own errors (its store unreachable ...) as a 503 ``store_error``."""
-    from ragtune.finetune.registry import ModelRegistry
+    from ragtune.finetune.lifecycle.registry import ModelRegistry
 
     try:
         from mlflow.exceptions import MlflowException

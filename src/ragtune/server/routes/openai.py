@@ -4,7 +4,8 @@
   ``model`` names the collection (``ragtune`` means the default one), or the extra body field
   ``collection`` does. The cited sources come back in the extra field ``sources`` (in the last
   chunk when streaming), and ``ragtune`` holds the trace id, abstention and groundedness. Extra
-  fields ``top_k``, ``mode``, ``filters`` and ``generator`` work as in ``/collections/{c}/ask``.
+  fields ``top_k``, ``mode``, ``filters``, ``generator``, ``rerank`` and ``answerability`` work as in
+  ``/collections/{c}/ask``.
 * ``POST /v1/embeddings`` embeds with the server's embedder (``model``: its name or ``ragtune``),
   as floats or base64 (little-endian float32, what the Python client asks for by default).
 * ``GET /v1/models`` lists the collections and the embedder.
@@ -34,7 +35,7 @@ from ragtune.server.auth import Caller
 from ragtune.server.deps import Reader, ServerState, State
 from ragtune.server.problems import problem_payload
 from ragtune.server.routes.ask import check_max_tokens, served_generator
-from ragtune.server.schemas import Filters, to_filters
+from ragtune.server.schemas import ANSWERABILITY, RERANK, Filters, to_filters
 from ragtune.server.streaming import sse, stream_tokens
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -63,6 +64,8 @@ class ChatIn(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = None
     filters: Filters | None = None
     generator: str | None = Field(default=None, max_length=200)
+    rerank: bool | None = Field(default=None, description=RERANK)
+    answerability: bool | None = Field(default=None, description=ANSWERABILITY)
 
 
 class EmbeddingsIn(BaseModel):
@@ -103,7 +106,8 @@ def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, C
     def call(on_token: Callable[[str], None] | None) -> Answer:
         answer: Answer = state.engine.ask(question, collection=collection, top_k=body.top_k, mode=body.mode,
                                           filters=filters, principal=caller.principal, max_tokens=max_tokens,
-                                          generator=generator, on_token=on_token)
+                                          generator=generator, on_token=on_token, reranker=body.rerank,
+                                          answerability=body.answerability)
         return answer
 
     return collection, call

@@ -16,7 +16,8 @@ router = APIRouter(tags=["search"])
 def search(collection: str, body: SearchIn, state: State, caller: Reader) -> dict[str, Any]:
     state.check_top_k(body.top_k)
     result = state.engine.search(body.query, collection=collection, top_k=body.top_k, mode=body.mode,
-                                 filters=to_filters(body.filters), principal=caller.principal, fusion=body.fusion)
+                                 filters=to_filters(body.filters), principal=caller.principal, fusion=body.fusion,
+                                 reranker=body.rerank)
     if not result.hits:  # checked only then: no hits from a collection with nothing visible reads as missing
         state.engine.visible_collection(collection, caller.principal)
     return search_json(result)

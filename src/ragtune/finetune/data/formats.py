@@ -1,4 +1,4 @@
-"""Training-example files in, the internal chat form out (:class:`~ragtune.finetune.examples.Example`).
+"""Training-example files in, the internal chat form out (:class:`~ragtune.finetune.data.examples.Example`).
 
 Formats read:
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import DatasetError
-from ragtune.finetune.examples import Example, Message, canonical_json
+from ragtune.finetune.data.examples import Example, Message, canonical_json
 
 FORMATS = ("chat", "alpaca", "sharegpt")
 

@@ -12,7 +12,7 @@ CPU it is skipped and the run's notes say so. Seeds are fixed (``set_seed`` befo
 weights are drawn, ``seed``/``data_seed`` for the Trainer). The base model's hash covers its
 config and weight files, so a registry can tell two bases apart whatever their folder names.
 
-``python -m ragtune.finetune.train RUN_DIR [--resume] [--progress]`` is the worker entry point
+``python -m ragtune.finetune.lora.train RUN_DIR [--resume] [--progress]`` is the worker entry point
 that torchrun starts; it trains the run described in ``RUN_DIR`` and writes ``metrics.json``.
 """
 
@@ -33,14 +33,16 @@ from typing import Any
 from rich.console import Console
 
 from ragtune.errors import ConfigError, ModelError, RagtuneError, TrainingError
-from ragtune.finetune import runs
-from ragtune.finetune.config import TuneConfig, from_dict, to_dict, to_toml
-from ragtune.finetune.runs import RunRecord
-from ragtune.finetune.trainset import TrainSet, read_rows, write_rows
+from ragtune.extras import needs
+from ragtune.finetune.data import lengths
+from ragtune.finetune.lora import runs
+from ragtune.finetune.lora.config import TuneConfig, from_dict, to_dict, to_toml
+from ragtune.finetune.lora.runs import RunRecord
+from ragtune.finetune.lora.trainers import build_trainer
+from ragtune.finetune.lora.trainset import TrainSet, read_rows, write_rows
 
 log = logging.getLogger(__name__)
 
-_INSTALL = "pip install 'ragtune[train]'"
 _hash_cache: dict[tuple[str, int, int], str] = {}
 
 
@@ -54,9 +56,7 @@ class ResolvedBase:
 def resolve_base(spec: str, cache_dir: Path) -> ResolvedBase:
     """``smollm2`` (the packaged SmolLM2-135M-Instruct, converted once by ``generate.local``) or a
     Hugging Face model folder, resolved as dataset validation resolves it, plus its hash."""
-    from ragtune.finetune.lengths import resolve_base as resolve
-
-    base = resolve(spec, cache_dir)
+    base = lengths.resolve_base(spec, cache_dir)
     return ResolvedBase(base.name, base.path.resolve(), model_hash(base.path))
 
 
@@ -172,7 +172,7 @@ def _reason(exc: BaseException) -> str:
 def _torchrun(run_dir: Path, nproc: int, *, resume: bool, progress: bool) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "ragtune.finetune.train", str(run_dir)]
+           "-m", "ragtune.finetune.lora.train", str(run_dir)]
     cmd += ["--resume"] if resume else []
     cmd += ["--progress"] if progress else []
     (run_dir / "error.txt").unlink(missing_ok=True)
@@ -199,12 +199,10 @@ def _qlora_note() -> str:
 def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None = None,
                  callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the run described in ``run_dir``; the main process saves the adapter and metrics."""
-    try:
+    with needs("train", "training"):
         import torch
         import transformers
         from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise ModelError(f"training needs peft, trl and datasets: {_INSTALL} ({exc})") from exc
     record = runs.read_record(run_dir)
     if record is None:
         raise ConfigError(f"{run_dir} is not a training run (run.json missing)")
@@ -239,8 +237,8 @@ def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     train_rows, eval_rows = read_rows(run_dir / "data" / "train.jsonl"), read_rows(run_dir / "data" / "eval.jsonl")
-    from ragtune.finetune.progress import TrainingMonitor
-    from ragtune.finetune.trainers import build_trainer
+    # progress.py subclasses transformers' TrainerCallback at import: loaded only for a training
+    from ragtune.finetune.lora.progress import TrainingMonitor
 
     monitor = TrainingMonitor(console)
     trainer, data_stats = build_trainer(

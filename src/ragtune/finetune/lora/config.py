@@ -23,7 +23,7 @@
     beta = 0.1
 
 A ``[search]`` table (the search space of ``ragtune tune search``) may sit in the same file; it is
-validated by ``finetune.search`` and skipped here. An unknown key or an impossible value raises
+validated by ``finetune.lifecycle.search`` and skipped here. An unknown key or an impossible value raises
 :class:`ConfigError` naming the key (``lora.r``).
 ``to_toml`` writes the resolved configuration back in the same layout, so a run's ``config.toml``
 can start another run.
@@ -198,7 +198,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     if path is not None:
         source = str(path)
         data = read_toml(path, what="training config")
-        data.pop("search", None)  # the hyperparameter search's table, read by finetune.search
+        data.pop("search", None)  # the hyperparameter search's table, read by finetune.lifecycle.search
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(data, source=source)
 

@@ -3,7 +3,7 @@ labels cover only the assistant turns (``trainset.sft_features``), or DPOTrainer
 prompt / chosen / rejected rows (TRL renders them with the model's chat template; with a PEFT
 model the reference model is the base with the adapter switched off).
 
-Imported only by ``train.train_worker``, after the training libraries were found.
+Used by ``train.train_worker``; TRL and datasets are imported when a trainer is built.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import DatasetError, ModelError
-from ragtune.finetune.config import TuneConfig
-from ragtune.finetune.examples import Example
-from ragtune.finetune.trainset import dpo_record, sft_dataset
+from ragtune.errors import DatasetError
+from ragtune.extras import needs
+from ragtune.finetune.data.examples import Example
+from ragtune.finetune.lora.config import TuneConfig
+from ragtune.finetune.lora.trainset import dpo_record, sft_dataset
 
 
 def _common(config: TuneConfig, output_dir: Path, *, has_eval: bool, bf16: bool, use_cpu: bool) -> dict[str, Any]:
@@ -61,12 +62,10 @@ def build_trainer(config: TuneConfig, *, model: Any, tokenizer: Any, train_rows:
                   eval_rows: Sequence[Example], output_dir: Path, callbacks: list[Any], bf16: bool,
                   use_cpu: bool) -> tuple[Any, dict[str, int]]:
     """The trainer and counts of the data it got (rows, truncated, dropped, tokens)."""
-    try:
+    with needs("train", "training"):
         from datasets import Dataset, disable_progress_bars
         from transformers.trainer_callback import PrinterCallback
         from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-    except ImportError as exc:
-        raise ModelError(f"training needs trl and datasets: pip install 'ragtune[train]' ({exc})") from exc
     disable_progress_bars()  # dataset preparation bars would interleave with the training bar
     common = _common(config, output_dir, has_eval=bool(eval_rows), bf16=bf16, use_cpu=use_cpu)
     # Explicit either way: TRL turns checkpointing on by default (transformers 5 renamed it activation_checkpointing).

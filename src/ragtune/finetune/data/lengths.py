@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ragtune.errors import ModelError
-from ragtune.finetune.examples import Example, template_messages
+from ragtune.finetune.data.examples import Example, template_messages
+from ragtune.generate.local import SMOLLM2_NAME, packaged_smollm2
 
 PACKAGED_BASES = ("smollm2", "smollm2-135m-instruct")
 
@@ -36,8 +37,6 @@ class BaseModel:
 def resolve_base(spec: str, cache_dir: Path) -> BaseModel:
     spec = spec.strip()
     if spec.lower() in PACKAGED_BASES:
-        from ragtune.generate.local import SMOLLM2_NAME, packaged_smollm2
-
         path, name = packaged_smollm2(cache_dir), SMOLLM2_NAME
     else:
         path, name = Path(spec).expanduser(), Path(spec).name

@@ -4,7 +4,7 @@ a version whose rows or referenced eval sets it cannot all read.
 
 A version's ACL is NULL (admins only, the default), empty (every principal) or a list of groups
 (principals in any of them). A row may carry its own ACL, checked on top of its version's: NULL or
-empty (as the version) or groups. Kept apart from ``datasets`` because these rules are the seam
+empty (as the version) or groups. Kept apart from ``store`` because these rules are the seam
 the server, the CLI and future row builders (training on retrieved documents) share.
 """
 
@@ -20,7 +20,7 @@ from ragtune.models import Principal
 from ragtune.store.access import readable
 
 if TYPE_CHECKING:
-    from ragtune.finetune.datasets import DatasetInfo
+    from ragtune.finetune.data.versions import DatasetInfo
 
 # The groups an API key may hold (``server.auth.check_groups``): a dataset ACL naming anything else
 # could never match a key, so it is refused as a typo.

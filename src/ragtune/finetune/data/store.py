@@ -6,11 +6,11 @@ report, and every example in ``dataset_rows``. Importing the same bytes under th
 same options again is a no-op that returns the stored version; anything else makes version + 1.
 A failure at any point leaves nothing of the new version behind.
 
-The train/eval split is a function of each row's content alone (``assign_split``), so it is the same
-on every import, whatever the order of the rows, and exact copies always share a split.
+The train/eval split is a function of each row's content alone (``versions.assign_split``), so it is
+the same on every import, whatever the order of the rows, and exact copies always share a split.
 
 Access (issue 14). Every read takes a :class:`Principal` and goes through one predicate
-(``dataset_access.visible`` for versions, ``row_visible`` for rows, where the ACL values are
+(``access.visible`` for versions, ``row_visible`` for rows, where the ACL values are
 described); rows made from documents (``import_examples``) get :func:`row_acl` of their documents'
 ACLs. What a principal cannot read answers exactly as if it did not exist, and nothing about it
 shows through what it can read: counts are of visible rows, the validation report of a version with
@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ragtune.errors import DatasetError, DatasetValidationError, NotFoundError, PermissionDeniedError
-from ragtune.finetune.dataset_access import (
+from ragtune.errors import DatasetError, NotFoundError, PermissionDeniedError
+from ragtune.finetune.data.access import (
     check_acl,
     row_acl,
     row_visible,
@@ -42,10 +41,11 @@ from ragtune.finetune.dataset_access import (
     withheld,
     without_eval_sets,
 )
-from ragtune.finetune.examples import Example, canonical_json
-from ragtune.finetune.formats import FORMATS, ParsedFile, parse_bytes
-from ragtune.finetune.lengths import TemplateTokenCounter, TokenCounter
-from ragtune.finetune.validate import ValidationOptions, redact_examples, scan_pii, validate
+from ragtune.finetune.data.examples import Example, canonical_json
+from ragtune.finetune.data.formats import ParsedFile, parse_bytes
+from ragtune.finetune.data.lengths import TemplateTokenCounter, TokenCounter
+from ragtune.finetune.data.validate import redact_examples, scan_pii, validate
+from ragtune.finetune.data.versions import DatasetInfo, ImportOptions, ImportResult, assign_split, row_hash
 from ragtune.models import Principal
 from ragtune.store.database import Conn, Database
 
@@ -55,99 +55,6 @@ _IMPORT_LOCK = 7_203_116  # advisory-lock namespace for dataset imports (one loc
 _BATCH = 256
 _COLUMNS = ("id, name, version, format, source, content_hash, options, row_count, train_rows, eval_rows, schema,"
             " report, valid, reasons, eval_set, created_at, acl")
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    format: str = "auto"
-    redact_pii: bool = False
-    eval_fraction: float = 0.1
-    # A registered eval set: every row is eval, and other datasets are checked against it.
-    eval_set: bool = False
-    base: str = "smollm2"  # the model whose tokenizer and context window measure the rows
-    max_tokens: int | None = None  # default: the base model's context window
-    near_duplicate_threshold: float = 0.8
-    # Who may read the version: None admins only, () every principal, else principals in any group.
-    # Not part of ``stored``: the same content imported with another ACL changes the ACL.
-    acl: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in (*FORMATS, "auto"):
-            raise DatasetError(f"unknown dataset format {self.format!r}; use one of {', '.join(FORMATS)} or auto")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise DatasetError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if not self.base.strip():
-            raise DatasetError("base must name a model")
-        self.validation()  # checks max_tokens and the threshold
-        object.__setattr__(self, "acl", check_acl(self.acl))
-
-    def validation(self) -> ValidationOptions:
-        return ValidationOptions(max_tokens=self.max_tokens, near_duplicate_threshold=self.near_duplicate_threshold)
-
-    def stored(self, resolved_format: str) -> dict[str, Any]:
-        """What an import depends on besides the bytes: equal values make a re-import a no-op."""
-        return {"format": resolved_format, "redact_pii": self.redact_pii, "eval_set": self.eval_set,
-                "eval_fraction": 1.0 if self.eval_set else self.eval_fraction, "base": self.base,
-                "max_tokens": self.max_tokens, "near_duplicate_threshold": self.near_duplicate_threshold}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """A version as one principal may know it: counts, schema, report and reasons cover only what it
-    can read (``DatasetStore._view``)."""
-
-    id: int
-    name: str
-    version: int
-    format: str
-    source: str
-    content_hash: str
-    options: dict[str, Any]
-    row_count: int
-    train_rows: int
-    eval_rows: int
-    schema: dict[str, Any]
-    report: dict[str, Any]
-    valid: bool
-    reasons: tuple[str, ...]
-    eval_set: bool
-    created_at: str
-    acl: tuple[str, ...] | None  # None admins only, () every principal, else groups
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> DatasetInfo:
-        return cls(**{**row, "reasons": tuple(row["reasons"]), "created_at": str(row["created_at"]),
-                      "acl": None if row["acl"] is None else tuple(row["acl"])})
-
-    def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "report"}
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    dataset: DatasetInfo
-    created: bool  # False when the same content was already the latest version
-    acl_changed: bool = False  # the content was there, with another ACL, now replaced by the import's
-
-
-def row_hash(example: Example) -> str:
-    return hashlib.sha256(canonical_json(example.content()).encode("utf-8")).hexdigest()
-
-
-def assign_split(content_hash: str, eval_fraction: float) -> str:
-    """``eval`` when the first 64 bits of the row's hash, as a fraction of 2**64, fall below
-    ``eval_fraction``; the expected share of eval rows is ``eval_fraction``."""
-    return "eval" if int(content_hash[:16], 16) / 2.0**64 < eval_fraction else "train"
-
-
-def require_valid(dataset: DatasetInfo, force: bool = False) -> tuple[str, ...]:
-    """Refuse a dataset whose validation failed unless ``force``; returns the reasons overridden
-    (empty for a valid dataset) so the caller can record them with its run."""
-    if dataset.valid:
-        return ()
-    if not force:
-        raise DatasetValidationError(dataset.name, dataset.version, dataset.reasons)
-    return dataset.reasons
 
 
 def _schema(parsed: ParsedFile, examples: list[Example], row_acls: Sequence[tuple[str, ...] | None] | None

@@ -5,10 +5,9 @@ Where things live. MLflow's backend store is our own PostgreSQL (the database ra
 SQLAlchemy's ``postgresql+psycopg`` driver), in a schema of its own, ``mlflow``: its tables
 (``runs``, ``datasets``, ``alembic_version`` ...) would collide with ours in ``public``. Artefacts
 go to ``<data_dir>/mlruns`` (the experiment ``ragtune``'s artifact location). A training run becomes
-one MLflow run: its parameters, metrics (training metrics; ``eval.<metric>`` and
-``eval.base.<metric>`` from ``tune eval``), the dataset and base model hashes (as parameters and
-tags), and the adapter, run.json, config.toml and eval.json as artefacts. A failed or interrupted
-run is tracked too, with MLflow status ``FAILED``; it can never be registered or promoted.
+one MLflow run (``tracking``); a failed or interrupted run is tracked too, with MLflow status
+``FAILED``, and can never be registered or promoted. The values handed out (``ModelRef``,
+``ModelVersionInfo``, ``Promotion``) are in ``refs``.
 
 Promotion. ``promote`` moves the ``production`` alias to a version when none of the configured
 gates (``gates``; ``promotion_gates`` in the settings) finds it worse than the current production
@@ -18,132 +17,38 @@ version (``ragtune.promotion``). The registered model keeps its production histo
 the alias back on the one before. Promotions and rollbacks of one model are serialised by a
 PostgreSQL advisory lock.
 
-Serving and export (``finetune.serving``): ``registry:NAME[@ALIAS|/VERSION]`` is a generator spec
-resolved on every request, so a promotion or rollback takes effect on the next one; ``ragtune
-models export`` merges a version's adapter into a standalone Hugging Face folder.
+Serving and export (``serving``): ``registry:NAME[@ALIAS|/VERSION]`` is a generator spec resolved
+on every request, so a promotion or rollback takes effect on the next one; ``ragtune models export``
+merges a version's adapter into a standalone Hugging Face folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import ConfigError, ModelError, NotFoundError, PromotionRefusedError, RegistryError
-from ragtune.finetune.gates import GateResult, check_gates
+import psycopg
+
+from ragtune.errors import NotFoundError, PromotionRefusedError, RegistryError
+from ragtune.extras import require
+from ragtune.finetune.lifecycle import tracking
+from ragtune.finetune.lifecycle.gates import check_gates
+from ragtune.finetune.lifecycle.refs import PRODUCTION, ModelRef, ModelVersionInfo, Promotion, check_model_name
+from ragtune.finetune.lora import runs
+from ragtune.finetune.lora.evaluate import completed_record
 from ragtune.settings import Gate, Settings, parse_gates
+from ragtune.store.database import resolve_database_url
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "mlflow"
 EXPERIMENT = "ragtune"
-PRODUCTION = "production"
 HISTORY_TAG = "ragtune.production_history"
-_INSTALL = "pip install 'ragtune[train]'"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
-                  r"(?:@(?P<alias>[A-Za-z][A-Za-z0-9_-]*)|/(?P<version>\d+))?$")
-_MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED"}
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """``NAME`` (the production alias), ``NAME@ALIAS`` or ``NAME/VERSION``."""
-
-    name: str
-    alias: str | None = None
-    version: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        match = _REF.match(text.strip().removeprefix("registry:"))
-        if match is None:
-            raise ConfigError(f"invalid model reference {text!r}: expected NAME, NAME@ALIAS or NAME/VERSION")
-        version = match.group("version")
-        return cls(match.group("name"), match.group("alias") or (None if version else PRODUCTION),
-                   int(version) if version else None)
-
-    def __str__(self) -> str:
-        return f"{self.name}/{self.version}" if self.version is not None else f"{self.name}@{self.alias}"
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    name: str
-    version: int
-    aliases: tuple[str, ...]
-    run_id: str  # ragtune's run id (the run folder's name)
-    mlflow_run_id: str
-    run_status: str  # the MLflow run's status: FINISHED, FAILED, RUNNING ...
-    trained: str  # the ragtune run's status when registered
-    base: str
-    base_path: str
-    base_hash: str
-    dataset: str
-    dataset_hash: str
-    adapter: str  # the adapter folder in the artefact store
-    run_dir: str
-    created_at: int  # ms since the epoch
-    eval_rows_hash: str | None = None  # which held-out rows its eval.* metrics come from
-    metrics: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def servable(self) -> bool:
-        return self.run_status == "FINISHED" and self.trained == "completed"
-
-
-@dataclass(frozen=True)
-class Promotion:
-    name: str
-    version: int
-    previous: int | None
-    forced: bool
-    gates: tuple[GateResult, ...]
-    changed: bool = True
-    notes: tuple[str, ...] = ()
-
-    @property
-    def failed(self) -> tuple[GateResult, ...]:
-        return tuple(r for r in self.gates if not r.passed)
-
-
-def sqlalchemy_url(database_url: str, schema: str = SCHEMA) -> str:
-    """Our libpq URL or conninfo as a SQLAlchemy URL for psycopg 3, with ``schema`` first on the
-    search path (every libpq parameter but the database and the credentials goes in the query)."""
-    from psycopg.conninfo import conninfo_to_dict
-    from sqlalchemy.engine import URL
-
-    params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
-    query = {k: v for k, v in params.items() if k not in ("dbname", "user", "password", "options")}
-    query["options"] = " ".join(filter(None, [params.get("options", ""), f"-csearch_path={schema}"]))
-    url = URL.create("postgresql+psycopg", username=params.get("user"), password=params.get("password"),
-                     database=params.get("dbname"), query=query)
-    return url.render_as_string(hide_password=False)
-
-
-def local_path(uri: str) -> Path:
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(urllib.request.url2pathname(parsed.path) if parsed.scheme else uri)
-    raise ModelError(f"artefact {uri} is not in a local folder; ragtune serves adapters from the data folder only")
-
-
-def _ms(timestamp: str | None) -> int | None:
-    if not timestamp:
-        return None
-    import datetime as dt
-
-    return int(dt.datetime.fromisoformat(timestamp).timestamp() * 1000)
 
 
 class ModelRegistry:
@@ -163,8 +68,6 @@ class ModelRegistry:
     @property
     def database_url(self) -> str:
         if self._database_url is None:
-            from ragtune.store.database import resolve_database_url
-
             self._database_url = resolve_database_url(self.settings.database_url, self.settings.data_dir)
         return self._database_url
 
@@ -172,14 +75,11 @@ class ModelRegistry:
     def client(self) -> Any:
         with self._init_lock:
             if self._client is None:
-                try:
-                    from mlflow import MlflowClient
-                except ImportError as exc:
-                    raise ModelError(f"the model registry needs mlflow: {_INSTALL} ({exc})") from exc
-                uri = sqlalchemy_url(self.database_url)
+                mlflow = require("mlflow", "train", "the model registry")
+                uri = tracking.sqlalchemy_url(self.database_url, SCHEMA)
                 with self._advisory_lock("schema"):  # one process creates the schema and tables
                     self._execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
-                    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
                     self._experiment_id = self._experiment(client)
                 self._client = client
         return self._client
@@ -198,15 +98,11 @@ class ModelRegistry:
         return self._experiment_id
 
     def _execute(self, sql: str) -> None:
-        import psycopg
-
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(sql.encode())
 
     @contextmanager
     def _advisory_lock(self, key: str) -> Iterator[None]:
-        import psycopg
-
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"ragtune.registry.{key}",))
             try:
@@ -215,76 +111,12 @@ class ModelRegistry:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"ragtune.registry.{key}",))
 
     # -- tracking ------------------------------------------------------------------------------------
-    def _mlflow_run(self, run_id: str) -> Any:
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`ragtune.run_id` = '{run_id}'",
-                                        max_results=1)
-        return found[0] if found else None
-
     def log_run(self, record: Any) -> str:
-        """Track a training run (any status) as an MLflow run; again for the same run updates its
-        status, metrics and artefacts. Returns the MLflow run id."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        from ragtune.finetune.evaluate import read_report
-
-        client = self.client
-        run_dir = Path(record.path)
-        report = read_report(run_dir) if run_dir.is_dir() else None
-        tags = {"ragtune.run_id": record.run_id, "ragtune.run_dir": record.path, "ragtune.status": record.status,
-                "ragtune.base": record.base, "ragtune.base_hash": record.base_hash, "ragtune.dataset": record.dataset,
-                "ragtune.dataset_hash": record.dataset_hash, "ragtune.method": record.method}
-        if record.error:
-            tags["ragtune.error"] = record.error[:7000]
-        if report is not None:
-            tags["ragtune.eval_rows_hash"] = report.rows_hash
-        existing = self._mlflow_run(record.run_id)
-        now = int(time.time() * 1000)
-        metrics: list[Any] = []
-        if existing is None:
-            run = client.create_run(self.experiment_id, start_time=_ms(record.started_at), tags=tags,
-                                    run_name=record.run_id)
-            mlflow_id, have = run.info.run_id, {}
-            params = {**record.params(), "method": record.method, "dataset_version": record.dataset_version,
-                      "dataset_hash": record.dataset_hash, "base_hash": record.base_hash, "base_path": record.base_path,
-                      "train_rows": record.train_rows, "eval_rows": record.eval_rows}
-            plist = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-            for i in range(0, len(plist), 100):
-                client.log_batch(mlflow_id, params=plist[i:i + 100])
-            metrics += [Metric("train.loss", float(loss), now, int(step))
-                        for step, loss in record.metrics.get("losses", []) if _number(loss)]
-        else:
-            mlflow_id, have = existing.info.run_id, dict(existing.data.metrics)
-        wanted = {k: float(v) for k, v in record.metrics.items() if _number(v)}
-        if report is not None:
-            for prefix, values in (("eval.", report.tuned_metrics), ("eval.base.", report.base_metrics)):
-                wanted.update({prefix + k: float(v) for k, v in values.items() if v is not None and _number(v)})
-            wanted["eval.rows"] = float(report.rows)
-        metrics += [Metric(k, v, now, 0) for k, v in wanted.items() if have.get(k) != v]
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(mlflow_id, metrics=metrics[i:i + 1000], tags=[RunTag(k, v) for k, v in tags.items()]
-                             if i == 0 else ())
-        if not metrics:
-            client.log_batch(mlflow_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self._log_files(mlflow_id, record, run_dir, first=existing is None or "ragtune.adapter" not in
-                        existing.data.tags)
-        status = _MLFLOW_STATUS.get(record.status)
-        if status and (existing is None or existing.info.status != status):
-            client.set_terminated(mlflow_id, status=status, end_time=_ms(record.finished_at))
-        return str(mlflow_id)
-
-    def _log_files(self, mlflow_id: str, record: Any, run_dir: Path, *, first: bool) -> None:
-        client = self.client
-        if record.status == "completed" and first and record.adapter and Path(record.adapter).is_dir():
-            client.log_artifacts(mlflow_id, record.adapter, "adapter")
-            client.set_tag(mlflow_id, "ragtune.adapter", "adapter")
-        for name in ("run.json", "config.toml", "eval.json"):
-            if (run_dir / name).is_file():
-                client.log_artifact(mlflow_id, str(run_dir / name), "run")
+        """Track a training run (any status) as an MLflow run (``tracking.log_run``); returns its id."""
+        return tracking.log_run(self.client, self.experiment_id, record)
 
     def track(self, runs_dir: Path) -> list[str]:
         """Log every run in ``runs_dir`` (stale ``running`` ones are marked failed first)."""
-        from ragtune.finetune import runs
-
         return [self.log_run(r) for r in runs.list_runs(runs_dir)]
 
     # -- versions ------------------------------------------------------------------------------------
@@ -292,8 +124,6 @@ class ModelRegistry:
         """Register a completed run's adapter as a new version of ``name`` (default: the run's name);
         registering the same run again returns its existing version."""
         from mlflow.exceptions import MlflowException
-
-        from ragtune.finetune.evaluate import completed_record
 
         record = completed_record(Path(run_dir))  # a failed or interrupted run is refused here
         name = check_model_name(name or record.name)
@@ -334,7 +164,7 @@ class ModelRegistry:
             run_status=run.info.status if run else "UNKNOWN", trained=tags.get("ragtune.status", "unknown"),
             base=tags.get("ragtune.base", ""), base_path=tags.get("ragtune.base_path", ""),
             base_hash=tags.get("ragtune.base_hash", ""), dataset=tags.get("ragtune.dataset", ""),
-            dataset_hash=tags.get("ragtune.dataset_hash", ""), adapter=str(local_path(mv.source)),
+            dataset_hash=tags.get("ragtune.dataset_hash", ""), adapter=str(tracking.local_path(mv.source)),
             run_dir=tags.get("ragtune.run_dir", ""), created_at=int(mv.creation_timestamp or 0),
             eval_rows_hash=run.data.tags.get("ragtune.eval_rows_hash") if run else None,
             metrics=dict(run.data.metrics) if run else {}, tags=tags,
@@ -400,7 +230,7 @@ class ModelRegistry:
             client.set_registered_model_alias(name, PRODUCTION, str(version))
             self._set_history(name, [*self.history(name), version])
             client.set_model_version_tag(name, str(version), "ragtune.promotion", json.dumps({
-                "at": _now(), "previous": current.version if current else None, "forced": bool(failed),
+                "at": runs.now(), "previous": current.version if current else None, "forced": bool(failed),
                 "overridden": [r.describe() for r in failed], "gates": [r.describe() for r in results],
             }))
         return Promotion(name, version, current.version if current else None, bool(failed), results,
@@ -422,7 +252,7 @@ class ModelRegistry:
             client.set_registered_model_alias(name, PRODUCTION, str(previous))
             self._set_history(name, history)
             client.set_model_version_tag(name, str(current.version), "ragtune.rolled_back",
-                                         json.dumps({"at": _now(), "to": previous}))
+                                         json.dumps({"at": runs.now(), "to": previous}))
         return Promotion(name, previous, current.version, False, ())
 
     def _set_history(self, name: str, history: list[int]) -> None:
@@ -430,8 +260,6 @@ class ModelRegistry:
 
     def _refreshed(self, info: ModelVersionInfo) -> ModelVersionInfo:
         """The version with the metrics of its run folder's latest ``eval.json`` logged first."""
-        from ragtune.finetune import runs
-
         run_dir = Path(info.run_dir) if info.run_dir else None
         record = runs.read_record(run_dir) if run_dir is not None and run_dir.is_dir() else None
         if record is None or record.status != "completed":
@@ -439,20 +267,3 @@ class ModelRegistry:
         self.log_run(record)
         return self.version(info.name, info.version)
 
-
-def check_model_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise ConfigError(f"invalid model name {name!r}: letters, digits, '.', '_' and '-', at most 100")
-    return name
-
-
-def _number(value: Any) -> bool:
-    import math
-
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _now() -> str:
-    from ragtune.finetune.runs import now
-
-    return now()

@@ -1,4 +1,4 @@
-"""Serving and exporting registered model versions (``finetune.registry`` keeps the books).
+"""Serving and exporting registered model versions (``finetune.lifecycle.registry`` keeps the books).
 
 ``registry:NAME`` (the production alias), ``registry:NAME@ALIAS`` or ``registry:NAME/VERSION`` is a
 generator spec (``generate.registry``): :class:`RegistryGenerator` resolves the reference on every
@@ -22,25 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
-from ragtune.finetune.registry import PRODUCTION, ModelRef, ModelRegistry, ModelVersionInfo
-from ragtune.finetune.runs import now
+from ragtune.extras import needs
+from ragtune.finetune.data.lengths import PACKAGED_BASES
+from ragtune.finetune.lifecycle.refs import PRODUCTION, ModelRef, ModelVersionInfo
+from ragtune.finetune.lifecycle.registry import ModelRegistry
+from ragtune.finetune.lora.runs import now
+from ragtune.finetune.lora.train import model_hash
+from ragtune.generate.local import TransformersGenerator, packaged_smollm2
 from ragtune.models import Completion, Message
 from ragtune.settings import Settings
-
-_INSTALL = "pip install 'ragtune[train]'"
 
 
 def base_folder(info: ModelVersionInfo, cache_dir: Path) -> Path:
     """The version's base model folder, checked against the hash it was trained on."""
-    from ragtune.finetune.lengths import PACKAGED_BASES
-    from ragtune.finetune.train import model_hash
-
     path = Path(info.base_path)
     if not (path / "config.json").is_file():
         if info.base.lower() not in PACKAGED_BASES:
             raise ModelError(f"the base model of {info.name} version {info.version} is gone from {path}")
-        from ragtune.generate.local import packaged_smollm2
-
         path = packaged_smollm2(cache_dir)
     if info.base_hash and model_hash(path) != info.base_hash:
         raise ModelError(f"the base model at {path} is not the one {info.name} version {info.version} was "
@@ -53,12 +51,10 @@ def export_model(registry: ModelRegistry, ref: str | ModelRef, out: Path) -> Pat
     standalone Hugging Face model folder at ``out`` (which must not exist or be empty)."""
     info = registry.resolve(ref)
     base = base_folder(info, registry.settings.resolved_cache_dir)
-    try:
+    with needs("train", "exporting a model"):
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ModelError(f"exporting a model needs peft: {_INSTALL} ({exc})") from exc
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not empty; choose another folder")
@@ -104,8 +100,6 @@ class RegistryGenerator:
                 info = self.registry.version(self.ref.name, version)
                 if not info.servable:
                     raise ModelError(f"{self.ref} points at version {version}, whose run did not complete")
-                from ragtune.generate.local import TransformersGenerator
-
                 settings = self.registry.settings
                 generator = TransformersGenerator(
                     base_folder(info, settings.resolved_cache_dir), adapter=info.adapter,

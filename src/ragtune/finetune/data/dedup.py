@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragtune.errors import DatasetError
+from ragtune.extras import require
 
 SHINGLE_WORDS = 3
-_INSTALL = "pip install 'ragtune[train]'"
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,7 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 
 
 def _datasketch() -> Any:
-    try:
-        import datasketch
-    except ImportError as exc:
-        raise DatasetError(f"near-duplicate detection needs datasketch: {_INSTALL}") from exc
-    return datasketch
+    return require("datasketch", "train", "near-duplicate detection", error=DatasetError)
 
 
 RECALL_AT_THRESHOLD = 0.99

@@ -2,7 +2,7 @@
 
 A :class:`TrainSet` comes from a stored, validated dataset (``DatasetStore``; refused when its
 validation failed unless ``force``) or straight from a file (OpenAI chat JSONL or any format
-``formats`` reads; rows with schema errors are refused unless ``force``, and counted either way).
+``data.formats`` reads; rows with schema errors are refused unless ``force``, and counted either way).
 A run keeps its rows as JSON Lines in its folder, so resuming and DDP workers read exactly them.
 
 SFT inputs are tokenised here, not by TRL: the conversation is rendered once through the base
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import DatasetError, DatasetValidationError, ModelError
-from ragtune.finetune.examples import Example, canonical_json, template_messages
-from ragtune.finetune.formats import parse_file
+from ragtune.finetune.data.examples import Example, canonical_json, template_messages
+from ragtune.finetune.data.formats import parse_file
+from ragtune.finetune.data.versions import assign_split, require_valid, row_hash
 from ragtune.models import Principal
 
 IGNORE = -100  # label of tokens without loss
@@ -56,8 +57,6 @@ class TrainSet:
 
 
 def from_file(path: str | Path, *, eval_fraction: float, force: bool = False, format: str = "auto") -> TrainSet:
-    from ragtune.finetune.datasets import assign_split, row_hash
-
     path = Path(path).expanduser()
     parsed = parse_file(path, format=format)
     if not parsed.examples:
@@ -80,8 +79,6 @@ def from_store(store: Any, name: str, *, principal: Principal, version: int | No
                force: bool = False) -> TrainSet:
     """A stored dataset through its validation gate (``require_valid``), with its own split: the
     rows ``principal`` may read."""
-    from ragtune.finetune.datasets import require_valid
-
     info = store.get(name, version, principal=principal)
     reasons = require_valid(info, force)
     return TrainSet(info.name, info.version, info.content_hash, store.rows(info, "train", principal=principal),

@@ -17,7 +17,7 @@ run's base model folder, once without and once with ``generator_adapter``: what 
 
 Each metric is the mean over the cases it applies to (None when none does). The report goes to
 ``eval.json`` in the run folder (with every case's outputs, for reading) and is what
-``finetune.registry`` logs and gates promotions on. Concessions: one prompt at a time (no batched
+``finetune.lifecycle.registry`` logs and gates promotions on. Concessions: one prompt at a time (no batched
 generation), and cases of one row share its context, so they are not independent samples.
 """
 
@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, NotFoundError, TrainingError
-from ragtune.finetune import scoring
-from ragtune.finetune.examples import Example, canonical_json, template_messages
+from ragtune.finetune.data.examples import Example, canonical_json, template_messages
+from ragtune.finetune.lora import runs, scoring
+from ragtune.finetune.lora.trainset import IGNORE, read_rows, sft_features
+from ragtune.generate.registry import make_generator
 from ragtune.models import Message
 from ragtune.protocols import Generator
 from ragtune.settings import Settings
@@ -120,8 +122,6 @@ class EvalReport:
 def resolve_run(ref: str | Path, runs_dir: Path) -> Path:
     """A run folder from a path, a run id (``<name>-<timestamp>``) or a run name (its newest
     completed run)."""
-    from ragtune.finetune import runs
-
     path = Path(ref).expanduser()
     if (path / "run.json").is_file():
         return path.resolve()
@@ -136,8 +136,6 @@ def resolve_run(ref: str | Path, runs_dir: Path) -> Path:
 
 def completed_record(run_dir: Path) -> Any:
     """The run's record, refused unless the run completed with an adapter."""
-    from ragtune.finetune import runs
-
     status = runs.read_status(run_dir)["status"]  # marks a killed run failed first
     record = runs.read_record(run_dir)
     if record is None:
@@ -196,8 +194,6 @@ def heldout_loss(generator: Generator, examples: Sequence[Example]) -> tuple[flo
         return None, 0
     import torch
 
-    from ragtune.finetune.trainset import IGNORE, sft_features
-
     window = int(getattr(generator, "context_window", 2048))
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -248,8 +244,6 @@ def _side(generator: Generator, cases: Sequence[EvalCase], examples: Sequence[Ex
 
 def build_generators(record: Any, settings: Settings) -> tuple[Generator, Generator]:
     """The base model and base + adapter, built as ``ask`` builds them."""
-    from ragtune.generate.registry import make_generator
-
     base = make_generator(record.base_path, settings.replace(generator_adapter=None))
     tuned = make_generator(record.base_path, settings.replace(generator_adapter=Path(record.adapter)))
     return base, tuned
@@ -260,9 +254,6 @@ def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit
                  progress: Progress | None = None, write: bool = True) -> EvalReport:
     """Evaluate base and tuned on the run's held-out rows (the first ``limit`` of them) and write
     ``eval.json``. ``base``/``tuned`` default to generators built from the run (``build_generators``)."""
-    from ragtune.finetune import runs
-    from ragtune.finetune.trainset import read_rows
-
     if limit is not None and limit < 1:
         raise ConfigError(f"invalid --limit {limit}: expected at least 1 row")
     if not 1 <= max_new_tokens <= 32768:

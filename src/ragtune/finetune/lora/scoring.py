@@ -28,9 +28,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ragtune.errors import ModelError
 from ragtune.evaluate.answers import exact_match, token_f1
-from ragtune.finetune.examples import canonical_json
+from ragtune.extras import require
+from ragtune.finetune.data.examples import canonical_json
 
 KINDS = ("text", "json", "tool_call")
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
@@ -125,10 +125,7 @@ def infer_schema(value: Any) -> dict[str, Any]:
 def conforms(value: Any, schema: dict[str, Any]) -> bool:
     """``value`` validates against ``schema``; a schema that is itself invalid accepts any value
     of the declared top-level type (the tool declarations in public sets are not all valid)."""
-    try:
-        import jsonschema
-    except ImportError as exc:  # pragma: no cover - installed with the train extra
-        raise ModelError(f"schema conformance needs jsonschema: pip install 'ragtune[train]' ({exc})") from exc
+    jsonschema = require("jsonschema", "train", "schema conformance")
     try:
         validator = jsonschema.validators.validator_for(schema)(schema)
         return bool(validator.is_valid(value))

@@ -14,7 +14,7 @@ Sections (each a JSON-ready dict, stored with the dataset):
 * ``split``: rows in train and eval.
 
 Schema errors, empty outputs, over-length rows and leakage are *blocking*: the dataset is stored but
-marked invalid, and training refuses it without ``force`` (:func:`ragtune.finetune.datasets.require_valid`).
+marked invalid, and training refuses it without ``force`` (:func:`ragtune.finetune.data.versions.require_valid`).
 Duplicates and PII are reported, not blocking: deduplicate or redact (``redact_pii``) as you judge.
 Lists of examples are cut to ``ValidationOptions.examples``; the counts are always complete.
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragtune.errors import DatasetError
-from ragtune.finetune.dedup import cross_duplicates, find_duplicates
-from ragtune.finetune.examples import Example, canonical_json
-from ragtune.finetune.formats import ParsedFile
-from ragtune.finetune.lengths import TokenCounter, histogram
+from ragtune.finetune.data.dedup import cross_duplicates, find_duplicates
+from ragtune.finetune.data.examples import Example, canonical_json
+from ragtune.finetune.data.formats import ParsedFile
+from ragtune.finetune.data.lengths import TokenCounter, histogram
 from ragtune.govern.pii import find_pii, redact
 
 

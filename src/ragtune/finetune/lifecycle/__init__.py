@@ -1,0 +1,2 @@
+"""The model lifecycle: the registry of trained models, promotion gates, serving references and
+hyperparameter search."""

@@ -1,0 +1,1 @@
+"""The LoRA pipeline: configuration, training runs, progress and base-vs-tuned evaluation."""

@@ -1,0 +1,1 @@
+"""Reranker training: hard-negative mining and cross-encoder fine-tuning into the artefact store."""
