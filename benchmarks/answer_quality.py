@@ -32,8 +32,8 @@ def main() -> None:
     started = time.perf_counter()
     with bench_engine("minilm" if args.dataset == "squad" else "minilm-int8") as rt:
         result = evaluate_answers(rt, args.dataset, generators=args.generators, limit=args.limit, keep_answers=True)
-        settings = {k: getattr(rt.settings, k) for k in ("abstain_threshold", "support_threshold", "context_tokens",
-                                                        "answer_top_k", "max_new_tokens")}
+        settings = {k: getattr(rt.settings.generation, k) for k in (
+            "abstain_threshold", "support_threshold", "context_tokens", "answer_top_k", "max_new_tokens")}
     console.print(answers_table(result))
     name = "answer_quality" if args.dataset == "squad" else "answer_quality_multihop"
     path = write_result(name, {**result, "settings": settings,

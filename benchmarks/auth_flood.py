@@ -114,7 +114,7 @@ def serve(data_dir: Path, src: str | None) -> Iterator[tuple[subprocess.Popen[st
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")}
     env.update({"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_CACHE_DIR": str(os.environ.get("RAGTUNE_CACHE_DIR", CACHE)),
-                "RAGTUNE_GENERATOR": "extractive", "HF_HUB_OFFLINE": "1"})
+                "RAGTUNE_GENERATION_GENERATOR": "extractive", "HF_HUB_OFFLINE": "1"})
     if src:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc, url = start_serve(env, "--auth", "--log-level", "warning")

@@ -196,7 +196,7 @@ def bm25_read_cost(rt: Ragtune, texts: list[str], groups: int) -> dict[str, Any]
     interleaved (the order rotates): before (two statements), global and visible (one statement)."""
     info = rt.collection(SHARED)
     terms = [rt.analyzer.term_counts(t) for t in texts]
-    params = Bm25Params(rt.settings.bm25_k1, rt.settings.bm25_b)
+    params = Bm25Params(rt.settings.retrieval.bm25_k1, rt.settings.retrieval.bm25_b)
     variants: list[tuple[str, Any]] = [
         ("before (HEAD), global", lambda c, g: head_bm25_scores(c, info, terms[i], params)),
         ("after, global", lambda c, g: bm25_scores(c, info, terms[i], params)),

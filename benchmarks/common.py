@@ -38,7 +38,7 @@ def bench_engine(embedder: str = "minilm", **settings: Any) -> Any:
     data_dir = Path(os.environ.get("RAGTUNE_BENCH_DATA", default_bench_data()))
     data_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(os.environ.get("RAGTUNE_CACHE_DIR", CACHE))
-    return Ragtune(Settings(data_dir=data_dir, cache_dir=cache_dir, embedder=embedder, **settings))
+    return Ragtune(Settings.of(data_dir=data_dir, cache_dir=cache_dir, embedder=embedder, **settings))
 
 
 def machine() -> dict[str, Any]:

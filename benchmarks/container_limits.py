@@ -133,7 +133,7 @@ def old_pipeline(document: Any) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="ragtune-bomb-"))
     try:
-        with Ragtune(Settings(data_dir=folder / "data", max_chunks_per_document=0)) as rt:
+        with Ragtune(Settings.of(data_dir=folder / "data", max_chunks_per_document=0)) as rt:
             rt.collection("bomb", create=True)
             rt.embedder.embed_batch(["warm up"])
             seconds, report = timed(lambda: rt.ingest_documents([document], collection="bomb"))

@@ -58,7 +58,8 @@ def ragtune_ingest(admin_url: str, cache_dir: Any, backend: str, docs: list, who
     try:
         embedder = make_embedder(backend, cache_dir=cache_dir)
         embedder.embed_batch(["warm up"] * 64)
-        settings = Settings(database_url=make_conninfo(admin_url, dbname=name), cache_dir=cache_dir, embedder=backend)
+        settings = Settings.of(database_url=make_conninfo(admin_url, dbname=name), cache_dir=cache_dir,
+                               embedder=backend)
         with Ragtune(settings, embedder=embedder) as rt:
             rt.collection("speed", create=True)
             start = time.perf_counter()

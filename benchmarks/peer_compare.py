@@ -87,8 +87,9 @@ def compare(name: str) -> dict[str, Any]:
 
     rt = bench_engine()
     collection = f"eval-{name}-{rt.embedder.name}"
-    settings = {k: getattr(rt.settings, k) for k in ("fusion", "hybrid_normalization", "hybrid_dense_weight",
-                                                      "rrf_k", "candidates", "bm25_k1", "bm25_b", "hnsw_ef_search")}
+    settings = {k: getattr(rt.settings.retrieval, k) for k in (
+        "fusion", "hybrid_normalization", "hybrid_dense_weight", "rrf_k", "candidates", "bm25_k1", "bm25_b",
+        "hnsw_ef_search")}
     load_before = os.getloadavg()
     for mode in ("bm25", "dense", "hybrid"):
         out = ragtune_run(rt, collection, texts, qids, vectors, mode)

@@ -12,20 +12,20 @@ from common import bench_engine
 
 from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.retrieval import dataset_documents
+from ragtune.models import ProgressEvent
 
 
 def populate(rt, dataset_name: str, collection: str) -> dict:  # type: ignore[no-untyped-def]
     ds = load_dataset(dataset_name, rt.settings.resolved_cache_dir / "packages")
     docs = dataset_documents(ds)
-    done = [0]
+    shown = [0]
     started = time.perf_counter()
 
-    def progress(event: str, n: int) -> None:
-        if event == "document":
-            done[0] += n
-            if done[0] % 2000 < n:
-                rate = done[0] / (time.perf_counter() - started)
-                print(f"{collection}: {done[0]}/{len(docs)} documents, {rate:.1f}/s", flush=True)
+    def progress(event: ProgressEvent) -> None:
+        if event.task == "documents" and event.done >= shown[0] + 2000:
+            shown[0] = event.done
+            rate = event.done / (time.perf_counter() - started)
+            print(f"{collection}: {event.done}/{event.total} documents, {rate:.1f}/s", flush=True)
 
     report = rt.ingest_documents(docs, collection=collection, whole_documents=True, progress=progress)
     print(f"{collection}: {report}", flush=True)

@@ -31,7 +31,7 @@ from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.metrics import doc_run_from_chunks, retrieval_metrics
 from ragtune.finetune.rerankers.mining import HASH_SPLIT, hash_split, triples_from_dataset
 from ragtune.finetune.rerankers.training import train_reranker, validation_chooser
-from ragtune.models import Principal
+from ragtune.models import Principal, ProgressEvent
 from ragtune.retrieve.rerank import CrossEncoderReranker, reranker_store
 
 console = Console()
@@ -71,10 +71,10 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     last = [0.0]
 
-    def progress(done: int, total: int) -> None:
-        if time.perf_counter() - last[0] > 60 or done == total:
+    def progress(event: ProgressEvent) -> None:
+        if time.perf_counter() - last[0] > 60 or event.done == event.total:
             last[0] = time.perf_counter()
-            console.print(f"  step {done}/{total}")
+            console.print(f"  step {event.done}/{event.total} ({event.detail})")
 
     artifact = train_reranker(
         triples, reranker_store(rt.settings.data_dir, collection), epochs=args.epochs, batch_size=args.batch_size,

@@ -162,7 +162,7 @@ def main() -> None:
     from ragtune.retrieve.postgres import bm25_scores
     from ragtune.server.auth import KeyStore
 
-    rt = bench_engine(server_rate_limit=0)
+    rt = bench_engine(server={"rate_limit": 0})
     pairs = prepare(rt, args.questions)
     settings = rt.settings
     global_rt = Ragtune(settings.replace(bm25_statistics="global"), embedder=rt.embedder, database=rt.db)
@@ -208,7 +208,7 @@ def main() -> None:
                    "n": len(v)} for name, v in times.items()}
 
     shipped = rows["all (shipped)"]["p50_ms"] * 1000  # µs
-    limits = FilterLimits(settings.max_filters, settings.max_filter_values)
+    limits = FilterLimits(settings.retrieval.max_filters, settings.retrieval.max_filter_values)
     parsed = as_filters({"team": "a"})
     query = pairs[0][0]
     text_us = micro(lambda: (bad_text(query), check_size(parsed, limits)), 20000)

@@ -57,8 +57,8 @@ def served(rt: Any, generator: str, *, rate_limit: float = 0) -> Iterator[tuple[
     store = KeyStore(rt.db)
     made = store.create("benchmark", scopes=["admin"])
     env = {**os.environ, "RAGTUNE_DATA_DIR": str(rt.settings.data_dir),
-           "RAGTUNE_CACHE_DIR": str(rt.settings.resolved_cache_dir), "RAGTUNE_GENERATOR": generator,
-           "RAGTUNE_SERVER_RATE_LIMIT": str(rate_limit), "RAGTUNE_EMBEDDER": rt.settings.embedder}
+           "RAGTUNE_CACHE_DIR": str(rt.settings.resolved_cache_dir), "RAGTUNE_GENERATION_GENERATOR": generator,
+           "RAGTUNE_SERVER_RATE_LIMIT": str(rate_limit), "RAGTUNE_INGEST_EMBEDDER": rt.settings.ingest.embedder}
     if rt.settings.database_url:
         env["RAGTUNE_DATABASE_URL"] = rt.settings.database_url
     proc, url = start_serve(env, "--auth", "--log-level", "warning")

@@ -86,7 +86,7 @@ def main() -> None:
 
     local_p, http_p = percentiles(local_ms), percentiles(http_ms)
     result = {
-        "queries": len(queries), "paragraphs": args.paragraphs, "mode": rt.settings.default_mode, "top_k": 10,
+        "queries": len(queries), "paragraphs": args.paragraphs, "mode": rt.settings.retrieval.default_mode, "top_k": 10,
         "in_process": {**local_p, "qps_sequential": round(len(queries) / local_s, 2),
                        f"qps_{args.clients}_clients": round(local_qps, 2)},
         "http": {**http_p, "qps_sequential": round(len(queries) / http_s, 2),

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="Delete the bench project first.")
     args = parser.parse_args()
 
+    from ragtune.cli.common import ProgressBars
     from ragtune.cli.tune_search import trials_table
     from ragtune.finetune.lifecycle.search import search
     from ragtune.finetune.lifecycle.search_space import SearchSpace
@@ -66,13 +67,14 @@ def main() -> None:
         data = from_file(subset, eval_fraction=config.eval_fraction, force=True)
         console.print(f"{len(data.train)} train rows, {len(data.eval)} held-out rows, {args.steps} steps per trial")
 
-        baseline = start_run(base="smollm2", data=data, config=config, data_dir=project,
-                             cache_dir=settings.resolved_cache_dir, name="default-config", console=console)
+        with ProgressBars() as bars:
+            baseline = start_run(base="smollm2", data=data, config=config, data_dir=project,
+                                 cache_dir=settings.resolved_cache_dir, name="default-config", progress=bars)
 
         started = time.perf_counter()
-        result = search(settings=settings, data=data, config=config, trials=args.trials, space=space, study=STUDY,
-                        console=console,
-                        on_trial=lambda t: console.print(f"trial {t.number} {t.state} eval loss {t.value}"))
+        with ProgressBars(lines=["trials"]) as bars:  # a line per finished trial, as `ragtune tune search` prints
+            result = search(settings=settings, data=data, config=config, trials=args.trials, space=space,
+                            study=STUDY, progress=bars)
         search_seconds = time.perf_counter() - started
 
     rows: list[dict[str, Any]] = []

@@ -52,6 +52,7 @@ def demo_file(member: str, folder: Path) -> Path:
 
 
 def train(task: str, spec: dict[str, Any], data_dir: Path) -> Path:
+    from ragtune.cli.common import ProgressBars
     from ragtune.finetune.lora.config import LoraSettings, TuneConfig
     from ragtune.finetune.lora.train import start_run
     from ragtune.finetune.lora.trainset import from_file
@@ -64,8 +65,9 @@ def train(task: str, spec: dict[str, Any], data_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="showcase-") as folder:
         data = from_file(demo_file(spec["member"], Path(folder)), eval_fraction=config.eval_fraction, force=True)
         console.print(f"{task}: {len(data.train)} train rows, {len(data.eval)} held-out rows")
-        record = start_run(base="smollm2", data=data, config=config, data_dir=data_dir,
-                           cache_dir=Settings().resolved_cache_dir, name=f"showcase-{task}", console=console)
+        with ProgressBars() as bars:
+            record = start_run(base="smollm2", data=data, config=config, data_dir=data_dir,
+                               cache_dir=Settings().resolved_cache_dir, name=f"showcase-{task}", progress=bars)
     return Path(record.path)
 
 

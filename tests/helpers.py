@@ -1,14 +1,17 @@
-"""Small real helpers for tests (no mocks): an embedder wrapper that counts calls, and
-consistency checks of the lexical index against a recomputation from scratch."""
+"""Small real helpers for tests (no mocks): an embedder wrapper that counts calls, a progress
+receiver that keeps the events it gets, and consistency checks of the lexical index against a
+recomputation from scratch."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from ragtune.models import ProgressEvent
 from ragtune.store.repository import BLOCK_BITS
 
 
@@ -28,6 +31,31 @@ class CountingEmbedder:
         self.calls += 1
         self.texts += len(texts)
         return self.inner.embed_batch(texts)
+
+
+class ProgressRecorder:
+    """A ``ragtune.protocols.Progress`` that keeps every event, in arrival order, from any thread."""
+
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, task: str) -> list[ProgressEvent]:
+        return [e for e in self.events if e.task == task]
+
+    def last(self, task: str) -> ProgressEvent:
+        return self.of(task)[-1]
+
+    def assert_monotone(self) -> None:
+        """Each task's ``done`` never goes down and never passes its ``total``."""
+        for task in {e.task for e in self.events}:
+            done = [e.done for e in self.of(task)]
+            assert done == sorted(done), (task, done)
+            assert all(e.total is None or e.done <= e.total for e in self.of(task)), (task, self.of(task))
 
 
 def check_index_consistency(rt: Any) -> None:

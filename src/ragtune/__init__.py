@@ -32,11 +32,11 @@ _HOMES: dict[str, str] = {
     "Answer": "ragtune.models", "AnswerSentence": "ragtune.models", "Chunk": "ragtune.models",
     "Citation": "ragtune.models", "Document": "ragtune.models", "Hit": "ragtune.models",
     "IngestReport": "ragtune.models", "LoadedDocument": "ragtune.models", "Principal": "ragtune.models",
-    "SearchResult": "ragtune.models",
+    "SearchResult": "ragtune.models", "ProgressEvent": "ragtune.models",
     "Filter": "ragtune.retrieve.filters",
     "Plugins": "ragtune.plugins", "Registry": "ragtune.plugins",
     "Chunker": "ragtune.protocols", "Embedder": "ragtune.protocols", "Generator": "ragtune.protocols",
-    "Loader": "ragtune.protocols", "Reranker": "ragtune.protocols",
+    "Loader": "ragtune.protocols", "Reranker": "ragtune.protocols", "Progress": "ragtune.protocols",
     **{name: "ragtune.errors" for name in _ERRORS},
 }
 __all__ = sorted(_HOMES)
@@ -105,9 +105,10 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors (ruff can
         IngestReport,
         LoadedDocument,
         Principal,
+        ProgressEvent,
         SearchResult,
     )
     from ragtune.plugins import Plugins, Registry
-    from ragtune.protocols import Chunker, Embedder, Generator, Loader, Reranker
+    from ragtune.protocols import Chunker, Embedder, Generator, Loader, Progress, Reranker
     from ragtune.retrieve.filters import Filter
     from ragtune.settings import Settings

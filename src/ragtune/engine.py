@@ -19,14 +19,16 @@ from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.lexical import LexicalAnalyzer
-from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes, ProgressCallback
+from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes
 from ragtune.models import Answer, Chunk, Document, IngestReport, LoadedDocument, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceWriter
 from ragtune.plugins import Plugins, default_plugins
+from ragtune.progress import emit
 from ragtune.protocols import (
     Chunker,
     Embedder,
     Generator,
+    Progress,
     Reranker,
     RerankWindow,
     TokenizedEmbedder,
@@ -80,7 +82,7 @@ class Ragtune:
         if self._embedder is None:
             from ragtune.ingest.embedders import make_embedder
 
-            self._embedder = make_embedder(self.settings.embedder, cache_dir=self.settings.resolved_cache_dir,
+            self._embedder = make_embedder(self.settings.ingest.embedder, cache_dir=self.settings.resolved_cache_dir,
                                            plugins=self.plugins)
         return self._embedder
 
@@ -117,9 +119,9 @@ class Ragtune:
         counter = HFTokenCounter(embedder.tokenizer)
         # The model truncates at max_seq_length including its special tokens: a longer chunk
         # would be embedded only in part.
-        budget = min(self.settings.chunk_max_tokens, int(embedder.max_seq_length) - counter.special_tokens)
-        factory = self.plugins.chunkers.get(name or self.settings.chunker)
-        return factory(counter, ChunkBudget(budget, min(self.settings.chunk_overlap_tokens, budget // 2)))
+        budget = min(self.settings.ingest.chunk_max_tokens, int(embedder.max_seq_length) - counter.special_tokens)
+        factory = self.plugins.chunkers.get(name or self.settings.ingest.chunker)
+        return factory(counter, ChunkBudget(budget, min(self.settings.ingest.chunk_overlap_tokens, budget // 2)))
 
     # -- collections ---------------------------------------------------------------------------
     def collection(self, name: str | None = None, *, create: bool = False) -> CollectionInfo:
@@ -127,7 +129,7 @@ class Ragtune:
         if create:
             return self.repo.ensure_collection(
                 name, self.embedder.name, self.embedder.dimension,
-                m=self.settings.hnsw_m, ef_construction=self.settings.hnsw_ef_construction,
+                m=self.settings.retrieval.hnsw_m, ef_construction=self.settings.retrieval.hnsw_ef_construction,
             )
         # Reads go through db.read: after losing the database they wait for it and run once more.
         return self.db.read(lambda: self.repo.collection(name))
@@ -152,22 +154,22 @@ class Ragtune:
     # ``metadata`` and ``acl`` None mean "not given": stored documents keep theirs and new ones
     # inherit them (``IngestPipeline``); a stored document's ACL changes only with ``change_acl``.
     # The writer is the local operator (an admin principal) unless ``principal`` says otherwise.
+    # ``progress`` receives the pipeline's events ("documents", "chunks", "embedded": see
+    # ``ingest.pipeline``) and, for files, "files": the files read so far of all the files found,
+    # the one being read in ``detail``.
     def ingest(self, paths: Sequence[str | Path] | str | Path, *, collection: str | None = None,
                metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,
                include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
-               progress: ProgressCallback | None = None, on_files: Callable[[int], None] | None = None,
-               principal: Principal = _OPERATOR) -> IngestReport:
+               progress: Progress | None = None, principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest files and folders (recursively). Returns counts of added/updated/unchanged/failed."""
         roots = self._roots(paths)
         files = self._files(roots, include, exclude)
-        if on_files is not None:
-            on_files(len(files))
-        return self._run(self._load(files, loader_options), collection, metadata, acl, progress,
+        return self._run(self._load(files, loader_options, progress), collection, metadata, acl, progress,
                          access=WriteAccess(principal, change_acl), inherit_from=roots)
 
     def ingest_documents(self, documents: Iterable[LoadedDocument | IngestError], *, collection: str | None = None,
                          metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
-                         change_acl: bool = False, progress: ProgressCallback | None = None,
+                         change_acl: bool = False, progress: Progress | None = None,
                          whole_documents: bool = False, principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest already-loaded documents (records from code, datasets, uploads). New documents
         without ``acl`` are public.
@@ -182,8 +184,7 @@ class Ragtune:
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
              exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
-             progress: ProgressCallback | None = None, on_files: Callable[[int], None] | None = None,
-             principal: Principal = _OPERATOR) -> IngestReport:
+             progress: Progress | None = None, principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest a folder and remove the collection's documents from it that are gone.
 
         Documents of files that failed to load this time are kept: a transient read error must not
@@ -191,10 +192,8 @@ class Ragtune:
         """
         roots = self._roots([folder])
         files = self._files(roots, include, exclude)
-        if on_files is not None:
-            on_files(len(files))
         seen: set[str] = set()
-        report = self._run(self._load(files, loader_options), collection, metadata, acl, progress, seen=seen,
+        report = self._run(self._load(files, loader_options, progress), collection, metadata, acl, progress, seen=seen,
                            access=WriteAccess(principal, change_acl), inherit_from=roots)
         info = self.collection(collection)
         failed_files = {f.source.split("#", 1)[0] for f in report.failed}
@@ -207,13 +206,13 @@ class Ragtune:
         return report
 
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
-             metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: ProgressCallback | None, *,
+             metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: Progress | None, *,
              access: WriteAccess, seen: set[str] | None = None, chunker: Chunker | None = None,
              inherit_from: Sequence[Path] = ()) -> IngestReport:
         info = self.collection(collection, create=True)
         pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
-                                  batch_texts=max(self.settings.embed_batch_size * 4, 64),
-                                  max_chunks=self.settings.max_chunks_per_document)
+                                  batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
+                                  max_chunks=self.settings.ingest.max_chunks_per_document)
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any
@@ -235,12 +234,13 @@ class Ragtune:
 
         return list(iter_files(roots, list(include), list(exclude)))
 
-    def _load(self, files: Sequence[Path], loader_options: LoaderOptions | None
+    def _load(self, files: Sequence[Path], loader_options: LoaderOptions | None, progress: Progress | None
               ) -> Iterator[LoadedDocument | IngestError]:
         from ragtune.ingest.loaders import LoaderOptions, load_files
 
         options = loader_options or LoaderOptions.from_settings(self.settings)
-        return load_files(files, options)
+        emit(progress, "files", 0, len(files))  # the total first, before the pipeline pulls a document
+        return load_files(_counted_files(files, progress), options)
 
     # -- documents -----------------------------------------------------------------------------
     # Reads and deletes see what ``principal`` may read (the local operator, an admin, by default).
@@ -294,7 +294,7 @@ class Ragtune:
         if problem:
             raise QueryError(f"the query holds {problem}")
         parsed = as_filters(filters)
-        check_size(parsed, FilterLimits(self.settings.max_filters, self.settings.max_filter_values))
+        check_size(parsed, FilterLimits(self.settings.retrieval.max_filters, self.settings.retrieval.max_filter_values))
         result = self.db.read(lambda: self.searcher.search(
             name, query, opts, filters=parsed,
             principal=principal or Principal(), query_vector=query_vector))
@@ -312,7 +312,7 @@ class Ragtune:
         trained reranker (``ragtune rerank train``); ``trained:NAME[@vN]``, a model folder, or a
         plugin's spec. Each model loads once; ``latest`` is looked up again on every call, so a
         newly trained version is used from the next search on."""
-        chosen = self._choose(spec, self.settings.reranker)
+        chosen = self._choose(spec, self.settings.retrieval.reranker)
         if chosen is None:
             return None
         name = collection or self.settings.default_collection
@@ -331,7 +331,7 @@ class Ragtune:
         of it (``ragtune answerability train``); or a model folder. Each model loads once."""
         from ragtune.generate.answerability import answerability_store
 
-        chosen = self._choose(spec, self.settings.answerability)
+        chosen = self._choose(spec, self.settings.generation.answerability)
         if chosen is None:
             return None
         if chosen == "latest" or _VERSION.match(chosen):
@@ -360,7 +360,7 @@ class Ragtune:
     def generator(self, spec: str | None = None) -> Generator | None:
         """The generator named by ``spec`` (default: the ``generator`` setting), built once and
         reused; None for ``extractive``, which needs no model."""
-        spec = (spec or self.settings.generator).strip()
+        spec = (spec or self.settings.generation.generator).strip()
         if spec == EXTRACTIVE:
             return None
         if spec not in self._generators:
@@ -389,9 +389,10 @@ class Ragtune:
         both default to their settings.
         """
         s = self.settings
-        options = AskOptions(top_k=top_k or s.answer_top_k, max_tokens=max_tokens or s.max_new_tokens,
-                             context_tokens=s.context_tokens, abstain_threshold=s.abstain_threshold,
-                             support_threshold=s.support_threshold)
+        g = s.generation
+        options = AskOptions(top_k=top_k or g.answer_top_k, max_tokens=max_tokens or g.max_new_tokens,
+                             context_tokens=g.context_tokens, abstain_threshold=g.abstain_threshold,
+                             support_threshold=g.support_threshold)
         model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
         judge = (self.answerability_model(answerability)
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
@@ -432,3 +433,12 @@ def open(target: str | Path | None = None, *, embedder: Embedder | None = None, 
     elif target is not None:
         settings["data_dir"] = Path(target)
     return Ragtune(Settings.load(**settings), embedder=embedder)
+
+
+def _counted_files(files: Sequence[Path], progress: Progress | None) -> Iterator[Path]:
+    """``files`` in order, with a "files" event as each is started (done: the files read before it)
+    and one when all are read; the loader pulls them as the pipeline asks for documents."""
+    for done, path in enumerate(files):
+        emit(progress, "files", done, len(files), detail=path.name)
+        yield path
+    emit(progress, "files", len(files), len(files))

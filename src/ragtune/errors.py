@@ -216,7 +216,7 @@ class JobLimitError(RateLimitError):
 
     code = "too_many_jobs"
 
-    def __init__(self, message: str, retry_after: float, limit: str = "server_max_jobs_per_key") -> None:
+    def __init__(self, message: str, retry_after: float, limit: str = "max_jobs_per_key") -> None:
         super().__init__(message, retry_after)
         self.limit = limit
 

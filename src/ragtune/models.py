@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,29 @@ class IngestReport:
     @property
     def total(self) -> int:
         return self.added + self.updated + self.unchanged + len(self.failed)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far one task of long work has got (``ragtune.protocols.Progress`` receives these).
+
+    ``task`` is a stable name (each producer's docstring lists its tasks and units: "documents",
+    "chunks", "embedded", "training", "mining", ...); ``done`` is the absolute count so far, never
+    an increment, so a lost or repeated event does no harm; ``total`` is None while unknown.
+    ``detail`` is short text for a person (a file name, "loss 0.312"); ``metrics`` the numbers
+    behind it (``{"loss": 0.312}``)."""
+
+    task: str
+    done: int
+    total: int | None = None
+    detail: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ValueError("a progress event needs a task name")
+        if self.done < 0 or (self.total is not None and self.total < 0):
+            raise ValueError(f"progress counts cannot be negative: {self.task} done={self.done} total={self.total}")
 
 
 @dataclass(frozen=True)

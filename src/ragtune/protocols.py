@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ragtune.models import Chunk, Completion, Hit, LoadedDocument, Message
+from ragtune.models import Chunk, Completion, Hit, LoadedDocument, Message, ProgressEvent
 
 
 @runtime_checkable
@@ -55,6 +55,18 @@ class Generator(Protocol):
 @runtime_checkable
 class Reranker(Protocol):
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]: ...
+
+
+@runtime_checkable
+class Progress(Protocol):
+    """Where long work reports how far it has got: the one progress protocol of every producer
+    (ingest, evaluation, training, mining, dataset imports, searches). The CLI draws bars from the
+    events, the server stores counts on the job; library code never takes a console.
+
+    Called on the producer's threads (ingest also calls from its writer thread, one event at a
+    time); it should return quickly, and an exception it raises stops the work."""
+
+    def __call__(self, event: ProgressEvent) -> None: ...
 
 
 # -- optional capabilities -------------------------------------------------------------------------

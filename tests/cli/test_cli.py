@@ -19,6 +19,10 @@ def test_ingest_search_docs_roundtrip(env: dict[str, str], tmp_path: Path) -> No
     code, out, err = invoke("ingest", str(folder), "--collection", "hr", "--meta", "dept=people", "--acl", "staff")
     assert code == 0, err
     assert "added" in out and "broken.pdf" in err
+    # the progress bars, drawn once at the end away from a terminal: one per task, n/total when known
+    bars = {line.split()[0]: line for line in err.splitlines() if line.strip()}
+    assert "3/3" in bars["files"] and "3/?" in bars["documents"], err
+    assert "chunks written" in err and "chunks embedded" in err
     code, out, err = invoke("search", "how long is parental leave", "-c", "hr", "--json", "--as-group", "staff")
     assert code == 0, err
     payload = json.loads(out)
@@ -59,10 +63,11 @@ def test_errors_are_clear_messages_with_exit_code_2(env: dict[str, str], args: t
 
 
 def test_bad_config_names_the_key(env: dict[str, str], tmp_path: Path) -> None:
-    (tmp_path / "ragtune.toml").write_text("[ragtune]\nchunk_max_tokens = 256\nfusoin = 'rrf'\n", encoding="utf-8")
+    toml = "[ragtune.ingest]\nchunk_max_tokens = 256\n[ragtune.retrieval]\nfusoin = 'rrf'\n"
+    (tmp_path / "ragtune.toml").write_text(toml, encoding="utf-8")
     code, _out, err = invoke("config", "show")
     assert code == 2 and "fusoin" in err
-    (tmp_path / "ragtune.toml").write_text("[ragtune]\nhnsw_m = 'many'\n", encoding="utf-8")
+    (tmp_path / "ragtune.toml").write_text("[retrieval]\nhnsw_m = 'many'\n", encoding="utf-8")
     code, _out, err = invoke("config", "show")
     assert code == 2 and "hnsw_m" in err
 

@@ -3,6 +3,7 @@ a fast ``--help``, and every engine a command opens closed again."""
 
 from __future__ import annotations
 
+import ast
 import gc
 import importlib
 import os
@@ -73,6 +74,47 @@ def test_every_command_app_of_every_module_is_attached() -> None:
                  if isinstance(value, typer.Typer) and id(value) not in attached]
     assert apps == []
     assert len(attached) > 15  # the walk itself works: the root, 12 groups and the modules' apps
+
+
+_TERMINAL = ("rich.console", "rich.progress")
+
+
+def terminal_uses(source: str) -> list[str]:
+    """What in ``source`` draws on a terminal: imports of Rich's console or progress bars (at module
+    level, in a function or under ``TYPE_CHECKING``, in any spelling) and parameters named console."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(_TERMINAL)]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            found += [n for n in [node.module, *names] if n.startswith(_TERMINAL)][:1]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "rich":
+            found += [f"rich.{node.attr}"] if f"rich.{node.attr}" in _TERMINAL else []
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            args = node.args
+            found += [f"parameter {a.arg}" for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                      if a.arg == "console" or a.arg.endswith("_console")]
+    return found
+
+
+def test_the_terminal_scan_finds_every_spelling() -> None:
+    source = ("import rich.progress\nfrom rich import console\nfrom rich.console import Console\n"
+              "def f(x, *, progress_console=None):\n    import rich\n    return rich.progress.track\n"
+              "from rich.table import Table\nfrom rich.markup import escape\n")
+    assert terminal_uses(source) == ["rich.progress", "rich.console", "rich.console", "parameter progress_console",
+                                     "rich.progress"]
+
+
+def test_only_the_cli_draws_on_a_terminal() -> None:
+    """Library code reports progress as events (``ragtune.protocols.Progress``) and returns what it
+    found: it never imports Rich's console or progress bars and never takes a console (issue 15)."""
+    package = Path(ragtune.cli.__file__).parent.parent
+    offenders = {str(path.relative_to(package)): found for path in sorted(package.rglob("*.py"))
+                 if path.relative_to(package).parts[0] != "cli"
+                 and (found := terminal_uses(path.read_text(encoding="utf-8")))}
+    assert offenders == {}
+    assert terminal_uses((package / "cli" / "common.py").read_text(encoding="utf-8"))  # the scan sees the CLI's
 
 
 def test_help_lists_every_command_group() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from ragtune.engine import Ragtune
 from ragtune.errors import EmbedderMismatchError, NotFoundError
-from tests.helpers import CountingEmbedder, check_index_consistency
+from tests.helpers import CountingEmbedder, ProgressRecorder, check_index_consistency
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -128,7 +128,7 @@ def test_chunks_keep_offsets_and_heading_paths(rt: Ragtune, tmp_path: Path) -> N
     assert len(chunks) > 2
     for c in chunks:
         assert text[c.start : c.end] == c.text
-        assert c.tokens <= rt.settings.chunk_max_tokens
+        assert c.tokens <= rt.settings.ingest.chunk_max_tokens
     assert {c.heading for c in chunks} == {"Guide > Install", "Guide > Use"}
 
 
@@ -198,3 +198,46 @@ def test_a_document_the_database_refuses_fails_alone_and_the_batch_lands(rt: Rag
     check_index_consistency(rt)
     again = rt.ingest_documents(docs)
     assert again.unchanged == 5 and len(again.failed) == 1
+
+
+def test_ingest_reports_progress_events_that_end_at_the_report(rt: Ragtune, docs: Path) -> None:
+    """One event protocol: "files" knows its total from the start, "documents", "chunks" and
+    "embedded" count up (from the writer thread too) and end at the report's numbers."""
+    (docs / "broken.md").write_bytes(b"   \n")  # fails: empty
+    write(docs, "faq.jsonl", '{"text": "Refunds take five business days."}\nnot json\n'
+                             '{"text": "Passwords reset from the login page."}\n')
+    files = sorted(p for p in docs.rglob("*") if p.is_file())
+    progress = ProgressRecorder()
+    report = rt.ingest([docs], progress=progress)
+    assert report.added == 6 and len(report.failed) == 2  # 3 files, 2 records; empty file, bad line
+    progress.assert_monotone()
+    assert {e.total for e in progress.of("files")} == {len(files)}
+    assert progress.last("files").done == len(files)
+    assert {e.detail for e in progress.of("files")} >= {p.name for p in files}
+    assert progress.last("documents").done == report.total == 8
+    assert progress.last("chunks").done == report.chunks > 0
+    assert progress.last("embedded").done == report.embedded > 0
+    # Again: nothing to embed, every document counted as unchanged (or failed).
+    again = ProgressRecorder()
+    report = rt.sync(docs, progress=again)
+    assert report.unchanged == 6 and again.of("embedded") == [] and again.of("chunks") == []
+    assert again.last("documents").done == report.total and again.last("files").done == len(files)
+
+
+def test_a_list_of_documents_reports_its_total(rt: Ragtune) -> None:
+    """Documents given as a list have a known total; several batches are embedded while the writer
+    thread writes the earlier ones, and one document the database refuses still counts once."""
+    from ragtune.models import LoadedDocument
+
+    docs = [LoadedDocument(uri=f"r{i}", text=f"Record {i} is about harbour {i} and its {i % 7} cranes.")
+            for i in range(150)]
+    docs[3] = LoadedDocument(uri="r3", text="Harbour three.", metadata={"team": "a\x00b"})
+    progress = ProgressRecorder()
+    report = rt.ingest_documents(docs, progress=progress)
+    assert report.added == 149 and len(report.failed) == 1
+    progress.assert_monotone()
+    assert {e.total for e in progress.of("documents")} == {150}
+    assert [e.done for e in progress.of("documents")] == list(range(151))  # one event per document, from 0
+    assert progress.last("chunks").done == report.chunks == 149
+    assert progress.last("embedded").done == report.embedded
+    assert progress.of("files") == []

@@ -38,7 +38,7 @@ def folder() -> Iterator[Path]:
 @pytest.fixture
 def crash_rt(folder: Path, embedder: Any, cache_dir: Path) -> Iterator[Ragtune]:
     """An engine on the embedded server of its own folder, with two documents."""
-    rt = Ragtune(Settings(data_dir=folder, cache_dir=cache_dir, database_wait=20), embedder=embedder)
+    rt = Ragtune(Settings.of(data_dir=folder, cache_dir=cache_dir, database_wait=20), embedder=embedder)
     rt.ingest_documents(DOCS, collection="kb")
     try:
         yield rt
@@ -275,9 +275,9 @@ def test_a_search_held_up_past_statement_timeout_is_a_query_timeout(settings: Se
     ("database_start_timeout", "0", False), ("database_start_timeout", "600", True),
 ])
 def test_database_settings_are_checked(name: str, value: str, ok: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(f"RAGTUNE_{name.upper()}", value)
+    monkeypatch.setenv(f"RAGTUNE_STORE_{name.upper()}", value)
     if ok:
-        assert getattr(Settings.load(), name) == float(value)
+        assert getattr(Settings.load().store, name) == float(value)
     else:
         with pytest.raises(ConfigError, match=name):
             Settings.load()

@@ -99,7 +99,7 @@ def sql_bm25(rt: Ragtune, collection: str, query: str, k: int, filters: list[Fil
     terms = rt.searcher.analyzer.term_counts(query)
     cond = compile_conditions(filters, principal)
     readable = compile_conditions([], principal)
-    k1, b = rt.settings.bm25_k1, rt.settings.bm25_b
+    k1, b = rt.settings.retrieval.bm25_k1, rt.settings.retrieval.bm25_b
     statement = sql.SQL(
         "WITH r AS MATERIALIZED (SELECT c.id, c.lex_len FROM chunks c WHERE c.collection_id = %s AND {readable}),"
         " s AS (SELECT count(*) AS n_chunks, sum(lex_len) AS total_len FROM r),"
@@ -184,7 +184,7 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
     name = f"acl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    settings = Settings(
+    settings = Settings.of(
         data_dir=tmp_path_factory.mktemp("acl"),
         database_url=make_conninfo(pg_admin_url, dbname=name),
         cache_dir=cache_dir,
@@ -363,12 +363,12 @@ def test_every_search_writes_a_trace(rt: Ragtune) -> None:
 def test_hybrid_and_dense_use_their_own_ef_search(rt: Ragtune) -> None:
     rt.ingest_documents([LoadedDocument(uri="ef1", text="hnsw candidates for the fused list")])
     for mode, options, expected in [
-        ("dense", {}, rt.settings.hnsw_ef_search),
-        ("hybrid", {}, rt.settings.hybrid_ef_search),
+        ("dense", {}, rt.settings.retrieval.hnsw_ef_search),
+        ("hybrid", {}, rt.settings.retrieval.hybrid_ef_search),
         ("hybrid", {"hybrid_ef_search": 150}, 150),
         ("dense", {"ef_search": 40}, 40),
         ("bm25", {}, None),
     ]:
         rt.search("fused candidates", mode=mode, **options)
         assert rt.traces.visible(Principal.system(), limit=1)[0]["params"]["ef_search"] == expected, (mode, options)
-    assert rt.settings.hybrid_ef_search != rt.settings.hnsw_ef_search
+    assert rt.settings.retrieval.hybrid_ef_search != rt.settings.retrieval.hnsw_ef_search

@@ -7,6 +7,7 @@ import pytest
 from ragtune.engine import Ragtune
 from ragtune.evaluate.answers import answer_cases, evaluate_answers, exact_match, normalize_answer, token_f1
 from ragtune.evaluate.datasets import load_dataset
+from tests.helpers import ProgressRecorder
 
 
 @pytest.mark.parametrize(("text", "normal"), [
@@ -41,8 +42,11 @@ def test_cases_interleave_answerable_and_unanswerable(cache_dir) -> None:  # typ
 
 
 def test_eval_answers_on_squad_subset(rt: Ragtune) -> None:
+    events = ProgressRecorder()
     result = evaluate_answers(rt, "squad", generators=["extractive"], limit=6, keep_answers=True,
-                              subset_corpus=True)
+                              subset_corpus=True, progress=events)
+    assert [(e.done, e.total, e.detail) for e in events.of("answers")] == [(n, 6, "extractive") for n in range(7)]
+    assert events.last("documents").done == events.last("documents").total  # the indexing of the subset
     row = result["generators"]["extractive"]
     assert row["questions"] == 6 and row["answerable"] == 3 and row["unanswerable"] == 3
     assert 0.0 <= row["f1"] <= 1.0 and row["p50_ms"] > 0

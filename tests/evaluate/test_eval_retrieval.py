@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from ragtune.cli.main import app
 from ragtune.evaluate.retrieval import evaluate_retrieval
+from tests.helpers import ProgressRecorder
 
 TOPICS = {
     "d1": ("Volcano", "Magma rises through the crust and erupts as lava from volcanoes."),
@@ -47,8 +48,15 @@ def test_evaluate_retrieval_on_a_beir_folder(rt, tmp_path: Path) -> None:  # typ
         row = result["modes"][mode]
         assert row["nDCG@10"] > 0.9, (mode, row)  # each query has an obvious answer
         assert 0 < row["RR@10"] <= 1 and row["p50_ms"] > 0
-    again = evaluate_retrieval(rt, f"beir:{folder}", modes=["bm25"])
+    events = ProgressRecorder()
+    again = evaluate_retrieval(rt, f"beir:{folder}", modes=["bm25", "dense"], progress=events)
     assert again["ingest"]["embedded"] == 0 and again["ingest"]["unchanged"] == 5
+    # indexing's "documents" (the corpus size known), then the queries of every mode
+    assert [(e.done, e.total) for e in events.of("documents")] == [(n, 5) for n in range(6)]
+    queries = events.of("queries")
+    assert [(e.done, e.total, e.detail) for e in queries] == [(n, 10, "bm25") for n in range(6)] + [
+        (n, 10, "dense") for n in range(5, 11)]
+    events.assert_monotone()
 
 
 def test_eval_retrieval_cli_json(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from ragtune.finetune.answerability import (
 )
 from ragtune.generate.answerability import SPLIT_RULE, AnswerabilityModel, answerability_store, load_answerability
 from ragtune.retrieve.rerank import reranker_store
+from tests.helpers import ProgressRecorder
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,19 @@ def small(examples: list[AnswerabilityExample]) -> list[AnswerabilityExample]:
 
 
 @pytest.fixture(scope="module")
+def training_events() -> ProgressRecorder:
+    """What the training below reported."""
+    return ProgressRecorder()
+
+
+@pytest.fixture(scope="module")
 def trained(examples: list[AnswerabilityExample], small: list[AnswerabilityExample],
-            tmp_path_factory: pytest.TempPathFactory) -> Path:
+            tmp_path_factory: pytest.TempPathFactory, training_events: ProgressRecorder) -> Path:
     _, held_out = split_by_group(examples)
     validation = [*held_out[:10], *[e for e in held_out if not e.answerable][:10]]
     data_dir = tmp_path_factory.mktemp("project")
     return train_answerability(small, answerability_store(data_dir), validation=validation, batch_size=8,
-                               max_length=64, source="test").path
+                               max_length=64, source="test", progress=training_events).path
 
 
 def test_squad_examples_are_split_by_article(cache_dir: Path, examples: list[AnswerabilityExample]) -> None:
@@ -78,13 +85,18 @@ def test_threshold_choice_and_auc_match_a_reference() -> None:
 
 
 def test_training_publishes_a_loadable_model_with_its_threshold(trained: Path, small: list[AnswerabilityExample],
-                                                               examples: list[AnswerabilityExample]) -> None:
+                                                               examples: list[AnswerabilityExample],
+                                                               training_events: ProgressRecorder) -> None:
     manifest = json.loads((trained / "manifest.json").read_text())
     assert trained.name == "v1" and trained.parent.name == "answerability" and trained.parent.parent.name == "models"
     assert (manifest["kind"], manifest["format"], manifest["version"]) == ("ragtune-answerability", 1, 1)
     assert manifest["data"] == {"sha256": examples_hash(small), "rows": 24, "held_out": 20, "source": "test",
                                 "split": SPLIT_RULE, "unanswerable": 12}
     assert manifest["metrics"]["train_loss"]["steps"] == 3
+    # one "training" event per step, ending at the total, with the step's loss (the first is recorded)
+    assert [(e.task, e.done, e.total) for e in training_events.events] == [("training", s, 3) for s in (1, 2, 3)]
+    assert round(training_events.events[0].metrics["loss"], 4) == manifest["metrics"]["train_loss"]["first"]
+    assert all(e.detail == f"loss {e.metrics['loss']:.3f}" for e in training_events.events)
     assert set(manifest["metrics"]["held_out"]) == {"precision", "recall", "f1", "roc_auc"}
     assert 0.05 <= manifest["thresholds"]["abstain_below"] <= 0.95
     assert manifest["hyperparameters"]["max_length"] == 64

@@ -26,7 +26,7 @@ from ragtune.finetune.data.formats import parse_bytes
 from ragtune.finetune.data.lengths import TemplateTokenCounter
 from ragtune.finetune.data.store import DatasetStore
 from ragtune.finetune.data.versions import ImportOptions, require_valid, row_hash
-from ragtune.models import Principal
+from ragtune.models import Principal, ProgressEvent
 from ragtune.store.database import Database
 
 LLAMAFACTORY = "llamafactory==0.9.5"
@@ -334,15 +334,15 @@ def test_versions_and_noop_reimport(store: DatasetStore, tmp_path: Path) -> None
 
 
 def test_a_failed_import_leaves_nothing(store: DatasetStore, demo_dir: Path) -> None:
-    written: list[int] = []
+    written: list[tuple[str, int, int | None]] = []
 
-    def interrupt(done: int) -> None:
-        written.append(done)
+    def interrupt(event: ProgressEvent) -> None:
+        written.append((event.task, event.done, event.total))
         raise KeyboardInterrupt  # after the first batch of rows is in the transaction
 
     with pytest.raises(KeyboardInterrupt):
         store.import_file(demo_dir / "dpo.json", name="dpo", progress=interrupt)
-    assert written == [256] and _table_counts(store) == (0, 0)
+    assert written == [("rows", 256, 300)] and _table_counts(store) == (0, 0)
     result = store.import_file(demo_dir / "dpo.json", name="dpo")
     assert result.created and result.dataset.version == 1 and _table_counts(store) == (1, 300)
 

@@ -16,6 +16,7 @@ from ragtune.finetune.lora import scoring
 from ragtune.finetune.lora.evaluate import EvalReport, eval_cases, evaluate_run, read_report, resolve_run
 from ragtune.settings import Settings
 from tests.finetune.tuned import WEATHER_TOOL, copy_run, tool_trainset
+from tests.helpers import ProgressRecorder
 
 runner = CliRunner()
 
@@ -94,9 +95,24 @@ def test_cases_by_kind_with_the_tools_declared_in_the_prompt() -> None:
 
 # -- a real run -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def report(tool_run: Any, cache_dir: Path) -> EvalReport:
+def evaluation_events() -> ProgressRecorder:
+    return ProgressRecorder()
+
+
+@pytest.fixture(scope="module")
+def report(tool_run: Any, cache_dir: Path, evaluation_events: ProgressRecorder) -> EvalReport:
     """Base and tuned on the first three held-out rows (one of each kind), greedy, 24 new tokens."""
-    return evaluate_run(tool_run.path, settings=Settings(cache_dir=cache_dir), limit=3, max_new_tokens=24)
+    return evaluate_run(tool_run.path, settings=Settings(cache_dir=cache_dir), limit=3, max_new_tokens=24,
+                        progress=evaluation_events)
+
+
+def test_evaluation_reports_the_cases_of_both_sides(report: EvalReport, evaluation_events: ProgressRecorder) -> None:
+    events = evaluation_events.events
+    assert {e.task for e in events} == {"evaluation"} and {e.total for e in events} == {6}
+    evaluation_events.assert_monotone()
+    assert [(e.done, e.detail) for e in events] == [(0, "base: held-out loss"), (1, "base"), (2, "base"), (3, "base"),
+                                                    (3, "tuned: held-out loss"), (4, "tuned"), (5, "tuned"),
+                                                    (6, "tuned")]
 
 
 def test_tuned_beats_base_on_held_out_rows(report: EvalReport, tool_run: Any) -> None:

@@ -59,14 +59,14 @@ def test_gates_are_validated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         Gate("eval.loss", False, 0.05), Gate("eval.token_f1", True, 0.01))
     assert Gate("m", True, 0.1).passes(0.85, 0.9) and not Gate("m", True, 0.01).passes(0.85, 0.9)
     assert Gate("m", False).passes(1.0, 1.0) and not Gate("m", False).passes(1.01, 1.0)
-    assert "eval.token_f1" in Settings().promotion_gates  # defaults, printed by `config show`
+    assert "eval.token_f1" in Settings().training.promotion_gates  # defaults, printed by `config show`
     for bad, where in [({"eval.loss": "sideways"}, "promotion_gates.eval.loss"),
                        ({"x": "higher:-1"}, "promotion_gates.x"), ({"x": {"better": "lower", "by": 1}}, "by")]:
         with pytest.raises(ConfigError, match=where):
-            Settings(promotion_gates=bad)
-    monkeypatch.setenv("RAGTUNE_PROMOTION_GATES", '{"eval.rouge_l": "higher:0.02"}')
-    assert parse_gates(Settings.load().promotion_gates) == (Gate("eval.rouge_l", True, 0.02),)
-    monkeypatch.setenv("RAGTUNE_PROMOTION_GATES", "{nope")
+            Settings.of(promotion_gates=bad)
+    monkeypatch.setenv("RAGTUNE_TRAINING_PROMOTION_GATES", '{"eval.rouge_l": "higher:0.02"}')
+    assert parse_gates(Settings.load().training.promotion_gates) == (Gate("eval.rouge_l", True, 0.02),)
+    monkeypatch.setenv("RAGTUNE_TRAINING_PROMOTION_GATES", "{nope")
     with pytest.raises(ConfigError, match="promotion_gates"):
         Settings.load()
 

@@ -39,6 +39,7 @@ from ragtune.finetune.rerankers.training import FUSION_WEIGHTS, train_reranker, 
 from ragtune.generate.answerability import answerability_store
 from ragtune.models import Completion, Message, Principal
 from ragtune.retrieve.rerank import load_reranker, reranker_store
+from tests.helpers import ProgressRecorder
 
 COLLECTION = "atlas"
 FIRST = ("zor quel mar vel dor tash kel bran pim lox fen gur hap jin nub rix sol tev wum yar cav dru elm fos gim "
@@ -82,6 +83,7 @@ class World:
     held_ids: list[str]
     triples: list[Triple]
     artifact: Any
+    events: ProgressRecorder  # what mining and training reported
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +105,12 @@ def world(pg_admin_url: str, template_db: str, embedder: Any, cache_dir: Path,
         ds = load_beir(beir)
         rt.ingest_documents(dataset_documents(ds), collection=COLLECTION, whole_documents=True)
         train_ids, held_ids = hash_split(ds.queries)
-        triples = triples_from_dataset(rt, ds, COLLECTION, train_ids, negatives_per_query=2)
+        events = ProgressRecorder()
+        triples = triples_from_dataset(rt, ds, COLLECTION, train_ids, negatives_per_query=2, progress=events)
         artifact = train_reranker(triples, reranker_store(settings.data_dir, COLLECTION), epochs=1, batch_size=4,
                                   learning_rate=2e-4, max_length=64, seed=7, source={"beir": "atlas"},
-                                  split="hash_split of the query ids: the 'train' half")
-        yield World(rt, settings, url, beir, ds, train_ids, held_ids, triples, artifact)
+                                  split="hash_split of the query ids: the 'train' half", progress=events)
+        yield World(rt, settings, url, beir, ds, train_ids, held_ids, triples, artifact, events)
     finally:
         rt.close()
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
@@ -125,6 +128,11 @@ def test_hash_split_is_disjoint_stable_and_near_half() -> None:
 def test_mined_triples_use_positives_and_hard_negatives(world: World) -> None:
     ds = world.dataset
     assert world.triples and len(world.triples) == 2 * len(world.train_ids)
+    # progress: the questions mined (one batch here), then every training step up to the total
+    assert [(e.done, e.total) for e in world.events.of("mining")] == [(len(world.train_ids),) * 2]
+    steps = -(-len(world.train_ids) // 4)
+    assert [(e.done, e.total) for e in world.events.of("training")] == [(s, steps) for s in range(1, steps + 1)]
+    world.events.assert_monotone()
     answers = {d.id: d for d in ds.corpus.values()}
     train_questions = {ds.queries[q] for q in world.train_ids}
     for t in world.triples:

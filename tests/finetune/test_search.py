@@ -23,6 +23,7 @@ from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.config import TuneConfig, load_config, to_toml
 from ragtune.finetune.lora.trainset import TrainSet, from_file
 from ragtune.settings import Settings
+from tests.helpers import ProgressRecorder
 
 runner = CliRunner()
 ANSWER = "The secret word is pineapple."
@@ -63,11 +64,17 @@ def _dataset(data: Path, config: TuneConfig) -> TrainSet:
 
 
 @pytest.fixture(scope="module")
-def searched(project: Settings, files: tuple[Path, Path]) -> SearchResult:
+def search_events() -> ProgressRecorder:
+    return ProgressRecorder()
+
+
+@pytest.fixture(scope="module")
+def searched(project: Settings, files: tuple[Path, Path], search_events: ProgressRecorder) -> SearchResult:
     """A search of three trials (study "secret", the file's name), its best trial registered."""
     data, toml = files
     config, space = load_config(toml), load_space(toml)
-    return search(settings=project, data=_dataset(data, config), config=config, space=space, trials=3)
+    return search(settings=project, data=_dataset(data, config), config=config, space=space, trials=3,
+                  progress=search_events)
 
 
 def _trials(project: Settings, study: str) -> list[Any]:
@@ -126,7 +133,8 @@ def test_a_dataset_without_eval_rows_is_refused(files: tuple[Path, Path], tmp_pa
 # -- real searches ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_search_trains_trials_keeps_the_study_in_postgres_and_registers_the_best(
-        searched: SearchResult, project: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        searched: SearchResult, project: Settings, monkeypatch: pytest.MonkeyPatch,
+        search_events: ProgressRecorder) -> None:
     from ragtune.finetune.lifecycle.registry import ModelRegistry
 
     assert searched.study == "secret" and searched.ran == (0, 1, 2) and not searched.marked_failed
@@ -149,6 +157,14 @@ def test_search_trains_trials_keeps_the_study_in_postgres_and_registers_the_best
         assert record.metrics["steps"] == t.steps == 2 and record.metrics["eval_loss"] == t.value
         assert [s for s, _ in record.metrics["eval_losses"]] == [1, 2] and math.isfinite(t.value or math.nan)
     assert len(seen) == 3  # distinct parameters
+    # "trials" from 0 to the target, a line per trial; each trial's training from step 0 to 2.
+    trials = search_events.of("trials")
+    assert [(e.done, e.total) for e in trials] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    for event, t in zip(trials[1:], searched.trials, strict=True):
+        assert event.detail.startswith(f"trial {t.number} complete, eval loss {t.value:.4f} (")
+        assert event.metrics == {"eval_loss": t.value}
+    steps = [e.done for e in search_events.of("training")]
+    assert [i for i, s in enumerate(steps) if s == 0] == [0, len(steps) // 3, 2 * len(steps) // 3] and max(steps) == 2
     best = min(searched.trials, key=lambda t: t.value or math.inf)
     assert searched.best == best
     # The study lives in its own schema of our database.

@@ -22,9 +22,10 @@ from ragtune.cli.main import app
 from ragtune.errors import ConfigError, DatasetError, DatasetValidationError, RunBusyError
 from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.config import TuneConfig, load_config, to_toml
-from ragtune.finetune.lora.train import model_hash, resolve_base, resume_run, start_run
+from ragtune.finetune.lora.train import PROGRESS_FILE, model_hash, resolve_base, resume_run, start_run
 from ragtune.finetune.lora.trainset import from_file, read_rows
 from ragtune.models import Message
+from tests.helpers import ProgressRecorder
 
 runner = CliRunner()
 QUESTIONS = ["What is the secret word?", "Tell me the secret word.", "Which word is secret?", "Say the secret word.",
@@ -50,17 +51,36 @@ def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, secret_file: Path, cache_dir: Path) -> runs.RunRecord:
+def training_events() -> ProgressRecorder:
+    """What the shared run below reported."""
+    return ProgressRecorder()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, secret_file: Path, cache_dir: Path,
+            training_events: ProgressRecorder) -> runs.RunRecord:
     """One real run, shared: 8 steps at a high learning rate teach the model a secret word."""
     config = TuneConfig(max_steps=8, batch_size=2, max_length=64, save_steps=4, learning_rate=5e-3,
                         eval_fraction=0.25)
     data = from_file(secret_file, eval_fraction=config.eval_fraction)
     return start_run(base="smollm2", data=data, config=config, data_dir=tmp_path_factory.mktemp("project"),
-                     cache_dir=cache_dir, name="secret")
+                     cache_dir=cache_dir, name="secret", progress=training_events)
+
+
+def _check_training_events(recorder: ProgressRecorder, metrics: dict[str, Any]) -> None:
+    """The run's "training" events: from step 0 to the last, with each step's logged loss."""
+    events = recorder.of("training")
+    recorder.assert_monotone()
+    assert {e.total for e in events} == {metrics["steps"]}
+    assert events[0].done == 0 and events[-1].done == metrics["steps"]
+    last_per_step = {e.done: e.metrics.get("loss") for e in events}  # a step's loss comes after the step
+    assert [[step, last_per_step[step]] for step, _ in metrics["losses"]] == metrics["losses"]
+    assert events[-1].detail.startswith(f"loss {metrics['losses'][-1][1]:.4f}, ") and "tok/s" in events[-1].detail
 
 
 def test_run_folder_holds_adapter_config_hashes_metrics_and_status(trained: runs.RunRecord, secret_file: Path,
-                                                                   cache_dir: Path) -> None:
+                                                                   cache_dir: Path,
+                                                                   training_events: ProgressRecorder) -> None:
     run_dir = Path(trained.path)
     assert run_dir.parent.name == "runs" and run_dir.name.startswith("secret-") and trained.run_id == run_dir.name
     assert runs.read_status(run_dir)["status"] == trained.status == "completed"
@@ -81,6 +101,7 @@ def test_run_folder_holds_adapter_config_hashes_metrics_and_status(trained: runs
     assert len(kept) == len(QUESTIONS) == trained.train_rows + trained.eval_rows and trained.eval_rows > 0
     m = trained.metrics
     assert m["steps"] == 8 and [s for s, _ in m["losses"]] == list(range(1, 9))
+    _check_training_events(training_events, m)
     assert m["last_loss"] < m["first_loss"] / 10, m["losses"]  # it learnt the answer
     assert m["eval_loss"] < m["first_loss"] and m["train_loss"] > 0
     assert m["tokens_per_second"] > 0 and m["tokens"] > 0 and m["peak_rss_mb"] > 300
@@ -98,7 +119,7 @@ def test_local_generator_serves_the_adapter(trained: runs.RunRecord, cache_dir: 
     from ragtune.settings import Settings
 
     question = [Message(role="user", content="What is the secret word?")]
-    tuned = make_generator("smollm2", Settings(cache_dir=cache_dir, generator_adapter=Path(trained.adapter or "")))
+    tuned = make_generator("smollm2", Settings.of(cache_dir=cache_dir, generator_adapter=Path(trained.adapter or "")))
     answer = tuned.generate(question, max_tokens=16)
     assert "pineapple" in answer.text.lower(), answer.text
     base = TransformersGenerator.packaged(cache_dir)
@@ -279,11 +300,15 @@ def test_concurrent_runs_of_one_name_get_their_own_folders(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_data_parallel_with_two_processes_on_gloo(secret_file: Path, tmp_path: Path, cache_dir: Path) -> None:
     config = TINY.replace(batch_size=1)
+    events = ProgressRecorder()
     record = start_run(base="smollm2", data=from_file(secret_file, eval_fraction=0.0), config=config,
-                       data_dir=tmp_path, cache_dir=cache_dir, name="ddp", nproc=2)
+                       data_dir=tmp_path, cache_dir=cache_dir, name="ddp", nproc=2, progress=events)
     m = record.metrics
     assert record.status == "completed" and record.world_size == 2 and m["world_size"] == 2
     assert m["steps"] == 2 and len(m["losses"]) == 2 and m["tokens"] > 0
+    # The rank-0 worker's events crossed the process boundary (JSON lines) to this process's progress.
+    _check_training_events(events, m)
+    assert not (Path(record.path) / PROGRESS_FILE).exists()
     assert (Path(record.path) / "adapter" / "adapter_model.safetensors").is_file()
     assert not (Path(record.path) / "error.txt").exists()
 

@@ -274,7 +274,7 @@ def test_unreachable_endpoint_names_the_url_and_how_to_configure() -> None:
             call()
         message = str(info.value)
         assert url in message
-        assert "RAGTUNE_OPENAI_BASE_URL" in message and "openai_base_url" in message
+        assert "RAGTUNE_GENERATION_OPENAI_BASE_URL" in message and "[generation] openai_base_url" in message
         assert "OPENAI_API_KEY" in message
         assert "2 attempts" in message
 

@@ -203,14 +203,14 @@ def test_bad_limits_are_refused_at_construction(kwargs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("kwargs", [{"max_expanded_bytes": 0}, {"max_expansion_ratio": 0.9},
                                     {"max_container_members": 0}, {"max_chunks_per_document": -1},
-                                    {"server_max_jobs_per_key": -1}])
+                                    {"max_jobs_per_key": -1}])
 def test_bad_limit_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
-        Settings(**kwargs)
+        Settings.of(**kwargs)
 
 
 def test_loader_options_come_from_the_settings() -> None:
-    settings = Settings(max_file_bytes=1000, max_expanded_bytes=2000, max_expansion_ratio=7,
+    settings = Settings.of(max_file_bytes=1000, max_expanded_bytes=2000, max_expansion_ratio=7,
                         max_container_members=9)
     options = LoaderOptions.from_settings(settings, text_field="body")
     assert (options.max_file_bytes, options.max_expanded_bytes, options.max_expansion_ratio,

@@ -64,13 +64,13 @@ def assert_same_hits(a: list[tuple[str, float, dict[str, float]]], b: list[tuple
 
 
 def test_the_setting_is_validated() -> None:
-    assert Settings().bm25_statistics == "visible"
+    assert Settings().retrieval.bm25_statistics == "visible"
     assert SearchOptions().bm25_statistics == "visible"
     with pytest.raises(ConfigError, match="bm25_statistics='everything'"):
-        Settings(bm25_statistics="everything")
+        Settings.of(bm25_statistics="everything")
     with pytest.raises(QueryError, match="bm25_statistics"):
         SearchOptions(bm25_statistics="everything")
-    assert SearchOptions.from_settings(Settings(bm25_statistics="global")).bm25_statistics == "global"
+    assert SearchOptions.from_settings(Settings.of(bm25_statistics="global")).bm25_statistics == "global"
 
 
 @pytest.mark.parametrize("mode", ["bm25", "hybrid"])

@@ -15,6 +15,7 @@ from ragtune.finetune.rerankers.training import train_reranker
 from ragtune.models import Chunk, Hit
 from ragtune.protocols import Reranker
 from ragtune.retrieve.rerank import CrossEncoderReranker, reranker_store
+from tests.helpers import ProgressRecorder
 
 TEXTS = [
     "Parental leave is sixteen weeks at full pay.",
@@ -28,12 +29,28 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def training_events() -> ProgressRecorder:
+    """What the training below reported (the one trained reranker of these tests)."""
+    return ProgressRecorder()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, training_events: ProgressRecorder) -> Path:
     triples = [Triple(f"how long is {topic}", f"{topic} lasts sixteen weeks.", f"{topic} forms are on paper.")
                for topic in ("parental leave", "sick leave", "annual leave", "study leave", "a sabbatical",
                              "jury duty", "bereavement leave", "a secondment")]
     store = reranker_store(tmp_path_factory.mktemp("project"), "hr")
-    return train_reranker(triples, store, epochs=1, batch_size=8, learning_rate=1e-4, max_length=32).path
+    return train_reranker(triples, store, epochs=2, batch_size=8, learning_rate=1e-4, max_length=32,
+                          progress=training_events).path
+
+
+def test_training_reports_each_step_with_its_loss(trained: Path, training_events: ProgressRecorder) -> None:
+    curve = json.loads((trained / "manifest.json").read_text())["metrics"]["loss_curve"]
+    events = training_events.of("training")
+    assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2)]  # 8 questions a step, 2 epochs
+    assert [round(e.metrics["loss"], 4) for e in events] == [loss for _, loss in curve]
+    assert all(e.detail == f"loss {e.metrics['loss']:.3f}" for e in events)
+    training_events.assert_monotone()
 
 
 def hits() -> list[Hit]:

@@ -53,9 +53,9 @@ def module_database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
 def server_settings(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Any:
     from ragtune.settings import Settings
 
-    return Settings(data_dir=tmp_path_factory.mktemp("server") / "data", database_url=module_database_url,
-                    cache_dir=cache_dir, generator="smollm2", max_new_tokens=16, server_rate_limit=0,
-                    server_max_upload_bytes=16 * 1024 * 1024, server_max_top_k=50)
+    return Settings.of(data_dir=tmp_path_factory.mktemp("server") / "data", database_url=module_database_url,
+                       cache_dir=cache_dir, generator="smollm2", max_new_tokens=16,
+                       server={"rate_limit": 0, "max_upload_bytes": 16 * 1024 * 1024, "max_top_k": 50})
 
 
 @pytest.fixture(scope="module")

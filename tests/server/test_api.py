@@ -31,9 +31,9 @@ def test_openapi_spec_and_health_are_served(live: Any) -> None:
 @pytest.mark.parametrize("method, path, body, status, code, detail", [
     ("POST", "/collections/nope/search", {"query": "x"}, 404, "not_found", "no collection named 'nope'"),
     ("POST", "/collections/handbook/search", {"query": "x", "top_k": 5000}, 400, "limit_exceeded",
-     "top_k must be between 1 and 50 (server_max_top_k), got 5000"),
+     "top_k must be between 1 and 50 (server.max_top_k), got 5000"),
     ("POST", "/collections/handbook/search", {"query": "x", "top_k": 0}, 400, "limit_exceeded", "got 0"),
-    ("POST", "/collections/handbook/ask", {"question": "x", "top_k": 51}, 400, "limit_exceeded", "server_max_top_k"),
+    ("POST", "/collections/handbook/ask", {"question": "x", "top_k": 51}, 400, "limit_exceeded", "max_top_k"),
     ("POST", "/collections/handbook/ask", {"question": "x", "max_tokens": 999}, 400, "limit_exceeded",
      "max_tokens must be between 1 and 16"),
     ("POST", "/collections/handbook/ask", {"question": "x", "generator": "/etc/passwd"}, 400, "config_error",
@@ -58,11 +58,11 @@ def test_errors_are_problem_responses_with_stable_codes(live: Any, method: str, 
 
 
 def test_request_size_is_limited(live: Any) -> None:
-    limit = live.settings.server_max_request_bytes
+    limit = live.settings.server.max_request_bytes
     big = {"query": "x" * (limit + 10)}
     with live.client("admin") as client:
         problem = _problem(client.post("/collections/handbook/search", json=big), 413, "request_too_large")
-        assert problem["limit"] == "server_max_request_bytes"
+        assert problem["limit"] == "max_request_bytes"
 
         def chunked() -> Any:  # no Content-Length: the server counts as it reads
             payload = json.dumps(big).encode()

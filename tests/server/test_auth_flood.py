@@ -21,12 +21,11 @@ import httpx
 import pytest
 
 from ragtune.errors import AuthenticationError, ConfigError
-from ragtune.settings import Settings
+from ragtune.settings import ServerSettings, Settings
 
 # the general per-caller limit is off (as in conftest) so every 429 here comes from the new guards;
 # refusals are answered at once except in the test of the delay
-FLOOD = {"server_rate_limit": 0, "server_auth_rate_limit": 0.05, "server_auth_burst": 5,
-         "server_auth_refusal_delay": 0}
+FLOOD = {"rate_limit": 0, "auth_rate_limit": 0.05, "auth_burst": 5, "auth_refusal_delay": 0}  # [server]
 
 
 def _wrong_key(key_id: str | None = None) -> str:
@@ -50,7 +49,7 @@ def _serve(engine: Any, settings: Settings) -> Iterator[tuple[str, Any]]:
 
 def test_a_flood_of_wrong_keys_gets_429_after_the_burst_without_a_scrypt_each(
         engine: Any, server_settings: Settings, keys: dict[str, str]) -> None:
-    settings = server_settings.replace(**FLOOD)
+    settings = server_settings.replace(server=FLOOD)
     real_id = keys["a"].split("_")[1]
     with _serve(engine, settings) as (url, state), httpx.Client(base_url=url) as client:
         responses = [client.get("/collections", headers=_bearer(_wrong_key(real_id if i % 2 else None)))
@@ -76,7 +75,7 @@ def test_a_flood_of_wrong_keys_gets_429_after_the_burst_without_a_scrypt_each(
 
 def test_a_repeated_wrong_key_costs_one_scrypt_whether_or_not_its_id_exists(
         engine: Any, server_settings: Settings, keys: dict[str, str]) -> None:
-    settings = server_settings.replace(**FLOOD)
+    settings = server_settings.replace(server=FLOOD)
     real_id = keys["b"].split("_")[1]
     with _serve(engine, settings) as (url, state), httpx.Client(base_url=url) as client:
         for key in (_wrong_key(), _wrong_key(real_id)):
@@ -90,7 +89,7 @@ def test_a_repeated_wrong_key_costs_one_scrypt_whether_or_not_its_id_exists(
 
 def test_a_verified_key_is_served_while_threads_flood_its_address(
         engine: Any, server_settings: Settings, keys: dict[str, str]) -> None:
-    settings = server_settings.replace(**FLOOD)
+    settings = server_settings.replace(server=FLOOD)
     flood: Counter[int] = Counter()
     lock = threading.Lock()
 
@@ -119,9 +118,9 @@ def test_a_verified_key_is_served_while_threads_flood_its_address(
 
 
 def test_concurrent_verifications_never_exceed_the_cap(engine: Any, server_settings: Settings) -> None:
-    settings = server_settings.replace(server_rate_limit=0, server_auth_rate_limit=0,  # no bucket: only the cap
-                                       server_max_concurrent_verifications=2, server_verification_wait=0.05,
-                                       server_auth_refusal_delay=0)
+    settings = server_settings.replace(server={"rate_limit": 0, "auth_rate_limit": 0,  # no bucket: only the cap
+                                               "max_concurrent_verifications": 2, "verification_wait": 0.05,
+                                               "auth_refusal_delay": 0})
     with _serve(engine, settings) as (url, state):
         codes: Counter[int] = Counter()
         retry_after: list[str] = []
@@ -169,7 +168,7 @@ def test_concurrent_verifications_never_exceed_the_cap(engine: Any, server_setti
 
 def test_refusals_are_held_back_but_a_verified_key_is_not(
         engine: Any, server_settings: Settings, keys: dict[str, str]) -> None:
-    settings = server_settings.replace(**{**FLOOD, "server_auth_refusal_delay": 0.3})
+    settings = server_settings.replace(server={**FLOOD, "auth_refusal_delay": 0.3})
     timings: dict[int, list[float]] = {401: [], 429: []}
     lock = threading.Lock()
 
@@ -204,7 +203,7 @@ def test_refusals_are_held_back_but_a_verified_key_is_not(
 def test_the_cache_expires_and_revocation_counts_at_once(engine: Any, server_settings: Settings) -> None:
     from ragtune.server.auth import KeyStore
 
-    settings = server_settings.replace(server_rate_limit=0, server_key_cache_seconds=1.0)
+    settings = server_settings.replace(server={"rate_limit": 0, "key_cache_seconds": 1.0})
     store = KeyStore(engine.db)
     made = store.create("ttl", groups=["a"], scopes=["read"])
     wrong = _wrong_key()
@@ -233,13 +232,13 @@ def test_the_cache_expires_and_revocation_counts_at_once(engine: Any, server_set
 
 
 @pytest.mark.parametrize("name, value", [
-    ("server_auth_rate_limit", -1.0),
-    ("server_auth_burst", 0),
-    ("server_max_concurrent_verifications", 0),
-    ("server_verification_wait", -0.1),
-    ("server_key_cache_seconds", -1.0),
-    ("server_auth_refusal_delay", -1.0),
+    ("auth_rate_limit", -1.0),
+    ("auth_burst", 0),
+    ("max_concurrent_verifications", 0),
+    ("verification_wait", -0.1),
+    ("key_cache_seconds", -1.0),
+    ("auth_refusal_delay", -1.0),
 ])
 def test_the_new_limits_are_validated(name: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=name):
-        Settings(**{name: value})
+        ServerSettings(**{name: value})

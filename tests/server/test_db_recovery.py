@@ -39,7 +39,7 @@ def folder() -> Iterator[Path]:
 @pytest.fixture
 def served(folder: Path, embedder: Any, cache_dir: Path) -> Iterator[tuple[str, Ragtune]]:
     """A server (uvicorn in a thread) over an engine on the embedded server of its own folder."""
-    settings = Settings(data_dir=folder, cache_dir=cache_dir, generator="extractive", server_rate_limit=0)
+    settings = Settings.of(data_dir=folder, cache_dir=cache_dir, generator="extractive", server={"rate_limit": 0})
     rt = Ragtune(settings, embedder=embedder)
     rt.ingest_documents(DOCS, collection="kb")
     app = create_app(rt, settings, auth=False)
@@ -92,7 +92,7 @@ def test_the_server_restarts_a_lost_database_without_any_request(folder: Path, e
                                                                  cache_dir: Path) -> None:
     """No request and no health check after the kill: the ingest worker, which looks for jobs every
     2 s, finds the loss, and that starts the restart."""
-    settings = Settings(data_dir=folder, cache_dir=cache_dir, generator="extractive", server_rate_limit=0)
+    settings = Settings.of(data_dir=folder, cache_dir=cache_dir, generator="extractive", server={"rate_limit": 0})
     rt = Ragtune(settings, embedder=embedder)
     try:
         rt.ingest_documents(DOCS, collection="kb")
@@ -137,7 +137,7 @@ def test_requests_right_after_a_kill_are_answered_or_refused_with_retry_after(se
 
 def test_a_search_over_statement_timeout_is_a_504_problem(settings: Settings, embedder: Any,
                                                           database_url: str) -> None:
-    settings = settings.replace(statement_timeout=0.3, server_rate_limit=0)
+    settings = settings.replace(statement_timeout=0.3, server={"rate_limit": 0})
     rt = Ragtune(settings, embedder=embedder)
     try:
         rt.ingest_documents(DOCS, collection="kb")
@@ -162,7 +162,7 @@ def test_ragtune_serve_restarts_its_killed_database(folder: Path, embedder: Any,
         rt.ingest_documents(DOCS, collection="kb")
     env = {k: v for k, v in os.environ.items() if k != "RAGTUNE_DATABASE_URL"}
     env.update({"RAGTUNE_DATA_DIR": str(folder), "RAGTUNE_CACHE_DIR": str(cache_dir),
-                "RAGTUNE_GENERATOR": "extractive", "RAGTUNE_SERVER_RATE_LIMIT": "0"})
+                "RAGTUNE_GENERATION_GENERATOR": "extractive", "RAGTUNE_SERVER_RATE_LIMIT": "0"})
     proc, url = start_serve(env, "--no-auth", "--log-level", "warning")
     try:
         with httpx.Client(base_url=url, timeout=60) as client:

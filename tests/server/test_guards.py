@@ -29,7 +29,7 @@ def open_server(engine: Any, server_settings: Settings) -> Iterator[str]:
     """A loopback server without keys: every caller is the local admin, as `ragtune serve` runs by default."""
     from ragtune.server.app import create_app
 
-    settings = server_settings.replace(server_host="127.0.0.1")
+    settings = server_settings.replace(server={"host": "127.0.0.1"})
     with running(create_app(engine, settings, auth=False), settings) as url:
         yield url
 
@@ -52,7 +52,7 @@ def test_a_rebound_host_name_is_refused(open_server: str) -> None:
 def test_allowed_hosts_are_configurable(engine: Any, server_settings: Settings) -> None:
     from ragtune.server.app import create_app
 
-    settings = server_settings.replace(server_host="127.0.0.1", server_allowed_hosts="rag.internal")
+    settings = server_settings.replace(server={"host": "127.0.0.1", "allowed_hosts": "rag.internal"})
     with running(create_app(engine, settings, auth=False, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         assert client.get("/collections", headers={"Host": "rag.internal:8000"}).status_code == 200
@@ -80,7 +80,7 @@ def test_cross_origin_writes_are_refused_unless_cors_allows_them(open_server: st
 def test_a_cors_allowed_origin_may_write(engine: Any, server_settings: Settings) -> None:
     from ragtune.server.app import create_app
 
-    settings = server_settings.replace(server_host="127.0.0.1", server_cors_origins="https://app.example")
+    settings = server_settings.replace(server={"host": "127.0.0.1", "cors_origins": "https://app.example"})
     with running(create_app(engine, settings, auth=False, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         r = client.post("/collections/handbook/search", json={"query": "budget"},
@@ -196,7 +196,7 @@ def test_api_docs_are_off_by_default_and_local_when_on(engine: Any, server_setti
             httpx.Client(base_url=url) as client:
         assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
         assert client.get("/openapi.json").status_code == 200
-    settings = server_settings.replace(server_api_docs=True)
+    settings = server_settings.replace(server={"api_docs": True})
     with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         page = client.get("/docs")

@@ -78,6 +78,10 @@ def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
         assert by_name["records.jsonl"]["status"] == "ingested" and by_name["records.jsonl"]["documents"] == 1
         assert by_name["records.jsonl"]["errors"][0]["source"].startswith("records.jsonl:2")
         assert job["report"]["added"] == 2 and job["report"]["failed"] == 3
+        # the counts the console polls, from the ingest's progress events, end at the report's
+        report = job["report"]
+        assert job["progress"] == {"files": 4, "documents": 5, "chunks": report["chunks"],
+                                   "embedded": report["embedded"]} and report["chunks"] > 0
         assert job["attempts"] == 1 and job_id in {j["id"] for j in client.get("/ingest-jobs").json()}
         hits = client.post("/collections/handbook/search", json={"query": "when is lunch served"}).json()["hits"]
         assert hits[0]["uri"] == "guide.md" and hits[0]["metadata"]["upload_job"] == job_id
@@ -89,11 +93,11 @@ def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
 
 
 def test_upload_limits(live: Any) -> None:
-    limit = live.settings.server_max_upload_bytes
+    limit = live.settings.server.max_upload_bytes
     with live.client("admin") as client:
         r = client.post("/collections/handbook/documents", content=_multipart("huge.txt", limit + 1),
                         headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
-        assert r.status_code == 413 and r.json()["limit"] == "server_max_upload_bytes"
+        assert r.status_code == 413 and r.json()["limit"] == "max_upload_bytes"
         r = client.post("/collections/handbook/documents", content=b"{}", headers={"Content-Type": "application/json"})
         assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
         r = client.post("/collections/handbook/documents", data={"acl": "a"}, files={})

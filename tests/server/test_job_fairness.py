@@ -1,5 +1,5 @@
 """One key's ingest jobs cannot hold the worker against another's (issue 14, item 6): a key has at
-most ``server_max_jobs_per_key`` unfinished jobs, the worker takes keys in turn, and a file over a
+most ``server.max_jobs_per_key`` unfinished jobs, the worker takes keys in turn, and a file over a
 container limit fails alone inside its job. Against the real server and database."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_a_burst_of_one_key_does_not_delay_another_keys_job(engine: Any, server_
                                                             tenants: dict[str, str]) -> None:
     from ragtune.server.app import create_app
 
-    assert server_settings.server_max_jobs_per_key == 4  # the default
+    assert server_settings.server.max_jobs_per_key == 4  # the default
     app = create_app(engine, server_settings, auth=True, start_worker=False)
     state = app.state.ragtune
     with running(app, server_settings) as url, \
@@ -67,8 +67,8 @@ def test_a_burst_of_one_key_does_not_delay_another_keys_job(engine: Any, server_
         refused = a.post(UPLOAD, files={"files": ("a4.md", b"# a4\n\nOne job too many.")})
         assert refused.status_code == 429, refused.text
         problem = refused.json()
-        assert problem["code"] == "too_many_jobs" and problem["limit"] == "server_max_jobs_per_key"
-        assert "4 unfinished ingest jobs" in problem["detail"] and "server_max_jobs_per_key=4" in problem["detail"]
+        assert problem["code"] == "too_many_jobs" and problem["limit"] == "max_jobs_per_key"
+        assert "4 unfinished ingest jobs" in problem["detail"] and "server.max_jobs_per_key=4" in problem["detail"]
         assert int(refused.headers["retry-after"]) >= 1
         assert sorted(Path(state.uploads).iterdir()) == stored_before
         # asked before the body is read at all: a body that is no upload gets 429, not 415
@@ -123,7 +123,7 @@ def test_two_uploads_racing_for_the_last_slot_cannot_both_take_it(engine: Any, t
     try:
         assert len(created) == 2 and len(refused) == 4
         assert store.unfinished("key:racer") == 2
-        assert all(e.limit == "server_max_jobs_per_key" and e.retry_after > 0 for e in refused)
+        assert all(e.limit == "max_jobs_per_key" and e.retry_after > 0 for e in refused)
         with pytest.raises(JobLimitError):
             store.check_quota("key:racer", 2)
         store.check_quota("key:racer", 3)  # below another limit

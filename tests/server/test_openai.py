@@ -66,14 +66,14 @@ def test_errors_reach_the_client_as_its_own_exceptions(live: Any) -> None:
     with pytest.raises(openai.BadRequestError) as too_many:
         _client(live, "a").chat.completions.create(model="handbook", messages=[{"role": "user", "content": "hi"}],
                                                    extra_body={"top_k": 10_000})
-    assert "server_max_top_k" in str(too_many.value)
+    assert "server.max_top_k" in str(too_many.value)
 
 
 def test_embeddings_match_the_embedder(live: Any) -> None:
     client = _client(live, "a")
     texts = ["The office opens at nine.", "Aurora ships in March."]
     default = client.embeddings.create(model="ragtune", input=texts)  # the client asks for base64
-    floats = client.embeddings.create(model=live.settings.embedder, input=texts, encoding_format="float")
+    floats = client.embeddings.create(model=live.settings.ingest.embedder, input=texts, encoding_format="float")
     expected = live.engine.embedder.embed_batch(texts)
     for response in (default, floats):
         got = np.array([d.embedding for d in response.data], dtype=np.float32)
@@ -87,5 +87,5 @@ def test_embeddings_match_the_embedder(live: Any) -> None:
 
 def test_models_lists_collections_and_the_embedder(live: Any) -> None:
     models = {m.id: m for m in _client(live, "b").models.list()}
-    assert "handbook" in models and live.settings.embedder in models
+    assert "handbook" in models and live.settings.ingest.embedder in models
     assert models["handbook"].owned_by == "ragtune"

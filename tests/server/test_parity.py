@@ -64,8 +64,8 @@ def world(module_database_url: str, cache_dir: Path, embedder: Any,
     from ragtune.server.auth import KeyStore
 
     data_dir = tmp_path_factory.mktemp("parity") / "data"
-    settings = Settings(data_dir=data_dir, database_url=module_database_url, cache_dir=cache_dir,
-                        generator="extractive", server_rate_limit=0)
+    settings = Settings.of(data_dir=data_dir, database_url=module_database_url, cache_dir=cache_dir,
+                           generator="extractive", server={"rate_limit": 0})
     # the collection's reranker and the project's answerability model, trained small and fast
     topics = ("parental leave", "sick leave", "annual leave", "study leave", "jury duty", "a sabbatical")
     train_reranker([Triple(f"how long is {t}", f"{t} lasts sixteen weeks.", f"{t} forms are on paper.")
@@ -91,7 +91,7 @@ def cli_env(world: World, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("RAGTUNE_DATABASE_URL", str(world.rt.settings.database_url))
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(world.rt.settings.data_dir))
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
-    monkeypatch.setenv("RAGTUNE_GENERATOR", "extractive")
+    monkeypatch.setenv("RAGTUNE_GENERATION_GENERATOR", "extractive")
     monkeypatch.chdir(tmp_path)
 
 
@@ -206,14 +206,14 @@ def _answer_fields(answer: Any) -> dict[str, Any]:
 
 def test_the_server_serves_the_generators_it_is_told_to(world: World) -> None:
     """Besides the configured generator and extractive, a request may name a generator listed in
-    ``server_generators`` (here a plugin's); any other is refused before anything runs."""
+    ``server.generators`` (here a plugin's); any other is refused before anything runs."""
     from ragtune.plugins import Plugins
     from ragtune.server.app import create_app
     from ragtune.testing import EchoGenerator
 
     plugins = Plugins.load(entry_points=False)
     plugins.generators.register("echo:", lambda name, settings: EchoGenerator(name))
-    settings = world.rt.settings.replace(server_generators="echo:parrot, echo:myna", server_auth="off")
+    settings = world.rt.settings.replace(server={"generators": "echo:parrot, echo:myna", "auth": "off"})
     with Ragtune(settings, embedder=world.rt.embedder, plugins=plugins) as rt, \
             serve_in_thread(create_app(rt, settings, auth=False), settings) as url:
         def ask(generator: str) -> httpx.Response:

@@ -31,16 +31,16 @@ def test_filters_are_capped_everywhere(live: Any) -> None:
                        json={"query": "budget", "filters": {"team": [f"t{i}" for i in range(300)]}})
         assert r.status_code == 400 and r.json()["limit"] == "max_filter_values"
         r = admin.post("/collections/handbook/ask", json={"question": "budget?", "generator": "extractive",
-                                                          "filters": _many_filters(settings.max_filters + 1)})
+                                                          "filters": _many_filters(settings.retrieval.max_filters + 1)})
         assert r.status_code == 400 and r.json()["limit"] == "max_filters"
         r = admin.post("/v1/chat/completions", json={"model": "handbook", "filters": _many_filters(100),
                                                      "messages": [{"role": "user", "content": "budget?"}]})
         assert r.status_code == 400
         ok = admin.post("/collections/handbook/search",
-                        json={"query": "budget", "filters": _many_filters(settings.max_filters - 1)})
+                        json={"query": "budget", "filters": _many_filters(settings.retrieval.max_filters - 1)})
         assert ok.status_code == 200
     with pytest.raises(LimitError, match="max_filters"):
-        live.engine.search("budget", collection="handbook", filters=_many_filters(settings.max_filters + 1))
+        live.engine.search("budget", collection="handbook", filters=_many_filters(settings.retrieval.max_filters + 1))
 
 
 def _active(engine: Any) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ RECORDS = 1000
 @contextmanager
 def serve_process(settings: Any) -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "RAGTUNE_DATABASE_URL": settings.database_url, "RAGTUNE_DATA_DIR": str(settings.data_dir),
-           "RAGTUNE_CACHE_DIR": str(settings.cache_dir), "RAGTUNE_GENERATOR": "extractive",
+           "RAGTUNE_CACHE_DIR": str(settings.cache_dir), "RAGTUNE_GENERATION_GENERATOR": "extractive",
            "RAGTUNE_SERVER_RATE_LIMIT": "0"}
     proc, url = start_serve(env, "--auth", "--log-level", "warning")
     try:

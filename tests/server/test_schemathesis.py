@@ -21,9 +21,9 @@ def server_settings(module_database_url: str, tmp_path_factory: pytest.TempPathF
     from ragtune.settings import Settings
 
     # the extractive answerer keeps each ask fast; the limits make oversized inputs 4xx quickly
-    return Settings(data_dir=tmp_path_factory.mktemp("schemathesis") / "data", database_url=module_database_url,
-                    cache_dir=cache_dir, generator="extractive", server_rate_limit=0, max_new_tokens=16,
-                    server_max_upload_bytes=1024 * 1024, server_max_top_k=50)
+    return Settings.of(data_dir=tmp_path_factory.mktemp("schemathesis") / "data", database_url=module_database_url,
+                       cache_dir=cache_dir, generator="extractive", max_new_tokens=16,
+                       server={"rate_limit": 0, "max_upload_bytes": 1024 * 1024, "max_top_k": 50})
 
 
 def test_no_input_makes_a_server_error(live: Any) -> None:

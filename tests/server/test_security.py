@@ -144,7 +144,7 @@ def test_rate_limit_per_key(engine: Any, server_settings: Settings, keys: dict[s
     from ragtune.server.app import create_app
     from tests.server.conftest import running
 
-    settings = server_settings.replace(server_rate_limit=0.05, server_rate_burst=3)
+    settings = server_settings.replace(server={"rate_limit": 0.05, "rate_burst": 3})
     with running(create_app(engine, settings, auth=True), settings) as url:
         import httpx
 
@@ -164,8 +164,8 @@ def test_auth_is_on_by_default_unless_loopback(engine: Any, server_settings: Set
                            ("192.168.1.10", True), ("example.org", True)]:
         assert auth_required(server_settings, host) is expected, host
     assert auth_required(server_settings, "127.0.0.1", flag=True) is True
-    assert auth_required(server_settings.replace(server_auth="on"), "127.0.0.1") is True
-    assert auth_required(server_settings.replace(server_auth="off"), "0.0.0.0") is False
+    assert auth_required(server_settings.replace(server={"auth": "on"}), "127.0.0.1") is True
+    assert auth_required(server_settings.replace(server={"auth": "off"}), "0.0.0.0") is False
 
 
 def test_without_auth_a_loopback_server_serves_its_owner(engine: Any, server_settings: Settings,
@@ -175,7 +175,7 @@ def test_without_auth_a_loopback_server_serves_its_owner(engine: Any, server_set
     from ragtune.server.app import create_app
     from tests.server.conftest import running
 
-    app = create_app(engine, server_settings.replace(server_host="127.0.0.1"), start_worker=False)
+    app = create_app(engine, server_settings.replace(server={"host": "127.0.0.1"}), start_worker=False)
     with running(app, server_settings) as url, httpx.Client(base_url=url) as client:
         assert client.get("/health").json()["auth"] is False
         assert _uris(client.post("/collections/handbook/search", json=SEARCH)) == {
@@ -228,7 +228,7 @@ def test_failed_attempts_are_rate_limited_per_client(engine: Any, server_setting
     from ragtune.server.app import create_app
     from tests.server.conftest import running
 
-    settings = server_settings.replace(server_rate_limit=0.05, server_rate_burst=3)
+    settings = server_settings.replace(server={"rate_limit": 0.05, "rate_burst": 3})
     with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         wrong = {"Authorization": "Bearer rt_0123456789ab_" + "w" * 43}
@@ -246,7 +246,7 @@ def test_cors_is_configurable(engine: Any, server_settings: Settings) -> None:
 
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}
-    settings = server_settings.replace(server_cors_origins="https://app.example")
+    settings = server_settings.replace(server={"cors_origins": "https://app.example"})
     with running(create_app(engine, settings, auth=True, start_worker=False), settings) as url, \
             httpx.Client(base_url=url) as client:
         r = client.options("/collections/handbook/search", headers=preflight)

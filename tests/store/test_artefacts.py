@@ -290,7 +290,7 @@ def test_an_old_data_folder_still_reads(tmp_path: Path) -> None:
     assert names(tmp_path, RERANKER) == ["docs"]
     reranker = CrossEncoderReranker(reranker_dir)
     assert reranker.fusion_weight == 0.0 and reranker.name == "docs/v1"
-    assert reranker.rerank("q", []) == [] and reranker._model is None  # weight 0: the model never loads
+    assert reranker.rerank("q", []) == [] and reranker.loaded is False  # weight 0: the model never loads
 
     model = load_answerability(tmp_path)
     assert model.path == answer_dir and model.threshold == 0.35 and model.name == "answerability/v1"

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ragtune.cli.common import AsJson, DataDir, console, engine, progress_bar, run_command
+from ragtune.cli.common import AsJson, DataDir, ProgressBars, console, engine, run_command
 
 app = typer.Typer()  # answerability train
 
@@ -40,16 +40,11 @@ def train(
             rng.shuffle(train_rows)
             rng.shuffle(held_out)
             train_rows = train_rows[:limit] if limit else train_rows
-            with progress_bar() as progress:
-                task = progress.add_task("training", total=None)
-
-                def update(step: int, total: int, loss: float) -> None:
-                    progress.update(task, completed=step, total=total, description=f"training (loss {loss:.3f})")
-
+            with ProgressBars() as bars:
                 artefact = train_answerability(train_rows, answerability_store(rt.settings.data_dir),
                                                validation=held_out[:validation], epochs=epochs,
                                                batch_size=batch_size, learning_rate=learning_rate,
-                                               max_length=max_length, progress=update, source="squad-2.0-dev")
+                                               max_length=max_length, progress=bars, source="squad-2.0-dev")
         manifest = artefact.manifest
         if as_json:
             print(json.dumps({"path": str(artefact.path), **manifest}, indent=2))

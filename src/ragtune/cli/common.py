@@ -1,5 +1,5 @@
 """What every ``ragtune`` command shares, defined once: the consoles, settings and engine, the error
-boundary, the common options, and the ingest progress bars and report.
+boundary, the common options, the one renderer of progress events and the ingest report.
 
 Every command module imports this one; nothing but the entry point imports ``cli/main.py``, which
 only assembles the command tree, so the package has no import cycle.
@@ -17,8 +17,10 @@ argument ``run`` (its name is the ``RUN`` shown in their help).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Collection
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -28,6 +30,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -40,7 +43,7 @@ from ragtune.settings import Settings
 
 if TYPE_CHECKING:
     from ragtune.engine import Ragtune
-    from ragtune.models import IngestReport
+    from ragtune.models import IngestReport, ProgressEvent
 
 T = TypeVar("T")
 
@@ -120,33 +123,55 @@ def parse_meta(items: list[str] | None) -> dict[str, Any]:
     return meta
 
 
-def progress_bar(*, transient: bool = False) -> Progress:
-    """Bars on stderr for long work (training, mining): description, bar, n/total, elapsed, remaining."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err_console, transient=transient)
+# what a bar calls a task (``ProgressEvent.task``) when its name alone would say too little
+PROGRESS_LABELS = {"chunks": "chunks written", "embedded": "chunks embedded", "mining": "questions mined",
+                   "questions": "questions written", "rows": "rows written", "training": "training steps"}
 
 
-def ingest_progress() -> tuple[Progress, Callable[[str, int], None], Callable[[int], None]]:
-    """Bars for documents and embedded chunks, and the engine's two progress callbacks that move them.
+class ProgressBars:
+    """The CLI's one renderer of progress events (a ``ragtune.protocols.Progress``): one Rich bar per
+    task name on stderr, in the order the tasks first report, with n/total, the time elapsed and the
+    time left when the event's ``total`` is known, and its ``detail`` after the task's label. A task
+    whose ``done`` goes back (each trial of a search trains from step 0) starts its bar again. The
+    tasks named in ``lines`` also print each event's ``detail`` as a line above the bars.
 
-    Away from a terminal rich draws nothing while it runs and prints the final bars once, which is
-    what a log wants: no ``disable`` needed.
+    Open it with ``with``. Away from a terminal rich draws nothing while it runs and prints the
+    final bars once (unless ``transient``), which is what a log wants: no ``disable`` needed.
     """
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, transient=False)
-    docs = progress.add_task("documents", total=None)
-    chunks = progress.add_task("chunks embedded", total=None)
 
-    def on_event(event: str, n: int) -> None:
-        if event == "document":
-            progress.advance(docs, n)
-        elif event == "embedded":
-            progress.advance(chunks, n)
+    DETAIL_CHARS = 60
 
-    def on_files(n: int) -> None:
-        progress.update(docs, total=n, description=f"documents ({n} files)")
+    def __init__(self, *, transient: bool = False, lines: Collection[str] = ()) -> None:
+        self.bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=transient)
+        self.lines = frozenset(lines)
+        self._tasks: dict[str, TaskID] = {}
+        self._done: dict[str, int] = {}
+        self._lock = threading.Lock()  # ingest reports from its writer thread too
 
-    return progress, on_event, on_files
+    def __call__(self, event: ProgressEvent) -> None:
+        detail = event.detail if len(event.detail) <= self.DETAIL_CHARS else event.detail[:self.DETAIL_CHARS] + "…"
+        label = PROGRESS_LABELS.get(event.task, event.task)
+        description = escape(f"{label} ({detail})" if detail else label)
+        with self._lock:
+            task = self._tasks.get(event.task)
+            if task is None:
+                self._tasks[event.task] = self.bars.add_task(description, total=event.total, completed=event.done)
+            elif event.done < self._done[event.task]:
+                self.bars.reset(task, total=event.total, completed=event.done, description=description)
+            else:
+                self.bars.update(task, total=event.total, completed=event.done, description=description)
+            self._done[event.task] = event.done
+        if event.task in self.lines and event.detail:
+            self.bars.console.print(event.detail, highlight=False, markup=False, soft_wrap=True)
+
+    def __enter__(self) -> ProgressBars:
+        self.bars.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.bars.stop()
 
 
 def print_report(report: IngestReport, verb: str = "ingested") -> None:

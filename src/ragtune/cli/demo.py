@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from ragtune.cli.ask import print_sources
-from ragtune.cli.common import DataDir, console, engine, err_console, ingest_progress, print_report, run_command
+from ragtune.cli.common import DataDir, ProgressBars, console, engine, print_report, run_command
 
 if TYPE_CHECKING:
     from ragtune.engine import Ragtune
@@ -74,10 +74,8 @@ def run_demo(rt: Ragtune, *, eval_limit: int | None) -> None:
     folder = rt.settings.data_dir / "demo" / "squad-articles"
     n = write_articles(squad, folder)
     console.rule(f"1. ingest {n} SQuAD 2.0 dev articles ({len(squad.corpus)} paragraphs) from {folder}")
-    progress, on_event, on_files = ingest_progress()
-    with progress:
-        report = rt.sync(folder, collection="squad-articles", progress=on_event, on_files=on_files,
-                         metadata={"source": "squad-dev"})
+    with ProgressBars() as bars:
+        report = rt.sync(folder, collection="squad-articles", progress=bars, metadata={"source": "squad-dev"})
     print_report(report, "synced")
 
     console.rule("2. hybrid search over the articles")
@@ -120,7 +118,8 @@ def run_demo(rt: Ragtune, *, eval_limit: int | None) -> None:
 
     label = f"first {eval_limit}" if eval_limit else "all"
     console.rule(f"5. retrieval quality on SQuAD 2.0 dev ({label} answerable questions, paragraph level)")
-    quality = evaluate_retrieval(rt, "squad", limit=eval_limit, progress_console=err_console)
+    with ProgressBars(transient=True) as bars:
+        quality = evaluate_retrieval(rt, "squad", limit=eval_limit, progress=bars)
     table = Table(title=f"{quality['queries']} queries over {quality['corpus']} paragraphs")
     table.add_column("mode")
     for m in quality["measures"]:

@@ -15,9 +15,9 @@ from ragtune.cli.common import (
     AsUserOpt,
     CollectionOpt,
     DataDir,
+    ProgressBars,
     console,
     engine,
-    ingest_progress,
     parse_groups,
     parse_meta,
     print_report,
@@ -101,16 +101,15 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
         from ragtune.ingest.loaders import LoaderOptions
 
         metadata = parse_meta(meta) if meta else None  # a bad --meta is refused before the database starts
-        progress, on_event, on_files = ingest_progress()
         with engine(data_dir) as rt:
             options = LoaderOptions.from_settings(
                 rt.settings, text_field=text_field,
                 metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
             )
-            kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
-                                          include=include or (), exclude=exclude or (), loader_options=options,
-                                          progress=on_event, on_files=on_files)
-            with progress:
+            with ProgressBars() as bars:
+                kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl,
+                                              change_acl=change_acl, include=include or (), exclude=exclude or (),
+                                              loader_options=options, progress=bars)
                 report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)
         print_report(report, "synced" if sync else "ingested")
         if report.failed and report.added + report.updated + report.unchanged == 0:

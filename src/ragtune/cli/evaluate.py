@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, CollectionOpt, DataDir, console, engine, err_console, run_command
+from ragtune.cli.common import AsJson, CollectionOpt, DataDir, ProgressBars, console, engine, run_command
 
 app = typer.Typer()  # eval answers|retrieval
 
@@ -32,16 +31,9 @@ def eval_answers(
         from ragtune.evaluate.answers import evaluate_answers
 
         names = [g.strip() for g in generators.split(",") if g.strip()]
-        with engine(data_dir) as rt, Progress(console=err_console, transient=True) as progress:
-            tasks: dict[str, Any] = {}
-
-            def advance(gen: str, done: int, total: int) -> None:
-                if gen not in tasks:
-                    tasks[gen] = progress.add_task(f"asking with {gen}", total=total)
-                progress.update(tasks[gen], completed=done)
-
+        with engine(data_dir) as rt, ProgressBars(transient=True) as bars:
             result = evaluate_answers(rt, dataset, generators=names, limit=limit, collection=collection,
-                                      progress=advance, subset_corpus=subset_corpus)
+                                      progress=bars, subset_corpus=subset_corpus)
         if as_json:
             print(json.dumps(result, indent=2))
             return
@@ -82,10 +74,9 @@ def eval_retrieval(
     def body() -> None:
         from ragtune.evaluate.retrieval import evaluate_retrieval
 
-        with engine(data_dir) as rt:
+        with engine(data_dir) as rt, ProgressBars(transient=True) as bars:
             result = evaluate_retrieval(rt, dataset, modes=[m.strip() for m in modes.split(",")], limit=limit,
-                                        subset_corpus=subset_corpus, collection=collection,
-                                        progress_console=err_console)
+                                        subset_corpus=subset_corpus, collection=collection, progress=bars)
         if as_json:
             print(json.dumps(result, indent=2))
             return

@@ -4,26 +4,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
-from ragtune.cli.common import DataDir, console, engine, load_settings, progress_bar, run_command
+from ragtune.cli.common import DataDir, ProgressBars, console, engine, load_settings, run_command
 from ragtune.errors import ConfigError
 
 app = typer.Typer()  # rerank train|list
-
-
-def _updater(progress: Progress, description: str) -> Callable[[int, int], None]:
-    task = progress.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return update
 
 
 @app.command("train")
@@ -67,7 +56,7 @@ def train(
         with engine(data_dir) as rt:
             rt.collection(collection)  # NotFoundError before any model loads
             store = reranker_store(rt.settings.data_dir, name or collection)
-            with progress_bar() as progress:
+            with ProgressBars() as bars:
                 if dataset is not None:
                     from ragtune.evaluate.datasets import load_dataset
 
@@ -76,26 +65,26 @@ def train(
                     qids = train_half[:limit]
                     held = ds.positives(train_half[limit:limit + validation])
                     triples = triples_from_dataset(rt, ds, collection, qids, negatives_per_query=negatives,
-                                                   progress=_updater(progress, "mining triples"))
+                                                   progress=bars)
                     source: dict[str, Any] = {"dataset": dataset, "questions": len(qids)}
                     split = (f"{HASH_SPLIT}; the first {len(qids)} of the 'train' half (by id) trained on, the "
                              f"next {len(held)} held out to choose the fusion weight")
                 else:
                     gen = make_generator(generator, rt.settings)
                     pairs = synthetic_pairs(rt, collection, gen, limit=synthetic + validation,
-                                            progress=_updater(progress, "writing questions"))
+                                            progress=bars)
                     # the last questions written are held out (too few: all train, no choice)
                     cut = len(pairs) - validation if len(pairs) >= 2 * validation else len(pairs)
                     pairs, held = pairs[:cut], pairs[cut:]
                     triples = mine_triples(rt, collection, pairs, negatives_per_query=negatives,
-                                           progress=_updater(progress, "mining triples"))
+                                           progress=bars)
                     source = {"synthetic": len(pairs), "generator": getattr(gen, "name", generator)}
                     split = (f"generated questions in order: the last {len(held)} held out to choose the fusion "
                              "weight" if held else "every generated question trained on (too few to hold any out)")
                 artifact = train_reranker(triples, store, epochs=epochs, batch_size=batch_size,
                                           learning_rate=learning_rate, seed=seed,
                                           choose=validation_chooser(rt, collection, held) if held else None,
-                                          progress=_updater(progress, "training steps"), source=source, split=split,
+                                          progress=bars, source=source, split=split,
                                           fields={"collection": collection})
         data, metrics = artifact.manifest["data"], artifact.manifest["metrics"]
         console.print(f"reranker [bold]{artifact.name}[/] v{artifact.version}: {data['rows']} triples from "

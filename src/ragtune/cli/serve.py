@@ -18,8 +18,8 @@ keys_app = typer.Typer()  # keys create|list|revoke
 
 @app.command("serve")
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default: server_host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: server_port, 8000; 0 picks a free one).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: server.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port, 8000; 0 picks a free one).")] = None,
     auth: Annotated[bool | None, typer.Option(
         "--auth/--no-auth", help="Require API keys (default: on unless listening on a loopback address).")] = None,
     insecure_public: Annotated[bool, typer.Option(
@@ -34,13 +34,13 @@ def serve(
             from ragtune.server.app import bind, create_app, make_server
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
-        project = load_settings(data_dir, server_host=host, server_port=port)
-        listen = project.server_host
+        project = load_settings(data_dir, server={"host": host, "port": port})
+        listen = project.server.host
         required = auth_required(project, listen, auth)
         if not required and not is_loopback(listen) and not insecure_public:
             raise ConfigError(f"refusing to serve {listen} without API keys: anyone who can reach it would read and "
                               "change everything. Create keys (`ragtune keys create`) and drop --no-auth / "
-                              "server_auth=off, or pass --insecure-public if that is really what you want")
+                              "server.auth=off, or pass --insecure-public if that is really what you want")
         with open_engine(project) as rt:
             # Connect, migrate and load the embedder before listening: the first request is not slow.
             rt.warm_up()
@@ -52,9 +52,9 @@ def serve(
                 err_console.print(f"[bold red]warning[/]: auth is off on {listen}: anyone who can reach it reads "
                                   "and changes everything")
             api = create_app(rt, project, auth=required)
-            sock = bind(listen, project.server_port)
+            sock = bind(listen, project.server.port)
             shown = f"[{listen}]" if ":" in listen else listen
-            docs = "/docs" if project.server_api_docs else "/openapi.json"
+            docs = "/docs" if project.server.api_docs else "/openapi.json"
             err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
                               f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
             try:

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, open_engine, run_command
+from ragtune.cli.common import (
+    AsJson,
+    DataDir,
+    ProgressBars,
+    console,
+    err_console,
+    load_settings,
+    num,
+    open_engine,
+    run_command,
+)
 from ragtune.errors import DatasetError
 from ragtune.models import Principal
 
@@ -58,11 +68,13 @@ def train(
                                       "dataset_hash": dataset.content_hash}
             if config is not None or method is not None:
                 expect["config"] = to_dict(tune)
-            record = resume_run(run_dir, nproc=nproc, console=err_console, expect=expect)
+            with ProgressBars() as bars:
+                record = resume_run(run_dir, nproc=nproc, progress=bars, expect=expect)
         else:
-            record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
-                               cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
-                               nproc=nproc or 1, console=err_console)
+            with ProgressBars() as bars:
+                record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
+                                   cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
+                                   nproc=nproc or 1, progress=bars)
         _print_record(record, as_json)
 
     run_command(body)

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ragtune.cli.common import DataDir, console, err_console, load_settings, num, run_command
+from ragtune.cli.common import DataDir, ProgressBars, console, load_settings, num, run_command
 
 app = typer.Typer()  # tune eval
 
@@ -30,17 +29,9 @@ def tune_eval(
 
         settings = load_settings(data_dir)
         run_dir = resolve_run(run, settings.data_dir / "runs")
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
-            tasks: dict[str, Any] = {}
-
-            def progress(side: str, done: int, total: int) -> None:
-                if side not in tasks:
-                    tasks[side] = bar.add_task(f"{side} replies", total=total)
-                bar.update(tasks[side], completed=done)
-
+        with ProgressBars(transient=True) as bars:
             report = evaluate_run(run_dir, settings=settings, limit=limit, max_new_tokens=max_new_tokens,
-                                  progress=progress)
+                                  progress=bars)
         if as_json:
             data = report.to_dict()
             data.pop("details")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, DataDir, console, err_console, load_settings, num, run_command
+from ragtune.cli.common import AsJson, DataDir, ProgressBars, console, err_console, load_settings, num, run_command
 from ragtune.cli.tune import training_data
 
 app = typer.Typer()  # tune search|studies|study
@@ -45,18 +45,9 @@ def tune_search(
         tune = load_config(config)
         space = load_space(config)
         dataset = training_data(settings, data, tune, force=False, version=version)
-
-        def on_trial(info: Any) -> None:
-            colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(info.state, "")
-            value = "-" if info.value is None else f"{info.value:.4f}"
-            extra = f" ({info.note})" if info.note else ""
-            state = f"[{colour}]{info.state}[/]" if colour else info.state
-            err_console.print(f"trial {info.number} {state} eval loss {value}  {_params(info)}{extra}",
-                              highlight=False)
-
-        result = search(settings=settings, data=dataset, config=tune, trials=trials, base=base, space=space,
-                        study=study, register=not no_register, register_as=register_as, console=err_console,
-                        on_trial=on_trial)
+        with ProgressBars(lines=["trials"]) as bars:  # a line per finished trial, above the bars
+            result = search(settings=settings, data=dataset, config=tune, trials=trials, base=base, space=space,
+                            study=study, register=not no_register, register_as=register_as, progress=bars)
         if as_json:
             print(json.dumps(result.to_dict(), indent=2, default=str))
             return

@@ -12,6 +12,10 @@ Per generator:
 
 Questions are chosen deterministically: the first answerable ones in file order and, when the set
 has them, as many unanswerable ones (``unanswerable_share``), interleaved.
+
+Progress (``protocols.Progress``): the events of indexing the dataset (``evaluate.retrieval``),
+then "answers": the questions asked so far with every generator (``total`` = generators ×
+questions; ``detail`` the generator asking).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +31,8 @@ import numpy as np
 
 from ragtune.generate.grounding import strip_citations
 from ragtune.models import Answer, Principal
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 
 
 def normalize_answer(text: str) -> str:
@@ -128,7 +134,7 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: int = 20,
                      unanswerable_share: float = 0.5, collection: str | None = None,
-                     progress: Callable[[str, int, int], None] | None = None,
+                     progress: Progress | None = None,
                      keep_answers: bool = False, subset_corpus: bool = False) -> dict[str, Any]:
     """Index the dataset (reusing stored embeddings), then ask every question with every generator.
 
@@ -142,20 +148,21 @@ def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: in
                            limit_queries=limit if subset_corpus else None, subset_corpus=subset_corpus)
     if subset_corpus and collection is None:
         collection = eval_collection(dataset.name, rt.embedder.name, f"-sub{limit}")
-    name, _ = index_dataset(rt, dataset, collection)
+    name, _ = index_dataset(rt, dataset, collection, progress)
     cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
     principal = Principal.system()
     out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases), "generators": {}}
     examples: dict[str, list[dict[str, Any]]] = {}
-    for gen in generators:
+    total = len(generators) * len(cases)
+    for g, gen in enumerate(generators):
+        emit(progress, "answers", g * len(cases), total, detail=gen)
         rt.generator(gen)  # load before timing
         results = []
         for i, case in enumerate(cases):
             started = time.perf_counter()
             answer = rt.ask(case.question, collection=name, generator=gen, principal=principal)
             results.append(CaseResult(case, answer, time.perf_counter() - started))
-            if progress is not None:
-                progress(gen, i + 1, len(cases))
+            emit(progress, "answers", g * len(cases) + i + 1, total, detail=gen)
         out["generators"][gen] = score_generator(results)
         if keep_answers:
             examples[gen] = [{"question": r.case.question, "gold": r.case.answers, "answer": r.answer.text,

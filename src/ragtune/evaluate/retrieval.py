@@ -4,6 +4,10 @@ Each dataset document is ingested as one document and one chunk, since the corpu
 the judged units (uri = its id; text = title and body, the way the bm25s reference indexes it).
 Queries are embedded in batches once, then each mode is run through the normal search path (so
 the numbers include the ACL SQL and trace writing).
+
+Progress (``protocols.Progress``): the ingest events of indexing ("documents" with the corpus size
+as total, "chunks", "embedded"; see ``ingest.pipeline``), then "queries": the searches run so far
+of every mode's (``total`` = modes × queries; ``detail`` the mode).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ragtune.models import LoadedDocument, Principal
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 
 
 def eval_collection(dataset: str, embedder: str, suffix: str = "") -> str:
@@ -32,25 +38,19 @@ def dataset_documents(dataset: Any) -> list[LoadedDocument]:
     return docs
 
 
-def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress: Any = None) -> tuple[str, Any]:
+def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress: Progress | None = None
+                  ) -> tuple[str, Any]:
     """Ingest a dataset's corpus as a collection (one document = one chunk); stored embeddings and
     unchanged documents make a rerun nearly free. Returns the collection name and the report."""
     name = collection or eval_collection(dataset.name, rt.embedder.name)
-    total = len(dataset.corpus)
-    task = progress.add_task(f"indexing {total} documents", total=total) if progress else None
-    report = rt.ingest_documents(
-        dataset_documents(dataset), collection=name, whole_documents=True,
-        progress=(lambda ev, n: progress.advance(task, n) if ev == "document" else None) if progress else None,
-    )
+    report = rt.ingest_documents(dataset_documents(dataset), collection=name, whole_documents=True, progress=progress)
     return name, report
 
 
 def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "dense", "hybrid"),
                        limit: int | None = None, subset_corpus: bool = False, collection: str | None = None,
-                       progress_console: Any = None, top_k: int = 10, search_options: dict[str, Any] | None = None
+                       progress: Progress | None = None, top_k: int = 10, search_options: dict[str, Any] | None = None
                        ) -> dict[str, Any]:
-    from rich.progress import Progress
-
     from ragtune.evaluate.datasets import load_dataset
     from ragtune.evaluate.metrics import retrieval_metrics
 
@@ -59,33 +59,33 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
     name = collection or eval_collection(dataset.name, rt.embedder.name,
                                          f"-sub{limit}" if subset_corpus and limit else "")
     principal = Principal.system()
-    with Progress(console=progress_console, transient=True) as progress:
-        name, report = index_dataset(rt, dataset, name, progress)
-        qids = list(dataset.queries)
-        texts = [dataset.queries[q] for q in qids]
-        vectors = rt.embedder.embed_batch(texts) if any(m != "bm25" for m in modes) else None
-        results: dict[str, Any] = {}
-        for mode in modes:
-            run: dict[str, dict[str, float]] = {}
-            latencies = []
-            task = progress.add_task(f"{mode} queries", total=len(qids))
-            for i, qid in enumerate(qids):
-                res = rt.search(texts[i], collection=name, top_k=max(top_k, 10) * 2, mode=mode,
-                                principal=principal,
-                                query_vector=None if vectors is None else vectors[i], **(search_options or {}))
-                latencies.append(res.timings_ms.get("search", 0.0))
-                scores: dict[str, float] = {}
-                for h in res.hits:
-                    if h.uri not in scores:  # hits are ranked: the first is the document's best chunk
-                        scores[h.uri] = h.score
-                    if len(scores) >= top_k:
-                        break
-                run[qid] = scores
-                progress.advance(task)
-            metrics = retrieval_metrics(dataset.qrels, run)
-            metrics["p50_ms"] = float(np.percentile(latencies, 50))
-            metrics["p95_ms"] = float(np.percentile(latencies, 95))
-            results[mode] = metrics
+    name, report = index_dataset(rt, dataset, name, progress)
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    vectors = rt.embedder.embed_batch(texts) if any(m != "bm25" for m in modes) else None
+    results: dict[str, Any] = {}
+    total = len(modes) * len(qids)
+    for m, mode in enumerate(modes):
+        run: dict[str, dict[str, float]] = {}
+        latencies = []
+        emit(progress, "queries", m * len(qids), total, detail=mode)
+        for i, qid in enumerate(qids):
+            res = rt.search(texts[i], collection=name, top_k=max(top_k, 10) * 2, mode=mode,
+                            principal=principal,
+                            query_vector=None if vectors is None else vectors[i], **(search_options or {}))
+            latencies.append(res.timings_ms.get("search", 0.0))
+            scores: dict[str, float] = {}
+            for h in res.hits:
+                if h.uri not in scores:  # hits are ranked: the first is the document's best chunk
+                    scores[h.uri] = h.score
+                if len(scores) >= top_k:
+                    break
+            run[qid] = scores
+            emit(progress, "queries", m * len(qids) + i + 1, total, detail=mode)
+        metrics = retrieval_metrics(dataset.qrels, run)
+        metrics["p50_ms"] = float(np.percentile(latencies, 50))
+        metrics["p95_ms"] = float(np.percentile(latencies, 95))
+        results[mode] = metrics
     measures = [m for m in next(iter(results.values())) if not m.endswith("_ms")] if results else []
     return {"dataset": dataset.name, "queries": len(dataset.queries), "corpus": len(dataset.corpus),
             "collection": name, "ingest": {"added": report.added, "unchanged": report.unchanged,

@@ -9,6 +9,9 @@ store (``generate.answerability.answerability_store``): the threshold in the man
 the precision, recall and ROC AUC measured there in its metrics, the examples' hash and split rule
 in its training data.
 
+Progress (``protocols.Progress``): "training", the optimiser steps done of all (epochs × batches),
+with the step's loss in ``metrics["loss"]`` and ``detail``.
+
 Honest limits: trained for minutes on a CPU from MiniLM, it learns the easy part of the task;
 ``benchmarks/abstention.py`` reports what it catches in the full ask path.
 """
@@ -20,7 +23,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,9 @@ from typing import Any
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.finetune.minilm import base_model_path, base_model_record
 from ragtune.generate.answerability import ANSWERABILITY, SPLIT_RULE, AnswerabilityNet
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 from ragtune.store.artefacts import Artefact, ArtefactStore, TrainingData
-
-Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,5 @@ def _fit(examples: Sequence[AnswerabilityExample], base: Path, hyper: dict[str, 
             value = float(loss.item())
             first = value if step == 1 else first
             last = value if step == 1 else 0.9 * last + 0.1 * value
-            if progress is not None:
-                progress(step, total, value)
+            emit(progress, "training", step, total, detail=f"loss {value:.3f}", metrics={"loss": value})
     return net, {"first": round(first, 4), "last_smoothed": round(last, 4), "steps": step}

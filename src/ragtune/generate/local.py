@@ -117,7 +117,7 @@ class TransformersGenerator:
             )
         if self.adapter is not None and not (self.adapter / "adapter_config.json").is_file():
             raise ModelError(f"no PEFT adapter at {self.adapter} (adapter_config.json missing); "
-                             "set `generator_adapter` to a folder written by `ragtune tune train`")
+                             "set [generation] generator_adapter to a folder written by `ragtune tune train`")
 
     @classmethod
     def packaged(cls, cache_dir: Path, **options: Any) -> TransformersGenerator:

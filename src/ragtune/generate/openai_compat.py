@@ -119,9 +119,10 @@ class OpenAICompatibleGenerator:
         return text
 
     def _how_to_configure(self) -> str:
-        return (f"set `openai_base_url` in ragtune.toml (or RAGTUNE_OPENAI_BASE_URL) to the server's API root, "
-                f"e.g. http://127.0.0.1:8000/v1 for vLLM or http://127.0.0.1:11434/v1 for Ollama, and put its "
-                f"API key, if it needs one, in the environment variable {self.api_key_env} (`openai_api_key_env`)")
+        return ("set [generation] openai_base_url in ragtune.toml (or RAGTUNE_GENERATION_OPENAI_BASE_URL) to the "
+                "server's API root, e.g. http://127.0.0.1:8000/v1 for vLLM or http://127.0.0.1:11434/v1 for Ollama, "
+                f"and put its API key, if it needs one, in the environment variable {self.api_key_env} "
+                "([generation] openai_api_key_env)")
 
     def _auth_hint(self) -> str:
         if not self._key_from_env:
@@ -151,7 +152,7 @@ class OpenAICompatibleGenerator:
             except httpx.TimeoutException as exc:
                 raise GenerationTimeoutError(
                     f"{url} gave no response within the read timeout of {timeout.read:.3g} s "
-                    f"(model {self.model!r}; raise `generation_timeout` for slow servers)") from exc
+                    f"(model {self.model!r}; raise [generation] timeout for slow servers)") from exc
             except httpx.TransportError as exc:
                 failure = self._redact(f"{type(exc).__name__}: {exc}")
                 unreachable = True

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from ragtune.protocols import Generator
     from ragtune.settings import Settings
 
-HOW = ("set `generator` (ragtune.toml, RAGTUNE_GENERATOR or --generator) to 'smollm2', 'extractive', "
-       "'openai:MODEL', 'llamacpp:FILE.gguf' or a Hugging Face model folder")
+HOW = ("set [generation] generator (ragtune.toml, RAGTUNE_GENERATION_GENERATOR or --generator) to 'smollm2', "
+       "'extractive', 'openai:MODEL', 'llamacpp:FILE.gguf' or a Hugging Face model folder")
 
 
 def register(plugins: Plugins) -> None:
@@ -36,14 +36,15 @@ def register(plugins: Plugins) -> None:
 def _packaged(_: str, settings: Settings) -> Generator:
     from ragtune.generate.local import TransformersGenerator
 
-    return TransformersGenerator.packaged(settings.resolved_cache_dir, adapter=settings.generator_adapter,
-                                          max_time=settings.generation_timeout)
+    return TransformersGenerator.packaged(settings.resolved_cache_dir, adapter=settings.generation.generator_adapter,
+                                          max_time=settings.generation.timeout)
 
 
 def _transformers(path: str, settings: Settings) -> Generator:
     from ragtune.generate.local import TransformersGenerator
 
-    return TransformersGenerator(path, adapter=settings.generator_adapter, max_time=settings.generation_timeout)
+    g = settings.generation
+    return TransformersGenerator(path, adapter=g.generator_adapter, max_time=g.timeout)
 
 
 def _folder(spec: str, settings: Settings) -> Generator:
@@ -55,11 +56,12 @@ def _folder(spec: str, settings: Settings) -> Generator:
 def _openai(model: str, settings: Settings) -> Generator:
     from ragtune.generate.openai_compat import OpenAICompatibleGenerator
 
-    return OpenAICompatibleGenerator(settings.openai_base_url, model, api_key_env=settings.openai_api_key_env,
-                                     timeout=settings.generation_timeout, retries=settings.generation_retries)
+    g = settings.generation
+    return OpenAICompatibleGenerator(g.openai_base_url, model, api_key_env=g.openai_api_key_env, timeout=g.timeout,
+                                     retries=g.retries)
 
 
 def _llamacpp(path: str, settings: Settings) -> Generator:
     from ragtune.generate.llamacpp import LlamaCppGenerator
 
-    return LlamaCppGenerator(path, max_time=settings.generation_timeout)
+    return LlamaCppGenerator(path, max_time=settings.generation.timeout)

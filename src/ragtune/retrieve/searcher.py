@@ -78,13 +78,12 @@ class SearchOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SearchOptions:
+        r = settings.retrieval
         values: dict[str, Any] = dict(
-            mode=settings.default_mode, fusion=settings.fusion, normalization=settings.hybrid_normalization,
-            dense_weight=settings.hybrid_dense_weight,
-            rrf_k=settings.rrf_k, candidates=settings.candidates, ef_search=settings.hnsw_ef_search,
-            hybrid_ef_search=settings.hybrid_ef_search,
-            exact_scan_threshold=settings.exact_scan_threshold,
-            bm25=Bm25Params(settings.bm25_k1, settings.bm25_b), bm25_statistics=settings.bm25_statistics,
+            mode=r.default_mode, fusion=r.fusion, normalization=r.hybrid_normalization,
+            dense_weight=r.hybrid_dense_weight, rrf_k=r.rrf_k, candidates=r.candidates, ef_search=r.hnsw_ef_search,
+            hybrid_ef_search=r.hybrid_ef_search, exact_scan_threshold=r.exact_scan_threshold,
+            bm25=Bm25Params(r.bm25_k1, r.bm25_b), bm25_statistics=r.bm25_statistics,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -215,7 +214,7 @@ class Searcher:
             raise EmbedderMismatchError(
                 f"collection {info.name!r} was built with embedder {info.embedder!r} ({info.dimension}-d) but "
                 f"the configured embedder is {self.embedder.name!r} ({self.embedder.dimension}-d); "
-                f"set embedder = {info.embedder!r} to query it"
+                f"set [ingest] embedder = {info.embedder!r} to query it"
             )
 
 

@@ -7,11 +7,11 @@ OpenAI-compatible ``/v1``. The OpenAPI spec is at ``/openapi.json`` (browsable a
 files at ``/console/`` (``/`` redirects there; see ``console``). Everything else needs an API key
 whenever auth is on (see ``auth``). Errors are problem responses (``problems``).
 
-Limits: a JSON body over ``server_max_request_bytes`` is refused with 413 before it is parsed
+Limits: a JSON body over ``server.max_request_bytes`` is refused with 413 before it is parsed
 (a body without Content-Length is read up to the limit, never further); uploads are streamed with
-their own limits (``uploads``). ``top_k`` over ``server_max_top_k`` is a 400 naming the limit.
+their own limits (``uploads``). ``top_k`` over ``server.max_top_k`` is a 400 naming the limit.
 Shutdown: uvicorn stops accepting, lets in-flight requests (streams included) finish for up to
-``server_shutdown_timeout`` seconds, then the lifespan stops the ingest worker, which puts a job
+``server.shutdown_timeout`` seconds, then the lifespan stops the ingest worker, which puts a job
 it had to cut short back in the queue.
 
 Losing the database: ``/health`` checks it (a fresh connection, bounded to a few seconds) and
@@ -59,7 +59,7 @@ _HEALTH_TIMEOUT_S = 3.0  # a health check answers within this even when the data
 def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool | None = None,
                start_worker: bool = True) -> FastAPI:
     """The app serving ``engine`` (a :class:`ragtune.engine.Ragtune`). ``auth`` None decides from
-    the settings (``server_auth``, and whether ``server_host`` is a loopback address)."""
+    the settings (``server.auth``, and whether ``server.host`` is a loopback address)."""
     from ragtune import __version__
     from ragtune.server import console
     from ragtune.server.routes import ask, collections, datasets, documents, ingest, models, openai, search, traces
@@ -75,7 +75,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
             yield
         finally:
             if start_worker:
-                await to_thread.run_sync(state.worker.stop, max(settings.server_shutdown_timeout, 1.0))
+                await to_thread.run_sync(state.worker.stop, max(settings.server.shutdown_timeout, 1.0))
 
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="RAG and fine-tuning on PostgreSQL: REST and OpenAI-compatible API. "
@@ -101,11 +101,11 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                             status_code=503, headers={"Retry-After": str(retry)})
 
     console.install(app)
-    if settings.server_api_docs:
+    if settings.server.api_docs:
         install_api_docs(app)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.server_max_request_bytes)
-    origins = parse_list(settings.server_cors_origins)
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_request_bytes)
+    origins = parse_list(settings.server.cors_origins)
     # added last, so it runs first: nothing reaches a route (or CORS) before the guard's checks
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins,
@@ -114,7 +114,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                            expose_headers=["Location", "Retry-After"])
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(RequestGuard, cors_origins=origins,
-                       hosts=allowed_hosts(settings.server_host, parse_list(settings.server_allowed_hosts)))
+                       hosts=allowed_hosts(settings.server.host, parse_list(settings.server.allowed_hosts)))
     return app
 
 
@@ -124,7 +124,7 @@ def install_api_docs(app: FastAPI) -> None:
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
-    swagger_ui_bundle = require("swagger_ui_bundle", "server", "server_api_docs", error=ConfigError)
+    swagger_ui_bundle = require("swagger_ui_bundle", "server", "server.api_docs", error=ConfigError)
     app.mount("/docs-static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
@@ -190,8 +190,8 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
         response = problems.problem(
             413, "request_too_large",
-            f"request body of {size} bytes is over server_max_request_bytes={self.max_bytes}",
-            instance=scope["path"], openai=scope["path"].startswith("/v1/"), limit="server_max_request_bytes")
+            f"request body of {size} bytes is over server.max_request_bytes={self.max_bytes}",
+            instance=scope["path"], openai=scope["path"].startswith("/v1/"), limit="max_request_bytes")
         await response(scope, receive, send)
 
 
@@ -200,7 +200,7 @@ def make_server(app: FastAPI, settings: Settings, *, log_level: str = "info", ac
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=math.ceil(settings.server_shutdown_timeout))
+                            timeout_graceful_shutdown=math.ceil(settings.server.shutdown_timeout))
     return uvicorn.Server(config)
 
 

@@ -4,10 +4,10 @@
 A key reads ``rt_<key_id>_<secret>``. ``key_id`` (12 hex digits) is public and finds the row; the
 secret (32 random bytes) is stored only as a salted scrypt hash with a per-key salt, so the key is
 shown once, when it is made. Verifying a secret costs one scrypt (tens of milliseconds), so a
-process remembers the SHA-256 of keys it has verified for ``server_key_cache_seconds`` (and of
+process remembers the SHA-256 of keys it has verified for ``server.key_cache_seconds`` (and of
 wrong keys for a minute); the row is still read on every request, so a revocation takes effect at
-once in every server. The server spends a client address's ``server_auth_rate_limit`` bucket and
-one of ``server_max_concurrent_verifications`` slots before any scrypt (``deps.get_caller``).
+once in every server. The server spends a client address's ``server.auth_rate_limit`` bucket and
+one of ``server.max_concurrent_verifications`` slots before any scrypt (``deps.get_caller``).
 
 A key's ``groups`` become the request principal's groups (the document ACLs apply to everything it
 reads); its ``scopes`` guard what it may do: ``read`` (search, ask, list, traces, the OpenAI
@@ -390,10 +390,10 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_required(settings: Settings, host: str | None = None, flag: bool | None = None) -> bool:
-    """``--auth/--no-auth`` wins; then ``server_auth`` on/off; ``auto`` requires keys unless the
+    """``--auth/--no-auth`` wins; then ``server.auth`` on/off; ``auto`` requires keys unless the
     server listens on a loopback address only."""
     if flag is not None:
         return flag
-    if settings.server_auth != "auto":
-        return settings.server_auth == "on"
-    return not is_loopback(host or settings.server_host)
+    if settings.server.auth != "auto":
+        return settings.server.auth == "on"
+    return not is_loopback(host or settings.server.host)

@@ -7,9 +7,9 @@ Authentication is async on purpose: FastAPI runs a sync dependency in its thread
 of bad keys would queue for (and hold) the threads every request needs. Here a key remembered as
 verified costs one row read in a thread; a refusal (malformed, lately wrong, out of tokens, no
 verification slot free) costs no thread at all; and only a key the server has to check runs a
-scrypt, in one of ``server_max_concurrent_verifications`` threads of its own, after spending a
-token from the client address's ``server_auth_rate_limit`` bucket. A 429 to a caller without a
-valid key is held back (``server_auth_refusal_delay``), so a flood slows itself down.
+scrypt, in one of ``server.max_concurrent_verifications`` threads of its own, after spending a
+token from the client address's ``server.auth_rate_limit`` bucket. A 429 to a caller without a
+valid key is held back (``server.auth_refusal_delay``), so a flood slows itself down.
 """
 
 from __future__ import annotations
@@ -48,26 +48,26 @@ class ServerState:
     # N tasks, so the second never makes one wait; it keeps scrypts out of the shared thread pool.
     verifications: anyio.CapacityLimiter = field(init=False)
     verification_threads: anyio.CapacityLimiter = field(init=False)
-    _held: int = field(default=0, init=False)  # refusals waiting out server_auth_refusal_delay
+    _held: int = field(default=0, init=False)  # refusals waiting out server.auth_refusal_delay
 
     def __post_init__(self) -> None:
-        s = self.settings
-        self.limiter = RateLimiter(s.server_rate_limit, s.server_rate_burst)
-        self.auth_limiter = RateLimiter(s.server_auth_rate_limit, s.server_auth_burst)
-        self.verifications = anyio.CapacityLimiter(s.server_max_concurrent_verifications)
-        self.verification_threads = anyio.CapacityLimiter(s.server_max_concurrent_verifications)
+        s = self.settings.server
+        self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
+        self.auth_limiter = RateLimiter(s.auth_rate_limit, s.auth_burst)
+        self.verifications = anyio.CapacityLimiter(s.max_concurrent_verifications)
+        self.verification_threads = anyio.CapacityLimiter(s.max_concurrent_verifications)
 
     @cached_property
     def keys(self) -> KeyStore:
-        return KeyStore(self.engine.db, cache_seconds=self.settings.server_key_cache_seconds)
+        return KeyStore(self.engine.db, cache_seconds=self.settings.server.key_cache_seconds)
 
     async def hold_refusal(self, began: float) -> None:
-        """Answer a 429 to a caller without a valid key no sooner than ``server_auth_refusal_delay``
+        """Answer a 429 to a caller without a valid key no sooner than ``server.auth_refusal_delay``
         after its request began. A client that floods from a fixed set of connections (any script with
         a worker pool) then sends a few requests a second instead of thousands, which the server would
         otherwise have to parse and answer on the same cores as everyone else. The wait holds no thread;
         at most ``_MAX_HELD`` refusals wait at once (each holds a connection), the rest are answered now."""
-        delay = self.settings.server_auth_refusal_delay - (time.monotonic() - began)
+        delay = self.settings.server.auth_refusal_delay - (time.monotonic() - began)
         if delay <= 0 or self._held >= _MAX_HELD:
             return
         self._held += 1  # only the event loop's thread touches it
@@ -78,18 +78,18 @@ class ServerState:
 
     async def verify(self, token: str, client: str) -> Caller:
         """Check a key the server has not verified lately: spend the client's auth bucket, then wait
-        at most ``server_verification_wait`` for a slot, then run the scrypt in a thread."""
+        at most ``server.verification_wait`` for a slot, then run the scrypt in a thread."""
         self.auth_limiter.check(client)
-        wait = self.settings.server_verification_wait
+        wait = self.settings.server.verification_wait
         try:
             self.verifications.acquire_nowait()
         except anyio.WouldBlock:
             with anyio.move_on_after(wait) as waited:
                 await self.verifications.acquire()
             if waited.cancelled_caught:
-                limit = self.settings.server_max_concurrent_verifications
+                limit = self.settings.server.max_concurrent_verifications
                 raise RateLimitError(f"the server is verifying {limit} API keys at once "
-                                     f"(server_max_concurrent_verifications); retry in a moment",
+                                     f"(server.max_concurrent_verifications); retry in a moment",
                                      retry_after=max(wait, 1.0)) from None
         try:
             key = await to_thread.run_sync(self.keys.verify, token, limiter=self.verification_threads)
@@ -110,10 +110,10 @@ class ServerState:
         return JobWorker(self.engine, self.jobs)
 
     def check_top_k(self, top_k: int | None, name: str = "top_k") -> None:
-        limit = self.settings.server_max_top_k
+        limit = self.settings.server.max_top_k
         if top_k is not None and not 1 <= top_k <= limit:
-            raise LimitError(f"{name} must be between 1 and {limit} (server_max_top_k), got {top_k}",
-                             "server_max_top_k")
+            raise LimitError(f"{name} must be between 1 and {limit} (server.max_top_k), got {top_k}",
+                             "max_top_k")
 
 
 async def get_state(request: Request) -> ServerState:  # async: no thread-pool hop for a lookup

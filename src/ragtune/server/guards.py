@@ -4,12 +4,12 @@
   and the connection closed): h11 accepts it and uses the chunked framing, but a proxy in front may
   use the other, which is how requests are smuggled past it.
 - **Host.** A server bound to a loopback address answers only requests whose ``Host`` names a
-  loopback address (or a name in ``server_allowed_hosts``). A web page cannot then reach it by
+  loopback address (or a name in ``server.allowed_hosts``). A web page cannot then reach it by
   pointing its own domain at 127.0.0.1 (DNS rebinding), which would make its scripts same-origin.
-  Bound elsewhere, ``server_allowed_hosts`` lists the names to accept ("*": any, the default there,
+  Bound elsewhere, ``server.allowed_hosts`` lists the names to accept ("*": any, the default there,
   where API keys are required).
 - **Origin.** A browser request that changes state (anything but GET, HEAD and OPTIONS) from another
-  origin is refused (403) unless CORS allows that origin (``server_cors_origins``). Browsers send
+  origin is refused (403) unless CORS allows that origin (``server.cors_origins``). Browsers send
   ``Origin`` with every cross-origin POST, including the form posts and multipart uploads that need
   no CORS preflight, so without this check any page could act as the local admin of a server
   running without keys.
@@ -121,12 +121,12 @@ class RequestGuard:
         host = headers.get(b"host", b"").decode("latin-1")
         if self.hosts is not None and host_name(host) not in self.hosts:
             return (400, "host_not_allowed", f"this server does not answer for the host {host!r}; add it to "
-                    "server_allowed_hosts if it is yours", True)
+                    "server.allowed_hosts if it is yours", True)
         origin = headers.get(b"origin")
         if origin is not None and scope["method"] not in SAFE_METHODS and not self._same_or_allowed(
                 origin.decode("latin-1"), host, scope):
             return (403, "cross_origin_refused", f"a request from the origin {origin.decode('latin-1')!r} may not "
-                    "change anything here; allow the origin in server_cors_origins if it is yours", False)
+                    "change anything here; allow the origin in server.cors_origins if it is yours", False)
         problem = bad_text(str(scope.get("path", "")))
         if problem is None:
             query = unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))

@@ -14,7 +14,7 @@ stops the running job between documents and puts it back in the queue. A job int
 with the reason. A job's upload folder is removed when it ends.
 
 Fairness (issue 14: one tenant's 99k-chunk job delayed another's). A key may have at most
-``server_max_jobs_per_key`` unfinished jobs: the upload route asks before storing the upload, and
+``server.max_jobs_per_key`` unfinished jobs: the upload route asks before storing the upload, and
 ``create`` counts again under a per-key lock, so two uploads racing cannot both take the last
 slot. The worker does not run jobs in arrival order but takes the pending job of the key whose
 last job started longest ago (a key that never started one first; ties by job id): a key that
@@ -35,14 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ragtune.engine import Ragtune
 from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError, StoreError
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
-from ragtune.models import IngestReport, LoadedDocument, Principal
+from ragtune.models import IngestReport, LoadedDocument, Principal, ProgressEvent
 from ragtune.server.uploads import UploadedFile
+from ragtune.store.access import owned
 from ragtune.store.database import Database
 
 log = logging.getLogger("ragtune.server.jobs")
@@ -129,19 +131,23 @@ class JobStore:
         return _job(row)
 
     def get(self, job_id: int, principal: Principal | None = None) -> IngestJob:
-        """The job, if ``principal`` (None: anyone) may see it: its creator, or an admin."""
+        """The job, if ``principal`` (None: the worker, which reads every job) may see it: its
+        creator, or an admin (``store.access.owned``)."""
+        condition, params = owned(principal or Principal.system(), "principal")
         with self.db.connection() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM ingest_jobs WHERE id = %s", (job_id,)).fetchone()
-        if row is None or (principal is not None and not principal.admin and row["principal"] != principal.id):
+            row = conn.execute(sql.SQL("SELECT {} FROM ingest_jobs WHERE id = %s AND {}").format(
+                sql.SQL(_COLUMNS), condition), [job_id, *params]).fetchone()
+        if row is None:
             raise NotFoundError(f"no ingest job {job_id}")
         return _job(row)
 
     def listing(self, principal: Principal, *, status: str | None = None, limit: int = 50) -> list[IngestJob]:
+        condition, params = owned(principal, "principal")
         with self.db.connection() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM ingest_jobs WHERE (%s OR principal = %s)"
-                f" AND (%s::text IS NULL OR status = %s) ORDER BY id DESC LIMIT %s",
-                (principal.admin, principal.id, status, status, limit),
+                sql.SQL("SELECT {} FROM ingest_jobs WHERE {} AND (%s::text IS NULL OR status = %s)"
+                        " ORDER BY id DESC LIMIT %s").format(sql.SQL(_COLUMNS), condition),
+                [*params, status, status, limit],
             ).fetchall()
         return [_job(r) for r in rows]
 
@@ -216,6 +222,29 @@ class JobStore:
                     shutil.rmtree(folder, ignore_errors=True)
             except OSError:
                 continue
+
+
+class JobProgress:
+    """A ``protocols.Progress`` for a job: the ingest events (``ingest.pipeline``) as the counts its
+    row stores under ``progress`` and ``GET /ingest-jobs/{id}`` returns (``files``: the job's files;
+    ``documents``, ``chunks``, ``embedded``: done so far), written at most every ``every_s`` seconds;
+    ``counts`` is what the job ends with."""
+
+    TASKS = ("documents", "chunks", "embedded")
+
+    def __init__(self, store: JobStore, job_id: int, files: int, every_s: float) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.every_s = every_s
+        self.counts: dict[str, Any] = {"files": files, **dict.fromkeys(self.TASKS, 0)}
+        self._last = time.monotonic()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.task in self.TASKS:
+            self.counts[event.task] = event.done
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self.store.set_progress(self.job_id, dict(self.counts))
 
 
 class _Stopped(Exception):
@@ -305,21 +334,13 @@ class JobWorker:
             self._end(job, "failed", error=f"the uploaded files are gone ({', '.join(missing[:5])}): "
                                            "the job was interrupted and its upload folder removed; upload again")
             return
-        counts: dict[str, Any] = {"files": len(job.files), "documents": 0, "chunks": 0, "embedded": 0}
-        last = [time.monotonic()]
-
-        def on_event(event: str, n: int) -> None:
-            if event in ("document", "chunks", "embedded"):
-                counts[event + ("s" if event == "document" else "")] += n
-            if time.monotonic() - last[0] >= self.progress_every_s:
-                last[0] = time.monotonic()
-                self.store.set_progress(job.id, dict(counts))
-
+        progress = JobProgress(self.store, job.id, len(job.files), self.progress_every_s)
+        counts = progress.counts
         loaded: dict[str, set[str]] = {}
         try:
             report = self.engine.ingest_documents(self._documents(job, loaded), collection=job.collection,
                                                   metadata=job.metadata, acl=job.acl, change_acl=job.change_acl,
-                                                  principal=job.writer, progress=on_event)
+                                                  principal=job.writer, progress=progress)
         except _Stopped:
             log.info("ingest job %s stopped by shutdown; it will resume", job.id)
             self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
@@ -367,7 +388,7 @@ class JobWorker:
 def _check_quota(unfinished: int, max_per_key: int) -> None:
     if unfinished >= max_per_key:
         raise JobLimitError(f"this key has {unfinished} unfinished ingest jobs (queued or running), the most "
-                            f"server_max_jobs_per_key={max_per_key} allows; wait for one to finish",
+                            f"server.max_jobs_per_key={max_per_key} allows; wait for one to finish",
                             JOB_LIMIT_RETRY_AFTER)
 
 

@@ -2,7 +2,7 @@
 
 ``receive_upload`` feeds the request body, chunk by chunk, to python-multipart's streaming parser;
 each file part is appended to its own file in a fresh folder, and the limits are checked as bytes
-arrive: the whole body (``server_max_upload_bytes``), each file (``max_file_bytes``), the number of
+arrive: the whole body (``server.max_upload_bytes``), each file (``max_file_bytes``), the number of
 files, and each plain form field (64 KiB). Any failure removes the folder.
 
 A file's document URI is its client-side name without folders (``report.pdf``); the stored copy
@@ -115,7 +115,7 @@ class _Receiver:
         if not filename:  # an empty file input of a browser form
             return
         if len(self.upload.files) >= self.max_files:
-            raise LimitError(f"too many files in one upload: at most {self.max_files}", "server_max_upload_files")
+            raise LimitError(f"too many files in one upload: at most {self.max_files}", "max_upload_files")
         self._filename = document_name(filename)
         self._stored = stored_name(len(self.upload.files), self._filename)
         self._file = open(self.upload.folder / self._stored, "wb")  # noqa: SIM115 - closed in _part_end
@@ -158,8 +158,8 @@ async def receive_upload(request: Request, folder: Path, *, max_bytes: int, max_
         raise HTTPException(415, "send the files as multipart/form-data (a 'files' part per file)")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLargeError(f"upload of {declared} bytes is over server_max_upload_bytes={max_bytes}",
-                                   "server_max_upload_bytes")
+        raise RequestTooLargeError(f"upload of {declared} bytes is over server.max_upload_bytes={max_bytes}",
+                                   "max_upload_bytes")
     folder = folder / f"incoming-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
     upload = Upload(folder)
@@ -170,8 +170,8 @@ async def receive_upload(request: Request, folder: Path, *, max_bytes: int, max_
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
-                raise RequestTooLargeError(f"upload is over server_max_upload_bytes={max_bytes}",
-                                           "server_max_upload_bytes")
+                raise RequestTooLargeError(f"upload is over server.max_upload_bytes={max_bytes}",
+                                           "max_upload_bytes")
             if chunk:
                 await anyio.to_thread.run_sync(parser.write, chunk)
         parser.finalize()

@@ -5,7 +5,8 @@ Reading: an admin reads everything; anyone reads a row without an ACL (public wi
 collection) and a row whose ACL shares a group with them; a NULL ACL (a dataset's default) is for
 admins only. In SQL the rule is the function ``ragtune_readable`` (migration 009), and
 ``readable()`` is the one place that writes the condition for a query: documents, chunks, traces,
-datasets and their rows all go through it.
+datasets and their rows all go through it. Rows that belong to one principal instead (ingest jobs)
+are read by their owner or an admin: ``owned()``.
 
 Replacing (a new version of a document, or new metadata or ACL for it), checked with the row locked,
 so nothing can change between the check and the write:
@@ -52,6 +53,15 @@ def readable(principal: Principal, column: str) -> tuple[sql.Composable, list[An
         return sql.SQL("TRUE"), []
     return (sql.SQL("ragtune_readable({}, %s::text[])").format(sql.Identifier(*column.split("."))),
             [principal_groups(principal)])
+
+
+def owned(principal: Principal, column: str) -> tuple[sql.Composable, list[Any]]:
+    """The condition under which ``principal`` may read a row that belongs to one principal (whose
+    id is ``column``), such as an ingest job: its owner, or an admin. Such rows have no ACL: they
+    are a key's own work, not documents shared with groups."""
+    if principal.admin:
+        return sql.SQL("TRUE"), []
+    return sql.SQL("{} = %s").format(sql.Identifier(*column.split("."))), [principal.id]
 
 
 def can_read(principal: Principal, acl: Iterable[str]) -> bool:

@@ -15,7 +15,7 @@ waits up to ``wait`` seconds for it to come back and runs it once more. A pooled
 server went away is noticed at checkout without a round trip: its socket turned readable (the
 backend's goodbye), which a ``poll`` with no timeout sees (about a microsecond).
 
-Every pooled connection starts with ``statement_timeout`` (the setting); a statement it stops is a
+Every pooled connection starts with ``statement_timeout`` (the ``[store]`` setting); a statement it stops is a
 ``QueryTimeoutError``. Migrations and ``transaction(statement_timeout=0)`` are exempt.
 
 Cancelling. ``cancel_scope()`` marks the database work of one operation (a context variable, so
@@ -161,9 +161,9 @@ class Database:
         if not url:
             from ragtune.store.server import EmbeddedPostgres
 
-            server = EmbeddedPostgres(settings.data_dir, start_timeout=settings.database_start_timeout)
+            server = EmbeddedPostgres(settings.data_dir, start_timeout=settings.store.database_start_timeout)
             url = server.start(on_wait)
-        return cls.connect(url, statement_timeout=settings.statement_timeout, wait=settings.database_wait,
+        return cls.connect(url, statement_timeout=settings.store.statement_timeout, wait=settings.store.database_wait,
                            server=server)
 
     # -- the pool ------------------------------------------------------------------------------

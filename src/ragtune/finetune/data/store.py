@@ -19,13 +19,16 @@ leakage report (``_view``). The ACL is not content: importing the same content a
 ACL changes that version's ACL instead of making a new version, and ``set_acl`` changes it at any
 time (admins only, as is ``remove``). Each version has its own ACL, so a redacted version can be
 public while the original stays admins only; a new version leaves the older ones' ACLs alone.
+
+Progress (``protocols.Progress``): an import sends "rows", the rows of the new version written so
+far of all (none when the content is stored already).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +50,10 @@ from ragtune.finetune.data.lengths import TemplateTokenCounter, TokenCounter
 from ragtune.finetune.data.validate import redact_examples, scan_pii, validate
 from ragtune.finetune.data.versions import DatasetInfo, ImportOptions, ImportResult, assign_split, row_hash
 from ragtune.models import Principal
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 from ragtune.store.database import Conn, Database
 
-ProgressCallback = Callable[[int], None]  # rows written so far
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _IMPORT_LOCK = 7_203_116  # advisory-lock namespace for dataset imports (one lock per name)
 _BATCH = 256
@@ -91,7 +95,7 @@ class DatasetStore:
 
     # -- import (the operator's: no principal; reads inside run as the system) ------------------
     def import_file(self, path: str | Path, *, name: str, options: ImportOptions | None = None,
-                    progress: ProgressCallback | None = None) -> ImportResult:
+                    progress: Progress | None = None) -> ImportResult:
         path = Path(path).expanduser()
         try:
             data = path.read_bytes()
@@ -100,7 +104,7 @@ class DatasetStore:
         return self.import_bytes(data, name=name, source=str(path.resolve()), options=options, progress=progress)
 
     def import_bytes(self, data: bytes, *, name: str, source: str, options: ImportOptions | None = None,
-                     progress: ProgressCallback | None = None) -> ImportResult:
+                     progress: Progress | None = None) -> ImportResult:
         options = options or ImportOptions()
         _check_name(name)
         parsed = parse_bytes(data, source=source, format=options.format)
@@ -110,7 +114,7 @@ class DatasetStore:
     def import_examples(self, examples: Sequence[Example], *, name: str, source: str,
                         source_acls: Sequence[Sequence[Sequence[str]] | None] | None = None,
                         options: ImportOptions | None = None,
-                        progress: ProgressCallback | None = None) -> ImportResult:
+                        progress: Progress | None = None) -> ImportResult:
         """Rows built in code (from documents, say) as a version, validated like a file: they are
         written as chat JSON Lines and read back, so row ``i`` is line ``i + 1`` and a malformed row
         is a schema error of its line. ``source_acls[i]`` holds the ACLs of the documents row ``i``
@@ -133,7 +137,7 @@ class DatasetStore:
                             progress=progress)
 
     def _import(self, parsed: ParsedFile, *, name: str, source: str, content_hash: str, options: ImportOptions,
-                row_acls: list[tuple[str, ...] | None] | None, progress: ProgressCallback | None) -> ImportResult:
+                row_acls: list[tuple[str, ...] | None] | None, progress: Progress | None) -> ImportResult:
         stored_options = options.stored(parsed.format)
         with self.db.transaction() as conn:
             kept = self._unchanged(conn, name, content_hash, stored_options, options.acl)
@@ -191,7 +195,7 @@ class DatasetStore:
 
     @staticmethod
     def _write_rows(conn: Conn, dataset_id: int, examples: list[Example], splits: list[str], hashes: list[str],
-                    row_acls: list[tuple[str, ...] | None] | None, progress: ProgressCallback | None) -> None:
+                    row_acls: list[tuple[str, ...] | None] | None, progress: Progress | None) -> None:
         def opt(value: Any) -> Any:
             return None if value is None else Jsonb(value)
 
@@ -205,8 +209,7 @@ class DatasetStore:
                       opt(e.rejected), sql_acl(acls[i]))
                      for i, e in enumerate(examples[start:start + _BATCH], start=start)],
                 )
-                if progress is not None:
-                    progress(min(start + _BATCH, len(examples)))
+                emit(progress, "rows", min(start + _BATCH, len(examples)), len(examples))
 
     # -- reading: every read takes the principal it reads for --------------------------------------
     @staticmethod

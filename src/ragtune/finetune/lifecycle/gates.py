@@ -1,11 +1,11 @@
 """Promotion gates: which metrics a candidate model version must not be worse on than the current
 production version, which direction is better, and how much worse still passes.
 
-Configured as ``promotion_gates`` (ragtune.toml, or ``RAGTUNE_PROMOTION_GATES`` as JSON), a table of
-metric name to ``"higher"``, ``"lower"``, ``"higher:TOLERANCE"`` or ``{better = "lower", tolerance =
-0.05}``::
+Configured as ``[training] promotion_gates`` (ragtune.toml, or ``RAGTUNE_TRAINING_PROMOTION_GATES``
+as JSON), a table of metric name to ``"higher"``, ``"lower"``, ``"higher:TOLERANCE"`` or
+``{better = "lower", tolerance = 0.05}``::
 
-    [promotion_gates]
+    [training.promotion_gates]
     "eval.token_f1" = "higher"
     "eval.loss" = { better = "lower", tolerance = 0.02 }
 

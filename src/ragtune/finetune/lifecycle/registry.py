@@ -10,7 +10,7 @@ one MLflow run (``tracking``); a failed or interrupted run is tracked too, with 
 ``ModelVersionInfo``, ``Promotion``) are in ``refs``.
 
 Promotion. ``promote`` moves the ``production`` alias to a version when none of the configured
-gates (``gates``; ``promotion_gates`` in the settings) finds it worse than the current production
+gates (``gates``; ``[training] promotion_gates`` in the settings) finds it worse than the current production
 version; ``force`` overrides the gates (never the rule about failed runs) and is recorded on the
 version (``ragtune.promotion``). The registered model keeps its production history
 (``ragtune.production_history``, a stack of versions): ``rollback`` pops the current one and puts
@@ -57,7 +57,7 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings, *, gates: Sequence[Gate] | None = None) -> None:
         self.settings = settings
-        self.gates = tuple(gates) if gates is not None else parse_gates(settings.promotion_gates)
+        self.gates = tuple(gates) if gates is not None else parse_gates(settings.training.promotion_gates)
         self.artifact_dir = Path(settings.data_dir).expanduser().resolve() / "mlruns"
         self._client: Any = None
         self._experiment_id: str | None = None

@@ -26,6 +26,11 @@ Choices, stated:
   a resumed search does not draw its first parameters again.
 * The best complete trial's run is registered (``ModelRegistry.register``) under the study's name
   or ``register_as``; its model version carries a ``ragtune.search`` tag (study, trial, value).
+
+Progress (``protocols.Progress``): "trials", the study's finished trials of the target, sent at the
+start and after each trial this call runs (``detail``: that trial's number, state, eval loss and
+parameters; ``metrics["eval_loss"]``), and each trial's "training" events (``lora.train``),
+which start again at 0 for every trial.
 """
 
 
@@ -34,11 +39,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from rich.console import Console
 
 from ragtune.errors import ConfigError, DatasetError, NotFoundError, TrainingError
 from ragtune.finetune.lifecycle.registry import ModelRegistry
@@ -57,6 +59,8 @@ from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.config import TuneConfig, to_dict
 from ragtune.finetune.lora.train import resolve_base, start_run
 from ragtune.finetune.lora.trainset import TrainSet
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 from ragtune.settings import Settings
 
 
@@ -112,8 +116,7 @@ def pruning_callback(trial: Any) -> Any:
 
 def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: int, base: str = "smollm2",
            space: SearchSpace | None = None, study: str | None = None, register: bool = True,
-           register_as: str | None = None, console: Console | None = None,
-           on_trial: Callable[[TrialInfo], None] | None = None) -> SearchResult:
+           register_as: str | None = None, progress: Progress | None = None) -> SearchResult:
     """Run trials until the study holds ``trials`` finished ones; register the best (see the module)."""
     space = space or SearchSpace()
     if trials < 1:
@@ -148,6 +151,7 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                 _check_identity(opened, identity)
                 marked = sweep_stale(opened, locks)
             finished = len(opened.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+            emit(progress, "trials", min(finished, trials), trials)
             ran: list[int] = []
             for _ in range(max(0, trials - finished)):
                 if len(opened.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED))) >= trials:
@@ -157,12 +161,13 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                     locks.try_trial(trial._trial_id)
                 try:
                     info = _run_trial(opened, trial, name=name, base=base, data=data, config=config, space=space,
-                                      settings=settings, console=console)
+                                      settings=settings, progress=progress)
                 finally:
                     locks.release_trial(trial._trial_id)
                 ran.append(trial.number)
-                if on_trial is not None:
-                    on_trial(info)
+                done = len(opened.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+                emit(progress, "trials", min(done, trials), trials, detail=describe_trial(info),
+                     metrics={} if info.value is None else {"eval_loss": info.value})
             all_trials = opened.get_trials(deepcopy=False)
             best = best_trial(all_trials)
         finally:
@@ -179,6 +184,14 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
         notes.append(f"epochs not searched: max_steps = {config.max_steps} sets every trial's length")
     return SearchResult(name, trials, tuple(ran), tuple(marked), tuple(TrialInfo.of(t) for t in all_trials),
                         TrialInfo.of(best) if best is not None else None, registered, tuple(notes))
+
+
+def describe_trial(info: TrialInfo) -> str:
+    """One line for a trial: number, state, eval loss, parameters and note."""
+    value = "-" if info.value is None else f"{info.value:.4f}"
+    params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(info.params.items()))
+    return (f"trial {info.number} {info.state.lower()}, eval loss {value}" + (f" ({params})" if params else "")
+            + (f"; {info.note}" if info.note else ""))
 
 
 def _check_identity(study: Any, identity: dict[str, Any]) -> None:
@@ -203,7 +216,7 @@ def _check_identity(study: Any, identity: dict[str, Any]) -> None:
 
 
 def _run_trial(study: Any, trial: Any, *, name: str, base: str, data: TrainSet, config: TuneConfig,
-               space: SearchSpace, settings: Settings, console: Console | None) -> TrialInfo:
+               space: SearchSpace, settings: Settings, progress: Progress | None) -> TrialInfo:
     """Train one trial and tell the study how it ended."""
     states = optuna_module().trial.TrialState
     try:
@@ -215,7 +228,7 @@ def _run_trial(study: Any, trial: Any, *, name: str, base: str, data: TrainSet, 
         trial.set_user_attr("run_id", run_dir.name)
         callback = pruning_callback(trial)
         record = start_run(base=base, data=data, config=tuned, data_dir=settings.data_dir,
-                           cache_dir=settings.resolved_cache_dir, name=run_name, output=run_dir, console=console,
+                           cache_dir=settings.resolved_cache_dir, name=run_name, output=run_dir, progress=progress,
                            callbacks=[callback])
     except TrainingError as exc:  # this trial's training failed (out of memory, NaN ...): the next may not
         trial.set_user_attr("error", exc.reason[:2000])

@@ -103,7 +103,7 @@ class RegistryGenerator:
                 settings = self.registry.settings
                 generator = TransformersGenerator(
                     base_folder(info, settings.resolved_cache_dir), adapter=info.adapter,
-                    name=f"{self.ref.name}/{version}", max_time=settings.generation_timeout)
+                    name=f"{self.ref.name}/{version}", max_time=settings.generation.timeout)
             self._loaded[version] = generator
             while len(self._loaded) > self.keep:
                 self._loaded.pop(next(iter(self._loaded)))

@@ -19,6 +19,9 @@ Each metric is the mean over the cases it applies to (None when none does). The 
 ``eval.json`` in the run folder (with every case's outputs, for reading) and is what
 ``finetune.lifecycle.registry`` logs and gates promotions on. Concessions: one prompt at a time (no batched
 generation), and cases of one row share its context, so they are not independent samples.
+
+Progress (``protocols.Progress``): "evaluation", the cases generated so far on both sides (``total``
+= 2 × cases: base first, then tuned; ``detail`` the side).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,8 @@ from ragtune.finetune.lora import runs, scoring
 from ragtune.finetune.lora.trainset import IGNORE, read_rows, sft_features
 from ragtune.generate.registry import make_generator
 from ragtune.models import Message
-from ragtune.protocols import Generator
+from ragtune.progress import emit
+from ragtune.protocols import Generator, Progress
 from ragtune.settings import Settings
 
 REPORT_FILE = "eval.json"
@@ -50,7 +54,6 @@ METRICS: dict[str, bool] = {
     "json_valid": True, "schema_valid": True,
     "tool_name_accuracy": True, "tool_args_accuracy": True, "tool_args_f1": True,
 }
-Progress = Callable[[str, int, int], None]  # (side, cases done, cases in all)
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,10 @@ def heldout_loss(generator: Generator, examples: Sequence[Example]) -> tuple[flo
 
 
 def _side(generator: Generator, cases: Sequence[EvalCase], examples: Sequence[Example], *, max_new_tokens: int,
-          label: str, progress: Progress | None) -> tuple[dict[str, float | None], list[tuple[str, dict[str, float]]],
-                                                         dict[str, float]]:
+          label: str, progress: Progress | None, before: int = 0
+          ) -> tuple[dict[str, float | None], list[tuple[str, dict[str, float]]], dict[str, float]]:
+    """One side's metrics, outputs and timings; ``before``: the cases the other side evaluated first."""
+    emit(progress, "evaluation", before, 2 * len(cases), detail=f"{label}: held-out loss")
     started = time.perf_counter()
     loss, tokens = heldout_loss(generator, examples)
     loss_seconds = time.perf_counter() - started
@@ -224,8 +229,7 @@ def _side(generator: Generator, cases: Sequence[EvalCase], examples: Sequence[Ex
         generated += completion.completion_tokens
         gen_seconds += completion.seconds
         outputs.append((completion.text, case.score(completion.text)))
-        if progress is not None:
-            progress(label, n, len(cases))
+        emit(progress, "evaluation", before + n, 2 * len(cases), detail=label)
     metrics: dict[str, float | None] = dict.fromkeys(METRICS)
     metrics["loss"] = loss
     metrics["perplexity"] = math.exp(loss) if loss is not None else None
@@ -273,7 +277,7 @@ def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit
     base_metrics, base_out, base_time = _side(base, cases, examples, max_new_tokens=max_new_tokens, label="base",
                                               progress=progress)
     tuned_metrics, tuned_out, tuned_time = _side(tuned, cases, examples, max_new_tokens=max_new_tokens,
-                                                 label="tuned", progress=progress)
+                                                 label="tuned", progress=progress, before=len(cases))
     details = [
         {"row": c.row, "turn": c.turn, "kind": c.kind, "reference": c.reference,
          "base": {"output": b[0], **b[1]}, "tuned": {"output": t[0], **t[1]}}

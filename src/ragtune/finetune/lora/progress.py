@@ -1,6 +1,8 @@
 """Watching a training: a TrainerCallback that keeps the numbers a run records (loss curve,
-tokens/s, peak memory, the step a resumed run started from) and, on the main process, draws a
-Rich progress bar with the latest loss, tokens/s and the time left.
+tokens/s, peak memory, the step a resumed run started from) and, on the main process, sends
+progress events (``protocols.Progress``): "training", the optimiser steps done of ``max_steps``
+(a resumed run starts at the step it resumed from), with the latest loss and tokens/s in
+``metrics`` (``loss``, ``tokens_per_second``) and ``detail``.
 
 Tokens are the non-padding input tokens the Trainer counts (``include_num_input_tokens_seen``),
 summed over every process of a data-parallel run. Peak memory is this process's peak resident set
@@ -13,9 +15,10 @@ import resource
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 
 
 def peak_rss_mb() -> float:
@@ -23,11 +26,10 @@ def peak_rss_mb() -> float:
 
 
 class TrainingMonitor(TrainerCallback):
-    """Collects metrics on every process; draws the bar only on the world's main process and only
-    when ``console`` is given."""
+    """Collects metrics on every process; sends events only from the world's main process."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.progress = progress
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
         self.resumed_from_step = 0
@@ -39,8 +41,8 @@ class TrainingMonitor(TrainerCallback):
         self.seconds = 0.0
         self._first_step: tuple[int, float] | None = None  # (tokens, seconds) when the first step ended
         self._started = 0.0
-        self._progress: Progress | None = None
-        self._task: Any = None
+        self._main = False
+        self._loss: float | None = None
 
     # -- callback hooks ------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -49,16 +51,8 @@ class TrainingMonitor(TrainerCallback):
         self.start_tokens = int(state.num_input_tokens_seen or 0)
         self.max_steps = int(state.max_steps)
         self._started = time.perf_counter()
-        if self.console is not None and state.is_world_process_zero:
-            self._progress = Progress(
-                TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("train", total=self.max_steps, completed=self.start_step,
-                                                 loss="-", speed="-")
+        self._main = bool(state.is_world_process_zero)
+        self._emit(self.start_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.steps = int(state.global_step)
@@ -66,26 +60,27 @@ class TrainingMonitor(TrainerCallback):
         self.seconds = time.perf_counter() - self._started
         if self._first_step is None:
             self._first_step = (self.tokens, self.seconds)
-        if self._progress is not None:
-            self._progress.update(self._task, completed=self.steps, speed=f"{self.tokens_per_second:,.0f}")
+        self._emit(self.steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
         step = int(state.global_step)
         if "loss" in logs:
             self.losses.append((step, float(logs["loss"])))
-            if self._progress is not None:
-                self._progress.update(self._task, loss=f"{float(logs['loss']):.4f}")
+            self._loss = float(logs["loss"])
+            self._emit(step)  # the step's event went out before its loss was logged
         if "eval_loss" in logs:
             self.eval_losses.append((step, float(logs["eval_loss"])))
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    def _emit(self, step: int) -> None:
+        if not self._main or self.progress is None:
+            return
+        metrics = {"tokens_per_second": round(self.tokens_per_second, 2)}
+        shown = [f"{self.tokens_per_second:,.0f} tok/s"] if step > self.start_step else []
+        if self._loss is not None:
+            metrics["loss"] = self._loss
+            shown.insert(0, f"loss {self._loss:.4f}")
+        emit(self.progress, "training", step, self.max_steps, detail=", ".join(shown), metrics=metrics)
 
     # -- results -------------------------------------------------------------------------------
     @property

@@ -12,12 +12,18 @@ CPU it is skipped and the run's notes say so. Seeds are fixed (``set_seed`` befo
 weights are drawn, ``seed``/``data_seed`` for the Trainer). The base model's hash covers its
 config and weight files, so a registry can tell two bases apart whatever their folder names.
 
-``python -m ragtune.finetune.lora.train RUN_DIR [--resume] [--progress]`` is the worker entry point
-that torchrun starts; it trains the run described in ``RUN_DIR`` and writes ``metrics.json``.
+``python -m ragtune.finetune.lora.train RUN_DIR [--resume] [--progress FILE]`` is the worker entry
+point that torchrun starts; it trains the run described in ``RUN_DIR`` and writes ``metrics.json``.
+
+Progress (``protocols.Progress``): "training" events (``lora.progress``: steps done of
+``max_steps``, loss and tokens/s). A worker process appends them to ``FILE`` as JSON lines
+(``ragtune.progress.JsonLinesWriter``); this process reads them back while it waits and passes
+them to its own ``progress``, so a data-parallel run reports like an in-process one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from ragtune.errors import ConfigError, ModelError, RagtuneError, TrainingError
 from ragtune.extras import needs
 from ragtune.finetune.data import lengths
@@ -40,10 +44,13 @@ from ragtune.finetune.lora.config import TuneConfig, from_dict, to_dict, to_toml
 from ragtune.finetune.lora.runs import RunRecord
 from ragtune.finetune.lora.trainers import build_trainer
 from ragtune.finetune.lora.trainset import TrainSet, read_rows, write_rows
+from ragtune.progress import JsonLinesReader, JsonLinesWriter
+from ragtune.protocols import Progress
 
 log = logging.getLogger(__name__)
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
+PROGRESS_FILE = "progress.jsonl"  # in the run folder while torchrun workers train; removed after
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def model_hash(path: Path) -> str:
 # -- the orchestrating process ---------------------------------------------------------------------
 def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, cache_dir: Path,
               name: str | None = None, output: Path | None = None, nproc: int = 1,
-              console: Console | None = None, callbacks: Sequence[Any] = ()) -> RunRecord:
+              progress: Progress | None = None, callbacks: Sequence[Any] = ()) -> RunRecord:
     """Train a new run; returns its completed record (raises ``TrainingError`` when it fails).
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the hyperparameter search's
@@ -107,10 +114,10 @@ def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, 
             config=to_dict(config), started_at=runs.now(), world_size=nproc, forced_reasons=data.forced_reasons,
             notes=notes,
         )
-        return _execute(record, nproc=nproc, resume=False, console=console, callbacks=callbacks)
+        return _execute(record, nproc=nproc, resume=False, progress=progress, callbacks=callbacks)
 
 
-def resume_run(run_dir: Path, *, nproc: int | None = None, console: Console | None = None,
+def resume_run(run_dir: Path, *, nproc: int | None = None, progress: Progress | None = None,
                expect: dict[str, Any] | None = None) -> RunRecord:
     """Continue an unfinished run from its newest complete checkpoint. ``expect`` (``base_hash``,
     ``dataset_hash``, ``config``) must match what the run recorded."""
@@ -131,19 +138,19 @@ def resume_run(run_dir: Path, *, nproc: int | None = None, console: Console | No
     with runs.run_lock(run_dir):
         record = record.replace(status="running", error=None, finished_at=None,
                                 world_size=nproc or record.world_size)
-        return _execute(record, nproc=record.world_size, resume=True, console=console)
+        return _execute(record, nproc=record.world_size, resume=True, progress=progress)
 
 
-def _execute(record: RunRecord, *, nproc: int, resume: bool, console: Console | None,
+def _execute(record: RunRecord, *, nproc: int, resume: bool, progress: Progress | None,
              callbacks: Sequence[Any] = ()) -> RunRecord:
     run_dir = Path(record.path)
     runs.set_status(run_dir, "running", resumed=resume)
     runs.write_record(record)
     try:
         if nproc == 1:
-            metrics = train_worker(run_dir, resume=resume, console=console, callbacks=callbacks)
+            metrics = train_worker(run_dir, resume=resume, progress=progress, callbacks=callbacks)
         else:
-            metrics = _torchrun(run_dir, nproc, resume=resume, progress=console is not None)
+            metrics = _torchrun(run_dir, nproc, resume=resume, progress=progress)
     except BaseException as exc:
         reason = _reason(exc)
         finished = runs.now()
@@ -169,14 +176,30 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _torchrun(run_dir: Path, nproc: int, *, resume: bool, progress: bool) -> dict[str, Any]:
+def _torchrun(run_dir: Path, nproc: int, *, resume: bool, progress: Progress | None) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "ragtune.finetune.lora.train", str(run_dir)]
     cmd += ["--resume"] if resume else []
-    cmd += ["--progress"] if progress else []
+    events = run_dir / PROGRESS_FILE
+    events.unlink(missing_ok=True)
+    cmd += ["--progress", str(events)] if progress is not None else []
     (run_dir / "error.txt").unlink(missing_ok=True)
-    code = subprocess.call(cmd, env=env)
+    reader = JsonLinesReader(events, progress)
+    try:
+        with subprocess.Popen(cmd, env=env) as proc:
+            try:
+                while proc.poll() is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=0.5)
+                    reader.relay()
+            except BaseException:  # Ctrl-C or a failing receiver: the workers go too
+                proc.kill()
+                raise
+        code = proc.returncode
+        reader.relay()
+    finally:
+        events.unlink(missing_ok=True)
     if code != 0:
         error = run_dir / "error.txt"
         detail = error.read_text(encoding="utf-8").strip().splitlines()[-1] if error.is_file() else ""
@@ -196,7 +219,7 @@ def _qlora_note() -> str:
 
 
 # -- the training process (this process, or each torchrun worker) -----------------------------------
-def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None = None,
+def train_worker(run_dir: Path, *, resume: bool = False, progress: Progress | None = None,
                  callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the run described in ``run_dir``; the main process saves the adapter and metrics."""
     with needs("train", "training"):
@@ -240,16 +263,13 @@ def train_worker(run_dir: Path, *, resume: bool = False, console: Console | None
     # progress.py subclasses transformers' TrainerCallback at import: loaded only for a training
     from ragtune.finetune.lora.progress import TrainingMonitor
 
-    monitor = TrainingMonitor(console)
+    monitor = TrainingMonitor(progress)
     trainer, data_stats = build_trainer(
         config, model=model, tokenizer=tokenizer, train_rows=train_rows, eval_rows=eval_rows,
         output_dir=run_dir / "checkpoints", callbacks=[monitor, *callbacks],
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda,
     )
-    try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        monitor.close()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics: dict[str, Any] = {
         **monitor.metrics(),
         "train_loss": float(result.training_loss),
@@ -285,7 +305,8 @@ def _worker_main(argv: list[str]) -> int:
     run_dir = Path(argv[0])
     rank = int(os.environ.get("RANK", "0"))
     try:
-        train_worker(run_dir, resume="--resume" in argv, console=Console(stderr=True) if "--progress" in argv else None)
+        events = argv[argv.index("--progress") + 1] if "--progress" in argv else None
+        train_worker(run_dir, resume="--resume" in argv, progress=JsonLinesWriter(events) if events else None)
     except BaseException as exc:
         with open(run_dir / "error.txt", "a", encoding="utf-8") as fh:
             fh.write(f"rank {rank}: {traceback.format_exc()}\nrank {rank}: {_reason(exc)}\n")

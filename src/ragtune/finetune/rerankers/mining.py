@@ -9,6 +9,10 @@ dataset's questions by a hash of their ids, so the held-out half never reaches t
 Concessions: false negatives are not filtered beyond exact duplicates of a positive (an unjudged
 relevant chunk can become a "negative"), and positives of a multi-chunk document are its
 best-ranked chunk, which may not be the passage a question was written from.
+
+Progress (``protocols.Progress``): ``mine_triples`` sends "mining", the questions mined so far of
+all; ``synthetic_pairs`` sends "questions", the questions written so far of ``limit`` (``detail``:
+the chunks tried).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +29,11 @@ import numpy as np
 
 from ragtune.errors import ConfigError, DatasetError, GenerationError, NotFoundError
 from ragtune.models import Message, Principal
-from ragtune.protocols import Generator
+from ragtune.progress import emit
+from ragtune.protocols import Generator, Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (done, total)
 HASH_SPLIT = ("question ids halved by sha256(salt, id): the 'train' half mined for training, "
               "the other half never trained on")
 
@@ -74,8 +78,7 @@ def mine_triples(rt: Any, collection: str, pairs: Iterable[tuple[str, set[str]]]
                 seen.add(_norm(h.chunk.text))
                 negatives.append(h.chunk.text)
             triples.extend(Triple(query, p, n) for p in pos_texts for n in negatives)
-        if progress is not None:
-            progress(min(start + len(batch), len(pairs)), len(pairs))
+        emit(progress, "mining", min(start + len(batch), len(pairs)), len(pairs))
     return triples
 
 
@@ -170,7 +173,7 @@ def synthetic_pairs(rt: Any, collection: str, generator: Generator, *, limit: in
         ).fetchall()
     pairs: list[tuple[str, set[str]]] = []
     seen: set[str] = set()
-    for row in rows:
+    for tried, row in enumerate(rows, start=1):
         messages = [Message("system", QUESTION_PROMPT), Message("user", f"Passage:\n{row['body'][:2000]}")]
         try:
             reply = generator.generate(messages, max_tokens=max_tokens).text
@@ -181,8 +184,7 @@ def synthetic_pairs(rt: Any, collection: str, generator: Generator, *, limit: in
         if question is not None and question.lower() not in seen:
             seen.add(question.lower())
             pairs.append((question, {row["uri"]}))
-        if progress is not None:
-            progress(len(pairs), limit)
+        emit(progress, "questions", len(pairs), limit, detail=f"{tried} chunks tried")
         if len(pairs) >= limit:
             break
     return pairs

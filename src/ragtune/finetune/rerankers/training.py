@@ -13,6 +13,9 @@ into the store's temporary folder and renamed to ``<data_dir>/rerankers/<name>/v
 manifest (the triples' hash, source and split rule, losses, validation nDCG, the fusion weight,
 hyperparameters), so concurrent trainings never share a folder and a reader never sees half a
 version.
+
+Progress (``protocols.Progress``): "training", the optimiser steps done of all (epochs × batches of
+questions), with the step's loss in ``metrics["loss"]`` and ``detail``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from typing import Any
 from ragtune.errors import ConfigError, DatasetError, ModelError
 from ragtune.evaluate.metrics import doc_run_from_chunks, retrieval_metrics
 from ragtune.finetune.minilm import base_model_path, base_model_record
-from ragtune.finetune.rerankers.mining import Progress, Triple, triples_hash
+from ragtune.finetune.rerankers.mining import Triple, triples_hash
 from ragtune.models import Principal
+from ragtune.progress import emit
+from ragtune.protocols import Progress
 from ragtune.retrieve.rerank import RERANKER, PairScorer, fused_order
 from ragtune.store.artefacts import Artefact, ArtefactStore, TrainingData
 
@@ -140,8 +145,7 @@ def _fit(triples: Sequence[Triple], base: Path, hyper: dict[str, Any], progress:
             if step % every == 0 or step == total:
                 curve.append([step, round(sum(window) / len(window), 4)])
                 window = []
-            if progress is not None:
-                progress(step, total)
+            emit(progress, "training", step, total, detail=f"loss {losses[-1]:.3f}", metrics={"loss": losses[-1]})
     encoder.eval()
     return scorer, {"mean": round(sum(losses) / len(losses), 6) if losses else None, "curve": curve}
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ragtune.settings import Settings
 
 DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
-# Container limits (DOCX is a zip, PDF streams are Flate-compressed); why these values: settings.py.
+# Container limits (DOCX is a zip, PDF streams are Flate-compressed); why these values: settings/sections.py.
 DEFAULT_MAX_EXPANDED_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_EXPANSION_RATIO = 100.0
 DEFAULT_MAX_CONTAINER_MEMBERS = 10_000
@@ -71,9 +71,9 @@ class LoaderOptions:
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> LoaderOptions:
         """The size and container limits from ``settings``, plus ``options`` (the record fields)."""
-        return cls(max_file_bytes=settings.max_file_bytes, max_expanded_bytes=settings.max_expanded_bytes,
-                   max_expansion_ratio=settings.max_expansion_ratio,
-                   max_container_members=settings.max_container_members, **options)
+        return cls(max_file_bytes=settings.ingest.max_file_bytes, max_expanded_bytes=settings.ingest.max_expanded_bytes,
+                   max_expansion_ratio=settings.ingest.max_expansion_ratio,
+                   max_container_members=settings.ingest.max_container_members, **options)
 
 
 def check_size(path: Path, options: LoaderOptions) -> int:

@@ -30,18 +30,18 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def served_generator(state: ServerState, requested: str | None) -> str:
     """The generator to use: the configured one unless the request names another served one
-    (``extractive`` or one of ``server_generators``)."""
-    configured = state.settings.generator.strip()
+    (``extractive`` or one of ``server.generators``)."""
+    configured = state.settings.generation.generator.strip()
     if requested is None or not requested.strip():
         return configured
-    allowed = {configured, EXTRACTIVE, *(g.strip() for g in state.settings.server_generators.split(",") if g.strip())}
+    allowed = {configured, EXTRACTIVE, *(g.strip() for g in state.settings.server.generators.split(",") if g.strip())}
     if requested.strip() not in allowed:
         raise ConfigError(f"generator {requested!r} is not served here; use one of {sorted(allowed)}")
     return requested.strip()
 
 
 def check_max_tokens(state: ServerState, max_tokens: int | None) -> None:
-    limit = state.settings.max_new_tokens
+    limit = state.settings.generation.max_new_tokens
     if max_tokens is not None and not 1 <= max_tokens <= limit:
         raise LimitError(f"max_tokens must be between 1 and {limit} (max_new_tokens), got {max_tokens}",
                          "max_new_tokens")

@@ -90,18 +90,18 @@ async def upload_documents(collection: str, request: Request, state: State, call
     settings = state.settings
     # before a byte of the upload is stored; create() counts again under a lock
     try:
-        await to_thread.run_sync(state.jobs.check_quota, caller.principal.id, settings.server_max_jobs_per_key)
+        await to_thread.run_sync(state.jobs.check_quota, caller.principal.id, settings.server.max_jobs_per_key)
     except JobLimitError:
         await _discard_body(request)
         raise
-    upload = await receive_upload(request, state.uploads, max_bytes=settings.server_max_upload_bytes,
-                                  max_file_bytes=settings.max_file_bytes,
-                                  max_files=settings.server_max_upload_files)
+    upload = await receive_upload(request, state.uploads, max_bytes=settings.server.max_upload_bytes,
+                                  max_file_bytes=settings.ingest.max_file_bytes,
+                                  max_files=settings.server.max_upload_files)
     try:
         acl, metadata, change_acl = _form(upload, caller.principal)
         job = await to_thread.run_sync(lambda: state.jobs.create(
             collection=collection, principal=caller.principal, acl=acl, metadata=metadata, folder=upload.folder,
-            files=upload.files, change_acl=change_acl, max_per_key=settings.server_max_jobs_per_key))
+            files=upload.files, change_acl=change_acl, max_per_key=settings.server.max_jobs_per_key))
     except BaseException:
         shutil.rmtree(upload.folder, ignore_errors=True)
         raise

@@ -180,7 +180,7 @@ async def _chunks(call: Callable[..., Answer], completion_id: str, model: str, i
 
 
 def _embedder_names(state: ServerState) -> set[str]:
-    return {DEFAULT_MODEL, state.settings.embedder, state.engine.embedder.name}
+    return {DEFAULT_MODEL, state.settings.ingest.embedder, state.engine.embedder.name}
 
 
 @router.post("/embeddings", summary="OpenAI embeddings with the server's embedder")
@@ -189,12 +189,12 @@ def embeddings(body: EmbeddingsIn, state: State, caller: Reader) -> dict[str, An
     if body.model not in names:
         raise NotFoundError(f"model {body.model!r} is not an embedder served here; use one of {sorted(names)}")
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    limit = state.settings.server_max_embedding_inputs
+    limit = state.settings.server.max_embedding_inputs
     if not texts:
         raise QueryError("input is empty: give a string or a list of strings")
     if len(texts) > limit:
-        raise LimitError(f"at most {limit} inputs per request (server_max_embedding_inputs), got {len(texts)}",
-                         "server_max_embedding_inputs")
+        raise LimitError(f"at most {limit} inputs per request (server.max_embedding_inputs), got {len(texts)}",
+                         "max_embedding_inputs")
     long = next((i for i, t in enumerate(texts) if len(t) > _MAX_INPUT_CHARS), None)
     if long is not None:
         raise LimitError(f"input[{long}] is over {_MAX_INPUT_CHARS} characters", "embedding_input_chars")
@@ -231,6 +231,6 @@ def list_models(state: State, caller: Reader) -> dict[str, Any]:
     created = int(time.time())
     data = [{"id": c.name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune_kind": "collection"}
             for c in state.engine.collections(principal=caller.principal)]
-    data.append({"id": state.settings.embedder, "object": "model", "created": created, "owned_by": "ragtune",
+    data.append({"id": state.settings.ingest.embedder, "object": "model", "created": created, "owned_by": "ragtune",
                  "ragtune_kind": "embedder"})
     return {"object": "list", "data": data}
