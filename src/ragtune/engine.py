@@ -240,7 +240,7 @@ class Ragtune:
 
         options = loader_options or LoaderOptions.from_settings(self.settings)
         emit(progress, "files", 0, len(files))  # the total first, before the pipeline pulls a document
-        return load_files(_counted_files(files, progress), options)
+        return load_files(_counted_files(files, progress), options, self.plugins)
 
     # -- documents -----------------------------------------------------------------------------
     # Reads and deletes see what ``principal`` may read (the local operator, an admin, by default).

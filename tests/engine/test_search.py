@@ -7,6 +7,7 @@ import datetime as dt
 import random
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -205,7 +206,22 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
     with rt.db.connection() as conn:
         uri_of_chunk = {r["id"]: r["uri"] for r in conn.execute(
             "SELECT c.id, d.uri FROM chunks c JOIN documents d ON d.id = c.document_id").fetchall()}
-    yield rt, acl_of, uri_of_chunk
+    # the same engine over HTTP, with one read key per set of groups (made when first asked for)
+    from ragtune.server.app import create_app
+    from ragtune.server.auth import KeyStore
+    from ragtune.testing.serve import serve_in_thread
+
+    keys: dict[frozenset[str], str] = {}
+
+    def http(groups: frozenset[str], path: str, body: dict) -> dict:  # type: ignore[type-arg]
+        if groups not in keys:
+            keys[groups] = KeyStore(rt.db).create("p", groups=sorted(groups), scopes=["read"]).key
+        response = httpx.post(url + path, json=body, headers={"Authorization": f"Bearer {keys[groups]}"}, timeout=60)
+        assert response.status_code in (200, 404), response.text
+        return response.json() if response.status_code == 200 else {"hits": [], "sources": []}
+
+    with serve_in_thread(create_app(rt, settings.replace(server={"rate_limit": 0}), auth=True), settings) as url:
+        yield rt, acl_of, uri_of_chunk, http
     rt.close()
 
 
@@ -219,8 +235,9 @@ def acl_world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):
 )
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_acl_never_leaks(acl_world, groups, mode, words, dept, year_min, top_k) -> None:  # type: ignore[no-untyped-def]
-    """Search, documents, single documents and traces: nothing outside the principal's groups, ever."""
-    rt, acl_of, uri_of_chunk = acl_world
+    """Search, documents, single documents, traces, and search and ask through the Python API and
+    HTTP alike (the parity paths): nothing outside the principal's groups, ever."""
+    rt, acl_of, uri_of_chunk, http = acl_world
     filters = []
     if dept is not None:
         filters.append(Filter("dept", "eq", dept))
@@ -244,6 +261,15 @@ def test_acl_never_leaks(acl_world, groups, mode, words, dept, year_min, top_k) 
         if year_min is not None:
             assert h.metadata["year"] >= year_min
     assert len(hits) <= top_k
+    wire_filters = [{"key": f.key, "op": f.op, "value": f.value} for f in filters]
+    over_http = http(groups, "/collections/default/search",
+                     {"query": " ".join(words), "mode": mode, "top_k": top_k, "filters": wire_filters})
+    assert [(h["uri"], h["chunk_id"]) for h in over_http["hits"]] == [(h.uri, h.chunk.id) for h in hits]
+    answer = rt.ask(" ".join(words), mode=mode, filters=filters, principal=principal, generator="extractive")
+    asked = http(groups, "/collections/default/ask",
+                 {"question": " ".join(words), "mode": mode, "filters": wire_filters, "generator": "extractive"})
+    assert {h.uri for h in answer.hits} <= visible and {c.uri for c in answer.citations} <= visible
+    assert [s["uri"] for s in asked["sources"]] == [h.uri for h in answer.hits]
     if mode == "dense":  # dense ranks every visible matching chunk, so it must fill k when it can
         matching = [u for u in visible]
         if dept is None and year_min is None:

@@ -336,7 +336,8 @@ CORRUPT = [
     ),
     ("broken.json", lambda: b'[{"text": "a"},', CorruptFileError, r"malformed JSON: .* \(line 1, column"),
     ("scalar.json", lambda: b"42", CorruptFileError, "expected an array of objects or one object"),
-    ("photo.png", lambda: b"\x89PNG\r\n\x1a\n", UnsupportedFormatError, r"no loader for \.png files"),
+    ("photo.png", lambda: b"\x89PNG\r\n\x1a\n", UnsupportedFormatError,
+     r"binary content ragtune has no loader for \(\.png\); if it is text, read it with --as text"),
 ]
 
 

@@ -41,6 +41,9 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of
 TextFieldOpt = Annotated[str, typer.Option(help="JSON/JSONL: field holding the text.")]
 MetadataFieldsOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: comma-separated metadata fields.")]
 IdFieldOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: field holding a record id.")]
+AsFormatOpt = Annotated[str | None, typer.Option(
+    "--as", help="Read every file as this format (text, markdown, html, pdf, docx, json, jsonl, gzip) instead of "
+                 "choosing by suffix and content.")]
 
 
 @app.command()
@@ -56,11 +59,12 @@ def ingest(
     text_field: TextFieldOpt = "text",
     metadata_fields: MetadataFieldsOpt = None,
     id_field: IdFieldOpt = None,
+    as_format: AsFormatOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest files, folders and JSON Lines records into a collection."""
     _ingest_command(paths, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                    metadata_fields, id_field, data_dir, sync=False)
+                    metadata_fields, id_field, as_format, data_dir, sync=False)
 
 
 @app.command()
@@ -76,12 +80,13 @@ def sync(
     text_field: TextFieldOpt = "text",
     metadata_fields: MetadataFieldsOpt = None,
     id_field: IdFieldOpt = None,
+    as_format: AsFormatOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
     metadata unless you give new ones."""
     _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                    metadata_fields, id_field, data_dir, sync=True)
+                    metadata_fields, id_field, as_format, data_dir, sync=True)
 
 
 def _acl_option(acl: str | None, public: bool) -> list[str] | None:
@@ -96,15 +101,20 @@ def _acl_option(acl: str | None, public: bool) -> list[str] | None:
 
 def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: list[str] | None,
                     change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
-                    metadata_fields: str | None, id_field: str | None, data_dir: Path | None, *, sync: bool) -> None:
+                    metadata_fields: str | None, id_field: str | None, as_format: str | None, data_dir: Path | None,
+                    *, sync: bool) -> None:
     def body() -> None:
         from ragtune.ingest.loaders import LoaderOptions
+        from ragtune.ingest.loaders.registry import format_key
 
         metadata = parse_meta(meta) if meta else None  # a bad --meta is refused before the database starts
+        if as_format is not None:
+            format_key(as_format)  # so is an unknown --as
         with engine(data_dir) as rt:
             options = LoaderOptions.from_settings(
                 rt.settings, text_field=text_field,
                 metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
+                as_format=as_format,
             )
             with ProgressBars() as bars:
                 kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl,

@@ -1,5 +1,5 @@
 """ragtune's own ingest parts, registered through the hook every plugin uses (``ragtune.plugins``):
-the loaders by file suffix, the chunkers, and the packaged and folder embedders.
+the loaders by file suffix (gzip files by what they hold), the chunkers, and the packaged and folder embedders.
 
 Factories import their parser or model lazily: nothing heavier than this module is imported until a
 part is built (``pypdf``, ``python-docx`` and ``selectolax`` cost tenths of a second each, the
@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from ragtune.ingest.loaders.base import LoaderOptions
     from ragtune.protocols import Chunker, Embedder, Loader
 
-TEXT_SUFFIXES = ("", ".txt", ".text", ".rst", ".log", ".csv", ".tsv")
+# Files without a suffix (README, changelog.Debian) are read by what their content is (loaders.sniff).
+TEXT_SUFFIXES = (".txt", ".text", ".rst", ".log", ".csv", ".tsv")
+
+
+def _gzip(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.compressed import GzipLoader
+    from ragtune.ingest.loaders.registry import loader_for
+
+    # what the gzip file holds is read by the loader the same registry chooses for it
+    return GzipLoader(options, lambda path, inner_options: loader_for(path, inner_options, plugins))
 
 
 def register(plugins: Plugins) -> None:
@@ -27,6 +36,7 @@ def register(plugins: Plugins) -> None:
                               ((".json",), _json)):
         for suffix in suffixes:
             plugins.loaders.register(suffix, factory)
+    plugins.loaders.register(".gz", lambda options: _gzip(options, plugins))
     plugins.chunkers.register("structured", _structured)
     plugins.chunkers.register("whole", _whole)
     from ragtune.ingest.embedders import PACKAGED_NAME

@@ -33,8 +33,8 @@ class LoaderOptions:
     Lines records; ``metadata_fields=None`` means "every other scalar field".
 
     ``max_expanded_bytes`` / ``max_expansion_ratio`` / ``max_container_members`` bound what a
-    compressed file may expand to (``containers.py``): a DOCX's zip members together, a PDF's
-    decoded streams together, and the text extracted from either.
+    compressed file may expand to (``containers.py``, ``compressed.py``): a DOCX's zip members
+    together, a PDF's decoded streams together, a gzip file, and the text extracted from any.
     """
 
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
@@ -45,6 +45,9 @@ class LoaderOptions:
     metadata_fields: Sequence[str] | None = None  # stored as a tuple
     id_field: str | None = None
     title_field: str | None = None
+    # Read every file as this format (``--as``: text, markdown, html, ... or a registered suffix)
+    # instead of choosing by suffix and content (``registry.loader_for``).
+    as_format: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int):

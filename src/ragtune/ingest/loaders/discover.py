@@ -27,6 +27,7 @@ from ragtune.ingest.loaders.base import LoaderOptions
 from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.ingest.loaders.registry import loader_for
 from ragtune.models import LoadedDocument
+from ragtune.plugins import Plugins
 
 
 def iter_files(paths: Iterable[Path | str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Iterator[Path]:
@@ -78,7 +79,8 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[Pa
     return [path for _, path in found]
 
 
-def load_files(files: Iterable[Path], options: LoaderOptions | None = None) -> Iterator[LoadedDocument | IngestError]:
+def load_files(files: Iterable[Path], options: LoaderOptions | None = None, plugins: Plugins | None = None
+               ) -> Iterator[LoadedDocument | IngestError]:
     """Every document of every file, with failures yielded in place instead of raised.
 
     A file that fails half-way keeps the documents it yielded before failing; a JSON Lines
@@ -87,7 +89,7 @@ def load_files(files: Iterable[Path], options: LoaderOptions | None = None) -> I
     """
     for path in files:
         try:
-            yield from loader_for(path, options).load(path)
+            yield from loader_for(path, options, plugins).load(path)
         except BadRecordsError as exc:
             yield from exc.failures
         except IngestError as exc:

@@ -1,4 +1,4 @@
-"""Plain text (.txt, .text, .rst, .log, .csv, .tsv and files without a suffix).
+"""Plain text (.txt, .text, .rst, .log, .csv, .tsv, and any file whose content is text: ``sniff``).
 
 The text is kept exactly as decoded (newlines normalised); plain text has no structure we can
 trust, so no sections and no title are guessed.
