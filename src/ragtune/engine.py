@@ -20,7 +20,16 @@ from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes
-from ragtune.models import Answer, Chunk, Document, IngestReport, LoadedDocument, Principal, SearchResult
+from ragtune.models import (
+    Answer,
+    Chunk,
+    Document,
+    FileWarning,
+    IngestReport,
+    LoadedDocument,
+    Principal,
+    SearchResult,
+)
 from ragtune.observe.traces import StageTimer, TraceWriter
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.progress import emit
@@ -164,8 +173,11 @@ class Ragtune:
         """Ingest files and folders (recursively). Returns counts of added/updated/unchanged/failed."""
         roots = self._roots(paths)
         files = self._files(roots, include, exclude)
-        return self._run(self._load(files, loader_options, progress), collection, metadata, acl, progress,
-                         access=WriteAccess(principal, change_acl), inherit_from=roots)
+        found: list[FileWarning] = []
+        report = self._run(self._load(files, loader_options, progress, found), collection, metadata, acl, progress,
+                           access=WriteAccess(principal, change_acl), inherit_from=roots)
+        report.files, report.warnings = len(files), found
+        return report
 
     def ingest_documents(self, documents: Iterable[LoadedDocument | IngestError], *, collection: str | None = None,
                          metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
@@ -193,8 +205,10 @@ class Ragtune:
         roots = self._roots([folder])
         files = self._files(roots, include, exclude)
         seen: set[str] = set()
-        report = self._run(self._load(files, loader_options, progress), collection, metadata, acl, progress, seen=seen,
-                           access=WriteAccess(principal, change_acl), inherit_from=roots)
+        found: list[FileWarning] = []
+        report = self._run(self._load(files, loader_options, progress, found), collection, metadata, acl, progress,
+                           seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots)
+        report.files, report.warnings = len(files), found
         info = self.collection(collection)
         failed_files = {f.source.split("#", 1)[0] for f in report.failed}
         prefix = str(roots[0]) + "/"
@@ -234,21 +248,33 @@ class Ragtune:
 
         return list(iter_files(roots, list(include), list(exclude)))
 
-    def _load(self, files: Sequence[Path], loader_options: LoaderOptions | None, progress: Progress | None
-              ) -> Iterator[LoadedDocument | IngestError]:
+    def _load(self, files: Sequence[Path], loader_options: LoaderOptions | None, progress: Progress | None,
+              warnings_to: list[FileWarning]) -> Iterator[LoadedDocument | IngestError]:
+        """The documents of ``files``; what libraries warn while reading each is kept in
+        ``warnings_to`` with the file's name, for the report, instead of printed."""
         from ragtune.ingest.loaders import LoaderOptions, load_files
 
         options = loader_options or LoaderOptions.from_settings(self.settings)
         emit(progress, "files", 0, len(files))  # the total first, before the pipeline pulls a document
-        return load_files(_counted_files(files, progress), options, self.plugins)
+        return load_files(_counted_files(files, progress), options, self.plugins, warnings_to=warnings_to)
 
     # -- documents -----------------------------------------------------------------------------
     # Reads and deletes see what ``principal`` may read (the local operator, an admin, by default).
     def documents(self, *, collection: str | None = None, prefix: str | None = None, limit: int | None = None,
                   offset: int = 0, principal: Principal = _OPERATOR) -> list[Document]:
+        """The documents ``principal`` may read, by URI; ``prefix`` as ``_prefix`` reads it."""
         name = collection or self.settings.default_collection
+        start = self._prefix(prefix)
         return self.db.read(lambda: self.repo.documents(self.repo.collection(name).id, principal=principal,
-                                                        prefix=prefix, limit=limit, offset=offset))
+                                                        prefix=start, limit=limit, offset=offset))
+
+    def count_documents(self, *, collection: str | None = None, prefix: str | None = None,
+                        principal: Principal = _OPERATOR) -> int:
+        """How many documents ``documents`` lists without a limit (the total a page is out of)."""
+        name = collection or self.settings.default_collection
+        start = self._prefix(prefix)
+        return self.db.read(lambda: self.repo.count_documents(self.repo.collection(name).id, principal=principal,
+                                                              prefix=start))
 
     def document(self, uri: str | None = None, *, collection: str | None = None, document_id: int | None = None,
                  principal: Principal = _OPERATOR) -> tuple[Document, str, list[Chunk]]:
@@ -274,6 +300,23 @@ class Ragtune:
             resolved = str(path.resolve())
             return resolved + uri[len(uri.split("#", 1)[0]):]
         return uri
+
+    @staticmethod
+    def _prefix(prefix: str | None) -> str | None:
+        # Files are stored by absolute path: a relative prefix is read against the working folder
+        # when it names an existing path (a folder means its documents: with the trailing slash),
+        # when it starts with ./ or ../, or when its folder exists ("kb/le" for kb/leave.md). Any
+        # other prefix ("squad/", a URL) is left alone: records are stored under their own ids.
+        if prefix is None or "://" in prefix or Path(prefix).is_absolute():
+            return prefix
+        path = Path(prefix).expanduser()
+        if path.is_absolute():  # ~/...
+            return str(path) + ("/" if prefix.endswith("/") else "")
+        if path.exists():
+            return str(path.resolve()) + ("/" if path.is_dir() else "")
+        if prefix.startswith(("./", "../")) or (path.parent != Path(".") and path.parent.is_dir()):
+            return str(path.resolve()) + ("/" if prefix.endswith("/") else "")
+        return prefix
 
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,

@@ -28,6 +28,7 @@ EXTRAS = {
     "server": "the HTTP API of ragtune serve, and its /docs",
     "ray": "distributed ingestion",
     "llamacpp": "llama.cpp generation",
+    "formats": "reading PPTX and XLSX documents",
 }
 # what to know before running the command
 _NOTES = {"llamacpp": "it compiles llama.cpp from source, about 12 minutes on 2 cores"}

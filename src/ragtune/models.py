@@ -85,26 +85,58 @@ class Hit:
 
 @dataclass(frozen=True)
 class FileFailure:
+    """A file (or one record of it, ``path:line``) that was not ingested; ``error`` is the error's
+    ``code`` (``unsupported_format``, ``corrupt_file``...), the kind reports group failures by."""
+
     source: str
     error: str
     reason: str
 
 
+@dataclass(frozen=True)
+class FileWarning:
+    """A warning a library gave while a file was read (pypdf's "EOF marker not found"), kept with
+    the file it is about instead of printed without one; ``origin`` is the logger or warning
+    category that gave it, the kind reports group warnings by."""
+
+    source: str
+    origin: str
+    message: str
+
+
 @dataclass
 class IngestReport:
+    """What one ingest or sync did. Every document (or record) the run met is counted once, in
+    exactly one of added, updated, unchanged, removed and failed, so ``total`` is their sum;
+    ``files`` is how many files were read (0 for documents given directly), fewer than ``total``
+    when a file holds several documents (JSON Lines, archives) or a sync removes some."""
+
     added: int = 0
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
     acl_changed: int = 0  # stored documents whose ACL this run changed (only when asked to)
     failed: list[FileFailure] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
+    files: int = 0
     chunks: int = 0
     embedded: int = 0  # texts actually sent through the embedder (cache misses)
     seconds: float = 0.0
 
     @property
     def total(self) -> int:
-        return self.added + self.updated + self.unchanged + len(self.failed)
+        return self.added + self.updated + self.unchanged + self.removed + len(self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts and every failure and warning, as JSON-ready values (``ingest --report``)."""
+        return {
+            "files": self.files, "total": self.total, "added": self.added, "updated": self.updated,
+            "unchanged": self.unchanged, "removed": self.removed, "failed": len(self.failed),
+            "acl_changed": self.acl_changed, "chunks": self.chunks, "embedded": self.embedded,
+            "seconds": round(self.seconds, 3),
+            "failures": [{"source": f.source, "code": f.error, "reason": f.reason} for f in self.failed],
+            "warnings": [{"source": w.source, "origin": w.origin, "message": w.message} for w in self.warnings],
+        }
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from ragtune.cli.main import app
 runner = CliRunner()
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``ragtune ARGS``."""
-    result = runner.invoke(app, list(args))
+def invoke(*args: str, input: str | None = None) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``ragtune ARGS`` (``input``: what is typed at its prompts)."""
+    result = runner.invoke(app, list(args), input=input)
     return result.exit_code, result.stdout, result.stderr

@@ -175,7 +175,7 @@ def test_every_command_closes_the_engine_it_opens(env: dict[str, str], pg_admin_
         (0, ("docs", "list", "-c", "kb")), (0, ("docs", "show", str(note), "-c", "kb")),
         (2, ("docs", "show", "missing.md", "-c", "kb")), (0, ("collections", "list")), (0, ("db", "status")),
         (0, ("traces", "list")), (0, ("keys", "list")), (0, ("data", "list")), (2, ("data", "show", "nope")),
-        (2, ("collections", "rm", "nope")), (0, ("collections", "rm", "kb")),
+        (2, ("collections", "rm", "nope")), (0, ("collections", "rm", "kb", "--yes")),
     ]
     gc.collect()
     gc.disable()

@@ -61,7 +61,7 @@ def test_gzip_files_are_read_as_what_they_hold(tmp_path: Path) -> None:
     changelog.write_bytes(gzip.compress(CHANGELOG.encode()))
     (doc,) = load(changelog)
     assert doc.uri == str(changelog) and doc.text.startswith("libffi (3.4.4-1)")
-    assert doc.metadata["compression"] == "gzip" and doc.metadata["source_path"] == str(changelog)
+    assert doc.metadata["container"] == str(changelog) and doc.metadata["source_path"] == str(changelog)
 
     manual = tmp_path / "manual.html.gz"
     manual.write_bytes(gzip.compress(HTML.encode()))
@@ -122,8 +122,145 @@ def test_gzip_bombs_corrupt_and_nested_gzip_are_refused(tmp_path: Path) -> None:
         load(broken)
     nested = tmp_path / "twice.gz"
     nested.write_bytes(gzip.compress(gzip.compress(CHANGELOG.encode())))
-    with pytest.raises(ExpansionLimitError, match="gzip file inside a gzip file"):
+    with pytest.raises(ExpansionLimitError, match="an archive inside an archive is not read"):
         load(nested)
+
+
+def test_zip_and_tar_archives_are_read_member_by_member(tmp_path: Path) -> None:
+    import io
+    import tarfile
+    import zipfile
+
+    members = {"guide/intro.md": b"# Intro\n\nThe closure API creates functions.\n",
+               "guide/changelog.Debian": CHANGELOG.encode(), "img/logo.bin": os.urandom(512) + b"\x00",
+               "faq.jsonl": b'{"id": "q1", "text": "First answer."}\n{"id": "q2"}\n'}
+    bundle = tmp_path / "docs.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    tarball = tmp_path / "docs.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)  # a link is skipped, never followed
+    for path in (bundle, tarball):
+        out = list(load_files([path]))
+        docs = {d.uri: d for d in out if isinstance(d, LoadedDocument)}
+        failures = {e.source: e for e in out if not isinstance(e, LoadedDocument)}
+        assert set(docs) == {f"{path}!/guide/intro.md", f"{path}!/guide/changelog.Debian", f"{path}!/faq.jsonl#1"}
+        assert docs[f"{path}!/guide/intro.md"].metadata["format"] == "markdown"
+        assert docs[f"{path}!/guide/changelog.Debian"].text.startswith("libffi (3.4.4-1)")
+        assert set(failures) == {f"{path}!/img/logo.bin", f"{path}!/faq.jsonl:2"}, failures
+        assert "--as text" in failures[f"{path}!/img/logo.bin"].reason
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as archive:
+        archive.writestr("inner.tar", tarball.read_bytes())
+        archive.writestr("ok.txt", b"fine")
+    out = list(load_files([nested]))
+    assert [d.uri for d in out if isinstance(d, LoadedDocument)] == [f"{nested}!/ok.txt"]
+    assert any("archive inside an archive" in e.reason for e in out if not isinstance(e, LoadedDocument))
+
+
+def _message(subject: str, body: str, attachments: dict[str, bytes]) -> bytes:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "Anna Berg <anna@example.org>"
+    message["To"] = "hr@example.org"
+    message["Date"] = "Mon, 02 Jan 2023 10:00:00 +0100"
+    message["Subject"] = subject
+    message.set_content(body)
+    for name, data in attachments.items():
+        message.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return message.as_bytes()
+
+
+def test_email_and_mailboxes_with_attachments_as_child_documents(tmp_path: Path) -> None:
+    eml = tmp_path / "leave.eml"
+    eml.write_bytes(_message("Parental leave — question", "How long is parental leave? Grüße, Anna",
+                             {"policy.md": b"# Leave\n\nSixteen weeks at full pay.\n",
+                              "scan.bin": os.urandom(300) + b"\x00"}))
+    out = list(load_files([eml]))
+    docs = [d for d in out if isinstance(d, LoadedDocument)]
+    failures = [e for e in out if not isinstance(e, LoadedDocument)]
+    message, attachment = docs
+    assert message.uri == str(eml) and message.title == "Parental leave — question"
+    assert message.text.startswith("From: Anna Berg <anna@example.org>\nTo: hr@example.org\n")
+    assert "Grüße" in message.text and message.metadata["from"] == "Anna Berg <anna@example.org>"
+    assert attachment.uri == f"{eml}#attachment/1/policy.md" and attachment.metadata["container"] == str(eml)
+    assert attachment.metadata["format"] == "markdown" and "Sixteen weeks" in attachment.text
+    assert [f.source for f in failures] == [f"{eml}#attachment/2/scan.bin"]
+
+    box = tmp_path / "hr.mbox"
+    box.write_bytes(b"".join(b"From anna@example.org Mon Jan  2 10:00:00 2023\n"
+                             + _message(f"Question {i}", f"Body number {i}.", {}) + b"\n" for i in (1, 2)))
+    mails = load(box)
+    assert [m.uri for m in mails] == [f"{box}#1", f"{box}#2"] and [m.title for m in mails] == ["Question 1",
+                                                                                                "Question 2"]
+    assert "Body number 2." in mails[1].text
+
+
+def test_spreadsheets_slides_and_books_are_read_with_a_section_each(tmp_path: Path) -> None:
+    import zipfile
+
+    import openpyxl
+    import pptx
+    from pptx.util import Inches
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Leave"
+    for row in (["type", "weeks", "paid"], ["parental", 16, "full"], ["study", 2, None]):
+        sheet.append(row)
+    book.create_sheet("Empty")
+    book.create_sheet("Costs").append(["total", "=1+2"])
+    workbook = tmp_path / "leave.xlsx"
+    book.save(workbook)
+    (doc,) = load(workbook)
+    assert doc.metadata["format"] == "xlsx" and [s.title for s in doc.sections] == ["Leave", "Costs"]
+    assert "parental | 16 | full" in doc.text and "study | 2\n" in doc.text
+
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[1])
+    slide.shapes.title.text = "Leave policy"
+    slide.placeholders[1].text_frame.text = "Parental leave lasts sixteen weeks."
+    table = slide.shapes.add_table(2, 2, Inches(1), Inches(4), Inches(4), Inches(1)).table
+    for (r, c), value in {(0, 0): "type", (0, 1): "weeks", (1, 0): "study", (1, 1): "2"}.items():
+        table.cell(r, c).text = value
+    slide.notes_slide.notes_text_frame.text = "Mention the sabbatical."
+    deck.slides.add_slide(deck.slide_layouts[6])  # blank: no text, no section
+    slides = tmp_path / "leave.pptx"
+    deck.save(slides)
+    (talk,) = load(slides)
+    assert [s.title for s in talk.sections] == ["Slide 1: Leave policy"]
+    assert "sixteen weeks" in talk.text and "study | 2" in talk.text and "sabbatical" in talk.text
+
+    epub = tmp_path / "handbook.epub"
+    with zipfile.ZipFile(epub, "w") as archive:
+        archive.writestr("mimetype", "application/epub+zip")
+        archive.writestr("META-INF/container.xml", '<?xml version="1.0"?><container><rootfiles>'
+                         '<rootfile full-path="OEBPS/content.opf"/></rootfiles></container>')
+        archive.writestr("OEBPS/content.opf", '<package><metadata><dc:title>Staff handbook</dc:title></metadata>'
+                         '<manifest><item id="c2" href="two.xhtml"/><item id="c1" href="one.xhtml"/></manifest>'
+                         '<spine><itemref idref="c1"/><itemref idref="c2"/></spine></package>')
+        for name, heading, text in (("one", "Leave", "Sixteen weeks."), ("two", "Travel", "Book by Friday.")):
+            archive.writestr(f"OEBPS/{name}.xhtml", f"<html><body><h1>{heading}</h1><p>{text}</p></body></html>")
+    (handbook,) = load(epub)
+    assert handbook.title == "Staff handbook" and [s.title for s in handbook.sections] == ["Leave", "Travel"]
+    assert handbook.text.index("Sixteen weeks.") < handbook.text.index("Book by Friday.")
+    # without a telling suffix each is still known by what its zip holds
+    for path, fmt in ((workbook, "xlsx"), (slides, "pptx"), (epub, "epub")):
+        bare = tmp_path / f"bare-{fmt}"
+        bare.write_bytes(path.read_bytes())
+        assert load(bare)[0].metadata["format"] == fmt
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(workbook.read_bytes()[:400])
+    with pytest.raises(CorruptFileError, match=r"broken\.xlsx"):
+        load(broken)
 
 
 def test_ingest_reads_a_debian_style_folder_without_rejecting_a_file(database_url: str, cache_dir: Path,

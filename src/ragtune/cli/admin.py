@@ -1,4 +1,4 @@
-"""``ragtune collections``, ``db``, ``config`` and ``traces``: looking after a project."""
+"""``ragtune collections``, ``db`` and ``config``: looking after a project (traces: ``cli/traces.py``)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,18 @@ import typer
 from rich.table import Table
 
 from ragtune.cli.common import (
-    AsGroupOpt,
-    AsUserOpt,
     DataDir,
+    YesOpt,
     console,
     engine,
     load_settings,
     open_engine,
-    reader,
     run_command,
 )
 
 collections_app = typer.Typer()  # collections list|rm
 db_app = typer.Typer()  # db status|stop
 config_app = typer.Typer()  # config show
-traces_app = typer.Typer()  # traces list
 
 
 @collections_app.command("list")
@@ -43,11 +40,18 @@ def collections_list(data_dir: DataDir = None) -> None:
 
 
 @collections_app.command("rm")
-def collections_rm(name: str, data_dir: DataDir = None) -> None:
-    """Delete a collection and everything in it."""
+def collections_rm(name: Annotated[str, typer.Argument(help="The collection to delete.")], yes: YesOpt = False,
+                   data_dir: DataDir = None) -> None:
+    """Delete a collection and everything in it, after asking (unless --yes)."""
     def body() -> None:
         with engine(data_dir) as rt:
-            rt.drop_collection(name)
+            info = rt.collection(name)  # a missing one fails here, before the question
+            counted = rt.collections(name=info.name)
+            size = f"{counted[0].documents} document(s), {counted[0].n_chunks} chunk(s)" if counted else "empty"
+            if not yes:
+                typer.confirm(f"Delete collection {info.name!r} ({size})?", abort=True)
+            rt.drop_collection(info.name)
+        console.print(f"removed collection {info.name!r}: {size}", highlight=False, markup=False)
 
     run_command(body)
 
@@ -88,14 +92,3 @@ def config_show(data_dir: DataDir = None) -> None:
     """Print the effective settings (secrets redacted)."""
     run_command(lambda: print(json.dumps(load_settings(data_dir).public_dict(), indent=2)))
 
-
-@traces_app.command("list")
-def traces_list(limit: Annotated[int, typer.Option()] = 10, as_user: AsUserOpt = None, as_group: AsGroupOpt = None,
-                data_dir: DataDir = None) -> None:
-    """Show the most recent traces (those the principal may see)."""
-    def body() -> None:
-        with engine(data_dir) as rt:
-            rows = rt.traces.visible(reader(as_user, as_group), limit=limit)
-        print(json.dumps(rows, default=str, indent=2))
-
-    run_command(body)

@@ -19,9 +19,9 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Training questions (default: every question of the "
                                               "training half of the SQuAD 2.0 dev articles).")] = None,
     validation: Annotated[int, typer.Option(help="Held-out questions used to choose the threshold.")] = 1000,
-    epochs: Annotated[int, typer.Option(min=1)] = 1,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    learning_rate: Annotated[float, typer.Option()] = 3e-5,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training questions.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Question-passage pairs per step.")] = 16,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-5,
     max_length: Annotated[int, typer.Option(help="Tokens of question + passage.")] = 192,
     as_json: AsJson = False,
     data_dir: DataDir = None,

@@ -17,6 +17,7 @@ argument ``run`` (its name is the ``RUN`` shown in their help).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -53,6 +54,7 @@ err_console = Console(stderr=True)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Project data folder (default ./.ragtune).")]
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 AsUserOpt = Annotated[str | None, typer.Option(
     "--as-user", help="Read as this user (with --as-group: its groups); default: the system principal, who "
                       "reads everything.")]
@@ -84,7 +86,12 @@ def database_notice(reason: str) -> None:
 
 
 def run_command(fn: Callable[[], T]) -> T:
-    """Run a command body, turning ragtune errors into a message and exit code 2 (Ctrl-C: 130)."""
+    """Run a command body, turning ragtune errors into a message and exit code 2 (Ctrl-C: 130).
+
+    Any other exception is a bug or an unforeseen failure (a database error, a full disk): it too is
+    one line, with exit code 1, unless ``RAGTUNE_DEBUG`` is set, which lets the traceback through.
+    Typer's own exits, aborts and usage errors pass unchanged: they are already messages.
+    """
     try:
         return fn()
     except RagtuneError as exc:
@@ -94,6 +101,15 @@ def run_command(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except Exception as exc:
+        if os.environ.get("RAGTUNE_DEBUG"):
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        err_console.print(f"[bold red]error[/]: unexpected {type(exc).__name__}: {escape(first_line)} "
+                          "(set RAGTUNE_DEBUG=1 for the traceback)", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def reader(as_user: str | None, as_group: list[str] | None) -> Principal:
@@ -175,18 +191,39 @@ class ProgressBars:
 
 
 def print_report(report: IngestReport, verb: str = "ingested") -> None:
-    """An ingest or sync report as a table; each failed source on stderr with its reason."""
-    table = Table(title=f"{verb}: {report.total} document(s) in {report.seconds:.1f}s")
-    for col in ("added", "updated", "unchanged", "removed", "failed", "chunks", "embedded"):
+    """An ingest or sync report: one table whose counts add up to its total (every document or
+    record counted once), then the failures and the warnings on stderr, grouped by kind (the
+    error's code, the warning's origin) with a count and the first few sources of each, so 100
+    broken files read as a handful of lines. ``--report FILE`` has every one of them."""
+    files = f"{report.files} file(s), " if report.files else ""
+    table = Table(title=f"{verb}: {files}{report.total} document(s) in {report.seconds:.1f}s")
+    columns = ("added", "updated", "unchanged", "removed", "failed", "total", "chunks", "embedded")
+    for col in columns:
         table.add_column(col, justify="right")
     table.add_row(*(str(v) for v in (report.added, report.updated, report.unchanged, report.removed,
-                                       len(report.failed), report.chunks, report.embedded)))
+                                       len(report.failed), report.total, report.chunks, report.embedded)))
     console.print(table)
     if report.acl_changed:
         console.print(f"ACL changed on {report.acl_changed} stored document(s), as asked (--change-acl)")
-    for failure in report.failed:  # reasons quote ACLs like [hr]: not markup
-        err_console.print(f"[red]failed[/] {escape(failure.source)}: {escape(failure.reason)}", highlight=False,
-                          soft_wrap=True)
+    _print_groups("failed", [(f.error, f.source, f.reason) for f in report.failed])
+    _print_groups("warning", [(w.origin, w.source, w.message) for w in report.warnings])
+
+
+REPORT_EXAMPLES = 3  # sources shown per group of failures or warnings; --report FILE lists all
+
+
+def _print_groups(label: str, items: list[tuple[str, str, str]]) -> None:
+    """``items`` (kind, source, message) on stderr: a line per kind with its count, then its first
+    sources with their messages. Messages quote ACLs like [hr]: never markup."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for kind, source, message in items:
+        groups.setdefault(kind, []).append((source, message))
+    for kind, members in sorted(groups.items(), key=lambda group: -len(group[1])):
+        err_console.print(f"[red]{label}[/] {escape(kind)}: {len(members)}", highlight=False, soft_wrap=True)
+        for source, message in members[:REPORT_EXAMPLES]:
+            err_console.print(f"  {escape(source)}: {escape(message)}", highlight=False, soft_wrap=True)
+        if len(members) > REPORT_EXAMPLES:
+            err_console.print(f"  … and {len(members) - REPORT_EXAMPLES} more", highlight=False, soft_wrap=True)
 
 
 def num(value: float | None) -> str:

@@ -16,6 +16,7 @@ from ragtune.cli.common import (
     CollectionOpt,
     DataDir,
     ProgressBars,
+    YesOpt,
     console,
     engine,
     parse_groups,
@@ -44,6 +45,9 @@ IdFieldOpt = Annotated[str | None, typer.Option(help="JSON/JSONL: field holding 
 AsFormatOpt = Annotated[str | None, typer.Option(
     "--as", help="Read every file as this format (text, markdown, html, pdf, docx, json, jsonl, gzip) instead of "
                  "choosing by suffix and content.")]
+ReportOpt = Annotated[Path | None, typer.Option(
+    "--report", help="Also write the report as JSON to this file: the counts and every failure (source, code, "
+                     "reason) and warning.")]
 
 
 @app.command()
@@ -60,11 +64,12 @@ def ingest(
     metadata_fields: MetadataFieldsOpt = None,
     id_field: IdFieldOpt = None,
     as_format: AsFormatOpt = None,
+    report: ReportOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest files, folders and JSON Lines records into a collection."""
     _ingest_command(paths, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                    metadata_fields, id_field, as_format, data_dir, sync=False)
+                    metadata_fields, id_field, as_format, data_dir, sync=False, report_file=report)
 
 
 @app.command()
@@ -81,12 +86,13 @@ def sync(
     metadata_fields: MetadataFieldsOpt = None,
     id_field: IdFieldOpt = None,
     as_format: AsFormatOpt = None,
+    report: ReportOpt = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
     metadata unless you give new ones."""
     _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                    metadata_fields, id_field, as_format, data_dir, sync=True)
+                    metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report)
 
 
 def _acl_option(acl: str | None, public: bool) -> list[str] | None:
@@ -102,7 +108,7 @@ def _acl_option(acl: str | None, public: bool) -> list[str] | None:
 def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: list[str] | None,
                     change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
                     metadata_fields: str | None, id_field: str | None, as_format: str | None, data_dir: Path | None,
-                    *, sync: bool) -> None:
+                    *, sync: bool, report_file: Path | None = None) -> None:
     def body() -> None:
         from ragtune.ingest.loaders import LoaderOptions
         from ragtune.ingest.loaders.registry import format_key
@@ -110,6 +116,8 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
         metadata = parse_meta(meta) if meta else None  # a bad --meta is refused before the database starts
         if as_format is not None:
             format_key(as_format)  # so is an unknown --as
+        if report_file is not None and not report_file.expanduser().resolve().parent.is_dir():
+            raise typer.BadParameter(f"--report: no folder {str(report_file.parent)!r} to write {report_file.name} in")
         with engine(data_dir) as rt:
             options = LoaderOptions.from_settings(
                 rt.settings, text_field=text_field,
@@ -122,6 +130,9 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
                                               loader_options=options, progress=bars)
                 report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)
         print_report(report, "synced" if sync else "ingested")
+        if report_file is not None:
+            report_file.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n",
+                                   encoding="utf-8")
         if report.failed and report.added + report.updated + report.unchanged == 0:
             raise typer.Exit(1)
 
@@ -129,29 +140,46 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
 
 
 @docs_app.command("list")
-def docs_list(collection: CollectionOpt = None, prefix: Annotated[str | None, typer.Option()] = None,
-              limit: Annotated[int, typer.Option()] = 100, as_json: AsJson = False, as_user: AsUserOpt = None,
-              as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
-    """List documents of a collection (those the principal may read)."""
+def docs_list(
+    collection: CollectionOpt = None,
+    prefix: Annotated[str | None, typer.Option(
+        help="Only URIs starting with this: an absolute path, a URL, or a path relative to the working folder.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Documents per page.")] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many documents first (the next page).")] = 0,
+    as_json: AsJson = False,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List documents of a collection (those the principal may read), a page at a time."""
     def body() -> None:
+        principal = reader(as_user, as_group)
         with engine(data_dir) as rt:
-            docs = rt.documents(collection=collection, prefix=prefix, limit=limit,
-                                principal=reader(as_user, as_group))
+            docs = rt.documents(collection=collection, prefix=prefix, limit=limit, offset=offset, principal=principal)
+            # a short first page is everything: count only when there may be more
+            total = (len(docs) if offset == 0 and len(docs) < limit
+                     else rt.count_documents(collection=collection, prefix=prefix, principal=principal))
         if as_json:
             print(json.dumps([d.__dict__ for d in docs], default=str, indent=2))
             return
-        table = Table(title=f"{len(docs)} document(s)")
+        table = Table(title=f"{total} document(s)")
         for col in ("uri", "version", "chunks", "acl", "updated"):
             table.add_column(col, overflow="fold")
         for d in docs:
             table.add_row(d.uri, str(d.version), str(d.chunk_count), ",".join(d.acl) or "public", d.updated_at or "")
         console.print(table)
+        if len(docs) < total:
+            shown = f"{offset + 1}-{offset + len(docs)}" if docs else "none"
+            more = f"; next page: --offset {offset + len(docs)}" if offset + len(docs) < total else ""
+            console.print(f"showing {shown} of {total} (--limit/--offset to page){more}", highlight=False)
 
     run_command(body)
 
 
 @docs_app.command("show")
-def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = False, as_user: AsUserOpt = None,
+def docs_show(uri: Annotated[str, typer.Argument(help="The document's URI, or a relative file path.")],
+              collection: CollectionOpt = None, as_json: AsJson = False, as_user: AsUserOpt = None,
               as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
     """Show one document: metadata, ACL and its chunks."""
     def body() -> None:
@@ -169,10 +197,14 @@ def docs_show(uri: str, collection: CollectionOpt = None, as_json: AsJson = Fals
 
 
 @docs_app.command("rm")
-def docs_rm(uris: list[str], collection: CollectionOpt = None, as_user: AsUserOpt = None,
+def docs_rm(uris: Annotated[list[str], typer.Argument(help="URIs as docs list shows them, or relative file paths.")],
+            collection: CollectionOpt = None, yes: YesOpt = False, as_user: AsUserOpt = None,
             as_group: AsGroupOpt = None, data_dir: DataDir = None) -> None:
-    """Remove documents (by URI, as listed by ``docs list``; only those the principal may read)."""
+    """Remove documents by URI, after asking (unless --yes); only those the principal may read."""
     def body() -> None:
+        if not yes:
+            where = f"collection {collection!r}" if collection else "the default collection"
+            typer.confirm(f"Remove {len(uris)} document(s) from {where}?", abort=True)
         with engine(data_dir) as rt:
             n = rt.delete(uris, collection=collection, principal=reader(as_user, as_group))
         console.print(f"removed {n} document(s)")

@@ -12,6 +12,10 @@ from ragtune.cli.common import AsJson, CollectionOpt, DataDir, ProgressBars, con
 
 app = typer.Typer()  # eval answers|retrieval
 
+# Measures as the README's tables name them: the mean of reciprocal ranks over queries is MRR
+# (the result's keys keep the metric's own name, RR@10, which scripts read).
+MEASURE_LABELS = {"RR@10": "MRR@10"}
+
 
 @app.command("answers")
 def eval_answers(
@@ -26,7 +30,8 @@ def eval_answers(
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """EM, F1, abstention, citation precision, groundedness, latency and tokens/s per generator."""
+    """Answer quality per generator on a dataset: exact match, F1, abstention precision and recall,
+    citation precision, groundedness, latency and tokens/s."""
     def body() -> None:
         from ragtune.evaluate.answers import evaluate_answers
 
@@ -70,7 +75,8 @@ def eval_retrieval(
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """nDCG@10, Recall@5, Recall@10 and MRR@10 for each search mode on a dataset."""
+    """Retrieval quality per search mode on a dataset: nDCG@10, Recall@5, Recall@10, MRR@10 and
+    latency."""
     def body() -> None:
         from ragtune.evaluate.retrieval import evaluate_retrieval
 
@@ -83,7 +89,7 @@ def eval_retrieval(
         table = Table(title=f"retrieval on {dataset}: {result['queries']} queries, {result['corpus']} documents")
         table.add_column("mode")
         for m in result["measures"]:
-            table.add_column(m, justify="right")
+            table.add_column(MEASURE_LABELS.get(m, m), justify="right")
         table.add_column("p50 ms", justify="right")
         for mode, row in result["modes"].items():
             table.add_row(mode, *(f"{row[m]:.4f}" for m in result["measures"]), f"{row['p50_ms']:.1f}")

@@ -10,7 +10,10 @@ module imports this one: it is only the entry point (``ragtune = "ragtune.cli.ma
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperOption
 
 from ragtune.cli import (
     admin,
@@ -24,11 +27,31 @@ from ragtune.cli import (
     rerank,
     search,
     serve,
+    traces,
     tune,
     tune_eval,
     tune_search,
 )
 
+
+def _flags_without_type() -> None:
+    """Typer (0.29) prints the type of every option in help, flags included: ``--json <bool>``,
+    even ``--help <bool>``, which reads as a value the flag wants. A flag takes no value, so its
+    type column is left empty, as Click's plain help does. Typer offers no setting for this and the
+    help option is built inside Click, so the one method that draws the column is wrapped here;
+    if a later Typer renames it, nothing changes (the help test then shows ``<bool>`` again)."""
+    draw = getattr(TyperOption, "display_type_rich", None)
+    if draw is None or getattr(draw, "skips_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:  # Typer's own copy of Click's Context
+        return None if self.is_flag else draw(self, ctx)
+
+    display_type_rich.skips_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragtune: RAG and fine-tuning on PostgreSQL.")
 
 
@@ -46,9 +69,11 @@ for commands in (serve.app, documents.app, search.app, ask.app, demo.app):  # se
 _group("docs", "List, show and remove documents.", documents.docs_app)
 _group("db", "The embedded PostgreSQL server.", admin.db_app)
 _group("config", "Configuration.", admin.config_app)
-_group("eval", "Evaluate retrieval quality.", evaluate.app)
+_group("eval", "Measure retrieval quality (nDCG, recall, MRR per search mode) and answer quality (exact match, "
+                "F1, abstention, citations, groundedness per generator) on a benchmark dataset.", evaluate.app)
 _group("collections", "Collections.", admin.collections_app)
-_group("traces", "Recorded traces of searches.", admin.traces_app)
+_group("traces", "Recorded traces of searches and answers: list them, or show one with its timings, sources and "
+                   "prompt.", traces.app)
 _group("rerank", "Train and list cross-encoder rerankers.", rerank.app)
 _group("keys", "API keys of the HTTP server (shown once, stored hashed).", serve.keys_app)
 _group("answerability", "Train the answerability model used for abstention.", answerability.app)

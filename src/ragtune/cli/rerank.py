@@ -26,12 +26,12 @@ def train(
     synthetic: Annotated[int, typer.Option(help="Without --dataset: number of generated questions.")] = 200,
     generator: Annotated[str, typer.Option(help="Generator writing the synthetic questions.")] = "local",
     negatives: Annotated[int, typer.Option(help="Hard negatives per question.")] = 3,
-    epochs: Annotated[int, typer.Option()] = 1,
+    epochs: Annotated[int, typer.Option(help="Passes over the training questions.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Questions per step (each with its negatives).")] = 4,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 3e-5,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-5,
     validation: Annotated[int, typer.Option(help="Questions held out of training to choose how much the rerank "
                                                  "score counts against the retriever's (0: rerank alone).")] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the training (initialisation, shuffling).")] = 0,
     name: Annotated[str | None, typer.Option(help="Reranker name (default: the collection).")] = None,
     data_dir: DataDir = None,
 ) -> None:

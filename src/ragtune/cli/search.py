@@ -18,7 +18,7 @@ app = typer.Typer()  # search (top level)
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     collection: CollectionOpt = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many hits.")] = 10,
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
     fusion: Annotated[str | None, typer.Option(help="Hybrid fusion: convex | rrf")] = None,
     filter_: Annotated[

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
-from ragtune.retrieve.rerank import quiet_model_loading
+from ragtune.ingest.quiet import quiet_model_loading
 from ragtune.store.artefacts import MANIFEST, ArtefactKind, ArtefactStore, read_manifest
 
 HEAD = "head.json"

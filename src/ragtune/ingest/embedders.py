@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune.errors import ConfigError, ModelError
+from ragtune.ingest.quiet import quiet_model_loading
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.protocols import Embedder
 
@@ -197,7 +198,8 @@ def _load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with quiet_model_loading():
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a bad folder
         raise ModelError(f"cannot load the tokenizer of {str(folder)!r}: {exc}") from exc
 
@@ -232,9 +234,10 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
 
             try:
-                self._model = SentenceTransformer(
-                    str(self.model_path), device=self.device, local_files_only=True
-                )
+                with quiet_model_loading():  # no "Loading weights" bar in every command's output
+                    self._model = SentenceTransformer(
+                        str(self.model_path), device=self.device, local_files_only=True
+                    )
             except Exception as exc:
                 raise ModelError(f"cannot load embedder model {str(self.model_path)!r}: {exc}") from exc
         return self._model
@@ -495,9 +498,10 @@ class OnnxInt8Embedder:
         from transformers import AutoModel
 
         try:
-            model = AutoModel.from_pretrained(
-                str(self.layout.transformer_dir), attn_implementation="eager", local_files_only=True
-            )
+            with quiet_model_loading():
+                model = AutoModel.from_pretrained(
+                    str(self.layout.transformer_dir), attn_implementation="eager", local_files_only=True
+                )
         except Exception as exc:
             raise ModelError(f"cannot load {str(self.layout.transformer_dir)!r} for export: {exc}") from exc
         return model.eval()

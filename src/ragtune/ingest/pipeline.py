@@ -13,10 +13,14 @@ Why it is shaped like this:
 - A source that fails is reported with its name and reason; the rest of the run goes on.
 
 Progress (``protocols.Progress``): "documents" counts the documents finished (written, unchanged,
-attributes updated or failed: the report's ``total`` at the end; ``total`` is known when the
-documents come as a list, and ``detail`` names the last one); "chunks" the chunks written (the
-report's ``chunks``); "embedded" the chunk texts sent through the embedder (cache misses, the
-report's ``embedded``).
+attributes updated or failed: the report's ``total`` at the end; ``detail`` names the last one).
+Its ``total`` is the list's length when the documents come as a list; from a stream (files being
+read) it is what has been received so far, growing as the stream is read, so ``done`` never
+passes it. "chunks" counts the chunks written (the report's ``chunks``); "embedded" the chunk
+texts sent through the embedder (cache misses, the report's ``embedded``), its ``total`` growing
+by each batch's texts just before they are embedded, so it ends equal to ``done``. Neither total
+can be known further ahead without reading every file first: for a run over files, the engine's
+"files" bar is the one with the whole run's total.
 
 Metadata and ACL. What the caller gives (``metadata``, ``acl``) is applied to every document of
 the run; None means "not given": a stored document keeps what it has (its given metadata and its
@@ -136,12 +140,17 @@ class IngestPipeline:
         given_meta = dict(metadata) if metadata is not None else None
         given_acl = tuple(sorted(set(acl))) if acl is not None else None
         counts = ProgressCounter(progress)
-        counts.start("documents", len(documents) if isinstance(documents, Sized) else None)
+        known_total = len(documents) if isinstance(documents, Sized) else None
+        counts.start("documents", known_total if known_total is not None else 0)
+        received = 0
         batch: list[_Pending] = []
         batch_chunks = 0
         writes: list[Future[None]] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-writer") as writer:
             for group in _group_by_lookup(documents, 64):
+                received += len(group)
+                if known_total is None:  # before any of them is counted done
+                    counts.start("documents", received)
                 loaded_docs = [d for d in group if isinstance(d, LoadedDocument)]
                 for failure in (d for d in group if not isinstance(d, LoadedDocument)):
                     report.failed.append(FileFailure(failure.source, failure.code, failure.reason))
@@ -284,6 +293,7 @@ class IngestPipeline:
             if h not in cached and h not in todo:
                 todo[h] = t
         if todo:
+            counts.start("embedded", counts.done("embedded") + len(todo))  # the total grows first
             fresh = self.embedder.embed_batch(list(todo.values()))
             new = dict(zip(todo.keys(), fresh, strict=True))
             self.repo.store_embeddings(self.embedder.name, new.items())

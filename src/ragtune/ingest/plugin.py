@@ -8,6 +8,7 @@ embedders torch; ``ragtune --help`` should not pay for them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,12 +23,60 @@ if TYPE_CHECKING:
 TEXT_SUFFIXES = (".txt", ".text", ".rst", ".log", ".csv", ".tsv")
 
 
-def _gzip(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.compressed import GzipLoader
+def _chooser(plugins: Plugins) -> Callable[[Path, LoaderOptions], Loader]:
+    """What a file holds (a gzip file's content, an archive member) is read by the loader the same
+    registry chooses for it."""
     from ragtune.ingest.loaders.registry import loader_for
 
-    # what the gzip file holds is read by the loader the same registry chooses for it
-    return GzipLoader(options, lambda path, inner_options: loader_for(path, inner_options, plugins))
+    return lambda path, options: loader_for(path, options, plugins)
+
+
+def _gzip(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.compressed import GzipLoader
+
+    return GzipLoader(options, _chooser(plugins))
+
+
+def _zip(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.archives import ZipArchiveLoader
+
+    return ZipArchiveLoader(options, _chooser(plugins))
+
+
+def _xlsx(options: LoaderOptions) -> Loader:
+    from ragtune.ingest.loaders.office import XlsxLoader
+
+    return XlsxLoader(options)
+
+
+def _pptx(options: LoaderOptions) -> Loader:
+    from ragtune.ingest.loaders.office import PptxLoader
+
+    return PptxLoader(options)
+
+
+def _epub(options: LoaderOptions) -> Loader:
+    from ragtune.ingest.loaders.office import EpubLoader
+
+    return EpubLoader(options)
+
+
+def _email(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.mail import EmailLoader
+
+    return EmailLoader(options, _chooser(plugins))
+
+
+def _mbox(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.mail import MboxLoader
+
+    return MboxLoader(options, _chooser(plugins))
+
+
+def _tar(options: LoaderOptions, plugins: Plugins) -> Loader:
+    from ragtune.ingest.loaders.archives import TarArchiveLoader
+
+    return TarArchiveLoader(options, _chooser(plugins))
 
 
 def register(plugins: Plugins) -> None:
@@ -37,6 +86,15 @@ def register(plugins: Plugins) -> None:
         for suffix in suffixes:
             plugins.loaders.register(suffix, factory)
     plugins.loaders.register(".gz", lambda options: _gzip(options, plugins))
+    plugins.loaders.register(".zip", lambda options: _zip(options, plugins))
+    plugins.loaders.register(".eml", lambda options: _email(options, plugins))
+    plugins.loaders.register(".xlsx", _xlsx)
+    plugins.loaders.register(".xlsm", _xlsx)
+    plugins.loaders.register(".pptx", _pptx)
+    plugins.loaders.register(".epub", _epub)
+    plugins.loaders.register(".mbox", lambda options: _mbox(options, plugins))
+    for suffix in (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"):
+        plugins.loaders.register(suffix, lambda options: _tar(options, plugins))
     plugins.chunkers.register("structured", _structured)
     plugins.chunkers.register("whole", _whole)
     from ragtune.ingest.embedders import PACKAGED_NAME

@@ -21,18 +21,16 @@ original scores (and no ``rerank`` entry).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
+from ragtune.ingest.quiet import quiet_model_loading
 from ragtune.models import Hit
 from ragtune.retrieve import fusion
 from ragtune.store.artefacts import ArtefactKind, ArtefactStore, read_manifest
@@ -73,28 +71,6 @@ RERANKER = ArtefactKind(
 def reranker_store(data_dir: str | Path, name: str) -> ArtefactStore:
     """The versions of the reranker ``name`` (by default a collection's name) in a data folder."""
     return ArtefactStore.of(data_dir, RERANKER, name)
-
-
-@contextlib.contextmanager
-def quiet_model_loading() -> Iterator[None]:
-    """Silence the load reports and progress bars transformers and sentence-transformers print
-    for every model load and save (e.g. the new head of a base model); errors still raise."""
-    from transformers.utils import logging as transformers_logging
-
-    hf_logging: Any = transformers_logging  # partly untyped: its setters carry no annotations
-    st_logger = logging.getLogger("sentence_transformers")
-    hf_level, st_level = hf_logging.get_verbosity(), st_logger.level
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    st_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(hf_level)
-        st_logger.setLevel(st_level)
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
 
 
 HEAD = "head.json"

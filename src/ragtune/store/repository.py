@@ -373,15 +373,31 @@ class Repository:
     def documents(self, collection_id: int, *, principal: Principal, prefix: str | None = None,
                   limit: int | None = None, offset: int = 0) -> list[Document]:
         """The documents of a collection ``principal`` may read, by URI."""
-        ok, params = readable(principal, "d.acl")
+        if (limit is not None and limit < 0) or offset < 0:
+            raise QueryError(f"limit and offset must not be negative, got limit={limit} offset={offset}")
+        where, params = self._listed(collection_id, principal, prefix)
         with self.db.connection() as conn:
             rows = conn.execute(sql.SQL(
                 self._DOCUMENT + " FROM documents d JOIN collections c ON c.id = d.collection_id"
-                " WHERE d.collection_id = %s AND {ok} AND (%s::text IS NULL OR starts_with(d.uri, %s::text))"
-                " ORDER BY d.uri LIMIT %s OFFSET %s").format(ok=ok),
-                [collection_id, *params, prefix, prefix, limit, offset],
+                " WHERE {where} ORDER BY d.uri LIMIT %s OFFSET %s").format(where=where),
+                [*params, limit, offset],
             ).fetchall()
         return [_document(r) for r in rows]
+
+    def count_documents(self, collection_id: int, *, principal: Principal, prefix: str | None = None) -> int:
+        """How many documents ``documents`` lists without a limit: what ``principal`` may read only."""
+        where, params = self._listed(collection_id, principal, prefix)
+        with self.db.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) AS n FROM documents d WHERE {where}").format(where=where),
+                               params).fetchone()
+        return int(row["n"]) if row else 0
+
+    @staticmethod
+    def _listed(collection_id: int, principal: Principal, prefix: str | None) -> tuple[sql.Composable, list[Any]]:
+        # one condition for the listing and its count, so a page and its total cannot disagree
+        ok, params = readable(principal, "d.acl")
+        where = sql.SQL("d.collection_id = %s AND {ok} AND (%s::text IS NULL OR starts_with(d.uri, %s::text))")
+        return where.format(ok=ok), [collection_id, *params, prefix, prefix]
 
     def document(self, collection_id: int, *, principal: Principal, uri: str | None = None,
                  document_id: int | None = None) -> tuple[Document, str, list[Chunk]]:

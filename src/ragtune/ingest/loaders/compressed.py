@@ -1,54 +1,43 @@
 """Gzip-compressed files (``changelog.Debian.gz``, ``manual.html.gz``, ``records.jsonl.gz``), read
 transparently: the file is expanded within the container limits and read by the loader of what it
 holds, chosen by the inner name (``manual.html``) or, when that says nothing, by the content
-(``sniff``). Documents keep the compressed file's path as their source.
+(``sniff``), through ``archives.read_member``. Documents keep the compressed file's path as their
+source.
 
 Limits (the hardening issue's, ``containers.py``): the expansion is streamed and stops at
 ``max_expanded_bytes`` (and at ``max_file_bytes``, which the inner file is held to like any file);
-over 4 MiB, an expansion ratio over ``max_expansion_ratio`` is refused as a bomb; a gzip inside a
-gzip is refused (nothing legitimate needs it, and it would multiply the ratio).
+over 4 MiB, an expansion ratio over ``max_expansion_ratio`` is refused as a bomb; an archive or a
+gzip inside a gzip is refused (``.tar.gz`` is read by the tar loader; nothing else needs it, and it
+would multiply the ratio).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import io
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from ragtune.errors import CorruptFileError, ExpansionLimitError, IngestError
+from ragtune.errors import CorruptFileError, ExpansionLimitError
+from ragtune.ingest.loaders.archives import ArchiveLoader, Choose, read_member
 from ragtune.ingest.loaders.base import LoaderOptions, read_checked
-from ragtune.ingest.loaders.containers import NESTED_ARCHIVE, RATIO_FLOOR, size
-from ragtune.ingest.loaders.sniff import GZIP
+from ragtune.ingest.loaders.containers import RATIO_FLOOR, size
 from ragtune.models import LoadedDocument
-from ragtune.protocols import Loader
 
 _STEP = 1024 * 1024
 
 
-class GzipLoader:
-    def __init__(self, options: LoaderOptions | None, choose: Callable[[Path, LoaderOptions], Loader]) -> None:
+class GzipLoader(ArchiveLoader):
+    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
         self.options = options or LoaderOptions()
         self.choose = choose  # the loader for the expanded file (loader_for, without a cycle of imports)
 
     def load(self, source: Path) -> Iterator[LoadedDocument]:
-        data = read_checked(source, self.options)
-        expanded = expand(data, str(source), self.options)
+        expanded = expand(read_checked(source, self.options), str(source), self.options)
         inner_name = source.name[:-3] if source.name.lower().endswith(".gz") else source.stem or source.name
-        with tempfile.TemporaryDirectory(prefix="ragtune-gz-") as folder:
-            inner = Path(folder) / (inner_name or "expanded")
-            inner.write_bytes(expanded)
-            loader = self.choose(inner, self.options)
-            if isinstance(loader, GzipLoader):
-                raise ExpansionLimitError(str(source), "a gzip file inside a gzip file is not read", NESTED_ARCHIVE)
-            try:
-                for doc in loader.load(inner):
-                    yield _as_source(doc, inner, source)
-            except IngestError as exc:  # name the file the user has, not the temporary copy
-                raise type(exc)(exc.source.replace(str(inner), str(source)), exc.reason) from exc
+        yield from read_member(str(source), inner_name or "expanded", expanded, self.choose, self.options,
+                               uri=str(source))
 
 
 def expand(data: bytes, source: str, options: LoaderOptions) -> bytes:
@@ -70,14 +59,3 @@ def expand(data: bytes, source: str, options: LoaderOptions) -> bytes:
     except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
         raise CorruptFileError(source, f"corrupt gzip file: {exc}") from None
     return out.getvalue()
-
-
-def _as_source(doc: LoadedDocument, inner: Path, source: Path) -> LoadedDocument:
-    uri = str(source) + doc.uri[len(str(inner)):] if doc.uri.startswith(str(inner)) else doc.uri
-    metadata = {**doc.metadata, "compression": "gzip"}
-    if metadata.get("source_path") == str(inner):
-        metadata["source_path"] = str(source)
-    return dataclasses.replace(doc, uri=uri, metadata=metadata)
-
-
-__all__ = ["GZIP", "GzipLoader", "expand"]

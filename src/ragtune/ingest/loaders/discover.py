@@ -17,7 +17,11 @@ so that one bad input never stops a run.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -26,7 +30,7 @@ from ragtune.errors import IngestError
 from ragtune.ingest.loaders.base import LoaderOptions
 from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.ingest.loaders.registry import loader_for
-from ragtune.models import LoadedDocument
+from ragtune.models import FileWarning, LoadedDocument
 from ragtune.plugins import Plugins
 
 
@@ -79,20 +83,84 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[Pa
     return [path for _, path in found]
 
 
-def load_files(files: Iterable[Path], options: LoaderOptions | None = None, plugins: Plugins | None = None
-               ) -> Iterator[LoadedDocument | IngestError]:
+def load_files(files: Iterable[Path], options: LoaderOptions | None = None, plugins: Plugins | None = None,
+               *, warnings_to: list[FileWarning] | None = None) -> Iterator[LoadedDocument | IngestError]:
     """Every document of every file, with failures yielded in place instead of raised.
 
     A file that fails half-way keeps the documents it yielded before failing; a JSON Lines
     file's ``BadRecordsError`` is unpacked into one error per bad line (``source`` =
     ``path:line``). Errors that are not ``IngestError`` (bugs) still propagate.
+
+    ``warnings_to`` (if given) collects what libraries warned while each file was read (Python
+    warnings, and log records of WARNING and above from this thread), as ``FileWarning`` values
+    naming the file, instead of letting them print; see ``captured_warnings``.
     """
     for path in files:
         try:
-            yield from loader_for(path, options, plugins).load(path)
+            documents = iter(loader_for(path, options, plugins).load(path))
+            while True:
+                # only while the loader runs, not while the pipeline works on what it yielded
+                with captured_warnings(str(path), warnings_to):
+                    document = next(documents, None)
+                if document is None:
+                    break
+                yield document
         except BadRecordsError as exc:
             yield from exc.failures
         except IngestError as exc:
             yield exc
         except OSError as exc:  # the file vanished or became unreadable between listing and reading
             yield IngestError(str(path), f"cannot read file: {exc.strerror or exc}")
+
+
+class _Collector(logging.Handler):
+    """Keeps the records the loading thread logs; another thread's record goes on to the root
+    logger's handlers, where it would have propagated to (the logger's own parents between are
+    skipped: libraries configure none)."""
+
+    def __init__(self, source: str, sink: list[FileWarning]) -> None:
+        super().__init__(logging.WARNING)
+        self.source = source
+        self.sink = sink
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.sink.append(FileWarning(self.source, record.name, record.getMessage()))
+        else:
+            logging.getLogger().handle(record)
+
+
+@contextlib.contextmanager
+def captured_warnings(source: str, sink: list[FileWarning] | None) -> Iterator[None]:
+    """Keep the warnings given inside the block as ``FileWarning(source, ...)`` in ``sink`` (None:
+    change nothing). Log records are taken before they propagate: the libraries' loggers (pypdf
+    logs "EOF marker not found" on ``pypdf._reader``) stop propagating for the block, and a
+    handler on each keeps this thread's records.
+
+    Concession: Python's ``warnings`` state is process-wide, so a warning another thread gives
+    during the block (a search next to a server's ingest job) is kept here too, named after this
+    file; loads are short, and such a warning is kept, not lost."""
+    if sink is None:
+        yield
+        return
+    collector = _Collector(source, sink)
+    loggers = [logging.getLogger(name) for name in CAPTURED_LOGGERS]
+    propagated = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(collector)
+        logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for logger, propagate in zip(loggers, propagated, strict=True):
+            logger.removeHandler(collector)
+            logger.propagate = propagate
+    for warning in caught:
+        sink.append(FileWarning(source, warning.category.__name__, str(warning.message)))
+
+
+# the libraries loaders call that log about the file they read (a logger's children are included)
+CAPTURED_LOGGERS = ("pypdf", "docx", "bs4", "charset_normalizer", "ragtune.ingest.loaders")

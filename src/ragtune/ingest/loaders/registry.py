@@ -4,10 +4,13 @@ and the file's first bytes when the suffix says nothing or says something false.
 The rule, in order:
 
 1. ``LoaderOptions.as_format`` (``--as text|markdown|html|...``) names the loader outright;
-2. a binary format whose magic bytes are certain (PDF, gzip: ``sniff.DEFINITE``) is read as that,
-   whatever the suffix (a PDF saved as ``.txt``);
+2. a binary format whose magic bytes are certain (PDF, gzip: ``sniff.DEFINITE``) is read as that
+   when the suffix names a text format or nothing (a PDF saved as ``.txt``; ``.tar.gz`` and a
+   plugin's own suffix keep their loader);
 3. the longest registered suffix (``.tar.gz`` before ``.gz``);
-4. the content (``sniff``): HTML, text, a DOCX zip; ``changelog.Debian`` and ``README`` are text;
+4. the content (``sniff``): HTML, text, a tar, a zip (DOCX, XLSX, PPTX or EPUB by the member that
+   marks each, otherwise an archive);
+   ``changelog.Debian`` and ``README`` are text;
 5. otherwise the file is binary and refused, in one line naming the way out (``--as text``).
 
 ragtune's own formats are registered in ``ragtune.ingest.plugin`` through the same hook a plugin
@@ -21,13 +24,14 @@ from pathlib import Path
 
 from ragtune.errors import ConfigError, UnsupportedFormatError
 from ragtune.ingest.loaders.base import LoaderOptions
-from ragtune.ingest.loaders.sniff import DEFINITE, DOCX, TEXT, read_head, sniff
+from ragtune.ingest.loaders.sniff import DEFINITE, DOCX, TEXT, TEXT_FORMATS, ZIP, read_head, sniff
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.protocols import Loader
 
 # ``--as`` names: a format's name, or any registered suffix (".md")
 FORMATS = {"text": ".txt", "markdown": ".md", "html": ".html", "pdf": ".pdf", "docx": ".docx", "json": ".json",
-           "jsonl": ".jsonl", "gzip": ".gz"}
+           "jsonl": ".jsonl", "gzip": ".gz", "zip": ".zip", "tar": ".tar", "email": ".eml", "mbox": ".mbox",
+           "xlsx": ".xlsx", "pptx": ".pptx", "epub": ".epub"}
 
 
 def supported_suffixes(plugins: Plugins | None = None) -> list[str]:
@@ -60,13 +64,13 @@ def loader_for(path: Path | str, options: LoaderOptions | None = None, plugins: 
         # refuses it with the standard error, without reading a byte (a 50 GB file is not opened).
         return _by_suffix(path, options, plugins) or loaders.get(TEXT)(options)
     sniffed = sniff(head)
-    if sniffed in DEFINITE and (found := loaders.find(sniffed)) is not None:
+    suffix = _suffix_key(path, plugins)
+    if sniffed in DEFINITE and (suffix is None or suffix in TEXT_FORMATS) and (found := loaders.find(sniffed)):
         return found(options)
-    by_suffix = _by_suffix(path, options, plugins)
-    if by_suffix is not None:
-        return by_suffix
-    if sniffed is None and head.startswith(b"PK\x03\x04") and _is_docx(path):
-        sniffed = DOCX
+    if suffix is not None:
+        return loaders.get(suffix)(options)
+    if sniffed is None and head.startswith(b"PK\x03\x04"):
+        sniffed = _zip_kind(path)
     if sniffed is not None and (found := loaders.find(sniffed)) is not None:
         return found(options)
     shown = path.suffix.lower() or "no suffix"
@@ -74,14 +78,19 @@ def loader_for(path: Path | str, options: LoaderOptions | None = None, plugins: 
                                             "if it is text, read it with --as text")
 
 
-def _by_suffix(path: Path, options: LoaderOptions, plugins: Plugins | None) -> Loader | None:
+def _suffix_key(path: Path, plugins: Plugins | None) -> str | None:
+    """The longest registered suffix of ``path`` (``.tar.gz`` before ``.gz``), if any."""
     loaders = (plugins or default_plugins()).loaders
     suffixes = [s.lower() for s in path.suffixes]
     for candidate in ["".join(suffixes[i:]) for i in range(len(suffixes))] or [""]:
-        factory = loaders.find(candidate)
-        if factory is not None:
-            return factory(options)
+        if loaders.find(candidate) is not None:
+            return candidate
     return None
+
+
+def _by_suffix(path: Path, options: LoaderOptions, plugins: Plugins | None) -> Loader | None:
+    key = _suffix_key(path, plugins)
+    return None if key is None else (plugins or default_plugins()).loaders.get(key)(options)
 
 
 def _head(path: Path, options: LoaderOptions) -> bytes | None:
@@ -96,9 +105,16 @@ def _head(path: Path, options: LoaderOptions) -> bytes | None:
         return None
 
 
-def _is_docx(path: Path) -> bool:
+# a zip is one of these formats when it holds the member: Office files, then e-books
+_ZIP_FORMATS = (("word/document.xml", DOCX), ("xl/workbook.xml", ".xlsx"), ("ppt/presentation.xml", ".pptx"),
+                ("META-INF/container.xml", ".epub"))
+
+
+def _zip_kind(path: Path) -> str:
+    """What a zip without a telling suffix is: DOCX, XLSX, PPTX, EPUB, or an archive of files."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return "word/document.xml" in archive.namelist()
+            names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError):
-        return False
+        return ZIP  # the archive loader reports what is wrong with it
+    return next((kind for member, kind in _ZIP_FORMATS if member in names), ZIP)

@@ -20,7 +20,10 @@ from pathlib import Path
 
 HEAD_BYTES = 8192  # what is read to decide: enough for a doctype after a long comment
 
-PDF, DOCX, GZIP, HTML, TEXT = ".pdf", ".docx", ".gz", ".html", ".txt"
+PDF, DOCX, GZIP, HTML, TEXT, ZIP, TAR = ".pdf", ".docx", ".gz", ".html", ".txt", ".zip", ".tar"
+# Suffixes of formats that are text: a certain binary magic overrides them (a PDF named .txt).
+TEXT_FORMATS = frozenset({".txt", ".text", ".rst", ".log", ".csv", ".tsv", ".md", ".markdown", ".html", ".htm",
+                          ".json", ".jsonl", ".ndjson"})
 # Binary formats whose magic is certain: they win over the suffix.
 DEFINITE = (PDF, GZIP)
 _HTML_START = re.compile(rb"^(?:\s|<!--.*?-->|<\?xml[^>]*>)*<(?:!doctype\s+html|html[\s>]|head[\s>]|body[\s>])",
@@ -38,6 +41,8 @@ def sniff(head: bytes) -> str | None:
         return PDF
     if head.startswith(b"\x1f\x8b"):
         return GZIP
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return TAR
     if not _looks_like_text(head):
         return None
     return HTML if _HTML_START.match(head) else TEXT

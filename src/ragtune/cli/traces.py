@@ -1,0 +1,193 @@
+"""``ragtune traces list|show``: what each search and answer did, read as the principal asking.
+
+A trace row holds the query, the parameters, the ranked chunks with their scores and the stage
+timings; an answer's trace also holds the rendered prompt and the response (``observe/traces.py``).
+The list shows one short line per trace; ``show`` draws one trace whole, prompt included.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ragtune.cli.common import (
+    AsGroupOpt,
+    AsJson,
+    AsUserOpt,
+    DataDir,
+    console,
+    engine,
+    reader,
+    run_command,
+)
+
+app = typer.Typer()  # traces list|show
+
+# A search times its steps inside "retrieve" and copies "retrieve" as "search"
+# (``retrieve/searcher.py``); an answer's stages are all top level. So a trace's total is the sum
+# of its top-level stages, and the tree draws the steps under the stage they ran in.
+NESTED_STAGES = {"retrieve": ("count", "dense", "bm25", "fuse", "fill", "fetch")}
+ALIAS_STAGES = frozenset({"search"})
+# the order stages run in (the database returns a JSON object's keys in its own order)
+STAGE_ORDER = ("embed", "retrieve", "count", "dense", "bm25", "fuse", "fill", "fetch", "prompt", "support",
+               "answerability", "generate", "grounding")
+# parameters an answer's trace holds that the tree draws on their own, not on the parameters line
+DRAWN_APART = ("prompt", "response", "sentences")
+QUESTION_CHARS = 60
+
+
+@app.command("list")
+def traces_list(
+    limit: Annotated[int, typer.Option(min=1, help="How many traces, newest first.")] = 10,
+    kind: Annotated[str | None, typer.Option(help="Only traces of this kind: search or ask.")] = None,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="Only traces of this collection.")] = None,
+    as_json: AsJson = False,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List the most recent traces the principal may see, one line each (with --json: whole rows,
+    prompts included)."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            rows = rt.traces.visible(reader(as_user, as_group), kind=kind, collection=collection, limit=limit)
+        if as_json:
+            print(json.dumps(rows, default=str, indent=2))
+            return
+        # no vertical rules and only the question may wrap: the line stays readable at 80 columns
+        table = Table(title=f"{len(rows)} trace(s), newest first", box=box.SIMPLE_HEAD, title_justify="left",
+                      expand=True, pad_edge=False)
+        for col in ("id", "time", "kind", "collection", "question", "hits", "outcome", "ms"):
+            table.add_column(col, justify="right" if col in ("id", "hits", "ms") else "left",
+                             no_wrap=col != "question", overflow="ellipsis" if col == "collection" else "fold",
+                             ratio=1 if col == "question" else None)
+        for row in rows:
+            table.add_row(str(row["id"]), _time(row)[5:], row["kind"], Text(row["collection"] or "-"),
+                          Text(_shorten(row["query"] or "", QUESTION_CHARS)), str(len(_results(row))),
+                          _outcome(row), f"{total_ms(row['timings_ms']):.0f}")
+        console.print(table)
+        if rows:
+            console.print("details of one: ragtune traces show ID", highlight=False)
+
+    run_command(body)
+
+
+@app.command("show")
+def traces_show(
+    trace_id: Annotated[int, typer.Argument(help="The trace's id, as traces list shows it.")],
+    as_json: AsJson = False,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show one trace as a tree: the question, parameters, stage timings, sources (rank, URI,
+    score) and, for an answer, the prompt and the response."""
+    def body() -> None:
+        principal = reader(as_user, as_group)
+        with engine(data_dir) as rt:
+            row = rt.traces.get(trace_id, principal)  # a hidden trace is "no trace N", like a missing one
+            ids = [r["chunk_id"] for r in _results(row) if isinstance(r.get("chunk_id"), int)]
+            # a search's trace keeps chunk ids only: their URIs are read now, as the same principal
+            uris = {c["chunk_id"]: c["uri"] for c in rt.repo.readable_chunks(ids, principal)} if ids else {}
+        if as_json:
+            print(json.dumps(row, default=str, indent=2))
+            return
+        console.print(trace_tree(row, uris))
+
+    run_command(body)
+
+
+def trace_tree(row: dict[str, Any], uris: dict[int, str]) -> Tree:
+    """A trace row (``TraceWriter.get``) as a tree; ``uris`` names the chunks a search's results hold.
+    Every text from the trace is a ``Text``: a query or prompt with brackets is not markup."""
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    groups = ",".join(row.get("groups") or []) or "no groups"
+    tree = Tree(Text.assemble((f"trace {row['id']}", "bold"),
+                              f"  {row['kind']} · collection {row['collection'] or '-'} · {_time(row)}"
+                              f" · by {row['principal']} ({groups})"))
+    tree.add(Text(f"{'question' if row['kind'] == 'ask' else 'query'}: {row['query'] or ''}"))
+    shown = {k: v for k, v in params.items() if k not in DRAWN_APART and v is not None}
+    if shown:
+        tree.add(Text("parameters: " + ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in shown.items())))
+    _add_stages(tree, row["timings_ms"] if isinstance(row["timings_ms"], dict) else {})
+    _add_sources(tree, _results(row), uris)
+    prompt = params.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        branch = tree.add(Text(f"prompt ({len(prompt)} message(s))", style="bold"))
+        for message in prompt:
+            branch.add(Text(str(message.get("role", "?")), style="italic")).add(Text(str(message.get("content", ""))))
+    if row["kind"] == "ask":
+        tree.add(Text(f"answer ({_outcome(row)}): {params.get('response') or ''}"))
+    if row.get("error"):
+        tree.add(Text(f"error: {row['error']}", style="red"))
+    return tree
+
+
+def total_ms(timings: Any) -> float:
+    """A trace's wall time: the sum of its top-level stages (see ``NESTED_STAGES``)."""
+    if not isinstance(timings, dict):
+        return 0.0
+    nested = {step for steps in NESTED_STAGES.values() for step in steps}
+    return float(sum(v for k, v in timings.items() if k not in nested and k not in ALIAS_STAGES))
+
+
+def _add_stages(tree: Tree, timings: dict[str, float]) -> None:
+    branch = tree.add(Text(f"stages ({total_ms(timings):.1f} ms)", style="bold"))
+    nested = {step for steps in NESTED_STAGES.values() for step in steps}
+    for stage in _ordered(k for k in timings if k not in nested and k not in ALIAS_STAGES):
+        node = branch.add(Text(f"{stage} {timings[stage]:.1f} ms"))
+        for step in _ordered(s for s in NESTED_STAGES.get(stage, ()) if s in timings):
+            node.add(Text(f"{step} {timings[step]:.1f} ms"))
+
+
+def _add_sources(tree: Tree, results: list[dict[str, Any]], uris: dict[int, str]) -> None:
+    branch = tree.add(Text(f"sources ({len(results)})", style="bold"))
+    for r in results:
+        rank = r.get("rank", r.get("number", "?"))
+        uri = r.get("uri") or uris.get(r.get("chunk_id", -1)) or f"chunk {r.get('chunk_id')} (since deleted)"
+        score = r.get("score")
+        line = f"#{rank} {uri}  score {score:.4g}" if isinstance(score, int | float) else f"#{rank} {uri}"
+        by_source = r.get("scores") if isinstance(r.get("scores"), dict) else {}
+        if by_source:
+            line += " (" + ", ".join(f"{k} {v:.4g}" for k, v in by_source.items() if isinstance(v, int | float)) + ")"
+        if r.get("cited"):
+            line += "  cited"
+        branch.add(Text(line))
+
+
+def _ordered(names: Any) -> list[str]:
+    """Stage names in the order they run; unknown ones after, by name."""
+    return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
+
+
+def _results(row: dict[str, Any]) -> list[dict[str, Any]]:
+    results = row.get("results")
+    return [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    """What an answer came to (abstained, grounded, not grounded); a search has none."""
+    if row.get("error"):
+        return "error"
+    if row["kind"] != "ask":
+        return "-"
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    if params.get("abstained"):
+        return "abstained"
+    return "grounded" if params.get("grounded") else "ungrounded"
+
+
+def _time(row: dict[str, Any]) -> str:
+    return str(row["created_at"])[:19]  # to the second, without the zone
+
+
+def _shorten(text: str, chars: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[:chars - 1] + "…"
