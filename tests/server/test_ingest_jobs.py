@@ -92,6 +92,33 @@ def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
                                             json={"query": "when is lunch served"}).text
 
 
+def test_an_uploaded_archive_and_a_damaged_pdf_report_per_member_errors_and_warnings(live: Any) -> None:
+    """Files in an upload are read by what they are: a zip member by member (a bad member is that
+    file's error, named ``bundle.zip!/...``), a PDF without its EOF marker with pypdf's warnings kept
+    in the file's result instead of the server's log."""
+    import io
+    import zipfile
+
+    from ragtune.testing.files import pdf_bytes, text_page
+
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("notes/desk.md", "# Desks\n\nHot desks are booked in the app by nine.")
+        archive.writestr("notes/firmware.bin", b"\x7fELF\x00\x01\x02" * 40)
+    damaged = pdf_bytes([text_page("The library closes at six on Fridays")]).replace(b"%%EOF", b"")
+    files = [("files", ("bundle.zip", bundle.getvalue())), ("files", ("hours.pdf", damaged))]
+    with live.client("a_ingest") as client:
+        r = client.post("/collections/handbook/documents", files=files, data={"acl": "a"})
+        assert r.status_code == 202, r.text
+        job = client.get(f"/ingest-jobs/{r.json()['id']}", params={"wait": 30}).json()
+    by_name = {f["name"]: f for f in job["files"]}
+    assert by_name["bundle.zip"]["status"] == "ingested" and by_name["bundle.zip"]["documents"] == 1
+    assert [e["source"] for e in by_name["bundle.zip"]["errors"]] == ["bundle.zip!/notes/firmware.bin"]
+    # (pypdf cannot read this one at all: its warnings still say why, under its name)
+    assert any("EOF" in w["message"] and w["source"] == "hours.pdf" for w in by_name["hours.pdf"]["warnings"]), \
+        by_name["hours.pdf"]
+
+
 def test_upload_limits(live: Any) -> None:
     limit = live.settings.server.max_upload_bytes
     with live.client("admin") as client:

@@ -42,7 +42,7 @@ from ragtune.engine import Ragtune
 from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneError, StoreError
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
-from ragtune.models import IngestReport, LoadedDocument, Principal, ProgressEvent
+from ragtune.models import FileWarning, IngestReport, LoadedDocument, Principal, ProgressEvent
 from ragtune.server.uploads import UploadedFile
 from ragtune.store.access import owned
 from ragtune.store.database import Database
@@ -337,8 +337,9 @@ class JobWorker:
         progress = JobProgress(self.store, job.id, len(job.files), self.progress_every_s)
         counts = progress.counts
         loaded: dict[str, set[str]] = {}
+        warned: list[FileWarning] = []
         try:
-            report = self.engine.ingest_documents(self._documents(job, loaded), collection=job.collection,
+            report = self.engine.ingest_documents(self._documents(job, loaded, warned), collection=job.collection,
                                                   metadata=job.metadata, acl=job.acl, change_acl=job.change_acl,
                                                   principal=job.writer, progress=progress)
         except _Stopped:
@@ -353,20 +354,23 @@ class JobWorker:
             self._end(job, "failed", error=f"internal error ({type(exc).__name__}); see the server log",
                       progress=counts)
             return
-        files = _file_results(job.files, report, loaded)
+        files = _file_results(job.files, report, loaded, warned)
         ok = any(f["status"] == "ingested" for f in files)
         self._end(job, "succeeded" if ok else "failed", files=files, report=_report(report),
                   error=None if ok else "no file could be ingested; see each file's errors", progress=counts)
 
-    def _documents(self, job: IngestJob, loaded: dict[str, set[str]]) -> Iterator[LoadedDocument | IngestError]:
+    def _documents(self, job: IngestJob, loaded: dict[str, set[str]], warned: list[FileWarning]
+                   ) -> Iterator[LoadedDocument | IngestError]:
         """The job's documents, with the stored file's path replaced by the uploaded name; ``loaded``
-        collects the URIs of each file's documents."""
+        collects the URIs of each file's documents, ``warned`` what libraries warned while reading
+        each file (kept with the file's result instead of printed to the server's log)."""
         options = LoaderOptions.from_settings(self.engine.settings)
         folder = Path(job.upload_dir)
         for f in job.files:
             path = folder / f["stored"]
             stored, name = str(path), f["name"]
-            for item in load_files([path], options):
+            found: list[FileWarning] = []
+            for item in load_files([path], options, self.engine.plugins, warnings_to=found):
                 if self._stopping.is_set():
                     raise _Stopped
                 if isinstance(item, LoadedDocument):
@@ -379,6 +383,7 @@ class JobWorker:
                         yield type(item)(_rename(item.source, stored, name), item.reason)
                     except TypeError:
                         yield IngestError(_rename(item.source, stored, name), item.reason)
+            warned.extend(dataclasses.replace(w, source=_rename(w.source, stored, name)) for w in found)
 
     def _end(self, job: IngestJob, status: str, **kwargs: Any) -> None:
         self.store.finish(job.id, status, **kwargs)
@@ -396,18 +401,24 @@ def _rename(uri: str, stored: str, name: str) -> str:
     return name + uri[len(stored):] if uri.startswith(stored) else uri
 
 
-def _file_results(files: list[dict[str, Any]], report: IngestReport, loaded: dict[str, set[str]]
-                  ) -> list[dict[str, Any]]:
+def _file_results(files: list[dict[str, Any]], report: IngestReport, loaded: dict[str, set[str]],
+                  warned: list[FileWarning]) -> list[dict[str, Any]]:
     """Each file is ``ingested`` if at least one of its documents was stored, else ``failed``;
-    ``errors`` lists what failed (the whole file, or single records of a JSON Lines file)."""
+    ``errors`` lists what failed (the whole file, single records of a JSON Lines file, members of an
+    archive, attachments of a message), ``warnings`` what libraries warned while reading it."""
     out = []
     for f in files:
         name = f["name"]
-        errors = [{"source": x.source, "code": x.error, "reason": x.reason} for x in report.failed
-                  if x.source == name or x.source.startswith((name + ":", name + "#"))]
+
+        def of_file(source: str, name: str = name) -> bool:
+            return source == name or source.startswith((name + ":", name + "#", name + "!/"))
+
+        errors = [{"source": x.source, "code": x.error, "reason": x.reason} for x in report.failed if of_file(x.source)]
         uris = loaded.get(name, set())
         stored = len(uris - {e["source"] for e in errors})
-        out.append({**f, "status": "ingested" if stored else "failed", "documents": stored, "errors": errors})
+        out.append({**f, "status": "ingested" if stored else "failed", "documents": stored, "errors": errors,
+                    "warnings": [{"source": w.source, "origin": w.origin, "message": w.message}
+                                 for w in warned if of_file(w.source)]})
     return out
 
 
