@@ -64,3 +64,16 @@ def percentiles(values: list[float]) -> dict[str, Any]:
     arr = np.asarray(values)
     return {"n": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 2),
             "p95_ms": round(float(np.percentile(arr, 95)), 2), "max_ms": round(float(arr.max()), 2)}
+
+
+def worktree(commit: str) -> Path:
+    """The source tree at ``commit``: a git worktree under the temp folder, made once, for a
+    benchmark that runs an older version beside this one."""
+    import subprocess
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"ragtune-{commit}"
+    if not (path / "src" / "ragtune").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), commit],
+                       check=True, capture_output=True)
+    return path

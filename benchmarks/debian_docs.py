@@ -18,11 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import default_bench_data, write_result
+from common import default_bench_data, worktree, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -71,14 +70,6 @@ def copy_docs(source: Path, target: Path) -> int:
             shutil.copyfile(path, target / relative / name)
             copied += 1
     return copied
-
-
-def worktree(commit: str) -> Path:
-    path = Path(tempfile.gettempdir()) / f"ragtune-{commit}"
-    if not (path / "src" / "ragtune").is_dir():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), commit],
-                       check=True, capture_output=True)
-    return path
 
 
 def run(src: Path, folder: Path) -> dict[str, Any]:

@@ -21,11 +21,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, default_bench_data, write_result
+from common import CACHE, default_bench_data, worktree, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -67,15 +66,6 @@ with Ragtune(Settings.load(data_dir=Path(data_dir), cache_dir=Path(cache_dir))) 
     print(json.dumps({"ragtune": str(Path(ragtune.__file__).parent), "times_ms": times,
                       "run": run if quality == "1" else None}))
 """
-
-
-def worktree(commit: str) -> Path:
-    """The source tree at ``commit`` (a git worktree under the temp folder, made once)."""
-    path = Path(tempfile.gettempdir()) / f"ragtune-{commit}"
-    if not (path / "src" / "ragtune").is_dir():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), commit],
-                       check=True, capture_output=True)
-    return path
 
 
 def run_version(src: Path, data_dir: Path, limit: int, quality: bool) -> dict[str, Any]:
