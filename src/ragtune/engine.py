@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
@@ -210,14 +211,50 @@ class Ragtune:
                            seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots)
         report.files, report.warnings = len(files), found
         info = self.collection(collection)
-        failed_files = {f.source.split("#", 1)[0] for f in report.failed}
+        failed_files = {_file_of(f.source) for f in report.failed}
         prefix = str(roots[0]) + "/"
         stale = [  # only what the writer may read can be found gone, and removed
             d.uri for d in self.repo.documents(info.id, principal=principal, prefix=prefix)
-            if d.uri not in seen and d.uri.split("#", 1)[0] not in failed_files
+            if d.uri not in seen and _file_of(d.uri) not in failed_files
         ]
         report.removed = self.repo.delete_documents(info.id, stale, principal=principal)
         return report
+
+    def watch(self, folder: str | Path, *, stop: threading.Event, collection: str | None = None,
+              metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,
+              include: Sequence[str] = (), exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
+              on_sync: Callable[[IngestReport], None] | None = None, principal: Principal = _OPERATOR,
+              debounce_ms: int = 500) -> None:
+        """``sync`` the folder, then keep it in sync until ``stop`` is set: each batch of changes
+        (gathered for ``debounce_ms``) ingests the files written and removes the documents of files
+        deleted, under the same options (ACLs and metadata kept as ``sync`` keeps them). Each
+        sync's report goes to ``on_sync``. Needs ``watchfiles`` (the sync extra)."""
+        from ragtune.extras import needs
+        from ragtune.ingest.loaders.discover import wanted
+
+        with needs("sync", "watching a folder"):
+            import watchfiles
+        root = self._roots([folder])[0]
+        first = self.sync(root, collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
+                          include=include, exclude=exclude, loader_options=loader_options, principal=principal)
+        if on_sync is not None:
+            on_sync(first)
+        for changes in watchfiles.watch(root, stop_event=stop, debounce=debounce_ms, recursive=True):
+            paths = {Path(p) for _, p in changes}
+            written = sorted(p for p in paths if p.is_file() and wanted(root, p, include, exclude))
+            gone = [p for p in paths if not p.exists()]
+            found: list[FileWarning] = []
+            # as sync reads them: a new file takes the ACL its folder's documents share
+            report = self._run(self._load(written, loader_options, None, found), collection, metadata, acl, None,
+                               access=WriteAccess(principal, change_acl), inherit_from=[root])
+            report.files, report.warnings = len(written), found
+            if gone:
+                info = self.collection(collection)
+                stale = [d.uri for p in gone for d in self.repo.documents(info.id, principal=principal, prefix=str(p))
+                         if _file_of(d.uri) == str(p) or d.uri.startswith(str(p) + "/")]
+                report.removed = self.repo.delete_documents(info.id, stale, principal=principal)
+            if on_sync is not None and (written or gone):
+                on_sync(report)
 
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
              metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: Progress | None, *,
@@ -469,6 +506,11 @@ class Ragtune:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _file_of(uri: str) -> str:
+    """The file a document's URI comes from: without its record (``#``) or member (``!/``) part."""
+    return uri.split("#", 1)[0].split("!/", 1)[0]
 
 
 def open(target: str | Path | None = None, *, embedder: Embedder | None = None, **settings: Any) -> Ragtune:

@@ -29,6 +29,7 @@ EXTRAS = {
     "ray": "distributed ingestion",
     "llamacpp": "llama.cpp generation",
     "formats": "reading PPTX and XLSX documents",
+    "sync": "keeping a folder in sync as it changes (sync --watch)",
 }
 # what to know before running the command
 _NOTES = {"llamacpp": "it compiles llama.cpp from source, about 12 minutes on 2 cores"}

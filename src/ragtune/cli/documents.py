@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,6 +25,9 @@ from ragtune.cli.common import (
     reader,
     run_command,
 )
+
+if TYPE_CHECKING:
+    from ragtune.models import IngestReport
 
 app = typer.Typer()  # ingest, sync (top level)
 docs_app = typer.Typer()  # docs list|show|rm
@@ -87,12 +90,49 @@ def sync(
     id_field: IdFieldOpt = None,
     as_format: AsFormatOpt = None,
     report: ReportOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="After the sync, keep following the folder: files written "
+                                                         "are ingested, files deleted removed, until Ctrl-C.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
     metadata unless you give new ones."""
+    if watch:
+        _watch_command(folder, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
+                       metadata_fields, id_field, as_format, data_dir)
+        return
     _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
                     metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report)
+
+
+def _watch_command(folder: Path, collection: str | None, meta: list[str] | None, acl: list[str] | None,
+                   change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
+                   metadata_fields: str | None, id_field: str | None, as_format: str | None,
+                   data_dir: Path | None) -> None:
+    def body() -> None:
+        import threading
+
+        from ragtune.ingest.loaders import LoaderOptions
+
+        metadata = parse_meta(meta) if meta else None
+        stop = threading.Event()
+        with engine(data_dir) as rt:
+            options = LoaderOptions.from_settings(
+                rt.settings, text_field=text_field,
+                metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
+                as_format=as_format)
+
+            def on_sync(report: IngestReport) -> None:
+                print_report(report, "synced")
+                console.print(f"[dim]watching {folder} (Ctrl-C stops)[/]")
+
+            try:
+                rt.watch(folder, stop=stop, collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
+                         include=include or (), exclude=exclude or (), loader_options=options, on_sync=on_sync)
+            except KeyboardInterrupt:
+                stop.set()
+            console.print(f"stopped watching {folder}")
+
+    run_command(body)
 
 
 def _acl_option(acl: str | None, public: bool) -> list[str] | None:

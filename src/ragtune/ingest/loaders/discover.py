@@ -56,6 +56,22 @@ def iter_files(paths: Iterable[Path | str], include: Sequence[str] = (), exclude
                 yield candidate
 
 
+def wanted(root: Path, path: Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
+    """Whether walking ``root`` would yield ``path`` (the same hidden-name and pattern rules as
+    ``iter_files``), for one file that changed under a watched folder."""
+    try:
+        relative = path.relative_to(root).as_posix()
+    except ValueError:
+        return False
+    parts = relative.split("/")
+    if any(part.startswith(".") for part in parts):
+        return False
+    folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    if any(_matches(folder, exclude) for folder in folders):
+        return False
+    return (not include or _matches(relative, include)) and not _matches(relative, exclude)
+
+
 def _matches(relative: str, patterns: Sequence[str]) -> bool:
     name = relative.rsplit("/", 1)[-1]
     return any(fnmatchcase(relative, p) or fnmatchcase(name, p) for p in patterns)
