@@ -27,6 +27,8 @@ from ragtune.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
+    from ragtune.ingest.loaders import LoaderOptions
     from ragtune.models import IngestReport
 
 app = typer.Typer()  # ingest, sync (top level)
@@ -104,6 +106,17 @@ def sync(
                     metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report)
 
 
+def _loader_options(rt: Ragtune, text_field: str, metadata_fields: str | None, id_field: str | None,
+                    as_format: str | None) -> LoaderOptions:
+    """The loader options of ``ingest`` and ``sync``: the project's limits and the record fields asked for."""
+    from ragtune.ingest.loaders import LoaderOptions
+
+    return LoaderOptions.from_settings(
+        rt.settings, text_field=text_field,
+        metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
+        as_format=as_format)
+
+
 def _watch_command(folder: Path, collection: str | None, meta: list[str] | None, acl: list[str] | None,
                    change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
                    metadata_fields: str | None, id_field: str | None, as_format: str | None,
@@ -111,15 +124,11 @@ def _watch_command(folder: Path, collection: str | None, meta: list[str] | None,
     def body() -> None:
         import threading
 
-        from ragtune.ingest.loaders import LoaderOptions
 
         metadata = parse_meta(meta) if meta else None
         stop = threading.Event()
         with engine(data_dir) as rt:
-            options = LoaderOptions.from_settings(
-                rt.settings, text_field=text_field,
-                metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
-                as_format=as_format)
+            options = _loader_options(rt, text_field, metadata_fields, id_field, as_format)
 
             def on_sync(report: IngestReport) -> None:
                 print_report(report, "synced")
@@ -150,7 +159,6 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
                     metadata_fields: str | None, id_field: str | None, as_format: str | None, data_dir: Path | None,
                     *, sync: bool, report_file: Path | None = None) -> None:
     def body() -> None:
-        from ragtune.ingest.loaders import LoaderOptions
         from ragtune.ingest.loaders.registry import format_key
 
         metadata = parse_meta(meta) if meta else None  # a bad --meta is refused before the database starts
@@ -159,11 +167,7 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
         if report_file is not None and not report_file.expanduser().resolve().parent.is_dir():
             raise typer.BadParameter(f"--report: no folder {str(report_file.parent)!r} to write {report_file.name} in")
         with engine(data_dir) as rt:
-            options = LoaderOptions.from_settings(
-                rt.settings, text_field=text_field,
-                metadata_fields=tuple(parse_groups(metadata_fields)) if metadata_fields else None, id_field=id_field,
-                as_format=as_format,
-            )
+            options = _loader_options(rt, text_field, metadata_fields, id_field, as_format)
             with ProgressBars() as bars:
                 kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl,
                                               change_acl=change_acl, include=include or (), exclude=exclude or (),

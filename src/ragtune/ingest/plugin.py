@@ -8,6 +8,7 @@ embedders torch; ``ragtune --help`` should not pay for them).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,60 +24,36 @@ if TYPE_CHECKING:
 TEXT_SUFFIXES = (".txt", ".text", ".rst", ".log", ".csv", ".tsv")
 
 
-def _chooser(plugins: Plugins) -> Callable[[Path, LoaderOptions], Loader]:
-    """What a file holds (a gzip file's content, an archive member) is read by the loader the same
-    registry chooses for it."""
-    from ragtune.ingest.loaders.registry import loader_for
-
-    return lambda path, options: loader_for(path, options, plugins)
-
-
-def _gzip(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.compressed import GzipLoader
-
-    return GzipLoader(options, _chooser(plugins))
-
-
-def _zip(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.archives import ZipArchiveLoader
-
-    return ZipArchiveLoader(options, _chooser(plugins))
+# Loaders of files that hold files: suffixes -> (module under ingest.loaders, class). Each reads what
+# it holds with the loader the same registry chooses for it (``archives.ArchiveLoader``).
+CONTAINERS = {
+    (".gz",): ("compressed", "GzipLoader"),
+    (".zip",): ("archives", "ZipArchiveLoader"),
+    (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"): ("archives", "TarArchiveLoader"),
+    (".eml",): ("mail", "EmailLoader"),
+    (".mbox",): ("mail", "MboxLoader"),
+}
+# Formats with a library of their own (``office``): suffixes -> class.
+OFFICE = {(".xlsx", ".xlsm"): "XlsxLoader", (".pptx",): "PptxLoader", (".epub",): "EpubLoader"}
 
 
-def _xlsx(options: LoaderOptions) -> Loader:
-    from ragtune.ingest.loaders.office import XlsxLoader
+def _container(module: str, name: str, plugins: Plugins) -> Callable[[LoaderOptions], Loader]:
+    def factory(options: LoaderOptions) -> Loader:
+        from ragtune.ingest.loaders.registry import loader_for
 
-    return XlsxLoader(options)
+        loader: Loader = getattr(importlib.import_module(f"ragtune.ingest.loaders.{module}"), name)(
+            options, lambda path, inner: loader_for(path, inner, plugins))
+        return loader
 
-
-def _pptx(options: LoaderOptions) -> Loader:
-    from ragtune.ingest.loaders.office import PptxLoader
-
-    return PptxLoader(options)
-
-
-def _epub(options: LoaderOptions) -> Loader:
-    from ragtune.ingest.loaders.office import EpubLoader
-
-    return EpubLoader(options)
+    return factory
 
 
-def _email(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.mail import EmailLoader
+def _office(name: str) -> Callable[[LoaderOptions], Loader]:
+    def factory(options: LoaderOptions) -> Loader:
+        loader: Loader = getattr(importlib.import_module("ragtune.ingest.loaders.office"), name)(options)
+        return loader
 
-    return EmailLoader(options, _chooser(plugins))
-
-
-def _mbox(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.mail import MboxLoader
-
-    return MboxLoader(options, _chooser(plugins))
-
-
-def _tar(options: LoaderOptions, plugins: Plugins) -> Loader:
-    from ragtune.ingest.loaders.archives import TarArchiveLoader
-
-    return TarArchiveLoader(options, _chooser(plugins))
+    return factory
 
 
 def register(plugins: Plugins) -> None:
@@ -85,16 +62,12 @@ def register(plugins: Plugins) -> None:
                               ((".json",), _json)):
         for suffix in suffixes:
             plugins.loaders.register(suffix, factory)
-    plugins.loaders.register(".gz", lambda options: _gzip(options, plugins))
-    plugins.loaders.register(".zip", lambda options: _zip(options, plugins))
-    plugins.loaders.register(".eml", lambda options: _email(options, plugins))
-    plugins.loaders.register(".xlsx", _xlsx)
-    plugins.loaders.register(".xlsm", _xlsx)
-    plugins.loaders.register(".pptx", _pptx)
-    plugins.loaders.register(".epub", _epub)
-    plugins.loaders.register(".mbox", lambda options: _mbox(options, plugins))
-    for suffix in (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"):
-        plugins.loaders.register(suffix, lambda options: _tar(options, plugins))
+    for held_in, (module, name) in CONTAINERS.items():
+        for suffix in held_in:
+            plugins.loaders.register(suffix, _container(module, name, plugins))
+    for office_suffixes, name in OFFICE.items():
+        for suffix in office_suffixes:
+            plugins.loaders.register(suffix, _office(name))
     plugins.chunkers.register("structured", _structured)
     plugins.chunkers.register("whole", _whole)
     from ragtune.ingest.embedders import PACKAGED_NAME

@@ -36,7 +36,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 class ArchiveLoader:
-    """A marker: loaders of files that hold files (an archive inside an archive is refused)."""
+    """Loaders of files that hold files, each read by the loader ``choose`` gives it (the registry's
+    ``loader_for``, passed in so this module needs no registry); an archive inside an archive is
+    refused."""
+
+    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
+        self.options = options or LoaderOptions()
+        self.choose = choose
 
 
 def read_member(source: str, name: str, data: bytes, choose: Choose, options: LoaderOptions,
@@ -84,10 +90,6 @@ def read_members(source: str, members: Iterable[tuple[str, bytes]], choose: Choo
 
 
 class ZipArchiveLoader(ArchiveLoader):
-    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
-        self.options = options or LoaderOptions()
-        self.choose = choose
-
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         data = read_checked(source, self.options)
         check_zip(data, str(source), self.options, kind="zip archive")
@@ -98,10 +100,6 @@ class ZipArchiveLoader(ArchiveLoader):
 
 
 class TarArchiveLoader(ArchiveLoader):
-    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
-        self.options = options or LoaderOptions()
-        self.choose = choose
-
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         data = read_checked(source, self.options)
         try:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ragtune.errors import CorruptFileError, ExpansionLimitError
-from ragtune.ingest.loaders.archives import ArchiveLoader, Choose, read_member
+from ragtune.ingest.loaders.archives import ArchiveLoader, read_member
 from ragtune.ingest.loaders.base import LoaderOptions, read_checked
 from ragtune.ingest.loaders.containers import RATIO_FLOOR, size
 from ragtune.models import LoadedDocument
@@ -29,10 +29,6 @@ _STEP = 1024 * 1024
 
 
 class GzipLoader(ArchiveLoader):
-    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
-        self.options = options or LoaderOptions()
-        self.choose = choose  # the loader for the expanded file (loader_for, without a cycle of imports)
-
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         expanded = expand(read_checked(source, self.options), str(source), self.options)
         inner_name = source.name[:-3] if source.name.lower().endswith(".gz") else source.stem or source.name

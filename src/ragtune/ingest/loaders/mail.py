@@ -37,10 +37,6 @@ HEADERS = ("from", "to", "cc", "date", "subject")
 
 
 class EmailLoader(ArchiveLoader):
-    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
-        self.options = options or LoaderOptions()
-        self.choose = choose
-
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         message = email.message_from_bytes(read_checked(source, self.options), policy=email.policy.default)
         assert isinstance(message, EmailMessage)  # what policy.default builds
@@ -51,10 +47,6 @@ class EmailLoader(ArchiveLoader):
 
 
 class MboxLoader(ArchiveLoader):
-    def __init__(self, options: LoaderOptions | None, choose: Choose) -> None:
-        self.options = options or LoaderOptions()
-        self.choose = choose
-
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         check_size(source, self.options)
         box = mailbox.mbox(str(source), create=False)
