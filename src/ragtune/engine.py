@@ -7,6 +7,7 @@ database (and the embedded server) start on first use, the embedding model loads
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import threading
 import time
@@ -235,11 +236,22 @@ class Ragtune:
         with needs("sync", "watching a folder"):
             import watchfiles
         root = self._roots([folder])[0]
+        # The watcher starts before the first sync, so a file written while that sync runs is not
+        # missed: the first step returns after one debounce period (a timeout yields an empty
+        # batch), the notifier already collecting. A timeout also ends a batch, so it equals the
+        # debounce period, which is the longest a batch is gathered anyway.
+        batches = watchfiles.watch(root, stop_event=stop, debounce=debounce_ms, recursive=True,
+                                   rust_timeout=max(debounce_ms, 1), yield_on_timeout=True)
+        pending = next(batches, None)
         first = self.sync(root, collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
                           include=include, exclude=exclude, loader_options=loader_options, principal=principal)
         if on_sync is not None:
             on_sync(first)
-        for changes in watchfiles.watch(root, stop_event=stop, debounce=debounce_ms, recursive=True):
+        if pending is None:  # stopped before the first step
+            return
+        for changes in itertools.chain([pending], batches):
+            if not changes:
+                continue
             paths = {Path(p) for _, p in changes}
             written = sorted(p for p in paths if p.is_file() and wanted(root, p, include, exclude))
             gone = [p for p in paths if not p.exists()]

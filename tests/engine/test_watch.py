@@ -14,7 +14,7 @@ from ragtune.engine import Ragtune
 from ragtune.models import IngestReport, Principal
 
 
-def eventually(check: Callable[[], bool], seconds: float = 30.0) -> None:
+def eventually(check: Callable[[], bool], seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not check():
         assert time.monotonic() < deadline, "the watched folder was not synced in time"
