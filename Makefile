@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install fetch chromium lint bench clean
+.PHONY: demo test install fetch chromium tesseract lint bench clean
 
 install: $(STAMP)
 
@@ -39,7 +39,19 @@ chromium:
 	    --no-install-recommends chromium >/dev/null; \
 	fi
 
-test: fetch chromium lint
+# OCR of scanned PDFs and images (the ocr extra) runs Debian's tesseract with its English data.
+# Idempotent: nothing happens when tesseract is on PATH; apt-get needs root (or sudo).
+tesseract:
+	@if ! command -v tesseract >/dev/null; then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; \
+	  else echo "tesseract is missing and installing it needs root or sudo (the OCR tests skip without it)" >&2; \
+	  exit 1; fi; \
+	  echo "installing Debian's tesseract-ocr for the OCR tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends tesseract-ocr tesseract-ocr-eng >/dev/null; \
+	fi
+
+test: fetch chromium tesseract lint
 	$(BIN)/python -m pytest -q --timeout=1200
 
 lint: $(STAMP)

@@ -27,7 +27,8 @@ def populate(rt, dataset_name: str, collection: str) -> dict:  # type: ignore[no
             rate = event.done / (time.perf_counter() - started)
             print(f"{collection}: {event.done}/{event.total} documents, {rate:.1f}/s", flush=True)
 
-    report = rt.ingest_documents(docs, collection=collection, whole_documents=True, progress=progress)
+    report = rt.ingest_documents(docs, collection=collection, whole_documents=True, near_duplicates=False,
+                                 progress=progress)
     print(f"{collection}: {report}", flush=True)
     return {"added": report.added, "unchanged": report.unchanged, "embedded": report.embedded,
             "seconds": report.seconds}

@@ -173,15 +173,16 @@ def test_an_unknown_or_bad_key_is_named_with_its_section(tmp_path: Path, text: s
 
 
 # -- environment variables -------------------------------------------------------------------------------------
-CHOICES = {"default_mode": "bm25", "fusion": "rrf", "hybrid_normalization": "minmax", "bm25_statistics": "global",
-           "auth": "on"}
+CHOICES: dict[str, Any] = {"default_mode": "bm25", "fusion": "rrf", "hybrid_normalization": "minmax",
+                           "bm25_statistics": "global", "auth": "on", "near_duplicates": "index",
+                           "near_duplicate_threshold": 0.8, "query_embedder": "int8"}
 
 
 def _other_value(section: Any, f: dataclasses.Field[Any]) -> tuple[str, Any]:
     """A valid value other than the default, as text for the environment, and as loaded."""
     default = getattr(section, f.name)
     if f.name in CHOICES:
-        return CHOICES[f.name], CHOICES[f.name]
+        return str(CHOICES[f.name]), CHOICES[f.name]
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):

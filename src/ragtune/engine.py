@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ragtune.errors import IngestError, ModelError, NotFoundError, QueryError
+from ragtune.errors import ConfigError, IngestError, ModelError, NotFoundError, QueryError
 from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import SupportScorer
@@ -50,15 +50,21 @@ from ragtune.retrieve.searcher import Searcher, SearchOptions
 from ragtune.settings import Settings
 from ragtune.store.access import WriteAccess
 from ragtune.store.database import Database
-from ragtune.store.repository import CollectionInfo, Repository
+from ragtune.store.repository import CollectionInfo, Repository, check_collection_name
+from ragtune.store.schedules import Schedule, ScheduleStore
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from ragtune.ingest.connectors.base import Connector
     from ragtune.ingest.loaders.base import LoaderOptions
 
-# Writes through the engine are the local operator's unless a caller passes its own principal.
+# One rule for who acts when no one is named: the local operator, an admin, for reads and writes
+# alike (the CLI, the Python API, and ragtune serve with auth off). Name a principal to read as
+# someone (--as-user/--as-group, principal=, or an API key when the server's auth is on).
 _OPERATOR = Principal.system()
+# The longest interval of a scheduled sync: a year.
+MAX_SCHEDULE_INTERVAL_S = 366 * 24 * 3600
 # A setting or argument that turns a trained part off; ``vN`` names a version of one.
 _NONE = ("", "none")
 _VERSION = re.compile(r"^v[1-9][0-9]*$")
@@ -106,8 +112,16 @@ class Ragtune:
         return TraceWriter(self.db)
 
     @cached_property
+    def query_embedder(self) -> Embedder:
+        """What searches embed queries with: the embedder, or per ``[retrieval] query_embedder`` its
+        int8 build standing in for it (``ingest/query_embedders.py``)."""
+        from ragtune.ingest.query_embedders import query_embedder
+
+        return query_embedder(self.settings.retrieval.query_embedder, self.embedder, self.settings.resolved_cache_dir)
+
+    @cached_property
     def searcher(self) -> Searcher:
-        return Searcher(self.repo, self.embedder, self.analyzer, self.traces)
+        return Searcher(self.repo, self.query_embedder, self.analyzer, self.traces)
 
     @cached_property
     def _default_chunker(self) -> Chunker:
@@ -184,16 +198,19 @@ class Ragtune:
     def ingest_documents(self, documents: Iterable[LoadedDocument | IngestError], *, collection: str | None = None,
                          metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
                          change_acl: bool = False, progress: Progress | None = None,
-                         whole_documents: bool = False, principal: Principal = _OPERATOR) -> IngestReport:
+                         whole_documents: bool = False, near_duplicates: bool | None = None,
+                         principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest already-loaded documents (records from code, datasets, uploads). New documents
         without ``acl`` are public.
 
         ``whole_documents`` indexes each document as a single chunk (evaluation corpora whose
-        documents are the judged units).
+        documents are the judged units). ``near_duplicates=False`` indexes every document even when
+        it nearly copies another (evaluation corpora, whose judgements name documents by ID);
+        None follows ``[ingest] near_duplicates``.
         """
         chunker = self._whole_document_chunker if whole_documents else None
         return self._run(documents, collection, metadata, acl, progress, chunker=chunker,
-                         access=WriteAccess(principal, change_acl))
+                         access=WriteAccess(principal, change_acl), link_copies=near_duplicates)
 
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
@@ -220,6 +237,89 @@ class Ragtune:
         ]
         report.removed = self.repo.delete_documents(info.id, stale, principal=principal)
         return report
+
+    def connector(self, uri: str) -> Connector:
+        """The connector of a remote source ``scheme://...`` (``s3://bucket/prefix``), from the
+        plugin registry's ``connectors`` by scheme."""
+        scheme, sep, _ = uri.partition("://")
+        factory = self.plugins.connectors.find(scheme.lower()) if sep and scheme else None
+        if factory is None:
+            known = ", ".join(f"{n}://" for n in self.plugins.connectors.names()) or "none"
+            raise ConfigError(f"no connector for the source {uri!r}; sources ragtune can sync: {known}")
+        return factory(uri, self.settings)
+
+    def sync_source(self, uri: str | Connector, *, collection: str | None = None,
+                    metadata: dict[str, Any] | None = None,
+                    acl: Iterable[str] | None = None, change_acl: bool = False,
+                    loader_options: LoaderOptions | None = None, progress: Progress | None = None,
+                    principal: Principal = _OPERATOR) -> IngestReport:
+        """``sync`` for a remote source (``s3://bucket/prefix``): objects whose ETag every one of
+        their stored documents holds (in its metadata, ``etag``) are counted unchanged without a
+        download; new and changed ones are downloaded and read by the loaders of files, their
+        documents stored under ``s3://bucket/key``; documents under the source whose object is gone
+        are removed (those of an object that failed to load are kept). ACLs and metadata are kept
+        as ``sync`` keeps them: new objects inherit what their "folder"'s documents share. ``uri`` may
+        also be a ``Connector`` built by the caller (an S3 client of its own, say)."""
+        from ragtune.ingest.connectors.base import ETAG, Stored, changed_objects, file_of, load_objects, source_root
+        from ragtune.ingest.loaders import LoaderOptions
+
+        connector = self.connector(uri) if isinstance(uri, str) else uri
+        objects = list(connector.list())  # raises, naming the source, before anything is written
+        info = self.collection(collection, create=True)
+        listed = self.repo.documents(info.id, principal=principal, prefix=connector.uri)
+        existing = self.repo.existing(info.id, [d.uri for d in listed])
+        stored = [Stored(d.uri, d.metadata.get(ETAG), existing[d.uri].acl, existing[d.uri].user_metadata)
+                  for d in listed if d.uri in existing]
+        todo, kept = changed_objects(objects, stored, metadata=metadata, acl=acl)
+        options = loader_options or LoaderOptions.from_settings(self.settings)
+        found: list[FileWarning] = []
+        seen: set[str] = set(kept)
+        report = self._run(load_objects(todo, options, self.plugins, warnings_to=found, progress=progress),
+                           collection, metadata, acl, progress, seen=seen, access=WriteAccess(principal, change_acl),
+                           inherit_from=[source_root(connector.uri)])
+        report.unchanged += len(kept)
+        report.files, report.warnings = len(todo), found
+        failed = {file_of(f.source) for f in report.failed}
+        stale = [d.uri for d in listed if d.uri not in seen and file_of(d.uri) not in failed]
+        report.removed = self.repo.delete_documents(info.id, stale, principal=principal)
+        return report
+
+    # -- scheduled syncs -----------------------------------------------------------------------
+    # The rows only: ``ragtune serve``'s job worker runs each due schedule as an ingest job.
+    @cached_property
+    def schedule_store(self) -> ScheduleStore:
+        return ScheduleStore(self.db)
+
+    def add_schedule(self, source: str | Path, *, every_s: int, collection: str | None = None,
+                     metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
+                     change_acl: bool = False, principal: Principal = _OPERATOR) -> Schedule:
+        """Sync ``source`` (a folder, or a remote source such as ``s3://bucket/prefix``) into the
+        collection every ``every_s`` seconds, counted from the end of each run, as ``principal``
+        (with ``sync``'s rules for ACLs and metadata). The first run is due at once. A folder is
+        stored by its absolute path and must exist; a remote source's scheme must have a connector."""
+        if isinstance(every_s, bool) or not isinstance(every_s, int) or not 1 <= every_s <= MAX_SCHEDULE_INTERVAL_S:
+            raise ConfigError(f"a schedule's interval must be a whole number of seconds from 1 to "
+                              f"{MAX_SCHEDULE_INTERVAL_S}, got {every_s!r}")
+        name = check_collection_name(collection or self.settings.default_collection)
+        text = str(source)
+        if "://" in text:
+            self.connector(text)  # an unknown scheme or a malformed URI is refused now, not at each run
+            where = text
+        else:
+            folder = self._roots([source])[0]
+            if not folder.is_dir():
+                raise IngestError(str(source), "no such folder (a schedule syncs a folder or a remote source)")
+            where = str(folder)
+        return self.schedule_store.create(source=where, collection=name, interval_s=every_s, principal=principal,
+                                          acl=tuple(sorted(set(acl))) if acl is not None else None,
+                                          metadata=metadata, change_acl=change_acl)
+
+    def schedules(self) -> list[Schedule]:
+        return self.db.read(self.schedule_store.listing)
+
+    def delete_schedule(self, schedule_id: int) -> None:
+        """Remove a schedule: no more runs (one still queued is cancelled; one running finishes)."""
+        self.schedule_store.delete(schedule_id)
 
     def watch(self, folder: str | Path, *, stop: threading.Event, collection: str | None = None,
               metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,
@@ -271,17 +371,22 @@ class Ragtune:
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
              metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: Progress | None, *,
              access: WriteAccess, seen: set[str] | None = None, chunker: Chunker | None = None,
-             inherit_from: Sequence[Path] = ()) -> IngestReport:
+             inherit_from: Sequence[Path | str] = (), link_copies: bool | None = None) -> IngestReport:
         info = self.collection(collection, create=True)
+        threshold = self.settings.ingest.near_duplicate_threshold
+        if link_copies is None:
+            link_copies = self.settings.ingest.near_duplicates == "link"
         pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
                                   batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
-                                  max_chunks=self.settings.ingest.max_chunks_per_document)
+                                  max_chunks=self.settings.ingest.max_chunks_per_document,
+                                  near_duplicates=threshold if link_copies else None)
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any
             # folder up to it
-            defaults = InheritedAttributes(self.repo, info.id, [str(r if r.is_dir() else r.parent)
-                                                                for r in inherit_from])
+            # (a remote source's root is a URI string, its "folder" already)
+            defaults = InheritedAttributes(self.repo, info.id, [r if isinstance(r, str) else str(r if r.is_dir()
+                                                                else r.parent) for r in inherit_from])
         return pipeline.run(docs, info, access=access, metadata=metadata, acl=acl, defaults=defaults,
                             progress=progress, seen=seen)
 
@@ -391,7 +496,7 @@ class Ragtune:
         check_size(parsed, FilterLimits(self.settings.retrieval.max_filters, self.settings.retrieval.max_filter_values))
         result = self.db.read(lambda: self.searcher.search(
             name, query, opts, filters=parsed,
-            principal=principal or Principal(), query_vector=query_vector))
+            principal=principal or _OPERATOR, query_vector=query_vector))
         if reranker is None:
             return result
         started = time.perf_counter()
@@ -490,7 +595,7 @@ class Ragtune:
         model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
         judge = (self.answerability_model(answerability)
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
-        principal = principal or Principal()
+        principal = principal or _OPERATOR
         name = collection or s.default_collection
         timer = StageTimer()
         with timer.stage("retrieve"):
@@ -505,7 +610,8 @@ class Ragtune:
         """Load the slow parts now (the embedder, and the generators built so far, when they declare a
         warm-up), so the first request is not the one that waits; the server calls this before it
         listens. Generators are not built here: a ``registry:`` one may not be registered yet."""
-        for part in (self.embedder, *self._generators.values()):
+        queries = self.query_embedder
+        for part in (self.embedder, *([queries] if queries is not self.embedder else []), *self._generators.values()):
             if isinstance(part, WarmsUp):
                 part.warm_up()
 

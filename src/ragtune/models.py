@@ -116,6 +116,8 @@ class IngestReport:
     unchanged: int = 0
     removed: int = 0
     acl_changed: int = 0  # stored documents whose ACL this run changed (only when asked to)
+    # of added and updated: near-duplicates stored linked to the document they copy, without chunks
+    linked: int = 0
     failed: list[FileFailure] = field(default_factory=list)
     warnings: list[FileWarning] = field(default_factory=list)
     files: int = 0
@@ -132,7 +134,7 @@ class IngestReport:
         return {
             "files": self.files, "total": self.total, "added": self.added, "updated": self.updated,
             "unchanged": self.unchanged, "removed": self.removed, "failed": len(self.failed),
-            "acl_changed": self.acl_changed, "chunks": self.chunks, "embedded": self.embedded,
+            "acl_changed": self.acl_changed, "linked": self.linked, "chunks": self.chunks, "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
             "failures": [{"source": f.source, "code": f.error, "reason": f.reason} for f in self.failed],
             "warnings": [{"source": w.source, "origin": w.origin, "message": w.message} for w in self.warnings],

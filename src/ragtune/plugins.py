@@ -12,7 +12,9 @@ Kinds and their factories (one signature per kind):
 - ``loaders``: a file suffix (``.pdf``; ``""`` for none) -> ``factory(options) -> Loader``;
 - ``chunkers``: a name -> ``factory(counter, budget) -> Chunker``;
 - ``embedders``: a spec -> ``factory(argument, cache_dir) -> Embedder``;
-- ``generators``, ``rerankers``: a spec -> ``factory(argument, settings) -> part``.
+- ``generators``, ``rerankers``: a spec -> ``factory(argument, settings) -> part``;
+- ``connectors``: a URI scheme (``s3``) -> ``factory(uri, settings) -> Connector``
+  (``ragtune.ingest.connectors``): a remote source ``Ragtune.sync_source`` reads.
 
 For the kinds named by a spec, a name ``x`` matches the spec ``x`` (the argument is ``x``); a name
 ending in ``:`` matches ``x:ARGUMENT`` (the argument is what follows); the name ``*`` takes any
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ragtune.ingest.chunker import ChunkBudget, OffsetTokenizer
+    from ragtune.ingest.connectors.base import Connector
     from ragtune.ingest.loaders.base import LoaderOptions
     from ragtune.protocols import Chunker, Embedder, Generator, Loader, Reranker
     from ragtune.settings import Settings
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     EmbedderFactory = Callable[[str, Path], Embedder]
     GeneratorFactory = Callable[[str, Settings], Generator]
     RerankerFactory = Callable[[str, Settings], Reranker]
+    ConnectorFactory = Callable[[str, Settings], Connector]
 
 ENTRY_POINT_GROUP = "ragtune.plugins"
 # ragtune's own parts, registered through the same hook third parties use.
@@ -148,10 +152,11 @@ class Plugins:
     embedders: Registry[EmbedderFactory] = field(default_factory=lambda: Registry("embedder"))
     generators: Registry[GeneratorFactory] = field(default_factory=lambda: Registry("generator"))
     rerankers: Registry[RerankerFactory] = field(default_factory=lambda: Registry("reranker"))
+    connectors: Registry[ConnectorFactory] = field(default_factory=lambda: Registry("connector"))
     loaded: list[str] = field(default_factory=list)  # the plugins, in the order they registered
 
     def registries(self) -> list[Registry[Any]]:
-        return [self.loaders, self.chunkers, self.embedders, self.generators, self.rerankers]
+        return [self.loaders, self.chunkers, self.embedders, self.generators, self.rerankers, self.connectors]
 
     def add(self, name: str, register: Callable[[Plugins], None]) -> None:
         """Run one plugin's ``register`` with its name on everything it registers."""

@@ -19,7 +19,7 @@ def docs(collection: str) -> dict[str, dict]:
 
 
 def anonymous_hits(query: str, collection: str) -> set[str]:
-    code, out, err = invoke("search", query, "-c", collection, "--json", "--mode", "bm25")
+    code, out, err = invoke("search", query, "-c", collection, "--json", "--mode", "bm25", "--as-user", "visitor")
     assert code == 0, err
     return {Path(h["uri"]).name for h in json.loads(out)["hits"]}
 

@@ -29,8 +29,10 @@ def test_ingest_search_docs_roundtrip(env: dict[str, str], tmp_path: Path) -> No
     payload = json.loads(out)
     assert payload["hits"][0]["uri"].endswith("leave.md")
     assert payload["hits"][0]["metadata"]["dept"] == "people" and payload["trace_id"]
+    code, out, _ = invoke("search", "parental leave", "-c", "hr", "--json", "--as-user", "visitor")
+    assert json.loads(out)["hits"] == []  # a user not in group staff
     code, out, _ = invoke("search", "parental leave", "-c", "hr", "--json")
-    assert json.loads(out)["hits"] == []  # anonymous: not in group staff
+    assert json.loads(out)["hits"][0]["uri"].endswith("leave.md")  # nobody named: the local operator
     code, out, _ = invoke(
         "search", "receipts", "-c", "hr", "--json", "--as-group", "staff", "--mode", "bm25", "--filter", "dept=people"
     )

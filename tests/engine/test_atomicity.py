@@ -28,7 +28,9 @@ def version_text(tag: str, paragraphs: int = 6) -> str:
 
 
 def test_concurrent_reader_never_sees_a_mix_of_versions(settings, embedder) -> None:
-    with Ragtune(settings.replace(chunk_max_tokens=24, chunk_overlap_tokens=0), embedder=embedder) as rt:
+    # near_duplicates="index": the warm-up documents share the text under test on purpose
+    with Ragtune(settings.replace(chunk_max_tokens=24, chunk_overlap_tokens=0, near_duplicates="index"),
+                 embedder=embedder) as rt:
         texts = {tag: version_text(tag) for tag in ("va", "vb")}
         for tag in texts:  # warm the embedding cache so the writer loop is fast
             rt.ingest_documents([LoadedDocument(uri=f"warm-{tag}", text=texts[tag])])

@@ -9,6 +9,7 @@ import pytest
 
 from ragtune.engine import Ragtune
 from ragtune.errors import EmbedderMismatchError, NotFoundError
+from ragtune.models import Principal
 from tests.helpers import CountingEmbedder, ProgressRecorder, check_index_consistency
 
 
@@ -73,7 +74,7 @@ def test_metadata_or_acl_change_updates_without_embedding(settings, embedder, do
         assert report.updated == 1 and report.acl_changed == 1 and counting.texts == embedded
         doc = rt.documents()[0]
         assert doc.metadata["team"] == "k9" and doc.acl == ("trainers",) and doc.version == 2
-        assert rt.search("dogs bark", mode="bm25").hits == []  # now restricted to trainers
+        assert rt.search("dogs bark", mode="bm25", principal=Principal("visitor")).hits == []  # trainers only
         assert rt.search(
             "dogs bark",
             mode="bm25",

@@ -353,7 +353,7 @@ def test_sql_like_text_is_data(rt: Ragtune, evil: str, tmp_path: Path) -> None:
             query, mode=mode, filters=[Filter(evil, "eq", evil)], principal=Principal("x", frozenset({evil}))
         )
         assert [h.uri for h in res.hits] == [f"evil-{evil}"], mode
-        res = rt.search(query, mode=mode, filters={"kind": evil})  # anonymous: ACL hides it
+        res = rt.search(query, mode=mode, filters={"kind": evil}, principal=Principal())  # anonymous: ACL hides it
         assert res.hits == []
     assert len(rt.documents()) == 2
     assert rt.search("plain note", mode="bm25").hits[0].uri == "plain"

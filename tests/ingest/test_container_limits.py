@@ -168,7 +168,7 @@ def test_a_pdf_stream_over_the_size_limit_stops_decoding(tmp_path: Path) -> None
 
 
 def test_pdf_streams_count_together(tmp_path: Path) -> None:
-    pages = [text_page(f"page {i}") + b" " * MB for i in range(5)]  # 1 MB each, 5 MB together
+    pages = [text_page(f"part {i} of the text") + b" " * MB for i in range(5)]  # 1 MB each, 5 MB together
     path = write(tmp_path, "pages.pdf", pdf_bytes(pages))
     options = LoaderOptions(max_expanded_bytes=3 * MB, max_expansion_ratio=10_000)
     with pytest.raises(ExpansionLimitError, match=r"streams decode to more than 3\.0 MB") as refused:

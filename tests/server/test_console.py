@@ -1,13 +1,15 @@
 """The web console: its static files over HTTP, and a person's whole session in a real headless
 Chromium (Debian's ``chromium``, driven by Playwright) against a real server with auth on.
 
-The browser test saves screenshots in ``test-artifacts/console/`` at the top of the repository
-(git ignores that folder), or in ``$RAGTUNE_TEST_ARTIFACTS/console/``.
+The browser tests save screenshots (the session's steps, and ``tab-<name>.png`` for every tab) in
+``test-artifacts/console/`` at the top of the repository (git ignores that folder), or in
+``$RAGTUNE_TEST_ARTIFACTS/console/``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,7 +110,7 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     shot("01-login")
     page.fill("#key", "rt_000000000000_" + "x" * 43)
     page.click("#login-form button")
-    expect(page.locator("#status")).to_contain_text("invalid API key")
+    expect(page.locator("#login > .status")).to_contain_text("invalid API key")
     page.fill("#key", live.keys["a_ingest"])
     page.click("#login-form button")
     expect(page.locator("#tabs")).to_be_visible()
@@ -186,7 +188,7 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     page.click("#tabs [data-tab=documents]")
     expect(row).to_be_visible()
     row.locator("button", has_text="Delete").click()
-    expect(page.locator("#status")).to_contain_text("deleted lighthouse.md")
+    expect(page.locator("#documents > .status")).to_contain_text("deleted lighthouse.md")
     expect(row).to_have_count(0)
     shot("07-deleted")
 
@@ -205,3 +207,203 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     outside = [u for u in requests if not u.startswith(local)]
     assert not outside, outside
     print(f"\nconsole screenshots: {artifacts} ({time.monotonic() - started:.1f} s in the browser)")
+
+
+# A path of about 200 characters, hyphenated so that a browser would happily wrap it.
+LONG_URI = ("archive/" + "/".join(f"department-of-very-long-folder-names-{i:02d}" for i in range(4))
+            + "/quarterly-lighthouse-maintenance-report-final-version.md")
+# Sources for an answer citing some of them only: the extractive answer quotes the two that say
+# where the keys are, so its sources are not numbered 1..n in the prompt.
+KEEPERS = [
+    ("keys-history.md", "A history of the lighthouse keys. Lighthouse keys, old and new, were cast in brass by "
+                        "the guild of ship owners in 1871."),
+    ("keys-desk.md", "The lighthouse keys are kept in the drawer of the oak desk."),
+    ("keys-doors.md", "Every door of the lighthouse has two locks and two keys, one for the keeper and one for "
+                      "the guild."),
+    ("keys-spare.md", "Storms come from the west in autumn, and the ships wait in the harbour until the wind "
+                      "turns. The fishermen mend their nets on the quay. The spare lighthouse keys are kept in a "
+                      "tin box in the same drawer. The harbour master rings a bell at noon."),
+]
+KEYS_QUESTION = "Where are the lighthouse keys kept?"
+
+
+def markers(text: str) -> list[int]:
+    """The source numbers of the [n], [n, m] or [n; m] markers in a text, in order."""
+    groups = re.findall(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]", text)
+    return [int(n) for group in groups for n in re.split(r"\s*[,;]\s*", group)]
+
+
+def test_the_console_hides_collections_by_the_prefix_evaluation_gives_them() -> None:
+    from ragtune.evaluate.retrieval import eval_collection
+
+    prefix = re.search(r'const EVAL_PREFIX = "([^"]+)";', (STATIC / "console.js").read_text())
+    assert prefix is not None
+    for name in (eval_collection("squad", "minilm"), eval_collection("beir:/data/scifact", "e5", "-rerank")):
+        assert name.startswith(prefix.group(1)), name
+    assert not "handbook".startswith(prefix.group(1))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_console_layout_messages_citations_and_collections_in_chromium(live: Any, chromium: Any,
+                                                                       artifacts: Path) -> None:
+    """A very long path keeps its row one line high and the Delete button on the page; a tab's
+    messages are seen in that tab only; the answer's [n] markers and its source list agree; the
+    collections `ragtune eval` makes are hidden until asked for. A screenshot of every tab."""
+    from playwright.sync_api import expect
+
+    from ragtune.evaluate.retrieval import eval_collection
+    from ragtune.models import LoadedDocument
+
+    evaluation = eval_collection("squad", "minilm")
+    live.engine.ingest_documents([LoadedDocument(uri=LONG_URI, text="The maintenance report of the quarter.",
+                                                 metadata={"team": "a"})], collection="handbook", acl=["a"])
+    live.engine.ingest_documents([LoadedDocument(uri=u, text=t) for u, t in KEEPERS], collection="keepers",
+                                 acl=["a"])
+    live.engine.ingest_documents([LoadedDocument(uri="q1.md", text="A question of the evaluation set.")],
+                                 collection=evaluation, acl=[])
+    with live.client("a_ingest") as client:
+        asked = client.post("/collections/keepers/ask", json={"question": KEYS_QUESTION, "generator": "extractive"})
+    raw = asked.json()
+    numbers = [c["number"] for c in raw["citations"]]
+    assert len(numbers) >= 2 and numbers != list(range(1, len(numbers) + 1)), raw  # the case to renumber
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    expect.set_options(timeout=60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error"
+            and not m.text.startswith("Failed to load resource") else None)
+
+    def shot(tab: str) -> None:
+        page.screenshot(path=str(artifacts / f"tab-{tab}.png"), full_page=True)
+
+    def open_tab(tab: str) -> None:
+        page.click(f"#tabs [data-tab={tab}]")
+        expect(page.locator(f"#{tab}")).to_be_visible()
+
+    page.goto(f"{live.url}/")
+    expect(page.locator("#login")).to_be_visible()
+    shot("login")
+    page.fill("#key", live.keys["a_ingest"])
+    page.click("#login-form button")
+    expect(page.locator("#tabs")).to_be_visible()
+
+    # the collections of `ragtune eval` are left out of the picker until the box is ticked
+    def offered() -> list[str]:
+        return page.locator("#collection option").evaluate_all("(options) => options.map((o) => o.value)")
+
+    box = page.locator("#show-eval")
+    expect(box).to_be_visible()
+    expect(box).not_to_be_checked()
+    expect(page.locator("label", has=box)).to_have_text("show evaluation collections")
+    assert sorted(offered()) == ["handbook", "keepers"]
+    box.check()
+    assert sorted(offered()) == sorted(["handbook", "keepers", evaluation])
+    page.select_option("#collection", evaluation)
+    box.uncheck()  # the chosen one goes too, and another is chosen
+    assert evaluation not in offered() and page.locator("#collection").input_value() in ("handbook", "keepers")
+
+    # a long path: cut short on one line, whole in the cell's title, and the Delete button still on the page
+    page.select_option("#collection", "handbook")
+    open_tab("documents")
+    row = page.locator(f"#docs tr[data-uri='{LONG_URI}']")
+    expect(row).to_be_visible()
+    assert len(LONG_URI) >= 200
+    layout = row.evaluate("""(row) => {
+        const remove = [...row.querySelectorAll('button')].find((b) => b.textContent === 'Delete');
+        const link = row.cells[0].querySelector('button');
+        const box = remove.getBoundingClientRect();
+        return {left: box.left, right: box.right, height: row.getBoundingClientRect().height,
+                heights: [...row.parentElement.rows].map((r) => r.getBoundingClientRect().height),
+                viewport: document.documentElement.clientWidth, page: document.documentElement.scrollWidth,
+                title: row.cells[0].title, cut: link.scrollWidth > link.clientWidth,
+                ellipsis: getComputedStyle(link).textOverflow};
+    }""")
+    assert layout["left"] >= 0 and layout["right"] <= layout["viewport"], layout
+    assert layout["page"] <= layout["viewport"], layout  # nothing wider than the window
+    assert layout["height"] < 60 and max(layout["heights"]) - min(layout["heights"]) < 2, layout  # one line
+    assert layout["title"] == LONG_URI
+    assert layout["cut"] and layout["ellipsis"] == "ellipsis", layout
+    shot("documents")
+
+    # messages: a tab's message is seen in that tab only, and is there again on going back
+    def visible_messages() -> list[str]:
+        return page.evaluate("() => [...document.querySelectorAll('.status')]"
+                             ".filter((s) => s.checkVisibility()).map((s) => s.textContent).filter(Boolean)")
+
+    open_tab("search")
+    page.fill("#query", "maintenance report")
+    page.click("#search-form button")
+    expect(page.locator("#search > .status")).to_contain_text("hits (")
+    assert any("hits (" in m for m in visible_messages())
+    shot("search")
+    open_tab("documents")
+    assert not any("hits (" in m for m in visible_messages()), visible_messages()
+    expect(page.get_by_text("hits (")).to_be_hidden()
+    open_tab("ask")
+    page.fill("#question", KEYS_QUESTION)
+    page.fill("#max-tokens", "100000")  # refused by the server: an error in the Ask tab
+    page.click("#ask-form button")
+    expect(page.locator("#ask > .status.error")).to_contain_text("max_tokens")
+    open_tab("traces")
+    assert not any("max_tokens" in m for m in visible_messages()), visible_messages()
+    expect(page.get_by_text("max_tokens must be")).to_be_hidden()
+    open_tab("search")
+    assert visible_messages() and all("hits (" in m for m in visible_messages()), visible_messages()
+    open_tab("ask")
+    assert all("max_tokens" in m for m in visible_messages()) and visible_messages(), visible_messages()
+
+    # the answer's [n] markers and its list of sources: the same numbers, 1..n, on the same documents
+    page.select_option("#collection", "keepers")
+    page.fill("#max-tokens", "")
+    page.select_option("#generator", "extractive")
+    page.click("#ask-form button")
+    expect(page.locator("#answer-meta")).not_to_be_empty()
+    assert not visible_messages(), visible_messages()  # the old error went with the new answer
+    rendered = page.evaluate("""() => ({
+        text: document.querySelector('#answer').innerText,
+        markers: [...document.querySelectorAll('#answer .cite')].map((b) => b.textContent),
+        items: [...document.querySelectorAll('#citations li')].map((li) => ({
+            value: li.value, visible: li.checkVisibility(), uri: li.querySelector('button').textContent}))})""")
+    in_text = markers(rendered["text"])
+    values = [item["value"] for item in rendered["items"]]
+    assert values == list(range(1, len(numbers) + 1)), rendered
+    assert all(item["visible"] for item in rendered["items"]), rendered
+    assert rendered["markers"] == [f"[{n}]" for n in in_text], rendered  # every marker in the text is live
+    assert sorted(set(in_text)) == values, rendered  # each marker has its item, each item its marker
+    first_cited = list(dict.fromkeys(n for n in markers(raw["answer"]) if n in numbers))
+    by_number = {c["number"]: c["uri"] for c in raw["citations"]}
+    assert [item["uri"] for item in rendered["items"]] == [by_number[n] for n in first_cited], (rendered, raw)
+    # hovering a marker lights its source up; clicking it opens the passage
+    last = page.locator("#answer .cite").last
+    last.hover()
+    spot = page.locator("#citations li.spot")
+    expect(spot).to_have_count(1)
+    assert spot.evaluate("(li) => li.value") == in_text[-1]
+    last.click()
+    expect(page.locator("#passage")).to_be_visible()
+    expect(page.locator("#passage-title")).to_contain_text(f"[{in_text[-1]}] {by_number[first_cited[-1]]}")
+    shot("ask")
+    # the same answer as a small model often writes it, citing nothing: the server infers each
+    # sentence's source, and the console marks it there, numbered as in the list
+    uncited = {**raw, "answer": " ".join(x["text"] for x in raw["sentences"]),
+               "sentences": [{**x, "inferred": True} for x in raw["sentences"]]}
+    page.evaluate("(answer) => renderAnswer(answer)", uncited)
+    expect(page.locator("#answer .cite.inferred")).to_have_text([f"[{n}]" for n in values])
+    expect(page.locator("#citations li")).to_have_count(len(values))
+    assert page.locator("#citations li").evaluate_all("(items) => items.map((li) => li.value)") == values
+
+    open_tab("traces")
+    expect(page.locator("#trace-list tbody tr")).not_to_have_count(0)
+    shot("traces")
+    open_tab("models")
+    expect(page.locator("#models-empty")).to_be_visible()
+    shot("models")
+    context.close()
+    assert not errors, errors
+    for tab in ("login", "documents", "search", "ask", "traces", "models"):
+        saved = artifacts / f"tab-{tab}.png"
+        assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", saved

@@ -11,8 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.cli.common import CollectionOpt, DataDir, console, engine, parse_groups, run_command
-from ragtune.models import Answer, Principal
+from ragtune.cli.common import (
+    AsGroupOpt,
+    AsUserOpt,
+    CollectionOpt,
+    DataDir,
+    console,
+    engine,
+    reader,
+    run_command,
+)
+from ragtune.models import Answer
 
 app = typer.Typer()  # ask (top level)
 
@@ -28,7 +37,8 @@ def ask(
     adapter: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter folder for a transformers model.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
     filter_: Annotated[list[str] | None, typer.Option("--filter", "-f", help="key=v, key=a|b, key>=n")] = None,
-    as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Ask as a member of this group.")] = None,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the answer as it is generated.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (no streaming).")] = False,
     rerank: Annotated[bool | None, typer.Option(
@@ -43,8 +53,7 @@ def ask(
     def body() -> None:
         from ragtune.generate.answer import answer_fields
 
-        groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
-        principal = Principal(id="cli", groups=groups)
+        principal = reader(as_user, as_group)
         overrides: dict[str, Any] = {"generator_adapter": adapter} if adapter else {}
         streamed: list[str] = []
 

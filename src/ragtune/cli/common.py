@@ -56,8 +56,8 @@ CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="C
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 AsUserOpt = Annotated[str | None, typer.Option(
-    "--as-user", help="Read as this user (with --as-group: its groups); default: the system principal, who "
-                      "reads everything.")]
+    "--as-user", help="Read as this user (with --as-group: its groups); default: the local operator, an "
+                      "admin, who reads everything.")]
 AsGroupOpt = Annotated[list[str] | None, typer.Option(
     "--as-group", help="Read as a member of these groups (comma-separated or repeated).")]
 
@@ -113,8 +113,9 @@ def run_command(fn: Callable[[], T]) -> T:
 
 
 def reader(as_user: str | None, as_group: list[str] | None) -> Principal:
-    """Who a ``docs`` or ``traces`` command reads as: the system principal (named ``system``, an
-    admin) unless a user or groups are given, then that user with those groups only."""
+    """Who a command reads as: the local operator (the system principal, an admin), as in the
+    Python API and ragtune serve with auth off, unless a user or groups are given, then that user
+    with those groups only."""
     if as_user is None and not as_group:
         return Principal.system()
     groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
@@ -205,6 +206,9 @@ def print_report(report: IngestReport, verb: str = "ingested") -> None:
     console.print(table)
     if report.acl_changed:
         console.print(f"ACL changed on {report.acl_changed} stored document(s), as asked (--change-acl)")
+    if report.linked:
+        console.print(f"{report.linked} near-duplicate(s) of documents already indexed stored linked to them, "
+                      "not indexed twice ([ingest] near_duplicates)")
     _print_groups("failed", [(f.error, f.source, f.reason) for f in report.failed])
     _print_groups("warning", [(w.origin, w.source, w.message) for w in report.warnings])
 

@@ -79,7 +79,9 @@ def ingest(
 
 @app.command()
 def sync(
-    folder: Annotated[Path, typer.Argument(help="Folder to mirror.")],
+    folder: Annotated[str, typer.Argument(
+        metavar="SOURCE", help="Folder to mirror, or a remote source: s3://bucket/prefix (the s3 extra; endpoint and "
+                               "credentials from AWS_* variables).")],
     collection: CollectionOpt = None,
     meta: MetaOpt = None,
     acl: AclOpt = None,
@@ -96,14 +98,22 @@ def sync(
                                                          "are ingested, files deleted removed, until Ctrl-C.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Ingest a folder and remove documents whose files are gone. Documents keep their ACL and
-    metadata unless you give new ones."""
-    if watch:
-        _watch_command(folder, collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                       metadata_fields, id_field, as_format, data_dir)
+    """Ingest a folder (or an s3:// source) and remove documents whose files are gone. Documents keep
+    their ACL and metadata unless you give new ones. A remote source is synced by ETag: unchanged
+    objects are not downloaded."""
+    if "://" in folder:
+        if watch or include or exclude:
+            raise typer.BadParameter("--watch, --include and --exclude are for folders; a remote source is synced "
+                                     "whole (narrow it with its prefix; on a timer: ragtune schedules add)")
+        _ingest_command([], collection, meta, _acl_option(acl, public), change_acl, None, None, text_field,
+                        metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report, source=folder)
         return
-    _ingest_command([folder], collection, meta, _acl_option(acl, public), change_acl, include, exclude, text_field,
-                    metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report)
+    if watch:
+        _watch_command(Path(folder), collection, meta, _acl_option(acl, public), change_acl, include, exclude,
+                       text_field, metadata_fields, id_field, as_format, data_dir)
+        return
+    _ingest_command([Path(folder)], collection, meta, _acl_option(acl, public), change_acl, include, exclude,
+                    text_field, metadata_fields, id_field, as_format, data_dir, sync=True, report_file=report)
 
 
 def _loader_options(rt: Ragtune, text_field: str, metadata_fields: str | None, id_field: str | None,
@@ -157,7 +167,7 @@ def _acl_option(acl: str | None, public: bool) -> list[str] | None:
 def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] | None, acl: list[str] | None,
                     change_acl: bool, include: list[str] | None, exclude: list[str] | None, text_field: str,
                     metadata_fields: str | None, id_field: str | None, as_format: str | None, data_dir: Path | None,
-                    *, sync: bool, report_file: Path | None = None) -> None:
+                    *, sync: bool, report_file: Path | None = None, source: str | None = None) -> None:
     def body() -> None:
         from ragtune.ingest.loaders.registry import format_key
 
@@ -172,7 +182,11 @@ def _ingest_command(paths: list[Path], collection: str | None, meta: list[str] |
                 kwargs: dict[str, Any] = dict(collection=collection, metadata=metadata, acl=acl,
                                               change_acl=change_acl, include=include or (), exclude=exclude or (),
                                               loader_options=options, progress=bars)
-                report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)
+                if source is not None:  # a remote source: no files to pick among
+                    del kwargs["include"], kwargs["exclude"]
+                    report = rt.sync_source(source, **kwargs)
+                else:
+                    report = rt.sync(paths[0], **kwargs) if sync else rt.ingest(paths, **kwargs)
         print_report(report, "synced" if sync else "ingested")
         if report_file is not None:
             report_file.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n",

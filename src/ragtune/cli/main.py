@@ -25,6 +25,7 @@ from ragtune.cli import (
     evaluate,
     models,
     rerank,
+    schedules,
     search,
     serve,
     traces,
@@ -76,6 +77,8 @@ _group("traces", "Recorded traces of searches and answers: list them, or show on
                    "prompt.", traces.app)
 _group("rerank", "Train and list cross-encoder rerankers.", rerank.app)
 _group("keys", "API keys of the HTTP server (shown once, stored hashed).", serve.keys_app)
+_group("schedules", "Scheduled syncs of a folder or s3:// source, run by `ragtune serve` as ingest jobs.",
+       schedules.app)
 _group("answerability", "Train the answerability model used for abstention.", answerability.app)
 _group("tune", "Fine-tune LoRA adapters on datasets (SFT or DPO).", tune.app, tune_eval.app, tune_search.app)
 _group("models", "Registered fine-tuned models: track, register, promote, roll back, export (MLflow in the "

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, CollectionOpt, DataDir, console, engine, parse_groups, run_command
+from ragtune.cli.common import (
+    AsGroupOpt,
+    AsJson,
+    AsUserOpt,
+    CollectionOpt,
+    DataDir,
+    console,
+    engine,
+    reader,
+    run_command,
+)
 from ragtune.models import Principal, SearchResult
 
 app = typer.Typer()  # search (top level)
@@ -24,8 +34,10 @@ def search(
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", "-f", help="key=v, key=a|b, key>=n, key<date")
     ] = None,
-    as_group: Annotated[list[str] | None, typer.Option("--as-group", help="Search as a member of this group.")] = None,
-    as_admin: Annotated[bool, typer.Option("--as-admin", help="Ignore ACLs (sees everything).")] = False,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    as_admin: Annotated[bool, typer.Option(
+        "--as-admin", help="Read as the local operator, an admin (the default without --as-user/--as-group).")] = False,
     as_json: AsJson = False,
     rerank: Annotated[bool | None, typer.Option(
         "--rerank/--no-rerank", help="Rerank max(top-k, 20) candidates with the configured reranker, or the "
@@ -36,8 +48,7 @@ def search(
 ) -> None:
     """Search a collection: dense, BM25 or hybrid, with filters and access control."""
     def body() -> None:
-        groups = frozenset(g for item in as_group or [] for g in parse_groups(item))
-        principal = Principal(id="cli", groups=groups, admin=as_admin)
+        principal = Principal.system() if as_admin else reader(as_user, as_group)
         reranker: str | bool | None = f"v{rerank_version}" if rerank_version is not None else rerank
         with engine(data_dir) as rt:
             result = rt.search(query, collection=collection, top_k=top_k, mode=mode, filters=filter_ or [],

@@ -43,7 +43,9 @@ def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress
     """Ingest a dataset's corpus as a collection (one document = one chunk); stored embeddings and
     unchanged documents make a rerun nearly free. Returns the collection name and the report."""
     name = collection or eval_collection(dataset.name, rt.embedder.name)
-    report = rt.ingest_documents(dataset_documents(dataset), collection=name, whole_documents=True, progress=progress)
+    # every judged document indexed, near-duplicates too: the qrels name documents by ID
+    report = rt.ingest_documents(dataset_documents(dataset), collection=name, whole_documents=True,
+                                 near_duplicates=False, progress=progress)
     return name, report
 
 

@@ -204,6 +204,31 @@ def _load_tokenizer(folder: Path) -> Any:
         raise ModelError(f"cannot load the tokenizer of {str(folder)!r}: {exc}") from exc
 
 
+def _light_encoder(folder: Path, max_length: int) -> tuple[Any, int] | None:
+    """``folder``'s tokenizer.json as a ``tokenizers.Tokenizer`` that truncates to ``max_length``
+    and never pads, with its padding id; None when there is no such file (or no library to read it)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        encoder = Tokenizer.from_file(str(path))
+    except Exception as exc:  # an old or odd file: the transformers tokenizer still reads the folder
+        log.debug("reading %s with transformers instead: %s", path, exc)
+        return None
+    encoder.no_padding()  # the file's own padding and truncation (MiniLM's: pad to 128) are not ours
+    encoder.enable_truncation(max_length)
+    pad_token = None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if pad_token is None and (folder / name).is_file():
+            with contextlib.suppress(ModelError):
+                value = _read_json(folder / name).get("pad_token")
+                pad_token = value.get("content") if isinstance(value, dict) else value
+    pad_id = encoder.token_to_id(pad_token) if isinstance(pad_token, str) else None
+    return encoder, pad_id or 0
+
+
 class SentenceTransformerEmbedder:
     """The fp32 reference backend: ``SentenceTransformer.encode`` on groups of texts of similar
     length (``token_budget_groups``)."""
@@ -363,13 +388,33 @@ class OnnxInt8Embedder:
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
         self._input_names: tuple[str, ...] = ()
+        self._encoder: tuple[Any, int] | None = None  # see _ids_encoder
 
     # -- lazily loaded parts ------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
+        """The model's transformers tokenizer (for the chunker's counts and the export)."""
         if self._tokenizer is None:
             self._tokenizer = _load_tokenizer(self.layout.transformer_dir)
         return self._tokenizer
+
+    def _ids_encoder(self) -> tuple[Any, int]:
+        """What ``embed_batch`` turns texts into token ids with, and the padding id: the model's
+        ``tokenizer.json`` read by the ``tokenizers`` library alone when the folder has one (the same
+        ids as the transformers tokenizer, which wraps that file, without importing transformers and
+        torch: 2 s of a CLI search's start), else the transformers tokenizer."""
+        if self._encoder is None:
+            self._encoder = _light_encoder(self.layout.transformer_dir, self.max_seq_length) or (
+                None, self.tokenizer.pad_token_id or 0)
+        return self._encoder
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        encoder, _ = self._ids_encoder()
+        if encoder is not None:
+            return [e.ids for e in encoder.encode_batch(texts)]
+        with self._tokenizer_lock:  # its padding and truncation are state, set before each call
+            return list(self.tokenizer(texts, truncation=True, max_length=self.max_seq_length,
+                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"])
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` without the special tokens the model adds ([CLS], [SEP])."""
@@ -388,25 +433,39 @@ class OnnxInt8Embedder:
         """Build or load the ONNX file now and run it once."""
         self.embed_batch(["warm up"])
 
-    def cache_key(self) -> str:
-        """sha256 of the source weights and config, the recipe and the exporting library versions."""
-        import onnxruntime
-        import torch
-
-        digest = hashlib.sha256()
-        settings = {**INT8_RECIPE, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+    def _sources(self) -> tuple[bytes, list[Path]]:
+        """What the int8 file is made from: the recipe and library versions (from the installed
+        packages' metadata: importing torch alone takes over a second), and the source files."""
+        settings = {**INT8_RECIPE, "onnxruntime": _package_version("onnxruntime"), "torch": _package_version("torch"),
                     "max_seq_length": self.max_seq_length, "pooling": self.layout.pooling}
-        digest.update(json.dumps(settings, sort_keys=True).encode())
         folder = self.layout.transformer_dir
         weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
         if not weights:
             raise ModelError(f"{str(folder)!r}: no weights file (*.safetensors, *.bin)")
-        for path in [folder / "config.json", *weights]:
+        return json.dumps(settings, sort_keys=True).encode(), [folder / "config.json", *weights]
+
+    def cache_key(self) -> str:
+        """sha256 of the source weights and config, the recipe and the exporting library versions."""
+        settings, paths = self._sources()
+        digest = hashlib.sha256(settings)
+        for path in paths:
             digest.update(path.name.encode())
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
         return digest.hexdigest()
+
+    def source_signature(self) -> str:
+        """``cache_key``'s inputs with the source files by path, size, mtime and inode instead of
+        their bytes (hashing MiniLM's 90 MB takes 0.4 s). A built file's manifest records it, so a
+        later load finds the file without reading the weights: with the ``tokenizers`` encoder, a
+        cached int8 embedder loads without importing torch or transformers (a CLI search's start)."""
+        settings, paths = self._sources()
+        try:
+            stats = [(str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for p in paths for st in [p.stat()]]
+        except OSError as exc:
+            raise ModelError(f"cannot read the embedder's files: {exc}") from exc
+        return hashlib.sha256(settings + json.dumps(stats).encode()).hexdigest()
 
     def cache_path(self) -> Path:
         return self.cache_dir / f"{self._file_stem}-{self.cache_key()[:16]}.onnx"
@@ -424,6 +483,12 @@ class OnnxInt8Embedder:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _load_or_build(self) -> onnxruntime.InferenceSession:
+        signature = self.source_signature()
+        for candidate in sorted(self.cache_dir.glob(f"{self._file_stem}-*.onnx")):  # built from these files
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                known = json.loads(candidate.with_suffix(".json").read_text(encoding="utf-8"))
+                if known.get("source_signature") == signature and known.get("sha256") == _sha256(candidate):
+                    return self._new_session(candidate)
         target = self.cache_path()
         manifest_path = target.with_suffix(".json")
         if target.is_file() and manifest_path.is_file():
@@ -431,7 +496,13 @@ class OnnxInt8Embedder:
                 manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
                 if manifest.get("sha256") != _sha256(target):
                     raise ValueError("checksum does not match the manifest")
-                return self._new_session(target)
+                session = self._new_session(target)
+                with contextlib.suppress(OSError):  # a file built before manifests held the signature
+                    temporary = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}")
+                    temporary.write_text(json.dumps({**manifest, "source_signature": signature}, indent=2),
+                                         encoding="utf-8")
+                    os.replace(temporary, manifest_path)
+                return session
             except Exception as exc:  # a broken cache is rebuilt, never fatal
                 log.warning("rebuilding the int8 embedder cache %s: %s", target, exc)
         elif target.exists():
@@ -452,7 +523,8 @@ class OnnxInt8Embedder:
         try:
             with _quiet_export():
                 manifest = self._export_and_check(work / "fp32.onnx", work / "int8.onnx")
-            manifest.update(file=target.name, build_seconds=round(time.perf_counter() - started, 2))
+            manifest.update(file=target.name, build_seconds=round(time.perf_counter() - started, 2),
+                            source_signature=self.source_signature())
             os.replace(work / "int8.onnx", target)
             (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             os.replace(work / "manifest.json", manifest_path)
@@ -525,13 +597,11 @@ class OnnxInt8Embedder:
         if not texts:
             return out
         session = self.session
-        with self._tokenizer_lock:  # its padding and truncation are state, set before each call
-            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length,
-                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = self._token_ids(list(texts))
         # Longest first: the pool's last tasks are then the short ones, so no worker idles long.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        pad_id = self.tokenizer.pad_token_id or 0
+        pad_id = self._ids_encoder()[1]
 
         def run(rows: list[int]) -> None:
             width = max(len(ids[i]) for i in rows)
@@ -585,6 +655,18 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
         vectors = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def _package_version(name: str) -> str:
+    """An installed package's version without importing it (the same string as ``module.__version__``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # installed some other way (a source tree on the path)
+        import importlib
+
+        return str(importlib.import_module(name).__version__)
 
 
 def _sha256(path: Path) -> str:

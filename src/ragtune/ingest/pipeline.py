@@ -70,7 +70,10 @@ class _Pending:
     user_metadata: dict[str, Any] | None  # None: keep the stored document's
     acl: tuple[str, ...] | None  # None: keep the stored document's
     hash: str
+    effective_acl: tuple[str, ...]  # the ACL it will have: a near-duplicate links only to the same
     acl_change: bool = False
+    minhash: bytes | None = None
+    duplicate_of: str | None = None
     chunks: list[Any] = field(default_factory=list)
     terms: list[Counter[str]] = field(default_factory=list)
 
@@ -116,8 +119,10 @@ class InheritedAttributes:
 
 class IngestPipeline:
     def __init__(self, repo: Repository, embedder: Embedder, chunker: Chunker, analyzer: LexicalAnalyzer,
-                 *, batch_texts: int = 256, max_chunks: int = 0) -> None:
-        """``max_chunks``: the most chunks one document may have (``max_chunks_per_document``; 0: no limit)."""
+                 *, batch_texts: int = 256, max_chunks: int = 0, near_duplicates: float | None = None) -> None:
+        """``max_chunks``: the most chunks one document may have (``max_chunks_per_document``; 0: no
+        limit). ``near_duplicates``: the similarity at which a document is linked to the one it
+        copies instead of indexed (``ingest/duplicates.py``); None indexes every document."""
         if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 0:
             raise ConfigError(f"max_chunks must be an integer of at least 0 (0: no limit), got {max_chunks!r}")
         self.repo = repo
@@ -126,6 +131,7 @@ class IngestPipeline:
         self.analyzer = analyzer
         self.batch_texts = batch_texts
         self.max_chunks = max_chunks
+        self.near_duplicates = near_duplicates
 
     def run(self, documents: Iterable[LoadedDocument | IngestError], info: CollectionInfo, *,
             access: WriteAccess, metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
@@ -146,6 +152,11 @@ class IngestPipeline:
         batch: list[_Pending] = []
         batch_chunks = 0
         writes: list[Future[None]] = []
+        copies = None
+        if self.near_duplicates is not None:
+            from ragtune.ingest.duplicates import NearDuplicateIndex
+
+            copies = NearDuplicateIndex(self.near_duplicates, lambda: self.repo.near_duplicate_signatures(info.id))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-writer") as writer:
             for group in _group_by_lookup(documents, 64):
                 received += len(group)
@@ -162,7 +173,9 @@ class IngestPipeline:
                     try:
                         pending = self._plan(loaded, existing.get(loaded.uri), access, given_meta, given_acl,
                                              defaults, info, report)
-                        if pending is not None:
+                        if pending is not None and copies is not None:
+                            self._link_if_copy(pending, copies)
+                        if pending is not None and pending.duplicate_of is None:
                             self._prepare(pending)
                     except RagtuneError as exc:
                         report.failed.append(FileFailure(loaded.uri, getattr(exc, "code", "error"),
@@ -199,14 +212,16 @@ class IngestPipeline:
                 inherited_acl, inherited_meta = defaults(loaded.uri, acl is None)
                 acl = inherited_acl if acl is None else acl
                 user = inherited_meta if user is None else user
-            return _Pending(loaded, own, user, acl, digest)
+            return _Pending(loaded, own, user, acl, digest, tuple(sorted(set(acl or ()))))
         # Checked here first so that an unchanged document the writer may not read is refused like
         # any other (an "unchanged" answer would confirm its content), and again under the row lock.
         target_acl = old.acl if given_acl is None else given_acl
         check_replace(access, loaded.uri, old.acl, target_acl)
         acl_change = target_acl != old.acl
         if old.content_hash != digest:
-            return _Pending(loaded, own, given_meta, given_acl, digest, acl_change=acl_change)
+            return _Pending(loaded, own, given_meta, given_acl, digest, tuple(target_acl), acl_change=acl_change)
+        if "duplicate_of" in old.metadata:  # still the copy it was: only a changed text is looked at again
+            own["duplicate_of"] = old.metadata["duplicate_of"]
         target_meta = {**own, **(old.user_metadata if given_meta is None else given_meta)}
         if target_meta == old.metadata and not acl_change:
             report.unchanged += 1
@@ -216,6 +231,15 @@ class IngestPipeline:
         else:
             report.unchanged += 1
         return None
+
+    @staticmethod
+    def _link_if_copy(pending: _Pending, copies: Any) -> None:
+        from ragtune.ingest.duplicates import signature
+
+        pending.minhash = signature(pending.loaded.text)
+        pending.duplicate_of = copies.original_of(pending.loaded.uri, pending.effective_acl, pending.minhash)
+        if pending.duplicate_of is not None:
+            pending.metadata["duplicate_of"] = pending.duplicate_of
 
     def _prepare(self, pending: _Pending) -> None:
         chunks = self.chunker.split(pending.loaded)
@@ -242,7 +266,8 @@ class IngestPipeline:
             prepared.append(PreparedDocument(
                 uri=p.loaded.uri, title=p.loaded.title, text=p.loaded.text, content_hash=p.hash,
                 metadata=p.metadata, user_metadata=p.user_metadata, acl=p.acl, chunks=p.chunks,
-                vectors=vectors[offset:offset + n], term_counts=p.terms,
+                vectors=vectors[offset:offset + n], term_counts=p.terms, minhash=p.minhash,
+                duplicate_of=p.duplicate_of,
             ))
             offset += n
         acl_changes = {p.loaded.uri for p in batch if p.acl_change}
@@ -281,6 +306,7 @@ class IngestPipeline:
             report.updated += 1
             report.acl_changed += acl_changed
         report.chunks += len(doc.chunks)
+        report.linked += doc.duplicate_of is not None
         counts.add("chunks", len(doc.chunks))
         counts.add("documents", detail=_short(doc.uri))
 

@@ -1,5 +1,6 @@
 """ragtune's own ingest parts, registered through the hook every plugin uses (``ragtune.plugins``):
-the loaders by file suffix (gzip files by what they hold), the chunkers, and the packaged and folder embedders.
+the loaders by file suffix (gzip files by what they hold), the chunkers, the packaged and folder embedders,
+and the connectors of remote sources by URI scheme (``s3``).
 
 Factories import their parser or model lazily: nothing heavier than this module is imported until a
 part is built (``pypdf``, ``python-docx`` and ``selectolax`` cost tenths of a second each, the
@@ -17,8 +18,10 @@ from ragtune.plugins import ANY, Plugins
 
 if TYPE_CHECKING:
     from ragtune.ingest.chunker import ChunkBudget, OffsetTokenizer
+    from ragtune.ingest.connectors.base import Connector
     from ragtune.ingest.loaders.base import LoaderOptions
     from ragtune.protocols import Chunker, Embedder, Loader
+    from ragtune.settings import Settings
 
 # Files without a suffix (README, changelog.Debian) are read by what their content is (loaders.sniff).
 TEXT_SUFFIXES = (".txt", ".text", ".rst", ".log", ".csv", ".tsv")
@@ -35,6 +38,8 @@ CONTAINERS = {
 }
 # Formats with a library of their own (``office``): suffixes -> class.
 OFFICE = {(".xlsx", ".xlsm"): "XlsxLoader", (".pptx",): "PptxLoader", (".epub",): "EpubLoader"}
+# Images, read with OCR (loaders.images; refused as binary where OCR is not installed).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def _container(module: str, name: str, plugins: Plugins) -> Callable[[LoaderOptions], Loader]:
@@ -68,6 +73,8 @@ def register(plugins: Plugins) -> None:
     for office_suffixes, name in OFFICE.items():
         for suffix in office_suffixes:
             plugins.loaders.register(suffix, _office(name))
+    for suffix in IMAGE_SUFFIXES:
+        plugins.loaders.register(suffix, _image)
     plugins.chunkers.register("structured", _structured)
     plugins.chunkers.register("whole", _whole)
     from ragtune.ingest.embedders import PACKAGED_NAME
@@ -77,6 +84,7 @@ def register(plugins: Plugins) -> None:
     for alias in ("minilm-int8", f"{PACKAGED_NAME}-int8"):
         plugins.embedders.register(alias, _int8_packaged)
     plugins.embedders.register(ANY, _folder)
+    plugins.connectors.register("s3", _s3)
 
 
 # -- loaders ---------------------------------------------------------------------------------------
@@ -116,10 +124,23 @@ def _json_lines(options: LoaderOptions) -> Loader:
     return JsonRecordsLoader(options, lines=True)
 
 
+def _image(options: LoaderOptions) -> Loader:
+    from ragtune.ingest.loaders.images import ImageLoader
+
+    return ImageLoader(options)
+
+
 def _json(options: LoaderOptions) -> Loader:
     from ragtune.ingest.loaders.jsonl import JsonRecordsLoader
 
     return JsonRecordsLoader(options, lines=False)
+
+
+# -- connectors ------------------------------------------------------------------------------------
+def _s3(uri: str, settings: Settings) -> Connector:
+    from ragtune.ingest.connectors.s3 import s3_connector
+
+    return s3_connector(uri, settings)
 
 
 # -- chunkers --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The HTTP server: ``create_app(engine, settings)`` builds the FastAPI app around one engine.
 
 Routers (one per area, in ``routes/``): collections, documents (upload, list, show, delete),
-ingest jobs, search, ask (JSON or Server-Sent Events), traces, datasets (read only) and the
+ingest jobs, scheduled syncs (admin), search, ask (JSON or Server-Sent Events), traces, datasets (read only) and the
 OpenAI-compatible ``/v1``. The OpenAPI spec is at ``/openapi.json`` (browsable at ``/docs``);
 ``/health`` answers without a key and serves no data, and neither do the web console's static
 files at ``/console/`` (``/`` redirects there; see ``console``). Everything else needs an API key
@@ -62,7 +62,18 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
     the settings (``server.auth``, and whether ``server.host`` is a loopback address)."""
     from ragtune import __version__
     from ragtune.server import console
-    from ragtune.server.routes import ask, collections, datasets, documents, ingest, models, openai, search, traces
+    from ragtune.server.routes import (
+        ask,
+        collections,
+        datasets,
+        documents,
+        ingest,
+        models,
+        openai,
+        schedules,
+        search,
+        traces,
+    )
 
     settings = settings or engine.settings
     state = ServerState(engine, settings, auth_required(settings, flag=auth))
@@ -82,7 +93,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                               "Send an API key as 'Authorization: Bearer <key>'.")
     app.state.ragtune = state
     problems.install(app)
-    for module in (collections, documents, ingest, search, ask, traces, datasets, models, openai):
+    for module in (collections, documents, ingest, schedules, search, ask, traces, datasets, models, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",

@@ -20,6 +20,14 @@ slot. The worker does not run jobs in arrival order but takes the pending job of
 last job started longest ago (a key that never started one first; ties by job id): a key that
 queued ten jobs gets one turn, then every other waiting key gets one, round-robin. A file over a
 loader or chunk limit fails alone, with its reason, in its job's file list.
+
+Sync jobs and schedules (migration 010). A job with a ``source`` (a folder the server reads, or
+``s3://bucket/prefix``) syncs it (``Ragtune.sync`` / ``Ragtune.sync_source``) instead of ingesting
+an upload: it has no files or upload folder, and its report holds the failures. The worker makes
+such a job for every due schedule (``enqueue_due``: the schedule's ``next_run_at`` becomes NULL in
+the same transaction, so it is never queued twice, by this server or another) and, when the job
+ends, ``finish`` sets the schedule's next run to the end plus its interval. A schedule's runs do
+not count against its creator's ``max_jobs_per_key`` (a schedule has at most one unfinished run).
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ _QUOTA_NS = 7_203_118  # advisory-lock namespace of a key's job count, held whil
 JOB_LIMIT_RETRY_AFTER = 5.0
 _COLUMNS = ("id, collection, status, principal, principal_groups, principal_admin, acl, change_acl, metadata,"
             " upload_dir, files, progress, report, error, attempts, created_at::text AS created_at,"
-            " started_at::text AS started_at, finished_at::text AS finished_at")
+            " started_at::text AS started_at, finished_at::text AS finished_at, source, schedule_id")
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ class IngestJob:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    source: str | None = None  # a sync job's folder or remote source (None: an upload)
+    schedule_id: int | None = None  # the schedule it runs for
 
     @property
     def done(self) -> bool:
@@ -165,7 +175,7 @@ class JobStore:
     @staticmethod
     def _count_unfinished(conn: psycopg.Connection[Any], principal_id: str) -> int:
         row = conn.execute("SELECT count(*) AS n FROM ingest_jobs WHERE principal = %s"
-                           " AND status IN ('queued', 'running')", (principal_id,)).fetchone()
+                           " AND status IN ('queued', 'running') AND schedule_id IS NULL", (principal_id,)).fetchone()
         return int(row["n"]) if row else 0
 
     def pending(self) -> list[int]:
@@ -196,6 +206,22 @@ class JobStore:
         with self.db.transaction() as conn:
             conn.execute("UPDATE ingest_jobs SET progress = %s WHERE id = %s", (Jsonb(progress), job_id))
 
+    def enqueue_due(self) -> list[int]:
+        """A queued sync job for every schedule that is due and has no run queued or running; the
+        schedules wait (``next_run_at`` NULL) until their job ends. Returns the jobs' ids."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "WITH due AS (SELECT s.* FROM sync_schedules s WHERE s.next_run_at <= now() AND NOT EXISTS"
+                "  (SELECT 1 FROM ingest_jobs j WHERE j.schedule_id = s.id AND j.status IN ('queued', 'running'))"
+                "  ORDER BY s.next_run_at, s.id FOR UPDATE SKIP LOCKED),"
+                " made AS (INSERT INTO ingest_jobs (collection, status, principal, principal_groups, principal_admin,"
+                "  acl, change_acl, metadata, upload_dir, files, source, schedule_id)"
+                "  SELECT collection, 'queued', principal, principal_groups, principal_admin, acl, change_acl,"
+                "  metadata, '', '[]', source, id FROM due RETURNING id, schedule_id)"
+                " UPDATE sync_schedules s SET next_run_at = NULL, last_job_id = made.id FROM made"
+                " WHERE s.id = made.schedule_id RETURNING made.id").fetchall()
+        return sorted(r["id"] for r in rows)
+
     def requeue(self, job_id: int, reason: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("UPDATE ingest_jobs SET status = 'queued', error = %s WHERE id = %s", (reason, job_id))
@@ -210,6 +236,9 @@ class JobStore:
                 (status, Jsonb(files) if files is not None else None, Jsonb(report) if report is not None else None,
                  error, Jsonb(progress) if progress is not None else None, job_id),
             )
+            # a schedule's next run counts from the end of this one
+            conn.execute("UPDATE sync_schedules s SET next_run_at = now() + make_interval(secs => s.interval_s)"
+                         " FROM ingest_jobs j WHERE j.id = %s AND s.id = j.schedule_id", (job_id,))
 
     def clean_incoming(self, older_than_s: float = 3600.0) -> None:
         """Remove folders of uploads that never became a job (a crash mid-upload)."""
@@ -242,6 +271,8 @@ class JobProgress:
     def __call__(self, event: ProgressEvent) -> None:
         if event.task in self.TASKS:
             self.counts[event.task] = event.done
+        elif event.task == "files" and event.total is not None:  # a sync job: the files found
+            self.counts["files"] = event.total
         if time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
             self.store.set_progress(self.job_id, dict(self.counts))
@@ -288,9 +319,11 @@ class JobWorker:
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.engine.db.url, autocommit=True)
+                self.store.enqueue_due()
                 job_id = self._claim(conn)
                 if job_id is None:
-                    self._wake.wait(self.poll_s)
+                    due_in = self.engine.schedule_store.seconds_to_next()  # wake for the next schedule
+                    self._wake.wait(self.poll_s if due_in is None else min(self.poll_s, max(due_in, 0.05)))
                     self._wake.clear()
                     continue
                 try:
@@ -328,6 +361,9 @@ class JobWorker:
         if job.attempts > MAX_ATTEMPTS:
             self._end(job, "failed", error=f"interrupted {job.attempts - 1} times; giving up")
             return
+        if job.source is not None:
+            self._sync(job)
+            return
         folder = Path(job.upload_dir)
         missing = [f["name"] for f in job.files if not (folder / f["stored"]).is_file()]
         if missing:
@@ -359,6 +395,38 @@ class JobWorker:
         self._end(job, "succeeded" if ok else "failed", files=files, report=_report(report),
                   error=None if ok else "no file could be ingested; see each file's errors", progress=counts)
 
+    def _sync(self, job: IngestJob) -> None:
+        """A sync job: the folder or remote source synced into the collection as the job's writer."""
+        assert job.source is not None
+        counts = JobProgress(self.store, job.id, 0, self.progress_every_s)
+
+        def progress(event: ProgressEvent) -> None:
+            if self._stopping.is_set():
+                raise _Stopped
+            counts(event)
+
+        options: dict[str, Any] = dict(collection=job.collection, metadata=job.metadata, acl=job.acl,
+                                       change_acl=job.change_acl, principal=job.writer, progress=progress)
+        try:
+            if "://" in job.source:
+                report = self.engine.sync_source(job.source, **options)
+            else:
+                report = self.engine.sync(job.source, **options)
+        except _Stopped:
+            log.info("sync job %s stopped by shutdown; it will resume", job.id)
+            self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
+            return
+        except RagtuneError as exc:
+            self._end(job, "failed", error=f"{type(exc).__name__}: {exc}", progress=counts.counts)
+            return
+        except Exception as exc:
+            log.exception("sync job %s failed", job.id)
+            self._end(job, "failed", error=f"internal error ({type(exc).__name__}); see the server log",
+                      progress=counts.counts)
+            return
+        counts.counts["files"] = report.files
+        self._end(job, "succeeded", report=report.to_dict(), progress=counts.counts)
+
     def _documents(self, job: IngestJob, loaded: dict[str, set[str]], warned: list[FileWarning]
                    ) -> Iterator[LoadedDocument | IngestError]:
         """The job's documents, with the stored file's path replaced by the uploaded name; ``loaded``
@@ -387,7 +455,8 @@ class JobWorker:
 
     def _end(self, job: IngestJob, status: str, **kwargs: Any) -> None:
         self.store.finish(job.id, status, **kwargs)
-        shutil.rmtree(job.upload_dir, ignore_errors=True)
+        if job.upload_dir:  # a sync job has none
+            shutil.rmtree(job.upload_dir, ignore_errors=True)
 
 
 def _check_quota(unfinished: int, max_per_key: int) -> None:

@@ -24,6 +24,7 @@ from ragtune.settings.gates import DEFAULT_GATES, parse_gates
 FUSION_METHODS = ("convex", "rrf")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 BM25_STATISTICS = ("visible", "global")
+QUERY_EMBEDDERS = ("auto", "int8", "embedder")
 
 Rule = tuple[str, bool, str]  # field, whether its value is acceptable, what it must be
 
@@ -76,6 +77,14 @@ class IngestSettings:
     # 7 min to an hour of embedding on 2 cores. 0: no limit.
     max_chunks_per_document: int = 50_000
     embed_batch_size: int = 64
+    # Leave page chrome out of documents: HTML navigation, PDF running heads and page numbers,
+    # table-of-contents lines. Measured on Debian's manuals: benchmarks/boilerplate.py, README.
+    strip_boilerplate: bool = True
+    # A document whose text nearly equals one already in the collection (MinHash estimate of the
+    # word 5-gram Jaccard similarity at or over the threshold) and that has the same ACL: "link"
+    # stores it pointing at that document, without chunks (searched once), "index" indexes it too.
+    near_duplicates: str = "link"
+    near_duplicate_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         typed(self)
@@ -91,6 +100,8 @@ class IngestSettings:
             ("max_container_members", self.max_container_members > 0, "over 0"),
             ("max_chunks_per_document", self.max_chunks_per_document >= 0, "at least 0 (0: no limit)"),
             ("embed_batch_size", self.embed_batch_size > 0, "over 0"),
+            ("near_duplicates", self.near_duplicates in ("link", "index"), "'link' or 'index'"),
+            ("near_duplicate_threshold", 0.5 <= self.near_duplicate_threshold <= 1.0, "between 0.5 and 1"),
         ])
 
 
@@ -130,11 +141,19 @@ class RetrievalSettings:
     # The reranker every search uses unless it names another: "" (none), "latest" (the collection's
     # newest trained one, `ragtune rerank train`), "vN", "trained:NAME[@vN]", a folder, a plugin's.
     reranker: str = ""
+    # What a search embeds its query with: "int8" the int8 ONNX build of the collection's embedder
+    # (ONNX Runtime, no torch: a dense/hybrid `ragtune search` starts in ~1.3-1.5 s instead of ~11 s),
+    # "embedder" the embedder itself, "auto" int8 when the embedder has an int8 build (a sentence-transformers
+    # model), else the embedder. On fp32 SQuAD 2.0 dev vectors, int8 queries: nDCG@10 dense +0.0006,
+    # hybrid -0.0008 (benchmarks/query_int8.py). The int8 file is built once per cache (~20 s, with
+    # torch) by the first search that needs it.
+    query_embedder: str = "auto"
 
     def __post_init__(self) -> None:
         typed(self)
         check(self, [
             ("default_mode", self.default_mode in SEARCH_MODES, one_of(SEARCH_MODES)),
+            ("query_embedder", self.query_embedder in QUERY_EMBEDDERS, one_of(QUERY_EMBEDDERS)),
             ("fusion", self.fusion in FUSION_METHODS, one_of(FUSION_METHODS)),
             ("hybrid_normalization", self.hybrid_normalization in ("zscore", "minmax"), one_of(("zscore", "minmax"))),
             ("hybrid_dense_weight", 0.0 <= self.hybrid_dense_weight <= 1.0, "between 0 and 1"),
@@ -239,6 +258,10 @@ class ServerSettings:
     # Generators a request may name besides the configured one and "extractive" (comma-separated
     # specs, e.g. "registry:support@production"): each is loaded on first use and kept.
     generators: str = ""
+    # Folders (comma-separated absolute paths) under which an admin key may schedule syncs over
+    # HTTP (POST /schedules); empty: none, only s3:// and other remote sources. The CLI and Python
+    # schedule any folder: their caller can read the machine anyway.
+    sync_roots: str = ""
 
     def __post_init__(self) -> None:
         typed(self)

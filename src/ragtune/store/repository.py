@@ -85,6 +85,8 @@ class PreparedDocument:
     chunks: list[Chunk]
     vectors: np.ndarray
     term_counts: list[Counter[str]]
+    minhash: bytes | None = None  # ingest/duplicates.py
+    duplicate_of: str | None = None  # a near-duplicate stored without chunks: the URI it copies
 
 
 @dataclass(frozen=True)
@@ -299,21 +301,25 @@ class Repository:
                 self._remove_chunks(conn, info.id, list(existing.values()))
                 conn.cursor().executemany(
                     "UPDATE documents SET content_hash = %s, version = version + 1, title = %s, body = %s,"
-                    " metadata = %s, user_metadata = %s, acl = %s, updated_at = now() WHERE id = %s",
+                    " metadata = %s, user_metadata = %s, acl = %s, minhash = %s, duplicate_of = %s,"
+                    " updated_at = now() WHERE id = %s",
                     [(d.content_hash, d.title, d.text, Jsonb(attrs[d.uri].metadata), Jsonb(attrs[d.uri].user_metadata),
-                      list(attrs[d.uri].acl), existing[d.uri])
+                      list(attrs[d.uri].acl), d.minhash, d.duplicate_of, existing[d.uri])
                      for d in docs if d.uri in existing])
+                _mark_copies_stale(conn, info.id, list(existing), [d.uri for d in docs])
             new = [d for d in docs if d.uri not in existing]
             ids = dict(existing)
             if new:
                 fresh = _next_ids(conn, "documents_id_seq", len(new))
                 with conn.cursor().copy("COPY documents (id, collection_id, uri, content_hash, title, body,"
-                                        " metadata, user_metadata, acl) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "jsonb", "text[]"])
+                                        " metadata, user_metadata, acl, minhash, duplicate_of)"
+                                        " FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "jsonb", "text[]", "bytea",
+                                  "text"])
                     for doc_id, d in zip(fresh, new, strict=True):
                         a = attrs[d.uri]
                         cp.write_row((doc_id, info.id, d.uri, d.content_hash, d.title, d.text, Jsonb(a.metadata),
-                                      Jsonb(a.user_metadata), list(a.acl)))
+                                      Jsonb(a.user_metadata), list(a.acl), d.minhash, d.duplicate_of))
                 ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
             self._insert_chunks(conn, info, [(ids[d.uri], d, attrs[d.uri]) for d in docs])
         return ["updated" if d.uri in existing else "added" for d in docs]
@@ -342,6 +348,7 @@ class Repository:
             )
             if list(row["acl"]) != list(a.acl):  # the chunks change ACL class
                 move_acl_statistics(conn, collection_id, row["id"], a.acl)
+                _mark_copies_stale(conn, collection_id, [uri])  # a copy links only to its own ACL
             conn.execute(
                 "UPDATE chunks SET metadata = %s, acl = %s WHERE document_id = %s",
                 (Jsonb(a.metadata), list(a.acl), row["id"]),
@@ -363,8 +370,19 @@ class Repository:
             ]
             if ids:
                 self._remove_chunks(conn, collection_id, ids)
-                conn.execute("DELETE FROM documents WHERE id = ANY(%s)", (ids,))
+                gone = [r["uri"] for r in conn.execute("DELETE FROM documents WHERE id = ANY(%s) RETURNING uri",
+                                                       (ids,)).fetchall()]
+                _mark_copies_stale(conn, collection_id, gone)
         return len(ids)
+
+    def near_duplicate_signatures(self, collection_id: int) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """(URI, ACL, MinHash signature) of the collection's documents that are not themselves
+        linked copies, for ``ingest.duplicates.NearDuplicateIndex``."""
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT uri, acl, minhash FROM documents WHERE collection_id = %s AND minhash IS NOT NULL"
+                " AND duplicate_of IS NULL", (collection_id,)).fetchall()
+        return [(r["uri"], tuple(sorted(r["acl"])), bytes(r["minhash"])) for r in rows]
 
     _DOCUMENT = ("SELECT d.id, c.name AS collection, d.uri, d.content_hash, d.version, d.metadata, d.acl,"
                  " d.title, d.updated_at::text AS updated_at,"
@@ -652,3 +670,12 @@ def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value.astype(np.float32, copy=False)
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+def _mark_copies_stale(conn: Conn, collection_id: int, originals: list[str], written: Sequence[str] = ()) -> None:
+    """Copies linked to documents that changed, went or changed ACL are indexed again by their
+    next ingest (an empty content hash never equals a loaded document's); not those this very
+    write stores."""
+    if originals:
+        conn.execute("UPDATE documents SET content_hash = '' WHERE collection_id = %s AND duplicate_of = ANY(%s)"
+                     " AND NOT uri = ANY(%s)", (collection_id, originals, [*originals, *written]))

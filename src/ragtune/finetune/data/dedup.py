@@ -12,7 +12,6 @@ whitespace-collapsed text is identical.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from ragtune.errors import DatasetError
 from ragtune.extras import require
+from ragtune.ingest.duplicates import lsh_bands, shingles
 
 SHINGLE_WORDS = 3
 
@@ -35,13 +35,6 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[str]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) <= n:
-        return frozenset([" ".join(words)]) if words else frozenset()
-    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
-
-
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a and not b:
         return 1.0
@@ -52,17 +45,6 @@ def _datasketch() -> Any:
     return require("datasketch", "train", "near-duplicate detection", error=DatasetError)
 
 
-RECALL_AT_THRESHOLD = 0.99
-
-
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band): the most rows per band (fewest spurious candidates) for which a pair
-    of Jaccard ``threshold`` shares a band with probability ``1 - (1 - t**r)**b >= 0.99``."""
-    for rows in range(num_perm, 0, -1):
-        bands = num_perm // rows
-        if 1.0 - (1.0 - threshold ** rows) ** bands >= RECALL_AT_THRESHOLD:
-            return bands, rows
-    return num_perm, 1
 
 
 class MinHashIndex:
@@ -74,7 +56,7 @@ class MinHashIndex:
         ds = _datasketch()
         self.threshold = threshold
         self.num_perm = num_perm
-        self.shingles = [shingles(t) for t in texts]
+        self.shingles = [shingles(t, SHINGLE_WORDS) for t in texts]
         self.signatures = self._signatures(self.shingles)
         self.lsh = ds.MinHashLSH(num_perm=num_perm, params=lsh_bands(threshold, num_perm))
         with self.lsh.insertion_session() as session:
@@ -141,7 +123,7 @@ def cross_duplicates(left: Sequence[str], right: Sequence[str], *, threshold: fl
     if not left or not right:
         return []
     index = MinHashIndex(right, threshold=threshold, num_perm=num_perm)
-    found = {(p.a, p.b): p for p in index.matches([shingles(t) for t in left])}
+    found = {(p.a, p.b): p for p in index.matches([shingles(t, SHINGLE_WORDS) for t in left])}
     # Exact copies are always reported, even when LSH happens not to propose them.
     by_text: dict[str, list[int]] = defaultdict(list)
     for j, t in enumerate(right):

@@ -7,6 +7,7 @@ and empty inputs the same way, with the same error types.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_EXPANDED_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_EXPANSION_RATIO = 100.0
 DEFAULT_MAX_CONTAINER_MEMBERS = 10_000
+# OCR of scanned PDF pages and images (ocr.py): 1-4.5 s a page on 2 cores, so 100 pages is 2-7 min;
+# 40 MP holds an A3 page at 300 dpi (17 MP) and a 24 MP photo, and bounds one page's OCR time.
+DEFAULT_OCR_MAX_PAGES = 100
+DEFAULT_OCR_MAX_PIXELS = 40_000_000
+_OCR_LANG = re.compile(r"^[A-Za-z0-9_]+(?:\+[A-Za-z0-9_]+)*$")  # tesseract's -l: eng, deu+eng, chi_sim
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,14 @@ class LoaderOptions:
     # Read every file as this format (``--as``: text, markdown, html, ... or a registered suffix)
     # instead of choosing by suffix and content (``registry.loader_for``).
     as_format: str | None = None
+    # Leave page chrome out: HTML navigation and link lists, PDF running heads, footers, page
+    # numbers and table-of-contents lines (``[ingest] strip_boilerplate``; html.py, pdf_chrome.py).
+    strip_boilerplate: bool = True
+    # OCR (ocr.py, the ocr extra): tesseract's language(s) for scanned PDF pages and images, the most
+    # pages (or image frames) of one file it reads (0: none), and the most pixels of one page image.
+    ocr_lang: str = "eng"
+    ocr_max_pages: int = DEFAULT_OCR_MAX_PAGES
+    ocr_max_pixels: int = DEFAULT_OCR_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int):
@@ -61,6 +75,13 @@ class LoaderOptions:
         ratio = self.max_expansion_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio >= 1:
             raise ConfigError(f"max_expansion_ratio must be a number of at least 1, got {ratio!r}")
+        if not isinstance(self.ocr_lang, str) or not _OCR_LANG.match(self.ocr_lang):
+            raise ConfigError(f"ocr_lang must be tesseract language codes joined by '+' (eng, deu+eng), "
+                              f"got {self.ocr_lang!r}")
+        for name, least in (("ocr_max_pages", 0), ("ocr_max_pixels", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer of at least {least}, got {value!r}")
         if not self.text_field:
             raise ConfigError(f"text_field must be a non-empty field name, got {self.text_field!r}")
         if self.metadata_fields is not None:
@@ -76,7 +97,8 @@ class LoaderOptions:
         """The size and container limits from ``settings``, plus ``options`` (the record fields)."""
         return cls(max_file_bytes=settings.ingest.max_file_bytes, max_expanded_bytes=settings.ingest.max_expanded_bytes,
                    max_expansion_ratio=settings.ingest.max_expansion_ratio,
-                   max_container_members=settings.ingest.max_container_members, **options)
+                   max_container_members=settings.ingest.max_container_members,
+                   strip_boilerplate=settings.ingest.strip_boilerplate, **options)
 
 
 def check_size(path: Path, options: LoaderOptions) -> int:

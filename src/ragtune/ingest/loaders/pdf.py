@@ -3,8 +3,11 @@
 The text of each page (pypdf's plain extraction, newlines normalised) is joined with a blank
 line, so a page break is also a paragraph break for the chunker. Metadata records ``pages`` and
 ``page_starts`` (the character offset where each page's text begins), which is enough to turn a
-chunk's offsets back into page numbers for citations. PDF outlines are not turned into sections:
-they point at pages, not at offsets in the extracted text.
+chunk's offsets back into page numbers for citations. A page without a text layer (a scan) is
+read with OCR when the ocr extra and tesseract are installed (``ocr.py``): ``ocr_pages`` lists
+the pages read that way, and a scanned page that could not be read is a warning, never a silent
+gap. PDF outlines are not turned into sections: they point at pages, not at offsets in the
+extracted text.
 
 Compressed streams are bounded by ``PdfBudget`` (``containers.py``): while the file is read,
 pypdf's per-stream output limits are lowered to ``max_expanded_bytes``, each page's content
@@ -29,6 +32,8 @@ from typing import Any
 from ragtune.errors import CorruptFileError, ExpansionLimitError
 from ragtune.ingest.loaders.base import LoaderOptions, base_metadata, read_checked, require_text
 from ragtune.ingest.loaders.containers import PdfBudget
+from ragtune.ingest.loaders.ocr import has_images, nearly_empty, ocr_pdf_pages
+from ragtune.ingest.loaders.pdf_chrome import strip_page_chrome
 from ragtune.models import LoadedDocument
 
 _NEWLINES = re.compile(r"\r\n?")
@@ -41,20 +46,27 @@ class PdfLoader:
 
     def load(self, source: Path) -> Iterator[LoadedDocument]:
         data = read_checked(source, self.options)
-        pages, title = _extract(data, str(source), self.options)
+        pages, title, scanned = _extract(data, str(source), self.options)
+        read = ocr_pdf_pages(data, pages, scanned, str(source), self.options)
+        if self.options.strip_boilerplate:  # running heads, page numbers, contents lines
+            pages, _ = strip_page_chrome(pages)
         text, starts = _join_pages(pages)
         require_text(text, str(source))
         metadata = base_metadata(source, "pdf")
         metadata.update(pages=len(pages), page_starts=starts)
+        if read:  # only then: a PDF's metadata (and content hash) stays what it was before OCR existed
+            metadata.update(ocr_pages=read, ocr_lang=self.options.ocr_lang)
         yield LoadedDocument(uri=str(source), text=text, metadata=metadata, title=title, mime="application/pdf")
 
 
-def _extract(data: bytes, source: str, options: LoaderOptions) -> tuple[list[str], str | None]:
+def _extract(data: bytes, source: str, options: LoaderOptions) -> tuple[list[str], str | None, list[int]]:
+    """Each page's text, the title, and the indices of the pages that look scanned (``ocr.py``)."""
     from pypdf import PdfReader
     from pypdf.errors import LimitReachedError
 
     budget = PdfBudget(source, options)
     pages: list[str] = []
+    scanned: list[int] = []
     try:
         with budget.limits():
             reader = PdfReader(io.BytesIO(data), strict=False)
@@ -65,6 +77,8 @@ def _extract(data: bytes, source: str, options: LoaderOptions) -> tuple[list[str
                 text = _NEWLINES.sub("\n", page.extract_text() or "").replace("\x00", "")
                 budget.add_text(text)
                 pages.append(text)
+                if nearly_empty(text) and has_images(page):
+                    scanned.append(len(pages) - 1)
             title = _title(reader)
     except (CorruptFileError, ExpansionLimitError):
         raise
@@ -74,7 +88,7 @@ def _extract(data: bytes, source: str, options: LoaderOptions) -> tuple[list[str
                                           f"own limit); pypdf: {exc}", "max_expanded_bytes") from exc
     except Exception as exc:  # see the module docstring
         raise CorruptFileError(source, f"unreadable PDF: {type(exc).__name__}: {exc}") from exc
-    return pages, title
+    return pages, title, scanned
 
 
 def _title(reader: Any) -> str | None:

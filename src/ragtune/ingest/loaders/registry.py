@@ -8,8 +8,8 @@ The rule, in order:
    when the suffix names a text format or nothing (a PDF saved as ``.txt``; ``.tar.gz`` and a
    plugin's own suffix keep their loader);
 3. the longest registered suffix (``.tar.gz`` before ``.gz``);
-4. the content (``sniff``): HTML, text, a tar, a zip (DOCX, XLSX, PPTX or EPUB by the member that
-   marks each, otherwise an archive);
+4. the content (``sniff``): HTML, text, a tar, a PNG, JPEG or TIFF image (read with OCR), a zip
+   (DOCX, XLSX, PPTX or EPUB by the member that marks each, otherwise an archive);
    ``changelog.Debian`` and ``README`` are text;
 5. otherwise the file is binary and refused, in one line naming the way out (``--as text``).
 
@@ -31,7 +31,7 @@ from ragtune.protocols import Loader
 # ``--as`` names: a format's name, or any registered suffix (".md")
 FORMATS = {"text": ".txt", "markdown": ".md", "html": ".html", "pdf": ".pdf", "docx": ".docx", "json": ".json",
            "jsonl": ".jsonl", "gzip": ".gz", "zip": ".zip", "tar": ".tar", "email": ".eml", "mbox": ".mbox",
-           "xlsx": ".xlsx", "pptx": ".pptx", "epub": ".epub"}
+           "xlsx": ".xlsx", "pptx": ".pptx", "epub": ".epub", "image": ".png"}
 
 
 def supported_suffixes(plugins: Plugins | None = None) -> list[str]:

@@ -3,11 +3,11 @@ nothing (``changelog.Debian``, ``README``, ``NEWS.old``) or says something false
 ``.txt``).
 
 Binary formats are known by their magic bytes: ``%PDF-`` (PDF) and gzip (``1f 8b``) win over any
-suffix; a zip is a DOCX only if it holds ``word/document.xml`` (the registry looks, when no suffix
-decides: XLSX and PPTX are zips of the same kind). Text is
-text when the head has no NUL byte and decodes (UTF-8, or the encodings ``ingest.encoding``
-accepts); HTML when it opens with a doctype or an ``<html>``/``<head>``/``<body>`` tag (after
-whitespace and comments). Anything else is binary and no loader reads it.
+suffix; PNG, JPEG and TIFF are known by theirs when no suffix decides (read with OCR); a zip is
+a DOCX only if it holds ``word/document.xml`` (the registry looks, when no suffix decides: XLSX and
+PPTX are zips of the same kind). Text is text when the head has no NUL byte and decodes (UTF-8,
+or the encodings ``ingest.encoding`` accepts); HTML when it opens with a doctype or an
+``<html>``/``<head>``/``<body>`` tag (after whitespace and comments). Anything else is binary and no loader reads it.
 
 The answer is a key of the loader registry (a suffix: ``.pdf``, ``.docx``, ``.gz``, ``.html``,
 ``.txt``), so a plugin that replaces a built-in loader also serves the files sniffed as its format.
@@ -21,6 +21,9 @@ from pathlib import Path
 HEAD_BYTES = 8192  # what is read to decide: enough for a doctype after a long comment
 
 PDF, DOCX, GZIP, HTML, TEXT, ZIP, TAR = ".pdf", ".docx", ".gz", ".html", ".txt", ".zip", ".tar"
+# Images (read with OCR): known by magic when no suffix decides, but not DEFINITE: a PNG named .txt
+# stays the text loader's binary refusal, as before images had a loader.
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
 # Suffixes of formats that are text: a certain binary magic overrides them (a PDF named .txt).
 TEXT_FORMATS = frozenset({".txt", ".text", ".rst", ".log", ".csv", ".tsv", ".md", ".markdown", ".html", ".htm",
                           ".json", ".jsonl", ".ndjson"})
@@ -43,6 +46,9 @@ def sniff(head: bytes) -> str | None:
         return GZIP
     if len(head) >= 262 and head[257:262] == b"ustar":
         return TAR
+    for magic, image in IMAGE_MAGIC:
+        if head.startswith(magic):
+            return image
     if not _looks_like_text(head):
         return None
     return HTML if _HTML_START.match(head) else TEXT

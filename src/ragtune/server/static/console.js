@@ -5,7 +5,11 @@
 const $ = (selector) => document.querySelector(selector);
 const KEY = "ragtune.key";
 const COLLECTION = "ragtune.collection";
-const state = { key: sessionStorage.getItem(KEY) || "", auth: true };
+const SHOW_EVAL = "ragtune.show-eval";
+// `ragtune eval` indexes into collections named eval-<dataset>-<embedder>
+// (ragtune.evaluate.retrieval.eval_collection); the picker hides them unless asked to show them.
+const EVAL_PREFIX = "eval-";
+const state = { key: sessionStorage.getItem(KEY) || "", auth: true, tab: null, collections: [] };
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -15,9 +19,17 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-function setStatus(text, isError = false) {
-  $("#status").textContent = text;
-  $("#status").className = isError ? "error" : "";
+// Each tab (and the login form) has its own message area, hidden with it, so a message stays with
+// the tab it is about; `#status` under the header holds only what belongs to no tab (a failed start)
+// and is cleared when a tab opens. An action reports to the tab it was started from.
+function statusArea(tab) {
+  return (tab && document.querySelector(`#${tab} > .status`)) || $("#status");
+}
+
+function setStatus(text, isError = false, tab = state.tab) {
+  const area = statusArea(tab);
+  area.textContent = text;
+  area.classList.toggle("error", isError);
 }
 
 function show(node, visible = true) { node.hidden = !visible; }
@@ -59,12 +71,12 @@ async function api(path, options) {
   return response.status === 204 ? null : response.json();
 }
 
-// Run an action, reporting its failure in the status line.
-async function guarded(action) {
+// Run an action, reporting its failure in the message area of the tab it was started from.
+async function guarded(action, tab = state.tab) {
   try {
     await action();
   } catch (error) {
-    setStatus(error.message, true);
+    setStatus(error.message, true, tab);
   }
 }
 
@@ -76,7 +88,9 @@ function showLogin(message = "") {
   for (const node of ["#tabs", "#session", "#passage"]) show($(node), false);
   for (const tab of document.querySelectorAll(".tab")) show(tab, false);
   show($("#login"));
-  setStatus(message, Boolean(message));
+  state.tab = null;
+  setStatus("", false, null);
+  setStatus(message, Boolean(message), "login");
   $("#key").focus();
 }
 
@@ -95,16 +109,22 @@ async function start() {
   show($("#session"));
   $("#who").textContent = state.auth ? `key ${state.key.split("_")[1] || ""}` : "auth off";
   show($("#logout"), state.auth);
-  setStatus("");
+  setStatus("", false, "login");
   openTab(location.hash.slice(1) || "ask");
 }
 
 async function loadCollections() {
-  const collections = await api("/collections");
+  state.collections = await api("/collections");
+  renderCollections();
+}
+
+function renderCollections() {
   const select = $("#collection");
   const wanted = select.value || sessionStorage.getItem(COLLECTION);
-  select.replaceChildren(...collections.map((c) => el("option", { value: c.name, textContent: `${c.name} (${c.documents} docs)` })));
-  if (collections.some((c) => c.name === wanted)) select.value = wanted;
+  const showEval = $("#show-eval").checked;
+  const shown = state.collections.filter((c) => showEval || !c.name.startsWith(EVAL_PREFIX));
+  select.replaceChildren(...shown.map((c) => el("option", { value: c.name, textContent: `${c.name} (${c.documents} docs)` })));
+  if (shown.some((c) => c.name === wanted)) select.value = wanted;
 }
 
 $("#login-form").addEventListener("submit", async (event) => {
@@ -122,6 +142,14 @@ $("#collection").addEventListener("change", () => {
   openTab(location.hash.slice(1) || "ask");
 });
 
+$("#show-eval").checked = sessionStorage.getItem(SHOW_EVAL) === "yes";
+$("#show-eval").addEventListener("change", () => {
+  sessionStorage.setItem(SHOW_EVAL, $("#show-eval").checked ? "yes" : "no");
+  const before = $("#collection").value;
+  renderCollections();
+  if ($("#collection").value !== before) openTab(location.hash.slice(1) || "ask");  // the chosen one was hidden
+});
+
 // ---- tabs -------------------------------------------------------------------------------------
 
 const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces(), models: () => loadModels() };
@@ -129,10 +157,15 @@ const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces(), m
 function openTab(name) {
   if (!document.getElementById(name)?.classList.contains("tab")) name = "ask";
   history.replaceState(null, "", `#${name}`);
+  state.tab = name;
+  setStatus("", false, null);
   for (const tab of document.querySelectorAll(".tab")) show(tab, tab.id === name);
   for (const button of document.querySelectorAll("#tabs button")) button.classList.toggle("active", button.dataset.tab === name);
   show($("#passage"), false);
-  if (onOpen[name]) guarded(onOpen[name]);
+  if (onOpen[name]) {
+    setStatus("", false, name);  // the tab's data is loaded afresh: an old message about it is stale
+    guarded(onOpen[name], name);
+  }
 }
 
 for (const button of document.querySelectorAll("#tabs button")) {
@@ -198,33 +231,79 @@ async function* serverSentEvents(response) {
   }
 }
 
-const CITATION = /\[(\d+(?:\s*,\s*\d+)*)\]/g;
+// [1], [1, 2] or [1; 2], as the server's grounding reads them (ragtune.generate.grounding).
+const CITATION = /\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]/g;
 
-// The answer's text with each [n] (or [n, m]) that names a citation made a button that opens
-// the cited passage, with the answer's sentences citing it emphasised where they quote it.
+// The answer's text with each [n] made a button that opens the cited passage (the answer's
+// sentences citing it emphasised where they quote it), above the list of the sources it cites.
+// The model cites sources by their number in the prompt, and only some of them (say 1, 3 and 5):
+// the cited ones are renumbered 1..n in order of first citation, in the text and in the list alike.
+// A sentence that cited nothing but that one source supports (`inferred`) gets that source's
+// marker too, set apart. Hovering a marker highlights its source; clicking one also opens it.
 function renderAnswer(answer) {
   const cited = new Map(answer.citations.map((c) => [c.number, c]));
-  const citeButton = (c, text) => {
+  const text = answer.answer;
+  const markers = [...text.matchAll(CITATION)].map((m) => ({
+    at: m.index, end: m.index + m[0].length, numbers: m[1].split(/[,;]/).map((n) => Number(n.trim())), inferred: false,
+  }));
+  let from = 0;
+  for (const sentence of answer.sentences) {
+    const at = text.indexOf(sentence.text, from);
+    if (at < 0) continue;
+    from = at + sentence.text.length;
+    if (sentence.inferred && sentence.citations.length) markers.push({ at: from, end: from, numbers: sentence.citations, inferred: true });
+  }
+  markers.sort((a, b) => a.at - b.at);
+  const shown = new Map();  // number in the prompt -> number shown
+  for (const number of [...markers.flatMap((m) => m.numbers), ...cited.keys()]) {
+    if (cited.has(number) && !shown.has(number)) shown.set(number, shown.size + 1);
+  }
+  const sources = new Map();  // number shown -> its list item
+
+  const citeButton = (c, label) => {
     const quotes = answer.sentences.filter((s) => s.citations.includes(c.number))
       .map((s) => s.text.replace(CITATION, "").trim());
-    const button = passageButton(text, c.document_id, c.start, c.end, `[${c.number}]`, quotes);
+    const button = passageButton(label, c.document_id, c.start, c.end, `[${shown.get(c.number)}]`, quotes);
     button.classList.add("cite");
     return button;
   };
+  const spotlight = (number, on) => sources.get(number)?.classList.toggle("spot", on);
+  const marker = (number, inferred) => {
+    const c = cited.get(number);
+    if (!c) {
+      return el("span", { className: "cite missing", textContent: "[?]",
+        title: `the answer cites a source ${number}, which was not among its sources` });
+    }
+    const n = shown.get(number);
+    const button = citeButton(c, `[${n}]`);
+    button.dataset.source = n;
+    if (inferred) {
+      button.classList.add("inferred");
+      button.title = `this sentence cited nothing; source ${n} supports it`;
+    }
+    button.addEventListener("mouseenter", () => spotlight(n, true));
+    button.addEventListener("mouseleave", () => spotlight(n, false));
+    button.addEventListener("click", () => {
+      for (const li of sources.values()) li.classList.toggle("chosen", li === sources.get(n));
+      sources.get(n).scrollIntoView({ block: "nearest" });
+    });
+    return button;
+  };
+
   const parts = [];
   let last = 0;
-  for (const match of answer.answer.matchAll(CITATION)) {
-    parts.push(answer.answer.slice(last, match.index));
-    for (const number of match[1].split(",").map((n) => Number(n.trim()))) {
-      const c = cited.get(number);
-      parts.push(c ? citeButton(c, `[${number}]`) : `[${number}]`);
-    }
-    last = match.index + match[0].length;
+  for (const m of markers) {
+    parts.push(text.slice(last, m.at), m.inferred ? " " : "", ...m.numbers.map((n) => marker(n, m.inferred)));
+    last = m.end;
   }
-  parts.push(answer.answer.slice(last));
+  parts.push(text.slice(last));
   $("#answer").replaceChildren(...parts);
-  $("#citations").replaceChildren(...answer.citations.map((c) =>
-    el("li", { value: c.number }, citeButton(c, c.uri), ` ${c.text.slice(0, 160)}${c.text.length > 160 ? "…" : ""}`)));
+  for (const c of answer.citations) {
+    const n = shown.get(c.number);
+    sources.set(n, el("li", { value: n, id: `source-${n}`, title: `source ${c.number} of the prompt` },
+      citeButton(c, c.uri), ` ${c.text.slice(0, 160)}${c.text.length > 160 ? "…" : ""}`));
+  }
+  $("#citations").replaceChildren(...[...sources.entries()].sort((a, b) => a[0] - b[0]).map(([, li]) => li));
   const meta = [answer.model, answer.abstained ? "abstained" : answer.grounded ? "grounded" : "not fully grounded"];
   if (answer.error) meta.push(answer.error);
   const trace = answer.trace_id ? el("button", { type: "button", className: "link", textContent: `trace ${answer.trace_id}` }) : "";
@@ -244,7 +323,7 @@ $("#ask-form").addEventListener("submit", (event) => {
     $("#answer").classList.add("streaming");
     $("#answer-meta").textContent = "";
     $("#citations").replaceChildren();
-    setStatus("answering…");
+    setStatus("answering…", false, "ask");
     try {
       const response = await request(`/collections/${collection()}/ask`, { method: "POST", json: body, accept: "text/event-stream" });
       for await (const { event, data } of serverSentEvents(response)) {
@@ -252,7 +331,7 @@ $("#ask-form").addEventListener("submit", (event) => {
         else if (event === "answer") renderAnswer(data);
         else if (event === "error") throw new ApiError(data.status, data);
       }
-      setStatus("");
+      setStatus("", false, "ask");
     } finally {
       $("#answer").classList.remove("streaming");
     }
@@ -277,11 +356,12 @@ $("#search-form").addEventListener("submit", (event) => {
       el("td", { textContent: h.rank }),
       el("td", { textContent: fmt(h.score) }),
       el("td", { textContent: `${fmt(h.scores.dense)} / ${fmt(h.scores.bm25)}` }),
-      el("td", {}, passageButton(h.uri, h.document_id, h.start, h.end, `#${h.rank}`)),
+      el("td", { className: "path", title: h.uri }, passageButton(h.uri, h.document_id, h.start, h.end, `#${h.rank}`)),
       el("td", { className: "text", textContent: h.text }),
     )));
     show($("#hits"));
-    setStatus(`${result.hits.length} hits (${result.mode}) in ${fmt(result.timings_ms.search, 1)} ms · trace ${result.trace_id}`);
+    setStatus(`${result.hits.length} hits (${result.mode}) in ${fmt(result.timings_ms.search, 1)} ms · trace ${result.trace_id}`,
+      false, "search");
   });
 });
 
@@ -295,15 +375,18 @@ async function loadDocuments() {
     remove.addEventListener("click", () => guarded(async () => {
       if (!confirm(`Delete ${d.uri}?`)) return;
       await api(`/collections/${collection()}/documents/${d.id}`, { method: "DELETE" });
-      setStatus(`deleted ${d.uri}`);
+      setStatus(`deleted ${d.uri}`, false, "documents");
       await loadDocuments();
     }));
+    const acl = d.acl.join(", ") || "everyone";
+    const metadata = JSON.stringify(d.metadata);
+    // one line per document: a long path (or ACL, or metadata) is cut short, whole on hover
     const row = el("tr", {},
-      el("td", {}, passageButton(d.uri, d.id, 0, 0, "")),
+      el("td", { className: "path", title: d.uri }, passageButton(d.uri, d.id, 0, 0, "")),
       el("td", { textContent: d.version }),
       el("td", { textContent: d.chunk_count }),
-      el("td", { textContent: d.acl.join(", ") || "everyone" }),
-      el("td", { className: "text", textContent: JSON.stringify(d.metadata) }),
+      el("td", { textContent: acl, title: acl }),
+      el("td", { textContent: metadata, title: metadata }),
       el("td", { textContent: d.updated_at.slice(0, 19) }),
       el("td", {}, remove));
     row.dataset.uri = d.uri;
@@ -418,4 +501,4 @@ async function loadModels() {
 
 $("#refresh-models").addEventListener("click", () => guarded(loadModels));
 
-start().catch((error) => setStatus(error.message, true));
+start().catch((error) => setStatus(error.message, true, null));
