@@ -77,3 +77,18 @@ def worktree(commit: str) -> Path:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), commit],
                        check=True, capture_output=True)
     return path
+
+
+def populated(name: str, limit: int | None, embedder: str = "minilm") -> tuple[Any, str, Any, list[str], list[str]]:
+    """The bench engine, the collection ``populate.py`` indexed dataset ``name`` into (checked
+    whole), the dataset, and its query ids and texts in one order."""
+    from ragtune.evaluate.datasets import load_dataset
+
+    rt = bench_engine(embedder)
+    collection = f"eval-{name}-{rt.embedder.name}"
+    ds = load_dataset(name, rt.settings.resolved_cache_dir / "packages", limit_queries=limit)
+    info = rt.collection(collection)
+    assert info.n_chunks == len(ds.corpus), f"{collection} has {info.n_chunks} chunks; run populate.py first"
+    qids = list(ds.queries)
+    return rt, collection, ds, qids, [ds.queries[q] for q in qids]
+

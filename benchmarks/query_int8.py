@@ -16,12 +16,11 @@ import time
 from typing import Any
 
 import numpy as np
-from common import bench_engine, write_result
+from common import populated, write_result
 from retrieval_quality import our_run
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.metrics import retrieval_metrics
 from ragtune.ingest.embedders import OnnxInt8Embedder, packaged_model_path
 
@@ -30,13 +29,7 @@ MODES = ("dense", "hybrid")
 
 
 def measure(name: str, limit: int | None) -> dict[str, Any]:
-    rt = bench_engine("minilm")
-    collection = f"eval-{name}-{rt.embedder.name}"
-    ds = load_dataset(name, rt.settings.resolved_cache_dir / "packages", limit_queries=limit)
-    info = rt.collection(collection)
-    assert info.n_chunks == len(ds.corpus), f"{collection} has {info.n_chunks} chunks; run populate.py first"
-    qids = list(ds.queries)
-    texts = [ds.queries[q] for q in qids]
+    rt, collection, ds, qids, texts = populated(name, limit, "minilm")
     int8 = OnnxInt8Embedder(packaged_model_path(), cache_dir=rt.settings.resolved_cache_dir)
     vectors: dict[str, np.ndarray] = {}
     for label, embedder in (("fp32", rt.embedder), ("int8", int8)):
@@ -53,8 +46,9 @@ def measure(name: str, limit: int | None) -> dict[str, Any]:
             metric: rows[f"{mode} int8 queries"][metric] - rows[f"{mode} fp32 queries"][metric]
             for metric in rows[f"{mode} fp32 queries"]
         }
+    built_by = rt.collection(collection).embedder
     rt.close()
-    return {"dataset": name, "queries": len(qids), "corpus": len(ds.corpus), "collection_embedder": info.embedder,
+    return {"dataset": name, "queries": len(qids), "corpus": len(ds.corpus), "collection_embedder": built_by,
             "query_cosine_fp32_int8": {"mean": float(cosine.mean()), "min": float(cosine.min())}, "rows": rows}
 
 

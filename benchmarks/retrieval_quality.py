@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 from baselines import Bm25sBaseline, NumpyDenseBaseline
-from common import bench_engine, write_result
+from common import populated, write_result
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.evaluate.datasets import load_dataset
 from ragtune.evaluate.metrics import retrieval_metrics
 from ragtune.models import Principal
 from ragtune.retrieve import fusion
@@ -84,13 +83,7 @@ def pct(values: list[float]) -> dict[str, float]:
 
 
 def bench_dataset(name: str, limit: int | None, variants: list[str], embedder: str = "minilm") -> dict[str, Any]:
-    rt = bench_engine(embedder)
-    collection = f"eval-{name}-{rt.embedder.name}"
-    ds = load_dataset(name, rt.settings.resolved_cache_dir / "packages", limit_queries=limit)
-    info = rt.collection(collection)
-    assert info.n_chunks == len(ds.corpus), f"{collection} has {info.n_chunks} chunks; run populate.py first"
-    qids = list(ds.queries)
-    texts = [ds.queries[q] for q in qids]
+    rt, collection, ds, qids, texts = populated(name, limit, embedder)
     t0 = time.perf_counter()
     vectors = rt.embedder.embed_batch(texts)
     console.print(f"{name}: embedded {len(texts)} queries in {time.perf_counter() - t0:.0f}s")

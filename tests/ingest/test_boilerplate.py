@@ -130,3 +130,11 @@ def test_the_pdf_loader_strips_running_heads_and_keeps_page_starts(tmp_path: Pat
 def test_a_line_repeated_on_short_pages_is_their_text() -> None:
     slides = [f"Quarterly review {n}: revenue grew in region {n}" for n in range(1, 7)]
     assert strip_page_chrome(slides) == (slides, 0)
+
+
+def test_the_ingest_settings_reach_the_loaders() -> None:
+    from ragtune.settings import Settings
+
+    options = LoaderOptions.from_settings(Settings.of(strip_boilerplate=False, ocr_lang="deu+eng", ocr_max_pages=3))
+    assert (options.strip_boilerplate, options.ocr_lang, options.ocr_max_pages) == (False, "deu+eng", 3)
+    assert LoaderOptions.from_settings(Settings.of()).strip_boilerplate is True

@@ -85,6 +85,12 @@ class IngestSettings:
     # stores it pointing at that document, without chunks (searched once), "index" indexes it too.
     near_duplicates: str = "link"
     near_duplicate_threshold: float = 0.9
+    # OCR of scanned PDF pages and images (the ocr extra and tesseract; ingest/loaders/ocr.py):
+    # tesseract's language(s) ("eng", "deu+eng"), the most pages of one file read by OCR (1-4.5 s
+    # a page on 2 cores; 0 turns OCR off) and the most pixels of one page or image.
+    ocr_lang: str = "eng"
+    ocr_max_pages: int = 100
+    ocr_max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
         typed(self)
@@ -102,6 +108,8 @@ class IngestSettings:
             ("embed_batch_size", self.embed_batch_size > 0, "over 0"),
             ("near_duplicates", self.near_duplicates in ("link", "index"), "'link' or 'index'"),
             ("near_duplicate_threshold", 0.5 <= self.near_duplicate_threshold <= 1.0, "between 0.5 and 1"),
+            ("ocr_max_pages", self.ocr_max_pages >= 0, "at least 0 (0: no OCR)"),
+            ("ocr_max_pixels", self.ocr_max_pixels > 0, "over 0"),
         ])
 
 

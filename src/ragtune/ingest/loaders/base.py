@@ -98,7 +98,9 @@ class LoaderOptions:
         return cls(max_file_bytes=settings.ingest.max_file_bytes, max_expanded_bytes=settings.ingest.max_expanded_bytes,
                    max_expansion_ratio=settings.ingest.max_expansion_ratio,
                    max_container_members=settings.ingest.max_container_members,
-                   strip_boilerplate=settings.ingest.strip_boilerplate, **options)
+                   strip_boilerplate=settings.ingest.strip_boilerplate, ocr_lang=settings.ingest.ocr_lang,
+                   ocr_max_pages=settings.ingest.ocr_max_pages, ocr_max_pixels=settings.ingest.ocr_max_pixels,
+                   **options)
 
 
 def check_size(path: Path, options: LoaderOptions) -> int:
