@@ -115,10 +115,17 @@ def check_index_consistency(rt: Any) -> None:
             "SELECT count(*) AS n FROM acl_class_terms x JOIN acl_classes k ON k.id = x.class_id"
             " JOIN terms t ON t.id = x.term_id WHERE t.collection_id <> k.collection_id").fetchone()
         assert foreign["n"] == 0, "ACL class rows point at another collection's terms"
-        empty_docs = conn.execute(
+        empty_docs = conn.execute(  # only a near-duplicate linked to its original has none
             "SELECT d.uri FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.document_id = d.id)"
+            " AND d.duplicate_of IS NULL"
         ).fetchall()
         assert empty_docs == [], f"documents without chunks: {empty_docs}"
+        dangling = conn.execute(
+            "SELECT d.uri, d.duplicate_of FROM documents d WHERE d.duplicate_of IS NOT NULL AND (EXISTS"
+            " (SELECT 1 FROM chunks c WHERE c.document_id = d.id) OR NOT EXISTS (SELECT 1 FROM documents o"
+            " WHERE o.collection_id = d.collection_id AND o.uri = d.duplicate_of) AND d.content_hash <> '')"
+        ).fetchall()
+        assert dangling == [], f"linked copies with chunks, or whose original is gone unmarked: {dangling}"
 
 
 @contextmanager

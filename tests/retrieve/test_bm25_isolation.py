@@ -173,8 +173,10 @@ def world(tmp_path_factory, pg_admin_url, template_db, embedder, cache_dir):  # 
     name = f"iso_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    # near_duplicates="index": two examples may draw the same sentence; the statistics compared here
+    # are those of every document put
     settings = Settings(data_dir=tmp_path_factory.mktemp("iso"), database_url=make_conninfo(pg_admin_url, dbname=name),
-                        cache_dir=cache_dir)
+                        cache_dir=cache_dir).replace(near_duplicates="index")
     rt = Ragtune(settings, embedder=embedder)
     yield rt
     rt.close()
