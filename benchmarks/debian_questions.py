@@ -15,7 +15,9 @@ shares. Writes benchmarks/results/debian_questions.json.
 from __future__ import annotations
 
 import argparse
+import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -142,9 +144,6 @@ NODE_PAGES = ["cli.html", "stream.html", "events.html", "os.html", "path.html"]
 
 def copy_subset(source: Path, target: Path) -> int:
     """The question packages, five node.js API pages and 40 other packages drawn at random."""
-    import random
-    import shutil
-
     others = sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in QUESTION_PACKAGES
                     and p.name != "nodejs")
     packages = QUESTION_PACKAGES + random.Random(16).sample(others, 40)

@@ -102,15 +102,12 @@ class NearDuplicateIndex:
         return self._lsh
 
     def _insert(self, uri: str, acl: tuple[str, ...], sig: bytes) -> None:
-
-        assert self._lsh is not None
         self._lsh.insert(uri, _minhash(sig))
         self._known[uri] = (acl, sig)
 
     def original_of(self, uri: str, acl: tuple[str, ...], sig: bytes) -> str | None:
         """The document ``uri`` (with this ACL and signature) copies, if any; else ``uri`` is
         remembered as an original for the rest of the run."""
-
         lsh = self._index()
         if uri in self._known:  # its own stored version is not a copy of it
             lsh.remove(uri)

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
+from ragtune.ingest.duplicates import NearDuplicateIndex, signature
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
 from ragtune.progress import ProgressCounter
@@ -154,8 +155,6 @@ class IngestPipeline:
         writes: list[Future[None]] = []
         copies = None
         if self.near_duplicates is not None:
-            from ragtune.ingest.duplicates import NearDuplicateIndex
-
             copies = NearDuplicateIndex(self.near_duplicates, lambda: self.repo.near_duplicate_signatures(info.id))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-writer") as writer:
             for group in _group_by_lookup(documents, 64):
@@ -233,9 +232,7 @@ class IngestPipeline:
         return None
 
     @staticmethod
-    def _link_if_copy(pending: _Pending, copies: Any) -> None:
-        from ragtune.ingest.duplicates import signature
-
+    def _link_if_copy(pending: _Pending, copies: NearDuplicateIndex) -> None:
         pending.minhash = signature(pending.loaded.text)
         pending.duplicate_of = copies.original_of(pending.loaded.uri, pending.effective_acl, pending.minhash)
         if pending.duplicate_of is not None:
