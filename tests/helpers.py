@@ -144,3 +144,52 @@ def database_from_template(admin_url: str, template: str, prefix: str = "t_") ->
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- a reader trained small, on a synthetic task it can learn in seconds ----------------------------
+PEOPLE = ["Ada Brook", "Bruno Vale", "Celia Marsh", "Dario Quill", "Elin Frost", "Farid Oakes", "Greta Lund",
+          "Hugo Pell", "Ines Roth", "Jonas Weir", "Kira Holm", "Luca Brandt", "Mira Sokol", "Nils Arden",
+          "Olga Vance", "Piet Maren", "Rosa Linde", "Sven Adler", "Tara Kell", "Ugo Ferri", "Vera Stahl",
+          "Wim Decker", "Xena Pruitt", "Yuri Bolt"]
+CITIES = ["Lisbon", "Tromso", "Ghent", "Padua", "Kaunas", "Bergen", "Leipzig", "Cork", "Graz", "Turku",
+          "Nantes", "Split"]
+JOBS = ["a baker", "a pilot", "a surgeon", "a carpenter", "a chemist", "a sculptor"]
+
+
+def person_fact(i: int) -> tuple[str, str, str, str]:
+    """(name, city, job, paragraph) of synthetic person ``i``."""
+    name, city, job = PEOPLE[i % len(PEOPLE)], CITIES[(i * 5) % len(CITIES)], JOBS[(i * 7) % len(JOBS)]
+    return name, city, job, f"{name} was born in {city} in a small house. Later {name} worked as {job} for years."
+
+
+def tiny_reader_examples(people: range) -> list[Any]:
+    from ragtune.finetune.reader import ReaderExample
+
+    rows = []
+    for i in people:
+        name, city, job, text = person_fact(i)
+        rows.append(ReaderExample(f"Where was {name} born?", text, text.index(city), city, group=name))
+        rows.append(ReaderExample(f"What did {name} work as?", text, text.index(job), job, group=name))
+        rows.append(ReaderExample(f"When did {name} die?", text, None, "", group=name))
+        other = person_fact(i + 1)[3]
+        rows.append(ReaderExample(f"Where was {name} born?", other, None, "", group=name))
+    return rows
+
+
+def train_tiny_reader(data_dir: Any, steps: int = 40) -> Any:
+    """A reader trained on 16 synthetic people (the last 8 are held out for tests), calibrated on
+    questions about held-out people: with answers, without, and about nobody in the passages."""
+    from ragtune.finetune.reader import CalibrationQuestion, train_reader
+    from ragtune.generate.reader import reader_store
+
+    calibration = []
+    for i in range(16, 24):
+        name, city, _, text = person_fact(i)
+        # supports as real questions have them (grounding.SupportScorer): about 0.3 and up when the
+        # passage is on the subject, far less when it is not
+        calibration.append(CalibrationQuestion(f"Where was {name} born?", [text], 0.3, [city]))
+        calibration.append(CalibrationQuestion(f"When did {name} die?", [text], 0.28, []))
+        calibration.append(CalibrationQuestion("What is the boiling point of tungsten?", [text], 0.05, [], "out"))
+    return train_reader(tiny_reader_examples(range(16)), reader_store(data_dir), calibration=calibration,
+                        max_steps=steps, batch_size=8, learning_rate=3e-4, max_length=64, stride=16,
+                        warmup_ratio=0.1, source="tests.helpers.tiny_reader_examples")

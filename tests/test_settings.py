@@ -175,7 +175,9 @@ def test_an_unknown_or_bad_key_is_named_with_its_section(tmp_path: Path, text: s
 # -- environment variables -------------------------------------------------------------------------------------
 CHOICES: dict[str, Any] = {"default_mode": "bm25", "fusion": "rrf", "hybrid_normalization": "minmax",
                            "bm25_statistics": "global", "auth": "on", "near_duplicates": "index",
-                           "near_duplicate_threshold": 0.8, "query_embedder": "int8"}
+                           "near_duplicate_threshold": 0.8, "query_embedder": "int8",
+                           "conversation": "rewrite", "repetition_penalty": 1.3, "no_repeat_ngram_size": 3,
+                           "generator": "extractive", "reader": "none"}
 
 
 def _other_value(section: Any, f: dataclasses.Field[Any]) -> tuple[str, Any]:

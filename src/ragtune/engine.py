@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ragtune.errors import ConfigError, IngestError, ModelError, NotFoundError, QueryError
-from ragtune.generate.answer import EXTRACTIVE, Answerer, AskOptions
+from ragtune.generate.answer import EXTRACTIVE, READER_GENERATOR, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
+from ragtune.generate.conversation import (
+    ConversationOptions,
+    ConversationQuery,
+    History,
+    as_conversation,
+    check_question,
+    conversation_query,
+)
 from ragtune.generate.grounding import SupportScorer
+from ragtune.generate.reader import Reader
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes
 from ragtune.models import (
@@ -68,6 +77,8 @@ MAX_SCHEDULE_INTERVAL_S = 366 * 24 * 3600
 # A setting or argument that turns a trained part off; ``vN`` names a version of one.
 _NONE = ("", "none")
 _VERSION = re.compile(r"^v[1-9][0-9]*$")
+# The generator setting that picks the measured best for a CPU (``generator_spec``).
+AUTO = "auto"
 
 
 class Ragtune:
@@ -86,6 +97,7 @@ class Ragtune:
         # trained models by the folder they were loaded from: a new version is a new folder
         self._rerankers: dict[str, Reranker] = {}
         self._answerability: dict[Path, AnswerabilityModel] = {}
+        self._readers: dict[Path, Reader] = {}
 
     # -- lazily built parts --------------------------------------------------------------------
     @property
@@ -476,10 +488,12 @@ class Ragtune:
     def search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
                filters: Sequence[Filter | str] | dict[str, Any] | None = None,
                principal: Principal | None = None, query_vector: np.ndarray | None = None,
-               reranker: Reranker | str | bool | None = None,
+               reranker: Reranker | str | bool | None = None, history: History | None = None,
                **options: Any) -> SearchResult:
         """Ranked hits. ``reranker`` (see ``reranker()``; default: the ``reranker`` setting) rescores
-        its ``top_n`` candidates (at least ``top_k``), and the first ``top_k`` are kept."""
+        its ``top_n`` candidates (at least ``top_k``), and the first ``top_k`` are kept. With
+        ``history`` (the conversation so far) ``query`` is a follow-up, searched as
+        ``conversation_query()`` makes it; the result and its trace hold that query."""
         name = collection or self.settings.default_collection
         if reranker is None or isinstance(reranker, (str, bool)):
             reranker = self.reranker(reranker, collection=name)
@@ -494,15 +508,39 @@ class Ragtune:
             raise QueryError(f"the query holds {problem}")
         parsed = as_filters(filters)
         check_size(parsed, FilterLimits(self.settings.retrieval.max_filters, self.settings.retrieval.max_filter_values))
+        note = None
+        if history is not None:
+            asked = self.conversation_query(query, history, mode=opts.mode, query_vector=query_vector)
+            if asked.turns:  # else nothing before the question was used: a plain search
+                query, query_vector, note = asked.text, asked.vector, {"conversation": asked.trace()}
         result = self.db.read(lambda: self.searcher.search(
             name, query, opts, filters=parsed,
-            principal=principal or _OPERATOR, query_vector=query_vector))
+            principal=principal or _OPERATOR, query_vector=query_vector, trace_params=note))
         if reranker is None:
             return result
         started = time.perf_counter()
         hits = reranker.rerank(query, result.hits)[:top_k]
         timings = {**result.timings_ms, "rerank": (time.perf_counter() - started) * 1000}
         return dataclasses.replace(result, hits=hits, mode=f"{result.mode}+rerank", timings_ms=timings)
+
+    def conversation_query(self, question: str, history: History, *, method: str | None = None,
+                           mode: str | None = None, query_vector: np.ndarray | None = None,
+                           generator: Generator | str | None = None) -> ConversationQuery:
+        """How ``question`` is searched after ``history`` (checked: roles, content, size): by
+        ``method`` (default: the ``conversation`` setting; ``generate/conversation.py``), embedding
+        with the query embedder unless ``mode`` is bm25; ``query_vector`` is the question's own
+        embedding when the caller has it. The rewrite methods rewrite with ``generator`` (default:
+        the ``rewrite_generator`` setting, else the ``generator`` one)."""
+        options = ConversationOptions.from_settings(self.settings, method)
+        messages = as_conversation(history, options)
+        check_question(question)
+        rewriter = None
+        if options.rewrites:
+            rewriter = (self.generator(generator or self.settings.retrieval.rewrite_generator or None)
+                        if generator is None or isinstance(generator, str) else generator)
+        embedder = None if (mode or self.settings.retrieval.default_mode) == "bm25" else self.query_embedder
+        return conversation_query(question, messages, options, embedder=embedder, generator=rewriter,
+                                  question_vector=query_vector)
 
     def reranker(self, spec: str | bool | None = None, *, collection: str | None = None) -> Reranker | None:
         """The reranker a search uses. ``spec``: None for the ``reranker`` setting; False, ``""`` or
@@ -542,6 +580,29 @@ class Ragtune:
             self._answerability[folder] = AnswerabilityModel(folder)
         return self._answerability[folder]
 
+    def reader_model(self, spec: str | bool | None = None) -> Reader | None:
+        """The trained reader (``ragtune reader train``) that answers for ``-g reader`` and decides
+        abstention for every generator. ``spec``: None for the ``reader`` setting; ``auto`` for the
+        latest when the project has one, else none; False, ``""`` or ``none`` for none; True or
+        ``latest`` for the latest (an error when none is trained); ``vN``; or a folder. Each loads once."""
+        from ragtune.generate.reader import reader_store
+
+        chosen = "latest" if spec is True else self._choose(spec, self.settings.generation.reader)
+        if chosen is None:
+            return None
+        store = reader_store(self.settings.data_dir)
+        if chosen == "auto":
+            if not store.versions():
+                return None
+            chosen = "latest"
+        if chosen == "latest" or _VERSION.match(chosen):
+            folder = store.get(None if chosen == "latest" else int(chosen[1:])).path
+        else:
+            folder = Path(chosen).expanduser()
+        if folder not in self._readers:
+            self._readers[folder] = Reader(folder)
+        return self._readers[folder]
+
     @staticmethod
     def _choose(spec: str | bool | None, configured: str) -> str | None:
         """The spec a part is resolved from (None: no part), by the rule ``reranker`` and
@@ -558,15 +619,24 @@ class Ragtune:
     # -- answers -------------------------------------------------------------------------------
     def generator(self, spec: str | None = None) -> Generator | None:
         """The generator named by ``spec`` (default: the ``generator`` setting), built once and
-        reused; None for ``extractive``, which needs no model."""
-        spec = (spec or self.settings.generation.generator).strip()
-        if spec == EXTRACTIVE:
+        reused; None for ``extractive`` and ``reader``, which need no generation model."""
+        spec = self.generator_spec(spec)
+        if spec in (EXTRACTIVE, READER_GENERATOR):
             return None
         if spec not in self._generators:
             from ragtune.generate.registry import make_generator
 
             self._generators[spec] = make_generator(spec, self.settings, self.plugins)
         return self._generators[spec]
+
+    def generator_spec(self, spec: str | None = None) -> str:
+        """The generator ``spec`` names (default: the ``generator`` setting). ``auto``, the default,
+        is the measured best on a CPU (README: reader vs extractive vs SmolLM2): the project's trained
+        reader when it has one, else ``extractive``."""
+        chosen = (spec or self.settings.generation.generator).strip()
+        if chosen == AUTO:
+            return READER_GENERATOR if self.reader_model() is not None else EXTRACTIVE
+        return chosen
 
     @cached_property
     def support_scorer(self) -> SupportScorer:
@@ -578,6 +648,7 @@ class Ragtune:
             on_token: Callable[[str], None] | None = None, max_tokens: int | None = None,
             query_vector: np.ndarray | None = None, reranker: Reranker | str | bool | None = None,
             answerability: AnswerabilityModel | str | bool | None = None,
+            reader: Reader | str | bool | None = None, history: History | None = None,
             **search_options: Any) -> Answer:
         """Retrieve, then answer with numbered citations, or abstain when the documents do not answer.
 
@@ -585,7 +656,8 @@ class Ragtune:
         a model folder) or any object with the ``Generator`` protocol; ``on_token`` receives the
         answer as it streams. ``reranker`` reorders the sources (see ``reranker()``);
         ``answerability`` adds a trained model's abstention decision (see ``answerability_model()``);
-        both default to their settings.
+        both default to their settings. ``history``, the conversation so far, is what retrieval
+        reads a follow-up by (see ``search()``); the answer is to ``question`` as asked.
         """
         s = self.settings
         g = s.generation
@@ -593,16 +665,25 @@ class Ragtune:
                              context_tokens=g.context_tokens, abstain_threshold=g.abstain_threshold,
                              support_threshold=g.support_threshold)
         model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
+        spec = self.generator_spec(generator) if generator is None or isinstance(generator, str) else ""
+        read_answers = spec == READER_GENERATOR
+        reads = (self.reader_model(True if read_answers and reader is None else reader)
+                 if reader is None or isinstance(reader, (str, bool)) else reader)
+        if read_answers and reads is None:
+            raise ConfigError("the reader generator needs a trained reader: train one with `ragtune reader train`, "
+                              "or choose another generator")
         judge = (self.answerability_model(answerability)
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or _OPERATOR
         name = collection or s.default_collection
         timer = StageTimer()
         with timer.stage("retrieve"):
-            retrieved = self.search(question, collection=name, top_k=options.top_k, mode=mode, filters=filters,
-                                    principal=principal, query_vector=query_vector, reranker=reranker,
-                                    **search_options)
-        answerer = Answerer(model, self.support_scorer, self.traces, judge)
+            # with a history the search is by the conversation; the answer is to the question itself
+            retrieved = self.search(check_question(question), collection=name, top_k=options.top_k, mode=mode,
+                                    filters=filters, principal=principal, query_vector=query_vector,
+                                    reranker=reranker, history=history, **search_options)
+        answerer = Answerer(model, self.support_scorer, self.traces, judge, reader=reads, read_answers=read_answers,
+                            reader_hint=g.reader_hint)
         return answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                on_token=on_token, timer=timer)
 

@@ -223,6 +223,25 @@ class AnswerSentence:
 
 
 @dataclass(frozen=True)
+class AnswerSpan:
+    """What the reader found: the answer's exact place in a document (character offsets into the
+    document's text), the sentence around it, and the reader's confidence (0..1) that it answers."""
+
+    text: str
+    source: int  # the source number it was read from
+    uri: str
+    document_id: int
+    chunk_id: int
+    start: int
+    end: int
+    sentence: str
+    sentence_start: int
+    sentence_end: int
+    confidence: float
+    kind: str = "span"  # "yes" / "no": the question is answered by that word, the span is its evidence
+
+
+@dataclass(frozen=True)
 class Answer:
     question: str
     text: str
@@ -237,3 +256,12 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     trace_id: int | None = None
     prompt: list[Message] = field(default_factory=list)
+    # Why the answer abstained: "retrieval" (the documents do not cover the question), "reader"
+    # (they cover it but do not say), "answerability" (the answerability model), "generator" (the
+    # generator said so); None when it answered.
+    decided_by: str | None = None
+    # Two separate signals: ``grounded`` (and each sentence's support) says the sources back what
+    # the answer says; ``relevance`` (0..1, from the reader; None without one) says the answer
+    # answers the question.
+    relevance: float | None = None
+    span: AnswerSpan | None = None

@@ -67,6 +67,7 @@ def test_eval_retrieval_cli_json(database_url: str, cache_dir: Path, tmp_path: P
                                       "--json"])
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert set(payload["modes"]) == {"bm25", "hybrid"} and payload["measures"] == ["nDCG@10", "R@5", "R@10", "RR@10"]
+    assert set(payload["modes"]) == {"bm25", "hybrid"}
+    assert payload["measures"] == ["nDCG@10", "R@1", "P@1", "R@5", "R@10", "RR@10"]
     bad = CliRunner().invoke(app, ["eval", "retrieval", "--dataset", "nonsense"])
     assert bad.exit_code == 2 and "unknown dataset" in bad.stderr

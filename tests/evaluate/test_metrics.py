@@ -31,10 +31,13 @@ RUN = {
 def test_hand_computed_case() -> None:
     per_q = per_query_metrics(QRELS, RUN)
     assert set(per_q) == {"q1", "q2", "q3", "q5"}
-    assert per_q["q1"] == pytest.approx({"nDCG@10": 1 / math.log2(3), "R@5": 1.0, "R@10": 1.0, "RR@10": 0.5})
+    assert per_q["q1"] == pytest.approx({"nDCG@10": 1 / math.log2(3), "R@1": 0.0, "P@1": 0.0, "R@5": 1.0,
+                                         "R@10": 1.0, "RR@10": 0.5})
     ndcg_q2 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
-    assert per_q["q2"] == pytest.approx({"nDCG@10": ndcg_q2, "R@5": 1.0, "R@10": 1.0, "RR@10": 1.0})
-    assert per_q["q3"] == per_q["q5"] == {"nDCG@10": 0.0, "R@5": 0.0, "R@10": 0.0, "RR@10": 0.0}
+    assert per_q["q2"] == pytest.approx({"nDCG@10": ndcg_q2, "R@1": 0.5, "P@1": 1.0, "R@5": 1.0, "R@10": 1.0,
+                                         "RR@10": 1.0})
+    assert per_q["q3"] == per_q["q5"] == {"nDCG@10": 0.0, "R@1": 0.0, "P@1": 0.0, "R@5": 0.0, "R@10": 0.0,
+                                          "RR@10": 0.0}
     mean = retrieval_metrics(QRELS, RUN)
     assert mean["nDCG@10"] == pytest.approx((1 / math.log2(3) + ndcg_q2) / 4)
     assert mean["RR@10"] == pytest.approx(1.5 / 4)

@@ -17,7 +17,7 @@ def _hit(rank: int, text: str, start: int = 0, uri: str = "doc") -> Hit:
 @pytest.mark.parametrize(("text", "expected"), [
     ("One. Two! Three?", ["One.", "Two!", "Three?"]),
     ("He said \"stop.\" Then left.", ["He said \"stop.\"", "Then left."]),
-    ("Line one\nLine two", ["Line one", "Line two"]),
+    ("Line one\n\nLine two", ["Line one", "Line two"]),  # a single line break: tests/generate/test_sentences.py
     ("Version 2.1 shipped. Done", ["Version 2.1 shipped.", "Done"]),
     ("  ", []),
     ("東京です。大阪です。", ["東京です。", "大阪です。"]),

@@ -28,6 +28,7 @@ from ragtune.retrieve.rerank import reranker_store
 from ragtune.settings import Settings
 from ragtune.testing.serve import serve_in_thread
 from tests.cli.runner import invoke
+from tests.helpers import train_tiny_reader
 
 COLLECTION = "handbook"
 GROUP_A = [
@@ -46,6 +47,7 @@ VARIANTS = {  # name -> (CLI flags, engine keywords, request fields)
     "rerank": (("--rerank",), {"reranker": True}, {"rerank": True}),
     "answerability": (("--rerank", "--answerability", "latest"), {"reranker": True, "answerability": True},
                       {"rerank": True, "answerability": True}),
+    "reader": (("-g", "reader"), {"generator": "reader"}, {"generator": "reader"}),
 }
 
 
@@ -65,7 +67,7 @@ def world(module_database_url: str, cache_dir: Path, embedder: Any,
 
     data_dir = tmp_path_factory.mktemp("parity") / "data"
     settings = Settings.of(data_dir=data_dir, database_url=module_database_url, cache_dir=cache_dir,
-                           generator="extractive", server={"rate_limit": 0})
+                           generator="extractive", reader="none", server={"rate_limit": 0})
     # the collection's reranker and the project's answerability model, trained small and fast
     topics = ("parental leave", "sick leave", "annual leave", "study leave", "jury duty", "a sabbatical")
     train_reranker([Triple(f"how long is {t}", f"{t} lasts sixteen weeks.", f"{t} forms are on paper.")
@@ -77,6 +79,9 @@ def world(module_database_url: str, cache_dir: Path, embedder: Any,
     rows = [*rng.sample([e for e in train if e.answerable], 8), *rng.sample([e for e in train if not e.answerable], 8)]
     train_answerability(rows, answerability_store(data_dir), validation=[*held_out[:6],
                         *[e for e in held_out if not e.answerable][:6]], batch_size=8, max_length=64, source="test")
+    # the project's reader, trained small on another task: only the reader variant, which asks for it
+    # (`-g reader`), answers and abstains by it; the others keep the support threshold (reader=none)
+    train_tiny_reader(data_dir, steps=8)
     with Ragtune(settings, embedder=embedder) as rt:
         rt.ingest_documents(GROUP_A, collection=COLLECTION, acl=["a"])
         rt.ingest_documents(PUBLIC, collection=COLLECTION, acl=[])
@@ -92,6 +97,7 @@ def cli_env(world: World, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(world.rt.settings.data_dir))
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("RAGTUNE_GENERATION_GENERATOR", "extractive")
+    monkeypatch.setenv("RAGTUNE_GENERATION_READER", "none")
     monkeypatch.chdir(tmp_path)
 
 
@@ -121,6 +127,10 @@ def _answer(fields: dict[str, Any]) -> dict[str, Any]:
                     for s in fields["sources"]],
         "support": pytest.approx(fields["usage"]["question_support"], abs=1e-3),
         "answerable": pytest.approx(fields["usage"].get("answerable_probability"), abs=1e-3),
+        "decided_by": fields["decided_by"],
+        "no_answer": pytest.approx(fields["usage"].get("reader_no_answer"), abs=1e-3),
+        "span": None if fields["span"] is None else (fields["span"]["uri"], fields["span"]["start"],
+                                                     fields["span"]["end"], fields["span"]["text"]),
     }
 
 
@@ -137,7 +147,7 @@ def test_ask_is_the_same_through_the_cli_the_python_api_and_http(world: World, c
     judged = 0
     for question in QUESTIONS:
         api = _answer_fields(world.rt.ask(question, collection=COLLECTION, principal=world.principal,
-                                          generator="extractive", **keywords))
+                                          **{"generator": "extractive", **keywords}))
         http = _post(world, f"/collections/{COLLECTION}/ask",
                      {"question": question, "generator": "extractive", **fields})
         cli = _cli("ask", question, "--collection", COLLECTION, "--as-group", "a", "--generator", "extractive",

@@ -29,11 +29,13 @@ DEMO_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-DEMO_QUESTIONS: tuple[tuple[str, str], ...] = (
-    ("Who was the leader of the Norse settlers in Normandy?", "extractive"),
-    ("Which river flows through Warsaw?", "smollm2"),
-    ("Which university did Nikola Tesla attend?", "smollm2"),  # no SQuAD dev article covers Tesla
+DEMO_QUESTIONS: tuple[str, ...] = (
+    "Who was the leader of the Norse settlers in Normandy?",
+    "Which river flows through Warsaw?",
+    "Which university did Nikola Tesla attend?",  # no SQuAD dev article covers Tesla
 )
+# Each question is answered by the trained reader and by the local LLM, side by side.
+DEMO_GENERATORS = ("reader", "smollm2")
 
 
 def write_articles(dataset: Any, folder: Path) -> int:
@@ -54,17 +56,41 @@ def write_articles(dataset: Any, folder: Path) -> int:
 @app.command()
 def demo(
     eval_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N SQuAD questions.")] = None,
+    reader_steps: Annotated[int, typer.Option(
+        min=1, help="Training steps of the quick reader the demo trains when the project has none "
+                    "(`ragtune reader train` trains the full one).")] = 120,
     data_dir: DataDir = None,
 ) -> None:
-    """Run the main job end to end: ingest SQuAD articles, search, update, evaluate."""
+    """Run the main job end to end: ingest SQuAD articles, search, update, answer, evaluate."""
     def body() -> None:
         with engine(data_dir) as rt:
-            run_demo(rt, eval_limit=eval_limit)
+            run_demo(rt, eval_limit=eval_limit, reader_steps=reader_steps)
 
     run_command(body)
 
 
-def run_demo(rt: Ragtune, *, eval_limit: int | None) -> None:
+def quick_reader(rt: Ragtune, steps: int) -> None:
+    """Train a small reader once into the project (SQuAD's training articles only, the lowest two
+    layers frozen, short windows: minutes on 2 cores); the full one is ``ragtune reader train``."""
+    from ragtune.finetune.reader import calibration_questions, public_split, train_reader
+    from ragtune.generate.reader import reader_store
+
+    store = reader_store(rt.settings.data_dir)
+    if store.versions():
+        return
+    split = public_split(rt.settings.resolved_cache_dir / "packages", hotpotqa=False)
+    embedder, analyzer = rt.embedder, rt.analyzer
+    with ProgressBars() as bars:
+        artefact = train_reader(split.train, store, calibration=[], max_steps=steps, epochs=1, max_length=192,
+                                stride=64, frozen_layers=2, progress=bars, source={"public": ["squad-2.0-dev"]},
+                                calibration_fn=lambda net: calibration_questions(net, split, embedder, analyzer,
+                                                                                 limit=300, out_limit=150))
+    held = artefact.manifest["metrics"]["validation"]
+    console.print(f"trained a quick reader ({steps} steps, {artefact.manifest['metrics']['train_seconds']:.0f}s): "
+                  f"validation overall F1 {held['overall_f1']:.3f}, answerable F1 {held['has_answer_f1']:.3f}")
+
+
+def run_demo(rt: Ragtune, *, eval_limit: int | None, reader_steps: int = 120) -> None:
     """The five steps of ``ragtune demo`` on an open engine, printed as they run."""
     from ragtune.evaluate.datasets import load_dataset
     from ragtune.evaluate.retrieval import evaluate_retrieval
@@ -102,19 +128,22 @@ def run_demo(rt: Ragtune, *, eval_limit: int | None) -> None:
     hit = rt.search("What is the name of the demo mascot?", collection="squad-articles", top_k=1).hits
     console.print(f"after deleting it ({removed} removed): top hit {Path(hit[0].uri).name!r}" if hit else "no hit")
 
-    console.rule("4. cited answers (extractive, the local SmolLM2-135M), and a question no article covers")
-    for question, generator in DEMO_QUESTIONS:
-        console.print(f"[bold]Q ({generator}):[/] {question}")
-        console.print("[bold]A:[/] ", end="")
-        streamed: list[str] = []
+    console.rule("4. cited answers: the trained reader beside the local SmolLM2-135M, and a question no "
+                 "article covers")
+    quick_reader(rt, reader_steps)
+    for question in DEMO_QUESTIONS:
+        console.print(f"[bold]Q:[/] {question}")
+        for generator in DEMO_GENERATORS:
+            console.print(f"[bold]A ({generator}):[/] ", end="")
+            streamed: list[str] = []
 
-        def show(text: str, streamed: list[str] = streamed) -> None:
-            streamed.append(text)
-            console.print(text, end="", highlight=False, markup=False)
+            def show(text: str, streamed: list[str] = streamed) -> None:
+                streamed.append(text)
+                console.print(text, end="", highlight=False, markup=False)
 
-        answer = rt.ask(question, collection="squad-articles", generator=generator, top_k=3, on_token=show)
-        console.print("" if streamed else answer.text, highlight=False, markup=False)
-        print_sources(console, answer)
+            answer = rt.ask(question, collection="squad-articles", generator=generator, top_k=3, on_token=show)
+            console.print("" if streamed else answer.text, highlight=False, markup=False)
+            print_sources(console, answer)
 
     label = f"first {eval_limit}" if eval_limit else "all"
     console.rule(f"5. retrieval quality on SQuAD 2.0 dev ({label} answerable questions, paragraph level)")

@@ -50,7 +50,8 @@ def eval_answers(
 def answers_table(result: dict[str, Any]) -> Table:
     """One row per generator of ``evaluate_answers``' result (the benchmarks print it too)."""
     table = Table(title=f"answers on {result['dataset']}: {result['questions']} questions")
-    columns = [("EM", "exact_match"), ("F1", "f1"), ("abst. P", "abstention_precision"),
+    columns = [("EM", "exact_match"), ("HasAns F1", "f1"), ("overall F1", "overall_f1"),
+               ("abst. P", "abstention_precision"),
                ("abst. R", "abstention_recall"), ("cite P", "citation_precision"), ("grounded", "groundedness"),
                ("p50 ms", "p50_ms"), ("tok/s", "tokens_per_second")]
     table.add_column("generator")
@@ -72,17 +73,23 @@ def eval_retrieval(
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
     subset_corpus: Annotated[bool, typer.Option(help="With --limit: index only those queries' paragraphs.")] = False,
     collection: CollectionOpt = None,
+    measures: Annotated[str | None, typer.Option(
+        help="ir_measures names, space- or comma-separated, e.g. \"nDCG@10 R@1 P@1 RR@10\" (default: nDCG@10 R@1 "
+             "P@1 R@5 R@10 RR@10).")] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Retrieval quality per search mode on a dataset: nDCG@10, Recall@5, Recall@10, MRR@10 and
-    latency."""
+    """Retrieval quality per search mode on a dataset: nDCG@10, Recall@1, Precision@1, Recall@5,
+    Recall@10, MRR@10 (or the --measures given) and latency."""
     def body() -> None:
+        from ragtune.evaluate.metrics import DEFAULT_MEASURES, parse_measures
         from ragtune.evaluate.retrieval import evaluate_retrieval
 
+        chosen = parse_measures(measures) if measures is not None else DEFAULT_MEASURES  # checked before indexing
         with engine(data_dir) as rt, ProgressBars(transient=True) as bars:
             result = evaluate_retrieval(rt, dataset, modes=[m.strip() for m in modes.split(",")], limit=limit,
-                                        subset_corpus=subset_corpus, collection=collection, progress=bars)
+                                        subset_corpus=subset_corpus, collection=collection, progress=bars,
+                                        measures=chosen)
         if as_json:
             print(json.dumps(result, indent=2))
             return

@@ -19,11 +19,13 @@ from ragtune.cli import (
     admin,
     answerability,
     ask,
+    chat,
     datasets,
     demo,
     documents,
     evaluate,
     models,
+    reader,
     rerank,
     schedules,
     search,
@@ -65,7 +67,8 @@ def _group(name: str, help_text: str, *parts: typer.Typer) -> None:
 
 
 # The order below is the order `ragtune --help` lists them in.
-for commands in (serve.app, documents.app, search.app, ask.app, demo.app):  # serve, ingest, sync, search, ask, demo
+# serve, ingest, sync, search, ask, chat, demo
+for commands in (serve.app, documents.app, search.app, ask.app, chat.app, demo.app):
     app.add_typer(commands)
 _group("docs", "List, show and remove documents.", documents.docs_app)
 _group("db", "The embedded PostgreSQL server.", admin.db_app)
@@ -80,6 +83,8 @@ _group("keys", "API keys of the HTTP server (shown once, stored hashed).", serve
 _group("schedules", "Scheduled syncs of a folder or s3:// source, run by `ragtune serve` as ingest jobs.",
        schedules.app)
 _group("answerability", "Train the answerability model used for abstention.", answerability.app)
+_group("reader", "Train and list the extractive reader (`ask -g reader`; abstention for every generator).",
+       reader.app)
 _group("tune", "Fine-tune LoRA adapters on datasets (SFT or DPO).", tune.app, tune_eval.app, tune_search.app)
 _group("models", "Registered fine-tuned models: track, register, promote, roll back, export (MLflow in the "
                  "project's PostgreSQL).", models.app)

@@ -115,6 +115,10 @@ def score_generator(results: Sequence[CaseResult]) -> dict[str, Any]:
         "questions": len(results), "answerable": len(answerable), "unanswerable": len(unanswerable),
         "exact_match": _mean([exact_match(r.prediction, r.case.answers) for r in answerable]),
         "f1": _mean([token_f1(r.prediction, r.case.answers) for r in answerable]),
+        # the official SQuAD 2.0 overall F1: an unanswerable question scores 1 when abstained
+        "overall_f1": _mean([token_f1(r.prediction, r.case.answers if r.case.answerable else [])
+                             for r in results]),
+        "no_answer_accuracy": _mean([float(r.answer.abstained) for r in unanswerable]) if unanswerable else None,
         "abstained": len(abstained),
         "abstention_precision": true_abstentions / len(abstained) if abstained else None,
         "abstention_recall": true_abstentions / len(unanswerable) if unanswerable else None,

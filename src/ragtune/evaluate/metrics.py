@@ -16,6 +16,7 @@ from. What this module adds is the bookkeeping that silently changes numbers whe
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
@@ -26,7 +27,9 @@ from ragtune.errors import ConfigError, QueryError
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
 
-DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "R@5", "R@10", "RR@10")
+# R@1 and P@1: whether the first hit is right, what a generator given one source sees (with one
+# relevant document per query, as in SQuAD, the two are equal).
+DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "R@1", "P@1", "R@5", "R@10", "RR@10")
 
 
 def _parse(measures: Sequence[str]) -> list[tuple[str, Measure]]:
@@ -35,10 +38,31 @@ def _parse(measures: Sequence[str]) -> list[tuple[str, Measure]]:
     parsed: list[tuple[str, Measure]] = []
     for name in measures:
         try:
-            parsed.append((name, ir_measures.parse_measure(name)))
+            measure = ir_measures.parse_measure(name)
         except (ValueError, NameError, TypeError, SyntaxError) as exc:
-            raise ConfigError(f"unknown retrieval measure {name!r} (e.g. 'nDCG@10', 'R@5', 'RR@10')") from exc
+            raise ConfigError(f"unknown retrieval measure {name!r}: give ir_measures names such as 'nDCG@10', "
+                              "'R@1', 'P@1', 'R@5', 'RR@10', 'AP'") from exc
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and (not isinstance(cutoff, int) or cutoff < 1):
+            raise ConfigError(f"retrieval measure {name!r}: the cutoff after @ must be a whole number of at least 1")
+        parsed.append((name, measure))
     return parsed
+
+
+def parse_measures(text: str | Sequence[str]) -> tuple[str, ...]:
+    """ir_measures names from a space- or comma-separated list (``"nDCG@10 R@1 P@1"``), each checked,
+    duplicates dropped; a ``ConfigError`` names the first that is not a measure."""
+    names = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else [n.strip() for n in text]
+    names = list(dict.fromkeys(n for n in names if n))
+    _parse(names)
+    return tuple(names)
+
+
+def measure_depth(measures: Sequence[str]) -> int | None:
+    """The deepest cutoff among ``measures`` (None when one has none, e.g. ``AP``: it reads the
+    whole run): how many documents a run must hold for them to be right."""
+    cutoffs = [m.params.get("cutoff") for _, m in _parse(measures)]
+    return max(int(c) for c in cutoffs if c is not None) if all(c is not None for c in cutoffs) else None
 
 
 def _judged(qrels: Qrels) -> dict[str, dict[str, int]]:

@@ -51,10 +51,16 @@ def index_dataset(rt: Any, dataset: Any, collection: str | None = None, progress
 
 def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "dense", "hybrid"),
                        limit: int | None = None, subset_corpus: bool = False, collection: str | None = None,
-                       progress: Progress | None = None, top_k: int = 10, search_options: dict[str, Any] | None = None
-                       ) -> dict[str, Any]:
+                       progress: Progress | None = None, top_k: int = 10, search_options: dict[str, Any] | None = None,
+                       measures: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every mode's ``measures`` (ir_measures names; default ``metrics.DEFAULT_MEASURES``) and
+    latency. Each query's run holds ``top_k`` documents, or as many as the deepest cutoff needs."""
     from ragtune.evaluate.datasets import load_dataset
-    from ragtune.evaluate.metrics import retrieval_metrics
+    from ragtune.evaluate.metrics import DEFAULT_MEASURES, measure_depth, retrieval_metrics
+    from ragtune.retrieve.searcher import MAX_TOP_K
+
+    measures = tuple(measures or DEFAULT_MEASURES)
+    top_k = min(MAX_TOP_K // 2, max(top_k, measure_depth(measures) or top_k))
 
     dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages", limit_queries=limit,
                            subset_corpus=subset_corpus)
@@ -84,7 +90,7 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
                     break
             run[qid] = scores
             emit(progress, "queries", m * len(qids) + i + 1, total, detail=mode)
-        metrics = retrieval_metrics(dataset.qrels, run)
+        metrics = retrieval_metrics(dataset.qrels, run, measures=measures)
         metrics["p50_ms"] = float(np.percentile(latencies, 50))
         metrics["p95_ms"] = float(np.percentile(latencies, 95))
         results[mode] = metrics

@@ -16,20 +16,32 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ragtune.errors import GenerationTimeoutError
+from ragtune.errors import ConfigError, GenerationTimeoutError
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import Evidence, SupportScorer, parse_citations, strip_citations
 from ragtune.generate.prompt import NO_ANSWER, Prompt, PromptSource, build_prompt
-from ragtune.generate.sentences import sentence_spans, split_sentences
-from ragtune.models import Answer, AnswerSentence, Citation, Completion, Principal, SearchResult
+from ragtune.generate.reader import Reader, ReaderSpan
+from ragtune.generate.sentences import sentence_spans, split_sentences, unwrap
+from ragtune.models import (
+    Answer,
+    AnswerSentence,
+    AnswerSpan,
+    Citation,
+    Completion,
+    Message,
+    Principal,
+    SearchResult,
+)
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
 from ragtune.protocols import Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
+READER_GENERATOR = "reader"
 _ABSTAIN_MARKERS = ("do not answer", "does not answer", "don't answer", "cannot answer", "no information")
 
 
@@ -58,14 +70,25 @@ class Answerer:
     """Answers over hits with one generator, or extractively when ``generator`` is None."""
 
     def __init__(self, generator: Generator | None, scorer: SupportScorer, traces: TraceWriter | None = None,
-                 answerability: AnswerabilityModel | None = None) -> None:
-        self.generator = generator
+                 answerability: AnswerabilityModel | None = None, *, reader: Reader | None = None,
+                 read_answers: bool = False, reader_hint: bool = False) -> None:
+        if read_answers and reader is None:
+            raise ConfigError("answering with the reader needs a trained reader (`ragtune reader train`)")
+        self.generator = None if read_answers else generator
         self.scorer = scorer
         self.traces = traces
         self.answerability = answerability
+        # With a reader, abstention is its rule (``reader.Abstention``) for every generator; the
+        # reader answers itself (``read_answers``: ``-g reader``) or, with ``reader_hint``, its span
+        # is shown to the generator in the prompt.
+        self.reader = reader
+        self.read_answers = read_answers
+        self.reader_hint = reader_hint
 
     @property
     def model_name(self) -> str:
+        if self.read_answers and self.reader is not None:
+            return f"{READER_GENERATOR}:{self.reader.name}"
         return self.generator.name if self.generator is not None else EXTRACTIVE
 
     def answer(self, question: str, retrieved: SearchResult, options: AskOptions, *, principal: Principal,
@@ -78,26 +101,40 @@ class Answerer:
         with timer.stage("support"):
             candidates = self._candidates(question, prompt.sources)
         best = max((c.evidence.support for c in candidates), default=0.0)
+        found: ReaderSpan | None = None
+        if self.reader is not None and prompt.sources:
+            with timer.stage("read"):
+                found = self.reader.read(question, [s.text for s in prompt.sources])
+        decided_by = self._decide(best, found, options)
         answerable: float | None = None
-        if self.answerability is not None and best >= options.abstain_threshold:
+        if self.answerability is not None and decided_by is None:
             with timer.stage("answerability"):
                 answerable = self.answerability.probability(question, [s.text for s in prompt.sources])
+            if answerable < self.answerability.threshold:
+                decided_by = "answerability"
+        span = self._span(found, prompt.sources) if found is not None else None
         completion: Completion | None = None
         error = None
         sentences: list[AnswerSentence] = []
-        if best < options.abstain_threshold or (
-                answerable is not None and self.answerability is not None
-                and answerable < self.answerability.threshold):
+        if decided_by is not None:
             text, abstained = NO_ANSWER, True
+        elif self.read_answers and span is not None:
+            text, sentences = _read_answer(span)
+            abstained = False
+            if on_token is not None:
+                on_token(text)
         elif self.generator is None:
             text, sentences = self._extractive(candidates, options)
             abstained = False
             if on_token is not None:
                 on_token(text)
         else:
+            messages = prompt.messages
+            if self.reader_hint and span is not None:
+                messages = _with_hint(messages, span)
             with timer.stage("generate"):
                 try:
-                    completion = self.generator.generate(prompt.messages, max_tokens=options.max_tokens,
+                    completion = self.generator.generate(messages, max_tokens=options.max_tokens,
                                                          on_token=on_token)
                 except GenerationTimeoutError as exc:
                     error = str(exc)
@@ -105,6 +142,7 @@ class Answerer:
                 error = f"generation timed out after {completion.seconds:.1f}s; the answer is cut short"
             text = completion.text if completion is not None else ""
             abstained = completion is not None and _says_no_answer(text)
+            decided_by = "generator" if abstained else None
             with timer.stage("grounding"):
                 sentences = [] if abstained or not text else self._check(text, prompt.sources, options)
         citations = _citations(prompt.sources, sentences)
@@ -112,13 +150,38 @@ class Answerer:
             question=question, text=text, citations=citations, hits=hits, model=self.model_name,
             sentences=sentences, abstained=abstained,
             grounded=not abstained and bool(sentences) and all(s.supported for s in sentences),
-            error=error, usage=_usage(completion, best, answerable), timings_ms=dict(timer.timings_ms),
-            prompt=prompt.messages,
+            error=error, usage=_usage(completion, best, answerable, found), timings_ms=dict(timer.timings_ms),
+            prompt=prompt.messages, decided_by=decided_by,
+            relevance=None if span is None or abstained else _relevance(text, span, self.read_answers),
+            span=None if abstained else span,
         )
         trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion)
         return Answer(**{**answer.__dict__, "trace_id": trace_id})
 
     # -- parts ---------------------------------------------------------------------------------
+    def _decide(self, support: float, found: ReaderSpan | None, options: AskOptions) -> str | None:
+        """The one abstention decision, before any generation: the reader's rule when there is a
+        reader, else the support threshold. None: answer."""
+        if self.reader is None:
+            return "retrieval" if support < options.abstain_threshold else None
+        if found is None:  # no source text to read
+            return "retrieval"
+        return self.reader.abstention.decide(support, found.no_answer)
+
+    def _span(self, found: ReaderSpan, sources: Sequence[PromptSource]) -> AnswerSpan:
+        """The reader's span in document offsets, with the sentence holding it."""
+        source = sources[found.passage]
+        sentence = next(((a, b) for a, b in sentence_spans(source.text) if a <= found.start < b),
+                        (found.start, found.end))
+        assert self.reader is not None
+        confidence = 1 / (1 + math.exp(-(found.margin + self.reader.abstention.no_answer_above)))
+        return AnswerSpan(text=found.text, source=source.number, uri=source.hit.uri,
+                          document_id=source.hit.document_id, chunk_id=source.hit.chunk.id or 0,
+                          start=source.start + found.start, end=source.start + found.end,
+                          sentence=source.text[sentence[0]:sentence[1]], sentence_start=source.start + sentence[0],
+                          sentence_end=source.start + sentence[1], confidence=round(confidence, 4),
+                          kind=found.kind)
+
     def _count_tokens(self) -> Callable[[str], int]:
         if isinstance(self.generator, TokenBudget):
             return self.generator.count_tokens
@@ -136,18 +199,22 @@ class Answerer:
         spans = [(s, a, b) for s in sources for a, b in sentence_spans(s.text)]
         if not spans:
             return []
-        evidence = self.scorer.evidence([question], [[s.text[a:b]] for s, a, b in spans])[0]
+        # Scored on one line: a PDF line break or a hyphenated word split must not cut terms apart.
+        evidence = self.scorer.evidence([question], [[unwrap(s.text[a:b])] for s, a, b in spans])[0]
         return [Candidate(source=s, start=s.start + a, end=s.start + b, text=s.text[a:b], evidence=e)
                 for (s, a, b), e in zip(spans, evidence, strict=True)]
 
     def _extractive(self, candidates: list[Candidate], options: AskOptions) -> tuple[str, list[AnswerSentence]]:
         ranked = sorted(candidates, key=lambda c: (-c.evidence.support, c.source.number, c.start))
-        chosen = [c for c in ranked[: options.extractive_sentences]
+        # Two copies of a document (a PDF and its HTML) give the same sentence twice: keep the
+        # best-supported one, and the first source among equals (ranked puts it first).
+        distinct = _distinct(ranked, options.extractive_sentences)
+        chosen = [c for c in distinct
                   if c.evidence.support >= max(options.abstain_threshold, ranked[0].evidence.support - 0.15)]
         chosen.sort(key=lambda c: (c.source.number, c.start))  # read in source order
-        sentences = [AnswerSentence(text=c.text, citations=(c.source.number,), support=c.evidence.support,
+        sentences = [AnswerSentence(text=unwrap(c.text), citations=(c.source.number,), support=c.evidence.support,
                                     supported=True) for c in chosen]
-        return " ".join(f"{c.text} [{c.source.number}]" for c in chosen), sentences
+        return " ".join(f"{unwrap(c.text)} [{c.source.number}]" for c in chosen), sentences
 
     def _check(self, text: str, sources: Sequence[PromptSource], options: AskOptions) -> list[AnswerSentence]:
         claims = [s for s in split_sentences(text) if strip_citations(s)]
@@ -180,6 +247,11 @@ class Answerer:
                 "model": answer.model, "search_trace_id": retrieved.trace_id, "mode": retrieved.mode,
                 "prompt": [{"role": m.role, "content": m.content} for m in prompt.messages],
                 "response": answer.text, "abstained": answer.abstained, "grounded": answer.grounded,
+                "decided_by": answer.decided_by, "relevance": answer.relevance,
+                "reader": None if self.reader is None else {
+                    "model": self.reader.name, "support_below": self.reader.abstention.support_below,
+                    "no_answer_above": self.reader.abstention.no_answer_above},
+                "span": None if answer.span is None else answer.span.__dict__,
                 "usage": answer.usage,
                 "answerability": None if self.answerability is None else {
                     "model": self.answerability.name, "threshold": self.answerability.threshold},
@@ -211,8 +283,45 @@ def _citations(sources: Sequence[PromptSource], sentences: Sequence[AnswerSenten
     return out
 
 
-def _usage(completion: Completion | None, support: float, answerable: float | None) -> dict[str, float]:
+def _read_answer(span: AnswerSpan) -> tuple[str, list[AnswerSentence]]:
+    """The reader's answer: the span (or yes/no), cited; its sentence is what the citation shows."""
+    words = span.text if span.kind == "span" else span.kind.capitalize()
+    sentence = AnswerSentence(text=span.sentence, citations=(span.source,), support=span.confidence, supported=True)
+    return f"{words} [{span.source}]", [sentence]
+
+
+def _with_hint(messages: Sequence[Message], span: AnswerSpan) -> list[Message]:
+    """The prompt with the reader's span added to the last user message."""
+    words = span.text if span.kind == "span" else span.kind
+    hint = (f"\n\nA reading model found this answer in source [{span.source}]: \"{words}\" "
+            f"(confidence {span.confidence:.2f}).")
+    out = list(messages)
+    last = max(i for i, m in enumerate(out) if m.role == "user")
+    out[last] = Message(role=out[last].role, content=out[last].content + hint)
+    return out
+
+
+def _relevance(text: str, span: AnswerSpan, read_answers: bool) -> float:
+    """How well the answer answers the question: the reader's confidence in its span, times how far
+    a generated answer agrees with that span (token F1, 1 when it contains the span)."""
+    if read_answers:
+        return span.confidence
+    words = span.text if span.kind == "span" else span.kind
+    answer = " ".join(strip_citations(text).lower().split())
+    if words.lower() in answer:
+        return span.confidence
+    shared = set(words.lower().split()) & set(answer.split())
+    if not shared:
+        return 0.0
+    precision, recall = len(shared) / max(1, len(set(answer.split()))), len(shared) / len(set(words.lower().split()))
+    return round(span.confidence * 2 * precision * recall / (precision + recall), 4)
+
+
+def _usage(completion: Completion | None, support: float, answerable: float | None,
+           found: ReaderSpan | None = None) -> dict[str, float]:
     usage: dict[str, float] = {"question_support": round(support, 4)}
+    if found is not None:
+        usage["reader_no_answer"] = round(found.no_answer, 4)
     if answerable is not None:
         usage["answerable_probability"] = round(answerable, 4)
     if completion is not None:
@@ -226,10 +335,42 @@ def answer_fields(answer: Answer) -> dict[str, Any]:
     """A JSON-ready view of an answer (``--json`` and, later, the server)."""
     return {
         "question": answer.question, "answer": answer.text, "model": answer.model,
-        "abstained": answer.abstained, "grounded": answer.grounded, "error": answer.error,
+        "abstained": answer.abstained, "decided_by": answer.decided_by, "grounded": answer.grounded,
+        "relevance": answer.relevance, "span": None if answer.span is None else answer.span.__dict__,
+        "error": answer.error,
         "citations": [c.__dict__ for c in answer.citations],
         "sentences": [s.__dict__ for s in answer.sentences],
         "sources": [{"rank": h.rank, "score": h.score, "uri": h.uri, "chunk_id": h.chunk.id,
                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text} for h in answer.hits],
         "usage": answer.usage, "timings_ms": answer.timings_ms, "trace_id": answer.trace_id,
     }
+
+
+# -- near-duplicate sentences (_extractive) ---------------------------------------------------------
+_NEAR_DUPLICATE = 0.9  # token Jaccard at or above which two sentences count as one
+
+
+def _distinct(ranked: Sequence[Candidate], limit: int) -> list[Candidate]:
+    """The first ``limit`` candidates of ``ranked`` that are not near-duplicates of an earlier one."""
+    kept: list[Candidate] = []
+    seen: list[frozenset[str]] = []
+    for c in ranked:
+        if len(kept) >= limit:
+            break
+        words = _words(c.text)
+        if any(_near_duplicate(words, other) for other in seen):
+            continue
+        kept.append(c)
+        seen.append(words)
+    return kept
+
+
+def _words(text: str) -> frozenset[str]:
+    """A sentence's words without case, punctuation or line breaks."""
+    return frozenset("".join(ch if ch.isalnum() else " " for ch in unwrap(text).casefold()).split())
+
+
+def _near_duplicate(a: frozenset[str], b: frozenset[str]) -> bool:
+    if a == b:  # also two sentences with no words at all
+        return True
+    return len(a & b) / len(a | b) >= _NEAR_DUPLICATE

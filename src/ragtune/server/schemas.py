@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import QueryError
-from ragtune.models import Hit, SearchResult
+from ragtune.models import Hit, Message, SearchResult
 from ragtune.retrieve.filters import Filter, parse_scalar
 
 Scalar = str | int | float | bool
@@ -61,6 +61,18 @@ class SearchIn(BaseModel):
     rerank: bool | None = Field(default=None, description=RERANK)
 
 
+class HistoryMessage(BaseModel):
+    """One earlier turn of the conversation an ask follows up."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1, max_length=20_000)
+
+
+HISTORY = ("The conversation so far, oldest first: retrieval reads the question as its follow-up (the "
+           "server's [retrieval] conversation method); the answer is to the question itself")
+
+
 class AskIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=4000)
@@ -68,11 +80,16 @@ class AskIn(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = None
     filters: Filters | None = None
     generator: str | None = Field(default=None, max_length=200,
-                                  description="extractive, or the server's configured generator")
+                                  description="extractive, reader, or the server's configured generator")
     max_tokens: int | None = None
     stream: bool = Field(default=False, description="Server-Sent Events: token events, then the answer")
     rerank: bool | None = Field(default=None, description=RERANK)
     answerability: bool | None = Field(default=None, description=ANSWERABILITY)
+    history: list[HistoryMessage] | None = Field(default=None, max_length=200, description=HISTORY)
+
+
+def history_messages(history: list[HistoryMessage] | None) -> list[Message] | None:
+    return None if history is None else [Message(m.role, m.content) for m in history]
 
 
 def hit_json(h: Hit) -> dict[str, Any]:

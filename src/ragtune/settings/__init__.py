@@ -41,6 +41,7 @@ from ragtune.errors import ConfigError
 from ragtune.settings.gates import DEFAULT_GATES, Gate, parse_gates
 from ragtune.settings.sections import (
     BM25_STATISTICS,
+    CONVERSATION_METHODS,
     FUSION_METHODS,
     SEARCH_MODES,
     SECTIONS,
@@ -56,6 +57,7 @@ from ragtune.settings.sections import (
 
 __all__ = [
     "BM25_STATISTICS",
+    "CONVERSATION_METHODS",
     "DEFAULT_GATES",
     "FUSION_METHODS",
     "SEARCH_MODES",

@@ -25,6 +25,7 @@ FUSION_METHODS = ("convex", "rrf")
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 BM25_STATISTICS = ("visible", "global")
 QUERY_EMBEDDERS = ("auto", "int8", "embedder")
+CONVERSATION_METHODS = ("last", "concat", "rewrite", "rewrite+concat")
 
 Rule = tuple[str, bool, str]  # field, whether its value is acceptable, what it must be
 
@@ -156,11 +157,31 @@ class RetrievalSettings:
     # hybrid -0.0008 (benchmarks/query_int8.py). The int8 file is built once per cache (~20 s, with
     # torch) by the first search that needs it.
     query_embedder: str = "auto"
+    # How a question asked with the conversation so far (ask/search `history`) is searched:
+    # "last" the question alone, "concat" with the earlier user turns weighted by recency, "rewrite"
+    # as the local model resolves its pronoun, "rewrite+concat" both (generate/conversation.py).
+    # On 532 SQuAD follow-ups, hybrid R@5: last 0.821, concat 0.968 (benchmarks/conversation_retrieval.py).
+    conversation: str = "concat"
+    conversation_turns: int = 3  # earlier user turns a follow-up is searched with
+    # Weight of the user turn k turns back: conversation_decay**k (the question's is 1).
+    conversation_decay: float = 0.5
+    # The generator that rewrites follow-ups ("" the [generation] generator) and its token budget.
+    rewrite_generator: str = ""
+    rewrite_max_tokens: int = 16
+    # The most messages, and characters in all, a conversation may hold (ask's `history`).
+    max_history_messages: int = 200
+    max_history_chars: int = 100_000
 
     def __post_init__(self) -> None:
         typed(self)
         check(self, [
             ("default_mode", self.default_mode in SEARCH_MODES, one_of(SEARCH_MODES)),
+            ("conversation", self.conversation in CONVERSATION_METHODS, one_of(CONVERSATION_METHODS)),
+            ("conversation_turns", 0 <= self.conversation_turns <= 50, "between 0 and 50"),
+            ("conversation_decay", 0.0 < self.conversation_decay <= 1.0, "over 0 and at most 1"),
+            ("rewrite_max_tokens", 1 <= self.rewrite_max_tokens <= 256, "between 1 and 256"),
+            ("max_history_messages", 1 <= self.max_history_messages <= 10_000, "between 1 and 10000"),
+            ("max_history_chars", 1 <= self.max_history_chars <= 10_000_000, "between 1 and 10000000"),
             ("query_embedder", self.query_embedder in QUERY_EMBEDDERS, one_of(QUERY_EMBEDDERS)),
             ("fusion", self.fusion in FUSION_METHODS, one_of(FUSION_METHODS)),
             ("hybrid_normalization", self.hybrid_normalization in ("zscore", "minmax"), one_of(("zscore", "minmax"))),
@@ -187,19 +208,35 @@ class GenerationSettings:
     """Answers: the generator, its endpoint, the prompt budget, abstention and grounding."""
 
     section: ClassVar[str] = "generation"
-    # Which generator writes answers (smollm2 | extractive | openai:MODEL | llamacpp:FILE.gguf |
-    # registry:NAME[@alias] | a Hugging Face model folder) and an optional LoRA adapter folder on top.
-    generator: str = "smollm2"
+    # Which generator writes answers (auto | reader | smollm2 | extractive | openai:MODEL |
+    # llamacpp:FILE.gguf | registry:NAME[@alias] | a Hugging Face model folder) and an optional LoRA
+    # adapter folder on top. "auto": the trained reader when the project has one, else extractive --
+    # the best held-out F1 under 2 s a question on 2 cores (README, issue 17).
+    generator: str = "auto"
     generator_adapter: Path | None = None
     # The trained answerability model every answer also abstains by: "" (none), "latest" (the
     # newest, `ragtune answerability train`), "vN", or a folder.
     answerability: str = ""
+    # The trained reader (`ragtune reader train`): it answers for `-g reader` and, for every
+    # generator, decides abstention by the rule calibrated with it. "auto": the latest trained one
+    # when the project has one, else none (abstention by abstain_threshold); "" / "none": none;
+    # "latest", "vN", or a folder.
+    reader: str = "auto"
+    # Show the reader's span and confidence to an LLM generator in the prompt (README: measured).
+    reader_hint: bool = False
     openai_base_url: str = "https://api.openai.com/v1"
     # The API key is read from this environment variable, never from the config file.
     openai_api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0  # seconds one generation may take
     retries: int = 2  # of a failed request to an HTTP generator, with backoff
     max_new_tokens: int = 200
+    # Decoding guards of local (transformers) generators against loops (generate/decoding.py;
+    # measured in benchmarks/generation_controls.py): a penalty on tokens already in the answer
+    # (1.0: off; the prompt is not counted, so copying from the sources costs nothing), no repeated
+    # n-gram of this many answer tokens (0: off), and ending the answer at a loop, cut where it began.
+    repetition_penalty: float = 1.1
+    no_repeat_ngram_size: int = 0
+    stop_loops: bool = True
     # Prompt budget for the numbered sources, counted in the generator's own tokens.
     context_tokens: int = 1536
     answer_top_k: int = 5
@@ -215,6 +252,9 @@ class GenerationSettings:
             ("timeout", self.timeout > 0, "over 0 seconds"),
             ("retries", 0 <= self.retries <= 10, "between 0 and 10"),
             ("max_new_tokens", 1 <= self.max_new_tokens <= 32768, "between 1 and 32768"),
+            ("repetition_penalty", 1.0 <= self.repetition_penalty <= 2.0, "between 1.0 (off) and 2.0"),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size == 0 or 2 <= self.no_repeat_ngram_size <= 64,
+             "0 (off) or between 2 and 64"),
             ("context_tokens", self.context_tokens >= 64, "at least 64"),
             ("answer_top_k", 1 <= self.answer_top_k <= 100, "between 1 and 100"),
             ("abstain_threshold", -1.0 <= self.abstain_threshold <= 1.0, "between -1 and 1"),

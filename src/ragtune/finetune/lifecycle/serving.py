@@ -28,6 +28,7 @@ from ragtune.finetune.lifecycle.refs import PRODUCTION, ModelRef, ModelVersionIn
 from ragtune.finetune.lifecycle.registry import ModelRegistry
 from ragtune.finetune.lora.runs import now
 from ragtune.finetune.lora.train import model_hash
+from ragtune.generate.decoding import DecodingControls
 from ragtune.generate.local import TransformersGenerator, packaged_smollm2
 from ragtune.models import Completion, Message
 from ragtune.settings import Settings
@@ -103,7 +104,8 @@ class RegistryGenerator:
                 settings = self.registry.settings
                 generator = TransformersGenerator(
                     base_folder(info, settings.resolved_cache_dir), adapter=info.adapter,
-                    name=f"{self.ref.name}/{version}", max_time=settings.generation.timeout)
+                    name=f"{self.ref.name}/{version}", max_time=settings.generation.timeout,
+                    controls=DecodingControls.of(settings.generation))
             self._loaded[version] = generator
             while len(self._loaded) > self.keep:
                 self._loaded.pop(next(iter(self._loaded)))

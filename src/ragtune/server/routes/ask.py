@@ -16,11 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ragtune.errors import ConfigError, LimitError
-from ragtune.generate.answer import EXTRACTIVE, answer_fields
+from ragtune.generate.answer import EXTRACTIVE, READER_GENERATOR, answer_fields
 from ragtune.server.auth import Caller
 from ragtune.server.deps import Reader, ServerState, State
 from ragtune.server.problems import problem_payload
-from ragtune.server.schemas import AskIn, to_filters
+from ragtune.server.schemas import AskIn, history_messages, to_filters
 from ragtune.server.streaming import sse, stream_tokens
 
 router = APIRouter(tags=["ask"])
@@ -30,11 +30,12 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def served_generator(state: ServerState, requested: str | None) -> str:
     """The generator to use: the configured one unless the request names another served one
-    (``extractive`` or one of ``server.generators``)."""
+    (``extractive``, ``reader`` or one of ``server.generators``)."""
     configured = state.settings.generation.generator.strip()
     if requested is None or not requested.strip():
         return configured
-    allowed = {configured, EXTRACTIVE, *(g.strip() for g in state.settings.server.generators.split(",") if g.strip())}
+    allowed = {configured, EXTRACTIVE, READER_GENERATOR,
+               *(g.strip() for g in state.settings.server.generators.split(",") if g.strip())}
     if requested.strip() not in allowed:
         raise ConfigError(f"generator {requested!r} is not served here; use one of {sorted(allowed)}")
     return requested.strip()
@@ -61,7 +62,7 @@ def ask_call(state: ServerState, collection: str, body: AskIn, caller: Caller
         return state.engine.ask(body.question, collection=collection, top_k=body.top_k, mode=body.mode,
                                 filters=filters, principal=caller.principal, generator=generator,
                                 max_tokens=body.max_tokens, on_token=on_token, reranker=body.rerank,
-                                answerability=body.answerability)
+                                answerability=body.answerability, history=history_messages(body.history))
 
     return call
 

@@ -10,9 +10,12 @@
   as floats or base64 (little-endian float32, what the Python client asks for by default).
 * ``GET /v1/models`` lists the collections and the embedder.
 
-Concessions: only the last user message is the question (earlier turns and system messages are
-not used: the prompt is ragtune's numbered-sources prompt); one choice (``n=1``); sampling
-parameters are accepted and ignored; token arrays as embedding input are not accepted.
+The last user message is the question; the messages before it are the conversation it follows up,
+which retrieval reads it by (``[retrieval] conversation``, as ``history`` in ``/collections/{c}/ask``;
+tool calls and results are left out, a ``developer`` message counts as a system one). Concessions:
+the prompt is ragtune's numbered-sources prompt, so earlier turns and system messages do not reach
+the generator; one choice (``n=1``); sampling parameters are accepted and ignored; token arrays as
+embedding input are not accepted.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import LimitError, NotFoundError, QueryError
-from ragtune.models import Answer
+from ragtune.models import Answer, Message
 from ragtune.server.auth import Caller
 from ragtune.server.deps import Reader, ServerState, State
 from ragtune.server.problems import problem_payload
@@ -91,6 +94,19 @@ def _question(body: ChatIn) -> str:
     raise QueryError("messages hold no user message with text to answer")
 
 
+def _history(body: ChatIn) -> list[Message] | None:
+    """The messages before the question (the last user message with text), as the conversation so
+    far; None when there are none."""
+    last = max(i for i, m in enumerate(body.messages) if m.role == "user" and _text(m.content).strip())
+    turns = []
+    for message in body.messages[:last]:
+        role = "system" if message.role == "developer" else message.role
+        text = _text(message.content).strip()
+        if role in ("system", "user", "assistant") and text:  # not tool calls and their results
+            turns.append(Message(role, text))
+    return turns or None
+
+
 def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, Callable[..., Answer]]:
     if body.n not in (None, 1):
         raise QueryError(f"only n=1 is supported, got n={body.n}")
@@ -99,6 +115,7 @@ def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, C
     max_tokens = body.max_completion_tokens or body.max_tokens
     check_max_tokens(state, max_tokens)
     question = _question(body)
+    history = _history(body)
     filters = to_filters(body.filters)
     generator = served_generator(state, body.generator)
     state.engine.visible_collection(collection, caller.principal)  # 404 before any streaming
@@ -107,7 +124,7 @@ def _chat_call(state: ServerState, body: ChatIn, caller: Caller) -> tuple[str, C
         answer: Answer = state.engine.ask(question, collection=collection, top_k=body.top_k, mode=body.mode,
                                           filters=filters, principal=caller.principal, max_tokens=max_tokens,
                                           generator=generator, on_token=on_token, reranker=body.rerank,
-                                          answerability=body.answerability)
+                                          answerability=body.answerability, history=history)
         return answer
 
     return collection, call
