@@ -1,7 +1,7 @@
 """Conversation-aware retrieval: follow-up questions searched alone against searched with the
 conversation, on the multi-turn SQuAD 2.0 dev set (``ragtune.evaluate.conversations``).
 
-    python benchmarks/conversation_retrieval.py [--limit N] [--rewrite-limit 200] [--modes bm25 dense hybrid]
+    python benchmarks/conversation_retrieval.py [--limit N] [--rewrite-limit 100] [--modes bm25 dense hybrid]
 
 Methods (``[retrieval] conversation``): ``last`` (the follow-up alone), ``concat``, ``rewrite``
 and ``rewrite+concat`` (``generate/conversation.py``), plus a reference row: the SQuAD question as
@@ -111,7 +111,8 @@ def show(title: str, rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="Only the first N conversations.")
-    parser.add_argument("--rewrite-limit", type=int, default=200, help="Conversations the rewrite methods run on.")
+    # 100: ~45 s of SmolLM2 on 2 idle cores, but 15-30 min when they are shared with a training run
+    parser.add_argument("--rewrite-limit", type=int, default=100, help="Conversations the rewrite methods run on.")
     parser.add_argument("--modes", nargs="+", default=["bm25", "dense", "hybrid"])
     parser.add_argument("--generator", default="smollm2")
     parser.add_argument("--out", default="conversation_retrieval")

@@ -1,22 +1,21 @@
 """SmolLM2 with its decoding controls off (plain greedy, the old behaviour) and on (the
-``[generation]`` defaults: repetition penalty within the answer, loop stop; see
-``ragtune.generate.decoding``), in one run, interleaved, on the same prompts.
+``[generation]`` defaults; see ``ragtune.generate.decoding``), in one run, interleaved, on the same
+prompts; and, to show why they are the defaults, the defaults plus each other control (variants).
 
     python benchmarks/generation_controls.py [--limit 30] [--minutes 20] [--debian 0] [--timeout S]
+        [--variants repetition_penalty=1.1 no_repeat_ngram_size=6]
 
 Questions: answerable SQuAD 2.0 dev questions spread over the file (every k-th), retrieved from
 the populated SQuAD collection (``populate.py``) and packed into the ask prompt exactly as
 ``ask`` does; optionally the first N questions of ``debian_questions.py`` over its collection, if
-it exists. Each prompt goes through the same generator object twice, controls off and on, the
-order alternating per question so drifting load on shared cores hits both alike. Abstention is
-not involved (it is decided before generation and would be the same for both).
+it exists. Each prompt goes through the same generator object once per setting, the order
+rotating per question so drifting load on shared cores hits all alike. Abstention is not
+involved (it is decided before generation and would be the same for all).
 
 Per setting: SQuAD token F1 and exact match (official normalisation, citations stripped); loop
 rate, where an answer loops if some n-gram of 3+ of the model's tokens occurs 4+ times in it
 (citations stripped) or it ran to the token cap or the timeout; answers cut at a loop; generated
-tokens; generation latency; answers that cite [n]. A third row, "loop stop alone", is the "off"
-answer cut where the loop stop would have ended it (derived, not generated), which separates the
-stop's share of the change from the repetition penalty's. Questions stop being started after
+tokens; generation latency; answers that cite [n]. Questions stop being started after
 ``--minutes`` so a slow shared machine still ends; the counts say how many were answered.
 Writes benchmarks/results/generation_controls.json.
 """
@@ -35,15 +34,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtune.evaluate.answers import exact_match, token_f1
-from ragtune.generate.decoding import OFF, DecodingControls, loop_start, max_ngram_count
+from ragtune.generate.decoding import OFF, DecodingControls, max_ngram_count
 from ragtune.generate.grounding import parse_citations, strip_citations
 from ragtune.generate.local import TransformersGenerator
 from ragtune.generate.prompt import build_prompt
 from ragtune.models import Completion
 
 console = Console(width=160)
-SETTINGS = ("off", "on")
-STOP_ONLY = "loop stop alone"  # derived from the "off" answer, not generated: see _stop_only
 
 
 class _Cuts(logging.Handler):
@@ -62,6 +59,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=30, help="SQuAD questions")
     parser.add_argument("--debian", type=int, default=0, help="debian_questions.py questions too (slower)")
     parser.add_argument("--minutes", type=float, default=20.0, help="start no new question after this")
+    parser.add_argument("--variants", nargs="*", default=["repetition_penalty=1.1", "no_repeat_ngram_size=6"],
+                        help="FIELD=VALUE of DecodingControls, each on top of the defaults")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per generation (default: [generation] timeout); on a loaded machine a "
                              "longer one lets token caps, not wall time, end the answers")
@@ -73,6 +72,12 @@ def main() -> None:
     timeout = args.timeout or g.timeout
     gen = TransformersGenerator.packaged(rt.settings.resolved_cache_dir, max_time=timeout, controls=OFF)
     controls = {"off": OFF, "on": on}
+    for variant in args.variants:
+        field, value = variant.split("=", 1)
+        kind = type(getattr(on, field))
+        typed = value.lower() in ("1", "true", "on", "yes") if kind is bool else kind(value)
+        controls[f"on, {field} {value}"] = DecodingControls(**{**on.__dict__, field: typed})
+    names = list(controls)
     cuts = _Cuts()
     log = logging.getLogger("ragtune.generate.local")
     log.addHandler(cuts)
@@ -95,21 +100,20 @@ def main() -> None:
         hits = rt.search(case["question"], collection=case["collection"], top_k=g.answer_top_k).hits
         prompt = build_prompt(case["question"], hits, count_tokens=gen.count_tokens, budget=budget)
         row: dict[str, Any] = {k: case[k] for k in ("set", "qid", "question", "gold")}
-        for name in SETTINGS if n % 2 == 0 else SETTINGS[::-1]:
+        for name in names[n % len(names):] + names[:n % len(names)]:
             gen.controls = controls[name]
             before = cuts.count
             c = gen.generate(prompt.messages, max_tokens=case["max_tokens"])
             row[name] = _score(gen, case, c, cut=cuts.count > before)
-        row[STOP_ONLY] = _stop_only(gen, case, row["off"])
         rows.append(row)
         console.print(f"{n + 1}/{len(cases)} {case['question'][:60]!r} "
                       + " | ".join(f"{s}: {row[s]['seconds']:.0f}s {row[s]['tokens']}t"
-                                   f"{' LOOP' if row[s]['loop'] else ''} {row[s]['answer'][:50]!r}" for s in SETTINGS))
+                                   f"{' LOOP' if row[s]['loop'] else ''} {row[s]['answer'][:40]!r}" for s in names[:2]))
     summary = {s: {part: _summary([r[s] for r in rows if r["set"] == part]) for part in ("squad", "debian")
-                   if any(r["set"] == part for r in rows)} for s in (*SETTINGS, STOP_ONLY)}
+                   if any(r["set"] == part for r in rows)} for s in names}
     console.print(_table(summary))
     path = write_result("generation_controls", {
-        "settings": {"off": OFF.__dict__, "on": on.__dict__, "max_new_tokens": g.max_new_tokens,
+        "settings": {**{name: c.__dict__ for name, c in controls.items()}, "max_new_tokens": g.max_new_tokens,
                      "timeout": timeout, "context_tokens": budget, "answer_top_k": g.answer_top_k},
         "questions": {"planned": len(cases), "answered": len(rows)}, "summary": summary, "answers": rows,
         "seconds": round(time.perf_counter() - started, 1)})
@@ -125,20 +129,6 @@ def _debian_cases(rt: Any, limit: int) -> list[dict[str, Any]]:
         return []
     return [{"set": "debian", "qid": str(i), "question": q, "gold": [], "pattern": pattern,
              "collection": COLLECTION, "max_tokens": 96} for i, (q, _, pattern) in enumerate(QUESTIONS[:limit])]
-
-
-def _stop_only(gen: TransformersGenerator, case: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
-    """The "off" answer as the loop stop alone would have ended it. Greedy decoding makes the same
-    tokens until the stop fires, so this is exact up to re-tokenising the answer's text; it has no
-    latency of its own (the "off" one is kept)."""
-    ids = gen.tokenizer(off["answer"], add_special_tokens=False)["input_ids"]
-    stop = next((k for k in range(1, len(ids) + 1) if loop_start(ids[:k]) is not None), None)
-    if stop is None:
-        return {**off, "cut": False}
-    cut = loop_start(ids[:stop]) or stop
-    text = gen.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
-    c = Completion(text=text, model=gen.name, completion_tokens=stop, seconds=off["seconds"], finish_reason="stop")
-    return _score(gen, case, c, cut=True)
 
 
 def _score(gen: TransformersGenerator, case: dict[str, Any], c: Completion, *, cut: bool) -> dict[str, Any]:
@@ -177,7 +167,7 @@ def _table(summary: dict[str, dict[str, dict[str, Any]]]) -> Table:
                 "p50 s", "p95 s", "cite [n]"):
         table.add_column(col, justify="left" if col in ("set", "controls") else "right")
     for part in ("squad", "debian"):
-        for s in (*SETTINGS, STOP_ONLY):
+        for s in summary:
             m = summary[s].get(part)
             if not m or not m["n"]:
                 continue
@@ -185,8 +175,7 @@ def _table(summary: dict[str, dict[str, dict[str, Any]]]) -> Table:
             table.add_row(part, s, str(m["n"]), f"{m['f1']:.3f}" if "f1" in m else "",
                           f"{m['em']:.3f}" if "em" in m else "", str(m.get("correct", "")),
                           f"{m['loops']} ({m['loop_rate']:.0%})", f"{m['capped']} / {m['timeouts']}", str(m["cut"]),
-                          f"{m['tokens_mean']:.0f}", *((f"{lat['p50_ms'] / 1000:.1f}", f"{lat['p95_ms'] / 1000:.1f}")
-                                                       if s != STOP_ONLY else ("(off's)", "(off's)")),
+                          f"{m['tokens_mean']:.0f}", f"{lat['p50_ms'] / 1000:.1f}", f"{lat['p95_ms'] / 1000:.1f}",
                           str(m["citing"]))
     return table
 

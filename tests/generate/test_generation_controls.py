@@ -18,6 +18,7 @@ from ragtune.generate.decoding import (
     banned_next_tokens,
     loop_start,
     max_ngram_count,
+    trim_loop_text,
 )
 from ragtune.generate.local import TransformersGenerator
 from ragtune.models import Message
@@ -64,6 +65,18 @@ def test_loops_in_real_tokens(smollm2: TransformersGenerator, text: str, kept: s
     assert cut is not None
     assert smollm2.tokenizer.decode(ids[:cut]) == kept
     assert max_ngram_count(_ids(smollm2, kept), 3) < 4  # what is kept is not itself a loop
+
+
+@pytest.mark.parametrize(("kept", "trimmed"), [
+    ("The Yuan dynasty was ruled by the Ming dynasty. The Yuan dynasty",
+     "The Yuan dynasty was ruled by the Ming dynasty."),
+    ("The researchers include:\n\n1. Albrecht Cancer Research Institute\n2", "The researchers include:\n\n1. "
+     "Albrecht Cancer Research Institute"),
+    ("It rose by 3.5 percent. Then 2", "It rose by 3.5 percent."),
+    ("The Norse originated from the North Sea, specifically", "The Norse originated from the North Sea, specifically"),
+])
+def test_a_cut_loop_ends_at_its_last_sentence(kept: str, trimmed: str) -> None:
+    assert trim_loop_text(kept) == trimmed
 
 
 def test_the_criterion_and_processors_see_the_answer_not_the_prompt(smollm2: TransformersGenerator) -> None:

@@ -22,7 +22,11 @@ does. ``[retrieval] conversation`` chooses how a question asked with a ``history
 
 A question without earlier user turns is searched alone whatever the method. Measured on the
 multi-turn SQuAD set (``evaluate/conversations.py``) by ``benchmarks/conversation_retrieval.py``
-(README, "Conversations"); the default is the best of those measurements.
+(README, "Conversations"), hybrid search: R@5 last 0.821, concat 0.972 on all 532 follow-ups; on
+100 of them concat 0.940 (nDCG@10 0.888), rewrite 0.860 (0.797), rewrite+concat 0.940 (0.866) for
+~340 ms of SmolLM2 per question. So ``concat`` is the default; the rewrite helps when the earlier
+turns do not share words with the answer, which this set (standalone SQuAD questions as earlier
+turns) rarely tests.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 from ragtune.errors import ModelError
 from ragtune.extras import needs
-from ragtune.generate.decoding import DecodingControls, loop_start
+from ragtune.generate.decoding import DecodingControls, loop_start, trim_loop_text
 from ragtune.models import Completion, Message
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ class TransformersGenerator:
         if cut is not None:
             log.debug("%s: cut a loop after %d of %d tokens", self.name, cut, n_new)
         text = tokenizer.decode(new if cut is None else new[:cut], skip_special_tokens=True)
+        if cut is not None:
+            text = trim_loop_text(text)
         if cut is not None or (n_new and new[-1] == tokenizer.eos_token_id):
             finish = "stop"
         elif n_new >= max_tokens:
