@@ -3,7 +3,7 @@
 prompts; and, to show why they are the defaults, the defaults plus each other control (variants).
 
     python benchmarks/generation_controls.py [--limit 30] [--minutes 20] [--debian 0] [--timeout S]
-        [--variants repetition_penalty=1.1 no_repeat_ngram_size=6]
+        [--variants repetition_penalty=1.1 no_repeat_ngram_size=6] [--name generation_controls]
 
 Questions: answerable SQuAD 2.0 dev questions spread over the file (every k-th), retrieved from
 the populated SQuAD collection (``populate.py``) and packed into the ask prompt exactly as
@@ -17,7 +17,7 @@ rate, where an answer loops if some n-gram of 3+ of the model's tokens occurs 4+
 (citations stripped) or it ran to the token cap or the timeout; answers cut at a loop; generated
 tokens; generation latency; answers that cite [n]. Questions stop being started after
 ``--minutes`` so a slow shared machine still ends; the counts say how many were answered.
-Writes benchmarks/results/generation_controls.json.
+Writes benchmarks/results/generation_controls.json (``--name``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="start no new question after this")
     parser.add_argument("--variants", nargs="*", default=["repetition_penalty=1.1", "no_repeat_ngram_size=6"],
                         help="FIELD=VALUE of DecodingControls, each on top of the defaults")
+    parser.add_argument("--name", default="generation_controls", help="benchmarks/results/NAME.json")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per generation (default: [generation] timeout); on a loaded machine a "
                              "longer one lets token caps, not wall time, end the answers")
@@ -84,7 +85,7 @@ def main() -> None:
     log.setLevel(logging.DEBUG)
     budget = max(64, min(g.context_tokens, gen.context_window - g.max_new_tokens - 256))  # as Answerer._budget
 
-    stride = max(1, len(qids) // args.limit)
+    stride = max(1, len(qids) // max(1, args.limit))
     cases: list[dict[str, Any]] = [{"set": "squad", "qid": qids[i], "question": texts[i],
                                     "gold": ds.answers.get(qids[i], []), "collection": collection,
                                     "max_tokens": g.max_new_tokens}
@@ -99,7 +100,8 @@ def main() -> None:
             break
         hits = rt.search(case["question"], collection=case["collection"], top_k=g.answer_top_k).hits
         prompt = build_prompt(case["question"], hits, count_tokens=gen.count_tokens, budget=budget)
-        row: dict[str, Any] = {k: case[k] for k in ("set", "qid", "question", "gold")}
+        # rows name the question by id: SQuAD's text stays in the fetched package, not in results
+        row: dict[str, Any] = {k: case[k] for k in ("set", "qid")}
         for name in names[n % len(names):] + names[:n % len(names)]:
             gen.controls = controls[name]
             before = cuts.count
@@ -112,7 +114,7 @@ def main() -> None:
     summary = {s: {part: _summary([r[s] for r in rows if r["set"] == part]) for part in ("squad", "debian")
                    if any(r["set"] == part for r in rows)} for s in names}
     console.print(_table(summary))
-    path = write_result("generation_controls", {
+    path = write_result(args.name, {
         "settings": {**{name: c.__dict__ for name, c in controls.items()}, "max_new_tokens": g.max_new_tokens,
                      "timeout": timeout, "context_tokens": budget, "answer_top_k": g.answer_top_k},
         "questions": {"planned": len(cases), "answered": len(rows)}, "summary": summary, "answers": rows,

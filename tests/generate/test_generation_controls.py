@@ -67,16 +67,20 @@ def test_loops_in_real_tokens(smollm2: TransformersGenerator, text: str, kept: s
     assert max_ngram_count(_ids(smollm2, kept), 3) < 4  # what is kept is not itself a loop
 
 
-@pytest.mark.parametrize(("kept", "trimmed"), [
-    ("The Yuan dynasty was ruled by the Ming dynasty. The Yuan dynasty",
+@pytest.mark.parametrize(("kept", "following", "trimmed"), [
+    ("The Yuan dynasty was ruled by the Ming dynasty. The Yuan dynasty", " was ruled",
      "The Yuan dynasty was ruled by the Ming dynasty."),
-    ("The researchers include:\n\n1. Albrecht Cancer Research Institute\n2", "The researchers include:\n\n1. "
-     "Albrecht Cancer Research Institute"),
-    ("It rose by 3.5 percent. Then 2", "It rose by 3.5 percent."),
-    ("The Norse originated from the North Sea, specifically", "The Norse originated from the North Sea, specifically"),
+    ("The researchers include:\n\n1. Albrecht Cancer Research Institute\n2", ". Albrecht Cancer",
+     "The researchers include:\n\n1. Albrecht Cancer Research Institute"),
+    ("It rose by 3.5 percent. Then 2", " percent", "It rose by 3.5 percent."),
+    ("The Norse originated from the North Sea, specifically", " from the North",
+     "The Norse originated from the North Sea, specifically"),
+    # a whole last line: the repetition starts on the next line
+    ("Helgrind detects:\n\n- Uninitialised pthread barrier", "\n- Uninitialised p",
+     "Helgrind detects:\n\n- Uninitialised pthread barrier"),
 ])
-def test_a_cut_loop_ends_at_its_last_sentence(kept: str, trimmed: str) -> None:
-    assert trim_loop_text(kept) == trimmed
+def test_a_cut_loop_ends_at_its_last_whole_sentence(kept: str, following: str, trimmed: str) -> None:
+    assert trim_loop_text(kept, following) == trimmed
 
 
 def test_the_criterion_and_processors_see_the_answer_not_the_prompt(smollm2: TransformersGenerator) -> None:

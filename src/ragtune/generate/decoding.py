@@ -126,11 +126,15 @@ def loop_start(ids: Sequence[int]) -> int | None:
     return None
 
 
-def trim_loop_text(text: str) -> str:
-    """The text kept before a loop, back to its last sentence or line end when it has one: what
-    follows it is the first words of the repetition or a fragment ("...Institute\\n2")."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    return text[:ends[-1]].rstrip() if ends else text
+def trim_loop_text(kept: str, following: str = "") -> str:
+    """The text kept before a loop (``following``: the first words of the repetition), back to its
+    last sentence or line end when what comes after that end is a fragment that the repetition
+    went on with ("...dynasty. The Yuan dynasty" + " was", "...Institute\\n2" + ". Albrecht"). A
+    last line that the repetition starts after with a line break is whole ("- item" + "\\n- item")."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(kept)]
+    if not ends or following.lstrip(" \t").startswith("\n") or not following.strip():
+        return kept.rstrip()
+    return kept[:ends[-1]].rstrip()
 
 
 def max_ngram_count(ids: Sequence[int], n: int) -> int:

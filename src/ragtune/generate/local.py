@@ -205,7 +205,7 @@ class TransformersGenerator:
             log.debug("%s: cut a loop after %d of %d tokens", self.name, cut, n_new)
         text = tokenizer.decode(new if cut is None else new[:cut], skip_special_tokens=True)
         if cut is not None:
-            text = trim_loop_text(text)
+            text = trim_loop_text(text, tokenizer.decode(new[cut:cut + 4], skip_special_tokens=True))
         if cut is not None or (n_new and new[-1] == tokenizer.eos_token_id):
             finish = "stop"
         elif n_new >= max_tokens:
