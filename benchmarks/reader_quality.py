@@ -36,7 +36,7 @@ from rich.table import Table
 from ragtune.evaluate.answers import AnswerCase, CaseResult, score_generator, token_f1
 from ragtune.evaluate.datasets import RetrievalDataset, load_dataset
 from ragtune.evaluate.retrieval import index_dataset
-from ragtune.finetune.answerability import _roc_auc
+from ragtune.finetune.answerability import roc_auc
 from ragtune.finetune.reader import TEST, calibration_sample, public_split, split_of
 from ragtune.models import Principal
 
@@ -84,7 +84,7 @@ def no_answer_auc(results: list[CaseResult]) -> float | None:
              if "reader_no_answer" in r.answer.usage]
     if not pairs:
         return None
-    return round(_roc_auc([p for p, _ in pairs], [a for _, a in pairs]), 4)
+    return round(roc_auc([p for p, _ in pairs], [a for _, a in pairs]), 4)
 
 
 def out_of_collection(rt: Any, inside: list[CaseResult], outside: list[AnswerCase], collection: str,

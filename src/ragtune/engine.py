@@ -664,11 +664,19 @@ class Ragtune:
         options = AskOptions(top_k=top_k or g.answer_top_k, max_tokens=max_tokens or g.max_new_tokens,
                              context_tokens=g.context_tokens, abstain_threshold=g.abstain_threshold,
                              support_threshold=g.support_threshold)
-        model = self.generator(generator) if generator is None or isinstance(generator, str) else generator
-        spec = self.generator_spec(generator) if generator is None or isinstance(generator, str) else ""
-        read_answers = spec == READER_GENERATOR
-        reads = (self.reader_model(True if read_answers and reader is None else reader)
-                 if reader is None or isinstance(reader, (str, bool)) else reader)
+        # The reader is resolved once per ask (its store is listed once): it decides "auto" and abstention.
+        reads = (self.reader_model(reader) if reader is None or isinstance(reader, (str, bool)) else reader)
+        read_answers = False
+        if generator is None or isinstance(generator, str):
+            spec = (generator or g.generator).strip()
+            if spec == AUTO:
+                spec = READER_GENERATOR if reads is not None else EXTRACTIVE
+            read_answers = spec == READER_GENERATOR
+            if read_answers and reads is None and reader is None:
+                reads = self.reader_model(True)  # -g reader asks for the latest even when the setting is off
+            model = self.generator(spec)
+        else:
+            model = generator
         if read_answers and reads is None:
             raise ConfigError("the reader generator needs a trained reader: train one with `ragtune reader train`, "
                               "or choose another generator")

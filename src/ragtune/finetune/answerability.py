@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, DatasetError
-from ragtune.finetune.minilm import base_model_path, base_model_record
+from ragtune.finetune.minilm import base_model_path, base_model_record, warmup_then_linear
 from ragtune.generate.answerability import ANSWERABILITY, SPLIT_RULE, AnswerabilityNet
 from ragtune.progress import emit
 from ragtune.protocols import Progress
@@ -88,10 +88,10 @@ def choose_threshold(probabilities: Sequence[float], answerable: Sequence[bool])
     best = max(grid, key=lambda t: (abstention_prf(probabilities, answerable, t)[2], -t))
     p, r, f1 = abstention_prf(probabilities, answerable, best)
     return {"threshold": best, "precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
-            "roc_auc": round(_roc_auc(probabilities, answerable), 4)}
+            "roc_auc": round(roc_auc(probabilities, answerable), 4)}
 
 
-def _roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     """Probability that a random answerable example scores above a random unanswerable one."""
     pos = sorted(s for s, y in zip(scores, positive, strict=True) if y)
     neg = sorted(s for s, y in zip(scores, positive, strict=True) if not y)
@@ -158,9 +158,7 @@ def _fit(examples: Sequence[AnswerabilityExample], base: Path, hyper: dict[str, 
     bs = hyper["batch_size"]
     per_epoch = (len(order) + bs - 1) // bs
     total = per_epoch * hyper["epochs"]
-    warmup = max(1, int(hyper["warmup_ratio"] * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    scheduler = warmup_then_linear(optimizer, hyper["warmup_ratio"], total)
     net.encoder.train()
     step, first, last = 0, float("nan"), float("nan")
     for epoch in range(hyper["epochs"]):

@@ -42,8 +42,8 @@ from typing import Any
 
 from ragtune.errors import ConfigError, DatasetError
 from ragtune.evaluate.answers import token_f1
-from ragtune.finetune.answerability import _roc_auc
-from ragtune.finetune.minilm import base_model_path, base_model_record
+from ragtune.finetune.answerability import roc_auc
+from ragtune.finetune.minilm import base_model_path, base_model_record, warmup_then_linear
 from ragtune.generate.reader import KINDS, READER, ReaderNet, ReaderSpan, pad, read_batch
 from ragtune.progress import emit
 from ragtune.protocols import Progress
@@ -131,10 +131,12 @@ def squad_examples(raw: Any, *, negatives: float = 0.5, seed: int = 0) -> list[R
     return out
 
 
-def hotpotqa_examples(dataset: Any, *, distractors: int = 1, seed: int = 0) -> list[ReaderExample]:
-    """Each HotpotQA question over its supporting paragraphs and ``distractors`` others of its
-    context, shuffled; the answer is its first occurrence in a supporting paragraph, or the kind
-    yes/no. Questions whose answer appears in no supporting paragraph are left out."""
+def hotpotqa_examples(dataset: Any, context_ids: Mapping[str, Sequence[str]], *, distractors: int = 1,
+                      seed: int = 0) -> list[ReaderExample]:
+    """Each HotpotQA question over its supporting paragraphs and ``distractors`` others of its own
+    context (``context_ids``, from ``hotpot_context_ids``), shuffled; the answer is its first
+    occurrence in a supporting paragraph, or the kind yes/no. Questions whose answer appears in no
+    supporting paragraph are left out."""
     rng = random.Random(seed)
     out: list[ReaderExample] = []
     for qid, question in dataset.queries.items():
@@ -142,8 +144,7 @@ def hotpotqa_examples(dataset: Any, *, distractors: int = 1, seed: int = 0) -> l
         answer = (dataset.answers.get(qid) or [""])[0].strip()
         if not answer:
             continue
-        others = [d for d in dataset.context_ids.get(qid, []) if d not in gold_ids] if hasattr(
-            dataset, "context_ids") else []
+        others = [d for d in context_ids.get(qid, []) if d not in gold_ids]
         chosen = gold_ids + rng.sample(others, min(distractors, len(others)))
         rng.shuffle(chosen)
         texts = [f"{dataset.corpus[d].title}. {dataset.corpus[d].text.strip()}" for d in chosen]
@@ -152,16 +153,16 @@ def hotpotqa_examples(dataset: Any, *, distractors: int = 1, seed: int = 0) -> l
         if lowered in ("yes", "no"):
             out.append(ReaderExample(question, context, None, lowered, kind=lowered, group=qid, source="hotpotqa"))
             continue
-        start = _find_in_gold(context, texts, [texts.index(f"{dataset.corpus[d].title}. "
-                                                           f"{dataset.corpus[d].text.strip()}") for d in gold_ids],
-                              answer)
+        start = _find_in_gold(texts, [chosen.index(d) for d in gold_ids], answer)
         if start is not None:
             out.append(ReaderExample(question, context, start, context[start:start + len(answer)], group=qid,
                                      source="hotpotqa"))
     return out
 
 
-def _find_in_gold(context: str, texts: list[str], gold: list[int], answer: str) -> int | None:
+def _find_in_gold(texts: list[str], gold: list[int], answer: str) -> int | None:
+    """The answer's offset in the passages joined by blank lines: its first occurrence in a gold
+    passage (exact case first)."""
     offset, starts = 0, []
     for text in texts:
         starts.append(offset)
@@ -230,21 +231,19 @@ def public_split(cache_dir: Path | None, *, hotpotqa: bool = True, seed: int = 0
     if hotpotqa:
         from ragtune.evaluate.datasets import load_hotpotqa
 
-        for example in hotpotqa_examples(_with_contexts(load_hotpotqa(cache_dir), cache_dir), seed=seed):
+        for example in hotpotqa_examples(load_hotpotqa(cache_dir), hotpot_context_ids(cache_dir), seed=seed):
             if split_of(example.group) == TRAIN:
                 split.train.append(example)
     return split
 
 
-def _with_contexts(dataset: Any, cache_dir: Path | None) -> Any:
-    """HotpotQA with each question's own context paragraphs (``context_ids``), which the retrieval
+def hotpot_context_ids(cache_dir: Path | None) -> dict[str, list[str]]:
+    """Each HotpotQA question's own context paragraphs (ids as in the corpus), which the retrieval
     dataset pools away."""
     from ragtune.evaluate.datasets import HOTPOTQA_MEMBER, _json_member, _literal, hotpot_doc_id
 
     raw = _json_member(HOTPOTQA_MEMBER, cache_dir)
-    dataset.context_ids = {str(rec["_id"]): [hotpot_doc_id(t, "".join(s)) for t, s in _literal(rec["context"])]
-                           for rec in raw}
-    return dataset
+    return {str(rec["_id"]): [hotpot_doc_id(t, "".join(s)) for t, s in _literal(rec["context"])] for rec in raw}
 
 
 # -- features ------------------------------------------------------------------------------------
@@ -358,9 +357,7 @@ def _fit(examples: Sequence[ReaderExample], base: Path, hyper: dict[str, Any], p
     total = per_epoch * hyper["epochs"]
     if hyper["max_steps"] is not None:
         total = min(total, hyper["max_steps"])
-    warmup = max(1, int(hyper["warmup_ratio"] * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    scheduler = warmup_then_linear(optimizer, hyper["warmup_ratio"], total)
     net.encoder.train()
     step, first, last = 0, float("nan"), float("nan")
     rng = random.Random(hyper["seed"])
@@ -540,7 +537,7 @@ def choose_thresholds(questions: Sequence[CalibrationQuestion], spans: Sequence[
                                      / max(1, sum(1 for q in questions if q.answers)), 4),
         "has_answer_f1": round(sum(f for q, f in zip(questions, f1, strict=True) if q.answers)
                                / max(1, sum(1 for q in questions if q.answers)), 4),
-        "no_answer_roc_auc_in_collection": round(_roc_auc([scores[i] for i in inside],
+        "no_answer_roc_auc_in_collection": round(roc_auc([scores[i] for i in inside],
                                                           [answerable[i] for i in inside]), 4),
     }
     return metrics

@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import ConfigError, ModelError
+from ragtune.errors import ModelError
 from ragtune.ingest.quiet import quiet_model_loading
 from ragtune.store.artefacts import MANIFEST, ArtefactKind, ArtefactStore, read_manifest
 
@@ -273,16 +272,3 @@ def read_batch(net: ReaderNet, questions: Sequence[str], passages: Sequence[Sequ
 def load_reader(data_dir: str | Path, version: int | None = None) -> Reader:
     """The project's reader (the latest version by default); the network loads on first use."""
     return Reader(reader_store(data_dir).get(version).path)
-
-
-def timed_read(reader: Reader, question: str, passages: Sequence[str]) -> tuple[ReaderSpan | None, float]:
-    """``read`` and the milliseconds it took (benchmarks and the answer's timings)."""
-    started = time.perf_counter()
-    found = reader.read(question, passages)
-    return found, (time.perf_counter() - started) * 1000
-
-
-def check_threshold(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ConfigError(f"reader threshold {name} must be a number, got {value!r}")
-    return value
