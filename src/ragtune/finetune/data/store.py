@@ -278,6 +278,25 @@ class DatasetStore:
         return {r["name"]: self.rows(DatasetInfo.from_row(r), principal=principal) for r in latest
                 if r["eval_set"] and r["name"] != exclude}
 
+    def eval_set(self, name: str, *, principal: Principal) -> tuple[DatasetInfo, list[Example]]:
+        """The latest version ``principal`` may read of the registered eval set ``name``, and its rows
+        (those ``principal`` may read). A dataset that is not an eval set is refused as one that does not
+        exist would be: evaluating on rows that may have been trained on would flatter the model."""
+        vis, params = visible(principal)
+        with self.db.connection() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM datasets d WHERE name = %s AND {vis}"
+                               " ORDER BY version DESC LIMIT 1", (name, *params)).fetchone()
+            if row is None or not row["eval_set"]:
+                known = [r["name"] for r in conn.execute(
+                    f"SELECT DISTINCT ON (name) name, eval_set FROM datasets d WHERE {vis} ORDER BY name, version DESC",
+                    params) if r["eval_set"]]
+                why = "no dataset of that name" if row is None else "a dataset, but not registered as an eval set"
+                raise NotFoundError(f"no evaluation set named {name!r} ({why}); registered evaluation sets: "
+                                    f"{', '.join(known) or 'none'} (register one with `ragtune data import FILE "
+                                    "--name NAME --eval-set`)")
+            info = self._view(conn, [DatasetInfo.from_row(row)], principal)[0]
+        return info, self.rows(info, principal=principal)
+
     def _view(self, conn: Conn, infos: list[DatasetInfo], principal: Principal) -> list[DatasetInfo]:
         """``infos`` (versions ``principal`` reads) as it may know them: with rows hidden from it,
         counts of the rest and nothing else computed over all rows; leakage into eval sets it cannot

@@ -10,9 +10,11 @@ as JSON), a table of metric name to ``"higher"``, ``"lower"``, ``"higher:TOLERAN
     "eval.loss" = { better = "lower", tolerance = 0.02 }
 
 Metric names are those a registered version's MLflow run holds: ``eval.<metric>`` for the tuned side
-of ``ragtune tune eval`` (``eval.base.<metric>`` for its base side) and the training metrics
-(``eval_loss``, ``train_loss`` ...). A gate applies when the production version has the metric; a
-candidate without it fails that gate (it was not measured, so it cannot be shown not to be worse).
+of ``ragtune tune eval`` (``eval.base.<metric>`` for its base side), among them a task spec's
+per-field metrics (``eval.field.<name>.<metric>``, e.g. ``eval.field.category.macro_f1``;
+docs/task-metrics.md), and the training metrics (``eval_loss``, ``train_loss`` ...). A gate applies
+when the production version has the metric; a candidate without it fails that gate (it was not
+measured, so it cannot be shown not to be worse).
 Tolerance is absolute: ``higher`` passes when ``candidate >= production - tolerance``.
 """
 

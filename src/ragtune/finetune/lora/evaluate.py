@@ -15,10 +15,18 @@ run's base model folder, once without and once with ``generator_adapter``: what 
   ``tool_call`` case, a turn whose text is a JSON object or array a ``json`` case, any other turn
   a ``text`` case. A preference row is evaluated on its chosen reply.
 
-Each metric is the mean over the cases it applies to (None when none does). The report goes to
-``eval.json`` in the run folder (with every case's outputs, for reading) and is what
-``finetune.lifecycle.registry`` logs and gates promotions on. Concessions: one prompt at a time (no batched
-generation), and cases of one row share its context, so they are not independent samples.
+Each metric is the mean over the cases it applies to (None when none does). A task spec
+(``evaluate.task_spec``, ``--task-spec``) scores the cases of its kind by what the task asks: for a
+json task, schema conformance to the spec's schema (enums included) instead of one inferred from the
+reference, and per-field metrics named ``field.<name>.<metric>`` (``exact``, ``f1``, ``accuracy``,
+and ``macro_f1`` over the classes of an ``accuracy`` field), with a confusion summary per class field.
+
+The rows are the run's held-out rows, or any others given (``examples``: a registered evaluation set,
+``tune eval --set``; ``data`` names them in the report, and ``rows_hash`` tells apart reports on
+different rows). The report goes to ``eval.json`` in the run folder (with every case's outputs, for
+reading) and is what ``finetune.lifecycle.registry`` logs (``eval.<metric>``) and gates promotions on.
+Concessions: one prompt at a time (no batched generation), and cases of one row share its context,
+so they are not independent samples.
 
 Progress (``protocols.Progress``): "evaluation", the cases generated so far on both sides (``total``
 = 2 × cases: base first, then tuned; ``detail`` the side).
@@ -31,12 +39,14 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError, NotFoundError, TrainingError
+from ragtune.evaluate.task_metrics import Confusion, class_labels, class_summary, mean_scores
+from ragtune.evaluate.task_spec import TaskSpec, load_task_spec
 from ragtune.finetune.data.examples import Example, canonical_json, template_messages
 from ragtune.finetune.lora import runs, scoring
 from ragtune.finetune.lora.trainset import IGNORE, read_rows, sft_features
@@ -47,13 +57,25 @@ from ragtune.protocols import Generator, Progress
 from ragtune.settings import Settings
 
 REPORT_FILE = "eval.json"
-# Every metric the report holds, and whether higher is better (the table's colours, the gates).
+HELD_OUT = "held-out rows"  # what ``data`` says of a report on the run's own held-out rows
+# Every metric the report holds without a task spec, and whether higher is better (the table's
+# colours). A spec adds ``field.<name>.<metric>`` metrics, all better higher.
 METRICS: dict[str, bool] = {
     "loss": False, "perplexity": False,
     "exact_match": True, "token_f1": True, "rouge_l": True,
     "json_valid": True, "schema_valid": True,
     "tool_name_accuracy": True, "tool_args_accuracy": True, "tool_args_f1": True,
 }
+
+
+def higher_is_better(metric: str) -> bool:
+    return METRICS.get(metric, True)
+
+
+def metric_names(*sides: dict[str, float | None]) -> list[str]:
+    """``METRICS`` in order, then the others the sides hold (a spec's field metrics), sorted."""
+    extra = sorted({name for side in sides for name in side} - set(METRICS))
+    return [*METRICS, *extra]
 
 
 @dataclass(frozen=True)
@@ -69,12 +91,18 @@ class EvalCase:
     tools: tuple[dict[str, Any], ...] | None = None
     value: Any = None  # the reference JSON of a json case
 
-    def score(self, output: str) -> dict[str, float]:
+    def score(self, output: str, spec: TaskSpec | None = None) -> dict[str, float]:
         if self.kind == "tool_call":
             return scoring.tool_call_scores(output, list(self.calls), self.tools)
         if self.kind == "json":
-            return scoring.json_scores(output, self.value)
+            return scoring.json_scores(output, self.value, spec)
         return scoring.text_scores(output, self.reference)
+
+    def labels(self, output: str, spec: TaskSpec | None) -> dict[str, tuple[str, str]]:
+        """``field -> (reference, predicted)`` class labels of a json case under a json task spec."""
+        if self.kind != "json" or spec is None or spec.task != "json":
+            return {}
+        return class_labels(spec, output, self.value)
 
 
 @dataclass(frozen=True)
@@ -93,11 +121,14 @@ class EvalReport:
     timings: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
     decoding: str = "greedy"
+    data: str = HELD_OUT  # which rows: the run's held-out rows, or "eval set NAME vN"
+    task: dict[str, Any] | None = None  # the task spec scored by (TaskSpec.to_dict), if any
+    confusion: dict[str, Confusion] = field(default_factory=dict)  # "base"/"tuned" -> field -> gold -> predicted
 
     @property
     def delta(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
-        for name in METRICS:
+        for name in metric_names(self.base_metrics, self.tuned_metrics):
             a, b = self.base_metrics.get(name), self.tuned_metrics.get(name)
             out[name] = None if a is None or b is None else b - a
         return out
@@ -107,8 +138,9 @@ class EvalReport:
             "run_id": self.run_id, "run_dir": self.run_dir, "base": self.base, "adapter": self.adapter,
             "rows": self.rows, "rows_hash": self.rows_hash, "cases": self.cases,
             "decoding": self.decoding, "max_new_tokens": self.max_new_tokens, "created_at": self.created_at,
+            "data": self.data, "task": self.task,
             "metrics": {"base": self.base_metrics, "tuned": self.tuned_metrics, "delta": self.delta},
-            "timings": self.timings, "details": self.details,
+            "confusion": self.confusion, "timings": self.timings, "details": self.details,
         }
 
     @classmethod
@@ -118,7 +150,8 @@ class EvalReport:
                    max_new_tokens=data["max_new_tokens"], base_metrics=data["metrics"]["base"],
                    tuned_metrics=data["metrics"]["tuned"], details=data.get("details", []),
                    timings=data.get("timings", {}), created_at=data.get("created_at", ""),
-                   decoding=data.get("decoding", "greedy"))
+                   decoding=data.get("decoding", "greedy"), data=data.get("data", HELD_OUT),
+                   task=data.get("task"), confusion=data.get("confusion", {}))
 
 
 # -- which run --------------------------------------------------------------------------------------
@@ -214,36 +247,45 @@ def heldout_loss(generator: Generator, examples: Sequence[Example]) -> tuple[flo
     return (total / count if count else None), count
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side's results: metrics, each case's output and scores, timings and the class confusion."""
+
+    metrics: dict[str, float | None]
+    outputs: list[tuple[str, dict[str, float]]]
+    timings: dict[str, float]
+    confusion: Confusion
+
+
 def _side(generator: Generator, cases: Sequence[EvalCase], examples: Sequence[Example], *, max_new_tokens: int,
-          label: str, progress: Progress | None, before: int = 0
-          ) -> tuple[dict[str, float | None], list[tuple[str, dict[str, float]]], dict[str, float]]:
-    """One side's metrics, outputs and timings; ``before``: the cases the other side evaluated first."""
+          label: str, progress: Progress | None, spec: TaskSpec | None, before: int = 0) -> Side:
+    """One side's results; ``before``: the cases the other side evaluated first."""
     emit(progress, "evaluation", before, 2 * len(cases), detail=f"{label}: held-out loss")
     started = time.perf_counter()
     loss, tokens = heldout_loss(generator, examples)
     loss_seconds = time.perf_counter() - started
     outputs: list[tuple[str, dict[str, float]]] = []
+    labels: list[dict[str, tuple[str, str]]] = []
     generated, gen_seconds = 0, 0.0
     for n, case in enumerate(cases, start=1):
         completion = generator.generate(list(case.messages), max_tokens=max_new_tokens)
         generated += completion.completion_tokens
         gen_seconds += completion.seconds
-        outputs.append((completion.text, case.score(completion.text)))
+        outputs.append((completion.text, case.score(completion.text, spec)))
+        labels.append(case.labels(completion.text, spec))
         emit(progress, "evaluation", before + n, 2 * len(cases), detail=label)
-    metrics: dict[str, float | None] = dict.fromkeys(METRICS)
+    # every metric the spec names is reported, None when no case measured it
+    named = spec.field_metric_names() if spec is not None else []
+    metrics: dict[str, float | None] = dict.fromkeys([*METRICS, *named])
     metrics["loss"] = loss
     metrics["perplexity"] = math.exp(loss) if loss is not None else None
-    sums: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    for _, scores in outputs:
-        sums.update(scores)
-        counts.update(scores.keys())
-    for name in counts:
-        metrics[name] = sums[name] / counts[name]
+    metrics.update(mean_scores(scores for _, scores in outputs))
+    classes, matrix = class_summary(labels)
+    metrics.update(classes)
     timings = {"loss_seconds": loss_seconds, "loss_tokens": float(tokens), "generation_seconds": gen_seconds,
                "generated_tokens": float(generated),
                "tokens_per_second": generated / gen_seconds if gen_seconds > 0 else 0.0}
-    return metrics, outputs, timings
+    return Side(metrics, outputs, timings, matrix)
 
 
 def build_generators(record: Any, settings: Settings) -> tuple[Generator, Generator]:
@@ -253,42 +295,89 @@ def build_generators(record: Any, settings: Settings) -> tuple[Generator, Genera
     return base, tuned
 
 
+def check_spec_applies(spec: TaskSpec, cases: Sequence[EvalCase], data: str) -> None:
+    """A spec none of whose cases is of its kind would measure nothing: refused rather than silently empty."""
+    if not any(c.kind == spec.task for c in cases):
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(Counter(c.kind for c in cases).items())) or "none"
+        raise ConfigError(f"task spec {spec.source}: it declares a {spec.task} task, but no case of the {data} "
+                          f"is one (cases: {kinds}); a json case is a reply whose reference is a JSON object or "
+                          "array, a tool_call case one whose reference calls tools")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Base and tuned side by side on the same cases: what a report holds besides the run."""
+
+    cases: list[EvalCase]
+    base: Side
+    tuned: Side
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        return [{"row": c.row, "turn": c.turn, "kind": c.kind, "reference": c.reference,
+                 "base": {"output": b[0], **b[1]}, "tuned": {"output": t[0], **t[1]}}
+                for c, b, t in zip(self.cases, self.base.outputs, self.tuned.outputs, strict=True)]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {**{f"base_{k}": v for k, v in self.base.timings.items()},
+                **{f"tuned_{k}": v for k, v in self.tuned.timings.items()}}
+
+
+def compare(examples: Sequence[Example], base: Generator, tuned: Generator, *, spec: TaskSpec | None = None,
+            max_new_tokens: int = 128, progress: Progress | None = None, data: str = HELD_OUT) -> Comparison:
+    """Both generators on every case of ``examples``, scored by ``spec`` where its kind applies."""
+    cases = eval_cases(examples)
+    if spec is not None:
+        check_spec_applies(spec, cases, data)
+    base_side = _side(base, cases, examples, max_new_tokens=max_new_tokens, label="base", progress=progress,
+                      spec=spec)
+    tuned_side = _side(tuned, cases, examples, max_new_tokens=max_new_tokens, label="tuned", progress=progress,
+                       spec=spec, before=len(cases))
+    return Comparison(cases, base_side, tuned_side)
+
+
 def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit: int | None = None,
                  max_new_tokens: int = 128, base: Generator | None = None, tuned: Generator | None = None,
-                 progress: Progress | None = None, write: bool = True) -> EvalReport:
-    """Evaluate base and tuned on the run's held-out rows (the first ``limit`` of them) and write
-    ``eval.json``. ``base``/``tuned`` default to generators built from the run (``build_generators``)."""
+                 progress: Progress | None = None, write: bool = True,
+                 task_spec: str | Path | Mapping[str, Any] | TaskSpec | None = None,
+                 examples: Sequence[Example] | None = None, data: str | None = None) -> EvalReport:
+    """Evaluate base and tuned on the run's held-out rows, or on ``examples`` (named ``data`` in the
+    report), the first ``limit`` of them, and write ``eval.json``. ``task_spec``: a spec file, its
+    content as a mapping, or a ``TaskSpec``. ``base``/``tuned`` default to generators built from the
+    run (``build_generators``)."""
     if limit is not None and limit < 1:
         raise ConfigError(f"invalid --limit {limit}: expected at least 1 row")
     if not 1 <= max_new_tokens <= 32768:
         raise ConfigError(f"invalid --max-new-tokens {max_new_tokens}: expected 1 to 32768")
+    spec = load_task_spec(task_spec) if task_spec is not None else None  # a bad spec fails before any model loads
     run_dir = Path(run_dir)
     record = completed_record(run_dir)
-    held_out = run_dir / "data" / "eval.jsonl"
-    examples = read_rows(held_out) if held_out.is_file() else []
-    if not examples:
-        raise ConfigError(f"run {record.run_id} has no held-out rows ({held_out} is empty or missing): train with "
-                          "eval_fraction > 0 or on a stored dataset with an eval split")
-    examples = examples[:limit] if limit else examples
-    cases = eval_cases(examples)
+    if examples is None:
+        held_out = run_dir / "data" / "eval.jsonl"
+        examples = read_rows(held_out) if held_out.is_file() else []
+        if not examples:
+            raise ConfigError(f"run {record.run_id} has no held-out rows ({held_out} is empty or missing): train "
+                              "with eval_fraction > 0 or on a stored dataset with an eval split, or evaluate on a "
+                              "registered evaluation set (--set)")
+        data = HELD_OUT
+    elif not examples:
+        raise ConfigError(f"no rows to evaluate run {record.run_id} on ({data or 'the rows given'} is empty)")
+    examples = list(examples[:limit] if limit else examples)
+    data = data or "the rows given"
+    if spec is not None:
+        check_spec_applies(spec, eval_cases(examples), data)  # before the models load
     if base is None or tuned is None:
         built = build_generators(record, settings or Settings())
         base, tuned = base or built[0], tuned or built[1]
-    base_metrics, base_out, base_time = _side(base, cases, examples, max_new_tokens=max_new_tokens, label="base",
-                                              progress=progress)
-    tuned_metrics, tuned_out, tuned_time = _side(tuned, cases, examples, max_new_tokens=max_new_tokens,
-                                                 label="tuned", progress=progress, before=len(cases))
-    details = [
-        {"row": c.row, "turn": c.turn, "kind": c.kind, "reference": c.reference,
-         "base": {"output": b[0], **b[1]}, "tuned": {"output": t[0], **t[1]}}
-        for c, b, t in zip(cases, base_out, tuned_out, strict=True)
-    ]
+    result = compare(examples, base, tuned, spec=spec, max_new_tokens=max_new_tokens, progress=progress, data=data)
     report = EvalReport(
         run_id=record.run_id, run_dir=str(run_dir.resolve()), base=record.base, adapter=str(record.adapter),
-        rows=len(examples), rows_hash=rows_hash(examples), cases=dict(Counter(c.kind for c in cases)),
-        max_new_tokens=max_new_tokens, base_metrics=base_metrics, tuned_metrics=tuned_metrics, details=details,
-        timings={**{f"base_{k}": v for k, v in base_time.items()}, **{f"tuned_{k}": v for k, v in tuned_time.items()}},
-        created_at=runs.now(),
+        rows=len(examples), rows_hash=rows_hash(examples), cases=dict(Counter(c.kind for c in result.cases)),
+        max_new_tokens=max_new_tokens, base_metrics=result.base.metrics, tuned_metrics=result.tuned.metrics,
+        details=result.details, timings=result.timings, created_at=runs.now(), data=data,
+        task=spec.to_dict() if spec is not None else None,
+        confusion={"base": result.base.confusion, "tuned": result.tuned.confusion} if spec is not None else {},
     )
     if write:
         runs.write_json(run_dir / REPORT_FILE, report.to_dict())

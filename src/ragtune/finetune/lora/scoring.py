@@ -1,12 +1,13 @@
 """Task metrics for one generated reply against the held-out reference, by kind of reply.
 
-* ``text``: exact match and token F1 with the official SQuAD normalisation (shared with
-  ``evaluate.answers``), and ROUGE-L: the F-measure of the longest common subsequence of tokens,
-  tokenised as the ``rouge-score`` package does by default (lower case, runs of ``[a-z0-9]``, no
-  stemming); a test compares it with that package.
+* ``text``: exact match, token F1 and ROUGE-L (``evaluate.text_metrics``, shared with
+  ``eval answers``).
 * ``json`` (a reference that is a JSON object or array): JSON validity of the whole reply (code
   fences allowed) and conformance to a schema inferred from the reference (the same JSON types,
-  every key of each reference object required).
+  every key of each reference object required). With a json task spec (``evaluate.task_spec``),
+  conformance to the spec's schema instead, and the spec's per-field metrics
+  (``evaluate.task_metrics``): an inferred schema has no enums, so a reply with every field wrong
+  conforms to it.
 * ``tool_call`` (a reference turn that calls tools): JSON validity as above; schema conformance
   (every call is ``{"name", "arguments"}``, names a declared tool, and its arguments validate
   against that tool's ``parameters`` with ``jsonschema``); name accuracy (the called names, in
@@ -23,80 +24,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ragtune.evaluate.answers import exact_match, token_f1
+from ragtune.evaluate.task_metrics import first_json, json_task_scores, strict_json
+from ragtune.evaluate.task_spec import TaskSpec
+from ragtune.evaluate.text_metrics import exact_match, rouge_l, token_f1
 from ragtune.extras import require
 from ragtune.finetune.data.examples import canonical_json
 
 KINDS = ("text", "json", "tool_call")
-_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
-_ROUGE_TOKEN = re.compile(r"[^a-z0-9]+")
 
 
 # -- text ------------------------------------------------------------------------------------------
-def rouge_tokens(text: str) -> list[str]:
-    """``rouge_score.tokenize`` without stemming: lower case, non-alphanumerics as separators."""
-    return _ROUGE_TOKEN.sub(" ", text.lower()).split()
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if not a or not b:
-        return 0
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (beta 1) of ``prediction`` against ``reference``."""
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
-    lcs = lcs_length(ref, pred)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def text_scores(prediction: str, reference: str) -> dict[str, float]:
     return {"exact_match": exact_match(prediction, [reference]), "token_f1": token_f1(prediction, [reference]),
             "rouge_l": rouge_l(prediction, reference)}
 
 
 # -- JSON ------------------------------------------------------------------------------------------
-def strict_json(text: str) -> tuple[bool, Any]:
-    """``(True, value)`` when the whole reply (inside one code fence at most) is one JSON value."""
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
-    try:
-        return True, json.loads(body)
-    except (json.JSONDecodeError, ValueError):
-        return False, None
-
-
-def first_json(text: str) -> Any:
-    """The reply as JSON, else the first JSON object or array found inside it, else None."""
-    ok, value = strict_json(text)
-    if ok:
-        return value
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[{\[]", text):
-        try:
-            return decoder.raw_decode(text, match.start())[0]
-        except (json.JSONDecodeError, ValueError):
-            continue
-    return None
-
-
 def json_reference(text: str) -> Any:
     """The reference as a JSON object or array, or None when it is prose (or a bare scalar)."""
     body = text.strip()
@@ -134,7 +81,11 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
         return kind != "object" or isinstance(value, dict)
 
 
-def json_scores(prediction: str, reference: Any) -> dict[str, float]:
+def json_scores(prediction: str, reference: Any, spec: TaskSpec | None = None) -> dict[str, float]:
+    """Validity and schema conformance: to the spec's schema, with its per-field metrics, when a json
+    task spec is given (``evaluate.task_metrics``), else to the schema inferred from the reference."""
+    if spec is not None and spec.task == "json":
+        return json_task_scores(spec, prediction, reference)
     ok, value = strict_json(prediction)
     return {"json_valid": float(ok), "schema_valid": float(ok and conforms(value, infer_schema(reference)))}
 
