@@ -95,3 +95,15 @@ def rt(settings, embedder) -> Iterator:  # type: ignore[no-untyped-def]
         yield engine
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="session")
+def tool_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):  # type: ignore[no-untyped-def]
+    """One real LoRA run (``tests/finetune/tuned.py``), trained once per session through
+    ``ragtune.finetune.lora.train.start_run`` (the fine-tuning tests and the server's serving of a
+    registered model share it); tests copy its folder rather than write into it."""
+    from ragtune.finetune.lora.train import start_run
+    from tests.finetune.tuned import TINY_TOOLS_CONFIG, tool_trainset
+
+    return start_run(base="smollm2", data=tool_trainset(), config=TINY_TOOLS_CONFIG,
+                     data_dir=tmp_path_factory.mktemp("tuned"), cache_dir=cache_dir, name="tools")

@@ -193,3 +193,16 @@ def train_tiny_reader(data_dir: Any, steps: int = 40) -> Any:
     return train_reader(tiny_reader_examples(range(16)), reader_store(data_dir), calibration=calibration,
                         max_steps=steps, batch_size=8, learning_rate=3e-4, max_length=64, stride=16,
                         warmup_ratio=0.1, source="tests.helpers.tiny_reader_examples")
+
+
+def adapter_sha256(folder: Any) -> str:
+    """A PEFT adapter's content hash worked out here, as ``generate.lineage`` documents it: sha256
+    over ``adapter_config.json`` and ``adapter_model.safetensors``, each its name, a NUL byte and
+    its bytes, in name order (other files do not count)."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes())
+    return digest.hexdigest()

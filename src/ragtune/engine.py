@@ -667,6 +667,7 @@ class Ragtune:
         # The reader is resolved once per ask (its store is listed once): it decides "auto" and abstention.
         reads = (self.reader_model(reader) if reader is None or isinstance(reader, (str, bool)) else reader)
         read_answers = False
+        spec: str | None = None  # a Generator object given as such: its name stands for the spec
         if generator is None or isinstance(generator, str):
             spec = (generator or g.generator).strip()
             if spec == AUTO:
@@ -691,7 +692,7 @@ class Ragtune:
                                     filters=filters, principal=principal, query_vector=query_vector,
                                     reranker=reranker, history=history, **search_options)
         answerer = Answerer(model, self.support_scorer, self.traces, judge, reader=reads, read_answers=read_answers,
-                            reader_hint=g.reader_hint)
+                            reader_hint=g.reader_hint, spec=spec)
         return answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                on_token=on_token, timer=timer)
 

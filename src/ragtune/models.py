@@ -183,8 +183,47 @@ class Message:
 
 
 @dataclass(frozen=True)
+class AdapterLineage:
+    """A LoRA adapter applied on a base model: the folder it was loaded from, ``sha256`` over its
+    config and weight files (names and bytes, the recipe of a base model's hash), and, for a
+    registered version, ``registry`` (``NAME/VERSION``), the ``alias`` the request named and the
+    training ``run_id``. ``label`` is how ``model`` names it (``smollm2-135m-instruct+LABEL``)."""
+
+    path: str
+    sha256: str
+    label: str
+    registry: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+
+    def to_dict(self, *, paths: bool = True) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        if not paths:
+            del out["path"]
+        return out
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which model wrote an answer: the ``generator`` spec asked for (``smollm2``,
+    ``registry:acme@production``, ``extractive``), the ``base`` model (None without a generation
+    model; ``base_sha256`` when it is known, as for registered versions) and the ``adapter`` on it."""
+
+    generator: str
+    base: str | None = None
+    base_sha256: str | None = None
+    adapter: AdapterLineage | None = None
+
+    def to_dict(self, *, paths: bool = True) -> dict[str, Any]:
+        """JSON-ready; ``paths=False`` leaves out folders on the machine (the server's views)."""
+        return {"generator": self.generator, "base": self.base, "base_sha256": self.base_sha256,
+                "adapter": None if self.adapter is None else self.adapter.to_dict(paths=paths)}
+
+
+@dataclass(frozen=True)
 class Completion:
-    """What a Generator returns: the text plus what it cost."""
+    """What a Generator returns: the text plus what it cost, and (when the generator knows it)
+    the lineage of the model that wrote it."""
 
     text: str
     model: str
@@ -192,6 +231,7 @@ class Completion:
     completion_tokens: int = 0
     seconds: float = 0.0
     finish_reason: str = "stop"  # stop, length, timeout, error
+    lineage: Lineage | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -265,3 +305,5 @@ class Answer:
     # answers the question.
     relevance: float | None = None
     span: AnswerSpan | None = None
+    # The generator spec, base model and adapter (with its content hash) behind the answer.
+    lineage: Lineage | None = None

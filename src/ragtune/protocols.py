@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ragtune.models import Chunk, Completion, Hit, LoadedDocument, Message, ProgressEvent
+from ragtune.models import Chunk, Completion, Hit, Lineage, LoadedDocument, Message, ProgressEvent
 
 
 @runtime_checkable
@@ -98,6 +98,15 @@ class TokenBudget(Protocol):
     def context_window(self) -> int: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class DescribesLineage(Protocol):
+    """A generator that says which base model and adapter it serves (``models.Lineage``), also
+    when an answer needed no generation. Its completions carry the lineage of the model that wrote
+    them (``Completion.lineage``). Without either, an answer's lineage names the generator only."""
+
+    def lineage(self) -> Lineage: ...
 
 
 @runtime_checkable

@@ -11,17 +11,19 @@
    each checked against the sources it cites. A sentence that cites nothing is checked against all
    sources and, if one supports it, cites that one (``inferred``); otherwise it is flagged.
 4. A generation that times out still returns the retrieved sources, with ``error`` set.
-5. The ask trace holds the rendered prompt, the response, the model, citations, support and timings.
+5. The ask trace holds the rendered prompt, the response, the model and its lineage (the generator
+   spec, the base model, the adapter and its content hash), citations, support and timings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ragtune.errors import ConfigError, GenerationTimeoutError
+from ragtune.errors import ConfigError, GenerationTimeoutError, RagtuneError
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import Evidence, SupportScorer, parse_citations, strip_citations
 from ragtune.generate.prompt import NO_ANSWER, Prompt, PromptSource, build_prompt
@@ -33,12 +35,13 @@ from ragtune.models import (
     AnswerSpan,
     Citation,
     Completion,
+    Lineage,
     Message,
     Principal,
     SearchResult,
 )
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
-from ragtune.protocols import Generator, TokenBudget
+from ragtune.protocols import DescribesLineage, Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
 READER_GENERATOR = "reader"
@@ -71,7 +74,7 @@ class Answerer:
 
     def __init__(self, generator: Generator | None, scorer: SupportScorer, traces: TraceWriter | None = None,
                  answerability: AnswerabilityModel | None = None, *, reader: Reader | None = None,
-                 read_answers: bool = False, reader_hint: bool = False) -> None:
+                 read_answers: bool = False, reader_hint: bool = False, spec: str | None = None) -> None:
         if read_answers and reader is None:
             raise ConfigError("answering with the reader needs a trained reader (`ragtune reader train`)")
         self.generator = None if read_answers else generator
@@ -84,6 +87,7 @@ class Answerer:
         self.reader = reader
         self.read_answers = read_answers
         self.reader_hint = reader_hint
+        self.spec = spec  # the generator spec asked for (the lineage's ``generator``); default: the model's name
 
     @property
     def model_name(self) -> str:
@@ -153,12 +157,28 @@ class Answerer:
             error=error, usage=_usage(completion, best, answerable, found), timings_ms=dict(timer.timings_ms),
             prompt=prompt.messages, decided_by=decided_by,
             relevance=None if span is None or abstained else _relevance(text, span, self.read_answers),
-            span=None if abstained else span,
+            span=None if abstained else span, lineage=self._lineage(completion),
         )
         trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion)
         return Answer(**{**answer.__dict__, "trace_id": trace_id})
 
     # -- parts ---------------------------------------------------------------------------------
+    def _lineage(self, completion: Completion | None) -> Lineage:
+        """The spec asked for, and the base model and adapter that wrote the answer: from the
+        completion when there was one, else from the generator (an answer given before generation)."""
+        spec = self.spec or self.model_name
+        if self.read_answers and self.reader is not None:
+            return Lineage(generator=spec, base=f"{READER_GENERATOR}:{self.reader.name}")
+        if self.generator is None:
+            return Lineage(generator=spec)
+        found = completion.lineage if completion is not None else None
+        if found is None and isinstance(self.generator, DescribesLineage):
+            try:
+                found = self.generator.lineage()
+            except RagtuneError:  # e.g. an alias with no version yet: this answer did not need the model
+                found = None
+        return dataclasses.replace(found or Lineage(generator=spec, base=self.generator.name), generator=spec)
+
     def _decide(self, support: float, found: ReaderSpan | None, options: AskOptions) -> str | None:
         """The one abstention decision, before any generation: the reader's rule when there is a
         reader, else the support threshold. None: answer."""
@@ -244,7 +264,8 @@ class Answerer:
         return self.traces.write(TraceRecord(
             kind="ask", principal=principal, collection=collection, query=answer.question,
             params={
-                "model": answer.model, "search_trace_id": retrieved.trace_id, "mode": retrieved.mode,
+                "model": answer.model, "lineage": None if answer.lineage is None else answer.lineage.to_dict(),
+                "search_trace_id": retrieved.trace_id, "mode": retrieved.mode,
                 "prompt": [{"role": m.role, "content": m.content} for m in prompt.messages],
                 "response": answer.text, "abstained": answer.abstained, "grounded": answer.grounded,
                 "decided_by": answer.decided_by, "relevance": answer.relevance,
@@ -331,10 +352,12 @@ def _usage(completion: Completion | None, support: float, answerable: float | No
     return usage
 
 
-def answer_fields(answer: Answer) -> dict[str, Any]:
-    """A JSON-ready view of an answer (``--json`` and, later, the server)."""
+def answer_fields(answer: Answer, *, paths: bool = True) -> dict[str, Any]:
+    """A JSON-ready view of an answer (``--json`` and the server, which leaves out folders on its
+    machine: ``paths=False``)."""
     return {
         "question": answer.question, "answer": answer.text, "model": answer.model,
+        "lineage": None if answer.lineage is None else answer.lineage.to_dict(paths=paths),
         "abstained": answer.abstained, "decided_by": answer.decided_by, "grounded": answer.grounded,
         "relevance": answer.relevance, "span": None if answer.span is None else answer.span.__dict__,
         "error": answer.error,

@@ -25,7 +25,8 @@ from typing import Any
 from ragtune.errors import ModelError
 from ragtune.extras import needs
 from ragtune.generate.decoding import DecodingControls, loop_start, trim_loop_text
-from ragtune.models import Completion, Message
+from ragtune.generate.lineage import adapter_hash, adapter_label
+from ragtune.models import AdapterLineage, Completion, Lineage, Message
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,12 @@ class TransformersGenerator:
 
     def __init__(self, path: str | Path, *, adapter: str | Path | None = None, name: str | None = None,
                  max_time: float | None = None, temperature: float = 0.0,
-                 controls: DecodingControls | None = None) -> None:
+                 controls: DecodingControls | None = None, base_name: str | None = None) -> None:
         self.path = Path(path).expanduser()
         self.adapter = Path(adapter).expanduser() if adapter else None
-        self.name = name or self.path.name + (f"+{self.adapter.name}" if self.adapter else "")
+        # the base model's name (the folder's unless told), and the name answers give: base+adapter
+        self.base_name = base_name or self.path.name
+        self.name = name or self.base_name + (f"+{adapter_label(self.adapter)}" if self.adapter else "")
         self.max_time = max_time
         self.temperature = temperature
         self.controls = controls if controls is not None else DecodingControls()
@@ -127,7 +130,15 @@ class TransformersGenerator:
 
     @classmethod
     def packaged(cls, cache_dir: Path, **options: Any) -> TransformersGenerator:
-        return cls(packaged_smollm2(cache_dir), name=options.pop("name", SMOLLM2_NAME), **options)
+        return cls(packaged_smollm2(cache_dir), base_name=SMOLLM2_NAME, **options)
+
+    def lineage(self) -> Lineage:
+        """The base model and the adapter with its content hash (hashed once per adapter folder)."""
+        adapter = None
+        if self.adapter is not None:
+            adapter = AdapterLineage(path=str(self.adapter.resolve()), sha256=adapter_hash(self.adapter),
+                                     label=adapter_label(self.adapter))
+        return Lineage(generator=self.name, base=self.base_name, adapter=adapter)
 
     # -- lazily loaded parts -------------------------------------------------------------------
     @property
@@ -215,7 +226,7 @@ class TransformersGenerator:
         else:
             finish = "stop"
         return Completion(text=text.strip(), model=self.name, prompt_tokens=n_prompt, completion_tokens=n_new,
-                          seconds=seconds, finish_reason=finish)
+                          seconds=seconds, finish_reason=finish, lineage=self.lineage())
 
 
 class _CallbackStreamer:

@@ -324,6 +324,11 @@ class KeyStore:
             conn.execute("UPDATE api_keys SET last_used_at = now() WHERE key_id = %s", (key_id,))
 
 
+def is_key_shaped(token: str) -> bool:
+    """True if ``token`` has the shape of a ragtune key (``rt_<id>_<secret>``), valid or not."""
+    return _KEY.fullmatch(token.strip()) is not None
+
+
 def _parse(key: str) -> tuple[str, str, bytes]:
     """``(key_id, secret, sha256 of the key)``; AuthenticationError if it is not a key's shape."""
     key = key.strip()

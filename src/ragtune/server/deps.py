@@ -10,6 +10,12 @@ verification slot free) costs no thread at all; and only a key the server has to
 scrypt, in one of ``server.max_concurrent_verifications`` threads of its own, after spending a
 token from the client address's ``server.auth_rate_limit`` bucket. A 429 to a caller without a
 valid key is held back (``server.auth_refusal_delay``), so a flood slows itself down.
+
+With auth off (a loopback server by default) no key is needed, and a token that is not a ragtune
+key (``sk-anything``: the official OpenAI clients cannot send none) is ignored: the caller is the
+local operator, as without one. A ragtune key (``rt_...``) is still checked, so a key keeps its
+groups and scopes there too, and a revoked or wrong one is refused rather than quietly turned into
+the operator.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from ragtune.engine import Ragtune
 from ragtune.errors import AuthenticationError, LimitError, RateLimitError
-from ragtune.server.auth import Caller, KeyStore, RateLimiter
+from ragtune.server.auth import Caller, KeyStore, RateLimiter, is_key_shaped
 from ragtune.server.jobs import JobStore, JobWorker
 from ragtune.settings import Settings
 
@@ -143,6 +149,8 @@ async def get_caller(request: Request, state: State,
 
 async def _authenticate(request: Request, state: ServerState, token: str | None, client: str) -> Caller:
     try:
+        if token and not state.auth_required and not is_key_shaped(token):
+            return Caller.local()  # auth off: a client's placeholder key, not one of ours
         if token:
             # memory only, on the event loop: raises for a malformed or lately wrong key
             known = state.keys.remembered(token)

@@ -13,13 +13,13 @@ a standalone Hugging Face folder (plus ``ragtune_model.json``, its provenance).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ragtune.errors import ConfigError, ModelError
 from ragtune.extras import needs
@@ -27,10 +27,10 @@ from ragtune.finetune.data.lengths import PACKAGED_BASES
 from ragtune.finetune.lifecycle.refs import PRODUCTION, ModelRef, ModelVersionInfo
 from ragtune.finetune.lifecycle.registry import ModelRegistry
 from ragtune.finetune.lora.runs import now
-from ragtune.finetune.lora.train import model_hash
 from ragtune.generate.decoding import DecodingControls
+from ragtune.generate.lineage import adapter_hash, model_hash
 from ragtune.generate.local import TransformersGenerator, packaged_smollm2
-from ragtune.models import Completion, Message
+from ragtune.models import AdapterLineage, Completion, Lineage, Message
 from ragtune.settings import Settings
 
 
@@ -79,25 +79,31 @@ def export_model(registry: ModelRegistry, ref: str | ModelRef, out: Path) -> Pat
 
 
 class RegistryGenerator:
-    """A generator that serves whatever version ``ref`` points at when a request arrives."""
+    """A generator that serves whatever version ``ref`` points at when a request arrives; its
+    completions carry the lineage of the version that wrote them (name/version, the alias asked
+    for, the run, the base and its hash, the adapter and its hash)."""
 
     def __init__(self, ref: str | ModelRef, registry: ModelRegistry, *, keep: int = 2) -> None:
         self.ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         self.registry = registry
         self.keep = keep
         self.name = f"registry:{self.ref}"
-        self._loaded: dict[int, Any] = {}  # version -> TransformersGenerator, most recently used last
+        # version -> (its TransformersGenerator, what the registry knows of it), most recently used last
+        self._loaded: dict[int, tuple[TransformersGenerator, ModelVersionInfo]] = {}
         self._lock = threading.Lock()
 
-    def current(self) -> Any:
+    def current(self) -> TransformersGenerator:
         """The generator of the version the reference points at now (loaded once per version)."""
+        return self._current()[0]
+
+    def _current(self) -> tuple[TransformersGenerator, ModelVersionInfo]:
         if self.ref.version is not None:
             version = self.ref.version
         else:
             version = int(self.registry.by_alias(self.ref.name, self.ref.alias or PRODUCTION).version)
         with self._lock:
-            generator = self._loaded.pop(version, None)
-            if generator is None:
+            loaded = self._loaded.pop(version, None)
+            if loaded is None:
                 info = self.registry.version(self.ref.name, version)
                 if not info.servable:
                     raise ModelError(f"{self.ref} points at version {version}, whose run did not complete")
@@ -106,16 +112,27 @@ class RegistryGenerator:
                     base_folder(info, settings.resolved_cache_dir), adapter=info.adapter,
                     name=f"{self.ref.name}/{version}", max_time=settings.generation.timeout,
                     controls=DecodingControls.of(settings.generation))
-            self._loaded[version] = generator
+                loaded = (generator, info)
+            self._loaded[version] = loaded
             while len(self._loaded) > self.keep:
                 self._loaded.pop(next(iter(self._loaded)))
         self.name = f"registry:{self.ref} ({self.ref.name}/{version})"
-        return generator
+        return loaded
+
+    def lineage(self, info: ModelVersionInfo | None = None) -> Lineage:
+        """The lineage of ``info``, by default of the version the reference points at now (resolved,
+        not loaded)."""
+        info = info or self.registry.resolve(self.ref)
+        label = f"{info.name}/{info.version}"
+        return Lineage(generator=f"registry:{self.ref}", base=info.base or None, base_sha256=info.base_hash or None,
+                       adapter=AdapterLineage(path=info.adapter, sha256=adapter_hash(Path(info.adapter)), label=label,
+                                              registry=label, alias=self.ref.alias, run_id=info.run_id or None))
 
     def generate(self, messages: Sequence[Message], *, max_tokens: int = 256,
                  on_token: Callable[[str], None] | None = None) -> Completion:
-        completion: Completion = self.current().generate(messages, max_tokens=max_tokens, on_token=on_token)
-        return completion
+        generator, info = self._current()
+        completion = generator.generate(messages, max_tokens=max_tokens, on_token=on_token)
+        return dataclasses.replace(completion, lineage=self.lineage(info))
 
     def count_tokens(self, text: str) -> int:
         return int(self.current().count_tokens(text))

@@ -24,7 +24,6 @@ them to its own ``progress``, so a data-parallel run reports like an in-process 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -44,12 +43,12 @@ from ragtune.finetune.lora.config import TuneConfig, from_dict, to_dict, to_toml
 from ragtune.finetune.lora.runs import RunRecord
 from ragtune.finetune.lora.trainers import build_trainer
 from ragtune.finetune.lora.trainset import TrainSet, read_rows, write_rows
+from ragtune.generate.lineage import model_hash as model_hash  # the base's hash, also imported from here
 from ragtune.progress import JsonLinesReader, JsonLinesWriter
 from ragtune.protocols import Progress
 
 log = logging.getLogger(__name__)
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
 PROGRESS_FILE = "progress.jsonl"  # in the run folder while torchrun workers train; removed after
 
 
@@ -65,22 +64,6 @@ def resolve_base(spec: str, cache_dir: Path) -> ResolvedBase:
     Hugging Face model folder, resolved as dataset validation resolves it, plus its hash."""
     base = lengths.resolve_base(spec, cache_dir)
     return ResolvedBase(base.name, base.path.resolve(), model_hash(base.path))
-
-
-def model_hash(path: Path) -> str:
-    """sha256 over the config and weight files (names and bytes), cached by size and mtime."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and (
-        p.name == "config.json" or p.suffix in (".safetensors", ".bin", ".gguf")))
-    key = (str(path), sum(p.stat().st_size for p in files), max(p.stat().st_mtime_ns for p in files))
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        for p in files:
-            digest.update(p.name.encode() + b"\0")
-            with open(p, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
 
 
 # -- the orchestrating process ---------------------------------------------------------------------

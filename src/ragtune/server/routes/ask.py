@@ -4,6 +4,11 @@ Streaming (``"stream": true`` or ``Accept: text/event-stream``) sends ``token`` 
 (``{"text": ...}``) as the generator writes, then one ``answer`` event with the whole answer
 (citations, sentences and their support, sources, trace id), or one ``error`` event holding a
 problem object if generation failed after the stream had started.
+
+``generator`` chooses among the generators the server serves (the configured one, ``extractive``,
+``reader`` and the setting ``server.generators``; the rule is in ``ragtune.server.generators``).
+``lineage`` says which model wrote the answer (the generator spec, the base model, the adapter
+with its registry version and content hash), without server folders.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ragtune.errors import ConfigError, LimitError
-from ragtune.generate.answer import EXTRACTIVE, READER_GENERATOR, answer_fields
+from ragtune.errors import LimitError
+from ragtune.generate.answer import answer_fields
 from ragtune.server.auth import Caller
 from ragtune.server.deps import Reader, ServerState, State
+from ragtune.server.generators import served_generator
 from ragtune.server.problems import problem_payload
 from ragtune.server.schemas import AskIn, history_messages, to_filters
 from ragtune.server.streaming import sse, stream_tokens
@@ -26,19 +32,6 @@ from ragtune.server.streaming import sse, stream_tokens
 router = APIRouter(tags=["ask"])
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def served_generator(state: ServerState, requested: str | None) -> str:
-    """The generator to use: the configured one unless the request names another served one
-    (``extractive``, ``reader`` or one of ``server.generators``)."""
-    configured = state.settings.generation.generator.strip()
-    if requested is None or not requested.strip():
-        return configured
-    allowed = {configured, EXTRACTIVE, READER_GENERATOR,
-               *(g.strip() for g in state.settings.server.generators.split(",") if g.strip())}
-    if requested.strip() not in allowed:
-        raise ConfigError(f"generator {requested!r} is not served here; use one of {sorted(allowed)}")
-    return requested.strip()
 
 
 def check_max_tokens(state: ServerState, max_tokens: int | None) -> None:
@@ -74,7 +67,7 @@ async def ask(collection: str, body: AskIn, request: Request, state: State, call
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(_events(call), media_type="text/event-stream", headers=_SSE_HEADERS)
     answer = await to_thread.run_sync(call, None)
-    return JSONResponse(answer_fields(answer))
+    return JSONResponse(answer_fields(answer, paths=False))
 
 
 async def _events(call: Callable[[Callable[[str], None] | None], Any]) -> AsyncIterator[str]:
@@ -82,6 +75,6 @@ async def _events(call: Callable[[Callable[[str], None] | None], Any]) -> AsyncI
         if kind == "token":
             yield sse({"text": value}, "token")
         elif kind == "done":
-            yield sse(answer_fields(value), "answer")
+            yield sse(answer_fields(value, paths=False), "answer")
         else:
             yield sse(problem_payload(value), "error")

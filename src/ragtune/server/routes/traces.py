@@ -1,7 +1,8 @@
 """Traces of searches and answers, filtered by who asks (``observe.traces``: a caller sees its own
 traces, and another's only when they show nothing it may not read; an admin's only if it is one).
 With ``chunks=true`` a trace also carries the text of the chunks it ranked that the caller may
-still read (the web console shows them beside their scores).
+still read (the web console shows them beside their scores). An answer's lineage is shown without
+the adapter's folder on the server (as every view leaves server folders out); the CLI shows it.
 """
 
 from __future__ import annotations
@@ -20,17 +21,27 @@ def list_traces(state: State, caller: Reader,
                 kind: Annotated[Literal["search", "ask"] | None, Query()] = None,
                 collection: Annotated[str | None, Query(max_length=200)] = None,
                 limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[dict[str, Any]]:
-    return state.engine.traces.visible(caller.principal, kind=kind, collection=collection, limit=limit)
+    return [_without_paths(t) for t in
+            state.engine.traces.visible(caller.principal, kind=kind, collection=collection, limit=limit)]
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
 def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Reader,
               chunks: Annotated[bool, Query(description="Add the text of the ranked chunks")] = False
               ) -> dict[str, Any]:
-    out = state.engine.traces.get(trace_id, caller.principal)
+    out = _without_paths(state.engine.traces.get(trace_id, caller.principal))
     if chunks:
         results = out["results"] if isinstance(out["results"], list) else []
         ids = sorted({r["chunk_id"] for r in results
                       if isinstance(r, dict) and isinstance(r.get("chunk_id"), int) and 1 <= r["chunk_id"] < 2**63})
         out["chunks"] = state.engine.repo.readable_chunks(ids, caller.principal)
     return out
+
+
+def _without_paths(trace: dict[str, Any]) -> dict[str, Any]:
+    params = trace.get("params")
+    lineage = params.get("lineage") if isinstance(params, dict) else None
+    adapter = lineage.get("adapter") if isinstance(lineage, dict) else None
+    if isinstance(adapter, dict):
+        adapter.pop("path", None)
+    return trace
