@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import gc
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grimp
 import psycopg
@@ -186,3 +188,35 @@ def test_every_command_closes_the_engine_it_opens(env: dict[str, str], pg_admin_
             assert _connections_left(pg_admin_url, database) == 0, args
     finally:
         gc.enable()
+
+
+def _commands(root: typer.Typer) -> list[Any]:
+    found = [c.callback for c in root.registered_commands if c.callback is not None]
+    for info in root.registered_groups:
+        if info.typer_instance is not None:
+            found += _commands(info.typer_instance)
+    return found
+
+
+def test_every_generator_option_default_is_a_registered_generator() -> None:
+    """``rerank train --generator`` once defaulted to ``local``, which no registry resolves: a
+    synthetic-question run failed on its first chunk."""
+    from ragtune.errors import ConfigError
+    from ragtune.generate.registry import EXTRACTIVE
+    from ragtune.plugins import default_plugins
+
+    registry = default_plugins().generators
+    defaults = {}
+    for callback in _commands(app):
+        default = inspect.signature(callback).parameters.get("generator")
+        if default is not None and isinstance(default.default, str):
+            defaults[f"{callback.__module__}.{callback.__name__}"] = default.default
+    assert "ragtune.cli.rerank.train" in defaults and "ragtune.cli.reader.train" in defaults
+    unresolved = []
+    for command, spec in defaults.items():
+        try:
+            if spec not in (EXTRACTIVE, "reader", "auto"):
+                registry.resolve(spec)
+        except ConfigError:
+            unresolved.append(f"{command}: {spec}")
+    assert unresolved == []

@@ -171,8 +171,9 @@ def test_the_public_split_is_by_article_and_question(cache_dir: Path) -> None:
     assert split_of("Normans") == split_of("Normans")
 
 
-def test_cli_trains_on_own_examples_and_lists_versions(tmp_path: Path, cache_dir: Path, database_url: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_trains_on_own_examples_lists_and_recalibrates_versions(tmp_path: Path, cache_dir: Path,
+                                                                    database_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
@@ -188,6 +189,18 @@ def test_cli_trains_on_own_examples_and_lists_versions(tmp_path: Path, cache_dir
     assert made["thresholds"]["support_below"] >= 0
     code, out, err = invoke("reader", "list", "--json")
     assert code == 0 and json.loads(out)[0]["version"] == 1
+    # a new rule needs no new training: the same network, thresholds chosen again, next version
+    code, out, err = invoke("reader", "calibrate", "--calibration", "20", "--json")
+    assert code == 0, out + err
+    again: dict[str, Any] = json.loads(out)
+    assert again["version"] == 2 and again["recalibrated_from"] == "reader/v1"
+    assert again["data"]["sha256"] == made["data"]["sha256"] and again["hyperparameters"] == made["hyperparameters"]
+    assert set(again["thresholds"]) == {"support_below", "no_answer_above"}
+    assert again["metrics"]["validation"]["questions"] == made["metrics"]["validation"]["questions"]
+    weights = [(tmp_path / "data" / "models" / "reader" / f"v{v}" / "model.safetensors").read_bytes() for v in (1, 2)]
+    assert weights[0] == weights[1]
+    code, out, err = invoke("reader", "calibrate", "--reader", "v9")
+    assert code != 0 and "version 9" in out + err
     code, out, err = invoke("reader", "train", "--examples", str(tmp_path / "missing.jsonl"), "--no-public")
     assert code != 0 and "missing.jsonl" in out + err
-    assert reader_store(tmp_path / "data").versions()[-1].version == 1, "a failed training publishes nothing"
+    assert reader_store(tmp_path / "data").versions()[-1].version == 2, "a failed training publishes nothing"

@@ -24,7 +24,7 @@ def train(
     limit: Annotated[int, typer.Option(help="With --dataset: at most N questions, from the training half "
                                             "of a hash split (the other half stays unseen).")] = 500,
     synthetic: Annotated[int, typer.Option(help="Without --dataset: number of generated questions.")] = 200,
-    generator: Annotated[str, typer.Option(help="Generator writing the synthetic questions.")] = "local",
+    generator: Annotated[str, typer.Option(help="Generator writing the synthetic questions.")] = "smollm2",
     negatives: Annotated[int, typer.Option(help="Hard negatives per question.")] = 3,
     epochs: Annotated[int, typer.Option(help="Passes over the training questions.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Questions per step (each with its negatives).")] = 4,
