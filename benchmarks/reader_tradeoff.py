@@ -384,7 +384,8 @@ def main() -> None:
 
 def show(configs: list[Config], speed: dict[str, Any], rows: dict[str, Any], references: dict[str, Any],
          steps: int) -> None:
-    table = Table(title=f"Reader training trade-off ({os.cpu_count()} cores; quality after {steps} steps)",
+    quality = f"quality after {steps} steps" if steps else "speed only"
+    table = Table(title=f"Reader training trade-off ({os.cpu_count()} cores; {quality})",
                   title_justify="left")
     for col in ("config", "frozen", "window", "s/step", "ratio", "steps/hour", "steps", "train min",
                 "HasAns F1", "ROC AUC", f"ΔF1 vs {configs[0].name}", "ΔAUC"):
