@@ -685,14 +685,15 @@ class Ragtune:
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or _OPERATOR
         name = collection or s.default_collection
+        answerer = Answerer(model, self.support_scorer, self.traces, judge, reader=reads, read_answers=read_answers,
+                            reader_hint=g.reader_hint, spec=spec)
+        answerer.system_prompt()  # a model trained on another prompt format is refused before the search
         timer = StageTimer()
         with timer.stage("retrieve"):
             # with a history the search is by the conversation; the answer is to the question itself
             retrieved = self.search(check_question(question), collection=name, top_k=options.top_k, mode=mode,
                                     filters=filters, principal=principal, query_vector=query_vector,
                                     reranker=reranker, history=history, **search_options)
-        answerer = Answerer(model, self.support_scorer, self.traces, judge, reader=reads, read_answers=read_answers,
-                            reader_hint=g.reader_hint, spec=spec)
         return answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                on_token=on_token, timer=timer)
 

@@ -165,6 +165,12 @@ class ModelError(RagtuneError):
     code = "model_error"
 
 
+class PromptFormatError(ConfigError):
+    """A tuned model asked to answer in a prompt format it was not trained on (``generate.prompt``)."""
+
+    code = "prompt_format_mismatch"
+
+
 class GenerationError(RagtuneError):
     code = "generation_error"
 
@@ -241,14 +247,15 @@ class RegistryError(RagtuneError):
 
 
 class PromotionRefusedError(RegistryError):
-    """A promotion the gates refused; ``failures`` describes each failed gate."""
+    """A candidate that failed a promotion gate (worse than production, outside a bound, or not
+    measured); ``failures`` describes each failed gate."""
 
     code = "promotion_refused"
 
     def __init__(self, name: str, version: int, failures: tuple[str, ...]) -> None:
         super().__init__(
-            f"version {version} of {name!r} is worse than the production version on {len(failures)} gate(s): "
-            f"{'; '.join(failures)}; pass --force to promote it anyway (recorded with the version)"
+            f"version {version} of {name!r} was refused promotion by {len(failures)} gate(s): {'; '.join(failures)}; "
+            "pass --force to promote it anyway (recorded with the version)"
         )
         self.name = name
         self.version = version

@@ -221,6 +221,21 @@ class Lineage:
 
 
 @dataclass(frozen=True)
+class PromptFormat:
+    """The prompt format a tuned model was trained on (``generate.prompt``: ``ragtune-sources/1`` or
+    ``chat``). ``system`` is the system message it saw (for ``chat``: the one every training row
+    shared, if they did); ``details`` say how the training prompts were made (collection, sources
+    per prompt, share of prompts holding the gold source)."""
+
+    name: str
+    system: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.name, "system": self.system, **({"details": self.details} if self.details else {})}
+
+
+@dataclass(frozen=True)
 class Completion:
     """What a Generator returns: the text plus what it cost, and (when the generator knows it)
     the lineage of the model that wrote it."""

@@ -6,6 +6,8 @@
 - ``JsonLinesWriter`` / ``JsonLinesReader``: events across a process boundary. A worker process
   appends them to a file as JSON lines; the process that started it reads the new complete lines
   and passes them to its own ``progress`` (the LoRA training workers torchrun starts).
+- ``Eta`` and ``clock_time``: the time a task has left, from its rate since it started, and how
+  it is written; the CLI's bars and its log lines both use them, so they agree.
 
 Concession: a counter sends an event on every change, whatever the rate; receivers that store or
 draw (the server's job row, the CLI's bars) throttle themselves.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +65,109 @@ class ProgressCounter:
     def done(self, task: str) -> int:
         with self._lock:
             return self._done.get(task, 0)
+
+
+# -- time left ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Eta:
+    """How long one task has left: the units still to do at the average rate this run of the task
+    has kept so far.
+
+    Only what this run did counts: a training resumed at step 50 of 100 that has done 10 steps in
+    10 s has 40 s left, not 50 s. Once a second step has come, the rate is measured from the end of
+    the first, which pays for the warm-up (a model's first pass, torchrun starting, a resumed
+    training fast-forwarding its data): 27 s for the first step of a small LoRA training here, 4 s
+    for each of the next. An average over the whole run is what a long job wants: Rich's own
+    estimate (``Task.speed``) keeps only the samples of the last 30 s and forgets them when the
+    total changes, so a task reporting less often than that (an optimiser step of a LoRA training
+    on CPU with gradient accumulation, an evaluation pass, a checkpoint) never has an estimate at
+    all. The price: a rate that changes for good (a cache that stops hitting) shows in the estimate
+    only slowly.
+
+    Frozen: each event makes a new value (``observe``), so a reader on another thread (the bars'
+    refresh) always sees one consistent state without a lock. Times are seconds of one monotonic
+    clock.
+    """
+
+    started: float      # when the task (or its latest restart) first reported
+    start_done: int     # its count then: where a resumed task went on from
+    updated: float      # when it last reported
+    done: int
+    total: int | None = None
+    reports: int = 0    # the events that moved ``done`` on since the start
+    first: tuple[float, int] | None = None  # (time, done) of the first of them: the warm-up's end
+
+    @classmethod
+    def begin(cls, done: int, total: int | None, now: float) -> Eta:
+        return cls(started=now, start_done=done, updated=now, done=done, total=total)
+
+    def observe(self, done: int, total: int | None, now: float) -> Eta:
+        """The estimate after an event. A count that goes back starts the task again (each trial
+        of a search trains from step 0); a total that grows does not (ingest learns its totals as
+        it reads), since the rate is of the count alone."""
+        if done < self.done:
+            return Eta.begin(done, total, now)
+        if done == self.done:
+            return replace(self, updated=now, total=total)
+        return replace(self, updated=now, done=done, total=total, reports=self.reports + 1,
+                       first=self.first or (now, done))
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.done >= self.total
+
+    def _measured(self) -> tuple[float, int, int]:
+        """(since when, from which count, in how many events) the rate is measured: from the end of
+        the first step once there is a second, else from the start."""
+        if self.first is not None and self.reports >= 2:
+            return self.first[0], self.first[1], self.reports - 1
+        return self.started, self.start_done, self.reports
+
+    @property
+    def rate(self) -> float | None:
+        """Units per second (see the class); None before the task has done any in measurable time."""
+        since, base, _ = self._measured()
+        seconds, progressed = self.updated - since, self.done - base
+        return progressed / seconds if progressed > 0 and seconds > 0 else None
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds since the task (or its restart) began, warm-up included."""
+        return (self.updated if now is None else now) - self.started
+
+    def remaining(self, now: float | None = None) -> float | None:
+        """Seconds left at ``now`` (default: the latest event), None while unknown (no total, no
+        rate yet); 0 once finished.
+
+        Between events the estimate counts down. A task whose next event is overdue is not shown
+        at 0 for ever: it reports every ``step`` units on average (1 for a training, a batch for
+        an embedder), none came by ``now``, so its rate is at most ``(done + step) / elapsed`` and
+        the estimate is never less than the rest at that rate. For a steady task the two agree at
+        the moment the next event is due, so the estimate never jumps; for a stalled one it grows."""
+        if self.total is None:
+            return None
+        if self.finished:
+            return 0.0
+        rate = self.rate
+        if rate is None:
+            return None
+        since, base, events = self._measured()
+        left = self.total - self.done
+        at = self.updated if now is None else max(now, self.updated)
+        countdown = left / rate - (at - self.updated)
+        progressed = self.done - base
+        step = progressed / events
+        overdue = (left - step) * (at - since) / (progressed + step)
+        return max(countdown, overdue, 0.0)
+
+
+def clock_time(seconds: float | None) -> str:
+    """``H:MM:SS`` to the nearest second (so 89.9999 s of float arithmetic reads 0:01:30);
+    ``-:--:--`` for None, as Rich writes an unknown time."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    minutes, secs = divmod(int(max(seconds, 0.0) + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 # -- across processes --------------------------------------------------------------------------------

@@ -13,7 +13,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ragtune.models import Chunk, Completion, Hit, Lineage, LoadedDocument, Message, ProgressEvent
+from ragtune.models import (
+    Chunk,
+    Completion,
+    Hit,
+    Lineage,
+    LoadedDocument,
+    Message,
+    ProgressEvent,
+    PromptFormat,
+)
 
 
 @runtime_checkable
@@ -107,6 +116,14 @@ class DescribesLineage(Protocol):
     them (``Completion.lineage``). Without either, an answer's lineage names the generator only."""
 
     def lineage(self) -> Lineage: ...
+
+
+@runtime_checkable
+class DeclaresPromptFormat(Protocol):
+    """A tuned generator that knows the prompt format it was trained on (``generate.prompt``);
+    None: not recorded. ``ask`` prompts it in that format or refuses a mismatch."""
+
+    def prompt_format(self) -> PromptFormat | None: ...
 
 
 @runtime_checkable

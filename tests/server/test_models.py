@@ -1,6 +1,6 @@
 """The read-only models view over real HTTP, against the real MLflow registry whose backend store is
 the module's PostgreSQL database: the empty registry, a registered version with its production
-alias, source run and metrics, and the problem responses."""
+alias, alias history (promotions and a rollback), source run and metrics, and the problem responses."""
 
 from __future__ import annotations
 
@@ -48,11 +48,15 @@ def test_a_registered_model_is_listed_with_its_alias_run_and_metrics(live: Any) 
         client.create_model_version("viewed", adapter.as_uri(), run_id=run.info.run_id, tags={
             "ragtune.run_id": "viewed-1", "ragtune.status": "completed", "ragtune.base": "smollm2",
             "ragtune.dataset": "sums@1", "ragtune.run_dir": str(live.settings.data_dir / "runs" / "viewed-1")})
-    client.set_registered_model_alias("viewed", "production", "1")
+    registry.promote("viewed", 1)  # then 2, rolled back: production is 1 again, with a history
+    registry.promote("viewed", 2)
+    registry.rollback("viewed")
 
     with live.client("b") as http:
         [model] = http.get("/models").json()
         assert (model["name"], model["production"], model["latest"]) == ("viewed", 1, 2)
+        assert [(c["action"], c["from"], c["to"]) for c in model["history"]] == [
+            ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
         first, second = model["versions"]
         assert first["aliases"] == ["production"] and second["aliases"] == []
         assert first["run_id"] == "viewed-1" and first["mlflow_run_id"] == run.info.run_id
@@ -61,6 +65,7 @@ def test_a_registered_model_is_listed_with_its_alias_run_and_metrics(live: Any) 
         assert "run_dir" not in first and "adapter" not in first  # no server paths
         shown = http.get("/models/viewed").json()
         assert shown["production"] == 1 and [v["version"] for v in shown["versions"]] == [1, 2]
+        assert shown["history"] == model["history"]
         assert shown["versions"][0]["metrics"] == {"eval.base.token_f1": 0.5, "eval.token_f1": 0.75, "train_loss": 1.5}
         assert http.delete("/models/viewed").status_code == 405
 

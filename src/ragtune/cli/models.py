@@ -28,11 +28,26 @@ def _registry(data_dir: Path | None) -> ModelRegistry:
     return ModelRegistry(load_settings(data_dir))
 
 
-def _version_json(v: Any) -> dict[str, Any]:
-    return {"name": v.name, "version": v.version, "aliases": list(v.aliases), "run_id": v.run_id,
-            "mlflow_run_id": v.mlflow_run_id, "run_status": v.run_status, "base": v.base, "base_hash": v.base_hash,
-            "dataset": v.dataset, "dataset_hash": v.dataset_hash, "adapter": v.adapter, "metrics": v.metrics,
-            "promotion": json.loads(v.tags["ragtune.promotion"]) if "ragtune.promotion" in v.tags else None}
+def _version_json(v: Any, changes: list[Any] | None = None) -> dict[str, Any]:
+    """A version as JSON; with ``changes`` (the model's alias history) also the moves of
+    ``production`` onto or off it (``production_history``: promotions and rollbacks, oldest first)."""
+    out = {"name": v.name, "version": v.version, "aliases": list(v.aliases), "run_id": v.run_id,
+           "mlflow_run_id": v.mlflow_run_id, "run_status": v.run_status, "base": v.base, "base_hash": v.base_hash,
+           "dataset": v.dataset, "dataset_hash": v.dataset_hash, "adapter": v.adapter, "metrics": v.metrics,
+           "promotion": json.loads(v.tags["ragtune.promotion"]) if "ragtune.promotion" in v.tags else None}
+    if changes is not None:
+        out["production_history"] = [c.to_dict() for c in changes if c.involves(v.version)]
+    return out
+
+
+def _history_table(name: str, changes: list[Any]) -> Table:
+    table = Table(title=f"{name}: production history")
+    for col in ("at", "change", "from", "to"):
+        table.add_column(col)
+    for c in changes:
+        what = ("forced promotion" if c.forced else "promotion") if c.action == "promote" else "rollback"
+        table.add_row(c.at, what, "-" if c.previous is None else str(c.previous), str(c.version))
+    return table
 
 
 @app.command("list")
@@ -41,11 +56,14 @@ def list_models(
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """List registered model versions with their aliases and gated metrics."""
+    """List registered model versions with their aliases and gated metrics, and each model's
+    production history (promotions and rollbacks)."""
     def body() -> None:
-        versions = _registry(data_dir).versions(name)
+        registry = _registry(data_dir)
+        versions = registry.versions(name)
+        changes = {model: registry.production_changes(model) for model in sorted({v.name for v in versions})}
         if as_json:
-            print(json.dumps([_version_json(v) for v in versions], indent=2))
+            print(json.dumps([_version_json(v, changes[v.name]) for v in versions], indent=2))
             return
         table = Table(title=f"{len(versions)} model version(s)")
         for col in ("model", "version", "aliases", "run", "status", "base", "dataset", *SHOWN_METRICS, "promoted"):
@@ -56,6 +74,9 @@ def list_models(
             table.add_row(v.name, str(v.version), ",".join(v.aliases), v.run_id, v.run_status, v.base, v.dataset,
                           *(num(v.metrics.get(m)) for m in SHOWN_METRICS), promoted)
         console.print(table)
+        for model, moves in changes.items():
+            if moves:
+                console.print(_history_table(model, moves))
 
     run_command(body)
 
@@ -101,8 +122,9 @@ def register(
         console.print(f"registered {version.name} version {version.version} (run {version.run_id}); serve it with "
                       f"--generator registry:{version.name}/{version.version}", highlight=False)
         if not any(k.startswith("eval.") for k in version.metrics):
-            console.print("[yellow]note[/]: no evaluation yet; gated promotion over a production version needs "
-                          f"`ragtune tune eval {version.run_id}`", highlight=False)
+            console.print("[yellow]note[/]: no evaluation yet; promotion gates on eval.* metrics (compared with "
+                          f"production, or absolute bounds) need `ragtune tune eval {version.run_id}`",
+                          highlight=False)
 
     run_command(body)
 
@@ -111,11 +133,13 @@ def register(
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version to serve as production.")],
-    force: Annotated[bool, typer.Option("--force", help="Promote even when a gate finds it worse than the current "
-                                        "production version (recorded with the version).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even when it fails a gate (worse than the "
+                                        "production version, outside a bound or not measured; recorded with "
+                                        "the version).")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Point the production alias at a version, if no gated metric is worse than production's."""
+    """Point the production alias at a version if it passes the promotion gates: no gated metric worse
+    than production's, every absolute bound met (also on the first promotion)."""
     def body() -> None:
         result = _registry(data_dir).promote(name, version, force=force)
         if not result.changed:
@@ -147,15 +171,29 @@ def rollback(name: Annotated[str, typer.Argument(help="Model name.")], data_dir:
 @app.command("export")
 def export(
     ref: Annotated[str, typer.Argument(help="NAME (production), NAME@ALIAS or NAME/VERSION.")],
-    out: Annotated[Path, typer.Argument(help="New folder for the merged Hugging Face model.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the merged model.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    fmt: Annotated[str, typer.Option("--format", help="safetensors (a Hugging Face folder) or gguf (one file for "
+                                     "llama.cpp and Ollama; Llama-architecture bases such as SmolLM2).")]
+    = "safetensors",
     data_dir: DataDir = None,
 ) -> None:
-    """Merge a version's adapter into its base model and save a standalone Hugging Face folder."""
+    """Merge a version's adapter into its base model and save it standalone (safetensors or GGUF, fp32, fp16
+    or bf16), checked against the merged model before it is kept."""
     def body() -> None:
-        from ragtune.finetune.lifecycle.serving import export_model
+        from ragtune.finetune.lifecycle.serving import check_export_options, export_manifest, export_model
 
-        path = export_model(_registry(data_dir), ref, out)
-        console.print(f"exported {ref} to {path}", highlight=False)
+        check_export_options(fmt, dtype)  # before the registry is opened
+        path = export_model(_registry(data_dir), ref, out, dtype=dtype, format=fmt)
+        manifest = export_manifest(path)
+        check = manifest["check"]
+        size = sum(manifest["files"].values()) / 1e6
+        console.print(f"exported {ref} to {path} ({fmt}, {dtype}, {size:,.0f} MB)", highlight=False)
+        ends = "the same" if check["next_tokens_equal"] else "different only on near-ties"
+        console.print(f"checked: max |logit diff| {check['max_abs_logit_diff']:.3g} (tolerance "
+                      f"{check['tolerance']:.3g}), greedy tokens agree at {check['greedy_agreement']:.1%} of "
+                      f"{check['positions']} positions, next tokens after the {check['prompts']} prompts {ends}"
+                      + ("" if check["tokenizer_equal"] is None else ", tokenizer identical"), highlight=False)
 
     run_command(body)
 

@@ -21,12 +21,14 @@ from ragtune.cli.common import (
     open_engine,
     run_command,
 )
-from ragtune.errors import DatasetError
+from ragtune.errors import ConfigError, DatasetError
 from ragtune.models import Principal
 
 if TYPE_CHECKING:
     from ragtune.finetune.lora.config import TuneConfig
     from ragtune.finetune.lora.trainset import TrainSet
+    from ragtune.models import PromptFormat
+    from ragtune.protocols import Progress
     from ragtune.settings import Settings
 
 app = typer.Typer()  # tune train|runs
@@ -34,8 +36,9 @@ app = typer.Typer()  # tune train|runs
 
 @app.command("train")
 def train(
-    data: Annotated[str, typer.Option("--data", help="A stored dataset name (`ragtune data import`), or a chat "
-                                      "JSONL file (also Alpaca / ShareGPT).")],
+    data: Annotated[list[str], typer.Option("--data", help="A stored dataset name (`ragtune data import`), or a "
+                                            "chat JSONL file (also Alpaca / ShareGPT); NAME:WEIGHT takes that share "
+                                            "of its training rows (0.3, 2); repeat to mix datasets.")],
     base: Annotated[str, typer.Option("--base", help="Base model: smollm2 or a Hugging Face folder.")] = "smollm2",
     config: Annotated[Path | None, typer.Option("--config", help="Training config (tune.toml).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Run folder (default <data-dir>/runs/"
@@ -48,55 +51,165 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Train on a dataset that failed validation; the "
                                         "reasons are recorded with the run.")] = False,
     version: Annotated[int | None, typer.Option("--data-version", help="Dataset version (default: latest).")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE, a table's "
+                                                   "keys dotted (lora.r=16); repeatable.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", help="Overrides learning_rate.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Overrides epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Overrides max_steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Overrides batch_size.")] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="Overrides lora.r.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Overrides max_length.")] = None,
+    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Overrides packing (SFT: rows "
+                                                 "packed into max_length sequences).")] = None,
+    chat_template: Annotated[str | None, typer.Option("--chat-template", help="Overrides chat_template: base, "
+                                                      "chatml, llama3, zephyr or a Jinja file.")] = None,
+    rag_format: Annotated[bool, typer.Option(
+        "--rag-format", help="Train for answering over retrieval: each row rendered as `ask` serves it (ragtune's "
+                             "system message, numbered sources from --collection: the gold one among distractors, "
+                             "RAFT-style), its answer cited. Serving then uses that format.")] = False,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="With --rag-format: the collection the questions are searched in.")] = None,
+    rag_top_k: Annotated[int | None, typer.Option(
+        "--rag-top-k", min=1, max=50, help="Sources per training prompt (default: [generation] answer_top_k, "
+                                           "as `ask` serves).")] = None,
+    gold_share: Annotated[float, typer.Option(
+        "--gold-share", min=0.0, max=1.0, help="With --rag-format: the share of rows whose prompt holds the gold "
+                                               "source; the others learn to abstain.")] = 0.8,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Train a LoRA adapter on a dataset; prints the run's record."""
+    """Train a LoRA adapter on a dataset (or a weighted mix); prints the run's record.
+
+    The configuration is --config's (or the defaults), then each --set, then the plain options."""
     def body() -> None:
         from ragtune.finetune.lora import runs
         from ragtune.finetune.lora.config import load_config, to_dict
         from ragtune.finetune.lora.train import resolve_base, resume_run, start_run
 
         settings = load_settings(data_dir)
-        tune = load_config(config, method=method)
+        options: dict[str, Any] = {
+            "method": method, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+            "batch_size": batch_size, "max_length": max_length, "packing": packing, "chat_template": chat_template,
+            "lora": {"r": lora_r} if lora_r is not None else None,
+        }
+        if collection is not None and not rag_format:
+            raise ConfigError(f"--collection {collection} is read with --rag-format only: add --rag-format to train "
+                              "on its retrieved sources")
+        if rag_format and collection is None:
+            raise ConfigError("--rag-format needs --collection NAME: the collection the training questions are "
+                              "answered from")
+        tune = load_config(config, sets=sets or (), **options)
         dataset = training_data(settings, data, tune, force=force, version=version)
-        run_name = runs.check_name(name or dataset.name)
+        run_name = runs.check_name(name or dataset.run_name)
         if resume:
             run_dir = output.expanduser() if output is not None else runs.resumable_run(
                 settings.data_dir / "runs", run_name)
-            expect: dict[str, Any] = {"base_hash": resolve_base(base, settings.resolved_cache_dir).hash,
-                                      "dataset_hash": dataset.content_hash}
-            if config is not None or method is not None:
+            expect: dict[str, Any] = {"base_hash": resolve_base(base, settings.resolved_cache_dir).hash}
+            if not rag_format:  # rendered rows hash differently; the run keeps the ones it trains on
+                expect["dataset_hash"] = dataset.content_hash
+            if config is not None or sets or any(v is not None for v in options.values()):
                 expect["config"] = to_dict(tune)
             with ProgressBars() as bars:
                 record = resume_run(run_dir, nproc=nproc, progress=bars, expect=expect)
         else:
             with ProgressBars() as bars:
+                trained = None
+                if collection is not None:
+                    dataset, trained = _for_sources(settings, dataset, base, collection, rag_top_k, gold_share,
+                                                    tune.seed, bars)
                 record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
                                    cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
-                                   nproc=nproc or 1, progress=bars)
+                                   nproc=nproc or 1, progress=bars, prompt_format=trained)
         _print_record(record, as_json)
 
     run_command(body)
 
 
-def training_data(settings: Settings, data: str, tune: TuneConfig, *, force: bool, version: int | None) -> TrainSet:
-    """``--data``: a file of examples, or a stored dataset (its latest version unless ``version``)."""
+def _for_sources(settings: Settings, dataset: TrainSet, base: str, collection: str, top_k: int | None,
+                 gold_share: float, seed: int, progress: Progress) -> tuple[TrainSet, PromptFormat]:
+    """``--rag-format``: the rows rendered as ``ask`` prompts over ``collection`` (as the operator, who
+    reads every document; ``finetune.lora.rag_format``)."""
+    from ragtune.finetune.lora.rag_format import RagFormat, describe, for_sources
+    from ragtune.finetune.lora.train import resolve_base
+
+    g = settings.generation
+    fmt = RagFormat(collection, top_k=top_k or g.answer_top_k, gold_share=gold_share, context_tokens=g.context_tokens,
+                    max_tokens=g.max_new_tokens, seed=seed)
+    with open_engine(settings) as rt:
+        rt.collection(collection)  # NotFoundError before any model loads
+
+        def search(question: str, k: int) -> list[Any]:
+            return rt.search(question, collection=collection, top_k=k, principal=Principal.system()).hits
+
+        rendered, trained = for_sources(dataset, fmt, search, resolve_base(base, settings.resolved_cache_dir).path,
+                                        progress=progress)
+    err_console.print(f"--rag-format over {collection}: " + describe(trained.details, fmt.top_k), highlight=False)
+    return rendered, trained
+
+
+def training_data(settings: Settings, data: str | list[str], tune: TuneConfig, *, force: bool,
+                  version: int | None) -> TrainSet:
+    """``--data`` (repeatable): files of examples or stored datasets (their latest version unless
+    ``version``), each ``NAME[:WEIGHT]``; more than one, or a weight, make a mix (``trainset.mix``,
+    sampled with the config's seed)."""
+    from ragtune.finetune.lora.trainset import check_weight, mix
+
+    specs = [data] if isinstance(data, str) else list(data)
+    if version is not None and len(specs) > 1:
+        raise ConfigError("--data-version applies to a single --data; a mix takes each dataset's latest version")
+    parsed = [_data_spec(spec) for spec in specs]
+    for source, weight in parsed:
+        if weight is not None:
+            check_weight(source, weight)  # refused before any dataset is read
+    datasets = _read_datasets(settings, [source for source, _ in parsed], tune, force=force, version=version)
+    if len(parsed) == 1 and parsed[0][1] is None:
+        return datasets[0]
+    return mix([(d, 1.0 if w is None else w) for d, (_, w) in zip(datasets, parsed, strict=True)], seed=tune.seed)
+
+
+def _data_spec(spec: str) -> tuple[str, float | None]:
+    """``NAME[:WEIGHT]`` or ``FILE[:WEIGHT]``: dataset names hold no ':', and an existing file is taken whole."""
+    if Path(spec).expanduser().is_file():
+        return spec, None
+    source, sep, weight = spec.rpartition(":")
+    if not sep:
+        return spec, None
+    try:
+        value = float(weight)
+    except ValueError:
+        raise ConfigError(f"invalid --data {spec!r}: expected NAME[:WEIGHT] or FILE[:WEIGHT], the weight a number "
+                          f"(0.3: 30% of the dataset's training rows), not {weight!r}") from None
+    if not source:
+        raise ConfigError(f"invalid --data {spec!r}: no dataset before the weight")
+    return source, value
+
+
+def _read_datasets(settings: Settings, sources: list[str], tune: TuneConfig, *, force: bool,
+                   version: int | None) -> list[TrainSet]:
+    """Each source a file of examples or a stored dataset (the database opened once, if at all)."""
     from ragtune.finetune.lora.trainset import from_file, from_store
 
-    path = Path(data).expanduser()
-    if path.is_file():
-        if version is not None:
-            raise typer.BadParameter("--data-version applies to stored datasets, not to a file")
-        return from_file(path, eval_fraction=tune.eval_fraction, force=force)
-    if "/" in data or path.suffix in (".jsonl", ".json"):
-        raise DatasetError(f"no dataset file at {path}")
-    from ragtune.finetune.data.store import DatasetStore
+    out: dict[int, TrainSet] = {}
+    stored: list[tuple[int, str]] = []
+    for i, source in enumerate(sources):
+        path = Path(source).expanduser()
+        if path.is_file():
+            if version is not None:
+                raise typer.BadParameter("--data-version applies to stored datasets, not to a file")
+            out[i] = from_file(path, eval_fraction=tune.eval_fraction, force=force)
+        elif "/" in source or path.suffix in (".jsonl", ".json"):
+            raise DatasetError(f"no dataset file at {path}")
+        else:
+            stored.append((i, source))
+    if stored:
+        from ragtune.finetune.data.store import DatasetStore
 
-    with open_engine(settings) as rt:
-        # Training, search and evaluation are the local operator's commands: they read every row.
-        return from_store(DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir), data,
-                          principal=Principal.system(), version=version, force=force)
+        with open_engine(settings) as rt:
+            store = DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir)
+            for i, source in stored:
+                # Training, search and evaluation are the local operator's commands: they read every row.
+                out[i] = from_store(store, source, principal=Principal.system(), version=version, force=force)
+    return [out[i] for i in range(len(sources))]
 
 
 def _print_record(record: Any, as_json: bool) -> None:
@@ -118,6 +231,16 @@ def _print_record(record: Any, as_json: bool) -> None:
         ("peak memory", f"{m.get('peak_rss_mb', 0):,.0f} MiB RSS"),
         ("adapter", record.adapter or "-"),
     ]
+    if record.mix:
+        rows.insert(4, ("mix", ", ".join(f"{p['name']} x{p['weight']:g}: {p['taken']} of {p['rows']} rows"
+                                         for p in record.mix)))
+    template = (record.chat_template or {}).get("name")
+    if record.config.get("packing") or template not in (None, "base"):
+        packed = m.get("data_packed_sequences")
+        rows.insert(-1, ("options", ", ".join(x for x in (
+            f"chat template {template}" if template not in (None, "base") else "",
+            "packing" + (f" ({packed} sequences)" if packed else "") if record.config.get("packing") else "",
+        ) if x)))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

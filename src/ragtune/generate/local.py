@@ -26,7 +26,8 @@ from ragtune.errors import ModelError
 from ragtune.extras import needs
 from ragtune.generate.decoding import DecodingControls, loop_start, trim_loop_text
 from ragtune.generate.lineage import adapter_hash, adapter_label
-from ragtune.models import AdapterLineage, Completion, Lineage, Message
+from ragtune.generate.prompt import read_prompt_format
+from ragtune.models import AdapterLineage, Completion, Lineage, Message, PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class TransformersGenerator:
     def packaged(cls, cache_dir: Path, **options: Any) -> TransformersGenerator:
         return cls(packaged_smollm2(cache_dir), base_name=SMOLLM2_NAME, **options)
 
+    def prompt_format(self) -> PromptFormat | None:
+        """The prompt format the adapter was trained on (None: no adapter, or none recorded)."""
+        return read_prompt_format(self.adapter) if self.adapter is not None else None
+
     def lineage(self) -> Lineage:
         """The base model and the adapter with its content hash (hashed once per adapter folder)."""
         adapter = None
@@ -150,6 +155,11 @@ class TransformersGenerator:
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
             except Exception as exc:
                 raise ModelError(f"cannot load the tokenizer of {self.path}: {exc}") from exc
+            # An adapter is served with the chat template it was trained with (the trainer saves it
+            # beside the weights; `tune train --chat-template` may have chosen another than the base's).
+            trained = self.adapter / "chat_template.jinja" if self.adapter is not None else None
+            if trained is not None and trained.is_file():
+                self._tokenizer.chat_template = trained.read_text(encoding="utf-8")
             if not getattr(self._tokenizer, "chat_template", None):
                 raise ModelError(f"{self.path} has no chat template; use an instruction-tuned model folder")
         return self._tokenizer

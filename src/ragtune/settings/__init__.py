@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import ConfigError
-from ragtune.settings.gates import DEFAULT_GATES, Gate, parse_gates
+from ragtune.settings.gates import DEFAULT_GATES, Gate, GateBound, parse_gates
 from ragtune.settings.sections import (
     BM25_STATISTICS,
     CONVERSATION_METHODS,
@@ -63,6 +63,7 @@ __all__ = [
     "SEARCH_MODES",
     "SECTIONS",
     "Gate",
+    "GateBound",
     "GenerationSettings",
     "IngestSettings",
     "RetrievalSettings",

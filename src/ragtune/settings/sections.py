@@ -342,12 +342,20 @@ class TrainingSettings:
     """Fine-tuning and the model registry."""
 
     section: ClassVar[str] = "training"
-    # metric -> "higher" | "lower" (":TOLERANCE" or a table); see finetune/lifecycle/gates.py.
+    # metric -> "higher" | "lower" (":TOLERANCE"), a bound ">= N" (<=, >, <), both joined by ",", or a
+    # table {better, tolerance, min, max}; see settings/gates.py and finetune/lifecycle/gates.py.
     promotion_gates: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GATES), hash=False)
+    # Exact Jaccard similarity of word 3-grams from which two rows of a fine-tuning dataset count as
+    # near duplicates when it is imported (reported; between train and eval, or into a registered eval
+    # set, it blocks training as leakage). `ragtune data import --near-duplicate-threshold` overrides
+    # it; the threshold used is stored in each version's report.
+    dataset_near_duplicate_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         typed(self)
         parse_gates(self.promotion_gates)  # raises naming the bad gate
+        check(self, [("dataset_near_duplicate_threshold", 0 < self.dataset_near_duplicate_threshold <= 1,
+                      "over 0 and at most 1")])
 
 
 SECTIONS: dict[str, type[Any]] = {cls.section: cls for cls in (

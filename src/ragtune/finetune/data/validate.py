@@ -6,9 +6,10 @@ Sections (each a JSON-ready dict, stored with the dataset):
   with their line numbers (``dropped`` counts them all);
 * ``empty_outputs``: assistant turns (and chosen/rejected replies) that are empty or whitespace;
 * ``lengths``: tokens per row in the base model's chat template, a histogram, rows over the limit;
-* ``duplicates``: exact and near duplicates within the set (MinHash LSH, see ``dedup``);
+* ``duplicates``: exact and near duplicates within the set (MinHash LSH, see ``dedup``), with the
+  ``threshold`` they were judged at, so "no near duplicates" can be read later for what it meant;
 * ``leakage``: eval rows that near-duplicate a train row, and train rows that near-duplicate a
-  registered eval set;
+  registered eval set (at the same ``threshold``, recorded here too);
 * ``pii``: findings by kind (``govern.pii``), located by line and role, never quoted;
 * ``balance``: roles, turns per row, tool calls by name, preference pairs;
 * ``split``: rows in train and eval.
@@ -34,12 +35,14 @@ from ragtune.finetune.data.examples import Example, canonical_json
 from ragtune.finetune.data.formats import ParsedFile
 from ragtune.finetune.data.lengths import TokenCounter, histogram
 from ragtune.govern.pii import find_pii, redact
+from ragtune.settings.sections import TrainingSettings
 
 
 @dataclass(frozen=True)
 class ValidationOptions:
     max_tokens: int | None = None  # default: the base model's context window
-    near_duplicate_threshold: float = 0.8
+    # Jaccard of word 3-grams; the default is the setting's ([training] dataset_near_duplicate_threshold).
+    near_duplicate_threshold: float = TrainingSettings.dataset_near_duplicate_threshold
     num_perm: int = 128
     examples: int = 20
 
@@ -215,7 +218,7 @@ def validate(parsed: ParsedFile, examples: Sequence[Example], splits: Sequence[s
     held_rows = [examples[i] for i in held]
     train_rows = [examples[i] for i in train]
     leakage: dict[str, Any] = {
-        "train_eval_pairs": len(split_pairs), "eval_rows": len({p.a for p in split_pairs}),
+        "threshold": threshold, "train_eval_pairs": len(split_pairs), "eval_rows": len({p.a for p in split_pairs}),
         "examples": _pairs(split_pairs, held_rows, train_rows, n), "eval_sets": {},
     }
     for name, rows in sorted(eval_sets.items()):

@@ -19,6 +19,7 @@ from ragtune.finetune.data.access import check_acl
 from ragtune.finetune.data.examples import Example, canonical_json
 from ragtune.finetune.data.formats import FORMATS
 from ragtune.finetune.data.validate import ValidationOptions
+from ragtune.settings.sections import TrainingSettings
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class ImportOptions:
     eval_set: bool = False
     base: str = "smollm2"  # the model whose tokenizer and context window measure the rows
     max_tokens: int | None = None  # default: the base model's context window
-    near_duplicate_threshold: float = 0.8
+    # Jaccard of word 3-grams from which two rows are near duplicates (and eval/train rows leak):
+    # the default here is the setting's default; ``from_settings`` takes the project's value.
+    near_duplicate_threshold: float = TrainingSettings.dataset_near_duplicate_threshold
     # Who may read the version: None admins only, () every principal, else principals in any group.
     # Not part of ``stored``: the same content imported with another ACL changes the ACL.
     acl: tuple[str, ...] | None = None
@@ -44,6 +47,14 @@ class ImportOptions:
             raise DatasetError("base must name a model")
         self.validation()  # checks max_tokens and the threshold
         object.__setattr__(self, "acl", check_acl(self.acl))
+
+    @classmethod
+    def from_settings(cls, training: TrainingSettings, **values: Any) -> ImportOptions:
+        """``values`` over the project's settings: ``near_duplicate_threshold`` is
+        ``[training] dataset_near_duplicate_threshold`` unless given (what ``ragtune data import``
+        does; ``ImportOptions(...)`` alone reads no settings)."""
+        values.setdefault("near_duplicate_threshold", training.dataset_near_duplicate_threshold)
+        return cls(**values)
 
     def validation(self) -> ValidationOptions:
         return ValidationOptions(max_tokens=self.max_tokens, near_duplicate_threshold=self.near_duplicate_threshold)

@@ -1,5 +1,6 @@
 """The values the model registry hands out: a reference to a version (``NAME``, ``NAME@ALIAS``,
-``NAME/VERSION``), what is known of a version, and the outcome of a promotion. Kept apart from
+``NAME/VERSION``), what is known of a version, the outcome of a promotion and one move of the
+``production`` alias (a promotion or a rollback: the alias history). Kept apart from
 ``registry`` so serving and the edges can parse and show them without MLflow's client.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ragtune.errors import ConfigError
 from ragtune.finetune.lifecycle.gates import GateResult
@@ -77,6 +79,31 @@ class Promotion:
     @property
     def failed(self) -> tuple[GateResult, ...]:
         return tuple(r for r in self.gates if not r.passed)
+
+
+@dataclass(frozen=True)
+class ProductionChange:
+    """One move of a model's ``production`` alias, from ``previous`` (None: there was none) to
+    ``version``: a promotion (``forced`` past failed gates or not) or a rollback."""
+
+    at: str  # ISO 8601, UTC
+    action: Literal["promote", "rollback"]
+    version: int
+    previous: int | None
+    forced: bool = False
+
+    def involves(self, version: int) -> bool:
+        return version in (self.version, self.previous)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "action": self.action, "from": self.previous, "to": self.version,
+                "forced": self.forced}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProductionChange:
+        previous = data.get("from")
+        return cls(str(data.get("at", "")), "rollback" if data.get("action") == "rollback" else "promote",
+                   int(data["to"]), None if previous is None else int(previous), bool(data.get("forced", False)))
 
 
 def check_model_name(name: str) -> str:

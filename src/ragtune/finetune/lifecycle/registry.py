@@ -7,15 +7,22 @@ SQLAlchemy's ``postgresql+psycopg`` driver), in a schema of its own, ``mlflow``:
 go to ``<data_dir>/mlruns`` (the experiment ``ragtune``'s artifact location). A training run becomes
 one MLflow run (``tracking``); a failed or interrupted run is tracked too, with MLflow status
 ``FAILED``, and can never be registered or promoted. The values handed out (``ModelRef``,
-``ModelVersionInfo``, ``Promotion``) are in ``refs``.
+``ModelVersionInfo``, ``Promotion``, ``ProductionChange``) are in ``refs``.
 
-Promotion. ``promote`` moves the ``production`` alias to a version when none of the configured
-gates (``gates``; ``[training] promotion_gates`` in the settings) finds it worse than the current production
-version; ``force`` overrides the gates (never the rule about failed runs) and is recorded on the
-version (``ragtune.promotion``). The registered model keeps its production history
-(``ragtune.production_history``, a stack of versions): ``rollback`` pops the current one and puts
-the alias back on the one before. Promotions and rollbacks of one model are serialised by a
-PostgreSQL advisory lock.
+Promotion. ``promote`` moves the ``production`` alias to a version that passes the configured gates
+(``gates``; ``[training] promotion_gates`` in the settings): not worse than the current production
+version on a compared metric, within every absolute bound (those apply to the first promotion too);
+``force`` overrides the gates (never the rule about failed runs) and is recorded on the version
+(``ragtune.promotion``). Both versions' latest ``eval.json`` is logged first, and the outcome notes a
+version that was never evaluated or two evaluated on different held-out rows. The registered model
+keeps its production stack (``ragtune.production_history``): ``rollback`` pops the current one and
+puts the alias back on the one before. Every move of the alias, promotion or rollback, is also
+appended to the model's alias history (``ragtune.production_changes``, ``ProductionChange``), which
+``ragtune models list`` and ``GET /models`` show; a model promoted before that log existed gets it
+rebuilt from its versions' last promotion and rollback tags. MLflow keeps a registered model's tag
+in 5,000 characters, so both lists keep their newest entries that fit (about 60 changes and several
+hundred stack entries). Promotions and rollbacks of one model are serialised by a PostgreSQL
+advisory lock.
 
 Serving and export (``serving``): ``registry:NAME[@ALIAS|/VERSION]`` is a generator spec resolved
 on every request, so a promotion or rollback takes effect on the next one; ``ragtune models export``
@@ -38,7 +45,14 @@ from ragtune.errors import NotFoundError, PromotionRefusedError, RegistryError
 from ragtune.extras import require
 from ragtune.finetune.lifecycle import tracking
 from ragtune.finetune.lifecycle.gates import check_gates
-from ragtune.finetune.lifecycle.refs import PRODUCTION, ModelRef, ModelVersionInfo, Promotion, check_model_name
+from ragtune.finetune.lifecycle.refs import (
+    PRODUCTION,
+    ModelRef,
+    ModelVersionInfo,
+    ProductionChange,
+    Promotion,
+    check_model_name,
+)
 from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.evaluate import completed_record
 from ragtune.settings import Gate, Settings, parse_gates
@@ -49,6 +63,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "mlflow"
 EXPERIMENT = "ragtune"
 HISTORY_TAG = "ragtune.production_history"
+CHANGES_TAG = "ragtune.production_changes"
+TAG_LIMIT = 5000  # characters of a registered model's tag value (MLflow's column is VARCHAR(5000))
 
 
 class ModelRegistry:
@@ -204,9 +220,38 @@ class ModelRegistry:
         tags = self.client.get_registered_model(name).tags
         return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
 
+    def production_changes(self, name: str) -> list[ProductionChange]:
+        """The model's alias history, oldest first: every promotion and rollback (the newest that fit
+        in the tag; see the module docstring)."""
+        tags = self.client.get_registered_model(name).tags
+        if CHANGES_TAG in tags:
+            return [ProductionChange.from_dict(d) for d in json.loads(tags[CHANGES_TAG])]
+        # Promoted before the log existed: each version's last promotion and rollback tell most of it.
+        changes = []
+        for mv in self.client.search_model_versions(f"name = '{name}'"):
+            version, vtags = int(mv.version), dict(mv.tags)
+            if "ragtune.promotion" in vtags:
+                promoted = json.loads(vtags["ragtune.promotion"])
+                changes.append(ProductionChange(promoted.get("at", ""), "promote", version, promoted.get("previous"),
+                                                bool(promoted.get("forced"))))
+            if "ragtune.rolled_back" in vtags:
+                rolled = json.loads(vtags["ragtune.rolled_back"])
+                changes.append(ProductionChange(rolled.get("at", ""), "rollback", int(rolled["to"]), version))
+        # Times are to the second: within one, the chain of versions decides (each change starts
+        # from the version the one before it left in production).
+        ordered: list[ProductionChange] = []
+        pending, current = sorted(changes, key=lambda c: c.at), None
+        while pending:
+            tied = [c for c in pending if c.at == pending[0].at]
+            chosen = next((c for c in tied if c.previous == current), tied[0])
+            ordered.append(chosen)
+            pending.remove(chosen)
+            current = chosen.version
+        return ordered
+
     # -- promotion -----------------------------------------------------------------------------------
     def promote(self, name: str, version: int, *, force: bool = False) -> Promotion:
-        """Point ``production`` at ``version`` unless a gate finds it worse than the current one."""
+        """Point ``production`` at ``version`` if it passes the gates (or ``force``)."""
         client = self.client
         with self._advisory_lock(f"model.{name}"):
             candidate = self._refreshed(self.version(name, version))
@@ -218,23 +263,47 @@ class ModelRegistry:
             current = self.production(name)
             if current is not None and current.version == candidate.version:
                 return Promotion(name, version, version, False, (), changed=False)
-            results = tuple(check_gates(self.gates, candidate.metrics, current.metrics)) if current else ()
+            if current is not None:  # its eval.json may be newer than its promotion, as the candidate's
+                current = self._refreshed(current)
+            results = tuple(check_gates(self.gates, candidate.metrics, current.metrics if current else None,
+                                        run_id=candidate.run_id))
             failed = [r for r in results if not r.passed]
-            notes = []
-            if current is not None and not results:
-                notes.append(f"no gated metric on production version {current.version}: nothing to compare")
-            if results and current is not None and current.eval_rows_hash != candidate.eval_rows_hash:
-                notes.append("the two versions were evaluated on different held-out rows")
+            notes = self._notes(candidate, current)
             if failed and not force:
                 raise PromotionRefusedError(name, version, tuple(r.describe() for r in failed))
+            at = runs.now()
             client.set_registered_model_alias(name, PRODUCTION, str(version))
             self._set_history(name, [*self.history(name), version])
+            self._record(name, ProductionChange(at, "promote", version, current.version if current else None,
+                                                bool(failed)))
             client.set_model_version_tag(name, str(version), "ragtune.promotion", json.dumps({
-                "at": runs.now(), "previous": current.version if current else None, "forced": bool(failed),
+                "at": at, "previous": current.version if current else None, "forced": bool(failed),
                 "overridden": [r.describe() for r in failed], "gates": [r.describe() for r in results],
+                "notes": notes,
             }))
         return Promotion(name, version, current.version if current else None, bool(failed), results,
                          notes=tuple(notes))
+
+    def _notes(self, candidate: ModelVersionInfo, current: ModelVersionInfo | None) -> list[str]:
+        """What the gate results alone do not say about a comparison with production."""
+        if current is None or not any(g.compares for g in self.gates):
+            return []
+        notes = []
+        if not any(g.compares and g.metric in current.metrics for g in self.gates):
+            notes.append(f"no gated metric on production version {current.version}: nothing to compare")
+        if not any(g.compares and g.metric.startswith("eval.") for g in self.gates):
+            return notes
+        # Only a version with an eval.json has a rows hash: without one it was never evaluated, which
+        # is not the same as being evaluated on other rows.
+        for label, info in (("candidate", candidate), ("production", current)):
+            if info.eval_rows_hash is None:
+                notes.append(f"{label} version {info.version} was never evaluated (no eval.json; run "
+                             f"`ragtune tune eval {info.run_id or 'RUN'}`): it has no eval.* metrics to compare")
+        if None not in (candidate.eval_rows_hash, current.eval_rows_hash) and (
+                candidate.eval_rows_hash != current.eval_rows_hash):
+            notes.append(f"versions {candidate.version} and {current.version} were evaluated on different held-out "
+                         "rows: their eval.* metrics may not compare")
+        return notes
 
     def rollback(self, name: str) -> Promotion:
         """Put ``production`` back on the version that held it before the current one."""
@@ -248,15 +317,27 @@ class ModelRegistry:
                 history.pop()
             if not history:
                 raise RegistryError(f"model {name!r} has no earlier production version than {current.version}")
-            previous = history[-1]
+            previous, at = history[-1], runs.now()
             client.set_registered_model_alias(name, PRODUCTION, str(previous))
             self._set_history(name, history)
+            self._record(name, ProductionChange(at, "rollback", previous, current.version))
             client.set_model_version_tag(name, str(current.version), "ragtune.rolled_back",
-                                         json.dumps({"at": runs.now(), "to": previous}))
+                                         json.dumps({"at": at, "to": previous}))
         return Promotion(name, previous, current.version, False, ())
 
     def _set_history(self, name: str, history: list[int]) -> None:
-        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-1000:]))
+        self._set_list_tag(name, HISTORY_TAG, history)
+
+    def _record(self, name: str, change: ProductionChange) -> None:
+        self._set_list_tag(name, CHANGES_TAG, [c.to_dict() for c in [*self.production_changes(name), change]])
+
+    def _set_list_tag(self, name: str, tag: str, items: list[Any]) -> None:
+        """A JSON list as a registered model tag, dropping its oldest entries until it fits."""
+        text = json.dumps(items, separators=(",", ":"))
+        while len(text) > TAG_LIMIT:
+            items = items[max(1, len(items) // 10):]
+            text = json.dumps(items, separators=(",", ":"))
+        self.client.set_registered_model_tag(name, tag, text)
 
     def _refreshed(self, info: ModelVersionInfo) -> ModelVersionInfo:
         """The version with the metrics of its run folder's latest ``eval.json`` logged first."""

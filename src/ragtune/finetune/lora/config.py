@@ -12,6 +12,8 @@
     seed = 0
     save_steps = 50
     eval_fraction = 0.1       # held out of a --data FILE (a stored dataset brings its own split)
+    packing = false           # SFT: pack rows into max_length sequences (each row still sees only itself)
+    chat_template = "base"    # base (the model's own) | chatml | llama3 | zephyr | a Jinja file
 
     [lora]
     r = 8
@@ -27,6 +29,17 @@ validated by ``finetune.lifecycle.search`` and skipped here. An unknown key or a
 :class:`ConfigError` naming the key (``lora.r``).
 ``to_toml`` writes the resolved configuration back in the same layout, so a run's ``config.toml``
 can start another run.
+
+Command-line overrides (``--set lora.r=16``, ``--learning-rate 1e-4``) go through ``load_config``
+on top of the file and the same ``from_dict`` checks, so they are typed and refused exactly as the
+TOML is; a ``--set`` value is read as a TOML value (``1e-4``, ``true``, ``["q_proj"]``), a bare
+word as a string (``lr_scheduler=cosine``). The file is checked on its own first, so a wrong type
+or an unknown key is named with the file or the command line, whichever holds it.
+
+A ``chat_template`` path in a file is relative to that file, on the command line to the working
+directory; ``load_config`` makes it absolute and checks the file exists. ``from_dict`` does not
+look at the disk: a run's recorded config must load even where the template file is gone (the run
+keeps the template's text in its folder).
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +58,8 @@ from ragtune.settings import read_toml
 
 METHODS = ("sft", "dpo")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# Named chat templates (texts in ``trainset.CHAT_TEMPLATES``); any other value is a Jinja file's path.
+CHAT_TEMPLATES = ("base", "chatml", "llama3", "zephyr")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
@@ -98,6 +114,12 @@ class TuneConfig:
     gradient_checkpointing: bool = False
     # 4-bit QLoRA through bitsandbytes; only on a CUDA GPU (otherwise skipped, with a note in the run).
     qlora: bool = False
+    # SFT only: rows packed best-fit into max_length sequences, each attending only to itself (TRL's
+    # "bfd" packing, padding-free); `batch_size` then counts packed sequences, not rows.
+    packing: bool = False
+    # "base": the base model's own; chatml | llama3 | zephyr; or a Jinja file. Trained with, and saved
+    # with the adapter's tokenizer files so serving can render prompts the same way.
+    chat_template: str = "base"
     lora: LoraSettings = field(default_factory=LoraSettings)
     dpo: DpoSettings = field(default_factory=DpoSettings)
 
@@ -120,6 +142,11 @@ class TuneConfig:
         _check("weight_decay", self.weight_decay, 0.0 <= self.weight_decay < 1.0, "in [0, 1)")
         _check("lr_scheduler", self.lr_scheduler, self.lr_scheduler in SCHEDULERS, " | ".join(SCHEDULERS))
         _check("max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "positive")
+        # DPO rows are prompt/chosen/rejected triples TRL pads in pairs; packing them is not supported here.
+        _check("packing", self.packing, not (self.packing and self.method != "sft"),
+               f"false with method={self.method!r} (packing applies to sft)")
+        _check("chat_template", self.chat_template, bool(self.chat_template.strip()),
+               " | ".join(CHAT_TEMPLATES) + " or the path of a Jinja file")
 
     def replace(self, **changes: Any) -> TuneConfig:
         return from_dict({**to_dict(self), **changes})
@@ -191,16 +218,66 @@ def _convert(key: str, value: Any, kind: Any, where: str) -> Any:
     raise bad  # pragma: no cover - every field type is handled above
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
-    """Read ``path`` (or the defaults) and apply ``overrides`` (``None`` values ignored)."""
+def load_config(path: str | Path | None = None, *, sets: Sequence[str] = (), **overrides: Any) -> TuneConfig:
+    """Read ``path`` (or the defaults), then apply ``sets`` (``KEY=VALUE``, a table's keys dotted:
+    ``lora.r=16``) and then ``overrides`` (keyword values, ``None`` ignored; a mapping for a table,
+    ``lora={"r": 16}``, changes only the keys it names)."""
     data: dict[str, Any] = {}
     source = None
     if path is not None:
         source = str(path)
         data = read_toml(path, what="training config")
         data.pop("search", None)  # the hyperparameter search's table, read by finetune.lifecycle.search
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(data, source=source)
+        template = data.get("chat_template")
+        if isinstance(template, str) and template not in CHAT_TEMPLATES:
+            data["chat_template"] = str(Path(path).expanduser().parent / Path(template).expanduser())
+    changes = [parse_set(text) for text in sets]
+    changes += [(k, v) for k, v in overrides.items() if v is not None]
+    if not changes:
+        return _with_template_file(from_dict(data, source=source))
+    from_dict(data, source=source)  # the file's own errors are named as the file's
+    where = "command-line overrides"
+    for key, value in changes:
+        _merge(data, key, value, where)
+    return _with_template_file(from_dict(data, source=where))
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE``: the value as TOML reads it, or the bare text as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"invalid --set {text!r}: expected KEY=VALUE (learning_rate=1e-4, lora.r=16)")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _merge(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    table, dot, name = key.partition(".")
+    if dot or (table in _TABLES and isinstance(value, Mapping)):
+        if table not in _TABLES or (dot and (not name or "." in name)):
+            raise ConfigError(f"unknown key(s) {key} in {where}; known tables: {', '.join(_TABLES)}")
+        current = data.get(table, {})
+        if isinstance(current, (LoraSettings, DpoSettings)):
+            current = dataclasses.asdict(current)
+        data[table] = {**current, **({name: value} if dot else value)}
+    else:
+        data[key] = value
+
+
+def _with_template_file(config: TuneConfig) -> TuneConfig:
+    """A ``chat_template`` path made absolute (a run records where its template came from), and
+    refused here, before any run starts, when no file is there."""
+    if config.chat_template in CHAT_TEMPLATES:
+        return config
+    path = Path(config.chat_template).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"invalid chat_template={config.chat_template!r}: expected "
+                          + " | ".join(CHAT_TEMPLATES) + f" or the path of a Jinja file (no file at {path})")
+    return config if str(path) == config.chat_template else config.replace(chat_template=str(path))
 
 
 def to_dict(config: TuneConfig) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class TrainingMonitor(TrainerCallback):
         self.seconds = time.perf_counter() - self._started
         if self._first_step is None:
             self._first_step = (self.tokens, self.seconds)
-        self._emit(self.steps)
+        if not control.should_log:  # a logging step reports from on_log, with this step's loss
+            self._emit(self.steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}

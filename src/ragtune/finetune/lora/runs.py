@@ -5,6 +5,7 @@ A run folder holds::
     run.json        the RunRecord (everything a model registry needs; rewritten as the run goes)
     status.json     {"status": running | completed | failed, ...}, replaced atomically
     config.toml     the resolved training configuration (starts another run as is)
+    chat_template.jinja  the chat template trained with (the base's own or the one the config chose)
     data/           the exact rows trained on (train.jsonl, eval.jsonl): resume and DDP workers read them
     checkpoints/    checkpoint-<step>/ every `save_steps` (adapter, optimiser, scheduler, RNG, trainer state)
     adapter/        the final LoRA adapter (PEFT format; ``generator_adapter`` serves it)
@@ -38,6 +39,7 @@ from typing import Any
 from ragtune.errors import ConfigError, NotFoundError, RagtuneError, RunBusyError
 
 STATUSES = ("running", "completed", "failed")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Files a checkpoint needs before it can be resumed (trainer_state.json is written last).
@@ -70,10 +72,16 @@ class RunRecord:
     forced_reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     error: str | None = None
+    # {"name": base | chatml | llama3 | zephyr | a file's path, "sha256": of the text}; None before templates
+    # were recorded (those runs trained with the base's own)
+    chat_template: dict[str, str] | None = None
+    # a mix of datasets (``trainset.MixPart.to_dict``: name, version, content_hash, weight, rows, taken,
+    # eval_rows); empty for one dataset taken whole
+    mix: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["forced_reasons"], out["notes"] = list(self.forced_reasons), list(self.notes)
+        out["forced_reasons"], out["notes"], out["mix"] = list(self.forced_reasons), list(self.notes), list(self.mix)
         return out
 
     @classmethod
@@ -82,6 +90,7 @@ class RunRecord:
         values = {k: v for k, v in data.items() if k in names}
         values["forced_reasons"] = tuple(values.get("forced_reasons", ()))
         values["notes"] = tuple(values.get("notes", ()))
+        values["mix"] = tuple(values.get("mix", ()))
         return cls(**values)
 
     def replace(self, **changes: Any) -> RunRecord:

@@ -42,8 +42,17 @@ from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.config import TuneConfig, from_dict, to_dict, to_toml
 from ragtune.finetune.lora.runs import RunRecord
 from ragtune.finetune.lora.trainers import build_trainer
-from ragtune.finetune.lora.trainset import TrainSet, read_rows, write_rows
+from ragtune.finetune.lora.trainset import (
+    ChatTemplate,
+    TrainSet,
+    chat_template,
+    check_chat_template,
+    read_rows,
+    write_rows,
+)
 from ragtune.generate.lineage import model_hash as model_hash  # the base's hash, also imported from here
+from ragtune.generate.prompt import CHAT_FORMAT, read_prompt_format, write_prompt_format
+from ragtune.models import PromptFormat
 from ragtune.progress import JsonLinesReader, JsonLinesWriter
 from ragtune.protocols import Progress
 
@@ -69,11 +78,14 @@ def resolve_base(spec: str, cache_dir: Path) -> ResolvedBase:
 # -- the orchestrating process ---------------------------------------------------------------------
 def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, cache_dir: Path,
               name: str | None = None, output: Path | None = None, nproc: int = 1,
-              progress: Progress | None = None, callbacks: Sequence[Any] = ()) -> RunRecord:
+              progress: Progress | None = None, callbacks: Sequence[Any] = (),
+              prompt_format: PromptFormat | None = None) -> RunRecord:
     """Train a new run; returns its completed record (raises ``TrainingError`` when it fails).
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the hyperparameter search's
-    pruning hook); they live in this process, so they need ``nproc == 1``."""
+    pruning hook); they live in this process, so they need ``nproc == 1``. ``prompt_format`` is
+    the format the rows were rendered in (``rag_format``); the adapter records it, or ``chat``
+    (``generate.prompt``), so serving knows which prompt it was trained on."""
     if nproc < 1:
         raise ConfigError(f"invalid --nproc {nproc}: expected at least 1")
     if callbacks and nproc > 1:
@@ -82,20 +94,25 @@ def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, 
     if not data.train:
         raise ConfigError(f"dataset {data.name!r} has no training rows (all {len(data.eval)} rows are eval rows)")
     model = resolve_base(base, cache_dir)
-    name = runs.check_name(name or data.name)
+    # The template is resolved and tried here, before a run folder exists: a bad file or a template
+    # that is not prefix-preserving is a refusal, not a failed run.
+    template, template_notes = _chat_template(config.chat_template, model.path, sft=config.method == "sft")
+    name = runs.check_name(name or data.run_name)
     run_dir = runs.claim_output_dir(output) if output is not None else runs.create_run_dir(data_dir / "runs", name)
-    notes = (_qlora_note(),) if config.qlora and not _cuda() else ()
+    notes = ((_qlora_note(),) if config.qlora and not _cuda() else ()) + template_notes
     with runs.run_lock(run_dir):
         (run_dir / "data").mkdir()
         write_rows(run_dir / "data" / "train.jsonl", data.train)
         write_rows(run_dir / "data" / "eval.jsonl", data.eval)
         (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        (run_dir / runs.CHAT_TEMPLATE_FILE).write_text(template.text, encoding="utf-8")
+        write_prompt_format(run_dir, prompt_format or chat_format(data.train))
         record = RunRecord(
             run_id=run_dir.name, name=name, path=str(run_dir.resolve()), method=config.method, base=model.name,
             base_path=str(model.path), base_hash=model.hash, dataset=data.name, dataset_version=data.version,
             dataset_hash=data.content_hash, train_rows=len(data.train), eval_rows=len(data.eval),
             config=to_dict(config), started_at=runs.now(), world_size=nproc, forced_reasons=data.forced_reasons,
-            notes=notes,
+            notes=notes, chat_template=template.record(), mix=tuple(part.to_dict() for part in data.mix),
         )
         return _execute(record, nproc=nproc, resume=False, progress=progress, callbacks=callbacks)
 
@@ -112,6 +129,8 @@ def resume_run(run_dir: Path, *, nproc: int | None = None, progress: Progress | 
         raise ConfigError(f"run {run_dir} already completed; start a new run instead of --resume")
     for key, value in (expect or {}).items():
         recorded = getattr(record, key)
+        if key == "config":  # keys added since the run was recorded (packing, chat_template) at their defaults
+            recorded = to_dict(from_dict(recorded))
         if value is not None and value != recorded:
             changed = key
             if key == "config":
@@ -191,6 +210,24 @@ def _torchrun(run_dir: Path, nproc: int, *, resume: bool, progress: Progress | N
     return dict(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
 
 
+def chat_format(rows: Sequence[Any]) -> PromptFormat:
+    """``chat``: rows trained as they were written, with the system message they all share (None
+    when they differ or have none)."""
+    systems = {next((m["content"] for m in r.messages if m["role"] == "system"), None) for r in rows}
+    return PromptFormat(CHAT_FORMAT, systems.pop() if len(systems) == 1 else None)
+
+
+def _chat_template(spec: str, base_path: Path, *, sft: bool) -> tuple[ChatTemplate, tuple[str, ...]]:
+    """The template a run trains with and the notes it brings (``trainset.check_chat_template``;
+    DPO rows are rendered by TRL, which does not locate turns by prefixes)."""
+    with needs("train", "training"):
+        from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    template = chat_template(spec, tokenizer)
+    tokenizer.chat_template = template.text
+    return template, check_chat_template(tokenizer, prefix_preserving=sft)
+
+
 def _cuda() -> bool:
     import torch
 
@@ -219,6 +256,11 @@ def train_worker(run_dir: Path, *, resume: bool = False, progress: Progress | No
 
     transformers.set_seed(config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(record.base_path)
+    # The run's own copy of its template (runs from before templates were chosen have none: the base's own).
+    # It goes into the adapter's tokenizer files with the adapter, for serving to render prompts alike.
+    template_file = run_dir / runs.CHAT_TEMPLATE_FILE
+    if template_file.is_file():
+        tokenizer.chat_template = template_file.read_text(encoding="utf-8")
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(f"{record.base_path} has no chat template; use an instruction-tuned model folder")
     if tokenizer.pad_token is None:
@@ -268,6 +310,8 @@ def train_worker(run_dir: Path, *, resume: bool = False, progress: Progress | No
         metrics["eval_loss"] = monitor.eval_losses[-1][1]
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir / "adapter"))
+        # the format the rows were written in travels with the adapter (registry copies, exports)
+        write_prompt_format(run_dir / "adapter", read_prompt_format(run_dir) or chat_format(train_rows))
         runs.write_json(run_dir / "metrics.json", metrics)
     return metrics
 

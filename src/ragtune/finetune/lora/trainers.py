@@ -3,6 +3,12 @@ labels cover only the assistant turns (``trainset.sft_features``), or DPOTrainer
 prompt / chosen / rejected rows (TRL renders them with the model's chat template; with a PEFT
 model the reference model is the base with the adapter switched off).
 
+With ``packing`` (SFT only), TRL packs the rows best-fit decreasing into ``max_length`` sequences
+and keeps our ``labels`` column through the packing; its collator then feeds them padding-free (one
+flat sequence per batch, position ids restarting at each row), so no row attends to another with
+sdpa, eager or flash attention (``trainset`` docstring; the test checks the loss). Eval rows are
+not packed, so an eval loss is computed on the same batches with packing on or off.
+
 Used by ``train.train_worker``; TRL and datasets are imported when a trainer is built.
 """
 
@@ -80,11 +86,19 @@ def build_trainer(config: TuneConfig, *, model: Any, tokenizer: Any, train_rows:
         if not train:
             raise DatasetError(f"no training row keeps an assistant token within max_length={config.max_length}")
         evaluation = sft_dataset(tokenizer, eval_rows, config.max_length)[0] if eval_rows else []
-        args = SFTConfig(**common, dataset_num_proc=None, packing=False)
+        packing: dict[str, Any] = {"packing": False}
+        if config.packing:
+            packing = {"packing": True, "packing_strategy": "bfd", "padding_free": True, "eval_packing": False}
+            # A padding-free batch holds no padding, and "non_padding" would count tokens unequal to the pad
+            # token, which is often the end-of-turn token (SmolLM2's <|im_end|>): every token is the count.
+            common["include_num_input_tokens_seen"] = "all"
+        args = SFTConfig(**common, dataset_num_proc=None, **packing)
         trainer = SFTTrainer(
             model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(train),
             eval_dataset=Dataset.from_list(evaluation) if evaluation else None, callbacks=callbacks,
         )
+        if config.packing:
+            stats["packed_sequences"] = len(trainer.train_dataset)
     else:
         train = [dpo_record(e) for e in train_rows]
         evaluation = [dpo_record(e) for e in eval_rows]

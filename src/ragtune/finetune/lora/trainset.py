@@ -11,34 +11,76 @@ those between the rendering of the messages before it (with the generation promp
 rendering that includes it, end-of-turn token included, trailing newline not; tokens are labelled
 by their character offsets. This needs a prefix-preserving template (rendering a conversation
 starts with the rendering of any earlier part of it), which is checked on every row.
+
+The template is the base model's own unless the config names another (``chat_template``: one of
+``CHAT_TEMPLATES`` or a Jinja file, see :func:`chat_template`); the run keeps its text and the
+adapter's tokenizer files carry it.
+
+Several datasets train together through :func:`mix`: each dataset's weight is the share of its
+training rows the mix takes (0.3 a seeded 30% sample, 2 every row twice), so the proportions are
+those the user wrote, whatever the datasets' sizes; its eval rows are all kept (weights shape what
+is learnt, not what is measured).
+
+Packing (``packing = true``) is TRL's: best-fit decreasing into ``max_length`` sequences that keep
+our labels, fed padding-free with position ids restarting at every row, from which transformers
+builds a block-diagonal causal mask for sdpa and eager attention (and varlen kernels for flash
+attention), so no row attends to another; the test compares a packed batch's loss with the rows'
+separate losses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import DatasetError, DatasetValidationError, ModelError
+from ragtune.errors import ConfigError, DatasetError, DatasetValidationError, ModelError
 from ragtune.finetune.data.examples import Example, canonical_json, template_messages
 from ragtune.finetune.data.formats import parse_file
 from ragtune.finetune.data.versions import assign_split, require_valid, row_hash
 from ragtune.models import Principal
 
 IGNORE = -100  # label of tokens without loss
+MAX_WEIGHT = 100.0  # a dataset repeated more often than this in one mix is almost surely a typo
+
+
+@dataclass(frozen=True)
+class MixPart:
+    """One dataset of a mix, as the run records it."""
+
+    name: str
+    version: int | None
+    content_hash: str
+    weight: float
+    rows: int  # training rows the dataset has
+    taken: int  # training rows the mix took
+    eval_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
 class TrainSet:
     name: str
-    version: int | None  # None for a file
+    version: int | None  # None for a file (and for a mix)
     content_hash: str
     train: list[Example]
     eval: list[Example]
     forced_reasons: tuple[str, ...] = ()
+    mix: tuple[MixPart, ...] = ()  # the datasets this one was mixed from, when it was
+
+    @property
+    def run_name(self) -> str:
+        """A default run name: the dataset's (a mix's "a+b" as "a-b")."""
+        return re.sub(r"[^A-Za-z0-9._-]", "-", self.name)[:100] or "run"
 
     @property
     def kind(self) -> str:
@@ -85,6 +127,62 @@ def from_store(store: Any, name: str, *, principal: Principal, version: int | No
                     store.rows(info, "eval", principal=principal), tuple(reasons))
 
 
+def mix(parts: Sequence[tuple[TrainSet, float]], *, seed: int) -> TrainSet:
+    """One training set from several (``(dataset, weight)`` pairs): of each, ``weight`` times its
+    training rows (every row ``int(weight)`` times, plus a sample of the fraction drawn with a
+    generator seeded by ``seed`` and the dataset's hash, so the rows do not depend on the order of
+    the parts), and all its eval rows. Refuses a weight that is not a positive number up to
+    ``MAX_WEIGHT`` or takes no row, a dataset given twice, and SFT rows mixed with preference pairs."""
+    if not parts:
+        raise ConfigError("a mix needs at least one dataset")
+    names = [d.name for d, _ in parts]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"dataset {twice[0]!r} is given twice in the mix; give a dataset once, with its weight "
+                          "(two files of one name: rename one)")
+    first = parts[0][0]
+    for data, _ in parts[1:]:
+        if data.kind != first.kind:
+            raise DatasetError(f"cannot mix dataset {first.name!r} ({_kind(first.kind)}) with {data.name!r} "
+                               f"({_kind(data.kind)}): one run trains one method; mix datasets of one kind")
+    train: list[Example] = []
+    evaluation: list[Example] = []
+    recorded: list[MixPart] = []
+    reasons: list[str] = []
+    for data, weight in parts:
+        weight = check_weight(data.name, weight)
+        rows = data.train
+        whole, fraction = int(weight), weight - int(weight)
+        extra = round(fraction * len(rows))
+        rng = random.Random(f"{seed}/{data.content_hash}")
+        picked = sorted(rng.sample(range(len(rows)), extra)) if extra else []
+        taken = rows * whole + [rows[i] for i in picked]
+        if not taken:
+            raise ConfigError(f"weight {weight:g} of dataset {data.name!r} takes none of its {len(rows)} training "
+                              f"rows; use a weight of at least {1 / max(2 * len(rows), 1):.2g}")
+        train += taken
+        evaluation += data.eval
+        reasons += [f"{data.name}: {r}" for r in data.forced_reasons]
+        recorded.append(MixPart(data.name, data.version, data.content_hash, float(weight), len(rows), len(taken),
+                                len(data.eval)))
+    identity = canonical_json({"seed": seed, "parts": [[p.name, p.version, p.content_hash, p.weight]
+                                                        for p in recorded]})
+    return TrainSet("+".join(names), None, hashlib.sha256(identity.encode()).hexdigest(), train, evaluation,
+                    tuple(reasons), tuple(recorded))
+
+
+def check_weight(name: str, weight: Any) -> float:
+    """A mix weight, or a ConfigError naming the dataset it was given for."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+            or not 0 < weight <= MAX_WEIGHT:
+        raise ConfigError(f"invalid weight {weight!r} for dataset {name!r}: expected a number in "
+                          f"(0, {MAX_WEIGHT:g}] (the share of its training rows to take: 0.3, 1, 2)")
+    return float(weight)
+
+
+def _kind(kind: str) -> str:
+    return {"sft": "chat rows", "preference": "preference pairs"}.get(kind, "chat rows and preference pairs")
+
+
 def write_rows(path: Path, examples: Sequence[Example]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for e in examples:
@@ -99,6 +197,85 @@ def read_rows(path: Path) -> list[Example]:
                 data = json.loads(raw)
                 out.append(Example.from_content(data.pop("line"), data))
     return out
+
+
+# -- chat templates ----------------------------------------------------------------------------
+# Written for prefix-preserving rendering (see the module docstring); roles other than the usual
+# ones (tool) are rendered, not dropped, so every token a row holds is trained on or read.
+CHAT_TEMPLATES: dict[str, str] = {
+    # ChatML as Qwen and SmolLM write it, without a default system message.
+    "chatml": ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+               " + '<|im_end|>' + '\n' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    # Meta Llama 3 / 3.1 without tools: header tokens, trimmed content, <|eot_id|> ends a turn.
+    "llama3": ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role']"
+               " + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
+    # HuggingFaceH4 Zephyr: <|role|> lines, the tokenizer's end-of-sequence token ends a turn.
+    "zephyr": ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token"
+               " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+}
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    name: str  # base | chatml | llama3 | zephyr | the Jinja file's absolute path
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def record(self) -> dict[str, str]:
+        return {"name": self.name, "sha256": self.sha256}
+
+
+def chat_template(spec: str, tokenizer: Any) -> ChatTemplate:
+    """The template ``spec`` (a config's ``chat_template``) names; ``base`` is ``tokenizer``'s own."""
+    if spec == "base":
+        text = getattr(tokenizer, "chat_template", None)
+        if isinstance(text, dict):  # several named templates: the default one renders chats
+            text = text.get("default")
+        if not text:
+            raise ModelError(f"{getattr(tokenizer, 'name_or_path', 'the base model')} has no chat template; use an "
+                             "instruction-tuned model folder or set chat_template (chatml, llama3, zephyr or a file)")
+        return ChatTemplate(spec, str(text))
+    if spec in CHAT_TEMPLATES:
+        return ChatTemplate(spec, CHAT_TEMPLATES[spec])
+    path = Path(spec).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid chat_template={spec!r}: cannot read the Jinja file ({exc})") from None
+    if not text.strip():
+        raise ConfigError(f"invalid chat_template={spec!r}: the file is empty")
+    return ChatTemplate(str(path.resolve()), text)
+
+
+def check_chat_template(tokenizer: Any, *, prefix_preserving: bool = True) -> tuple[str, ...]:
+    """Render a small conversation with ``tokenizer``'s template before a run starts: raises what
+    ``sft_features`` would raise on every row (a template that does not render, or, when
+    ``prefix_preserving`` is asked for, as SFT needs, one that is not); returns notes for the run
+    (the assistant's turn does not end with the end-of-sequence token, so generation would not stop
+    there)."""
+    probe = Example(0, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"},
+                        {"role": "assistant", "content": "Goodbye."}])
+    try:
+        if prefix_preserving:
+            sft_features(tokenizer, probe, 1_000_000)
+        before = str(tokenizer.apply_chat_template(probe.messages[:2], tokenize=False, add_generation_prompt=True))
+        through = str(tokenizer.apply_chat_template(probe.messages[:3], tokenize=False))
+    except ModelError:
+        raise
+    except Exception as exc:  # a Jinja syntax or runtime error in a user's template
+        raise ConfigError(f"the chat template does not render a conversation: {type(exc).__name__}: {exc}") from None
+    eos = getattr(tokenizer, "eos_token", None)
+    turn_end = through[len(before):].split("Hello.", 1)[-1]
+    if eos and eos not in turn_end:
+        return (f"the chat template ends an assistant turn with {turn_end.strip()!r}, not the tokenizer's "
+                f"end-of-sequence token {eos!r}: generation stops at the end of a turn only if serving stops on it",)
+    return ()
 
 
 # -- SFT: token ids and labels -----------------------------------------------------------------
@@ -132,9 +309,9 @@ def sft_features(tokenizer: Any, example: Example, max_length: int) -> SftFeatur
         before, through = render(messages[:i], True), render(messages[: i + 1], False)
         if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
             raise ModelError(
-                "the base model's chat template is not prefix-preserving (rendering a conversation does not start "
+                "the chat template is not prefix-preserving (rendering a conversation does not start "
                 f"with the rendering of its first turns; line {example.line}), so assistant turns cannot be located; "
-                "use a model with a ChatML-like template"
+                'use a model with a ChatML-like template or set chat_template = "chatml"'
             )
         spans.append((len(before), len(through.rstrip())))
     if not spans:

@@ -1,5 +1,6 @@
 """Read-only views of the model registry (``ragtune models list``): registered models, their
-versions, aliases (``production``), source runs and key metrics. The registry (MLflow) is imported
+versions, aliases (``production``) and alias history (``history``: every promotion and rollback,
+oldest first), source runs and key metrics. The registry (MLflow) is imported
 only when a request needs it, so the server starts without ``ragtune[train]``; without it these
 routes answer 503 ``model_error``."""
 
@@ -52,26 +53,27 @@ def _version(info: Any, *, full: bool = False) -> dict[str, Any]:
     return view
 
 
-def _model(name: str, versions: list[Any], *, full: bool = False) -> dict[str, Any]:
+def _model(name: str, versions: list[Any], changes: list[Any], *, full: bool = False) -> dict[str, Any]:
     production = next((v.version for v in versions if "production" in v.aliases), None)
     return {"name": name, "production": production, "latest": max(v.version for v in versions),
-            "versions": [_version(v, full=full) for v in versions]}
+            "history": [c.to_dict() for c in changes], "versions": [_version(v, full=full) for v in versions]}
 
 
-@router.get("", summary="Every registered model with its versions, aliases and key (eval.*) metrics")
+@router.get("", summary="Every registered model with its versions, aliases, alias history and key (eval.*) metrics")
 def list_models(state: State, caller: Reader) -> list[dict[str, Any]]:
     with _registry(state) as registry:
-        found = registry.versions()
-    by_name: dict[str, list[Any]] = {}
-    for info in found:
-        by_name.setdefault(info.name, []).append(info)
-    return [_model(name, versions) for name, versions in sorted(by_name.items())]
+        by_name: dict[str, list[Any]] = {}
+        for info in registry.versions():
+            by_name.setdefault(info.name, []).append(info)
+        changes = {name: registry.production_changes(name) for name in by_name}
+    return [_model(name, versions, changes[name]) for name, versions in sorted(by_name.items())]
 
 
 @router.get("/{name}", summary="A registered model with every version and all of its run's metrics")
 def get_model(name: str, state: State, caller: Reader) -> dict[str, Any]:
     with _registry(state) as registry:
         versions = registry.versions(name)  # an invalid name is a 400 config_error
-    if not versions:
-        raise NotFoundError(f"no model named {name!r} (see GET /models)")
-    return _model(name, versions, full=True)
+        if not versions:
+            raise NotFoundError(f"no model named {name!r} (see GET /models)")
+        changes = registry.production_changes(name)
+    return _model(name, versions, changes, full=True)
