@@ -107,3 +107,13 @@ def tool_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):  # type
 
     return start_run(base="smollm2", data=tool_trainset(), config=TINY_TOOLS_CONFIG,
                      data_dir=tmp_path_factory.mktemp("tuned"), cache_dir=cache_dir, name="tools")
+
+
+@pytest.fixture
+def cli_env(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CLI run's surroundings: the session's database and model cache, ``tmp_path`` as the working
+    folder (so the project's data folder is ``tmp_path/.ragtune``)."""
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -195,6 +195,22 @@ def train_tiny_reader(data_dir: Any, steps: int = 40) -> Any:
                         warmup_ratio=0.1, source="tests.helpers.tiny_reader_examples")
 
 
+def random_lora_adapter(folder: Any, cache_dir: Any) -> Any:
+    """A real PEFT LoRA adapter for the packaged SmolLM2 saved in ``folder``, its weights drawn at
+    random (seed 0), not trained: for tests of what is recorded and served, not what it learnt."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.generate.local import packaged_smollm2
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(packaged_smollm2(cache_dir)))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(folder))
+    return folder
+
+
 def adapter_sha256(folder: Any) -> str:
     """A PEFT adapter's content hash worked out here, as ``generate.lineage`` documents it: sha256
     over ``adapter_config.json`` and ``adapter_model.safetensors``, each its name, a NUL byte and

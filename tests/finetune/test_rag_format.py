@@ -28,6 +28,7 @@ from ragtune.generate.prompt import (
 )
 from ragtune.models import PromptFormat
 from tests.cli.runner import invoke
+from tests.helpers import random_lora_adapter
 
 DOCS = {
     "leave.md": "Every Zorblax employee receives 27 days of paid leave per year. Unused leave expires in March.",
@@ -147,18 +148,7 @@ def test_bad_rows_and_settings_are_refused_naming_them() -> None:
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A real PEFT LoRA adapter for the packaged SmolLM2 (random weights: the format is what is tested)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from ragtune.generate.local import packaged_smollm2
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("runs") / "format-run" / "adapter"
-    base = AutoModelForCausalLM.from_pretrained(str(packaged_smollm2(cache_dir)))
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(folder))
-    return folder
+    return random_lora_adapter(tmp_path_factory.mktemp("runs") / "format-run" / "adapter", cache_dir)
 
 
 def _variant(adapter: Path, where: Path, trained: PromptFormat | None) -> Path:

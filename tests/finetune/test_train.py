@@ -214,14 +214,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture
-def cli_env(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
-    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_dpo_on_a_stored_dataset_through_the_cli(cli_env: Path) -> None:
     rows = [{"messages": [{"role": "user", "content": q}], "chosen": {"role": "assistant", "content": c},
              "rejected": {"role": "assistant", "content": r}} for q, c, r in PAIRS]

@@ -304,14 +304,6 @@ def test_a_bad_file_is_named_as_the_file(tmp_path: Path) -> None:
 
 
 # -- one real run with every option ----------------------------------------------------------------
-@pytest.fixture
-def cli_env(database_url: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)
-    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(cache_dir))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_a_packed_mixed_run_with_a_chosen_template_trains_and_records_it(cli_env: Path) -> None:
     """A stored dataset mixed with half of a file, packed, ChatML, overrides from --set and flags:
     one epoch, so the trained tokens are exactly the rows' tokens."""

@@ -20,7 +20,7 @@ from ragtune.generate.lineage import adapter_hash
 from ragtune.generate.local import SMOLLM2_NAME
 from ragtune.models import AdapterLineage, Lineage
 from tests.cli.runner import invoke
-from tests.helpers import adapter_sha256
+from tests.helpers import adapter_sha256, random_lora_adapter
 
 HANDBOOK = ("Every Zorblax employee receives 27 days of paid leave per year. "
             "Unused leave expires at the end of March.")
@@ -31,18 +31,7 @@ QUESTION = "How many days of paid leave does a Zorblax employee get per year?"
 def adapter(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A real PEFT LoRA adapter for the packaged SmolLM2, in a run's layout (``runs/<run id>/adapter``).
     Its weights are random, not trained: what is tested is what gets recorded, not what it learnt."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from ragtune.generate.local import packaged_smollm2
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("runs") / "demo-run" / "adapter"
-    base = AutoModelForCausalLM.from_pretrained(str(packaged_smollm2(cache_dir)))
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(folder))
-    return folder
+    return random_lora_adapter(tmp_path_factory.mktemp("runs") / "demo-run" / "adapter", cache_dir)
 
 
 def _expected(adapter: Path) -> Lineage:
