@@ -20,8 +20,8 @@ _ERRORS = (
     "RagtuneError", "ConfigError", "IngestError", "UnsupportedFormatError", "DecodeError", "CorruptFileError",
     "FileTooLargeError", "EmptyDocumentError", "ExpansionLimitError", "ChunkLimitError", "AclChangeError",
     "ReplaceDeniedError", "StoreError", "MigrationError", "DatabaseUnavailableError", "QueryTimeoutError",
-    "NotFoundError", "EmbedderMismatchError", "ModelError", "GenerationError", "GenerationTimeoutError",
-    "QueryError", "LimitError", "RequestTooLargeError", "AccessError", "AuthenticationError",
+    "NotFoundError", "EmbedderMismatchError", "ModelError", "PromptFormatError", "GenerationError",
+    "GenerationTimeoutError", "QueryError", "LimitError", "RequestTooLargeError", "AccessError", "AuthenticationError",
     "PermissionDeniedError", "RateLimitError", "JobLimitError", "TrainingError", "RunBusyError", "RegistryError",
     "PromotionRefusedError", "DatasetError", "DatasetValidationError",
 )
@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors (ruff can
         NotFoundError,
         PermissionDeniedError,
         PromotionRefusedError,
+        PromptFormatError,
         QueryError,
         QueryTimeoutError,
         RagtuneError,
