@@ -176,7 +176,9 @@ def main() -> None:
         "settings": {**vars(args), "max_length": max_length, "train_config": to_dict(config(args.steps, max_length))},
         "rag_format": trained.details, "mean_prompt_chars": round(sum(prompt_lengths) / len(prompt_lengths)),
         "training": runs, "results": results,
-        "test_question_ids": [c.qid for c in tests],
+        # which questions, without dataset content in the repository: their count and a hash of their ids
+        "test_questions": {"count": len(tests), "sha256_of_sorted_ids": hashlib.sha256(
+            "\n".join(sorted(c.qid for c in tests)).encode()).hexdigest()},
         "seconds": round(time.perf_counter() - started, 1),
     })
 
