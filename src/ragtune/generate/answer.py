@@ -95,6 +95,7 @@ class Answerer:
         self.reader = reader
         self.read_answers = read_answers
         self.reader_hint = reader_hint
+        self._system: str | None = None  # the sources prompt's system message, once known (system_prompt)
         self.spec = spec  # the generator spec asked for (the lineage's ``generator``); default: the model's name
 
     @property
@@ -175,9 +176,11 @@ class Answerer:
         """The system message of the numbered-sources prompt: the one a tuned generator was trained
         with (``generate.prompt.sources_system_prompt``; a model trained on plain chat is refused:
         ``Ragtune.ask`` calls this before it searches), else ours."""
-        if self.generator is None or not isinstance(self.generator, DeclaresPromptFormat):
-            return SYSTEM_PROMPT
-        return sources_system_prompt(self.model_name, self.generator.prompt_format())
+        if self._system is None:  # once per answer: a registry generator resolves its alias to answer
+            model = self.generator
+            self._system = (sources_system_prompt(self.model_name, model.prompt_format())
+                            if isinstance(model, DeclaresPromptFormat) else SYSTEM_PROMPT)
+        return self._system
 
     # -- parts ---------------------------------------------------------------------------------
     def _lineage(self, completion: Completion | None) -> Lineage:

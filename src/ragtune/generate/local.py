@@ -98,6 +98,9 @@ def _torch() -> Any:
     return torch
 
 
+_UNREAD = object()  # a prompt format not read yet (None is a read "none recorded")
+
+
 class TransformersGenerator:
     """A causal LM from a Hugging Face folder, optionally with a LoRA adapter applied on top.
 
@@ -120,6 +123,7 @@ class TransformersGenerator:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()  # one generation at a time per model: torch already uses every core
+        self._prompt_format: object = _UNREAD
         if not (self.path / "config.json").is_file():
             raise ModelError(
                 f"no Hugging Face model folder at {self.path} (config.json missing); set `generator` to "
@@ -134,8 +138,11 @@ class TransformersGenerator:
         return cls(packaged_smollm2(cache_dir), base_name=SMOLLM2_NAME, **options)
 
     def prompt_format(self) -> PromptFormat | None:
-        """The prompt format the adapter was trained on (None: no adapter, or none recorded)."""
-        return read_prompt_format(self.adapter) if self.adapter is not None else None
+        """The prompt format the adapter was trained on (None: no adapter, or none recorded); read
+        once, as the adapter's weights are loaded once."""
+        if self._prompt_format is _UNREAD:
+            self._prompt_format = read_prompt_format(self.adapter) if self.adapter is not None else None
+        return self._prompt_format  # type: ignore[return-value]
 
     def lineage(self) -> Lineage:
         """The base model and the adapter with its content hash (hashed once per adapter folder)."""
