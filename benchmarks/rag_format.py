@@ -1,9 +1,11 @@
 """Training for the hybrid (issue 18, item 1): SmolLM2-135M as it ships, tuned on plain
 question -> answer rows, and tuned on the same rows rendered as ``ask`` serves them
-(``tune train --rag-format``: numbered sources, gold + distractors, RAFT-style), all three
-answering over the same retrieval, side by side in one run.
+(``tune train --rag-format``: numbered sources, gold + distractors, RAFT-style) once per
+``--positions`` of the gold source (``rank``: retrieval's order; ``random``: RAFT's), all answering
+over the same retrieval, side by side in one run.
 
-    python benchmarks/rag_format.py [--train 120] [--test 80] [--unanswerable 20] [--steps 60]
+    python benchmarks/rag_format.py [--train 120] [--test 80] [--unanswerable 20] [--steps 60] \
+        [--positions rank,random]
 
 Public task: SQuAD 2.0 dev, split by article with the reader's rule (``finetune.reader.split_of``:
 sha256 of the title; quarters 0-1 train, 3 test), so no test question's article was trained on.
@@ -12,7 +14,7 @@ Test: quarter-3 answerable questions and SQuAD's unanswerable questions about th
 The collection is the whole SQuAD dev corpus (the retrieval benchmark's; stored embeddings reused),
 so training articles are there as distractors at test time too.
 
-All three answer through ``Ragtune.ask`` with the same sources (top ``--top-k`` hybrid hits packed
+All answer through ``Ragtune.ask`` with the same sources (top ``--top-k`` hybrid hits packed
 into ``--context-tokens``), the support threshold as the only abstention rule (no reader, no
 answerability model), greedy decoding. The plain-rows adapter records the ``chat`` prompt format,
 which ``ask`` refuses; to measure what that refusal prevents, it is served from a copy without the
@@ -51,6 +53,11 @@ from ragtune.models import Principal
 
 console = Console()
 OPERATOR = Principal.system()
+
+
+def _rag_name(position: str) -> str:
+    """The run's and the result's name of the RAG-format adapter with the gold at ``position``."""
+    return "rag_format" if position == "rank" else f"rag_format_{position}"
 
 
 def _order(qid: str) -> str:
@@ -107,6 +114,7 @@ def main() -> None:
     parser.add_argument("--context-tokens", type=int, default=512, help="token budget of the sources")
     parser.add_argument("--gold-share", type=float, default=0.8, help="RAFT: rows whose prompt holds the gold")
     parser.add_argument("--max-tokens", type=int, default=48, help="answer tokens at most (every model)")
+    parser.add_argument("--positions", default="rank,random", help="gold positions to train a RAG adapter for")
     args = parser.parse_args()
 
     from ragtune.generate.decoding import DecodingControls
@@ -122,19 +130,25 @@ def main() -> None:
     console.print(f"{len(rows)} training rows, {len(tests)} test questions; collection {collection}")
     plain = TrainSet("squad-train-plain", None, hashlib.sha256(repr([r.content() for r in rows]).encode()).hexdigest(),
                      rows, [])
-    fmt = RagFormat(collection, top_k=args.top_k, gold_share=args.gold_share, context_tokens=args.context_tokens,
-                    max_tokens=args.max_tokens)
     base = resolve_base("smollm2", cache)
 
     def search(question: str, k: int) -> Any:
         return rt.search(question, collection=collection, top_k=k, principal=OPERATOR).hits
 
-    rag, trained = for_sources(plain, fmt, search, base.path)
-    console.print("rag format: " + describe(trained.details, fmt.top_k))
-    prompt_lengths = [sum(len(m["content"]) for m in e.messages) for e in rag.train]
+    trainings: list[tuple[str, TrainSet, Any]] = [("plain", plain, None)]
+    formats: dict[str, Any] = {}
+    prompt_lengths: list[int] = []
+    for position in args.positions.split(","):
+        fmt = RagFormat(collection, top_k=args.top_k, gold_share=args.gold_share,
+                        context_tokens=args.context_tokens, max_tokens=args.max_tokens, gold_position=position)
+        rag, trained = for_sources(plain, fmt, search, base.path)
+        console.print(f"rag format, gold at {position}: " + describe(trained.details, fmt.top_k))
+        prompt_lengths += [sum(len(m["content"]) for m in e.messages) for e in rag.train]
+        trainings.append((_rag_name(position), rag, trained))
+        formats[position] = trained.details
     max_length = 1024
     runs: dict[str, Any] = {}
-    for name, data, prompt_format in (("plain", plain, None), ("rag", rag, trained)):
+    for name, data, prompt_format in trainings:
         t = time.perf_counter()
         record = start_run(base="smollm2", data=data, config=config(args.steps, max_length), data_dir=work,
                            cache_dir=cache, name=f"squad-{name}", prompt_format=prompt_format)
@@ -153,8 +167,9 @@ def main() -> None:
         "base": rt.generator("smollm2"),
         "tuned_plain_rows": TransformersGenerator(base.path, adapter=unrecorded, base_name="smollm2",
                                                   max_time=g.timeout, controls=DecodingControls.of(g)),
-        "tuned_rag_format": TransformersGenerator(base.path, adapter=Path(runs["rag"]["adapter"]), base_name="smollm2",
-                                                  max_time=g.timeout, controls=DecodingControls.of(g)),
+        **{f"tuned_{name}": TransformersGenerator(base.path, adapter=Path(runs[name]["adapter"]), base_name="smollm2",
+                                                  max_time=g.timeout, controls=DecodingControls.of(g))
+           for name, _, _ in trainings[1:]},
     }
     results: dict[str, Any] = {}
     for name, generator in generators.items():
@@ -174,7 +189,7 @@ def main() -> None:
     write_result("rag_format", {
         "task": "SQuAD 2.0 dev, split by article (reader split_of): train quarters 0-1, test quarter 3",
         "settings": {**vars(args), "max_length": max_length, "train_config": to_dict(config(args.steps, max_length))},
-        "rag_format": trained.details, "mean_prompt_chars": round(sum(prompt_lengths) / len(prompt_lengths)),
+        "rag_format": formats, "mean_prompt_chars": round(sum(prompt_lengths) / len(prompt_lengths)),
         "training": runs, "results": results,
         # which questions, without dataset content in the repository: their count and a hash of their ids
         "test_questions": {"count": len(tests), "sha256_of_sorted_ids": hashlib.sha256(

@@ -107,6 +107,29 @@ def test_rows_are_rendered_as_ask_prompts_with_the_gold_source_cited(settings: A
         assert reply["content"].replace(f" [{cited}]", "") == answer
 
 
+def test_the_gold_keeps_its_retrieved_rank_unless_placed_at_random(settings: Any, embedder: Any,
+                                                                   tokenizer: Any) -> None:
+    with Ragtune(settings, embedder=embedder) as rt:
+        _ingest(rt)
+        search = _search(rt)
+        ranked = render_rows(_rows(), RagFormat("zorblax", top_k=3, gold_share=1.0, depth=6), search,
+                             count_tokens=_count(tokenizer), context_window=2048)
+        shuffled = render_rows(_rows(), RagFormat("zorblax", top_k=3, gold_share=1.0, depth=6, gold_position="random"),
+                               search, count_tokens=_count(tokenizer), context_window=2048)
+        order = {q: [h.chunk.text for h in search(q, 6)] for q, _ in ROWS}
+
+    def ranks(example: Example) -> list[int]:
+        """The retrieved rank of each source shown, in the order shown."""
+        question = example.messages[1]["content"].rsplit("Question: ", 1)[1]
+        blocks = example.messages[1]["content"].split('<source id="')[1:]
+        return [next(r for r, text in enumerate(order[question]) if text[:40] in block) for block in blocks]
+
+    assert ranked.counts["with_gold"] == shuffled.counts["with_gold"] == 6
+    assert all(ranks(e) == sorted(ranks(e)) for e in ranked.examples), [ranks(e) for e in ranked.examples]
+    assert any(ranks(e) != sorted(ranks(e)) for e in shuffled.examples), [ranks(e) for e in shuffled.examples]
+    assert ranked.prompt_format(RagFormat("zorblax")).details["gold_position"] == "rank"
+
+
 def test_without_the_gold_source_the_target_is_the_abstention(settings: Any, embedder: Any, tokenizer: Any) -> None:
     with Ragtune(settings, embedder=embedder) as rt:
         _ingest(rt)
@@ -135,6 +158,8 @@ def test_bad_rows_and_settings_are_refused_naming_them() -> None:
         RagFormat("c", top_k=5, depth=3)
     with pytest.raises(ConfigError, match="gold_share"):
         RagFormat("c", gold_share=1.5)
+    with pytest.raises(ConfigError, match=r"gold_position='middle'.*rank, random"):
+        RagFormat("c", gold_position="middle")
     pair = Example(4, [{"role": "user", "content": "q"}], chosen={"role": "assistant", "content": "a"},
                    rejected={"role": "assistant", "content": "b"})
     with pytest.raises(DatasetError, match=r"line 4: .*preference"):

@@ -75,6 +75,9 @@ def train(
     gold_share: Annotated[float, typer.Option(
         "--gold-share", min=0.0, max=1.0, help="With --rag-format: the share of rows whose prompt holds the gold "
                                                "source; the others learn to abstain.")] = 0.8,
+    gold_position: Annotated[str, typer.Option(
+        "--gold-position", help="With --rag-format: where the gold source goes among the distractors: rank (its "
+                                "retrieved rank, as `ask` numbers sources) or random (RAFT's).")] = "rank",
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -116,7 +119,7 @@ def train(
                 trained = None
                 if collection is not None:
                     dataset, trained = _for_sources(settings, dataset, base, collection, rag_top_k, gold_share,
-                                                    tune.seed, bars)
+                                                    gold_position, tune.seed, bars)
                 record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
                                    cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
                                    nproc=nproc or 1, progress=bars, prompt_format=trained)
@@ -126,7 +129,8 @@ def train(
 
 
 def _for_sources(settings: Settings, dataset: TrainSet, base: str, collection: str, top_k: int | None,
-                 gold_share: float, seed: int, progress: Progress) -> tuple[TrainSet, PromptFormat]:
+                 gold_share: float, gold_position: str, seed: int,
+                 progress: Progress) -> tuple[TrainSet, PromptFormat]:
     """``--rag-format``: the rows rendered as ``ask`` prompts over ``collection`` (as the operator, who
     reads every document; ``finetune.lora.rag_format``)."""
     from ragtune.finetune.lora.rag_format import RagFormat, describe, for_sources
@@ -134,7 +138,7 @@ def _for_sources(settings: Settings, dataset: TrainSet, base: str, collection: s
 
     g = settings.generation
     fmt = RagFormat(collection, top_k=top_k or g.answer_top_k, gold_share=gold_share, context_tokens=g.context_tokens,
-                    max_tokens=g.max_new_tokens, seed=seed)
+                    max_tokens=g.max_new_tokens, seed=seed, gold_position=gold_position)
     with open_engine(settings) as rt:
         rt.collection(collection)  # NotFoundError before any model loads
 
