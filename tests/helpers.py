@@ -213,12 +213,14 @@ def random_lora_adapter(folder: Any, cache_dir: Any) -> Any:
 
 def adapter_sha256(folder: Any) -> str:
     """A PEFT adapter's content hash worked out here, as ``generate.lineage`` documents it: sha256
-    over ``adapter_config.json`` and ``adapter_model.safetensors``, each its name, a NUL byte and
-    its bytes, in name order (other files do not count)."""
+    over ``adapter_config.json``, ``adapter_model.safetensors`` and, where present,
+    ``chat_template.jinja`` and ``ragtune_prompt.json``, each its name, a NUL byte and its bytes,
+    in name order (other files do not count)."""
     import hashlib
     from pathlib import Path
 
     digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
+    names = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "ragtune_prompt.json")
+    for name in sorted(n for n in names if (Path(folder) / n).is_file()):
         digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes())
     return digest.hexdigest()

@@ -39,7 +39,7 @@ def _expected(adapter: Path) -> Lineage:
         path=str(adapter.resolve()), sha256=adapter_sha256(adapter), label="demo-run"))
 
 
-def test_the_adapter_hash_covers_its_config_and_weights_only(adapter: Path, tmp_path: Path) -> None:
+def test_the_adapter_hash_covers_its_config_weights_and_template_only(adapter: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(adapter, copy)
     assert adapter_hash(adapter) == adapter_hash(copy) == adapter_sha256(adapter)
@@ -50,6 +50,10 @@ def test_the_adapter_hash_covers_its_config_and_weights_only(adapter: Path, tmp_
     data[-1] ^= 1  # one bit of one weight: same size, new content
     weights.write_bytes(bytes(data))
     assert adapter_hash(copy) == adapter_sha256(copy) != adapter_sha256(adapter)
+    # the chat template it is served with counts: the same weights prompted otherwise answer otherwise
+    before = adapter_hash(copy)
+    (copy / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}", encoding="utf-8")
+    assert adapter_hash(copy) == adapter_sha256(copy) != before
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match=str(tmp_path / "empty")):
         adapter_hash(tmp_path / "empty")

@@ -1,8 +1,9 @@
 """What an answer records of the model behind it (``models.Lineage``): content hashes of model and
 adapter folders, and the name an adapter goes by.
 
-A folder's hash is sha256 over its config and weight files, each as its name, a NUL byte and its
-bytes, in name order; other files (a README, tokenizer files) do not count. Hashes are cached by
+A folder's hash is sha256 over its config and weight files (for an adapter also its chat template
+and prompt format), each as its name, a NUL byte and its bytes, in name order; other files (a
+README, tokenizer files) do not count. Hashes are cached by
 folder, total size and latest mtime, so a served adapter is hashed once (a few MB: milliseconds),
 and a folder rewritten in place is hashed again. Concession: ``adapter_config.json`` holds the
 base model's path as PEFT wrote it, so the same weights trained on another machine hash differently;
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ragtune.errors import ModelError
+from ragtune.generate.prompt import PROMPT_FILE
 
 _WEIGHTS = (".safetensors", ".bin", ".gguf")
 _cache: dict[tuple[str, str, int, int], str] = {}
@@ -54,9 +56,15 @@ def model_hash(path: Path) -> str:
     return folder_hash(path, "model", lambda name: name == "config.json" or name.endswith(_WEIGHTS))
 
 
+# Besides its config and weights, what decides how an adapter answers: the chat template it was
+# trained and is served with, and the prompt format it learnt (``generate.prompt.PROMPT_FILE``).
+_ADAPTER_SERVING_FILES = ("adapter_config.json", "chat_template.jinja", PROMPT_FILE)
+
+
 def adapter_hash(path: Path) -> str:
-    """A PEFT adapter folder's hash: ``adapter_config.json`` and ``adapter_model.*`` weights."""
-    return folder_hash(path, "adapter", lambda name: name == "adapter_config.json"
+    """A PEFT adapter folder's hash: ``adapter_config.json``, the ``adapter_model.*`` weights, and
+    the chat template and prompt format it is served with, where it has them."""
+    return folder_hash(path, "adapter", lambda name: name in _ADAPTER_SERVING_FILES
                        or (name.startswith("adapter_model") and name.endswith(_WEIGHTS)))
 
 
