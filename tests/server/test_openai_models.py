@@ -89,9 +89,12 @@ def test_models_lists_served_generators_apart_from_collections(open_server: str,
 
 
 def test_a_registered_model_answers_by_name_and_its_lineage_is_recorded(
-        open_server: str, acme: Any, tool_run: Any, engine: Any) -> None:
+        open_server: str, acme: Any, tool_run: Any, engine: Any, server_settings: Any) -> None:
     expected = _lineage(acme, tool_run)
-    assert expected["adapter"]["sha256"] == adapter_sha256(tool_run.adapter)  # the registered copy: same bytes
+    registered_from = server_settings.data_dir / "runs" / "acme-run" / "adapter"
+    assert expected["adapter"]["sha256"] == adapter_sha256(registered_from)  # the registered copy: same bytes
+    # ... and not the session run's: that records the chat prompt format, which the hash covers
+    assert expected["adapter"]["sha256"] != adapter_sha256(tool_run.adapter)
     completion = _client(open_server).chat.completions.create(
         model=SERVED, max_tokens=8, extra_body={"collection": "handbook"},
         messages=[{"role": "user", "content": QUESTION}])
