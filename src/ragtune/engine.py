@@ -41,7 +41,8 @@ from ragtune.models import (
     Principal,
     SearchResult,
 )
-from ragtune.observe.traces import StageTimer, TraceWriter
+from ragtune.observe.traces import StageTimer, TraceReader
+from ragtune.observe.tracing import Tracing
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.progress import emit
 from ragtune.protocols import (
@@ -120,8 +121,20 @@ class Ragtune:
         return Repository(self.db)
 
     @cached_property
-    def traces(self) -> TraceWriter:
-        return TraceWriter(self.db)
+    def tracing(self) -> Tracing:
+        """Spans of every step, batched into the spans table (and OTLP when configured)."""
+        return Tracing(self.db, self.settings.observability)
+
+    @cached_property
+    def traces(self) -> TraceReader:
+        return TraceReader(self.db, self.tracing)
+
+    def prune_traces(self, retention_days: int | None = None) -> list[str]:
+        """Drop the days of spans older than ``retention_days`` (default ``[observability]
+        retention_days``), whole partitions at a time; returns the partitions dropped."""
+        from ragtune.observe.traces import prune
+
+        return prune(self.db, retention_days or self.settings.observability.retention_days)
 
     @cached_property
     def query_embedder(self) -> Embedder:
@@ -133,7 +146,7 @@ class Ragtune:
 
     @cached_property
     def searcher(self) -> Searcher:
-        return Searcher(self.repo, self.query_embedder, self.analyzer, self.traces)
+        return Searcher(self.repo, self.query_embedder, self.analyzer, self.tracing)
 
     @cached_property
     def _default_chunker(self) -> Chunker:
@@ -685,17 +698,20 @@ class Ragtune:
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or _OPERATOR
         name = collection or s.default_collection
-        answerer = Answerer(model, self.support_scorer, self.traces, judge, reader=reads, read_answers=read_answers,
+        answerer = Answerer(model, self.support_scorer, self.tracing, judge, reader=reads, read_answers=read_answers,
                             reader_hint=g.reader_hint, spec=spec)
         answerer.system_prompt()  # a model trained on another prompt format is refused before the search
-        timer = StageTimer()
-        with timer.stage("retrieve"):
-            # with a history the search is by the conversation; the answer is to the question itself
-            retrieved = self.search(check_question(question), collection=name, top_k=options.top_k, mode=mode,
-                                    filters=filters, principal=principal, query_vector=query_vector,
-                                    reranker=reranker, history=history, **search_options)
-        return answerer.answer(question, retrieved, options, principal=principal, collection=name,
-                               on_token=on_token, timer=timer)
+        # one trace per ask: the retrieval, each stage and the generation are its child spans
+        with self.tracing.span("ask", {"ragtune.kind": "ask", "gen_ai.operation.name": "chat",
+                                       "gen_ai.request.max_tokens": options.max_tokens}):
+            timer = StageTimer()  # "retrieve" times the search, whose own span is its trace's
+            with timer.stage("retrieve"):
+                # with a history the search is by the conversation; the answer is to the question itself
+                retrieved = self.search(check_question(question), collection=name, top_k=options.top_k, mode=mode,
+                                        filters=filters, principal=principal, query_vector=query_vector,
+                                        reranker=reranker, history=history, **search_options)
+            return answerer.answer(question, retrieved, options, principal=principal, collection=name,
+                                   on_token=on_token, timer=timer)
 
     def warm_up(self) -> None:
         """Load the slow parts now (the embedder, and the generators built so far, when they declare a
@@ -707,6 +723,8 @@ class Ragtune:
                 part.warm_up()
 
     def close(self) -> None:
+        if "tracing" in self.__dict__:  # what is queued is written before the database closes
+            self.tracing.close()
         if self._database is not None:
             self._database.close()
 

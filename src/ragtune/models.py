@@ -169,7 +169,7 @@ class SearchResult:
     query: str
     mode: str
     hits: list[Hit]
-    trace_id: int | None
+    trace_id: str | None  # 32 hex digits (OpenTelemetry), None when not traced
     timings_ms: dict[str, float]
 
 
@@ -309,7 +309,7 @@ class Answer:
     error: str | None = None  # set when generation failed or timed out; hits are still returned
     usage: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    trace_id: int | None = None
+    trace_id: str | None = None
     prompt: list[Message] = field(default_factory=list)
     # Why the answer abstained: "retrieval" (the documents do not cover the question), "reader"
     # (they cover it but do not say), "answerability" (the answerability model), "generator" (the

@@ -89,7 +89,7 @@ def test_docs_list_takes_a_relative_prefix(kb: Path) -> None:
 
 
 @pytest.fixture
-def answered(env: dict[str, str], tmp_path: Path) -> dict[str, int]:
+def answered(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """An answer (kind ask) and a search by an hr member (the CLI searches as user ``cli``); their trace ids."""
     doc = tmp_path / "policy.md"
     doc.write_text("# Leave\n\nEvery employee receives 27 days of paid leave per year.\n", encoding="utf-8")
@@ -103,24 +103,26 @@ def answered(env: dict[str, str], tmp_path: Path) -> dict[str, int]:
     return {"ask": asked, "search": json.loads(out)["trace_id"]}
 
 
-def test_traces_list_is_a_compact_table_and_json_is_whole(answered: dict[str, int]) -> None:
+def test_traces_list_is_a_compact_table_and_json_is_whole(answered: dict[str, str]) -> None:
     code, out, err = invoke("traces", "list")
     assert code == 0, err
     assert "27 days of paid leave" not in out  # the prompt quotes the document: not in the list
-    assert "ask" in out and "search" in out and "grounded" in out and str(answered["ask"]) in out
+    assert "ask" in out and "search" in out and "grounded" in out and answered["ask"][:12] in out
+    assert answered["ask"] not in out  # the list shows 12 hex digits of a trace id; show takes them
     code, out, _ = invoke("traces", "list", "--json", "--kind", "ask")
     rows = json.loads(out)
     assert [r["id"] for r in rows] == [answered["ask"]]
     assert "27 days of paid leave" in json.dumps(rows[0]["params"]["prompt"])
 
 
-def test_traces_show_draws_stages_sources_and_prompt(answered: dict[str, int]) -> None:
-    code, out, err = invoke("traces", "show", str(answered["ask"]))
+def test_traces_show_draws_stages_sources_and_prompt(answered: dict[str, str]) -> None:
+    code, out, err = invoke("traces", "show", answered["ask"][:12])
     assert code == 0, err
+    assert f"trace {answered['ask']}" in out
     for part in ("stages (", "retrieve", "support", " ms", "sources (", "#1", "policy.md", "score", "prompt (",
                  "27 days of paid leave", "answer ("):
         assert part in out, (part, out)
-    code, out, err = invoke("traces", "show", str(answered["search"]))
+    code, out, err = invoke("traces", "show", answered["search"])
     assert code == 0, err
     # a search's steps nest under retrieve; its sources are named by URI though the trace keeps ids
     lines = out.splitlines()
@@ -130,13 +132,15 @@ def test_traces_show_draws_stages_sources_and_prompt(answered: dict[str, int]) -
     assert "#1" in out and "policy.md" in out and "paid leave" in out
 
 
-def test_a_hidden_or_missing_trace_is_no_trace(answered: dict[str, int]) -> None:
+def test_a_hidden_or_missing_trace_is_no_trace(answered: dict[str, str]) -> None:
     trace = str(answered["search"])
     code, _out, err = invoke("traces", "show", trace, "--as-user", "eve", "--as-group", "eng")
     assert code == 2 and f"no trace {trace}" in err and err.strip().count("\n") == 0
     assert invoke("traces", "show", trace, "--as-user", "bob", "--as-group", "hr")[0] == 0  # a member of hr
-    code, _out, err = invoke("traces", "show", "987654")
-    assert code == 2 and "no trace 987654" in err
+    code, _out, err = invoke("traces", "show", "98765432")
+    assert code == 2 and "no trace 98765432" in err
+    code, _out, err = invoke("traces", "show", "9876")  # too short a prefix to mean one trace
+    assert code == 2 and "no trace 9876" in err
 
 
 def test_collections_rm_asks_first_and_says_what_it_removed(kb: Path) -> None:

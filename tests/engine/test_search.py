@@ -288,8 +288,7 @@ def test_selective_filter_still_returns_k_hits(settings, embedder, threshold: in
             hits = rt.search("alpha bravo charlie", collection="sel", mode=mode, top_k=10, filters={"bucket": 7}).hits
             assert len(hits) == 10, (mode, len(hits))  # 12 of 600 documents match
             assert all(h.metadata["bucket"] == 7 for h in hits)
-        with rt.db.connection() as conn:
-            trace = conn.execute("SELECT params FROM traces ORDER BY id DESC LIMIT 1").fetchone()
+        trace = rt.traces.visible(Principal.system(), kind="search", limit=1)[0]
         assert trace["params"]["filters"] == [{"key": "bucket", "op": "eq", "value": 7}]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtune import LoadedDocument
+from ragtune import LoadedDocument, Principal
 from ragtune.engine import Ragtune
 from ragtune.errors import ConfigError, DatasetError, ModelError
 from ragtune.evaluate.datasets import load_dataset
@@ -123,8 +123,8 @@ def test_abstention_through_ask(rt: Ragtune, trained: Path) -> None:
     never = AnswerabilityModel(trained, threshold=0.0)
     answer = rt.ask(question, generator="extractive", answerability=never)
     assert not answer.abstained and "27 days" in answer.text
-    with rt.db.connection() as conn:
-        params = conn.execute("SELECT params FROM traces WHERE id = %s", (answer.trace_id,)).fetchone()["params"]
+    assert answer.trace_id is not None
+    params = rt.traces.get(answer.trace_id, Principal.system())["params"]
     assert params["answerability"] == {"model": never.name, "threshold": 0.0}
     assert params["usage"]["answerable_probability"] == answer.usage["answerable_probability"]
 

@@ -19,10 +19,9 @@ def rivers(live: Any) -> Any:
     return live
 
 
-def _search_trace(live: Any, ask_trace_id: int) -> dict[str, Any]:
-    system = Principal.system()
-    asked = live.engine.traces.get(ask_trace_id, system)
-    return dict(live.engine.traces.get(asked["params"]["search_trace_id"], system))
+def _search_trace(live: Any, ask_trace_id: str) -> dict[str, Any]:
+    """The answer's retrieval span, as the trace shows it."""
+    return dict(live.engine.traces.get(ask_trace_id, Principal.system())["search"])
 
 
 def test_ask_with_history_searches_the_follow_up(rivers: Any) -> None:

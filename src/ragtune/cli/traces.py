@@ -40,6 +40,7 @@ STAGE_ORDER = ("embed", "retrieve", "count", "dense", "bm25", "fuse", "fill", "f
 # parameters an answer's trace holds that the tree draws on their own, not on the parameters line
 DRAWN_APART = ("prompt", "response", "sentences")
 QUESTION_CHARS = 60
+SHORT_ID = 12  # hex digits of a trace id the list shows; `traces show` takes any prefix of 8 or more
 
 
 @app.command("list")
@@ -69,7 +70,7 @@ def traces_list(
                              no_wrap=col != "question", overflow="ellipsis" if col == "collection" else "fold",
                              ratio=1 if col == "question" else None)
         for row in rows:
-            table.add_row(str(row["id"]), _time(row)[5:], row["kind"], Text(row["collection"] or "-"),
+            table.add_row(str(row["id"])[:SHORT_ID], _time(row)[5:], row["kind"], Text(row["collection"] or "-"),
                           Text(_shorten(row["query"] or "", QUESTION_CHARS)), str(len(_results(row))),
                           _outcome(row), f"{total_ms(row['timings_ms']):.0f}")
         console.print(table)
@@ -81,7 +82,8 @@ def traces_list(
 
 @app.command("show")
 def traces_show(
-    trace_id: Annotated[int, typer.Argument(help="The trace's id, as traces list shows it.")],
+    trace_id: Annotated[str, typer.Argument(help="The trace's id (32 hex digits) or a prefix of 8 or more, as "
+                                                 "traces list shows it.")],
     as_json: AsJson = False,
     as_user: AsUserOpt = None,
     as_group: AsGroupOpt = None,
@@ -100,6 +102,24 @@ def traces_show(
             print(json.dumps(row, default=str, indent=2))
             return
         console.print(trace_tree(row, uris))
+
+    run_command(body)
+
+
+@app.command("prune")
+def traces_prune(
+    days: Annotated[int | None, typer.Option(
+        "--days", min=1, help="Keep this many days of spans, today's included (default: [observability] "
+                              "retention_days).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Drop the spans of older days, a whole day's partition at a time."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            dropped = rt.prune_traces(days)
+            kept = days or rt.settings.observability.retention_days
+        console.print(f"dropped {len(dropped)} day(s) of spans older than {kept} day(s)"
+                      + (f": {', '.join(dropped)}" if dropped else ""), highlight=False)
 
     run_command(body)
 

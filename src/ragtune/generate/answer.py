@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ from ragtune.models import (
     Principal,
     SearchResult,
 )
-from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
+from ragtune.observe.traces import StageTimer, TraceRecord, record
+from ragtune.observe.tracing import Tracing, current_span, set_attributes
 from ragtune.protocols import DeclaresPromptFormat, DescribesLineage, Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
@@ -80,14 +82,14 @@ class Candidate:
 class Answerer:
     """Answers over hits with one generator, or extractively when ``generator`` is None."""
 
-    def __init__(self, generator: Generator | None, scorer: SupportScorer, traces: TraceWriter | None = None,
+    def __init__(self, generator: Generator | None, scorer: SupportScorer, tracing: Tracing | None = None,
                  answerability: AnswerabilityModel | None = None, *, reader: Reader | None = None,
                  read_answers: bool = False, reader_hint: bool = False, spec: str | None = None) -> None:
         if read_answers and reader is None:
             raise ConfigError("answering with the reader needs a trained reader (`ragtune reader train`)")
         self.generator = None if read_answers else generator
         self.scorer = scorer
-        self.traces = traces
+        self.tracing = tracing
         self.answerability = answerability
         # With a reader, abstention is its rule (``reader.Abstention``) for every generator; the
         # reader answers itself (``read_answers``: ``-g reader``) or, with ``reader_hint``, its span
@@ -107,7 +109,8 @@ class Answerer:
     def answer(self, question: str, retrieved: SearchResult, options: AskOptions, *, principal: Principal,
                collection: str, on_token: Callable[[str], None] | None = None,
                timer: StageTimer | None = None) -> Answer:
-        timer = timer or StageTimer()
+        # each stage from here is a child span of the answer's (the timer given timed the search)
+        timer = StageTimer(self.tracing, dict(timer.timings_ms) if timer is not None else {})
         hits = retrieved.hits[: options.top_k]
         with timer.stage("prompt"):
             prompt = build_prompt(question, hits, count_tokens=self._count_tokens(), budget=self._budget(options),
@@ -146,12 +149,23 @@ class Answerer:
             messages = prompt.messages
             if self.reader_hint and span is not None:
                 messages = _with_hint(messages, span)
-            with timer.stage("generate"):
+            with timer.stage("generate", **{"gen_ai.operation.name": "chat",
+                                            "gen_ai.request.model": self.model_name,
+                                            "gen_ai.request.max_tokens": options.max_tokens}):
+                # time to first token is known when the answer streams (a generator asked without
+                # on_token may take a faster path than streaming, so none is forced on it)
+                first_token = _FirstToken(on_token) if on_token is not None else None
                 try:
                     completion = self.generator.generate(messages, max_tokens=options.max_tokens,
-                                                         on_token=on_token)
+                                                         on_token=first_token)
                 except GenerationTimeoutError as exc:
                     error = str(exc)
+                if completion is not None:
+                    set_attributes(current_span(), {
+                        "gen_ai.response.model": completion.model, "gen_ai.response.finish_reasons":
+                        [completion.finish_reason], "gen_ai.usage.input_tokens": completion.prompt_tokens,
+                        "gen_ai.usage.output_tokens": completion.completion_tokens,
+                        "ragtune.time_to_first_token_ms": first_token.ms if first_token else None})
             if completion is not None and completion.finish_reason == "timeout":
                 error = f"generation timed out after {completion.seconds:.1f}s; the answer is cut short"
             text = completion.text if completion is not None else ""
@@ -275,14 +289,24 @@ class Answerer:
         return out
 
     def _trace(self, answer: Answer, prompt: Prompt, retrieved: SearchResult, principal: Principal,
-               collection: str, completion: Completion | None) -> int | None:
-        if self.traces is None:
+               collection: str, completion: Completion | None) -> str | None:
+        if self.tracing is None or not self.tracing.enabled:
             return None
-        return self.traces.write(TraceRecord(
+        span = current_span()
+        if span.is_recording():  # the answer's span (``Ragtune.ask`` opens it)
+            return self._record(span, answer, prompt, retrieved, principal, collection, completion)
+        with self.tracing.span("ask", {"ragtune.kind": "ask", "gen_ai.operation.name": "chat"}) as span:
+            return self._record(span, answer, prompt, retrieved, principal, collection, completion)
+
+    def _record(self, span: Any, answer: Answer, prompt: Prompt, retrieved: SearchResult, principal: Principal,
+                collection: str, completion: Completion | None) -> str | None:
+        set_attributes(span, {"gen_ai.request.model": answer.model,
+                              "gen_ai.response.model": completion.model if completion else answer.model})
+        return record(span, TraceRecord(
             kind="ask", principal=principal, collection=collection, query=answer.question,
             params={
                 "model": answer.model, "lineage": None if answer.lineage is None else answer.lineage.to_dict(),
-                "search_trace_id": retrieved.trace_id, "mode": retrieved.mode,
+                "mode": retrieved.mode,
                 "prompt": [{"role": m.role, "content": m.content} for m in prompt.messages],
                 "response": answer.text, "abstained": answer.abstained, "grounded": answer.grounded,
                 "decided_by": answer.decided_by, "relevance": answer.relevance,
@@ -301,7 +325,22 @@ class Answerer:
                       "end": s.end, "score": s.hit.score, "scores": s.hit.scores_by_source,
                       "cited": any(c.number == s.number for c in answer.citations)} for s in prompt.sources],
             timings_ms=answer.timings_ms, error=answer.error,
-        ))
+        ), also_shown=[h.chunk.id for h in retrieved.hits if h.chunk.id is not None])
+
+
+class _FirstToken:
+    """An ``on_token`` that notes when the first token came (ms after it was made) and passes
+    each token on."""
+
+    def __init__(self, on_token: Callable[[str], None]) -> None:
+        self.on_token = on_token
+        self.started = time.perf_counter()
+        self.ms: float | None = None
+
+    def __call__(self, token: str) -> None:
+        if self.ms is None:
+            self.ms = round((time.perf_counter() - self.started) * 1000, 3)
+        self.on_token(token)
 
 
 def _says_no_answer(text: str) -> bool:

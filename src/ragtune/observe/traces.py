@@ -1,38 +1,53 @@
-"""Trace rows: every search (and later every answer) records what it did and how long it took.
+"""Traces: what each search and answer did, as spans (``observe.tracing``), and who may read them.
 
-This is the seam for the observability layer: the data is complete now (query, principal,
-parameters, returned chunk ids with each retriever's score, per-stage timings); spans, OTel
-export and the viewers come later.
+A request is one trace: its root span (``search`` or ``ask``) holds the query, the parameters, the
+ranked chunks with each retriever's score, the stage timings and, for an answer, the prompt, the
+response and the model's lineage; each stage (embed, retrieve and its steps, prompt, generate,
+grounding, ...) is a child span with its own timing. ``record`` puts a ``TraceRecord`` on a span;
+``TraceReader`` reads traces back as the principal asking may see them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from ragtune.errors import NotFoundError
+from ragtune.errors import ConfigError, NotFoundError
 from ragtune.models import Principal
+from ragtune.observe.tracing import Tracing, hex_trace_id, set_attributes
 from ragtune.store.access import principal_groups, readable
 from ragtune.store.database import Database
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+# Parameters of an answer that are texts: kept on the span under their own (content) attributes.
+CONTENT_PARAMS = {"prompt": "gen_ai.input.messages", "response": "gen_ai.output.messages",
+                  "sentences": "ragtune.sentences"}
 
 
 @dataclass
 class StageTimer:
-    """Collects per-stage wall times in milliseconds."""
+    """Per-stage wall times in milliseconds, each stage also a child span when ``tracing`` is given."""
 
+    tracing: Tracing | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, **attributes: Any) -> Iterator[None]:
         start = perf_counter()
         try:
-            yield
+            if self.tracing is not None and self.tracing.enabled:
+                with self.tracing.span(name, {"ragtune.kind": name, **attributes}):
+                    yield
+            else:
+                yield
         finally:
             self.timings_ms[name] = self.timings_ms.get(name, 0.0) + (perf_counter() - start) * 1000.0
 
@@ -49,52 +64,133 @@ class TraceRecord:
     error: str | None = None
 
 
-class TraceWriter:
-    def __init__(self, db: Database) -> None:
+def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = ()) -> str | None:
+    """``trace`` on ``span`` (the request's span: a search's or an answer's); returns the trace id,
+    None when nothing is traced. ``also_shown``: ids of further chunks the trace's spans show (the
+    access rule reads the root's list)."""
+    if not span.is_recording():
+        return None
+    params = {k: v for k, v in trace.params.items() if k not in CONTENT_PARAMS}
+    chunk_ids = sorted({r["chunk_id"] for r in trace.results if isinstance(r.get("chunk_id"), int)}
+                       | {int(i) for i in also_shown})
+    set_attributes(span, {
+        "ragtune.kind": trace.kind, "ragtune.principal": trace.principal.id,
+        "ragtune.principal_admin": trace.principal.admin, "ragtune.groups": sorted(trace.principal.groups),
+        "ragtune.collection": trace.collection, "ragtune.query": trace.query, "ragtune.params": params,
+        "ragtune.results": trace.results, "ragtune.chunk_ids": chunk_ids,
+        "ragtune.timings_ms": {k: round(v, 3) for k, v in trace.timings_ms.items()},
+        "ragtune.model": params.get("model"), "ragtune.abstained": params.get("abstained"),
+        "ragtune.grounded": params.get("grounded"),
+        **{CONTENT_PARAMS[k]: v for k, v in trace.params.items() if k in CONTENT_PARAMS and v is not None},
+    })
+    if trace.error:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, trace.error))
+    return hex_trace_id(span)
+
+
+class TraceReader:
+    """Traces read back as the principal asking may see them (the rule above ``_visible``)."""
+
+    def __init__(self, db: Database, tracing: Tracing | None = None) -> None:
         self.db = db
+        self.tracing = tracing
 
-    def write(self, record: TraceRecord) -> int:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "INSERT INTO traces (kind, principal, principal_admin, groups, collection, query, params, results,"
-                " timings_ms, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    record.kind, record.principal.id, record.principal.admin, sorted(record.principal.groups),
-                    record.collection,
-                    record.query, Jsonb(record.params), Jsonb(record.results),
-                    Jsonb({k: round(v, 3) for k, v in record.timings_ms.items()}), record.error,
-                ),
-            ).fetchone()
-        return int(row["id"]) if row else 0
+    def _flushed(self) -> None:
+        # spans are written in batches: a reader sees what was ended before it asked
+        if self.tracing is not None:
+            self.tracing.flush()
 
-    # -- reads, for the principal asking ----------------------------------------------------------
     def visible(self, principal: Principal, *, kind: str | None = None, collection: str | None = None,
                 limit: int = 20) -> list[dict[str, Any]]:
-        """The traces ``principal`` may see (the rule above ``_visible``), newest first."""
+        """The traces ``principal`` may see, newest first."""
+        self._flushed()
         rule, params = _visible(principal)
         with self.db.connection() as conn:
-            return list(conn.execute(sql.SQL(
-                _COLUMNS + " FROM traces t WHERE {rule} AND (%s::text IS NULL OR t.kind = %s)"
-                " AND (%s::text IS NULL OR t.collection = %s) ORDER BY t.id DESC LIMIT %s").format(rule=rule),
-                [*params, kind, kind, collection, collection, limit]).fetchall())
+            rows = conn.execute(sql.SQL(
+                _COLUMNS + " FROM spans t WHERE t.parent_id IS NULL AND {rule}"
+                " AND (%s::text IS NULL OR t.kind = %s) AND (%s::text IS NULL OR t.collection = %s)"
+                " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule),
+                [*params, kind, kind, collection, collection, limit]).fetchall()
+        return [_trace(r) for r in rows]
 
-    def get(self, trace_id: int, principal: Principal) -> dict[str, Any]:
-        """One trace ``principal`` may see; otherwise not found, like a missing one."""
-        rule, params = _visible(principal)
-        with self.db.connection() as conn:
-            row = conn.execute(sql.SQL(_COLUMNS + " FROM traces t WHERE t.id = %s AND {rule}").format(rule=rule),
-                               [trace_id, *params]).fetchone()
-        if row is None:
+    def get(self, trace_id: str, principal: Principal) -> dict[str, Any]:
+        """One trace ``principal`` may see, by its id or a prefix of at least 8 hex digits (as
+        ``traces list`` shows it), with its spans in start order; otherwise not found, like a
+        missing one."""
+        self._flushed()
+        wanted = trace_id.strip().lower()
+        if not 8 <= len(wanted) <= 32 or any(c not in "0123456789abcdef" for c in wanted):
             raise NotFoundError(f"no trace {trace_id}")
-        return dict(row)
+        rule, params = _visible(principal)
+        with self.db.connection() as conn:
+            # a prefix is a range of the trace id index: [prefix, prefix + "g")
+            rows = conn.execute(sql.SQL(_COLUMNS + " FROM spans t WHERE t.trace_id >= %s AND t.trace_id < %s"
+                                        " AND t.parent_id IS NULL AND {rule} LIMIT 2").format(rule=rule),
+                                [wanted, wanted + "g", *params]).fetchall()
+            if len(rows) != 1:
+                raise NotFoundError(f"no trace {trace_id}" if not rows else
+                                    f"several traces start with {trace_id}: give more of the id")
+            row = rows[0]
+            trace_id = row["id"]
+            spans = conn.execute(
+                "SELECT span_id, parent_id, name, kind, start_time::text AS start_time, duration_ms, status, error,"
+                " attributes FROM spans WHERE trace_id = %s AND start_time >= %s::timestamptz - interval '1 day'"
+                " ORDER BY start_time, span_id", [trace_id, row["created_at"]]).fetchall()
+        spans = [dict(s) for s in spans]
+        # an answer's search is its child span: its query (a conversation's, say), parameters and hits
+        search = next((s for s in spans if s["parent_id"] is not None and s["kind"] == "search"), None)
+        found = None if search is None else {
+            k: v for k, v in _trace({"attributes": search["attributes"]}).items() if k != "attributes"}
+        return {**_trace(row), "search": found, "spans": spans}
 
+
+def prune(db: Database, retention_days: int, *, today: date | None = None) -> list[str]:
+    """Drop the spans partitions of days older than ``retention_days`` (whole tables: no row-by-row
+    delete, no vacuum debt); returns their names, oldest first. Today's partition is never dropped."""
+    if retention_days < 1:
+        raise ConfigError(f"retention_days={retention_days}: keep at least 1 day of spans")
+    first_kept = (today or datetime.now(UTC).date()) - timedelta(days=retention_days - 1)
+    dropped = []
+    with db.transaction() as conn:
+        names = [r["name"] for r in conn.execute(
+            "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'spans'::regclass ORDER BY 1").fetchall()]
+        for name in names:
+            day = _partition_day(name)
+            if day is not None and day < first_kept:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                dropped.append(name)
+    return dropped
+
+
+def _partition_day(name: str) -> date | None:
+    try:
+        return datetime.strptime(name.removeprefix("spans_"), "%Y%m%d").date()
+    except ValueError:  # not one of ours
+        return None
+
+
+def _trace(row: Any) -> dict[str, Any]:
+    """A root span as the trace row the CLI, the server and the console show."""
+    row = dict(row)
+    attributes = row.pop("attributes") or {}
+    params = attributes.get("ragtune.params")
+    params = dict(params) if isinstance(params, dict) else {}
+    for key, name in CONTENT_PARAMS.items():
+        if name in attributes:
+            params[key] = attributes[name]
+    return {**dict(row), "query": attributes.get("ragtune.query"), "params": params,
+            "results": attributes.get("ragtune.results") or [],
+            "timings_ms": attributes.get("ragtune.timings_ms") or {}}
 
 
 # A trace shows its query, parameters and ranked chunks (an answer's prompt quotes them). Its
 # maker and admins see it; anyone else only when its maker was not an admin, had no group they
 # lack, and every chunk it shows is one they may read now (a chunk since deleted counts as not).
-_COLUMNS = ("SELECT t.id, t.kind, t.created_at::text AS created_at, t.principal, t.groups, t.collection, t.query,"
-            " t.params, t.results, t.timings_ms, t.error")
+_COLUMNS = ("SELECT t.trace_id AS id, t.kind, t.start_time::text AS created_at, t.principal, t.groups, t.collection,"
+            " t.model, t.duration_ms, t.error, t.attributes")
 
 
 def _visible(principal: Principal) -> tuple[sql.Composable, list[Any]]:
@@ -103,7 +199,6 @@ def _visible(principal: Principal) -> tuple[sql.Composable, list[Any]]:
     chunk_ok, chunk_params = readable(principal, "c.acl")
     return sql.SQL(
         "(t.principal = %s OR (NOT t.principal_admin AND t.groups <@ %s::text[] AND NOT EXISTS ("
-        " SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t.results) = 'array' THEN t.results ELSE '[]'"
-        " END) r LEFT JOIN chunks c ON c.id = CASE WHEN jsonb_typeof(r -> 'chunk_id') = 'number'"
-        " THEN (r ->> 'chunk_id')::bigint END WHERE c.id IS NULL OR NOT {chunk_ok})))"
+        " SELECT 1 FROM unnest(t.chunk_ids) AS shown(id) LEFT JOIN chunks c ON c.id = shown.id"
+        " WHERE c.id IS NULL OR NOT {chunk_ok})))"
     ).format(chunk_ok=chunk_ok), [principal.id, principal_groups(principal), *chunk_params]

@@ -13,6 +13,7 @@ too: the README's security section says what that and the shared HNSW graph leav
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ import numpy as np
 from ragtune.errors import EmbedderMismatchError, QueryError
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import Chunk, Hit, Principal, SearchResult
-from ragtune.observe.traces import StageTimer, TraceRecord, TraceWriter
+from ragtune.observe.traces import StageTimer, TraceRecord, record
+from ragtune.observe.tracing import Tracing
 from ragtune.protocols import Embedder
 from ragtune.retrieve import fusion
 from ragtune.retrieve.filters import Condition, Filter, compile_conditions
@@ -91,11 +93,11 @@ class SearchOptions:
 
 class Searcher:
     def __init__(self, repo: Repository, embedder: Embedder, analyzer: LexicalAnalyzer,
-                 traces: TraceWriter | None) -> None:
+                 tracing: Tracing | None) -> None:
         self.repo = repo
         self.embedder = embedder
         self.analyzer = analyzer
-        self.traces = traces
+        self.tracing = tracing
 
     def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
                principal: Principal, query_vector: np.ndarray | None = None,
@@ -104,7 +106,19 @@ class Searcher:
         ``trace_params`` are further facts for the trace (how a conversation made the query)."""
         if not query or not query.strip():
             raise QueryError("empty query")
-        timer = StageTimer()
+        if self.tracing is None:
+            return self._search(collection, query, options, filters, principal, query_vector, trace_params, None)
+        # a search is a retrieval span: a trace's root, or a child of the answer it is for
+        with self.tracing.span("retrieval", {
+                "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
+                "gen_ai.retrieval.top_k": options.top_k, "gen_ai.retrieval.query.text": query,
+                "gen_ai.request.model": getattr(self.embedder, "name", None)}) as span:
+            return self._search(collection, query, options, filters, principal, query_vector, trace_params, span)
+
+    def _search(self, collection: str, query: str, options: SearchOptions, filters: Sequence[Filter],
+                principal: Principal, query_vector: np.ndarray | None, trace_params: dict[str, Any] | None,
+                span: Any) -> SearchResult:
+        timer = StageTimer(self.tracing)
         info = self.repo.collection(collection)
         if options.mode != "bm25":
             self._check_embedder(info)
@@ -185,21 +199,22 @@ class Searcher:
         timings = dict(timer.timings_ms)
         timings["search"] = timings.get("retrieve", 0.0)
         trace_id = None
-        if self.traces is not None:
-            with timer.stage("trace"):
-                trace_id = self.traces.write(TraceRecord(
-                    kind="search", principal=principal, collection=collection, query=query,
-                    params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
-                            "normalization": options.normalization,
-                            "dense_weight": options.dense_weight, "exact_scan": exact,
-                            "ef_search": None if options.mode == "bm25" else options.dense_ef_search,
-                            "bm25_statistics": statistics,
-                            "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters],
-                            **(trace_params or {})},
-                    results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
-                              "scores": h.scores_by_source} for h in hits],
-                    timings_ms=timings,
-                ))
+        if span is not None:
+            trace_id = record(span, TraceRecord(
+                kind="search", principal=principal, collection=collection, query=query,
+                params={"mode": options.mode, "top_k": k, "fusion": options.fusion,
+                        "normalization": options.normalization,
+                        "dense_weight": options.dense_weight, "exact_scan": exact,
+                        "ef_search": None if options.mode == "bm25" else options.dense_ef_search,
+                        "bm25_statistics": statistics,
+                        "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters],
+                        **(trace_params or {})},
+                results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
+                          "scores": h.scores_by_source} for h in hits],
+                timings_ms=timings,
+            ))
+            span.set_attribute("gen_ai.retrieval.documents", json.dumps(
+                [{"id": str(h.chunk.id), "score": round(h.score, 6)} for h in hits], separators=(",", ":")))
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
 
     def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,

@@ -47,6 +47,7 @@ from ragtune.settings.sections import (
     SECTIONS,
     GenerationSettings,
     IngestSettings,
+    ObservabilitySettings,
     RetrievalSettings,
     ServerSettings,
     StoreSettings,
@@ -66,6 +67,7 @@ __all__ = [
     "GateBound",
     "GenerationSettings",
     "IngestSettings",
+    "ObservabilitySettings",
     "RetrievalSettings",
     "ServerSettings",
     "Settings",
@@ -95,6 +97,7 @@ class Settings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
     def __post_init__(self) -> None:
         typed(self, "", only=PROJECT_FIELDS)

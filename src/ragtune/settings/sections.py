@@ -1,5 +1,5 @@
 """The sections of the settings, one per layer that reads them: ``[store]``, ``[ingest]``,
-``[retrieval]``, ``[generation]``, ``[server]``, ``[training]``.
+``[retrieval]``, ``[generation]``, ``[server]``, ``[training]``, ``[observability]``.
 
 Each is a frozen dataclass that checks its own fields on construction: a value from TOML or the
 environment (text) is converted to the field's type first, then the field's rule is applied, and a
@@ -358,8 +358,44 @@ class TrainingSettings:
                       "over 0 and at most 1")])
 
 
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Spans of every step (``observe.tracing``): where they go and how long they are kept."""
+
+    section: ClassVar[str] = "observability"
+    # Record spans at all: off, nothing is traced (answers carry no trace id).
+    tracing: bool = True
+    # An OTLP/HTTP collector the spans also go to (``http://host:4318/v1/traces``; MLflow's server
+    # takes them at ``/v1/traces``), with its headers (``{"x-mlflow-experiment-id" = "1"}``).
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, Any] = field(default_factory=dict, hash=False)
+    # Send the texts (questions, prompts, answers, chunk text) over OTLP too; off, only ids, scores,
+    # timings and counts leave. Our own spans table keeps them, behind the traces' access rule.
+    export_content: bool = False
+    # Spans wait in a bounded queue per destination and are written in batches off the request path;
+    # what does not fit is dropped and counted (``Tracing.stats``), never waited for.
+    span_queue_size: int = 4096
+    span_batch_delay_ms: int = 200
+    # Days of spans kept: older days' partitions are dropped whole (``ragtune traces prune``).
+    retention_days: int = 30
+
+    def __post_init__(self) -> None:
+        typed(self)
+        endpoint = self.otlp_endpoint
+        check(self, [
+            ("otlp_endpoint", endpoint is None or endpoint.startswith(("http://", "https://")),
+             "an http:// or https:// URL of an OTLP/HTTP traces endpoint"),
+            ("otlp_headers", all(isinstance(k, str) and isinstance(v, str) for k, v in self.otlp_headers.items()),
+             "a table of text values"),
+            ("span_queue_size", 16 <= self.span_queue_size <= 1_000_000, "between 16 and 1000000"),
+            ("span_batch_delay_ms", 1 <= self.span_batch_delay_ms <= 60_000, "between 1 and 60000"),
+            ("retention_days", 1 <= self.retention_days <= 3650, "between 1 and 3650"),
+        ])
+
+
 SECTIONS: dict[str, type[Any]] = {cls.section: cls for cls in (
-    StoreSettings, IngestSettings, RetrievalSettings, GenerationSettings, ServerSettings, TrainingSettings)}
+    StoreSettings, IngestSettings, RetrievalSettings, GenerationSettings, ServerSettings, TrainingSettings,
+    ObservabilitySettings)}
 
 
 # -- conversion and checks, shared by the sections and Settings' own fields ---------------------------

@@ -26,12 +26,14 @@ def list_traces(state: State, caller: Reader,
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
-def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Reader,
+def get_trace(trace_id: Annotated[str, Path(pattern="^[0-9a-f]{8,32}$", description="The trace id, or a prefix of "
+                                             "8 or more hex digits")], state: State, caller: Reader,
               chunks: Annotated[bool, Query(description="Add the text of the ranked chunks")] = False
               ) -> dict[str, Any]:
     out = _without_paths(state.engine.traces.get(trace_id, caller.principal))
-    if chunks:
-        results = out["results"] if isinstance(out["results"], list) else []
+    if chunks:  # the answer's and its search's ranked chunks
+        search = out.get("search") or {}
+        results = [r for rs in (out["results"], search.get("results")) if isinstance(rs, list) for r in rs]
         ids = sorted({r["chunk_id"] for r in results
                       if isinstance(r, dict) and isinstance(r.get("chunk_id"), int) and 1 <= r["chunk_id"] < 2**63})
         out["chunks"] = state.engine.repo.readable_chunks(ids, caller.principal)
@@ -39,9 +41,12 @@ def get_trace(trace_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, 
 
 
 def _without_paths(trace: dict[str, Any]) -> dict[str, Any]:
-    params = trace.get("params")
-    lineage = params.get("lineage") if isinstance(params, dict) else None
-    adapter = lineage.get("adapter") if isinstance(lineage, dict) else None
-    if isinstance(adapter, dict):
-        adapter.pop("path", None)
+    """The trace without the adapter folder its lineage names, in its parameters and its spans'."""
+    spans = trace.get("spans") or []
+    every = [trace.get("params"), *((s.get("attributes") or {}).get("ragtune.params") for s in spans)]
+    for params in every:
+        lineage = params.get("lineage") if isinstance(params, dict) else None
+        adapter = lineage.get("adapter") if isinstance(lineage, dict) else None
+        if isinstance(adapter, dict):
+            adapter.pop("path", None)
     return trace

@@ -445,13 +445,17 @@ $("#refresh-traces").addEventListener("click", () => guarded(loadTraces));
 $("#trace-kind").addEventListener("change", () => guarded(loadTraces));
 
 async function showTrace(id) {
-  const t = await api(`/traces/${id}?chunks=true`);
+  renderTrace(await api(`/traces/${id}?chunks=true`));
+}
+
+// An answer's retrieval is a span of its trace: shown like a search's trace, with its own stages and scores.
+function renderTrace(t) {
   $("#trace-title").textContent = `Trace ${t.id} · ${t.kind} · “${t.query || ""}” · ${t.created_at.slice(0, 19)}`;
-  const searchId = t.params && t.params.search_trace_id;
-  const searchLink = searchId ? el("button", { type: "button", className: "link", textContent: `search trace ${searchId}` }) : "";
-  if (searchLink) searchLink.addEventListener("click", () => guarded(() => showTrace(searchId)));
+  const search = t.kind === "ask" ? t.search : null;
+  const searchLink = search ? el("button", { type: "button", className: "link", textContent: "its search" }) : "";
+  if (searchLink) searchLink.addEventListener("click", () => renderTrace({ ...t, ...search, kind: "search", search: null }));
   $("#trace-links").replaceChildren(t.error ? `error: ${t.error} · ` : "", `principal ${t.principal}`,
-    t.params && t.params.model ? ` · model ${t.params.model}` : "", searchLink ? " · retrieval in " : "", searchLink);
+    t.params && t.params.model ? ` · model ${t.params.model}` : "", searchLink ? " · " : "", searchLink);
   const timings = Object.entries(t.timings_ms || {});
   const longest = Math.max(1, ...timings.map(([, ms]) => ms));
   $("#timings tbody").replaceChildren(...timings.map(([stage, ms]) => {

@@ -1,0 +1,397 @@
+"""Spans of every step, with the OpenTelemetry SDK: written to our PostgreSQL and, when configured,
+sent over OTLP/HTTP to any collector, both in batches off the request path.
+
+Each engine owns one ``Tracing``: its own ``TracerProvider`` (no process-wide provider is set, so
+two projects in one process keep their spans apart) with one ``BatchSpanProcessor`` per
+destination. A request's spans are ended into bounded queues and written by background threads;
+a full queue drops the span and counts it, a failing destination (database down, collector
+unreachable, a bad endpoint) fails the batch, logs once until it works again and counts it. No
+request ever waits for a span to be written or fails because one was not.
+
+Names follow the OpenTelemetry GenAI semantic conventions where they exist
+(``gen_ai.operation.name``, ``gen_ai.request.model``, ``gen_ai.usage.*``, ``gen_ai.data_source.id``,
+``gen_ai.retrieval.*``, ...); our own facts are ``ragtune.*``. Attribute values are OpenTelemetry's
+primitives, so structured ones (``JSON_ATTRIBUTES``) travel as JSON text and are stored as JSON.
+
+Texts (questions, prompts, answers: ``CONTENT_ATTRIBUTES``) are kept in our spans table, behind
+the traces' access rule (``observe.traces``); they leave over OTLP only with
+``[observability] export_content``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+
+from ragtune.settings import ObservabilitySettings
+from ragtune.store.database import Database
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span
+
+log = logging.getLogger("ragtune.observe")
+
+# Attributes whose value is structured (JSON text on the span, JSON in the spans table).
+JSON_ATTRIBUTES = frozenset({
+    "ragtune.params", "ragtune.results", "ragtune.timings_ms", "ragtune.sentences", "ragtune.lineage",
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.retrieval.documents",
+})
+# Attributes that hold text from documents or users: stored, exported only with export_content.
+CONTENT_ATTRIBUTES = frozenset({
+    "ragtune.query", "ragtune.sentences", "gen_ai.input.messages", "gen_ai.output.messages",
+    "gen_ai.retrieval.query.text",
+})
+# Attributes the spans table keeps as columns (the list's filters and the access rule read them).
+COLUMN_ATTRIBUTES = {
+    "ragtune.kind": "kind", "ragtune.principal": "principal", "ragtune.principal_admin": "principal_admin",
+    "ragtune.groups": "groups", "ragtune.collection": "collection", "ragtune.model": "model",
+    "ragtune.abstained": "abstained", "ragtune.grounded": "grounded", "ragtune.chunk_ids": "chunk_ids",
+}
+SPAN_COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "start_time", "duration_ms", "status", "error",
+                "principal", "principal_admin", "groups", "collection", "model", "abstained", "grounded",
+                "chunk_ids", "attributes", "events")
+
+
+def hex_trace_id(span: Span) -> str | None:
+    """The span's trace id as collectors show it (32 hex digits), or None for a span not recorded."""
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def attribute(value: Any) -> Any:
+    """``value`` as an OpenTelemetry attribute value: primitives and lists of them as they are,
+    anything else as JSON text."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool, int, float)) for v in value) \
+            and len({type(v) for v in value}) <= 1:
+        return list(value)
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+@dataclass
+class DestinationStats:
+    """What one destination did with the spans given to it since the engine opened."""
+
+    exported: int = 0
+    failed: int = 0  # in batches the destination refused or could not be reached for
+    dropped: int = 0  # the queue was full
+
+
+class _Counting:
+    """A ``SpanExporter`` around another that counts what it exported and what failed, and logs a
+    failure once until the destination works again (an unreachable collector must not flood the
+    log with one warning per batch)."""
+
+    def __init__(self, inner: SpanExporter, name: str, stats: DestinationStats) -> None:
+        self.inner = inner
+        self.name = name
+        self.stats = stats
+        self._failing = False
+        self.closing = False  # set when the engine closes: a failing destination is not retried then
+        self.settled: Callable[[int], None] = lambda n: None  # told how many spans left the queue
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+        try:
+            return self._export(spans)
+        finally:
+            self.settled(len(spans))
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        if self.closing and self._failing:  # draining the queue into a dead collector would hold the exit
+            self.stats.failed += len(spans)
+            return SpanExportResult.FAILURE
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:  # a destination's bug must not kill the export thread
+            result = SpanExportResult.FAILURE
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the destination refused the batch or could not be reached"
+        if result == SpanExportResult.SUCCESS:
+            self.stats.exported += len(spans)
+            if self._failing:
+                log.warning("spans: %s works again", self.name)
+                self._failing = False
+        else:
+            self.stats.failed += len(spans)
+            if not self._failing:
+                log.warning("spans: %s failed (%s); its spans are dropped and counted until it works again",
+                            self.name, reason)
+                self._failing = True
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+class _Bounded:
+    """A ``SpanProcessor`` in front of a ``BatchSpanProcessor`` that keeps its queue from filling:
+    a span that would not fit is dropped here, counted, and the overload logged once until the
+    queue drains. (The SDK's own full queue drops the oldest span with a warning per span, and
+    counts only when an environment variable turns its internal metrics on.)"""
+
+    def __init__(self, inner: Any, exporter: _Counting, capacity: int) -> None:
+        self.inner = inner
+        self.exporter = exporter
+        self.capacity = capacity
+        self.pending = 0  # spans given to the batch processor and not yet through the exporter
+        self._lock = threading.Lock()
+        self._overloaded = False
+        exporter.settled = self._settled
+
+    def _settled(self, count: int) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - count)
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.inner.on_start(span, parent_context=parent_context)
+
+    def _on_ending(self, span: Any) -> None:  # the SDK's processors all have it (a no-op in the base)
+        self.inner._on_ending(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            full = self.pending >= self.capacity
+            warn = full and not self._overloaded
+            if full:
+                self._overloaded = True
+            else:
+                self.pending += 1
+                if self._overloaded and self.pending <= self.capacity // 2:
+                    self._overloaded = False  # drained: the next overload is logged again
+        if full:
+            self.exporter.stats.dropped += 1
+            if warn:
+                log.warning("spans: the %s queue is full (%d spans); new spans are dropped and counted until it "
+                            "drains", self.exporter.name, self.capacity)
+            return
+        self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+class _Silenced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_SILENCED = _Silenced()
+
+
+class PostgresSpanExporter:
+    """Writes a batch of spans into the spans table with one COPY, creating the day's partition
+    when it is the first span of that day."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._days: set[date] = set()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        rows = [span_row(s) for s in spans]
+        days = {row[5].date() for row in rows} - self._days
+        with self.db.transaction() as conn:
+            for day in sorted(days):
+                conn.execute("SELECT ragtune_span_partition(%s)", (day,))
+            with conn.cursor().copy(f"COPY spans ({', '.join(SPAN_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        self._days |= days
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class _WithoutContent:
+    """A ``SpanExporter`` around another that leaves out ``CONTENT_ATTRIBUTES`` (what leaves the
+    database without ``export_content``)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        kept = []
+        for s in spans:
+            attributes = {k: v for k, v in (s.attributes or {}).items() if k not in CONTENT_ATTRIBUTES}
+            kept.append(ReadableSpan(
+                name=s.name, context=s.context, parent=s.parent, resource=s.resource, attributes=attributes,
+                events=s.events, links=s.links, kind=s.kind, status=s.status, start_time=s.start_time,
+                end_time=s.end_time, instrumentation_scope=s.instrumentation_scope))
+        return self.inner.export(kept)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+def span_row(span: ReadableSpan) -> tuple[Any, ...]:
+    """One span as a row of the spans table (``SPAN_COLUMNS``)."""
+    attributes = dict(span.attributes or {})
+    columns: dict[str, Any] = {column: attributes.pop(key, None) for key, column in COLUMN_ATTRIBUTES.items()}
+    stored = {k: (_json(v) if k in JSON_ATTRIBUTES else (list(v) if isinstance(v, tuple) else v))
+              for k, v in attributes.items()}
+    start = span.start_time or 0
+    end = span.end_time or start
+    parent = span.parent
+    status = span.status
+    error = status.description if not status.is_ok and status.description else None
+    events = [{"name": e.name, "time": _time(e.timestamp).isoformat(),
+               "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (e.attributes or {}).items()}}
+              for e in span.events]
+    return (
+        format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"),
+        format(parent.span_id, "016x") if parent is not None else None,
+        span.name, columns["kind"] or span.name, _time(start), (end - start) / 1e6,
+        "error" if not status.is_ok and status.status_code.name == "ERROR" else "ok", error,
+        columns["principal"], bool(columns["principal_admin"]), list(columns["groups"] or []),
+        columns["collection"], columns["model"], columns["abstained"], columns["grounded"],
+        [int(i) for i in columns["chunk_ids"] or []], Jsonb(stored), Jsonb(events),
+    )
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _time(nanoseconds: int) -> datetime:
+    return datetime.fromtimestamp(nanoseconds / 1e9, tz=UTC)
+
+
+class Tracing:
+    """One engine's spans (see the module docstring). ``span()`` opens a span as a child of the
+    current one (or a new trace's root); with ``[observability] tracing = false`` it opens none
+    and every trace id is None."""
+
+    def __init__(self, db: Database, settings: ObservabilitySettings, *, service: str = "ragtune") -> None:
+        self.settings = settings
+        self.destinations: dict[str, DestinationStats] = {}
+        self._processors: dict[str, Any] = {}
+        self._exporters: dict[str, _Counting] = {}
+        self._provider: TracerProvider | None = None
+        self._lock = threading.Lock()
+        if not settings.tracing:
+            self._tracer: Any = None
+            return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self._provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        self._add("postgresql", PostgresSpanExporter(db))
+        if settings.otlp_endpoint:
+            self._add("otlp", self._otlp_exporter(settings))
+        self._tracer = self._provider.get_tracer("ragtune")
+
+    @staticmethod
+    def _otlp_exporter(settings: ObservabilitySettings) -> Any:
+        from ragtune.extras import needs
+
+        with needs("observe", "OTLP export"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        # The SDK's exporter logs every failed batch and retry; ours logs an outage once (_Counting).
+        for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                     "opentelemetry.exporter.otlp.common.http"):
+            logging.getLogger(name).addFilter(_SILENCED)
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5,
+                                    headers={str(k): str(v) for k, v in settings.otlp_headers.items()})
+        return exporter if settings.export_content else _WithoutContent(exporter)
+
+    def _add(self, name: str, exporter: Any) -> None:
+        """A bounded batching processor for one destination (``_Bounded``, ``_Counting``)."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        assert self._provider is not None
+        stats = self.destinations[name] = DestinationStats()
+        s = self.settings
+        counting = self._exporters[name] = _Counting(exporter, name, stats)
+        batches = BatchSpanProcessor(
+            counting,  # type: ignore[arg-type]  # the SpanExporter protocol, not its class
+            max_queue_size=s.span_queue_size,
+            schedule_delay_millis=s.span_batch_delay_ms, max_export_batch_size=min(512, s.span_queue_size))
+        processor = self._processors[name] = _Bounded(batches, counting, s.span_queue_size)
+        self._provider.add_span_processor(processor)  # type: ignore[arg-type]  # the SpanProcessor protocol
+
+    @property
+    def enabled(self) -> bool:
+        return self._tracer is not None
+
+    @contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+        """A span named ``name`` around the block, current inside it; an exception escaping the
+        block is recorded on it (status error) and raised on."""
+        if self._tracer is None:
+            from opentelemetry.trace import INVALID_SPAN
+
+            yield INVALID_SPAN
+            return
+        given = {k: attribute(v) for k, v in (attributes or {}).items() if v is not None}
+        with self._tracer.start_as_current_span(name, attributes=given) as span:
+            yield span
+
+    def flush(self, timeout_ms: int = 10_000) -> bool:
+        """Write every span ended so far into our spans table (a reader of traces calls this first,
+        so it sees its own). Only ours: flushing runs the export in the caller's thread, and a
+        request must never wait on a collector."""
+        processor = self._processors.get("postgresql")
+        return bool(processor.force_flush(timeout_ms)) if processor is not None and self._provider else True
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per destination: spans exported, failed, dropped for a full queue, and queued now."""
+        return {name: {"exported": stats.exported, "failed": stats.failed, "dropped": stats.dropped,
+                       "queued": self._processors[name].pending}
+                for name, stats in self.destinations.items()}
+
+    def close(self) -> None:
+        """Write what is queued (bounded by the exporters' timeouts), then stop the threads."""
+        with self._lock:
+            provider, self._provider, self._tracer = self._provider, None, None
+        for exporter in self._exporters.values():
+            exporter.closing = True
+        if provider is not None:
+            provider.shutdown()
+
+
+def current_span() -> Span:
+    """The span the code runs in (a non-recording one outside any)."""
+    from opentelemetry import trace
+
+    return trace.get_current_span()
+
+
+def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
+    """``attributes`` on ``span``, each as ``attribute`` converts it; None values are left out."""
+    if span.is_recording():
+        span.set_attributes({k: attribute(v) for k, v in attributes.items() if v is not None})
