@@ -60,7 +60,9 @@ def test_chat_keeps_the_conversation_until_exit(rivers: Ragtune) -> None:
     assert code == 0, err
     assert out.count("sources") == 2  # one table per question; the blank line and what follows exit are not asked
     system = Principal.system()
-    follow_up, first = rivers.traces.visible(system, kind="search", collection="rivers")[:2]
+    # each answer's search is a span of its trace
+    asked = rivers.traces.visible(system, kind="ask", collection="rivers")[:2]
+    follow_up, first = (rivers.traces.get(t["id"], system)["search"] for t in asked)
     assert first["query"] == "Tell me about the Thames river." and "conversation" not in first["params"]
     # the second question was searched with the first (its answer is in the conversation too, as an
     # assistant turn, which the concat method does not search by)
@@ -76,5 +78,7 @@ def test_chat_starts_from_a_history_file_and_ends_at_the_end_of_input(rivers: Ra
     history.write_text("\n".join(json.dumps(m) for m in about("danube")) + "\n", encoding="utf-8")
     code, out, err = invoke("chat", "-c", "rivers", "-g", "extractive", "--history", str(history), input=FOLLOW_UP)
     assert code == 0, err
-    latest = rivers.traces.visible(Principal.system(), kind="search", collection="rivers")[0]
+    system = Principal.system()
+    newest = rivers.traces.visible(system, kind="ask", collection="rivers")[0]
+    latest = rivers.traces.get(newest["id"], system)["search"]  # the answer's search span
     assert "Tell me about the Danube river." in latest["query"] and "danube.md" in out

@@ -69,7 +69,7 @@ def serve(
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
     groups: Annotated[str, typer.Option(help="Comma-separated groups: the documents' ACLs it may read.")] = "",
-    scopes: Annotated[str, typer.Option(help="Comma-separated: read, ingest, admin.")] = "read",
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, ingest, observe (/metrics), admin.")] = "read",
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:

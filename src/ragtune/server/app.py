@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,15 +36,16 @@ import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ragtune.engine import Ragtune
 from ragtune.errors import ConfigError, DatabaseUnavailableError, StoreError
 from ragtune.extras import require
+from ragtune.observe.metrics import Metrics
 from ragtune.server import problems
 from ragtune.server.auth import auth_required, parse_list
 from ragtune.server.cancel import CancelOnDisconnect
-from ragtune.server.deps import ServerState
+from ragtune.server.deps import Observer, ServerState
 from ragtune.server.guards import RequestGuard, allowed_hosts
 from ragtune.settings import Settings
 
@@ -111,6 +113,12 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                              "detail": problems.DATABASE_UNAVAILABLE, "retry_after": retry},
                             status_code=503, headers={"Retry-After": str(retry)})
 
+    @app.get("/metrics", tags=["meta"], summary="Prometheus metrics: requests, stages, tokens, answers, span "
+             "export (needs the observe scope)", response_class=PlainTextResponse)
+    def metrics(caller: Observer) -> Response:
+        body, content_type = state.metrics.exposition()
+        return Response(body, media_type=content_type)
+
     console.install(app)
     if settings.server.api_docs:
         install_api_docs(app)
@@ -124,6 +132,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Accept"],
                            expose_headers=["Location", "Retry-After"])
     app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(RequestGuard, cors_origins=origins,
                        hosts=allowed_hosts(settings.server.host, parse_list(settings.server.allowed_hosts)))
     return app
@@ -154,6 +163,36 @@ def _database_problem(engine: Ragtune) -> StoreError | None:
     except StoreError as exc:
         return exc
     return None
+
+
+class RequestMetrics:
+    """Counts every HTTP request and its seconds by route template (``/collections/{collection}/ask``, not
+    each collection's path: bounded labels), method and status. Inside the guard, so a request the
+    guard refuses (wrong host, flood) is not a route's; an unknown path is counted as ``unmatched``."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before it answers
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe_request(getattr(route, "path", "unmatched"), scope["method"], status,
+                                         time.perf_counter() - started)
 
 
 class BodyLimit:

@@ -11,9 +11,9 @@ one of ``server.max_concurrent_verifications`` slots before any scrypt (``deps.g
 
 A key's ``groups`` become the request principal's groups (the document ACLs apply to everything it
 reads); its ``scopes`` guard what it may do: ``read`` (search, ask, list, traces, the OpenAI
-endpoints), ``ingest`` (upload and delete documents) and ``admin`` (collections, and every document
-and trace whatever its ACL: an admin key's principal is an admin principal). ``admin`` implies the
-other two.
+endpoints), ``ingest`` (upload and delete documents), ``observe`` (the service's metrics at
+``/metrics``) and ``admin`` (collections, and every document and trace whatever its ACL: an admin
+key's principal is an admin principal). ``admin`` implies the others.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ragtune.models import Principal
 from ragtune.settings import Settings
 from ragtune.store.database import Database
 
-SCOPES = ("read", "ingest", "admin")
+SCOPES = ("read", "ingest", "observe", "admin")
 KEY_PREFIX = "rt_"
 _KEY = re.compile(r"rt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")

@@ -33,6 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from ragtune.engine import Ragtune
 from ragtune.errors import AuthenticationError, LimitError, RateLimitError
+from ragtune.observe.metrics import Metrics
 from ragtune.server.auth import Caller, KeyStore, RateLimiter, is_key_shaped
 from ragtune.server.jobs import JobStore, JobWorker
 from ragtune.settings import Settings
@@ -66,6 +67,10 @@ class ServerState:
     @cached_property
     def keys(self) -> KeyStore:
         return KeyStore(self.engine.db, cache_seconds=self.settings.server.key_cache_seconds)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.engine.tracing)
 
     async def hold_refusal(self, began: float) -> None:
         """Answer a 429 to a caller without a valid key no sooner than ``server.auth_refusal_delay``
@@ -179,3 +184,4 @@ def _scope(scope: str) -> Any:
 Reader = Annotated[Caller, _scope("read")]
 Ingester = Annotated[Caller, _scope("ingest")]
 Admin = Annotated[Caller, _scope("admin")]
+Observer = Annotated[Caller, _scope("observe")]
