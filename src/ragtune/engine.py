@@ -129,6 +129,16 @@ class Ragtune:
     def traces(self) -> TraceReader:
         return TraceReader(self.db, self.tracing)
 
+    def feedback(self, response_id: str, *, principal: Principal | None = None, thumbs: int | None = None,
+                 score: float | None = None, label: str | None = None, comment: str | None = None,
+                 correction: str | None = None) -> dict[str, Any]:
+        """Feedback on an answer (its ``trace_id``, or a non-streamed completion's ``chatcmpl-`` id)
+        from the principal who asked it (``observe.feedback``); returns the stored row."""
+        from ragtune.observe.feedback import Feedback, give
+
+        given = Feedback(thumbs=thumbs, score=score, label=label, comment=comment, correction=correction)
+        return give(self.db, self.tracing, response_id, principal or _OPERATOR, given)
+
     def prune_traces(self, retention_days: int | None = None) -> list[str]:
         """Drop the days of spans older than ``retention_days`` (default ``[observability]
         retention_days``), whole partitions at a time; returns the partitions dropped."""

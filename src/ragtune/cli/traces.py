@@ -8,6 +8,7 @@ The list shows one short line per trace; ``show`` draws one trace whole, prompt 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -27,7 +28,8 @@ from ragtune.cli.common import (
     run_command,
 )
 
-app = typer.Typer()  # traces list|show
+app = typer.Typer()  # traces list|show|prune
+feedback_app = typer.Typer()  # ragtune feedback
 
 # A search times its steps inside "retrieve" and copies "retrieve" as "search"
 # (``retrieve/searcher.py``); an answer's stages are all top level. So a trace's total is the sum
@@ -49,6 +51,11 @@ def traces_list(
     kind: Annotated[str | None, typer.Option(help="Only traces of this kind: search or ask.")] = None,
     collection: Annotated[str | None, typer.Option(
         "--collection", "-c", help="Only traces of this collection.")] = None,
+    feedback: Annotated[str | None, typer.Option(
+        "--feedback", help="Only answers with feedback: any, negative (thumbs down or score under 0.5) or "
+                           "positive.")] = None,
+    since_hours: Annotated[float | None, typer.Option(
+        "--since-hours", min=0.0, help="Only traces of the last this many hours (168: this week).")] = None,
     as_json: AsJson = False,
     as_user: AsUserOpt = None,
     as_group: AsGroupOpt = None,
@@ -58,7 +65,9 @@ def traces_list(
     prompts included)."""
     def body() -> None:
         with engine(data_dir) as rt:
-            rows = rt.traces.visible(reader(as_user, as_group), kind=kind, collection=collection, limit=limit)
+            since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
+            rows = rt.traces.visible(reader(as_user, as_group), kind=kind, collection=collection, feedback=feedback,
+                                     since=since, limit=limit)
         if as_json:
             print(json.dumps(rows, default=str, indent=2))
             return
@@ -106,6 +115,31 @@ def traces_show(
     run_command(body)
 
 
+@feedback_app.command("feedback")
+def feedback_command(
+    response_id: Annotated[str, typer.Argument(help="The answer's trace id (ask --json shows it), or a non-streamed "
+                                                    "completion's chatcmpl- id.")],
+    up: Annotated[bool | None, typer.Option("--up/--down", help="Thumbs up or down.")] = None,
+    score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="A score from 0 to 1.")] = None,
+    label: Annotated[str | None, typer.Option(help="A label (wrong-source, outdated, ...).")] = None,
+    comment: Annotated[str | None, typer.Option(help="What was wrong or right.")] = None,
+    correction: Annotated[str | None, typer.Option(help="The answer it should have been.")] = None,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Give feedback on an answer: thumbs, a score, a label, a comment, a corrected answer. Stored with
+    its trace (`traces show`, `traces list --feedback negative`) and sent as an evaluation event."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            row = rt.feedback(response_id, principal=reader(as_user, as_group),
+                              thumbs=None if up is None else (1 if up else -1), score=score, label=label,
+                              comment=comment, correction=correction)
+        console.print(f"feedback {row['id']} on answer {row['trace_id']} stored", highlight=False)
+
+    run_command(body)
+
+
 @app.command("prune")
 def traces_prune(
     days: Annotated[int | None, typer.Option(
@@ -145,6 +179,12 @@ def trace_tree(row: dict[str, Any], uris: dict[int, str]) -> Tree:
             branch.add(Text(str(message.get("role", "?")), style="italic")).add(Text(str(message.get("content", ""))))
     if row["kind"] == "ask":
         tree.add(Text(f"answer ({_outcome(row)}): {params.get('response') or ''}"))
+    for given in row.get("feedback") or []:
+        thumbs = {1: "thumbs up", -1: "thumbs down"}.get(given.get("thumbs") or 0)
+        parts = [p for p in (thumbs, None if given.get("score") is None else f"score {given['score']:g}",
+                             given.get("label"), given.get("comment"),
+                             given.get("correction") and f"should be: {given['correction']}") if p]
+        tree.add(Text(f"feedback from {given['principal']}: " + "; ".join(parts)))
     if row.get("error"):
         tree.add(Text(f"error: {row['error']}", style="red"))
     return tree

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from ragtune.errors import ConfigError, NotFoundError
+from ragtune.errors import ConfigError, NotFoundError, QueryError
 from ragtune.models import Principal
 from ragtune.observe.tracing import Tracing, hex_trace_id, set_attributes
 from ragtune.store.access import principal_groups, readable
@@ -26,6 +26,15 @@ from ragtune.store.database import Database
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+# trace list filters on feedback (the feedback table's rows of the trace)
+_NEGATIVE = "(f.thumbs = -1 OR f.score < 0.5)"
+FEEDBACK_FILTERS = {
+    None: "",
+    "any": "AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = t.trace_id)",
+    "negative": f"AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = t.trace_id AND {_NEGATIVE})",
+    "positive": f"AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = t.trace_id AND NOT {_NEGATIVE})",
+}
 
 # Parameters of an answer that are texts: kept on the span under their own (content) attributes.
 CONTENT_PARAMS = {"prompt": "gen_ai.input.messages", "response": "gen_ai.output.messages",
@@ -91,7 +100,7 @@ def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = ()) ->
 
 
 class TraceReader:
-    """Traces read back as the principal asking may see them (the rule above ``_visible``)."""
+    """Traces read back as the principal asking may see them (the rule above ``visible_rule``)."""
 
     def __init__(self, db: Database, tracing: Tracing | None = None) -> None:
         self.db = db
@@ -103,16 +112,21 @@ class TraceReader:
             self.tracing.flush()
 
     def visible(self, principal: Principal, *, kind: str | None = None, collection: str | None = None,
-                limit: int = 20) -> list[dict[str, Any]]:
-        """The traces ``principal`` may see, newest first."""
+                feedback: str | None = None, since: datetime | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The traces ``principal`` may see, newest first; ``feedback`` keeps those with ``any``,
+        ``negative`` (thumbs down or a score under 0.5) or ``positive`` feedback; ``since`` those
+        that started then or later."""
+        if feedback not in FEEDBACK_FILTERS:
+            raise QueryError(f"feedback={feedback!r}: one of {', '.join(f for f in FEEDBACK_FILTERS if f)}")
         self._flushed()
-        rule, params = _visible(principal)
+        rule, params = visible_rule(principal)
         with self.db.connection() as conn:
             rows = conn.execute(sql.SQL(
                 _COLUMNS + " FROM spans t WHERE t.parent_id IS NULL AND {rule}"
                 " AND (%s::text IS NULL OR t.kind = %s) AND (%s::text IS NULL OR t.collection = %s)"
-                " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule),
-                [*params, kind, kind, collection, collection, limit]).fetchall()
+                " AND (%s::timestamptz IS NULL OR t.start_time >= %s) {feedback}"
+                " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule, feedback=sql.SQL(FEEDBACK_FILTERS[feedback])),
+                [*params, kind, kind, collection, collection, since, since, limit]).fetchall()
         return [_trace(r) for r in rows]
 
     def get(self, trace_id: str, principal: Principal) -> dict[str, Any]:
@@ -123,7 +137,7 @@ class TraceReader:
         wanted = trace_id.strip().lower()
         if not 8 <= len(wanted) <= 32 or any(c not in "0123456789abcdef" for c in wanted):
             raise NotFoundError(f"no trace {trace_id}")
-        rule, params = _visible(principal)
+        rule, params = visible_rule(principal)
         with self.db.connection() as conn:
             # a prefix is a range of the trace id index: [prefix, prefix + "g")
             rows = conn.execute(sql.SQL(_COLUMNS + " FROM spans t WHERE t.trace_id >= %s AND t.trace_id < %s"
@@ -136,14 +150,18 @@ class TraceReader:
             trace_id = row["id"]
             spans = conn.execute(
                 "SELECT span_id, parent_id, name, kind, start_time::text AS start_time, duration_ms, status, error,"
-                " attributes FROM spans WHERE trace_id = %s AND start_time >= %s::timestamptz - interval '1 day'"
+                " attributes, events FROM spans WHERE trace_id = %s"
+                " AND start_time >= %s::timestamptz - interval '1 day'"  # prunes older days' partitions
                 " ORDER BY start_time, span_id", [trace_id, row["created_at"]]).fetchall()
+            given = conn.execute(
+                "SELECT id, principal, created_at::text AS created_at, thumbs, score, label, comment, correction"
+                " FROM feedback WHERE trace_id = %s ORDER BY id", [trace_id]).fetchall()
         spans = [dict(s) for s in spans]
         # an answer's search is its child span: its query (a conversation's, say), parameters and hits
         search = next((s for s in spans if s["parent_id"] is not None and s["kind"] == "search"), None)
         found = None if search is None else {
             k: v for k, v in _trace({"attributes": search["attributes"]}).items() if k != "attributes"}
-        return {**_trace(row), "search": found, "spans": spans}
+        return {**_trace(row), "search": found, "spans": spans, "feedback": [dict(f) for f in given]}
 
 
 def prune(db: Database, retention_days: int, *, today: date | None = None) -> list[str]:
@@ -193,7 +211,7 @@ _COLUMNS = ("SELECT t.trace_id AS id, t.kind, t.start_time::text AS created_at, 
             " t.model, t.duration_ms, t.error, t.attributes")
 
 
-def _visible(principal: Principal) -> tuple[sql.Composable, list[Any]]:
+def visible_rule(principal: Principal) -> tuple[sql.Composable, list[Any]]:
     if principal.admin:
         return sql.SQL("TRUE"), []
     chunk_ok, chunk_params = readable(principal, "c.acl")

@@ -49,7 +49,7 @@ JSON_ATTRIBUTES = frozenset({
 # Attributes that hold text from documents or users: stored, exported only with export_content.
 CONTENT_ATTRIBUTES = frozenset({
     "ragtune.query", "ragtune.sentences", "gen_ai.input.messages", "gen_ai.output.messages",
-    "gen_ai.retrieval.query.text",
+    "gen_ai.retrieval.query.text", "ragtune.feedback.comment", "ragtune.feedback.correction",
 })
 # Attributes the spans table keeps as columns (the list's filters and the access rule read them).
 COLUMN_ATTRIBUTES = {
@@ -365,6 +365,22 @@ class Tracing:
         given = {k: attribute(v) for k, v in (attributes or {}).items() if v is not None}
         with self._tracer.start_as_current_span(name, attributes=given) as span:
             yield span
+
+    def evaluation(self, trace_id: str, parent_span_id: str, event: Mapping[str, Any],
+                   attributes: Mapping[str, Any]) -> None:
+        """A ``feedback`` span in the trace ``trace_id`` under its span ``parent_span_id`` (which ended
+        long ago), carrying the GenAI conventions' ``gen_ai.evaluation.result`` event."""
+        if self._tracer is None:
+            return
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+        parent = SpanContext(trace_id=int(trace_id, 16), span_id=int(parent_span_id, 16), is_remote=True,
+                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        context = trace.set_span_in_context(NonRecordingSpan(parent))
+        given = {k: attribute(v) for k, v in attributes.items() if v is not None}
+        with self._tracer.start_as_current_span("feedback", context=context, attributes=given) as span:
+            span.add_event("gen_ai.evaluation.result", {k: attribute(v) for k, v in event.items()})
 
     def flush(self, timeout_ms: int = 10_000) -> bool:
         """Write every span ended so far into our spans table (a reader of traces calls this first,

@@ -69,6 +69,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
         collections,
         datasets,
         documents,
+        feedback,
         ingest,
         models,
         openai,
@@ -95,7 +96,8 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
                               "Send an API key as 'Authorization: Bearer <key>'.")
     app.state.ragtune = state
     problems.install(app)
-    for module in (collections, documents, ingest, schedules, search, ask, traces, datasets, models, openai):
+    for module in (collections, documents, ingest, schedules, search, ask, traces, feedback, datasets, models,
+                   openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",

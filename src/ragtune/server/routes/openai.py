@@ -205,6 +205,8 @@ async def chat_completions(body: ChatIn, state: State, caller: Reader) -> Any:
         return StreamingResponse(_chunks(call, completion_id, model, collection, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     answer = await to_thread.run_sync(call, None)
+    if answer.trace_id:  # the answer's trace names it: POST /feedback takes this id
+        completion_id = f"chatcmpl-{answer.trace_id}"
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},

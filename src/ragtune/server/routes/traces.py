@@ -7,6 +7,7 @@ the adapter's folder on the server (as every view leaves server folders out); th
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -20,9 +21,14 @@ router = APIRouter(prefix="/traces", tags=["traces"])
 def list_traces(state: State, caller: Reader,
                 kind: Annotated[Literal["search", "ask"] | None, Query()] = None,
                 collection: Annotated[str | None, Query(max_length=200)] = None,
+                feedback: Annotated[Literal["any", "negative", "positive"] | None, Query(
+                    description="Only answers with such feedback")] = None,
+                since_hours: Annotated[float | None, Query(ge=0, le=24 * 3650, description="Only the last hours")]
+                = None,
                 limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[dict[str, Any]]:
-    return [_without_paths(t) for t in
-            state.engine.traces.visible(caller.principal, kind=kind, collection=collection, limit=limit)]
+    since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
+    return [_without_paths(t) for t in state.engine.traces.visible(
+        caller.principal, kind=kind, collection=collection, feedback=feedback, since=since, limit=limit)]
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
