@@ -159,10 +159,16 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     assert "1871" not in mark.inner_text() and "1871" in page.locator("#passage-text").inner_text()
     shot("04-ask-citation")
 
+    # thumbs on the answer: sent once, then the buttons say so; the trace shows it
+    page.click("#answer-meta button.thumbs[data-thumbs=down]")
+    expect(page.locator("#answer-meta .thumbs-note")).to_contain_text("marked wrong")
+    expect(page.locator("#answer-meta button.thumbs").first).to_be_disabled()
+
     # the answer's trace: per-stage timings, the ranked chunks with scores, the rendered prompt
-    page.click("#answer-meta button")
+    page.click("#answer-meta button:not(.thumbs)")
     expect(page.locator("#trace")).to_be_visible()
     expect(page.locator("#trace-links")).to_contain_text("model extractive")
+    expect(page.locator("#trace-links")).to_contain_text("feedback: thumbs down")
     expect(page.locator("#timings")).to_contain_text("retrieve")
     expect(page.locator("#trace-results tbody tr").first).to_contain_text("lighthouse.md")
     expect(page.locator("#trace-results tr.cited")).not_to_have_count(0)

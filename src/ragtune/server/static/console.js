@@ -308,7 +308,24 @@ function renderAnswer(answer) {
   if (answer.error) meta.push(answer.error);
   const trace = answer.trace_id ? el("button", { type: "button", className: "link", textContent: `trace ${answer.trace_id}` }) : "";
   if (trace) trace.addEventListener("click", () => { openTab("traces"); guarded(() => showTrace(answer.trace_id)); });
-  $("#answer-meta").replaceChildren(meta.join(" · "), " · ", trace);
+  const thumbs = answer.trace_id ? feedbackButtons(answer.trace_id) : [];
+  $("#answer-meta").replaceChildren(meta.join(" · "), " · ", trace, ...thumbs);
+}
+
+// Thumbs up or down on an answer: POST /feedback with its trace id; the buttons then say what was sent.
+function feedbackButtons(traceId) {
+  const buttons = [["up", "👍", "Good answer"], ["down", "👎", "Wrong or unhelpful answer"]].map(([thumbs, icon, title]) => {
+    const button = el("button", { type: "button", className: "link thumbs", textContent: icon, title });
+    button.dataset.thumbs = thumbs;
+    button.addEventListener("click", () => guarded(async () => {
+      await api("/feedback", { method: "POST", json: { response_id: traceId, thumbs } });
+      for (const b of buttons) b.disabled = true;
+      note.textContent = thumbs === "up" ? " thanks: marked good" : " thanks: marked wrong";
+    }));
+    return button;
+  });
+  const note = el("span", { className: "thumbs-note" });
+  return [" · ", ...buttons, note];
 }
 
 $("#ask-form").addEventListener("submit", (event) => {
@@ -454,8 +471,10 @@ function renderTrace(t) {
   const search = t.kind === "ask" ? t.search : null;
   const searchLink = search ? el("button", { type: "button", className: "link", textContent: "its search" }) : "";
   if (searchLink) searchLink.addEventListener("click", () => renderTrace({ ...t, ...search, kind: "search", search: null }));
+  const feedback = (t.feedback || []).map((f) => ` · feedback: ${[f.thumbs === 1 ? "thumbs up" : f.thumbs === -1 ? "thumbs down" : "",
+    f.score ?? "", f.label || "", f.comment || ""].filter((x) => x !== "").join(", ")}`);
   $("#trace-links").replaceChildren(t.error ? `error: ${t.error} · ` : "", `principal ${t.principal}`,
-    t.params && t.params.model ? ` · model ${t.params.model}` : "", searchLink ? " · " : "", searchLink);
+    t.params && t.params.model ? ` · model ${t.params.model}` : "", searchLink ? " · " : "", searchLink, ...feedback);
   const timings = Object.entries(t.timings_ms || {});
   const longest = Math.max(1, ...timings.map(([, ms]) => ms));
   $("#timings tbody").replaceChildren(...timings.map(([stage, ms]) => {
