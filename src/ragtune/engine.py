@@ -414,7 +414,7 @@ class Ragtune:
         pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
                                   batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
                                   max_chunks=self.settings.ingest.max_chunks_per_document,
-                                  near_duplicates=threshold if link_copies else None)
+                                  near_duplicates=threshold if link_copies else None, tracing=self.tracing)
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any

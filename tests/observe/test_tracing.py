@@ -323,3 +323,26 @@ def _engine(database_url: str) -> Ragtune:
     from ragtune.settings import Settings
 
     return Ragtune(Settings.of(database_url=database_url))
+
+
+def test_an_ingest_is_one_trace_seen_by_its_maker_only(rt: Ragtune) -> None:
+    writer = Principal("ingester", {"hr"})
+    docs = [LoadedDocument(uri=f"d{i}.md", text=f"Document {i} says the canteen opens at {i} o'clock.")
+            for i in range(5)]
+    report = rt.ingest_documents(docs, collection="ing", principal=writer)
+    assert report.added == 5
+    (root,) = rt.traces.visible(writer, kind="ingest")
+    trace = rt.traces.get(root["id"], writer)
+    spans = trace["spans"]
+    top = next(s for s in spans if s["parent_id"] is None)
+    assert top["attributes"]["ragtune.ingest.added"] == 5 and top["attributes"]["ragtune.ingest.chunks"] == 5
+    chunked = sorted(s["attributes"]["ragtune.document.uri"] for s in spans if s["name"] == "chunk")
+    assert chunked == [d.uri for d in docs]
+    # the batch's embedding and its write (on the writer thread) are in the same trace, under the ingest
+    for name in ("embed", "write", "chunk"):
+        assert {s["parent_id"] for s in spans if s["name"] == name} == {top["span_id"]}, name
+    embed = next(s for s in spans if s["name"] == "embed")
+    assert embed["attributes"]["gen_ai.operation.name"] == "embeddings" and embed["attributes"]["ragtune.texts"] == 5
+    # it names documents by URI: another member of hr does not see it; an admin does
+    assert rt.traces.visible(Principal("colleague", {"hr"}), kind="ingest") == []
+    assert [t["id"] for t in rt.traces.visible(Principal.system(), kind="ingest")] == [root["id"]]

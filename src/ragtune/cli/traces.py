@@ -48,7 +48,7 @@ SHORT_ID = 12  # hex digits of a trace id the list shows; `traces show` takes an
 @app.command("list")
 def traces_list(
     limit: Annotated[int, typer.Option(min=1, help="How many traces, newest first.")] = 10,
-    kind: Annotated[str | None, typer.Option(help="Only traces of this kind: search or ask.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only traces of this kind: search, ask or ingest.")] = None,
     collection: Annotated[str | None, typer.Option(
         "--collection", "-c", help="Only traces of this collection.")] = None,
     feedback: Annotated[str | None, typer.Option(

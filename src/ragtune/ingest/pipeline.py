@@ -32,12 +32,14 @@ checks both again with the rows locked (``store.access``).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,7 @@ from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestE
 from ragtune.ingest.duplicates import NearDuplicateIndex, signature
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
+from ragtune.observe.tracing import Tracing, set_attributes
 from ragtune.progress import ProgressCounter
 from ragtune.protocols import Chunker, Embedder, Progress
 from ragtune.store.access import WriteAccess, check_replace, describe_acl
@@ -120,7 +123,8 @@ class InheritedAttributes:
 
 class IngestPipeline:
     def __init__(self, repo: Repository, embedder: Embedder, chunker: Chunker, analyzer: LexicalAnalyzer,
-                 *, batch_texts: int = 256, max_chunks: int = 0, near_duplicates: float | None = None) -> None:
+                 *, batch_texts: int = 256, max_chunks: int = 0, near_duplicates: float | None = None,
+                 tracing: Tracing | None = None) -> None:
         """``max_chunks``: the most chunks one document may have (``max_chunks_per_document``; 0: no
         limit). ``near_duplicates``: the similarity at which a document is linked to the one it
         copies instead of indexed (``ingest/duplicates.py``); None indexes every document."""
@@ -133,6 +137,11 @@ class IngestPipeline:
         self.batch_texts = batch_texts
         self.max_chunks = max_chunks
         self.near_duplicates = near_duplicates
+        self.tracing = tracing
+
+    def _span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
+        """A child span of the ingest's (nothing when tracing is off)."""
+        return self.tracing.span(name, {"ragtune.kind": name, **attributes}) if self.tracing else nullcontext()
 
     def run(self, documents: Iterable[LoadedDocument | IngestError], info: CollectionInfo, *,
             access: WriteAccess, metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
@@ -140,8 +149,26 @@ class IngestPipeline:
             seen: set[str] | None = None) -> IngestReport:
         """Ingest a stream of loaded documents (or the errors loading them raised).
 
-        ``seen`` (if given) collects the URIs produced by this run, for ``sync``.
+        ``seen`` (if given) collects the URIs produced by this run, for ``sync``. The run is one
+        trace: an ``ingest`` span, a ``chunk`` span per document, an ``embed`` and a ``write`` span
+        per batch.
         """
+        # An ingest's trace names documents by URI, whatever their ACL: only its maker and admins
+        # see it (the traces' rule hides what an admin made from everyone else).
+        with self._span("ingest", {"ragtune.principal": access.principal.id, "ragtune.principal_admin": True,
+                                   "ragtune.groups": sorted(access.principal.groups),
+                                   "ragtune.collection": info.name, "gen_ai.data_source.id": info.name}) as span:
+            report = self._run(documents, info, access=access, metadata=metadata, acl=acl, defaults=defaults,
+                               progress=progress, seen=seen)
+            if span is not None:
+                set_attributes(span, {f"ragtune.ingest.{k}": v for k, v in (
+                    ("added", report.added), ("updated", report.updated), ("unchanged", report.unchanged),
+                    ("failed", len(report.failed)), ("chunks", report.chunks), ("embedded", report.embedded))})
+        return report
+
+    def _run(self, documents: Iterable[LoadedDocument | IngestError], info: CollectionInfo, *,
+             access: WriteAccess, metadata: dict[str, Any] | None, acl: Iterable[str] | None,
+             defaults: Defaults | None, progress: Progress | None, seen: set[str] | None) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
         given_meta = dict(metadata) if metadata is not None else None
@@ -239,6 +266,11 @@ class IngestPipeline:
             pending.metadata["duplicate_of"] = pending.duplicate_of
 
     def _prepare(self, pending: _Pending) -> None:
+        with self._span("chunk", {"ragtune.document.uri": pending.loaded.uri,
+                                  "ragtune.document.chars": len(pending.loaded.text)}):
+            self._chunk(pending)
+
+    def _chunk(self, pending: _Pending) -> None:
         chunks = self.chunker.split(pending.loaded)
         if not chunks:
             from ragtune.errors import EmptyDocumentError
@@ -268,12 +300,19 @@ class IngestPipeline:
             ))
             offset += n
         acl_changes = {p.loaded.uri for p in batch if p.acl_change}
-        return writer.submit(self._write_all, info, prepared, report, counts, access, acl_changes)
+        # the writer thread runs in this context, so its span joins the ingest's trace
+        return writer.submit(contextvars.copy_context().run, self._write_all, info, prepared, report, counts, access,
+                             acl_changes)
 
     def _write_all(self, info: CollectionInfo, prepared: list[PreparedDocument], report: IngestReport,
                    counts: ProgressCounter, access: WriteAccess, acl_changes: set[str]) -> None:
         """One transaction for the whole batch; if it fails, each document on its own, so one bad
         document is reported by name and the others still land."""
+        with self._span("write", {"ragtune.documents": len(prepared)}):
+            self._write_batch(info, prepared, report, counts, access, acl_changes)
+
+    def _write_batch(self, info: CollectionInfo, prepared: list[PreparedDocument], report: IngestReport,
+                     counts: ProgressCounter, access: WriteAccess, acl_changes: set[str]) -> None:
         unique = len({d.uri for d in prepared}) == len(prepared)
         if unique and len(prepared) > 1:
             try:
@@ -309,6 +348,14 @@ class IngestPipeline:
 
     def _embed(self, texts: list[str], report: IngestReport, counts: ProgressCounter) -> np.ndarray:
         """Vectors for ``texts``: cached ones from the store, the rest embedded once each."""
+        with self._span("embed", {"gen_ai.operation.name": "embeddings", "gen_ai.request.model": self.embedder.name,
+                                  "ragtune.texts": len(texts)}) as span:
+            vectors, fresh = self._vectors(texts, report, counts)
+            if span is not None:
+                set_attributes(span, {"ragtune.embedded": fresh})
+            return vectors
+
+    def _vectors(self, texts: list[str], report: IngestReport, counts: ProgressCounter) -> tuple[np.ndarray, int]:
         hashes = [text_hash(t) for t in texts]
         cached = self.repo.cached_embeddings(self.embedder.name, list(set(hashes)))
         todo: dict[bytes, str] = {}
@@ -324,8 +371,8 @@ class IngestPipeline:
             report.embedded += len(todo)
             counts.add("embedded", len(todo))
         if not texts:
-            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32), len(todo)
+        return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False), len(todo)
 
     @staticmethod
     def _reap(writes: list[Future[None]], *, done_only: bool) -> None:
