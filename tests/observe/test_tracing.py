@@ -196,7 +196,7 @@ def test_an_unreachable_collector_fails_no_request_and_is_logged_once_and_counte
         while rt.tracing.stats()["otlp"]["failed"] == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         stats = rt.tracing.stats()
-        assert stats["postgresql"]["exported"] >= 3 * 5 and stats["postgresql"]["failed"] == 0
+        assert stats["postgresql"]["exported"] >= 3 * 2 and stats["postgresql"]["failed"] == 0  # ask + retrieval
         assert stats["otlp"]["failed"] > 0 and stats["otlp"]["exported"] == 0
         assert rt.traces.get(answers[0].trace_id or "", Principal.system())["kind"] == "ask"  # ours unharmed
     failures = [r for r in caplog.records if "otlp failed" in r.getMessage()]

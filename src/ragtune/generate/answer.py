@@ -50,7 +50,7 @@ from ragtune.models import (
     SearchResult,
 )
 from ragtune.observe.traces import StageTimer, TraceRecord, record
-from ragtune.observe.tracing import Tracing, current_span, set_attributes
+from ragtune.observe.tracing import Step, Tracing, current_span, stash
 from ragtune.protocols import DeclaresPromptFormat, DescribesLineage, Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
@@ -109,8 +109,9 @@ class Answerer:
     def answer(self, question: str, retrieved: SearchResult, options: AskOptions, *, principal: Principal,
                collection: str, on_token: Callable[[str], None] | None = None,
                timer: StageTimer | None = None) -> Answer:
-        # each stage from here is a child span of the answer's (the timer given timed the search)
-        timer = StageTimer(self.tracing, dict(timer.timings_ms) if timer is not None else {})
+        # each stage from here is a step of the answer's span (the timer given timed the search,
+        # which has its own span)
+        timer = StageTimer(dict(timer.timings_ms) if timer is not None else {})
         hits = retrieved.hits[: options.top_k]
         with timer.stage("prompt"):
             prompt = build_prompt(question, hits, count_tokens=self._count_tokens(), budget=self._budget(options),
@@ -151,7 +152,7 @@ class Answerer:
                 messages = _with_hint(messages, span)
             with timer.stage("generate", **{"gen_ai.operation.name": "chat",
                                             "gen_ai.request.model": self.model_name,
-                                            "gen_ai.request.max_tokens": options.max_tokens}):
+                                            "gen_ai.request.max_tokens": options.max_tokens}) as step:
                 # time to first token is known when the answer streams (a generator asked without
                 # on_token may take a faster path than streaming, so none is forced on it)
                 first_token = _FirstToken(on_token) if on_token is not None else None
@@ -161,7 +162,7 @@ class Answerer:
                 except GenerationTimeoutError as exc:
                     error = str(exc)
                 if completion is not None:
-                    set_attributes(current_span(), {
+                    step.update({
                         "gen_ai.response.model": completion.model, "gen_ai.response.finish_reasons":
                         [completion.finish_reason], "gen_ai.usage.input_tokens": completion.prompt_tokens,
                         "gen_ai.usage.output_tokens": completion.completion_tokens,
@@ -183,7 +184,7 @@ class Answerer:
             relevance=None if span is None or abstained else _relevance(text, span, self.read_answers),
             span=None if abstained else span, lineage=self._lineage(completion),
         )
-        trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion)
+        trace_id = self._trace(answer, prompt, retrieved, principal, collection, completion, timer.steps)
         return Answer(**{**answer.__dict__, "trace_id": trace_id})
 
     def system_prompt(self) -> str:
@@ -289,19 +290,19 @@ class Answerer:
         return out
 
     def _trace(self, answer: Answer, prompt: Prompt, retrieved: SearchResult, principal: Principal,
-               collection: str, completion: Completion | None) -> str | None:
+               collection: str, completion: Completion | None, steps: Sequence[Step]) -> str | None:
         if self.tracing is None or not self.tracing.enabled:
             return None
         span = current_span()
         if span.is_recording():  # the answer's span (``Ragtune.ask`` opens it)
-            return self._record(span, answer, prompt, retrieved, principal, collection, completion)
+            return self._record(span, answer, prompt, retrieved, principal, collection, completion, steps)
         with self.tracing.span("ask", {"ragtune.kind": "ask", "gen_ai.operation.name": "chat"}) as span:
-            return self._record(span, answer, prompt, retrieved, principal, collection, completion)
+            return self._record(span, answer, prompt, retrieved, principal, collection, completion, steps)
 
     def _record(self, span: Any, answer: Answer, prompt: Prompt, retrieved: SearchResult, principal: Principal,
-                collection: str, completion: Completion | None) -> str | None:
-        set_attributes(span, {"gen_ai.request.model": answer.model,
-                              "gen_ai.response.model": completion.model if completion else answer.model})
+                collection: str, completion: Completion | None, steps: Sequence[Step]) -> str | None:
+        stash(span, {"gen_ai.request.model": answer.model,
+                     "gen_ai.response.model": completion.model if completion else answer.model})
         return record(span, TraceRecord(
             kind="ask", principal=principal, collection=collection, query=answer.question,
             params={
@@ -325,7 +326,7 @@ class Answerer:
                       "end": s.end, "score": s.hit.score, "scores": s.hit.scores_by_source,
                       "cited": any(c.number == s.number for c in answer.citations)} for s in prompt.sources],
             timings_ms=answer.timings_ms, error=answer.error,
-        ), also_shown=[h.chunk.id for h in retrieved.hits if h.chunk.id is not None])
+        ), also_shown=[h.chunk.id for h in retrieved.hits if h.chunk.id is not None], steps=steps)
 
 
 class _FirstToken:

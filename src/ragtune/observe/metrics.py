@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ragtune.extras import require
-from ragtune.observe.tracing import Tracing
+from ragtune.observe.tracing import Tracing, stashed
 
 # Seconds: a search is milliseconds, a CPU generation seconds to a minute.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -69,17 +69,20 @@ class _FromSpans:
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         return None
 
-    def _on_ending(self, span: Any) -> None:
-        return None
-
     def on_end(self, span: Any) -> None:
+        return None  # read in _on_ending: the span itself, with its stashed values (observe.tracing)
+
+    def _on_ending(self, span: Any) -> None:
         m = self.metrics
-        a = span.attributes or {}
+        kept = stashed(span)
+        a = {**(span.attributes or {}), **kept}
         if span.end_time and span.start_time:
             m.stage_seconds.labels(span.name).observe((span.end_time - span.start_time) / 1e9)
-        if span.name == "generate":
-            m.tokens.labels("input").inc(int(a.get("gen_ai.usage.input_tokens") or 0))
-            m.tokens.labels("output").inc(int(a.get("gen_ai.usage.output_tokens") or 0))
+        for step in kept.get("ragtune.steps") or []:  # the stages it timed (child spans once exported)
+            m.stage_seconds.labels(step.name).observe(max(step.end_ns - step.start_ns, 0) / 1e9)
+            if step.name == "generate":
+                m.tokens.labels("input").inc(int(step.attributes.get("gen_ai.usage.input_tokens") or 0))
+                m.tokens.labels("output").inc(int(step.attributes.get("gen_ai.usage.output_tokens") or 0))
         if a.get("ragtune.kind") == "ask" and span.parent is None:
             outcome = "error" if not span.status.is_ok else "abstained" if a.get("ragtune.abstained") else "answered"
             m.answers.labels(outcome).inc()

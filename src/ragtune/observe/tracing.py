@@ -13,6 +13,14 @@ Names follow the OpenTelemetry GenAI semantic conventions where they exist
 ``gen_ai.retrieval.*``, ...); our own facts are ``ragtune.*``. Attribute values are OpenTelemetry's
 primitives, so structured ones (``JSON_ATTRIBUTES``) travel as JSON text and are stored as JSON.
 
+What a request does on its own path is as little as a trace needs (measured:
+benchmarks/tracing_overhead.py): a request opens one span (a search's ``retrieval``; an answer's
+``ask``, with its search's below), and its stages and steps are timed, not opened as spans: the
+timer's ``Step`` records (name, parent step, start, end, attributes) and the request's structured
+facts (parameters, ranked chunks, prompt, lineage) are kept as Python values on the span
+(``stash``). The export threads turn them into attributes and the steps into child spans
+(``expand``), off the request path, for both destinations alike.
+
 Texts (questions, prompts, answers: ``CONTENT_ATTRIBUTES``) are kept in our spans table, behind
 the traces' access rule (``observe.traces``); they leave over OTLP only with
 ``[observability] export_content``.
@@ -22,10 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +69,86 @@ COLUMN_ATTRIBUTES = {
 SPAN_COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "start_time", "duration_ms", "status", "error",
                 "principal", "principal_admin", "groups", "collection", "model", "abstained", "grounded",
                 "chunk_ids", "attributes", "events")
+
+
+_STASH = "_ragtune_stash"  # the span object's own attribute holding stashed values (SDK spans have no __slots__)
+
+
+@dataclass
+class Step:
+    """One timed stage or step of a request, a child span once exported (``expand``): ``parent`` is
+    the index of the step it ran in (None: directly under the request's span); times in ns since
+    the epoch, as span times are."""
+
+    name: str
+    parent: int | None
+    start_ns: int
+    end_ns: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def stash(span: Span, values: Mapping[str, Any]) -> None:
+    """Attribute values kept as they are (dicts, lists) on a recording span; exporters turn them
+    into attributes off the request path. None values are left out; ``ragtune.steps`` extends."""
+    if not span.is_recording():
+        return
+    kept = span.__dict__.setdefault(_STASH, {})
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key == "ragtune.steps":
+            kept.setdefault(key, []).extend(value)
+        else:
+            kept[key] = value
+
+
+def stashed(span: Any) -> dict[str, Any]:
+    return dict(getattr(span, _STASH, None) or {})
+
+
+def merged_attributes(span: Any) -> dict[str, Any]:
+    """A span's attributes with its stashed values (the steps left out)."""
+    out = dict(span.attributes or {})
+    out.update({k: v for k, v in stashed(span).items() if k != "ragtune.steps"})
+    return out
+
+
+@dataclass
+class Expanded:
+    """A span as exported: its ids, times and merged attributes; steps become such spans too."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status_ok: bool = True
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    source: Any = None  # the SDK span it is (None for a step)
+
+
+def expand(span: ReadableSpan) -> list[Expanded]:
+    """The span with its stashed values, then one span per recorded step, children of the span
+    (or of the step they ran in)."""
+    status = span.status
+    error = status.description if not status.is_ok and status.description else None
+    own = Expanded(span.context.trace_id, span.context.span_id, span.parent.span_id if span.parent else None,
+                   span.name, span.start_time or 0, span.end_time or span.start_time or 0, merged_attributes(span),
+                   status.status_code.name != "ERROR", error,
+                   [{"name": e.name, "time": _time(e.timestamp).isoformat(),
+                     "attributes": {k: (list(v) if isinstance(v, tuple) else v)
+                                    for k, v in (e.attributes or {}).items()}} for e in span.events], span)
+    steps: list[Step] = stashed(span).get("ragtune.steps") or []
+    ids = [random.getrandbits(64) or 1 for _ in steps]
+    out = [own]
+    for i, step in enumerate(steps):
+        parent = own.span_id if step.parent is None else ids[step.parent]
+        out.append(Expanded(own.trace_id, ids[i], parent, step.name, step.start_ns, step.end_ns or step.start_ns,
+                            {"ragtune.kind": step.name, **step.attributes}))
+    return out
 
 
 def hex_trace_id(span: Span) -> str | None:
@@ -162,10 +251,12 @@ class _Bounded:
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         self.inner.on_start(span, parent_context=parent_context)
 
-    def _on_ending(self, span: Any) -> None:  # the SDK's processors all have it (a no-op in the base)
-        self.inner._on_ending(span)
-
     def on_end(self, span: ReadableSpan) -> None:
+        return None  # queued in _on_ending, as the span itself
+
+    def _on_ending(self, span: Any) -> None:
+        # The SDK calls this with the ended span itself (its end time set, its attributes frozen),
+        # then on_end with a copy that lacks the values stashed on it; so the span itself is queued.
         with self._lock:
             full = self.pending >= self.capacity
             warn = full and not self._overloaded
@@ -209,7 +300,7 @@ class PostgresSpanExporter:
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        rows = [span_row(s) for s in spans]
+        rows = [span_row(e) for s in spans for e in expand(s)]
         days = {row[5].date() for row in rows} - self._days
         with self.db.transaction() as conn:
             for day in sorted(days):
@@ -227,24 +318,39 @@ class PostgresSpanExporter:
         return True
 
 
-class _WithoutContent:
-    """A ``SpanExporter`` around another that leaves out ``CONTENT_ATTRIBUTES`` (what leaves the
-    database without ``export_content``)."""
+class _ForCollector:
+    """A ``SpanExporter`` around an OTLP one: each span expanded (stashed values as attributes, steps
+    as child spans), structured values as JSON text, texts (``CONTENT_ATTRIBUTES``) left out unless
+    ``content``."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, content: bool) -> None:
         self.inner = inner
+        self.content = content
 
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
         from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
-        kept = []
+        out = []
         for s in spans:
-            attributes = {k: v for k, v in (s.attributes or {}).items() if k not in CONTENT_ATTRIBUTES}
-            kept.append(ReadableSpan(
-                name=s.name, context=s.context, parent=s.parent, resource=s.resource, attributes=attributes,
-                events=s.events, links=s.links, kind=s.kind, status=s.status, start_time=s.start_time,
-                end_time=s.end_time, instrumentation_scope=s.instrumentation_scope))
-        return self.inner.export(kept)
+            for e in expand(s):
+                attributes = {k: attribute(v) for k, v in e.attributes.items()
+                              if v is not None and (self.content or k not in CONTENT_ATTRIBUTES)}
+                if e.source is not None:
+                    base = e.source
+                    out.append(ReadableSpan(
+                        name=base.name, context=base.context, parent=base.parent, resource=base.resource,
+                        attributes=attributes, events=base.events, links=base.links, kind=base.kind,
+                        status=base.status, start_time=base.start_time, end_time=base.end_time,
+                        instrumentation_scope=base.instrumentation_scope))
+                    continue
+                flags = TraceFlags(TraceFlags.SAMPLED)
+                out.append(ReadableSpan(
+                    name=e.name, context=SpanContext(e.trace_id, e.span_id, False, flags),
+                    parent=SpanContext(e.trace_id, e.parent_id or 0, False, flags), resource=s.resource,
+                    attributes=attributes, status=Status(StatusCode.UNSET), start_time=e.start_ns,
+                    end_time=e.end_ns, instrumentation_scope=s.instrumentation_scope))
+        return self.inner.export(out)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -253,29 +359,25 @@ class _WithoutContent:
         return bool(self.inner.force_flush(timeout_millis))
 
 
-def span_row(span: ReadableSpan) -> tuple[Any, ...]:
-    """One span as a row of the spans table (``SPAN_COLUMNS``)."""
-    attributes = dict(span.attributes or {})
+def span_row(span: Expanded) -> tuple[Any, ...]:
+    """One span as a row of the spans table (``SPAN_COLUMNS``); structured values are stored as JSON."""
+    attributes = dict(span.attributes)
     columns: dict[str, Any] = {column: attributes.pop(key, None) for key, column in COLUMN_ATTRIBUTES.items()}
     stored = {k: (_json(v) if k in JSON_ATTRIBUTES else (list(v) if isinstance(v, tuple) else v))
-              for k, v in attributes.items()}
-    start = span.start_time or 0
-    end = span.end_time or start
-    parent = span.parent
-    status = span.status
-    error = status.description if not status.is_ok and status.description else None
-    events = [{"name": e.name, "time": _time(e.timestamp).isoformat(),
-               "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (e.attributes or {}).items()}}
-              for e in span.events]
+              for k, v in attributes.items() if v is not None}
     return (
-        format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"),
-        format(parent.span_id, "016x") if parent is not None else None,
-        span.name, columns["kind"] or span.name, _time(start), (end - start) / 1e6,
-        "error" if not status.is_ok and status.status_code.name == "ERROR" else "ok", error,
+        format(span.trace_id, "032x"), format(span.span_id, "016x"),
+        format(span.parent_id, "016x") if span.parent_id is not None else None,
+        span.name, columns["kind"] or span.name, _time(span.start_ns), (span.end_ns - span.start_ns) / 1e6,
+        "ok" if span.status_ok else "error", span.error,
         columns["principal"], bool(columns["principal_admin"]), list(columns["groups"] or []),
         columns["collection"], columns["model"], columns["abstained"], columns["grounded"],
-        [int(i) for i in columns["chunk_ids"] or []], Jsonb(stored), Jsonb(events),
+        [int(i) for i in columns["chunk_ids"] or []], Jsonb(stored, dumps=_dumps), Jsonb(span.events),
     )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
 
 
 def _json(value: Any) -> Any:
@@ -327,7 +429,7 @@ class Tracing:
             logging.getLogger(name).addFilter(_SILENCED)
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5,
                                     headers={str(k): str(v) for k, v in settings.otlp_headers.items()})
-        return exporter if settings.export_content else _WithoutContent(exporter)
+        return _ForCollector(exporter, settings.export_content)
 
     def _add(self, name: str, exporter: Any) -> None:
         """A bounded batching processor for one destination (``_Bounded``, ``_Counting``)."""

@@ -13,7 +13,6 @@ too: the README's security section says what that and the shared HNSW graph leav
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from ragtune.errors import EmbedderMismatchError, QueryError
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import Chunk, Hit, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, record
-from ragtune.observe.tracing import Tracing
+from ragtune.observe.tracing import Tracing, stash
 from ragtune.protocols import Embedder
 from ragtune.retrieve import fusion
 from ragtune.retrieve.filters import Condition, Filter, compile_conditions
@@ -118,7 +117,7 @@ class Searcher:
     def _search(self, collection: str, query: str, options: SearchOptions, filters: Sequence[Filter],
                 principal: Principal, query_vector: np.ndarray | None, trace_params: dict[str, Any] | None,
                 span: Any) -> SearchResult:
-        timer = StageTimer(self.tracing)
+        timer = StageTimer()  # its steps are exported as the retrieval span's children
         info = self.repo.collection(collection)
         if options.mode != "bm25":
             self._check_embedder(info)
@@ -212,9 +211,8 @@ class Searcher:
                 results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
                           "scores": h.scores_by_source} for h in hits],
                 timings_ms=timings,
-            ))
-            span.set_attribute("gen_ai.retrieval.documents", json.dumps(
-                [{"id": str(h.chunk.id), "score": round(h.score, 6)} for h in hits], separators=(",", ":")))
+            ), steps=timer.steps)
+            stash(span, {"gen_ai.retrieval.documents": [{"id": str(h.chunk.id), "score": h.score} for h in hits]})
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
 
     def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,
