@@ -456,17 +456,34 @@ class Tracing:
             self._provider.add_span_processor(processor)
 
     @contextmanager
-    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
-        """A span named ``name`` around the block, current inside it; an exception escaping the
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None, *,
+             current: bool = True) -> Iterator[Span]:
+        """A span named ``name`` around the block, a child of the current one; current inside the
+        block unless ``current`` is false (a span nothing inside will be the parent of saves
+        attaching a context). ``attributes`` are stashed (``stash``). An exception escaping the
         block is recorded on it (status error) and raised on."""
         if self._tracer is None:
             from opentelemetry.trace import INVALID_SPAN
 
             yield INVALID_SPAN
             return
-        given = {k: attribute(v) for k, v in (attributes or {}).items() if v is not None}
-        with self._tracer.start_as_current_span(name, attributes=given) as span:
+        if current:
+            with self._tracer.start_as_current_span(name) as span:
+                stash(span, attributes or {})
+                yield span
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self._tracer.start_span(name)
+        stash(span, attributes or {})
+        try:
             yield span
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
 
     def evaluation(self, trace_id: str, parent_span_id: str, event: Mapping[str, Any],
                    attributes: Mapping[str, Any]) -> None:

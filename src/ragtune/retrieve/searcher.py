@@ -111,7 +111,7 @@ class Searcher:
         with self.tracing.span("retrieval", {
                 "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
                 "gen_ai.retrieval.top_k": options.top_k, "gen_ai.retrieval.query.text": query,
-                "gen_ai.request.model": getattr(self.embedder, "name", None)}) as span:
+                "gen_ai.request.model": getattr(self.embedder, "name", None)}, current=False) as span:
             return self._search(collection, query, options, filters, principal, query_vector, trace_params, span)
 
     def _search(self, collection: str, query: str, options: SearchOptions, filters: Sequence[Filter],
