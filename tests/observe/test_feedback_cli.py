@@ -31,3 +31,18 @@ def test_feedback_from_the_command_line_is_shown_and_filtered(cli_env: Path) -> 
     assert code == 2 and "feedback='sideways'" in err, (out, err)
     code, out, err = invoke("traces", "show", asked[0])
     assert code == 0 and "feedback from" in out and "thumbs down; outdated; should be: 30 days." in out, out
+
+
+def test_stats_on_the_command_line(cli_env: Path) -> None:
+    doc = cli_env / "leave.md"
+    doc.write_text("# Leave\n\nEvery employee receives 27 days of paid leave per year.\n", encoding="utf-8")
+    assert invoke("ingest", str(doc), "-c", "st")[0] == 0
+    for _ in range(2):
+        assert invoke("ask", "How many days of paid leave?", "-c", "st", "-g", "extractive")[0] == 0
+    code, out, err = invoke("stats", "--since-hours", "1", "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["requests"]["ask"]["requests"] == 2 and stats["requests"]["ingest"]["requests"] == 1
+    assert {"retrieval", "prompt", "chunk", "embed", "write"} <= {s["stage"] for s in stats["stages"]}
+    code, out, err = invoke("stats", "--since-hours", "1")
+    assert code == 0 and "stages" in out and "answers abstained" in out, err

@@ -346,3 +346,35 @@ def test_an_ingest_is_one_trace_seen_by_its_maker_only(rt: Ragtune) -> None:
     # it names documents by URI: another member of hr does not see it; an admin does
     assert rt.traces.visible(Principal("colleague", {"hr"}), kind="ingest") == []
     assert [t["id"] for t in rt.traces.visible(Principal.system(), kind="ingest")] == [root["id"]]
+
+
+def test_the_trace_list_filters_and_the_stats_agree_with_the_answers(rt: Ragtune) -> None:
+    _ingest(rt)
+    ann, bob = Principal("ann", {"hr"}), Principal("bob", {"hr"})
+    answers = [rt.ask(q, collection="hb", generator="extractive", principal=who) for q, who in (
+        (QUESTION, ann), ("Who approves flights at Zorblax?", ann), ("What is the capital of Mongolia?", bob))]
+    admin = Principal.system()
+    by_id = {a.trace_id: a for a in answers}
+
+    def ids(**filters: Any) -> set[str]:
+        return {t["id"] for t in rt.traces.visible(admin, kind="ask", limit=50, **filters)}
+
+    assert ids(user="ann") == {a.trace_id for a in answers[:2]} and ids(user="bob") == {answers[2].trace_id}
+    assert ids(abstained=True) == {t for t, a in by_id.items() if a.abstained}
+    assert ids(abstained=False) == {t for t, a in by_id.items() if not a.abstained}
+    assert ids(grounded=True) == {t for t, a in by_id.items() if a.grounded}
+    assert ids(model="extractive") == set(by_id) and ids(model="smollm2") == set()
+    assert ids(slower_than_ms=0) == set(by_id) and ids(slower_than_ms=1e9) == set()
+    assert ids(since=datetime.now(UTC) + timedelta(hours=1)) == set()
+    stats = rt.traces.stats(admin, since=datetime.now(UTC) - timedelta(hours=1))
+    asks = stats["requests"]["ask"]
+    assert asks["requests"] == 3 and asks["abstained"] == sum(a.abstained for a in answers)
+    assert stats["abstention_rate"] == pytest.approx(sum(a.abstained for a in answers) / 3)
+    answered = [a for a in answers if not a.abstained]
+    assert stats["groundedness_rate"] == pytest.approx(sum(a.grounded for a in answered) / len(answered))
+    stages = {s["stage"]: s for s in stats["stages"]}
+    assert stages["retrieval"]["spans"] == 3 and stages["prompt"]["spans"] == 3
+    assert 0 < stages["retrieval"]["p50_ms"] <= stages["retrieval"]["p95_ms"] <= asks["p95_ms"]
+    assert stats["feedback"] == {"negative": 0, "positive": 0, "total": 0}
+    # as ann: only her own answers (bob's shows the same documents, but a trace is its maker's first)
+    assert rt.traces.stats(ann, since=datetime.now(UTC) - timedelta(hours=1))["requests"]["ask"]["requests"] >= 2

@@ -31,6 +31,9 @@ def test_feedback_is_stored_with_the_trace_and_sent_as_an_evaluation_event(live:
         trace = client.get(f"/traces/{trace_id}").json()
         negative = client.get("/traces", params={"feedback": "negative", "since_hours": 1}).json()
         positive = client.get("/traces", params={"feedback": "positive"}).json()
+        stats = client.get("/traces/stats", params={"since_hours": 1})
+        mine = client.get("/traces", params={"kind": "ask", "abstained": answer["abstained"],
+                                             "model": "extractive", "slower_than_ms": 0}).json()
     assert [(f["thumbs"], f["label"], f["correction"]) for f in trace["feedback"]] == [
         (-1, "wrong-figure", "Five million.")]
     (span,) = [s for s in trace["spans"] if s["name"] == "feedback"]
@@ -41,6 +44,9 @@ def test_feedback_is_stored_with_the_trace_and_sent_as_an_evaluation_event(live:
     assert event["attributes"] == {"gen_ai.evaluation.name": "user_feedback", "gen_ai.evaluation.score.value": 0.0,
                                    "gen_ai.evaluation.score.label": "wrong-figure"}
     assert trace_id in [t["id"] for t in negative] and trace_id not in [t["id"] for t in positive]
+    assert trace_id in [t["id"] for t in mine]
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["feedback"]["negative"] >= 1 and stats.json()["requests"]["ask"]["requests"] >= 1
 
 
 def test_a_completion_id_names_its_answer(live: Any) -> None:

@@ -67,8 +67,9 @@ def _group(name: str, help_text: str, *parts: typer.Typer) -> None:
 
 
 # The order below is the order `ragtune --help` lists them in.
-# serve, ingest, sync, search, ask, chat, feedback, demo
-for commands in (serve.app, documents.app, search.app, ask.app, chat.app, traces.feedback_app, demo.app):
+# serve, ingest, sync, search, ask, chat, feedback, stats, demo
+for commands in (serve.app, documents.app, search.app, ask.app, chat.app, traces.feedback_app, traces.stats_app,
+                 demo.app):
     app.add_typer(commands)
 _group("docs", "List, show and remove documents.", documents.docs_app)
 _group("db", "The embedded PostgreSQL server.", admin.db_app)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -30,6 +31,7 @@ from ragtune.cli.common import (
 
 app = typer.Typer()  # traces list|show|prune
 feedback_app = typer.Typer()  # ragtune feedback
+stats_app = typer.Typer()  # ragtune stats
 
 # A search times its steps inside "retrieve" and copies "retrieve" as "search"
 # (``retrieve/searcher.py``); an answer's stages are all top level. So a trace's total is the sum
@@ -56,6 +58,14 @@ def traces_list(
                            "positive.")] = None,
     since_hours: Annotated[float | None, typer.Option(
         "--since-hours", min=0.0, help="Only traces of the last this many hours (168: this week).")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only traces of this user (a key's is key:ID).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Only answers by this model.")] = None,
+    slower_than_ms: Annotated[float | None, typer.Option(
+        "--slower-than-ms", min=0.0, help="Only requests that took longer.")] = None,
+    abstained: Annotated[bool | None, typer.Option(
+        "--abstained/--answered", help="Only answers that abstained, or only those that answered.")] = None,
+    grounded: Annotated[bool | None, typer.Option(
+        "--grounded/--ungrounded", help="Only grounded answers, or only those not fully grounded.")] = None,
     as_json: AsJson = False,
     as_user: AsUserOpt = None,
     as_group: AsGroupOpt = None,
@@ -67,7 +77,8 @@ def traces_list(
         with engine(data_dir) as rt:
             since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
             rows = rt.traces.visible(reader(as_user, as_group), kind=kind, collection=collection, feedback=feedback,
-                                     since=since, limit=limit)
+                                     since=since, user=user, model=model, slower_than_ms=slower_than_ms,
+                                     abstained=abstained, grounded=grounded, limit=limit)
         if as_json:
             print(json.dumps(rows, default=str, indent=2))
             return
@@ -138,6 +149,52 @@ def feedback_command(
         console.print(f"feedback {row['id']} on answer {row['trace_id']} stored", highlight=False)
 
     run_command(body)
+
+
+@stats_app.command("stats")
+def stats_command(
+    since_hours: Annotated[float, typer.Option("--since-hours", min=0.0, help="Over the last this many hours.")] = 24,
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection.")] = None,
+    as_json: AsJson = False,
+    as_user: AsUserOpt = None,
+    as_group: AsGroupOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Requests, p50/p95 per stage, tokens, abstention and groundedness rates and feedback over a
+    window of the traces (as the principal asking may see them)."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            out = rt.traces.stats(reader(as_user, as_group), since=datetime.now(UTC) - timedelta(hours=since_hours),
+                                  collection=collection)
+        if as_json:
+            print(json.dumps(out, default=str, indent=2))
+            return
+        console.print(stats_tables(out, since_hours))
+
+    run_command(body)
+
+
+def stats_tables(out: dict[str, Any], hours: float) -> Group:
+    """``TraceReader.stats`` as two tables and a summary line."""
+    requests = Table(title=f"requests, last {hours:g} h", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("kind", "requests", "p50 ms", "p95 ms"):
+        requests.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, r in out["requests"].items():
+        requests.add_row(kind, str(r["requests"]), f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}")
+    stages = Table(title="stages", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("stage", "spans", "p50 ms", "p95 ms"):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for r in out["stages"]:
+        stages.add_row(r["stage"], str(r["spans"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}")
+
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    fb = out["feedback"]
+    summary = Text(f"answers abstained {rate(out['abstention_rate'])}, grounded {rate(out['groundedness_rate'])}; "
+                   f"tokens in {out['tokens']['input']}, out {out['tokens']['output']}; feedback "
+                   f"{fb['total']} ({fb['negative']} negative, {fb['positive']} positive)")
+    return Group(requests, stages, summary)
 
 
 @app.command("prune")

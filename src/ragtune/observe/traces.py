@@ -121,22 +121,65 @@ class TraceReader:
             self.tracing.flush()
 
     def visible(self, principal: Principal, *, kind: str | None = None, collection: str | None = None,
-                feedback: str | None = None, since: datetime | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """The traces ``principal`` may see, newest first; ``feedback`` keeps those with ``any``,
-        ``negative`` (thumbs down or a score under 0.5) or ``positive`` feedback; ``since`` those
-        that started then or later."""
-        if feedback not in FEEDBACK_FILTERS:
-            raise QueryError(f"feedback={feedback!r}: one of {', '.join(f for f in FEEDBACK_FILTERS if f)}")
+                feedback: str | None = None, since: datetime | None = None, user: str | None = None,
+                model: str | None = None, slower_than_ms: float | None = None, abstained: bool | None = None,
+                grounded: bool | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The traces ``principal`` may see, newest first, filtered: by kind, collection, the user who
+        asked, the model that answered, ``slower_than_ms``, an answer that abstained or not, was
+        grounded or not, ``feedback`` (``any``, ``negative``: thumbs down or a score under 0.5, or
+        ``positive``) and ``since`` (started then or later)."""
+        where, values = _filters(kind=kind, collection=collection, feedback=feedback, since=since, user=user,
+                                 model=model, slower_than_ms=slower_than_ms, abstained=abstained, grounded=grounded)
         self._flushed()
         rule, params = visible_rule(principal)
         with self.db.connection() as conn:
             rows = conn.execute(sql.SQL(
-                _COLUMNS + " FROM spans t WHERE t.parent_id IS NULL AND {rule}"
-                " AND (%s::text IS NULL OR t.kind = %s) AND (%s::text IS NULL OR t.collection = %s)"
-                " AND (%s::timestamptz IS NULL OR t.start_time >= %s) {feedback}"
-                " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule, feedback=sql.SQL(FEEDBACK_FILTERS[feedback])),
-                [*params, kind, kind, collection, collection, since, since, limit]).fetchall()
+                _COLUMNS + " FROM spans t WHERE t.parent_id IS NULL AND {rule} {where}"
+                " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule, where=where),
+                [*params, *values, limit]).fetchall()
         return [_trace(r) for r in rows]
+
+    def stats(self, principal: Principal, *, since: datetime, collection: str | None = None) -> dict[str, Any]:
+        """Over the traces ``principal`` may see since ``since``: requests by kind, p50/p95 per stage
+        (every span's name), tokens, the abstention and groundedness rates of answers, feedback."""
+        where, values = _filters(since=since, collection=collection)
+        self._flushed()
+        rule, params = visible_rule(principal)
+        roots = sql.SQL("SELECT t.trace_id, t.kind, t.duration_ms, t.abstained, t.grounded FROM spans t"
+                        " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
+        with self.db.connection() as conn:
+            kinds = conn.execute(sql.SQL(
+                "SELECT kind, count(*) AS requests, count(*) FILTER (WHERE abstained) AS abstained,"
+                " count(*) FILTER (WHERE grounded) AS grounded,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms"
+                " FROM ({roots}) r GROUP BY kind ORDER BY kind").format(roots=roots), [*params, *values]).fetchall()
+            stages = conn.execute(sql.SQL(
+                "SELECT s.name AS stage, count(*) AS spans,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY s.duration_ms) AS p50_ms,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY s.duration_ms) AS p95_ms,"
+                " sum((s.attributes ->> 'gen_ai.usage.input_tokens')::bigint) AS input_tokens,"
+                " sum((s.attributes ->> 'gen_ai.usage.output_tokens')::bigint) AS output_tokens"
+                " FROM spans s JOIN ({roots}) r ON r.trace_id = s.trace_id"
+                " WHERE s.parent_id IS NOT NULL AND s.start_time >= %s"
+                " GROUP BY s.name ORDER BY p50_ms DESC").format(roots=roots), [*params, *values, since]).fetchall()
+            votes = conn.execute(sql.SQL(
+                "SELECT count(*) FILTER (WHERE f.thumbs = -1 OR f.score < 0.5) AS negative,"
+                " count(*) FILTER (WHERE NOT (f.thumbs = -1 OR f.score < 0.5)) AS positive, count(*) AS total"
+                " FROM feedback f JOIN ({roots}) r ON r.trace_id = f.trace_id").format(roots=roots),
+                [*params, *values]).fetchone()
+        by_kind = {r["kind"]: dict(r) for r in kinds}
+        asks = by_kind.get("ask", {})
+        answered = (asks.get("requests") or 0) - (asks.get("abstained") or 0)
+        return {
+            "since": since.isoformat(), "collection": collection, "requests": by_kind,
+            "stages": [dict(r) for r in stages],
+            "abstention_rate": asks["abstained"] / asks["requests"] if asks.get("requests") else None,
+            "groundedness_rate": asks["grounded"] / answered if answered > 0 else None,
+            "tokens": {"input": sum(int(r["input_tokens"] or 0) for r in stages),
+                       "output": sum(int(r["output_tokens"] or 0) for r in stages)},
+            "feedback": dict(votes) if votes else {"negative": 0, "positive": 0, "total": 0},
+        }
 
     def get(self, trace_id: str, principal: Principal) -> dict[str, Any]:
         """One trace ``principal`` may see, by its id or a prefix of at least 8 hex digits (as
@@ -171,6 +214,32 @@ class TraceReader:
         found = None if search is None else {
             k: v for k, v in _trace({"attributes": search["attributes"]}).items() if k != "attributes"}
         return {**_trace(row), "search": found, "spans": spans, "feedback": [dict(f) for f in given]}
+
+
+def _filters(*, kind: str | None = None, collection: str | None = None, feedback: str | None = None,
+             since: datetime | None = None, user: str | None = None, model: str | None = None,
+             slower_than_ms: float | None = None, abstained: bool | None = None,
+             grounded: bool | None = None) -> tuple[sql.Composable, list[Any]]:
+    """The trace list's conditions on root spans (``t``), each only when given."""
+    if feedback not in FEEDBACK_FILTERS:
+        raise QueryError(f"feedback={feedback!r}: one of {', '.join(f for f in FEEDBACK_FILTERS if f)}")
+    if slower_than_ms is not None and not slower_than_ms >= 0:
+        raise QueryError(f"slower_than_ms={slower_than_ms!r}: give milliseconds, 0 or more")
+    parts: list[sql.Composable] = []
+    values: list[Any] = []
+    for column, value in (("kind", kind), ("collection", collection), ("principal", user), ("model", model),
+                          ("abstained", abstained), ("grounded", grounded)):
+        if value is not None:
+            parts.append(sql.SQL("AND t.{} = %s").format(sql.Identifier(column)))
+            values.append(value)
+    if since is not None:
+        parts.append(sql.SQL("AND t.start_time >= %s"))
+        values.append(since)
+    if slower_than_ms is not None:
+        parts.append(sql.SQL("AND t.duration_ms > %s"))
+        values.append(slower_than_ms)
+    parts.append(sql.SQL(FEEDBACK_FILTERS[feedback]))  # constants of this module
+    return sql.SQL(" ").join(parts), values
 
 
 def prune(db: Database, retention_days: int, *, today: date | None = None) -> list[str]:

@@ -25,10 +25,23 @@ def list_traces(state: State, caller: Reader,
                     description="Only answers with such feedback")] = None,
                 since_hours: Annotated[float | None, Query(ge=0, le=24 * 3650, description="Only the last hours")]
                 = None,
+                user: Annotated[str | None, Query(max_length=200)] = None,
+                model: Annotated[str | None, Query(max_length=500)] = None,
+                slower_than_ms: Annotated[float | None, Query(ge=0, le=1e9)] = None,
+                abstained: bool | None = None, grounded: bool | None = None,
                 limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[dict[str, Any]]:
     since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
     return [_without_paths(t) for t in state.engine.traces.visible(
-        caller.principal, kind=kind, collection=collection, feedback=feedback, since=since, limit=limit)]
+        caller.principal, kind=kind, collection=collection, feedback=feedback, since=since, user=user, model=model,
+        slower_than_ms=slower_than_ms, abstained=abstained, grounded=grounded, limit=limit)]
+
+
+@router.get("/stats", summary="Requests, p50/p95 per stage, tokens, abstention and groundedness rates, feedback")
+def trace_stats(state: State, caller: Reader,
+                since_hours: Annotated[float, Query(ge=0, le=24 * 3650)] = 24,
+                collection: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+    return dict(state.engine.traces.stats(caller.principal, since=datetime.now(UTC) - timedelta(hours=since_hours),
+                                          collection=collection))
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
