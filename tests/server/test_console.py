@@ -169,6 +169,13 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     expect(page.locator("#trace")).to_be_visible()
     expect(page.locator("#trace-links")).to_contain_text("model extractive")
     expect(page.locator("#trace-links")).to_contain_text("feedback: thumbs down")
+    # the waterfall: every span of the trace, nested, each opening its attributes
+    waterfall = page.locator("#waterfall tbody")
+    for name in ("ask", "· retrieval", "· · retrieve", "· · · dense", "· prompt", "· support", "· feedback"):
+        expect(waterfall).to_contain_text(name)
+    waterfall.locator("tr", has_text="· retrieval").first.click()
+    expect(page.locator("#span-attributes")).to_contain_text('"gen_ai.operation.name": "retrieval"')
+    shot("05b-spans")
     expect(page.locator("#timings")).to_contain_text("retrieve")
     expect(page.locator("#trace-results tbody tr").first).to_contain_text("lighthouse.md")
     expect(page.locator("#trace-results tr.cited")).not_to_have_count(0)

@@ -201,7 +201,8 @@ class TraceReader:
             row = rows[0]
             trace_id = row["id"]
             spans = conn.execute(
-                "SELECT span_id, parent_id, name, kind, start_time::text AS start_time, duration_ms, status, error,"
+                "SELECT span_id, parent_id, name, kind, start_time::text AS start_time,"
+                " extract(epoch FROM start_time)::float8 * 1000 AS start_ms, duration_ms, status, error,"
                 " attributes, events FROM spans WHERE trace_id = %s"
                 " AND start_time >= %s::timestamptz - interval '1 day'"  # prunes older days' partitions
                 " ORDER BY start_time, span_id", [trace_id, row["created_at"]]).fetchall()

@@ -451,10 +451,10 @@ async function loadTraces() {
   $("#trace-list tbody").replaceChildren(...traces.map((t) => {
     const open = el("button", { type: "button", className: "link", textContent: t.id });
     open.addEventListener("click", () => guarded(() => showTrace(t.id)));
-    const slowest = Object.values(t.timings_ms || {}).reduce((a, b) => Math.max(a, b), 0);
+    const total = t.duration_ms ?? Object.values(t.timings_ms || {}).reduce((a, b) => Math.max(a, b), 0);
     return el("tr", {}, el("td", {}, open), el("td", { textContent: t.kind }),
       el("td", { textContent: t.created_at.slice(0, 19) }), el("td", { className: "text", textContent: t.query || "" }),
-      el("td", { textContent: fmt(slowest, 1) }));
+      el("td", { textContent: fmt(total, 1) }));
   }));
 }
 
@@ -470,7 +470,7 @@ function renderTrace(t) {
   $("#trace-title").textContent = `Trace ${t.id} · ${t.kind} · “${t.query || ""}” · ${t.created_at.slice(0, 19)}`;
   const search = t.kind === "ask" ? t.search : null;
   const searchLink = search ? el("button", { type: "button", className: "link", textContent: "its search" }) : "";
-  if (searchLink) searchLink.addEventListener("click", () => renderTrace({ ...t, ...search, kind: "search", search: null }));
+  if (searchLink) searchLink.addEventListener("click", () => renderTrace({ ...t, ...search, kind: "search", search: null, subtree: "retrieval" }));
   const feedback = (t.feedback || []).map((f) => ` · feedback: ${[f.thumbs === 1 ? "thumbs up" : f.thumbs === -1 ? "thumbs down" : "",
     f.score ?? "", f.label || "", f.comment || ""].filter((x) => x !== "").join(", ")}`);
   $("#trace-links").replaceChildren(t.error ? `error: ${t.error} · ` : "", `principal ${t.principal}`,
@@ -483,6 +483,7 @@ function renderTrace(t) {
     return el("tr", {}, el("th", { textContent: stage }), el("td", { textContent: fmt(ms, 1) }),
       el("td", { className: "bar-cell" }, bar));
   }));
+  renderWaterfall(t.spans || [], t.subtree);
   const chunks = new Map((t.chunks || []).map((c) => [c.chunk_id, c]));
   $("#trace-results tbody").replaceChildren(...(t.results || []).map((r, i) => {
     const c = chunks.get(r.chunk_id);
@@ -503,6 +504,40 @@ function renderTrace(t) {
   $("#trace-params").textContent = JSON.stringify({ ...t.params, prompt: undefined }, null, 2);
   show($("#trace"));
   $("#trace").scrollIntoView();
+}
+
+// The trace's spans as a waterfall: indented by depth, a bar from when each started to when it ended.
+// With subtree (a span's name), only that span and what ran inside it.
+function renderWaterfall(all, subtree) {
+  const byId = new Map(all.map((s) => [s.span_id, s]));
+  const top = subtree ? all.find((s) => s.name === subtree) : null;
+  const within = (s) => { for (let p = s; p; p = byId.get(p.parent_id)) if (p === top) return true; return false; };
+  const spans = top ? all.filter(within) : all;
+  show($("#waterfall-box"), spans.length > 0);
+  show($("#span-attributes"), false);
+  if (!spans.length) return;
+  const depth = (s) => { let d = 0; for (let p = byId.get(s.parent_id); p && p !== byId.get(top?.parent_id); p = byId.get(p.parent_id)) d += 1; return d; };
+  // feedback comes seconds or days later: it is listed, at the right edge, not stretching the axis
+  const timed = spans.filter((s) => s.name !== "feedback");
+  const start = Math.min(...timed.map((s) => s.start_ms));
+  const end = Math.max(...timed.map((s) => s.start_ms + s.duration_ms));
+  const total = Math.max(end - start, 0.001);
+  const ordered = [...spans].sort((a, b) => a.start_ms - b.start_ms || depth(a) - depth(b));
+  $("#waterfall tbody").replaceChildren(...ordered.map((s) => {
+    const bar = el("span", { className: "bar" });
+    bar.style.left = `${Math.min((100 * (s.start_ms - start)) / total, 99.5)}%`;  // CSSOM: allowed by style-src 'self'
+    bar.style.width = `${Math.max((100 * s.duration_ms) / total, 0.3)}%`;
+    const name = el("td", { className: "name", textContent: `${"· ".repeat(depth(s))}${s.name}${s.status === "error" ? " ✗" : ""}` });
+    const row = el("tr", { title: s.error || "" }, name, el("td", { textContent: fmt(s.duration_ms, 2) }),
+      el("td", { className: "bar-cell" }, el("div", { className: "offset-bar" }, bar)));
+    row.addEventListener("click", () => {
+      for (const r of $("#waterfall tbody").children) r.classList.remove("selected");
+      row.classList.add("selected");
+      $("#span-attributes").textContent = JSON.stringify({ name: s.name, ...s.attributes, events: s.events }, null, 2);
+      show($("#span-attributes"));
+    });
+    return row;
+  }));
 }
 
 // ---- models (read only) ---------------------------------------------------------------------
