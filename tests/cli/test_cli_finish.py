@@ -136,7 +136,12 @@ def test_a_hidden_or_missing_trace_is_no_trace(answered: dict[str, str]) -> None
     trace = str(answered["search"])
     code, _out, err = invoke("traces", "show", trace, "--as-user", "eve", "--as-group", "eng")
     assert code == 2 and f"no trace {trace}" in err and err.strip().count("\n") == 0
-    assert invoke("traces", "show", trace, "--as-user", "bob", "--as-group", "hr")[0] == 0  # a member of hr
+    # another member of hr sees it only as an observer (all traces, text outside its groups redacted)
+    assert invoke("traces", "show", trace, "--as-user", "bob", "--as-group", "hr")[0] == 2
+    code, out, err = invoke("traces", "show", trace, "--as-user", "bob", "--as-group", "hr", "--as-observer")
+    assert code == 0 and "paid leave" in out, err  # hr's own document: nothing to redact for bob
+    code, out, err = invoke("traces", "show", trace, "--as-user", "eve", "--as-group", "eng", "--as-observer")
+    assert code == 0 and "policy.md" not in out and "27 days" not in out, out  # ids and scores only
     code, _out, err = invoke("traces", "show", "98765432")
     assert code == 2 and "no trace 98765432" in err
     code, _out, err = invoke("traces", "show", "9876")  # too short a prefix to mean one trace

@@ -2,7 +2,8 @@
 ``feedback`` span carrying the ``gen_ai.evaluation.result`` event, the trace list's feedback
 filter, the OpenAI completion id as the response id, and the refusals: an answer the caller may
 not see is a 404 like a missing one, another's answer it may see is a 403, empty or malformed
-feedback is a 400/422 naming the field."""
+feedback is a 400/422 naming the field. Another's answer is a 403, whoever shows its id.
+"""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def test_feedback_on_unknown_hidden_or_foreign_answers_is_refused_clearly(live: 
     secret = _ask(live, "a", "What is the budget of Project Aurora?")["trace_id"]  # shows group a's document
     # shows the public document only
     public = _ask(live, "a", "When does the office open?", filters={"team": "all"})["trace_id"]
-    # a reader in both groups may see a's traces (the trace rule), and still did not ask them
-    both = KeyStore(live.engine.db).create("reader a+b", groups=["a", "b"], scopes=["read"]).key
+    # an observer sees a's traces, and still did not ask them
+    both = KeyStore(live.engine.db).create("observer a+b", groups=["a", "b"], scopes=["read", "observe"]).key
     with live.client(both) as client:
         foreign = client.post("/feedback", json={"response_id": public, "thumbs": "up"})
         assert client.get(f"/traces/{public}").status_code == 200
@@ -75,7 +76,7 @@ def test_feedback_on_unknown_hidden_or_foreign_answers_is_refused_clearly(live: 
         hidden = client.post("/feedback", json={"response_id": secret, "thumbs": "up"})
         unknown = client.post("/feedback", json={"response_id": "0" * 32, "thumbs": "up"})
         malformed = client.post("/feedback", json={"response_id": "not-an-id", "thumbs": "up"})
-    assert hidden.status_code == 404 and "no answer" in hidden.text  # like a missing one: nothing leaks
+    assert hidden.status_code == 403 and "asked by someone else" in hidden.text
     assert unknown.status_code == 404 and malformed.status_code == 404
     assert foreign.status_code == 403 and "asked by someone else" in foreign.text
     with live.client("a") as client:

@@ -4,6 +4,7 @@ rate limits, and the auth default."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -122,6 +123,35 @@ def test_traces_never_show_another_groups_content(live: Any) -> None:
         assert any("four million" in m["content"] for m in shown["params"]["prompt"])  # the rendered prompt
         for t in b.get("/traces", params={"limit": 200}).json():
             assert "four million" not in str(t) and "Aurora" not in str(t["results"])
+
+
+def test_an_observer_sees_every_trace_with_other_groups_text_redacted(live: Any) -> None:
+    """A key with the observe scope lists and opens every trace; the text of chunks outside its
+    groups (the prompt's source blocks, their URIs, an answer citing them, the spans' texts) is
+    redacted, their ids and scores stay; its own groups' text is shown."""
+    from ragtune.server.auth import KeyStore
+
+    observer = KeyStore(live.engine.db).create("ops in b", groups=["b"], scopes=["read", "observe"]).key
+    with live.client("a") as a, live.client(observer) as ops:
+        asked = a.post("/collections/handbook/ask", json={"question": "What is the budget of Project Aurora?",
+                                                          "generator": "extractive"}).json()
+        whole = a.get(f"/traces/{asked['trace_id']}").json()
+        listed = {t["id"]: t for t in ops.get("/traces", params={"limit": 200}).json()}
+        seen = ops.get(f"/traces/{asked['trace_id']}", params={"chunks": "true"}).json()
+    assert asked["trace_id"] in listed and "four million" in json.dumps(whole)
+    for view in (listed[asked["trace_id"]], seen):
+        text = json.dumps(view)
+        assert "four million" not in text and "aurora.md" not in text, text[:2000]
+        assert view["redacted"] and set(view["redacted"]) <= set(whole["chunk_ids"])
+        # ids and scores stay, in order
+        assert [(r["chunk_id"], r["score"]) for r in view["results"]] == [
+            (r["chunk_id"], r["score"]) for r in whole["results"]]
+    assert "[redacted: a document outside your groups]" in json.dumps(seen["params"]["prompt"])
+    assert seen["params"]["response"] == "[redacted: a document outside your groups]"
+    assert all(c["uri"] != "aurora.md" for c in seen["chunks"])  # the passages: only what it may read
+    # the public document's text, which the observer may read, is still shown
+    assert "nine in the morning" in json.dumps(whole["params"]["prompt"])
+    assert "nine in the morning" in json.dumps(seen["params"]["prompt"])
 
 
 def test_scopes_guard_writes(live: Any) -> None:

@@ -44,6 +44,9 @@ STAGE_ORDER = ("embed", "retrieve", "count", "dense", "bm25", "fuse", "fill", "f
 # parameters an answer's trace holds that the tree draws on their own, not on the parameters line
 DRAWN_APART = ("prompt", "response", "sentences")
 QUESTION_CHARS = 60
+AsObserverOpt = Annotated[bool, typer.Option(
+    "--as-observer", help="With --as-user/--as-group: read as an observer (a key with the observe scope): every "
+                          "trace, the text of chunks outside those groups redacted.")]
 SHORT_ID = 12  # hex digits of a trace id the list shows; `traces show` takes any prefix of 8 or more
 
 
@@ -66,6 +69,7 @@ def traces_list(
         "--abstained/--answered", help="Only answers that abstained, or only those that answered.")] = None,
     grounded: Annotated[bool | None, typer.Option(
         "--grounded/--ungrounded", help="Only grounded answers, or only those not fully grounded.")] = None,
+    as_observer: AsObserverOpt = False,
     as_json: AsJson = False,
     as_user: AsUserOpt = None,
     as_group: AsGroupOpt = None,
@@ -78,7 +82,7 @@ def traces_list(
             since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
             rows = rt.traces.visible(reader(as_user, as_group), kind=kind, collection=collection, feedback=feedback,
                                      since=since, user=user, model=model, slower_than_ms=slower_than_ms,
-                                     abstained=abstained, grounded=grounded, limit=limit)
+                                     abstained=abstained, grounded=grounded, observer=as_observer, limit=limit)
         if as_json:
             print(json.dumps(rows, default=str, indent=2))
             return
@@ -104,6 +108,7 @@ def traces_list(
 def traces_show(
     trace_id: Annotated[str, typer.Argument(help="The trace's id (32 hex digits) or a prefix of 8 or more, as "
                                                  "traces list shows it.")],
+    as_observer: AsObserverOpt = False,
     as_json: AsJson = False,
     as_user: AsUserOpt = None,
     as_group: AsGroupOpt = None,
@@ -114,7 +119,8 @@ def traces_show(
     def body() -> None:
         principal = reader(as_user, as_group)
         with engine(data_dir) as rt:
-            row = rt.traces.get(trace_id, principal)  # a hidden trace is "no trace N", like a missing one
+            # a hidden trace is "no trace N", like a missing one
+            row = rt.traces.get(trace_id, principal, observer=as_observer)
             ids = [r["chunk_id"] for r in _results(row) if isinstance(r.get("chunk_id"), int)]
             # a search's trace keeps chunk ids only: their URIs are read now, as the same principal
             uris = {c["chunk_id"]: c["uri"] for c in rt.repo.readable_chunks(ids, principal)} if ids else {}

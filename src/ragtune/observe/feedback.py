@@ -2,8 +2,9 @@
 answer's response id (its trace id; ``chatcmpl-<trace id>`` as a non-streamed OpenAI completion
 names it).
 
-Only the principal who asked (or an admin) gives feedback on an answer: a trace the caller may
-not see is "not found", like a missing one; one it may see but did not ask is refused. Each
+Only the principal who asked (or an admin) gives feedback on an answer: an unknown id is "not
+found"; another's answer is refused (an id names it only for whoever was shown it: trace ids are
+128 random bits). Each
 submission is a row of the ``feedback`` table (in the same PostgreSQL as the trace) and a
 ``feedback`` span in the answer's trace carrying the GenAI conventions' evaluation event
 (``gen_ai.evaluation.result``: name, score value, score label), so a collector gets it too.
@@ -15,11 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import sql
-
 from ragtune.errors import NotFoundError, PermissionDeniedError, QueryError
 from ragtune.models import Principal
-from ragtune.observe.traces import visible_rule
 from ragtune.observe.tracing import Tracing
 from ragtune.store.database import Database
 
@@ -68,11 +66,9 @@ def give(db: Database, tracing: Tracing | None, response_id: str, principal: Pri
     trace_id = trace_of(response_id)
     if tracing is not None:
         tracing.flush()  # an answer given a moment ago is in the table
-    rule, params = visible_rule(principal)
     with db.transaction() as conn:
-        root = conn.execute(sql.SQL(
-            "SELECT t.span_id, t.kind, t.principal FROM spans t WHERE t.trace_id = %s AND t.parent_id IS NULL"
-            " AND {rule}").format(rule=rule), [trace_id, *params]).fetchone()
+        root = conn.execute("SELECT t.span_id, t.kind, t.principal FROM spans t WHERE t.trace_id = %s"
+                            " AND t.parent_id IS NULL", [trace_id]).fetchone()
         if root is None:
             raise NotFoundError(f"no answer {response_id}")
         if root["kind"] != "ask":

@@ -9,6 +9,7 @@ grounding, ...) is a child span with its own timing. ``record`` puts a ``TraceRe
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,8 +22,8 @@ from psycopg import sql
 
 from ragtune.errors import ConfigError, NotFoundError, QueryError
 from ragtune.models import Principal
-from ragtune.observe.tracing import Step, Tracing, hex_trace_id, stash
-from ragtune.store.access import principal_groups, readable
+from ragtune.observe.tracing import CONTENT_ATTRIBUTES, Step, Tracing, hex_trace_id, stash
+from ragtune.store.access import readable
 from ragtune.store.database import Database
 
 if TYPE_CHECKING:
@@ -123,28 +124,45 @@ class TraceReader:
     def visible(self, principal: Principal, *, kind: str | None = None, collection: str | None = None,
                 feedback: str | None = None, since: datetime | None = None, user: str | None = None,
                 model: str | None = None, slower_than_ms: float | None = None, abstained: bool | None = None,
-                grounded: bool | None = None, limit: int = 20) -> list[dict[str, Any]]:
+                grounded: bool | None = None, observer: bool = False, limit: int = 20) -> list[dict[str, Any]]:
         """The traces ``principal`` may see, newest first, filtered: by kind, collection, the user who
         asked, the model that answered, ``slower_than_ms``, an answer that abstained or not, was
         grounded or not, ``feedback`` (``any``, ``negative``: thumbs down or a score under 0.5, or
-        ``positive``) and ``since`` (started then or later)."""
+        ``positive``) and ``since`` (started then or later). An ``observer`` (the observe scope)
+        sees every trace, redacted to what it may read (``redact``)."""
         where, values = _filters(kind=kind, collection=collection, feedback=feedback, since=since, user=user,
                                  model=model, slower_than_ms=slower_than_ms, abstained=abstained, grounded=grounded)
         self._flushed()
-        rule, params = visible_rule(principal)
+        rule, params = visible_rule(principal, observer=observer)
         with self.db.connection() as conn:
             rows = conn.execute(sql.SQL(
                 _COLUMNS + " FROM spans t WHERE t.parent_id IS NULL AND {rule} {where}"
                 " ORDER BY t.start_time DESC LIMIT %s").format(rule=rule, where=where),
                 [*params, *values, limit]).fetchall()
-        return [_trace(r) for r in rows]
+            traces = [_trace(r) for r in rows]
+            return self._as_seen(conn, traces, principal)
 
-    def stats(self, principal: Principal, *, since: datetime, collection: str | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _as_seen(conn: Any, traces: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:
+        """Traces as ``principal`` sees them: its own and an admin's whole, anyone else's redacted."""
+        others = [t for t in traces if not principal.admin and t["principal"] != principal.id]
+        if others:
+            ids = sorted({int(i) for t in others for i in t.get("chunk_ids") or []})
+            rule, params = readable(principal, "c.acl")
+            readable_ids = {r["id"] for r in conn.execute(sql.SQL(
+                "SELECT c.id FROM chunks c WHERE c.id = ANY(%s) AND {rule}").format(rule=rule),
+                [ids, *params]).fetchall()} if ids else set()
+            for t in others:
+                redact(t, readable_ids)
+        return traces
+
+    def stats(self, principal: Principal, *, since: datetime, collection: str | None = None,
+              observer: bool = False) -> dict[str, Any]:
         """Over the traces ``principal`` may see since ``since``: requests by kind, p50/p95 per stage
         (every span's name), tokens, the abstention and groundedness rates of answers, feedback."""
         where, values = _filters(since=since, collection=collection)
         self._flushed()
-        rule, params = visible_rule(principal)
+        rule, params = visible_rule(principal, observer=observer)
         roots = sql.SQL("SELECT t.trace_id, t.kind, t.duration_ms, t.abstained, t.grounded FROM spans t"
                         " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
         with self.db.connection() as conn:
@@ -181,7 +199,7 @@ class TraceReader:
             "feedback": dict(votes) if votes else {"negative": 0, "positive": 0, "total": 0},
         }
 
-    def get(self, trace_id: str, principal: Principal) -> dict[str, Any]:
+    def get(self, trace_id: str, principal: Principal, *, observer: bool = False) -> dict[str, Any]:
         """One trace ``principal`` may see, by its id or a prefix of at least 8 hex digits (as
         ``traces list`` shows it), with its spans in start order; otherwise not found, like a
         missing one."""
@@ -189,7 +207,7 @@ class TraceReader:
         wanted = trace_id.strip().lower()
         if not 8 <= len(wanted) <= 32 or any(c not in "0123456789abcdef" for c in wanted):
             raise NotFoundError(f"no trace {trace_id}")
-        rule, params = visible_rule(principal)
+        rule, params = visible_rule(principal, observer=observer)
         with self.db.connection() as conn:
             # a prefix is a range of the trace id index: [prefix, prefix + "g")
             rows = conn.execute(sql.SQL(_COLUMNS + " FROM spans t WHERE t.trace_id >= %s AND t.trace_id < %s"
@@ -214,7 +232,9 @@ class TraceReader:
         search = next((s for s in spans if s["parent_id"] is not None and s["kind"] == "search"), None)
         found = None if search is None else {
             k: v for k, v in _trace({"attributes": search["attributes"]}).items() if k != "attributes"}
-        return {**_trace(row), "search": found, "spans": spans, "feedback": [dict(f) for f in given]}
+        whole = {**_trace(row), "search": found, "spans": spans, "feedback": [dict(f) for f in given]}
+        with self.db.connection() as conn:
+            return self._as_seen(conn, [whole], principal)[0]
 
 
 def _filters(*, kind: str | None = None, collection: str | None = None, feedback: str | None = None,
@@ -262,6 +282,10 @@ def prune(db: Database, retention_days: int, *, today: date | None = None) -> li
     return dropped
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _partition_day(name: str) -> date | None:
     try:
         return datetime.strptime(name.removeprefix("spans_"), "%Y%m%d").date()
@@ -283,19 +307,61 @@ def _trace(row: Any) -> dict[str, Any]:
             "timings_ms": attributes.get("ragtune.timings_ms") or {}}
 
 
-# A trace shows its query, parameters and ranked chunks (an answer's prompt quotes them). Its
-# maker and admins see it; anyone else only when its maker was not an admin, had no group they
-# lack, and every chunk it shows is one they may read now (a chunk since deleted counts as not).
+# Who reads a trace: its maker, an admin, and an observer (a key with the observe scope) — an
+# observer sees every trace, with the text of chunks it may not read redacted (``redact``).
 _COLUMNS = ("SELECT t.trace_id AS id, t.kind, t.start_time::text AS created_at, t.principal, t.groups, t.collection,"
-            " t.model, t.duration_ms, t.error, t.attributes")
+            " t.model, t.duration_ms, t.error, t.chunk_ids, t.attributes")
 
 
-def visible_rule(principal: Principal) -> tuple[sql.Composable, list[Any]]:
-    if principal.admin:
+def visible_rule(principal: Principal, *, observer: bool = False) -> tuple[sql.Composable, list[Any]]:
+    """The traces ``principal`` may read: its own, or all for an admin or an ``observer``."""
+    if principal.admin or observer:
         return sql.SQL("TRUE"), []
-    chunk_ok, chunk_params = readable(principal, "c.acl")
-    return sql.SQL(
-        "(t.principal = %s OR (NOT t.principal_admin AND t.groups <@ %s::text[] AND NOT EXISTS ("
-        " SELECT 1 FROM unnest(t.chunk_ids) AS shown(id) LEFT JOIN chunks c ON c.id = shown.id"
-        " WHERE c.id IS NULL OR NOT {chunk_ok})))"
-    ).format(chunk_ok=chunk_ok), [principal.id, principal_groups(principal), *chunk_params]
+    return sql.SQL("t.principal = %s"), [principal.id]
+
+
+REDACTED = "[redacted: a document outside your groups]"
+_SOURCE_BLOCK = re.compile(r'<source id="(\d+)"[^>]*>.*?</source>', re.S)
+
+
+def redact(trace: dict[str, Any], readable: set[int]) -> dict[str, Any]:
+    """``trace`` as an observer who reads only the chunks ``readable`` sees it: the ranked chunks'
+    ids and scores stay; the prompt's source blocks of other chunks, their URIs, an answer or reader
+    span that cites them, and the spans' texts are redacted. ``redacted`` lists the chunk ids."""
+    shown = [int(i) for i in trace.get("chunk_ids") or []]
+    hidden = sorted(i for i in shown if i not in readable)
+    trace["redacted"] = hidden
+    if not hidden:
+        return trace
+    hidden_set = set(hidden)
+    results: list[Any] = _list(trace.get("results"))
+    numbers = {r.get("number") for r in results if isinstance(r, dict) and r.get("chunk_id") in hidden_set}
+    for r in results:
+        if isinstance(r, dict) and r.get("chunk_id") in hidden_set and "uri" in r:
+            r["uri"] = REDACTED
+    params: dict[str, Any] = trace["params"] if isinstance(trace.get("params"), dict) else {}
+    prompt = params.get("prompt")
+    if isinstance(prompt, list):
+        def block(match: re.Match[str]) -> str:
+            number = int(match.group(1))
+            return f'<source id="{number}">{REDACTED}</source>' if number in numbers else match.group(0)
+
+        params["prompt"] = [{**m, "content": _SOURCE_BLOCK.sub(block, str(m.get("content", "")))}
+                            if isinstance(m, dict) else m for m in prompt]
+    sentences: list[Any] = _list(params.get("sentences"))
+    cites_hidden = any(numbers & set(s.get("citations") or []) for s in sentences if isinstance(s, dict))
+    raw_span: Any = params.get("span")
+    span: dict[str, Any] | None = raw_span if isinstance(raw_span, dict) else None
+    if cites_hidden or (span is not None and span.get("source") in numbers):
+        params["response"] = REDACTED
+        params["sentences"] = [{**s, "text": REDACTED} for s in sentences if isinstance(s, dict)]
+        if span is not None:
+            params["span"] = {k: v for k, v in span.items() if k not in ("text", "sentence", "uri")}
+    for s in trace.get("spans") or []:
+        attributes = s.get("attributes") or {}
+        for key in CONTENT_ATTRIBUTES:
+            attributes.pop(key, None)
+        for r in attributes.get("ragtune.results") or []:
+            if isinstance(r, dict) and r.get("chunk_id") in hidden_set and "uri" in r:
+                r["uri"] = REDACTED
+    return trace

@@ -12,7 +12,8 @@ one of ``server.max_concurrent_verifications`` slots before any scrypt (``deps.g
 A key's ``groups`` become the request principal's groups (the document ACLs apply to everything it
 reads); its ``scopes`` guard what it may do: ``read`` (search, ask, list, traces, the OpenAI
 endpoints), ``ingest`` (upload and delete documents), ``observe`` (the service's metrics at
-``/metrics``) and ``admin`` (collections, and every document and trace whatever its ACL: an admin
+``/metrics``, and with ``read`` every trace, the text of chunks outside the key's groups redacted)
+and ``admin`` (collections, and every document and trace whatever its ACL: an admin
 key's principal is an admin principal). ``admin`` implies the others.
 """
 

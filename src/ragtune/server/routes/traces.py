@@ -1,5 +1,6 @@
-"""Traces of searches and answers, filtered by who asks (``observe.traces``: a caller sees its own
-traces, and another's only when they show nothing it may not read; an admin's only if it is one).
+"""Traces of searches and answers, filtered by who asks (``observe.traces``): a caller sees its own
+traces; a key with the ``observe`` scope sees every trace, the text of chunks outside its groups
+redacted (ids and scores stay); an admin sees all.
 With ``chunks=true`` a trace also carries the text of the chunks it ranked that the caller may
 still read (the web console shows them beside their scores). An answer's lineage is shown without
 the adapter's folder on the server (as every view leaves server folders out); the CLI shows it.
@@ -33,7 +34,8 @@ def list_traces(state: State, caller: Reader,
     since = None if since_hours is None else datetime.now(UTC) - timedelta(hours=since_hours)
     return [_without_paths(t) for t in state.engine.traces.visible(
         caller.principal, kind=kind, collection=collection, feedback=feedback, since=since, user=user, model=model,
-        slower_than_ms=slower_than_ms, abstained=abstained, grounded=grounded, limit=limit)]
+        slower_than_ms=slower_than_ms, abstained=abstained, grounded=grounded, observer=caller.allows("observe"),
+        limit=limit)]
 
 
 @router.get("/stats", summary="Requests, p50/p95 per stage, tokens, abstention and groundedness rates, feedback")
@@ -41,7 +43,7 @@ def trace_stats(state: State, caller: Reader,
                 since_hours: Annotated[float, Query(ge=0, le=24 * 3650)] = 24,
                 collection: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
     return dict(state.engine.traces.stats(caller.principal, since=datetime.now(UTC) - timedelta(hours=since_hours),
-                                          collection=collection))
+                                          collection=collection, observer=caller.allows("observe")))
 
 
 @router.get("/{trace_id}", summary="One trace: parameters, prompt, results with scores, timings")
@@ -49,7 +51,7 @@ def get_trace(trace_id: Annotated[str, Path(pattern="^[0-9a-f]{8,32}$", descript
                                              "8 or more hex digits")], state: State, caller: Reader,
               chunks: Annotated[bool, Query(description="Add the text of the ranked chunks")] = False
               ) -> dict[str, Any]:
-    out = _without_paths(state.engine.traces.get(trace_id, caller.principal))
+    out = _without_paths(state.engine.traces.get(trace_id, caller.principal, observer=caller.allows("observe")))
     if chunks:  # the answer's and its search's ranked chunks
         search = out.get("search") or {}
         results = [r for rs in (out["results"], search.get("results")) if isinstance(rs, list) for r in rs]
