@@ -197,6 +197,18 @@ def test_console_end_to_end_in_chromium(live: Any, chromium: Any, artifacts: Pat
     assert page.locator("#answer").inner_text().strip()
     shot("06-ask-streamed")
 
+    # the dashboard: one chart per measure, drawn from the traces of this session
+    page.click("#tabs [data-tab=dashboard]")
+    charts = page.locator("#charts .chart")
+    expect(charts).to_have_count(6)
+    stages = page.locator('#charts .chart[data-title="Latency p50 by stage"]')
+    expect(stages.locator('polyline[data-series="retrieval"]')).to_have_count(1)
+    expect(stages.locator('polyline[data-series="generate"]')).to_have_count(1)
+    expect(page.locator('#charts .chart[data-title="Requests"] .legend')).to_contain_text("ask")
+    expect(page.locator('#charts .chart[data-title="Feedback"] .legend')).to_contain_text("negative: 1")
+    expect(page.locator('#charts .chart[data-title="Generation tokens"] .legend')).to_contain_text("out")
+    shot("06b-dashboard")
+
     # delete the document
     page.click("#tabs [data-tab=documents]")
     expect(row).to_be_visible()
@@ -412,11 +424,14 @@ def test_console_layout_messages_citations_and_collections_in_chromium(live: Any
     open_tab("traces")
     expect(page.locator("#trace-list tbody tr")).not_to_have_count(0)
     shot("traces")
+    open_tab("dashboard")
+    expect(page.locator("#charts .chart")).to_have_count(6)
+    shot("dashboard")
     open_tab("models")
     expect(page.locator("#models-empty")).to_be_visible()
     shot("models")
     context.close()
     assert not errors, errors
-    for tab in ("login", "documents", "search", "ask", "traces", "models"):
+    for tab in ("login", "documents", "search", "ask", "traces", "dashboard", "models"):
         saved = artifacts / f"tab-{tab}.png"
         assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", saved

@@ -33,6 +33,8 @@ def test_feedback_is_stored_with_the_trace_and_sent_as_an_evaluation_event(live:
         negative = client.get("/traces", params={"feedback": "negative", "since_hours": 1}).json()
         positive = client.get("/traces", params={"feedback": "positive"}).json()
         stats = client.get("/traces/stats", params={"since_hours": 1})
+        series = client.get("/traces/series", params={"since_hours": 1, "bucket_minutes": 5})
+        bad_bucket = client.get("/traces/series", params={"bucket_minutes": 0})
         mine = client.get("/traces", params={"kind": "ask", "abstained": answer["abstained"],
                                              "model": "extractive", "slower_than_ms": 0}).json()
     assert [(f["thumbs"], f["label"], f["correction"]) for f in trace["feedback"]] == [
@@ -48,6 +50,12 @@ def test_feedback_is_stored_with_the_trace_and_sent_as_an_evaluation_event(live:
     assert trace_id in [t["id"] for t in mine]
     assert stats.status_code == 200, stats.text
     assert stats.json()["feedback"]["negative"] >= 1 and stats.json()["requests"]["ask"]["requests"] >= 1
+    assert series.status_code == 200 and bad_bucket.status_code == 422, (series.text, bad_bucket.text)
+    buckets = series.json()
+    assert sum(r["requests"] for r in buckets["requests"] if r["kind"] == "ask") == \
+        stats.json()["requests"]["ask"]["requests"]
+    assert sum(r["negative"] for r in buckets["feedback"]) == stats.json()["feedback"]["negative"]
+    assert {"retrieval", "prompt"} <= {r["stage"] for r in buckets["stages"]}
 
 
 def test_a_completion_id_names_its_answer(live: Any) -> None:

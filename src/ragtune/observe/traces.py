@@ -156,6 +156,52 @@ class TraceReader:
                 redact(t, readable_ids)
         return traces
 
+    def series(self, principal: Principal, *, since: datetime, bucket_minutes: int = 60,
+               collection: str | None = None, observer: bool = False) -> dict[str, Any]:
+        """The dashboard's data: per time bucket (``bucket_minutes``, from ``since``), requests by
+        kind with p50/p95, the abstention and groundedness of answers, p50 per stage, tokens, and
+        feedback given, over the traces ``principal`` may see."""
+        if not 1 <= bucket_minutes <= 7 * 24 * 60:
+            raise QueryError(f"bucket_minutes={bucket_minutes}: from 1 to {7 * 24 * 60}")
+        where, values = _filters(since=since, collection=collection)
+        self._flushed()
+        rule, params = visible_rule(principal, observer=observer)
+        roots = sql.SQL("SELECT t.trace_id, t.kind, t.start_time, t.duration_ms, t.abstained, t.grounded FROM spans t"
+                        " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
+        width = f"{bucket_minutes} minutes"
+        with self.db.connection() as conn:
+            requests = conn.execute(sql.SQL(
+                "SELECT date_bin(%s::interval, r.start_time, %s::timestamptz) AS bucket, r.kind, count(*) AS requests,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY r.duration_ms) AS p50_ms,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.duration_ms) AS p95_ms,"
+                " count(*) FILTER (WHERE r.abstained) AS abstained, count(*) FILTER (WHERE r.grounded) AS grounded"
+                " FROM ({roots}) r GROUP BY 1, 2 ORDER BY 1, 2").format(roots=roots),
+                [width, since, *params, *values]).fetchall()
+            stages = conn.execute(sql.SQL(
+                "SELECT date_bin(%s::interval, r.start_time, %s::timestamptz) AS bucket, s.name AS stage,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY s.duration_ms) AS p50_ms,"
+                " sum((s.attributes ->> 'gen_ai.usage.input_tokens')::bigint) AS input_tokens,"
+                " sum((s.attributes ->> 'gen_ai.usage.output_tokens')::bigint) AS output_tokens"
+                " FROM spans s JOIN ({roots}) r ON r.trace_id = s.trace_id"
+                " WHERE s.parent_id IS NOT NULL AND s.start_time >= %s"
+                " GROUP BY 1, 2 ORDER BY 1, 2").format(roots=roots),
+                [width, since, *params, *values, since]).fetchall()
+            votes = conn.execute(sql.SQL(
+                "SELECT date_bin(%s::interval, f.created_at, %s::timestamptz) AS bucket,"
+                " count(*) FILTER (WHERE f.thumbs = -1 OR f.score < 0.5) AS negative,"
+                " count(*) FILTER (WHERE NOT (f.thumbs = -1 OR f.score < 0.5)) AS positive"
+                " FROM feedback f JOIN ({roots}) r ON r.trace_id = f.trace_id"
+                " GROUP BY 1 ORDER BY 1").format(roots=roots),
+                [width, since, *params, *values]).fetchall()
+
+        def when(row: Any) -> str:
+            return str(row["bucket"].isoformat())
+
+        return {"since": since.isoformat(), "bucket_minutes": bucket_minutes,
+                "requests": [{**dict(r), "bucket": when(r)} for r in requests],
+                "stages": [{**dict(r), "bucket": when(r)} for r in stages],
+                "feedback": [{**dict(r), "bucket": when(r)} for r in votes]}
+
     def stats(self, principal: Principal, *, since: datetime, collection: str | None = None,
               observer: bool = False) -> dict[str, Any]:
         """Over the traces ``principal`` may see since ``since``: requests by kind, p50/p95 per stage

@@ -38,6 +38,17 @@ def list_traces(state: State, caller: Reader,
         limit=limit)]
 
 
+@router.get("/series", summary="The dashboard's data: per time bucket, requests, latency, stages, tokens, "
+            "abstention, groundedness, feedback")
+def trace_series(state: State, caller: Reader,
+                 since_hours: Annotated[float, Query(ge=0, le=24 * 3650)] = 24,
+                 bucket_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60)] = 60,
+                 collection: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+    return dict(state.engine.traces.series(
+        caller.principal, since=datetime.now(UTC) - timedelta(hours=since_hours), bucket_minutes=bucket_minutes,
+        collection=collection, observer=caller.allows("observe")))
+
+
 @router.get("/stats", summary="Requests, p50/p95 per stage, tokens, abstention and groundedness rates, feedback")
 def trace_stats(state: State, caller: Reader,
                 since_hours: Annotated[float, Query(ge=0, le=24 * 3650)] = 24,

@@ -152,7 +152,8 @@ $("#show-eval").addEventListener("change", () => {
 
 // ---- tabs -------------------------------------------------------------------------------------
 
-const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces(), models: () => loadModels() };
+const onOpen = { documents: () => loadDocuments(), traces: () => loadTraces(), dashboard: () => loadDashboard(),
+  models: () => loadModels() };
 
 function openTab(name) {
   if (!document.getElementById(name)?.classList.contains("tab")) name = "ask";
@@ -539,6 +540,105 @@ function renderWaterfall(all, subtree) {
     return row;
   }));
 }
+
+// ---- dashboard --------------------------------------------------------------------------------
+
+const PALETTE = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7a8a", "#6e7781"];
+// the SVG namespace, read off an inline <svg> (the page names no URL)
+const SVG = $("#svg-namespace").namespaceURI;
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+// One chart: lines over time (series: [{name, points: [[ms, value], ...]}]) across the window
+// [from, to] (ms), the y axis from 0.
+function lineChart(title, unit, series, [from, to]) {
+  const box = el("div", { className: "chart" }, el("h3", { textContent: title }));
+  box.dataset.title = title;
+  const points = series.flatMap((s) => s.points);
+  if (!points.length) {
+    box.append(el("p", { className: "empty", textContent: "nothing in this window" }));
+    return box;
+  }
+  const [w, h, left, bottom] = [600, 180, 52, 22];
+  const t0 = Math.min(from, ...points.map((p) => p[0]));
+  const t1 = Math.max(to, ...points.map((p) => p[0]), t0 + 1);
+  const top = Math.max(...points.map((p) => p[1]), 1e-9);
+  const x = (t) => left + ((w - left - 8) * (t - t0)) / (t1 - t0);
+  const y = (v) => h - bottom - ((h - bottom - 8) * v) / top;
+  const svg = svgEl("svg", { viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": title });
+  svg.append(svgEl("line", { x1: left, y1: h - bottom, x2: w - 8, y2: h - bottom, stroke: "#999" }),
+    svgEl("line", { x1: left, y1: 8, x2: left, y2: h - bottom, stroke: "#999" }));
+  for (const [v, label] of [[0, "0"], [top, `${number(top)}${unit}`]]) {
+    const text = svgEl("text", { x: left - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#555" });
+    text.textContent = label;
+    svg.append(text);
+  }
+  for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
+    const text = svgEl("text", { x: x(t), y: h - 6, "text-anchor": anchor, "font-size": 11, fill: "#555" });
+    text.textContent = new Date(t).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    svg.append(text);
+  }
+  const legend = el("div", { className: "legend" });
+  series.forEach((s, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    const sorted = [...s.points].sort((a, b) => a[0] - b[0]);
+    svg.append(svgEl("polyline", { points: sorted.map(([t, v]) => `${x(t)},${y(v)}`).join(" "), fill: "none",
+      stroke: color, "stroke-width": 2, "data-series": s.name }));
+    for (const [t, v] of sorted) svg.append(svgEl("circle", { cx: x(t), cy: y(v), r: 2.5, fill: color }));
+    const last = sorted[sorted.length - 1][1];
+    const swatch = el("span", { className: "swatch" });
+    swatch.style.background = color;  // CSSOM: allowed by style-src 'self'
+    legend.append(el("span", {}, swatch, `${s.name}: ${number(last)}${unit} (latest)`));
+  });
+  box.append(svg, legend);
+  return box;
+}
+
+function number(v) { return fmt(v, Number.isInteger(v) || v >= 10 ? 0 : 2); }
+
+function byName(rows, key, value) {
+  const out = new Map();
+  for (const r of rows) {
+    if (r[value] === null || r[value] === undefined) continue;
+    if (!out.has(r[key])) out.set(r[key], []);
+    out.get(r[key]).push([Date.parse(r.bucket), Number(r[value])]);
+  }
+  return [...out.entries()].map(([name, points]) => ({ name, points }));
+}
+
+async function loadDashboard() {
+  const [hours, minutes] = $("#dash-window").value.split(":");
+  const d = await api(`/traces/series?since_hours=${hours}&bucket_minutes=${minutes}&collection=${collection()}`);
+  const asks = d.requests.filter((r) => r.kind === "ask");
+  const rate = (field, of) => asks.filter((r) => of(r) > 0).map((r) => [Date.parse(r.bucket), (100 * r[field]) / of(r)]);
+  const stages = d.stages.filter((r) => ["retrieval", "embed", "retrieve", "prompt", "support", "read", "generate", "grounding"].includes(r.stage));
+  const tokens = new Map();
+  for (const r of d.stages.filter((r) => r.stage === "generate")) {
+    const t = Date.parse(r.bucket);
+    tokens.set(t, [(tokens.get(t)?.[0] ?? 0) + Number(r.input_tokens || 0), (tokens.get(t)?.[1] ?? 0) + Number(r.output_tokens || 0)]);
+  }
+  const window = [Date.parse(d.since), Date.now()];
+  $("#charts").replaceChildren(
+    lineChart("Requests", "", byName(d.requests, "kind", "requests"), window),
+    lineChart("Latency p50 by request kind", " ms", byName(d.requests, "kind", "p50_ms"), window),
+    lineChart("Latency p50 by stage", " ms", byName(stages, "stage", "p50_ms"), window),
+    lineChart("Answers: abstained and grounded", "%", [
+      { name: "abstained", points: rate("abstained", (r) => r.requests) },
+      { name: "grounded (of answered)", points: rate("grounded", (r) => r.requests - r.abstained) }], window),
+    lineChart("Generation tokens", "", [
+      { name: "in", points: [...tokens].map(([t, v]) => [t, v[0]]) },
+      { name: "out", points: [...tokens].map(([t, v]) => [t, v[1]]) }], window),
+    lineChart("Feedback", "", [
+      { name: "negative", points: d.feedback.map((r) => [Date.parse(r.bucket), r.negative]) },
+      { name: "positive", points: d.feedback.map((r) => [Date.parse(r.bucket), r.positive]) }], window));
+}
+
+$("#refresh-dashboard").addEventListener("click", () => guarded(loadDashboard));
+$("#dash-window").addEventListener("change", () => guarded(loadDashboard));
 
 // ---- models (read only) ---------------------------------------------------------------------
 
