@@ -411,7 +411,8 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
 
-        self._provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
+        self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
         self._add("postgresql", PostgresSpanExporter(db))
         if settings.otlp_endpoint:
             self._add("otlp", self._otlp_exporter(settings))
@@ -514,14 +515,22 @@ class Tracing:
                        "queued": self._processors[name].pending}
                 for name, stats in self.destinations.items()}
 
-    def close(self) -> None:
-        """Write what is queued (bounded by the exporters' timeouts), then stop the threads."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued, for at most ``timeout_s``: a command or server that exits must
+        not wait on a slow destination (the SDK's own shutdown waits up to 30 s per destination).
+        What is still queued then is dropped, with a warning."""
         with self._lock:
             provider, self._provider, self._tracer = self._provider, None, None
         for exporter in self._exporters.values():
             exporter.closing = True
-        if provider is not None:
-            provider.shutdown()
+        if provider is None:
+            return
+        closing = threading.Thread(target=provider.shutdown, name="ragtune-spans-close", daemon=True)
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            queued = sum(p.pending for p in self._processors.values())
+            log.warning("spans: %d not written within %.0f s of closing; they are dropped", queued, timeout_s)
 
 
 def current_span() -> Span:
