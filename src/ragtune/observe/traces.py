@@ -294,11 +294,16 @@ def _filters(*, kind: str | None = None, collection: str | None = None, feedback
         raise QueryError(f"slower_than_ms={slower_than_ms!r}: give milliseconds, 0 or more")
     parts: list[sql.Composable] = []
     values: list[Any] = []
-    for column, value in (("kind", kind), ("collection", collection), ("principal", user), ("model", model),
-                          ("abstained", abstained), ("grounded", grounded)):
+    for column, value in (("kind", kind), ("collection", collection), ("principal", user), ("model", model)):
         if value is not None:
             parts.append(sql.SQL("AND t.{} = %s").format(sql.Identifier(column)))
             values.append(value)
+    # outcomes as literals, not parameters: the rare ones have partial indexes (migration 014),
+    # which only a condition the planner can see matches
+    for column, outcome in (("abstained", abstained), ("grounded", grounded)):
+        if outcome is not None:
+            shape = "AND t.{}" if outcome else "AND t.{} IS FALSE"  # as the indexes' predicates say it
+            parts.append(sql.SQL(shape).format(sql.Identifier(column)))
     if since is not None:
         parts.append(sql.SQL("AND t.start_time >= %s"))
         values.append(since)
