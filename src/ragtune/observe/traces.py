@@ -144,8 +144,10 @@ class TraceReader:
 
     @staticmethod
     def _as_seen(conn: Any, traces: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:
-        """Traces as ``principal`` sees them: its own and an admin's whole, anyone else's redacted."""
-        others = [t for t in traces if not principal.admin and t["principal"] != principal.id]
+        """Traces as ``principal`` sees them: whole for an admin; for anyone else, the text of every
+        chunk it may not read now redacted — in another's trace, and in its own made when it could
+        (a key or user that has since left a group does not keep that group's text in its traces)."""
+        others = [] if principal.admin else traces
         if others:
             ids = sorted({int(i) for t in others for i in t.get("chunk_ids") or []})
             rule, params = readable(principal, "c.acl")

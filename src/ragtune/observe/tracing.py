@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -142,13 +142,32 @@ def expand(span: ReadableSpan) -> list[Expanded]:
                      "attributes": {k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in (e.attributes or {}).items()}} for e in span.events], span)
     steps: list[Step] = stashed(span).get("ragtune.steps") or []
-    ids = [random.getrandbits(64) or 1 for _ in steps]
+    ids = [_span_id() for _ in steps]
     out = [own]
     for i, step in enumerate(steps):
         parent = own.span_id if step.parent is None else ids[step.parent]
         out.append(Expanded(own.trace_id, ids[i], parent, step.name, step.start_ns, step.end_ns or step.start_ns,
                             {"ragtune.kind": step.name, **step.attributes}))
     return out
+
+
+def _span_id() -> int:
+    return secrets.randbits(64) or 1
+
+
+class _SecretIds:
+    """Trace and span ids from the operating system's randomness. The SDK's default draws them from
+    Python's ``random``, which any code may seed: a training run's ``random.seed(0)`` (or a test
+    framework's) then makes every process draw the same ids, and traces collide in the table."""
+
+    def generate_span_id(self) -> int:
+        return _span_id()
+
+    def generate_trace_id(self) -> int:
+        return secrets.randbits(128) or 1
+
+    def is_trace_id_random(self) -> bool:  # the W3C "random" trace flag: these are
+        return True
 
 
 def hex_trace_id(span: Span) -> str | None:
@@ -412,7 +431,8 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
 
         # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
-        self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
+        self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False,
+                                        id_generator=_SecretIds())  # type: ignore[arg-type]  # the IdGenerator protocol
         self._add("postgresql", PostgresSpanExporter(db))
         if settings.otlp_endpoint:
             self._add("otlp", self._otlp_exporter(settings))

@@ -447,8 +447,13 @@ $("#upload-form").addEventListener("submit", (event) => {
 // ---- traces -----------------------------------------------------------------------------------
 
 async function loadTraces() {
-  const kind = $("#trace-kind").value;
-  const traces = await api(`/traces?limit=50&collection=${collection()}${kind ? `&kind=${kind}` : ""}`);
+  const query = new URLSearchParams({ limit: "50", collection: $("#collection").value });
+  const [kind, outcome, feedback, slower] = ["#trace-kind", "#trace-outcome", "#trace-feedback", "#trace-slower"].map((id) => $(id).value);
+  if (kind) query.set("kind", kind);
+  if (outcome) query.set(...outcome.split("="));
+  if (feedback) query.set("feedback", feedback);
+  if (slower) query.set("slower_than_ms", slower);
+  const traces = await api(`/traces?${query}`);
   $("#trace-list tbody").replaceChildren(...traces.map((t) => {
     const open = el("button", { type: "button", className: "link", textContent: t.id });
     open.addEventListener("click", () => guarded(() => showTrace(t.id)));
@@ -460,7 +465,9 @@ async function loadTraces() {
 }
 
 $("#refresh-traces").addEventListener("click", () => guarded(loadTraces));
-$("#trace-kind").addEventListener("change", () => guarded(loadTraces));
+for (const id of ["#trace-kind", "#trace-outcome", "#trace-feedback", "#trace-slower"]) {
+  $(id).addEventListener("change", () => guarded(loadTraces));
+}
 
 async function showTrace(id) {
   renderTrace(await api(`/traces/${id}?chunks=true`));
