@@ -392,8 +392,10 @@ class Ragtune:
             gone = [p for p in paths if not p.exists()]
             found: list[FileWarning] = []
             # as sync reads them: a new file takes the ACL its folder's documents share
+            # not traced: with ingest spans, a watch's second batch hung after its write (found in CI,
+            # reproduced by hand, cause not yet found; the first sync above is traced)
             report = self._run(self._load(written, loader_options, None, found), collection, metadata, acl, None,
-                               access=WriteAccess(principal, change_acl), inherit_from=[root])
+                               access=WriteAccess(principal, change_acl), inherit_from=[root], trace_ingest=False)
             report.files, report.warnings = len(written), found
             if gone:
                 info = self.collection(collection)
@@ -406,7 +408,8 @@ class Ragtune:
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
              metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: Progress | None, *,
              access: WriteAccess, seen: set[str] | None = None, chunker: Chunker | None = None,
-             inherit_from: Sequence[Path | str] = (), link_copies: bool | None = None) -> IngestReport:
+             inherit_from: Sequence[Path | str] = (), link_copies: bool | None = None,
+             trace_ingest: bool = True) -> IngestReport:
         info = self.collection(collection, create=True)
         threshold = self.settings.ingest.near_duplicate_threshold
         if link_copies is None:
@@ -414,7 +417,8 @@ class Ragtune:
         pipeline = IngestPipeline(self.repo, self.embedder, chunker or self._default_chunker, self.analyzer,
                                   batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
                                   max_chunks=self.settings.ingest.max_chunks_per_document,
-                                  near_duplicates=threshold if link_copies else None, tracing=self.tracing)
+                                  near_duplicates=threshold if link_copies else None,
+                                  tracing=self.tracing if trace_ingest else None)
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any
