@@ -250,7 +250,8 @@ class Ragtune:
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
              exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
-             progress: Progress | None = None, principal: Principal = _OPERATOR) -> IngestReport:
+             progress: Progress | None = None, principal: Principal = _OPERATOR,
+             trace_ingest: bool = True) -> IngestReport:
         """Ingest a folder and remove the collection's documents from it that are gone.
 
         Documents of files that failed to load this time are kept: a transient read error must not
@@ -261,7 +262,8 @@ class Ragtune:
         seen: set[str] = set()
         found: list[FileWarning] = []
         report = self._run(self._load(files, loader_options, progress, found), collection, metadata, acl, progress,
-                           seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots)
+                           seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots,
+                           trace_ingest=trace_ingest)
         report.files, report.warnings = len(files), found
         info = self.collection(collection)
         failed_files = {_file_of(f.source) for f in report.failed}
@@ -378,8 +380,11 @@ class Ragtune:
         batches = watchfiles.watch(root, stop_event=stop, debounce=debounce_ms, recursive=True,
                                    rust_timeout=max(debounce_ms, 1), yield_on_timeout=True)
         pending = next(batches, None)
+        # not traced: with ingest spans, `sync --watch` did not stop on Ctrl-C in CI (twice) and once by
+        # hand; the cause is not found yet, so a watch opens no spans at all
         first = self.sync(root, collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
-                          include=include, exclude=exclude, loader_options=loader_options, principal=principal)
+                          include=include, exclude=exclude, loader_options=loader_options, principal=principal,
+                          trace_ingest=False)
         if on_sync is not None:
             on_sync(first)
         if pending is None:  # stopped before the first step
@@ -392,8 +397,6 @@ class Ragtune:
             gone = [p for p in paths if not p.exists()]
             found: list[FileWarning] = []
             # as sync reads them: a new file takes the ACL its folder's documents share
-            # not traced: with ingest spans, a watch's second batch hung after its write (found in CI,
-            # reproduced by hand, cause not yet found; the first sync above is traced)
             report = self._run(self._load(written, loader_options, None, found), collection, metadata, acl, None,
                                access=WriteAccess(principal, change_acl), inherit_from=[root], trace_ingest=False)
             report.files, report.warnings = len(written), found
