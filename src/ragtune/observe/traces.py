@@ -158,6 +158,17 @@ class TraceReader:
                 redact(t, readable_ids)
         return traces
 
+    def _roots(self, principal: Principal, *, since: datetime, collection: str | None,
+               observer: bool) -> tuple[sql.Composable, list[Any], list[Any]]:
+        """The root spans ``principal`` may see since ``since`` as a subquery (stats and series
+        aggregate over it), with the rule's and the filters' parameters."""
+        where, values = _filters(since=since, collection=collection)
+        self._flushed()
+        rule, params = visible_rule(principal, observer=observer)
+        roots = sql.SQL("SELECT t.trace_id, t.kind, t.start_time, t.duration_ms, t.abstained, t.grounded FROM spans t"
+                        " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
+        return roots, params, values
+
     def series(self, principal: Principal, *, since: datetime, bucket_minutes: int = 60,
                collection: str | None = None, observer: bool = False) -> dict[str, Any]:
         """The dashboard's data: per time bucket (``bucket_minutes``, from ``since``), requests by
@@ -165,11 +176,7 @@ class TraceReader:
         feedback given, over the traces ``principal`` may see."""
         if not 1 <= bucket_minutes <= 7 * 24 * 60:
             raise QueryError(f"bucket_minutes={bucket_minutes}: from 1 to {7 * 24 * 60}")
-        where, values = _filters(since=since, collection=collection)
-        self._flushed()
-        rule, params = visible_rule(principal, observer=observer)
-        roots = sql.SQL("SELECT t.trace_id, t.kind, t.start_time, t.duration_ms, t.abstained, t.grounded FROM spans t"
-                        " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
+        roots, params, values = self._roots(principal, since=since, collection=collection, observer=observer)
         width = f"{bucket_minutes} minutes"
         with self.db.connection() as conn:
             requests = conn.execute(sql.SQL(
@@ -208,11 +215,7 @@ class TraceReader:
               observer: bool = False) -> dict[str, Any]:
         """Over the traces ``principal`` may see since ``since``: requests by kind, p50/p95 per stage
         (every span's name), tokens, the abstention and groundedness rates of answers, feedback."""
-        where, values = _filters(since=since, collection=collection)
-        self._flushed()
-        rule, params = visible_rule(principal, observer=observer)
-        roots = sql.SQL("SELECT t.trace_id, t.kind, t.duration_ms, t.abstained, t.grounded FROM spans t"
-                        " WHERE t.parent_id IS NULL AND {rule} {where}").format(rule=rule, where=where)
+        roots, params, values = self._roots(principal, since=since, collection=collection, observer=observer)
         with self.db.connection() as conn:
             kinds = conn.execute(sql.SQL(
                 "SELECT kind, count(*) AS requests, count(*) FILTER (WHERE abstained) AS abstained,"
