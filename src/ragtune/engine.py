@@ -91,6 +91,7 @@ class Ragtune:
         self.plugins = plugins or default_plugins()
         self._embedder = embedder
         self._database = database
+        self._database_lock = threading.Lock()
         # Told once ("crash recovery" or "startup") when opening the embedded server has to wait.
         self._on_database_wait = on_database_wait
         self.analyzer = LexicalAnalyzer()
@@ -104,7 +105,9 @@ class Ragtune:
     @property
     def db(self) -> Database:
         if self._database is None:
-            self._database = Database.from_settings(self.settings, on_wait=self._on_database_wait)
+            with self._database_lock:  # the spans' export thread may open it too
+                if self._database is None:
+                    self._database = Database.from_settings(self.settings, on_wait=self._on_database_wait)
         return self._database
 
     @property
@@ -122,8 +125,9 @@ class Ragtune:
 
     @cached_property
     def tracing(self) -> Tracing:
-        """Spans of every step, batched into the spans table (and OTLP when configured)."""
-        return Tracing(self.db, self.settings.observability)
+        """Spans of every step, batched into the spans table (and OTLP when configured). The database
+        is opened for them when the first are written, if nothing opened it before."""
+        return Tracing(lambda: self.db, self.settings.observability)
 
     @cached_property
     def traces(self) -> TraceReader:

@@ -57,6 +57,11 @@ def test_an_upload_is_streamed_to_disk_and_each_file_gets_its_status(live: Any) 
     assert entry["name"] == "blob.bin" and entry["status"] == "failed"
     assert entry["errors"][0]["code"] in ("unsupported_format", "decode_error")
     assert not any(Path(live.settings.data_dir, "uploads").glob("*/*"))  # upload folders are cleaned up
+    with live.client("admin") as client:  # a failed job's trace says so
+        traces = client.get("/traces", params={"kind": "job"}).json()
+        (failed,) = [t for t in traces if client.get(f"/traces/{t['id']}").json()["spans"][0]["attributes"].get(
+            "ragtune.job.id") == job["id"]]
+        assert failed["error"] and "no file could be ingested" in failed["error"]
 
 
 def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
@@ -78,6 +83,15 @@ def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
         assert by_name["records.jsonl"]["status"] == "ingested" and by_name["records.jsonl"]["documents"] == 1
         assert by_name["records.jsonl"]["errors"][0]["source"].startswith("records.jsonl:2")
         assert job["report"]["added"] == 2 and job["report"]["failed"] == 3
+        # the job is a trace of its maker's: a job span, its ingest below it
+        (listed,) = [t for t in client.get("/traces", params={"kind": "job"}).json()]
+        trace = client.get(f"/traces/{listed['id']}").json()
+        (root,) = [s for s in trace["spans"] if s["parent_id"] is None]
+        assert root["name"] == "job" and root["status"] == "ok"
+        assert root["attributes"]["ragtune.job.id"] == job_id
+        assert root["attributes"]["ragtune.job.status"] == "succeeded"
+        (ingest,) = [s for s in trace["spans"] if s["name"] == "ingest"]
+        assert ingest["parent_id"] == root["span_id"] and ingest["attributes"]["ragtune.ingest.added"] == 2
         # the counts the console polls, from the ingest's progress events, end at the report's
         report = job["report"]
         assert job["progress"] == {"files": 4, "documents": 5, "chunks": report["chunks"],

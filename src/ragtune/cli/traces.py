@@ -53,7 +53,9 @@ SHORT_ID = 12  # hex digits of a trace id the list shows; `traces show` takes an
 @app.command("list")
 def traces_list(
     limit: Annotated[int, typer.Option(min=1, help="How many traces, newest first.")] = 10,
-    kind: Annotated[str | None, typer.Option(help="Only traces of this kind: search, ask or ingest.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="Only traces of this kind: search, ask, ingest, job (a server's ingest or sync job), train, "
+             "evaluation or tune-search.")] = None,
     collection: Annotated[str | None, typer.Option(
         "--collection", "-c", help="Only traces of this collection.")] = None,
     feedback: Annotated[str | None, typer.Option(
@@ -229,6 +231,11 @@ def trace_tree(row: dict[str, Any], uris: dict[int, str]) -> Tree:
     tree = Tree(Text.assemble((f"trace {row['id']}", "bold"),
                               f"  {row['kind']} · collection {row['collection'] or '-'} · {_time(row)}"
                               f" · by {row['principal']} ({groups})"))
+    if row["kind"] not in ("search", "ask"):  # a run (ingest, job, train, evaluation): its spans
+        _add_spans(tree, row.get("spans") or [])
+        if row.get("error"):
+            tree.add(Text(f"error: {row['error']}", style="red"))
+        return tree
     tree.add(Text(f"{'question' if row['kind'] == 'ask' else 'query'}: {row['query'] or ''}"))
     shown = {k: v for k, v in params.items() if k not in DRAWN_APART and v is not None}
     if shown:
@@ -251,6 +258,47 @@ def trace_tree(row: dict[str, Any], uris: dict[int, str]) -> Tree:
     if row.get("error"):
         tree.add(Text(f"error: {row['error']}", style="red"))
     return tree
+
+
+# shown with a run's span: what it did (numbers and short names), not who ran it or where it is stored
+_SPAN_FACTS = ("ragtune.train.", "ragtune.eval.", "ragtune.evaluation.", "ragtune.job.", "ragtune.ingest.",
+               "ragtune.run_id", "ragtune.dataset", "ragtune.trials")
+_SHOWN_CHILDREN = 12  # of one name under one span; the rest are counted
+
+
+def _add_spans(tree: Tree, spans: list[dict[str, Any]]) -> None:
+    """A run's spans as a tree under their parents, each with its duration and facts; past
+    ``_SHOWN_CHILDREN`` spans of one name under one parent (an evaluation's searches) are counted."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    ids = {s["span_id"] for s in spans}
+    for span in spans:
+        parent = span["parent_id"] if span["parent_id"] in ids else None
+        children.setdefault(parent, []).append(span)
+
+    def add(node: Tree, span: dict[str, Any]) -> None:
+        attributes = span.get("attributes") if isinstance(span.get("attributes"), dict) else {}
+        facts = [f"{k.removeprefix('ragtune.')}={_fact(v)}" for k, v in sorted(attributes.items())
+                 if k.startswith(_SPAN_FACTS) and isinstance(v, int | float | str) and not isinstance(v, bool)]
+        label = f"{span['name']}  {span['duration_ms']:.1f} ms" + ("  error" if span.get("status") == "error" else "")
+        branch = node.add(Text(label + ("  " + ", ".join(facts) if facts else "")))
+        shown: dict[str, int] = {}
+        for child in children.get(span["span_id"], []):
+            shown[child["name"]] = shown.get(child["name"], 0) + 1
+            if shown[child["name"]] <= _SHOWN_CHILDREN:
+                add(branch, child)
+        for name, count in shown.items():
+            if count > _SHOWN_CHILDREN:
+                branch.add(Text(f"… and {count - _SHOWN_CHILDREN} more {name} spans", style="italic"))
+
+    branch = tree.add(Text(f"spans ({len(spans)})", style="bold"))
+    for root in children.get(None, []):
+        add(branch, root)
+
+
+def _fact(value: int | float | str) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _shorten(str(value), 60)
 
 
 def total_ms(timings: Any) -> float:

@@ -25,6 +25,7 @@ from ragtune.errors import ConfigError, DatasetError
 from ragtune.models import Principal
 
 if TYPE_CHECKING:
+    from ragtune.engine import Ragtune
     from ragtune.finetune.lora.config import TuneConfig
     from ragtune.finetune.lora.trainset import TrainSet
     from ragtune.models import PromptFormat
@@ -104,31 +105,33 @@ def train(
         tune = load_config(config, sets=sets or (), **options)
         dataset = training_data(settings, data, tune, force=force, version=version)
         run_name = runs.check_name(name or dataset.run_name)
-        if resume:
-            run_dir = output.expanduser() if output is not None else runs.resumable_run(
-                settings.data_dir / "runs", run_name)
-            expect: dict[str, Any] = {"base_hash": resolve_base(base, settings.resolved_cache_dir).hash}
-            if not rag_format:  # rendered rows hash differently; the run keeps the ones it trains on
-                expect["dataset_hash"] = dataset.content_hash
-            if config is not None or sets or any(v is not None for v in options.values()):
-                expect["config"] = to_dict(tune)
-            with ProgressBars() as bars:
-                record = resume_run(run_dir, nproc=nproc, progress=bars, expect=expect)
-        else:
-            with ProgressBars() as bars:
-                trained = None
-                if collection is not None:
-                    dataset, trained = _for_sources(settings, dataset, base, collection, rag_top_k, gold_share,
-                                                    gold_position, tune.seed, bars)
-                record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
-                                   cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
-                                   nproc=nproc or 1, progress=bars, prompt_format=trained)
+        with open_engine(settings) as rt:  # the run is a trace in the project's spans table
+            if resume:
+                run_dir = output.expanduser() if output is not None else runs.resumable_run(
+                    settings.data_dir / "runs", run_name)
+                expect: dict[str, Any] = {"base_hash": resolve_base(base, settings.resolved_cache_dir).hash}
+                if not rag_format:  # rendered rows hash differently; the run keeps the ones it trains on
+                    expect["dataset_hash"] = dataset.content_hash
+                if config is not None or sets or any(v is not None for v in options.values()):
+                    expect["config"] = to_dict(tune)
+                with ProgressBars() as bars:
+                    record = resume_run(run_dir, nproc=nproc, progress=bars, expect=expect, tracing=rt.tracing)
+            else:
+                with ProgressBars() as bars:
+                    trained = None
+                    if collection is not None:
+                        dataset, trained = _for_sources(rt, dataset, base, collection, rag_top_k, gold_share,
+                                                        gold_position, tune.seed, bars)
+                    record = start_run(base=base, data=dataset, config=tune, data_dir=settings.data_dir,
+                                       cache_dir=settings.resolved_cache_dir, name=run_name, output=output,
+                                       nproc=nproc or 1, progress=bars, prompt_format=trained, tracing=rt.tracing)
+            rt.tracing.flush(120_000)  # the embedded server may have to start for it
         _print_record(record, as_json)
 
     run_command(body)
 
 
-def _for_sources(settings: Settings, dataset: TrainSet, base: str, collection: str, top_k: int | None,
+def _for_sources(rt: Ragtune, dataset: TrainSet, base: str, collection: str, top_k: int | None,
                  gold_share: float, gold_position: str, seed: int,
                  progress: Progress) -> tuple[TrainSet, PromptFormat]:
     """``--rag-format``: the rows rendered as ``ask`` prompts over ``collection`` (as the operator, who
@@ -136,17 +139,16 @@ def _for_sources(settings: Settings, dataset: TrainSet, base: str, collection: s
     from ragtune.finetune.lora.rag_format import RagFormat, describe, for_sources
     from ragtune.finetune.lora.train import resolve_base
 
-    g = settings.generation
+    g = rt.settings.generation
     fmt = RagFormat(collection, top_k=top_k or g.answer_top_k, gold_share=gold_share, context_tokens=g.context_tokens,
                     max_tokens=g.max_new_tokens, seed=seed, gold_position=gold_position)
-    with open_engine(settings) as rt:
-        rt.collection(collection)  # NotFoundError before any model loads
+    rt.collection(collection)  # NotFoundError before any model loads
 
-        def search(question: str, k: int) -> list[Any]:
-            return rt.search(question, collection=collection, top_k=k, principal=Principal.system()).hits
+    def search(question: str, k: int) -> list[Any]:
+        return rt.search(question, collection=collection, top_k=k, principal=Principal.system()).hits
 
-        rendered, trained = for_sources(dataset, fmt, search, resolve_base(base, settings.resolved_cache_dir).path,
-                                        progress=progress)
+    rendered, trained = for_sources(dataset, fmt, search, resolve_base(base, rt.settings.resolved_cache_dir).path,
+                                    progress=progress)
     err_console.print(f"--rag-format over {collection}: " + describe(trained.details, fmt.top_k), highlight=False)
     return rendered, trained
 
@@ -235,6 +237,8 @@ def _print_record(record: Any, as_json: bool) -> None:
         ("peak memory", f"{m.get('peak_rss_mb', 0):,.0f} MiB RSS"),
         ("adapter", record.adapter or "-"),
     ]
+    if record.trace_ids:
+        rows.append(("trace", f"{record.trace_ids[-1]} (ragtune traces show {record.trace_ids[-1][:12]})"))
     if record.mix:
         rows.insert(4, ("mix", ", ".join(f"{p['name']} x{p['weight']:g}: {p['taken']} of {p['rows']} rows"
                                          for p in record.mix)))

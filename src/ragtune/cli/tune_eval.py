@@ -58,9 +58,10 @@ def tune_eval(
                 info, examples = DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir).eval_set(
                     eval_set, principal=Principal.system())
             data = f"eval set {info.name} v{info.version}"
-        with ProgressBars(transient=True) as bars:
+        with open_engine(settings) as rt, ProgressBars(transient=True) as bars:  # the evaluation is a trace
             report = evaluate_run(run_dir, settings=settings, limit=limit, max_new_tokens=max_new_tokens,
-                                  progress=bars, task_spec=spec, examples=examples, data=data)
+                                  progress=bars, task_spec=spec, examples=examples, data=data, tracing=rt.tracing)
+            rt.tracing.flush(120_000)  # the embedded server may have to start for it
         if as_json:
             out = report.to_dict()
             out.pop("details")

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ragtune.cli.common import AsJson, DataDir, ProgressBars, console, err_console, load_settings, num, run_command
+from ragtune.cli.common import (
+    AsJson,
+    DataDir,
+    ProgressBars,
+    console,
+    err_console,
+    load_settings,
+    num,
+    open_engine,
+    run_command,
+)
 from ragtune.cli.tune import training_data
 
 app = typer.Typer()  # tune search|studies|study
@@ -47,9 +57,12 @@ def tune_search(
         tune = load_config(config, sets=sets or ())
         space = load_space(config)
         dataset = training_data(settings, data, tune, force=False, version=version)
-        with ProgressBars(lines=["trials"]) as bars:  # a line per finished trial, above the bars
+        # a line per finished trial, above the bars; the search is a trace, its trials' runs below it
+        with open_engine(settings) as rt, ProgressBars(lines=["trials"]) as bars:
             result = search(settings=settings, data=dataset, config=tune, trials=trials, base=base, space=space,
-                            study=study, register=not no_register, register_as=register_as, progress=bars)
+                            study=study, register=not no_register, register_as=register_as, progress=bars,
+                            tracing=rt.tracing)
+            rt.tracing.flush(120_000)
         if as_json:
             print(json.dumps(result.to_dict(), indent=2, default=str))
             return

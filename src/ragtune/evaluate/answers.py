@@ -38,6 +38,7 @@ from ragtune.evaluate.task_spec import TaskSpec, load_task_spec
 from ragtune.evaluate.text_metrics import exact_match, normalize_answer, rouge_l, token_f1
 from ragtune.generate.grounding import strip_citations
 from ragtune.models import Answer, Principal
+from ragtune.observe.tracing import numbers, run_span, set_attributes
 from ragtune.progress import emit
 from ragtune.protocols import Progress
 
@@ -171,28 +172,36 @@ def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: in
                 json_gold(task, case, dataset.name)  # before indexing: a set without JSON answers is refused
     if subset_corpus and collection is None:
         collection = eval_collection(dataset.name, rt.embedder.name, f"-sub{limit}")
-    name, _ = index_dataset(rt, dataset, collection, progress)
     principal = Principal.system()
-    out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases), "generators": {}}
-    if task is not None:
-        out["task"] = task.to_dict()
-    examples: dict[str, list[dict[str, Any]]] = {}
-    total = len(generators) * len(cases)
-    for g, gen in enumerate(generators):
-        emit(progress, "answers", g * len(cases), total, detail=gen)
-        rt.generator(gen)  # load before timing
-        results = []
-        for i, case in enumerate(cases):
-            started = time.perf_counter()
-            answer = rt.ask(case.question, collection=name, generator=gen, principal=principal)
-            results.append(CaseResult(case, answer, time.perf_counter() - started))
-            emit(progress, "answers", g * len(cases) + i + 1, total, detail=gen)
-        out["generators"][gen] = score_generator(results, task)
-        if keep_answers:
-            examples[gen] = [{"question": r.case.question, "gold": r.case.answers, "answer": r.answer.text,
-                              "abstained": r.answer.abstained, "grounded": r.answer.grounded,
-                              "support": r.answer.usage.get("question_support"),
-                              "citations": [c.uri for c in r.answer.citations]} for r in results]
+    # one trace: an ``evaluation`` span, the indexing's ingest and an ``evaluate`` span per generator, its asks below
+    with run_span(rt.tracing, "evaluation", {"ragtune.evaluation.type": "answers", "ragtune.dataset": dataset.name,
+                                             "ragtune.evaluation.queries": len(cases)}) as evaluation:
+        name, _ = index_dataset(rt, dataset, collection, progress)
+        set_attributes(evaluation, {"ragtune.collection": name, "gen_ai.data_source.id": name})
+        out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases),
+                               "generators": {}}
+        if task is not None:
+            out["task"] = task.to_dict()
+        examples: dict[str, list[dict[str, Any]]] = {}
+        total = len(generators) * len(cases)
+        for g, gen in enumerate(generators):
+            emit(progress, "answers", g * len(cases), total, detail=gen)
+            rt.generator(gen)  # load before timing
+            with run_span(rt.tracing, "evaluate", {"ragtune.model": gen, "gen_ai.request.model": gen,
+                                                   "ragtune.collection": name}) as span:
+                results = []
+                for i, case in enumerate(cases):
+                    started = time.perf_counter()
+                    answer = rt.ask(case.question, collection=name, generator=gen, principal=principal)
+                    results.append(CaseResult(case, answer, time.perf_counter() - started))
+                    emit(progress, "answers", g * len(cases) + i + 1, total, detail=gen)
+                out["generators"][gen] = score_generator(results, task)
+                set_attributes(span, numbers("ragtune.evaluation.", out["generators"][gen]))
+            if keep_answers:
+                examples[gen] = [{"question": r.case.question, "gold": r.case.answers, "answer": r.answer.text,
+                                  "abstained": r.answer.abstained, "grounded": r.answer.grounded,
+                                  "support": r.answer.usage.get("question_support"),
+                                  "citations": [c.uri for c in r.answer.citations]} for r in results]
     if keep_answers:
         out["answers"] = examples
     return out

@@ -310,11 +310,19 @@ _SILENCED = _Silenced()
 
 class PostgresSpanExporter:
     """Writes a batch of spans into the spans table with one COPY, creating the day's partition
-    when it is the first span of that day."""
+    when it is the first span of that day. ``database`` may be a function that opens it: then it is
+    opened by the first batch (a training run, which needs no database otherwise, starts the
+    embedded server only when its span is written)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, database: Database | Callable[[], Database]) -> None:
+        self._database = database
         self._days: set[date] = set()
+
+    @property
+    def db(self) -> Database:
+        if not isinstance(self._database, Database):
+            self._database = self._database()
+        return self._database
 
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
@@ -415,9 +423,11 @@ def _time(nanoseconds: int) -> datetime:
 class Tracing:
     """One engine's spans (see the module docstring). ``span()`` opens a span as a child of the
     current one (or a new trace's root); with ``[observability] tracing = false`` it opens none
-    and every trace id is None."""
+    and every trace id is None. ``database`` is the spans table's (or a function opening it when the
+    first spans are written, ``PostgresSpanExporter``)."""
 
-    def __init__(self, db: Database, settings: ObservabilitySettings, *, service: str = "ragtune") -> None:
+    def __init__(self, database: Database | Callable[[], Database], settings: ObservabilitySettings, *,
+                 service: str = "ragtune") -> None:
         self.settings = settings
         self.destinations: dict[str, DestinationStats] = {}
         self._processors: dict[str, Any] = {}
@@ -433,7 +443,7 @@ class Tracing:
         # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
         self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False,
                                         id_generator=_SecretIds())  # type: ignore[arg-type]  # the IdGenerator protocol
-        self._add("postgresql", PostgresSpanExporter(db))
+        self._add("postgresql", PostgresSpanExporter(database))
         if settings.otlp_endpoint:
             self._add("otlp", self._otlp_exporter(settings))
         self._tracer = self._provider.get_tracer("ragtune")
@@ -560,7 +570,34 @@ def current_span() -> Span:
     return trace.get_current_span()
 
 
-def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
-    """``attributes`` on ``span``, each as ``attribute`` converts it; None values are left out."""
-    if span.is_recording():
+def set_attributes(span: Span | None, attributes: Mapping[str, Any]) -> None:
+    """``attributes`` on ``span`` (if any), each as ``attribute`` converts it; None values are left out."""
+    if span is not None and span.is_recording():
         span.set_attributes({k: attribute(v) for k, v in attributes.items() if v is not None})
+
+
+def mark_failed(span: Span, reason: str) -> None:
+    """``span``'s status set to error with ``reason`` (a step that failed without raising: a job
+    that ended failed)."""
+    if span.is_recording():
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, reason))
+
+
+def numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``values`` as attributes ``prefix + key`` (an evaluation's metrics)."""
+    return {prefix + str(k): float(v) for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")}
+
+
+@contextmanager
+def run_span(tracing: Tracing | None, name: str, attributes: Mapping[str, Any]) -> Iterator[Span | None]:
+    """A span for a long run of work the local operator started (a training, an evaluation), its
+    maker the operator: ``None`` without ``tracing`` or with tracing off."""
+    if tracing is None or not tracing.enabled:
+        yield None
+        return
+    with tracing.span(name, {"ragtune.kind": name, "ragtune.principal": "system", "ragtune.principal_admin": True,
+                             **attributes}) as span:
+        yield span

@@ -51,6 +51,7 @@ from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneErr
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
 from ragtune.models import FileWarning, IngestReport, LoadedDocument, Principal, ProgressEvent
+from ragtune.observe.tracing import current_span, mark_failed, set_attributes
 from ragtune.server.uploads import UploadedFile
 from ragtune.store.access import owned
 from ragtune.store.database import Database
@@ -358,6 +359,17 @@ class JobWorker:
         job = self.store.start(job_id)
         if job is None:  # finished by another worker between listing and locking
             return
+        # A job is a trace of its own: a ``job`` span, its ingest (or sync) below it. Like an ingest's
+        # it names documents, so only its maker (and admins) see it.
+        with self.engine.tracing.span("job", {
+                "ragtune.kind": "job", "ragtune.job.id": job.id, "ragtune.job.type": "sync" if job.source else "upload",
+                "ragtune.job.attempt": job.attempts, "ragtune.job.files": len(job.files) or None,
+                "ragtune.job.source": job.source, "ragtune.principal": job.principal, "ragtune.principal_admin": True,
+                "ragtune.groups": sorted(job.principal_groups), "ragtune.collection": job.collection,
+                "gen_ai.data_source.id": job.collection}):
+            self._execute(job)
+
+    def _execute(self, job: IngestJob) -> None:
         if job.attempts > MAX_ATTEMPTS:
             self._end(job, "failed", error=f"interrupted {job.attempts - 1} times; giving up")
             return
@@ -380,7 +392,7 @@ class JobWorker:
                                                   principal=job.writer, progress=progress)
         except _Stopped:
             log.info("ingest job %s stopped by shutdown; it will resume", job.id)
-            self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
+            self._requeue(job)
             return
         except RagtuneError as exc:
             self._end(job, "failed", error=f"{type(exc).__name__}: {exc}", progress=counts)
@@ -414,7 +426,7 @@ class JobWorker:
                 report = self.engine.sync(job.source, **options)
         except _Stopped:
             log.info("sync job %s stopped by shutdown; it will resume", job.id)
-            self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
+            self._requeue(job)
             return
         except RagtuneError as exc:
             self._end(job, "failed", error=f"{type(exc).__name__}: {exc}", progress=counts.counts)
@@ -453,7 +465,15 @@ class JobWorker:
                         yield IngestError(_rename(item.source, stored, name), item.reason)
             warned.extend(dataclasses.replace(w, source=_rename(w.source, stored, name)) for w in found)
 
+    def _requeue(self, job: IngestJob) -> None:
+        self.store.requeue(job.id, "interrupted by a shutdown; resumes when the server starts again")
+        set_attributes(current_span(), {"ragtune.job.status": "requeued"})
+
     def _end(self, job: IngestJob, status: str, **kwargs: Any) -> None:
+        span = current_span()  # the job's (``_run``)
+        set_attributes(span, {"ragtune.job.status": status, "ragtune.job.error": kwargs.get("error")})
+        if status == "failed":
+            mark_failed(span, str(kwargs.get("error") or "failed"))
         self.store.finish(job.id, status, **kwargs)
         if job.upload_dir:  # a sync job has none
             shutil.rmtree(job.upload_dir, ignore_errors=True)

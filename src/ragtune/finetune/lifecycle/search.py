@@ -59,6 +59,7 @@ from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.config import TuneConfig, to_dict
 from ragtune.finetune.lora.train import resolve_base, start_run
 from ragtune.finetune.lora.trainset import TrainSet
+from ragtune.observe.tracing import Tracing, run_span, set_attributes
 from ragtune.progress import emit
 from ragtune.protocols import Progress
 from ragtune.settings import Settings
@@ -116,8 +117,10 @@ def pruning_callback(trial: Any) -> Any:
 
 def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: int, base: str = "smollm2",
            space: SearchSpace | None = None, study: str | None = None, register: bool = True,
-           register_as: str | None = None, progress: Progress | None = None) -> SearchResult:
-    """Run trials until the study holds ``trials`` finished ones; register the best (see the module)."""
+           register_as: str | None = None, progress: Progress | None = None,
+           tracing: Tracing | None = None) -> SearchResult:
+    """Run trials until the study holds ``trials`` finished ones; register the best (see the module).
+    With ``tracing`` the search is a ``tune-search`` trace, each trial's ``train`` span below it."""
     space = space or SearchSpace()
     if trials < 1:
         raise ConfigError(f"invalid --trials {trials}: expected at least 1")
@@ -135,7 +138,9 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                 "base_hash": model.hash, "config": to_dict(config), "space": space.to_dict()}
     optuna = optuna_module()
     states = optuna.trial.TrialState
-    with open_storage(settings) as store:
+    with open_storage(settings) as store, run_span(tracing, "tune-search", {
+            "ragtune.study": name, "ragtune.dataset": data.name, "ragtune.dataset_hash": data.content_hash,
+            "ragtune.model": model.name, "ragtune.base_hash": model.hash, "ragtune.trials": trials}) as span:
         locks = TrialLocks(store.database_url)
         try:
             with locks.study(name):
@@ -161,7 +166,7 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                     locks.try_trial(trial._trial_id)
                 try:
                     info = _run_trial(opened, trial, name=name, base=base, data=data, config=config, space=space,
-                                      settings=settings, progress=progress)
+                                      settings=settings, progress=progress, tracing=tracing)
                 finally:
                     locks.release_trial(trial._trial_id)
                 ran.append(trial.number)
@@ -170,6 +175,9 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
                      metrics={} if info.value is None else {"eval_loss": info.value})
             all_trials = opened.get_trials(deepcopy=False)
             best = best_trial(all_trials)
+            set_attributes(span, {"ragtune.trials.ran": len(ran), "ragtune.trials.best":
+                                  best.number if best is not None else None,
+                                  "ragtune.eval.loss": best.value if best is not None else None})
         finally:
             locks.close()
     notes: list[str] = []
@@ -216,7 +224,8 @@ def _check_identity(study: Any, identity: dict[str, Any]) -> None:
 
 
 def _run_trial(study: Any, trial: Any, *, name: str, base: str, data: TrainSet, config: TuneConfig,
-               space: SearchSpace, settings: Settings, progress: Progress | None) -> TrialInfo:
+               space: SearchSpace, settings: Settings, progress: Progress | None,
+               tracing: Tracing | None = None) -> TrialInfo:
     """Train one trial and tell the study how it ended."""
     states = optuna_module().trial.TrialState
     try:
@@ -229,7 +238,7 @@ def _run_trial(study: Any, trial: Any, *, name: str, base: str, data: TrainSet, 
         callback = pruning_callback(trial)
         record = start_run(base=base, data=data, config=tuned, data_dir=settings.data_dir,
                            cache_dir=settings.resolved_cache_dir, name=run_name, output=run_dir, progress=progress,
-                           callbacks=[callback])
+                           callbacks=[callback], tracing=tracing)
     except TrainingError as exc:  # this trial's training failed (out of memory, NaN ...): the next may not
         trial.set_user_attr("error", exc.reason[:2000])
         return TrialInfo.of(study.tell(trial, state=states.FAIL))

@@ -64,6 +64,8 @@ def log_run(client: Any, experiment_id: str, record: Any) -> str:
             "ragtune.dataset_hash": record.dataset_hash, "ragtune.method": record.method}
     if record.error:
         tags["ragtune.error"] = record.error[:7000]
+    if record.trace_ids:  # the run's traces in ragtune (`ragtune traces show ID`), newest last
+        tags["ragtune.trace_ids"] = ",".join(record.trace_ids)[-5000:]
     if report is not None:
         tags["ragtune.eval_rows_hash"] = report.rows_hash
     existing = mlflow_run(client, experiment_id, record.run_id)

@@ -52,6 +52,7 @@ from ragtune.finetune.lora import runs, scoring
 from ragtune.finetune.lora.trainset import IGNORE, read_rows, sft_features
 from ragtune.generate.registry import make_generator
 from ragtune.models import Message
+from ragtune.observe.tracing import Tracing, numbers, run_span, set_attributes
 from ragtune.progress import emit
 from ragtune.protocols import Generator, Progress
 from ragtune.settings import Settings
@@ -325,27 +326,36 @@ class Comparison:
 
 
 def compare(examples: Sequence[Example], base: Generator, tuned: Generator, *, spec: TaskSpec | None = None,
-            max_new_tokens: int = 128, progress: Progress | None = None, data: str = HELD_OUT) -> Comparison:
-    """Both generators on every case of ``examples``, scored by ``spec`` where its kind applies."""
+            max_new_tokens: int = 128, progress: Progress | None = None, data: str = HELD_OUT,
+            tracing: Tracing | None = None) -> Comparison:
+    """Both generators on every case of ``examples``, scored by ``spec`` where its kind applies;
+    with ``tracing`` each side is an ``evaluate`` span with its metrics and timings."""
     cases = eval_cases(examples)
     if spec is not None:
         check_spec_applies(spec, cases, data)
-    base_side = _side(base, cases, examples, max_new_tokens=max_new_tokens, label="base", progress=progress,
-                      spec=spec)
-    tuned_side = _side(tuned, cases, examples, max_new_tokens=max_new_tokens, label="tuned", progress=progress,
-                       spec=spec, before=len(cases))
-    return Comparison(cases, base_side, tuned_side)
+    sides: list[Side] = []
+    for label, generator in (("base", base), ("tuned", tuned)):
+        with run_span(tracing, "evaluate", {"ragtune.evaluation.side": label,
+                                            "gen_ai.request.model": getattr(generator, "name", None)}) as span:
+            side = _side(generator, cases, examples, max_new_tokens=max_new_tokens, label=label, progress=progress,
+                         spec=spec, before=len(cases) * len(sides))
+            set_attributes(span, {**numbers("ragtune.evaluation.", side.metrics),
+                                  **numbers("ragtune.evaluation.", side.timings)})
+        sides.append(side)
+    return Comparison(cases, sides[0], sides[1])
 
 
 def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit: int | None = None,
                  max_new_tokens: int = 128, base: Generator | None = None, tuned: Generator | None = None,
                  progress: Progress | None = None, write: bool = True,
                  task_spec: str | Path | Mapping[str, Any] | TaskSpec | None = None,
-                 examples: Sequence[Example] | None = None, data: str | None = None) -> EvalReport:
+                 examples: Sequence[Example] | None = None, data: str | None = None,
+                 tracing: Tracing | None = None) -> EvalReport:
     """Evaluate base and tuned on the run's held-out rows, or on ``examples`` (named ``data`` in the
     report), the first ``limit`` of them, and write ``eval.json``. ``task_spec``: a spec file, its
     content as a mapping, or a ``TaskSpec``. ``base``/``tuned`` default to generators built from the
-    run (``build_generators``)."""
+    run (``build_generators``). With ``tracing`` the evaluation is an ``evaluation`` trace naming the
+    run (``ragtune.run_id``), a span per side below it."""
     if limit is not None and limit < 1:
         raise ConfigError(f"invalid --limit {limit}: expected at least 1 row")
     if not 1 <= max_new_tokens <= 32768:
@@ -370,7 +380,12 @@ def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit
     if base is None or tuned is None:
         built = build_generators(record, settings or Settings())
         base, tuned = base or built[0], tuned or built[1]
-    result = compare(examples, base, tuned, spec=spec, max_new_tokens=max_new_tokens, progress=progress, data=data)
+    with run_span(tracing, "evaluation", {
+            "ragtune.evaluation.type": "adapter", "ragtune.run_id": record.run_id, "ragtune.model": record.base,
+            "ragtune.adapter": str(record.adapter), "ragtune.evaluation.data": data,
+            "ragtune.evaluation.queries": len(examples), "gen_ai.request.max_tokens": max_new_tokens}):
+        result = compare(examples, base, tuned, spec=spec, max_new_tokens=max_new_tokens, progress=progress,
+                         data=data, tracing=tracing)
     report = EvalReport(
         run_id=record.run_id, run_dir=str(run_dir.resolve()), base=record.base, adapter=str(record.adapter),
         rows=len(examples), rows_hash=rows_hash(examples), cases=dict(Counter(c.kind for c in result.cases)),

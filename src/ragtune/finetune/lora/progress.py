@@ -4,6 +4,11 @@ progress events (``protocols.Progress``): "training", the optimiser steps done o
 (a resumed run starts at the step it resumed from), with the latest loss and tokens/s in
 ``metrics`` (``loss``, ``tokens_per_second``) and ``detail``.
 
+It also keeps the run's timeline (``timeline``): each epoch's and each evaluation's start and end
+(ns since the epoch, as span times are) with the step, loss and learning rate or the evaluation's
+metrics; the orchestrating process turns it into the ``train`` span's children
+(``lora.train``), so a data-parallel run (whose workers are other processes) is traced alike.
+
 Tokens are the non-padding input tokens the Trainer counts (``include_num_input_tokens_seen``),
 summed over every process of a data-parallel run. Peak memory is this process's peak resident set
 (``ru_maxrss``), which on Linux is reported in KiB.
@@ -43,6 +48,10 @@ class TrainingMonitor(TrainerCallback):
         self._started = 0.0
         self._main = False
         self._loss: float | None = None
+        self._learning_rate: float | None = None
+        self._epoch_started: int | None = None
+        self.epochs: list[dict[str, Any]] = []
+        self.evaluations: list[dict[str, Any]] = []
 
     # -- callback hooks ------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -53,6 +62,29 @@ class TrainingMonitor(TrainerCallback):
         self._started = time.perf_counter()
         self._main = bool(state.is_world_process_zero)
         self._emit(self.start_step)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch_started = time.time_ns()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._epoch_started is None:
+            return
+        # state.epoch is fractional (2.0 at the end of the second; less when max_steps cut it short)
+        self.epochs.append({"epoch": len(self.epochs) + 1, "start_ns": self._epoch_started, "end_ns": time.time_ns(),
+                            "step": int(state.global_step), "epoch_progress": round(float(state.epoch or 0), 4),
+                            "loss": self._loss, "learning_rate": self._learning_rate})
+        self._epoch_started = None
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
+                    **kwargs: Any) -> None:
+        metrics = metrics or {}
+        ended = time.time_ns()
+        runtime = metrics.get("eval_runtime")
+        started = ended - int(float(runtime) * 1e9) if isinstance(runtime, int | float) else ended
+        self.evaluations.append({"step": int(state.global_step), "epoch_progress": round(float(state.epoch or 0), 4),
+                                 "start_ns": started, "end_ns": ended,
+                                 "metrics": {k: float(v) for k, v in metrics.items()
+                                             if isinstance(v, int | float) and not isinstance(v, bool)}})
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.steps = int(state.global_step)
@@ -70,6 +102,8 @@ class TrainingMonitor(TrainerCallback):
             self.losses.append((step, float(logs["loss"])))
             self._loss = float(logs["loss"])
             self._emit(step)  # the step's event went out before its loss was logged
+        if "learning_rate" in logs:
+            self._learning_rate = float(logs["learning_rate"])
         if "eval_loss" in logs:
             self.eval_losses.append((step, float(logs["eval_loss"])))
 
@@ -115,4 +149,5 @@ class TrainingMonitor(TrainerCallback):
             "losses": [[s, round(v, 6)] for s, v in self.losses],
             "eval_losses": [[s, round(v, 6)] for s, v in self.eval_losses],
             "peak_rss_mb": round(peak_rss_mb(), 1),
+            "timeline": {"epochs": self.epochs, "evaluations": self.evaluations},
         }

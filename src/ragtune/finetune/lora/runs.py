@@ -78,10 +78,13 @@ class RunRecord:
     # a mix of datasets (``trainset.MixPart.to_dict``: name, version, content_hash, weight, rows, taken,
     # eval_rows); empty for one dataset taken whole
     mix: tuple[dict[str, Any], ...] = ()
+    # the trace of each session of the run (a resume is another), when tracing was on (``lora.train``)
+    trace_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["forced_reasons"], out["notes"], out["mix"] = list(self.forced_reasons), list(self.notes), list(self.mix)
+        out["trace_ids"] = list(self.trace_ids)
         return out
 
     @classmethod
@@ -91,6 +94,7 @@ class RunRecord:
         values["forced_reasons"] = tuple(values.get("forced_reasons", ()))
         values["notes"] = tuple(values.get("notes", ()))
         values["mix"] = tuple(values.get("mix", ()))
+        values["trace_ids"] = tuple(values.get("trace_ids", ()))
         return cls(**values)
 
     def replace(self, **changes: Any) -> RunRecord:

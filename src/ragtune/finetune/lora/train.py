@@ -30,10 +30,10 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import ConfigError, ModelError, RagtuneError, TrainingError
 from ragtune.extras import needs
@@ -53,8 +53,12 @@ from ragtune.finetune.lora.trainset import (
 from ragtune.generate.lineage import model_hash as model_hash  # the base's hash, also imported from here
 from ragtune.generate.prompt import CHAT_FORMAT, read_prompt_format, write_prompt_format
 from ragtune.models import PromptFormat
+from ragtune.observe.tracing import Step, Tracing, hex_trace_id, run_span, stash
 from ragtune.progress import JsonLinesReader, JsonLinesWriter
 from ragtune.protocols import Progress
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +83,14 @@ def resolve_base(spec: str, cache_dir: Path) -> ResolvedBase:
 def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, cache_dir: Path,
               name: str | None = None, output: Path | None = None, nproc: int = 1,
               progress: Progress | None = None, callbacks: Sequence[Any] = (),
-              prompt_format: PromptFormat | None = None) -> RunRecord:
+              prompt_format: PromptFormat | None = None, tracing: Tracing | None = None) -> RunRecord:
     """Train a new run; returns its completed record (raises ``TrainingError`` when it fails).
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the hyperparameter search's
     pruning hook); they live in this process, so they need ``nproc == 1``. ``prompt_format`` is
     the format the rows were rendered in (``rag_format``); the adapter records it, or ``chat``
-    (``generate.prompt``), so serving knows which prompt it was trained on."""
+    (``generate.prompt``), so serving knows which prompt it was trained on. With ``tracing`` the
+    run is a ``train`` trace (``_traced``)."""
     if nproc < 1:
         raise ConfigError(f"invalid --nproc {nproc}: expected at least 1")
     if callbacks and nproc > 1:
@@ -114,11 +119,11 @@ def start_run(*, base: str, data: TrainSet, config: TuneConfig, data_dir: Path, 
             config=to_dict(config), started_at=runs.now(), world_size=nproc, forced_reasons=data.forced_reasons,
             notes=notes, chat_template=template.record(), mix=tuple(part.to_dict() for part in data.mix),
         )
-        return _execute(record, nproc=nproc, resume=False, progress=progress, callbacks=callbacks)
+        return _execute(record, nproc=nproc, resume=False, progress=progress, callbacks=callbacks, tracing=tracing)
 
 
 def resume_run(run_dir: Path, *, nproc: int | None = None, progress: Progress | None = None,
-               expect: dict[str, Any] | None = None) -> RunRecord:
+               expect: dict[str, Any] | None = None, tracing: Tracing | None = None) -> RunRecord:
     """Continue an unfinished run from its newest complete checkpoint. ``expect`` (``base_hash``,
     ``dataset_hash``, ``config``) must match what the run recorded."""
     status = runs.read_status(run_dir)  # marks a killed run failed
@@ -140,32 +145,77 @@ def resume_run(run_dir: Path, *, nproc: int | None = None, progress: Progress | 
     with runs.run_lock(run_dir):
         record = record.replace(status="running", error=None, finished_at=None,
                                 world_size=nproc or record.world_size)
-        return _execute(record, nproc=record.world_size, resume=True, progress=progress)
+        return _execute(record, nproc=record.world_size, resume=True, progress=progress, tracing=tracing)
 
 
 def _execute(record: RunRecord, *, nproc: int, resume: bool, progress: Progress | None,
-             callbacks: Sequence[Any] = ()) -> RunRecord:
+             callbacks: Sequence[Any] = (), tracing: Tracing | None = None) -> RunRecord:
     run_dir = Path(record.path)
-    runs.set_status(run_dir, "running", resumed=resume)
-    runs.write_record(record)
-    try:
-        if nproc == 1:
-            metrics = train_worker(run_dir, resume=resume, progress=progress, callbacks=callbacks)
-        else:
-            metrics = _torchrun(run_dir, nproc, resume=resume, progress=progress)
-    except BaseException as exc:
-        reason = _reason(exc)
-        finished = runs.now()
-        runs.set_status(run_dir, "failed", error=reason)
-        runs.write_record(record.replace(status="failed", error=reason, finished_at=finished))
-        if isinstance(exc, RagtuneError | KeyboardInterrupt):
-            raise
-        raise TrainingError(run_dir, reason) from exc
+    with _traced(tracing, record, resume) as span:
+        trace_id = hex_trace_id(span) if span is not None else None
+        if trace_id is not None:  # each session of a run (a resume is another) is a trace of its own
+            record = record.replace(trace_ids=(*record.trace_ids, trace_id))
+        runs.set_status(run_dir, "running", resumed=resume)
+        runs.write_record(record)
+        try:
+            if nproc == 1:
+                metrics = train_worker(run_dir, resume=resume, progress=progress, callbacks=callbacks)
+            else:
+                metrics = _torchrun(run_dir, nproc, resume=resume, progress=progress)
+        except BaseException as exc:
+            reason = _reason(exc)
+            finished = runs.now()
+            runs.set_status(run_dir, "failed", error=reason)
+            runs.write_record(record.replace(status="failed", error=reason, finished_at=finished))
+            if isinstance(exc, RagtuneError | KeyboardInterrupt):
+                raise
+            raise TrainingError(run_dir, reason) from exc
+        if span is not None:
+            _record_timeline(span, metrics)
     record = record.replace(status="completed", finished_at=runs.now(), metrics=metrics,
                             adapter=str(run_dir / "adapter"))
     runs.write_record(record)
     runs.set_status(run_dir, "completed")
     return record
+
+
+@contextlib.contextmanager
+def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> Iterator[Span | None]:
+    """The run's ``train`` span (None without ``tracing``): a root span the run's maker (the
+    operator running it) sees, naming the run, its base, dataset and configuration, so the trace
+    and the MLflow run (tagged ``ragtune.trace_ids`` by ``tracking.log_run``) find each other."""
+    attributes = {
+        "ragtune.model": record.base, "gen_ai.request.model": record.base, "ragtune.run_id": record.run_id,
+        "ragtune.run_dir": record.path, "ragtune.train.method": record.method, "ragtune.train.resumed": resume,
+        "ragtune.dataset": record.dataset, "ragtune.dataset_hash": record.dataset_hash,
+        "ragtune.base_hash": record.base_hash, "ragtune.params": record.params(),
+        "ragtune.train.rows": record.train_rows, "ragtune.train.eval_rows": record.eval_rows,
+        "ragtune.train.world_size": record.world_size,
+    }
+    with run_span(tracing, "train", attributes) as span:
+        yield span
+
+
+def _record_timeline(span: Span, metrics: dict[str, Any]) -> None:
+    """The run's numbers on its span, and its epochs and evaluations (``progress.TrainingMonitor``'s
+    timeline) as child spans: an evaluation inside an epoch is that epoch's child."""
+    timeline = metrics.get("timeline") or {}
+    steps: list[Step] = []
+    for epoch in timeline.get("epochs", []):
+        steps.append(Step("epoch", None, int(epoch["start_ns"]), int(epoch["end_ns"]), {
+            "ragtune.train.epoch": epoch["epoch"], "ragtune.train.step": epoch["step"],
+            "ragtune.train.epoch_progress": epoch["epoch_progress"], "ragtune.train.loss": epoch["loss"],
+            "ragtune.train.learning_rate": epoch["learning_rate"]}))
+    epochs = list(steps)
+    for evaluation in timeline.get("evaluations", []):
+        start, end = int(evaluation["start_ns"]), int(evaluation["end_ns"])
+        parent = next((i for i, e in enumerate(epochs) if e.start_ns <= start and end <= e.end_ns), None)
+        steps.append(Step("evaluation", parent, start, end, {
+            "ragtune.train.step": evaluation["step"], "ragtune.train.epoch_progress": evaluation["epoch_progress"],
+            **{f"ragtune.eval.{k.removeprefix('eval_')}": v for k, v in evaluation["metrics"].items()}}))
+    stash(span, {"ragtune.steps": steps, **{f"ragtune.train.{k}": metrics.get(k) for k in (
+        "steps", "session_steps", "tokens", "seconds", "tokens_per_second", "train_loss", "eval_loss",
+        "first_loss", "last_loss", "peak_rss_mb", "trainable_parameters")}})
 
 
 def _reason(exc: BaseException) -> str:
@@ -308,6 +358,7 @@ def train_worker(run_dir: Path, *, resume: bool = False, progress: Progress | No
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
     elif monitor.eval_losses:
         metrics["eval_loss"] = monitor.eval_losses[-1][1]
+    metrics["timeline"] = {"epochs": monitor.epochs, "evaluations": monitor.evaluations}  # with the last evaluation
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir / "adapter"))
         # the format the rows were written in travels with the adapter (registry copies, exports)

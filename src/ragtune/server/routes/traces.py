@@ -20,7 +20,8 @@ router = APIRouter(prefix="/traces", tags=["traces"])
 
 @router.get("", summary="Recent traces the caller may see, newest first")
 def list_traces(state: State, caller: Reader,
-                kind: Annotated[Literal["search", "ask", "ingest"] | None, Query()] = None,
+                kind: Annotated[Literal["search", "ask", "ingest", "job", "train", "evaluation", "tune-search"] | None,
+                               Query()] = None,
                 collection: Annotated[str | None, Query(max_length=200)] = None,
                 feedback: Annotated[Literal["any", "negative", "positive"] | None, Query(
                     description="Only answers with such feedback")] = None,
