@@ -381,3 +381,18 @@ def test_the_trace_list_filters_and_the_stats_agree_with_the_answers(rt: Ragtune
     assert stats["feedback"] == {"negative": 0, "positive": 0, "total": 0}
     # as ann: only her own answers (bob's shows the same documents, but a trace is its maker's first)
     assert rt.traces.stats(ann, since=datetime.now(UTC) - timedelta(hours=1))["requests"]["ask"]["requests"] >= 2
+
+
+def test_hostile_text_in_a_span_is_stored_exactly(rt: Ragtune) -> None:
+    """Spans are written in COPY's text format, formatted by us: tabs, newlines, backslashes,
+    quotes, commas and a literal JSON NUL escape in texts and groups come back as they went in (a
+    NUL character itself is refused before: the search's own check)."""
+    _ingest(rt)
+    query = 'tab\there, back\\slash "quoted" {brace}\nnew line\r\\N \\u0000 nul!'
+    groups = frozenset({'a,"b"', "c\\d", "{e}"})
+    found = rt.search(query, collection="hb", principal=Principal(id="key:\t7", groups=groups))
+    spans = _spans(rt, found.trace_id)
+    (root,) = [s for s in spans if s["parent_id"] is None]
+    assert root["attributes"]["ragtune.query"] == query
+    assert root["principal"] == "key:\t7" and set(root["groups"]) == groups
+    assert len(spans) > 1  # its steps too

@@ -276,7 +276,8 @@ def _add_spans(tree: Tree, spans: list[dict[str, Any]]) -> None:
         children.setdefault(parent, []).append(span)
 
     def add(node: Tree, span: dict[str, Any]) -> None:
-        attributes = span.get("attributes") if isinstance(span.get("attributes"), dict) else {}
+        given = span.get("attributes")
+        attributes: dict[str, Any] = given if isinstance(given, dict) else {}
         facts = [f"{k.removeprefix('ragtune.')}={_fact(v)}" for k, v in sorted(attributes.items())
                  if k.startswith(_SPAN_FACTS) and isinstance(v, int | float | str) and not isinstance(v, bool)]
         label = f"{span['name']}  {span['duration_ms']:.1f} ms" + ("  error" if span.get("status") == "error" else "")
