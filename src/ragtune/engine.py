@@ -254,8 +254,7 @@ class Ragtune:
     def sync(self, folder: str | Path, *, collection: str | None = None, metadata: dict[str, Any] | None = None,
              acl: Iterable[str] | None = None, change_acl: bool = False, include: Sequence[str] = (),
              exclude: Sequence[str] = (), loader_options: LoaderOptions | None = None,
-             progress: Progress | None = None, principal: Principal = _OPERATOR,
-             trace_ingest: bool = True) -> IngestReport:
+             progress: Progress | None = None, principal: Principal = _OPERATOR) -> IngestReport:
         """Ingest a folder and remove the collection's documents from it that are gone.
 
         Documents of files that failed to load this time are kept: a transient read error must not
@@ -266,8 +265,7 @@ class Ragtune:
         seen: set[str] = set()
         found: list[FileWarning] = []
         report = self._run(self._load(files, loader_options, progress, found), collection, metadata, acl, progress,
-                           seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots,
-                           trace_ingest=trace_ingest)
+                           seen=seen, access=WriteAccess(principal, change_acl), inherit_from=roots)
         report.files, report.warnings = len(files), found
         info = self.collection(collection)
         failed_files = {_file_of(f.source) for f in report.failed}
@@ -384,11 +382,8 @@ class Ragtune:
         batches = watchfiles.watch(root, stop_event=stop, debounce=debounce_ms, recursive=True,
                                    rust_timeout=max(debounce_ms, 1), yield_on_timeout=True)
         pending = next(batches, None)
-        # not traced: with ingest spans, `sync --watch` did not stop on Ctrl-C in CI (twice) and once by
-        # hand; the cause is not found yet, so a watch opens no spans at all
         first = self.sync(root, collection=collection, metadata=metadata, acl=acl, change_acl=change_acl,
-                          include=include, exclude=exclude, loader_options=loader_options, principal=principal,
-                          trace_ingest=False)
+                          include=include, exclude=exclude, loader_options=loader_options, principal=principal)
         if on_sync is not None:
             on_sync(first)
         if pending is None:  # stopped before the first step
@@ -402,7 +397,7 @@ class Ragtune:
             found: list[FileWarning] = []
             # as sync reads them: a new file takes the ACL its folder's documents share
             report = self._run(self._load(written, loader_options, None, found), collection, metadata, acl, None,
-                               access=WriteAccess(principal, change_acl), inherit_from=[root], trace_ingest=False)
+                               access=WriteAccess(principal, change_acl), inherit_from=[root])
             report.files, report.warnings = len(written), found
             if gone:
                 info = self.collection(collection)
@@ -415,8 +410,7 @@ class Ragtune:
     def _run(self, docs: Iterable[LoadedDocument | IngestError], collection: str | None,
              metadata: dict[str, Any] | None, acl: Iterable[str] | None, progress: Progress | None, *,
              access: WriteAccess, seen: set[str] | None = None, chunker: Chunker | None = None,
-             inherit_from: Sequence[Path | str] = (), link_copies: bool | None = None,
-             trace_ingest: bool = True) -> IngestReport:
+             inherit_from: Sequence[Path | str] = (), link_copies: bool | None = None) -> IngestReport:
         info = self.collection(collection, create=True)
         threshold = self.settings.ingest.near_duplicate_threshold
         if link_copies is None:
@@ -425,7 +419,7 @@ class Ragtune:
                                   batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
                                   max_chunks=self.settings.ingest.max_chunks_per_document,
                                   near_duplicates=threshold if link_copies else None,
-                                  tracing=self.tracing if trace_ingest else None)
+                                  tracing=self.tracing)
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any

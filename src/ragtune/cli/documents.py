@@ -132,11 +132,15 @@ def _watch_command(folder: Path, collection: str | None, meta: list[str] | None,
                    metadata_fields: str | None, id_field: str | None, as_format: str | None,
                    data_dir: Path | None) -> None:
     def body() -> None:
+        import signal
         import threading
-
 
         metadata = parse_meta(meta) if meta else None
         stop = threading.Event()
+        # SIGTERM (`kill`, `docker stop`, systemd) stops the watch as Ctrl-C does: the current sync
+        # finishes, nothing is left half-written. (A job started in the background of a script's
+        # shell ignores SIGINT, and so does every process it starts: SIGTERM is how such a watch stops.)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
         with engine(data_dir) as rt:
             options = _loader_options(rt, text_field, metadata_fields, id_field, as_format)
 
@@ -149,6 +153,8 @@ def _watch_command(folder: Path, collection: str | None, meta: list[str] | None,
                          include=include or (), exclude=exclude or (), loader_options=options, on_sync=on_sync)
             except KeyboardInterrupt:
                 stop.set()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
             console.print(f"stopped watching {folder}")
 
     run_command(body)
