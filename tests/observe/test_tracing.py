@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ def test_an_answer_is_one_trace_of_spans_named_by_the_genai_conventions(rt: Ragt
             assert s["duration_ms"] <= root["duration_ms"] + 1e-6
     assert (root["kind"], root["principal"], root["groups"], root["collection"]) == ("ask", "ann", ["hr"], "hb")
     assert root["attributes"]["gen_ai.operation.name"] == "chat" and root["model"] == "extractive"
+    assert root["attributes"]["gen_ai.response.id"] == answer.trace_id  # what feedback is keyed by
     assert root["attributes"]["ragtune.query"] == QUESTION
     assert sorted(root["chunk_ids"]) == sorted(h.chunk.id for h in answer.hits)
     (retrieval,) = [s for s in spans if s["name"] == "retrieval"]
@@ -349,6 +351,24 @@ def test_an_ingest_is_one_trace_seen_by_its_maker_only(rt: Ragtune) -> None:
     # it names documents by URI: another member of hr does not see it; an admin does
     assert rt.traces.visible(Principal("colleague", {"hr"}), kind="ingest") == []
     assert [t["id"] for t in rt.traces.visible(Principal.system(), kind="ingest")] == [root["id"]]
+
+
+def test_an_ingest_of_files_has_a_load_span_per_file(rt: Ragtune, tmp_path: Any) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nThe canteen opens at nine.\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "Parking is free."}\n{"text": "Lockers are on floor two."}\n')
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 not really")
+    report = rt.ingest([tmp_path], collection="files")
+    assert report.added == 3 and len(report.failed) == 1
+    (root,) = rt.traces.visible(Principal.system(), kind="ingest")
+    spans = rt.traces.get(root["id"], Principal.system())["spans"]
+    top = next(s for s in spans if s["parent_id"] is None)
+    loads = {Path(s["attributes"]["ragtune.file"]).name: s for s in spans if s["name"] == "load"}
+    assert set(loads) == {"a.md", "rows.jsonl", "bad.pdf"}
+    assert {s["parent_id"] for s in loads.values()} == {top["span_id"]}
+    assert loads["rows.jsonl"]["attributes"]["ragtune.load.documents"] == 2
+    assert loads["bad.pdf"]["attributes"]["ragtune.load.documents"] == 0
+    assert loads["bad.pdf"]["attributes"]["ragtune.load.error"]
+    assert all(s["duration_ms"] >= 0 for s in loads.values())
 
 
 def test_the_trace_list_filters_and_the_stats_agree_with_the_answers(rt: Ragtune) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from fnmatch import fnmatchcase
@@ -31,6 +32,7 @@ from ragtune.ingest.loaders.base import LoaderOptions
 from ragtune.ingest.loaders.jsonl import BadRecordsError
 from ragtune.ingest.loaders.registry import loader_for
 from ragtune.models import FileWarning, LoadedDocument
+from ragtune.observe.tracing import Step, current_span, stash
 from ragtune.plugins import Plugins
 
 
@@ -112,21 +114,37 @@ def load_files(files: Iterable[Path], options: LoaderOptions | None = None, plug
     naming the file, instead of letting them print; see ``captured_warnings``.
     """
     for path in files:
+        opened, reading, count, error = time.time_ns(), 0, 0, None
         try:
             documents = iter(loader_for(path, options, plugins).load(path))
             while True:
                 # only while the loader runs, not while the pipeline works on what it yielded
+                started = time.perf_counter_ns()
                 with captured_warnings(str(path), warnings_to):
                     document = next(documents, None)
+                reading += time.perf_counter_ns() - started
                 if document is None:
                     break
+                count += 1
                 yield document
         except BadRecordsError as exc:
+            error = str(exc)
             yield from exc.failures
         except IngestError as exc:
+            error = exc.reason
             yield exc
         except OSError as exc:  # the file vanished or became unreadable between listing and reading
-            yield IngestError(str(path), f"cannot read file: {exc.strerror or exc}")
+            error = f"cannot read file: {exc.strerror or exc}"
+            yield IngestError(str(path), error)
+        _record_load(path, opened, reading, count, error)
+
+
+def _record_load(path: Path, opened_ns: int, reading_ns: int, documents: int, error: str | None) -> None:
+    """A ``load`` step of the ingest's span (the span current where the documents are consumed):
+    it starts when the file was opened and lasts as long as its reading took (a lazy loader's
+    reading interleaves with the pipeline's work on what it yielded)."""
+    stash(current_span(), {"ragtune.steps": [Step("load", None, opened_ns, opened_ns + reading_ns, {
+        "ragtune.file": str(path), "ragtune.load.documents": documents, "ragtune.load.error": error})]})
 
 
 class _Collector(logging.Handler):
