@@ -138,7 +138,9 @@ def test_tuned_beats_base_on_held_out_rows(report: EvalReport, tool_run: Any) ->
     assert set(on_disk["metrics"]) == {"base", "tuned", "delta"}
 
 
-def test_cli_prints_base_tuned_and_delta(tool_run: Any, tmp_path: Path) -> None:
+def test_cli_prints_base_tuned_and_delta(tool_run: Any, tmp_path: Path, database_url: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)  # the evaluation's trace goes there
     runs_dir = tmp_path / "project" / "runs"
     copy = copy_run(tool_run, runs_dir, "tools-copy")
     # By run id, one row, a tiny decoding budget; --json leaves out the per-case outputs.
@@ -149,6 +151,19 @@ def test_cli_prints_base_tuned_and_delta(tool_run: Any, tmp_path: Path) -> None:
     assert data["rows"] == 1 and data["max_new_tokens"] == 4 and "details" not in data
     assert data["metrics"]["tuned"]["loss"] < data["metrics"]["base"]["loss"]
     assert read_report(copy.path) is not None
+    # the evaluation is a trace naming the run, a span per side with its metrics
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        (root,) = conn.execute("SELECT * FROM spans WHERE kind = 'evaluation' AND parent_id IS NULL").fetchall()
+        sides = conn.execute("SELECT * FROM spans WHERE trace_id = %s AND name = 'evaluate' ORDER BY start_time",
+                             (root["trace_id"],)).fetchall()
+    assert root["attributes"]["ragtune.run_id"] == copy.run_id
+    assert root["attributes"]["ragtune.evaluation.type"] == "adapter"
+    assert [s["attributes"]["ragtune.evaluation.side"] for s in sides] == ["base", "tuned"]
+    assert [s["attributes"]["ragtune.evaluation.loss"] for s in sides] == [
+        data["metrics"]["base"]["loss"], data["metrics"]["tuned"]["loss"]]
     # The table: one row per measured metric, base | tuned | delta.
     from rich.console import Console
 

@@ -155,7 +155,9 @@ def _wait_for(predicate: Any, timeout: float, proc: subprocess.Popen[bytes]) -> 
         time.sleep(0.2)
 
 
-def test_sigkill_then_resume_continues_the_step_counter(secret_file: Path, tmp_path: Path, cache_dir: Path) -> None:
+def test_sigkill_then_resume_continues_the_step_counter(secret_file: Path, tmp_path: Path, cache_dir: Path,
+                                                       database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", database_url)  # the runs' traces go there
     toml = tmp_path / "tune.toml"
     toml.write_text(to_toml(TINY.replace(max_steps=4, save_steps=2)), encoding="utf-8")
     data_dir = tmp_path / "project"
