@@ -127,5 +127,6 @@ def test_an_evaluation_is_a_trace_of_its_modes_with_their_searches_below(rt: Rag
     assert ingest["parent_id"] == evaluation["span_id"]
     # the evaluation's searches are inside its trace, not roots of their own in the trace list
     listed = rt.traces.visible(Principal.system(), limit=50)
-    assert evaluation["trace_id"] in {t["id"] for t in listed}
+    (shown,) = [t for t in listed if t["id"] == evaluation["trace_id"]]
+    assert shown["query"] == f"retrieval on {result['dataset']}: 5 queries, bm25, hybrid"  # its title in the list
     assert not [t for t in listed if t["kind"] == "retrieval"]

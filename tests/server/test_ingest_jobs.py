@@ -85,6 +85,7 @@ def test_an_async_job_reports_progress_and_per_file_errors(live: Any) -> None:
         assert job["report"]["added"] == 2 and job["report"]["failed"] == 3
         # the job is a trace of its maker's: a job span, its ingest below it
         (listed,) = [t for t in client.get("/traces", params={"kind": "job"}).json()]
+        assert listed["query"] == f"upload job {job_id}: 4 file(s)"  # its title in the list
         trace = client.get(f"/traces/{listed['id']}").json()
         (root,) = [s for s in trace["spans"] if s["parent_id"] is None]
         assert root["name"] == "job" and root["status"] == "ok"

@@ -175,7 +175,8 @@ def evaluate_answers(rt: Any, spec: str, *, generators: Sequence[str], limit: in
     principal = Principal.system()
     # one trace: an ``evaluation`` span, the indexing's ingest and an ``evaluate`` span per generator, its asks below
     with run_span(rt.tracing, "evaluation", {"ragtune.evaluation.type": "answers", "ragtune.dataset": dataset.name,
-                                             "ragtune.evaluation.queries": len(cases)}) as evaluation:
+                                             "ragtune.evaluation.queries": len(cases)},
+                  f"answers on {dataset.name}: {len(cases)} questions, {', '.join(generators)}") as evaluation:
         name, _ = index_dataset(rt, dataset, collection, progress)
         set_attributes(evaluation, {"ragtune.collection": name, "gen_ai.data_source.id": name})
         out: dict[str, Any] = {"dataset": dataset.name, "collection": name, "questions": len(cases),

@@ -108,7 +108,8 @@ def evaluate_retrieval(rt: Any, spec: str, *, modes: Sequence[str] = ("bm25", "d
     # one trace: an ``evaluation`` span, the indexing's ingest and an ``evaluate`` span per mode, its searches below
     with run_span(rt.tracing, "evaluation", {"ragtune.evaluation.type": "retrieval", "ragtune.dataset": dataset.name,
                                              "ragtune.evaluation.queries": len(dataset.queries),
-                                             "ragtune.retrieval.top_k": top_k}) as evaluation:
+                                             "ragtune.retrieval.top_k": top_k},
+                  f"retrieval on {dataset.name}: {len(dataset.queries)} queries, {', '.join(modes)}") as evaluation:
         name, report = index_dataset(rt, dataset, name, progress)
         set_attributes(evaluation, {"ragtune.collection": name, "gen_ai.data_source.id": name})
         results = _search_modes(rt, dataset, name, modes, top_k, measures, principal, progress, search_options)

@@ -358,7 +358,8 @@ def _trace(row: Any) -> dict[str, Any]:
     for key, name in CONTENT_PARAMS.items():
         if name in attributes:
             params[key] = attributes[name]
-    return {**dict(row), "query": attributes.get("ragtune.query"), "params": params,
+    # a run (training, evaluation, job) has no question: its title stands in the list
+    return {**dict(row), "query": attributes.get("ragtune.query") or attributes.get("ragtune.title"), "params": params,
             "results": attributes.get("ragtune.results") or [],
             "timings_ms": attributes.get("ragtune.timings_ms") or {}}
 

@@ -677,12 +677,14 @@ def numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
 
 
 @contextmanager
-def run_span(tracing: Tracing | None, name: str, attributes: Mapping[str, Any]) -> Iterator[Span | None]:
+def run_span(tracing: Tracing | None, name: str, attributes: Mapping[str, Any],
+             title: str | None = None) -> Iterator[Span | None]:
     """A span for a long run of work the local operator started (a training, an evaluation), its
-    maker the operator: ``None`` without ``tracing`` or with tracing off."""
+    maker the operator: ``None`` without ``tracing`` or with tracing off. ``title`` is what the
+    trace list shows for it where a request shows its question (``ragtune.title``)."""
     if tracing is None or not tracing.enabled:
         yield None
         return
     with tracing.span(name, {"ragtune.kind": name, "ragtune.principal": "system", "ragtune.principal_admin": True,
-                             **attributes}) as span:
+                             "ragtune.title": title, **attributes}) as span:
         yield span

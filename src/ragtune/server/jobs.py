@@ -366,7 +366,9 @@ class JobWorker:
                 "ragtune.job.attempt": job.attempts, "ragtune.job.files": len(job.files) or None,
                 "ragtune.job.source": job.source, "ragtune.principal": job.principal, "ragtune.principal_admin": True,
                 "ragtune.groups": sorted(job.principal_groups), "ragtune.collection": job.collection,
-                "gen_ai.data_source.id": job.collection}):
+                "gen_ai.data_source.id": job.collection,
+                "ragtune.title": f"sync job {job.id}: {job.source}" if job.source
+                else f"upload job {job.id}: {len(job.files)} file(s)"}):
             self._execute(job)
 
     def _execute(self, job: IngestJob) -> None:

@@ -140,7 +140,8 @@ def search(*, settings: Settings, data: TrainSet, config: TuneConfig, trials: in
     states = optuna.trial.TrialState
     with open_storage(settings) as store, run_span(tracing, "tune-search", {
             "ragtune.study": name, "ragtune.dataset": data.name, "ragtune.dataset_hash": data.content_hash,
-            "ragtune.model": model.name, "ragtune.base_hash": model.hash, "ragtune.trials": trials}) as span:
+            "ragtune.model": model.name, "ragtune.base_hash": model.hash, "ragtune.trials": trials},
+            f"study {name}: up to {trials} trials on {data.name}") as span:
         locks = TrialLocks(store.database_url)
         try:
             with locks.study(name):

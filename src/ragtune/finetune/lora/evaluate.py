@@ -383,7 +383,8 @@ def evaluate_run(run_dir: str | Path, *, settings: Settings | None = None, limit
     with run_span(tracing, "evaluation", {
             "ragtune.evaluation.type": "adapter", "ragtune.run_id": record.run_id, "ragtune.model": record.base,
             "ragtune.adapter": str(record.adapter), "ragtune.evaluation.data": data,
-            "ragtune.evaluation.queries": len(examples), "gen_ai.request.max_tokens": max_new_tokens}):
+            "ragtune.evaluation.queries": len(examples), "gen_ai.request.max_tokens": max_new_tokens},
+            f"run {record.run_id}: base vs tuned on {len(examples)} rows of {data}"):
         result = compare(examples, base, tuned, spec=spec, max_new_tokens=max_new_tokens, progress=progress,
                          data=data, tracing=tracing)
     report = EvalReport(

@@ -192,7 +192,8 @@ def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> Iterato
         "ragtune.train.rows": record.train_rows, "ragtune.train.eval_rows": record.eval_rows,
         "ragtune.train.world_size": record.world_size,
     }
-    with run_span(tracing, "train", attributes) as span:
+    title = f"{record.method} run {record.run_id} on {record.dataset}" + (" (resumed)" if resume else "")
+    with run_span(tracing, "train", attributes, title) as span:
         yield span
 
 
