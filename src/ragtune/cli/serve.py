@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import signal
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -35,6 +36,8 @@ def serve(
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
         project = load_settings(data_dir, server={"host": host, "port": port})
+        if project.observability.span_writer == "auto":  # a server's spans are written by a writer process
+            project = project.replace(span_writer="process")
         listen = project.server.host
         required = auth_required(project, listen, auth)
         if not required and not is_loopback(listen) and not insecure_public:
@@ -57,12 +60,22 @@ def serve(
             docs = "/docs" if project.server.api_docs else "/openapi.json"
             err_console.print(f"ragtune serving on http://{shown}:{sock.getsockname()[1]} "
                               f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
+            # uvicorn shuts down gracefully on SIGTERM, then restores the handler it found and raises
+            # the signal again: with the default one the process would end there, before the engine
+            # closes (its queued spans written, its span writer ended). This one ends it through
+            # the engine's close.
+            previous = signal.signal(signal.SIGTERM, _stopped)
             try:
                 make_server(api, project, log_level=log_level).run(sockets=[sock])
             finally:
+                signal.signal(signal.SIGTERM, previous)
                 sock.close()
 
     run_command(body)
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise SystemExit(0)  # a stop asked for (kill, docker stop, systemd) is a clean exit
 
 
 @keys_app.command("create")

@@ -337,8 +337,7 @@ class PostgresSpanExporter:
 
     @property
     def db(self) -> Database:
-        if not isinstance(self._database, Database):
-            self._database = self._database()
+        self._database = _opened(self._database)
         return self._database
 
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
@@ -524,7 +523,12 @@ class Tracing:
         # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
         self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False,
                                         id_generator=_SecretIds())  # type: ignore[arg-type]  # the IdGenerator protocol
-        self._add("postgresql", PostgresSpanExporter(database))
+        if settings.span_writer == "process":  # "auto" is resolved by `ragtune serve`; elsewhere the thread
+            from ragtune.observe.writer import ProcessSpanExporter
+
+            self._add("postgresql", ProcessSpanExporter(lambda: _opened(database).url))
+        else:
+            self._add("postgresql", PostgresSpanExporter(database))
         if settings.otlp_endpoint:
             # A search's span leaves as 7 (its steps expanded): 64 of them make ~450 OTLP spans a request,
             # which a collector that stores them (MLflow) takes within the 5 s timeout; 512 (3,500 spans)
@@ -646,6 +650,10 @@ class Tracing:
         if closing.is_alive():
             queued = sum(p.pending for p in self._processors.values())
             log.warning("spans: %d not written within %.0f s of closing; they are dropped", queued, timeout_s)
+
+
+def _opened(database: Database | Callable[[], Database]) -> Database:
+    return database if isinstance(database, Database) else database()
 
 
 def current_span() -> Span:
