@@ -36,8 +36,6 @@ def serve(
         from ragtune.server.auth import KeyStore, auth_required, is_loopback
 
         project = load_settings(data_dir, server={"host": host, "port": port})
-        if project.observability.span_writer == "auto":  # a server's spans are written by a writer process
-            project = project.replace(span_writer="process")
         listen = project.server.host
         required = auth_required(project, listen, auth)
         if not required and not is_loopback(listen) and not insecure_public:
@@ -62,7 +60,7 @@ def serve(
                               f"(auth {'on' if required else 'off'}; OpenAPI at {docs})", highlight=False)
             # uvicorn shuts down gracefully on SIGTERM, then restores the handler it found and raises
             # the signal again: with the default one the process would end there, before the engine
-            # closes (its queued spans written, its span writer ended). This one ends it through
+            # closes (its queued spans written, its database pool closed). This one ends it through
             # the engine's close.
             previous = signal.signal(signal.SIGTERM, _stopped)
             try:

@@ -523,12 +523,7 @@ class Tracing:
         # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
         self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False,
                                         id_generator=_SecretIds())  # type: ignore[arg-type]  # the IdGenerator protocol
-        if settings.span_writer == "process":  # "auto" is resolved by `ragtune serve`; elsewhere the thread
-            from ragtune.observe.writer import ProcessSpanExporter
-
-            self._add("postgresql", ProcessSpanExporter(lambda: _opened(database).url))
-        else:
-            self._add("postgresql", PostgresSpanExporter(database))
+        self._add("postgresql", PostgresSpanExporter(database))
         if settings.otlp_endpoint:
             # A search's span leaves as 7 (its steps expanded): 64 of them make ~450 OTLP spans a request,
             # which a collector that stores them (MLflow) takes within the 5 s timeout; 512 (3,500 spans)

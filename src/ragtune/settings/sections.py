@@ -376,11 +376,6 @@ class ObservabilitySettings:
     # what does not fit is dropped and counted (``Tracing.stats``), never waited for.
     span_queue_size: int = 4096
     span_batch_delay_ms: int = 200
-    # Who writes our spans table: "thread", an export thread of this process, or "process", a writer
-    # process this one hands pickled batches to (``observe.writer``), so the formatting and the COPY
-    # do not hold the requests' interpreter lock. "auto": the process for `ragtune serve`, the thread
-    # for everything else (a one-off command would wait for the child to start).
-    span_writer: str = "auto"
     # Days of spans kept: older days' partitions are dropped whole (``ragtune traces prune``).
     retention_days: int = 30
 
@@ -394,7 +389,6 @@ class ObservabilitySettings:
              "a table of text values"),
             ("span_queue_size", 16 <= self.span_queue_size <= 1_000_000, "between 16 and 1000000"),
             ("span_batch_delay_ms", 1 <= self.span_batch_delay_ms <= 60_000, "between 1 and 60000"),
-            ("span_writer", self.span_writer in ("auto", "thread", "process"), "auto, thread or process"),
             ("retention_days", 1 <= self.retention_days <= 3650, "between 1 and 3650"),
         ])
 
