@@ -327,9 +327,9 @@ class PostgresSpanExporter:
     embedded server only when its span is written).
 
     The rows are written as COPY's text format, formatted here (``span_line``): this work runs in
-    the request's process and holds its interpreter lock, so it is what tracing costs a request
-    (measured: psycopg's per-value adaptation took 18 us a row, 130 us a search's seven; the
-    standard library's JSON encoder twice orjson's time)."""
+    the request's process and holds its interpreter lock, so it is kept small (measured: psycopg's
+    per-value adaptation took 18 us a row, 130 us a search's seven; the standard library's JSON
+    encoder twice orjson's time; the README's observability section has what remains)."""
 
     def __init__(self, database: Database | Callable[[], Database]) -> None:
         self._database = database
