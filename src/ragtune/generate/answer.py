@@ -50,7 +50,7 @@ from ragtune.models import (
     SearchResult,
 )
 from ragtune.observe.traces import StageTimer, TraceRecord, record
-from ragtune.observe.tracing import Step, Tracing, current_span, hex_trace_id, stash
+from ragtune.observe.tracing import Step, Tracing, current_span, stash
 from ragtune.protocols import DeclaresPromptFormat, DescribesLineage, Generator, TokenBudget
 
 EXTRACTIVE = "extractive"
@@ -301,8 +301,7 @@ class Answerer:
 
     def _record(self, span: Any, answer: Answer, prompt: Prompt, retrieved: SearchResult, principal: Principal,
                 collection: str, completion: Completion | None, steps: Sequence[Step]) -> str | None:
-        # the response id feedback is keyed by (``POST /feedback``): the trace's id
-        stash(span, {"gen_ai.request.model": answer.model, "gen_ai.response.id": hex_trace_id(span),
+        stash(span, {"gen_ai.request.model": answer.model,
                      "gen_ai.response.model": completion.model if completion else answer.model})
         return record(span, TraceRecord(
             kind="ask", principal=principal, collection=collection, query=answer.question,

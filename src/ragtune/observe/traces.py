@@ -92,7 +92,10 @@ def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = (),
     params = {k: v for k, v in trace.params.items() if k not in CONTENT_PARAMS}
     chunk_ids = sorted({r["chunk_id"] for r in trace.results if isinstance(r.get("chunk_id"), int)}
                        | {int(i) for i in also_shown})
+    trace_id = hex_trace_id(span)
     stash(span, {
+        # an answer's response id, which feedback is keyed by (``POST /feedback``), is its trace's id
+        "gen_ai.response.id": trace_id if trace.kind == "ask" else None,
         "ragtune.kind": trace.kind, "ragtune.principal": trace.principal.id,
         "ragtune.principal_admin": trace.principal.admin, "ragtune.groups": sorted(trace.principal.groups),
         "ragtune.collection": trace.collection, "ragtune.query": trace.query, "ragtune.params": params,
@@ -106,7 +109,7 @@ def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = (),
         from opentelemetry.trace import Status, StatusCode
 
         span.set_status(Status(StatusCode.ERROR, trace.error))
-    return hex_trace_id(span)
+    return trace_id
 
 
 class TraceReader:

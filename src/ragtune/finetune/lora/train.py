@@ -30,7 +30,8 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,8 +180,7 @@ def _execute(record: RunRecord, *, nproc: int, resume: bool, progress: Progress 
     return record
 
 
-@contextlib.contextmanager
-def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> Iterator[Span | None]:
+def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> AbstractContextManager[Span | None]:
     """The run's ``train`` span (None without ``tracing``): a root span the run's maker (the
     operator running it) sees, naming the run, its base, dataset and configuration, so the trace
     and the MLflow run (tagged ``ragtune.trace_ids`` by ``tracking.log_run``) find each other."""
@@ -193,8 +193,7 @@ def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> Iterato
         "ragtune.train.world_size": record.world_size,
     }
     title = f"{record.method} run {record.run_id} on {record.dataset}" + (" (resumed)" if resume else "")
-    with run_span(tracing, "train", attributes, title) as span:
-        yield span
+    return run_span(tracing, "train", attributes, title)
 
 
 def _record_timeline(span: Span, metrics: dict[str, Any]) -> None:
