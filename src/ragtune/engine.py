@@ -7,6 +7,7 @@ database (and the embedded server) start on first use, the embedding model loads
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import re
 import threading
@@ -29,6 +30,7 @@ from ragtune.generate.conversation import (
 )
 from ragtune.generate.grounding import SupportScorer
 from ragtune.generate.reader import Reader
+from ragtune.govern.audit import AuditLog
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes
 from ragtune.models import (
@@ -36,6 +38,7 @@ from ragtune.models import (
     Chunk,
     Document,
     FileWarning,
+    Hit,
     IngestReport,
     LoadedDocument,
     Principal,
@@ -59,6 +62,7 @@ from ragtune.retrieve.filters import Filter, FilterLimits, as_filters, bad_text,
 from ragtune.retrieve.searcher import Searcher, SearchOptions
 from ragtune.settings import Settings
 from ragtune.store.access import WriteAccess
+from ragtune.store.audit import AuditEvent
 from ragtune.store.database import Database
 from ragtune.store.repository import CollectionInfo, Repository, check_collection_name
 from ragtune.store.schedules import Schedule, ScheduleStore
@@ -121,7 +125,12 @@ class Ragtune:
 
     @cached_property
     def repo(self) -> Repository:
-        return Repository(self.db)
+        return Repository(self.db, audit=self.settings.governance.audit)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The hash-chained log of who read and changed what (``govern.audit``)."""
+        return AuditLog(self.db, self.settings.governance)
 
     @cached_property
     def tracing(self) -> Tracing:
@@ -211,8 +220,8 @@ class Ragtune:
             raise NotFoundError(f"no collection named {name!r}")
         return info
 
-    def drop_collection(self, name: str) -> None:
-        self.repo.drop_collection(name)
+    def drop_collection(self, name: str, *, principal: Principal = _OPERATOR) -> None:
+        self.repo.drop_collection(name, principal=principal)
 
     # -- ingest --------------------------------------------------------------------------------
     # ``metadata`` and ``acl`` None mean "not given": stored documents keep theirs and new ones
@@ -476,8 +485,12 @@ class Ragtune:
         read is not found."""
         name = collection or self.settings.default_collection
         path = self._uri(uri) if uri is not None else None
-        return self.db.read(lambda: self.repo.document(self.repo.collection(name).id, principal=principal, uri=path,
-                                                       document_id=document_id))
+        found = self.db.read(lambda: self.repo.document(self.repo.collection(name).id, principal=principal, uri=path,
+                                                        document_id=document_id))
+        document = found[0]
+        self.audit.record(AuditEvent("document.read", principal, name, [
+            {"id": document.id, "uri": document.uri, "hash": document.content_hash}]), read=True)
+        return found
 
     def delete(self, uris: str | Sequence[str], *, collection: str | None = None,
                principal: Principal = _OPERATOR) -> int:
@@ -521,7 +534,22 @@ class Ragtune:
         """Ranked hits. ``reranker`` (see ``reranker()``; default: the ``reranker`` setting) rescores
         its ``top_n`` candidates (at least ``top_k``), and the first ``top_k`` are kept. With
         ``history`` (the conversation so far) ``query`` is a follow-up, searched as
-        ``conversation_query()`` makes it; the result and its trace hold that query."""
+        ``conversation_query()`` makes it; the result and its trace hold that query. The audit log
+        records who searched, where, and the documents and chunks returned (``govern.audit``)."""
+        result = self._search(query, collection=collection, top_k=top_k, mode=mode, filters=filters,
+                              principal=principal, query_vector=query_vector, reranker=reranker, history=history,
+                              **options)
+        if self.settings.governance.audit:
+            name = collection or self.settings.default_collection
+            self.audit.record(AuditEvent("search", principal or _OPERATOR, name, _shown(result.hits),
+                                         _asked(query, result.trace_id, mode=result.mode)), read=True)
+        return result
+
+    def _search(self, query: str, *, collection: str | None = None, top_k: int = 10, mode: str | None = None,
+                filters: Sequence[Filter | str] | dict[str, Any] | None = None,
+                principal: Principal | None = None, query_vector: np.ndarray | None = None,
+                reranker: Reranker | str | bool | None = None, history: History | None = None,
+                **options: Any) -> SearchResult:
         name = collection or self.settings.default_collection
         if reranker is None or isinstance(reranker, (str, bool)):
             reranker = self.reranker(reranker, collection=name)
@@ -722,11 +750,17 @@ class Ragtune:
             timer = StageTimer()  # "retrieve" times the search, whose own span is its trace's
             with timer.stage("retrieve"):
                 # with a history the search is by the conversation; the answer is to the question itself
-                retrieved = self.search(check_question(question), collection=name, top_k=options.top_k, mode=mode,
-                                        filters=filters, principal=principal, query_vector=query_vector,
-                                        reranker=reranker, history=history, **search_options)
-            return answerer.answer(question, retrieved, options, principal=principal, collection=name,
-                                   on_token=on_token, timer=timer)
+                retrieved = self._search(check_question(question), collection=name, top_k=options.top_k,
+                                         mode=mode, filters=filters, principal=principal, query_vector=query_vector,
+                                         reranker=reranker, history=history, **search_options)
+            answer = answerer.answer(question, retrieved, options, principal=principal, collection=name,
+                                     on_token=on_token, timer=timer)
+        if self.settings.governance.audit:  # what the answer was made from: the chunks its prompt showed
+            self.audit.record(AuditEvent("ask", principal, name, _shown(answer.hits), {
+                **_asked(question, answer.trace_id, mode=retrieved.mode), "model": answer.model,
+                "cited": sorted({c.chunk_id for c in answer.citations}),
+                "abstained": answer.abstained}), read=True)
+        return answer
 
     def warm_up(self) -> None:
         """Load the slow parts now (the embedder, and the generators built so far, when they declare a
@@ -771,3 +805,19 @@ def _counted_files(files: Sequence[Path], progress: Progress | None) -> Iterator
         emit(progress, "files", done, len(files), detail=path.name)
         yield path
     emit(progress, "files", len(files), len(files))
+
+
+def _shown(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """The documents of ``hits`` as an audit event lists them, each with the chunks shown (a chunk
+    id names the version: a document written again gets new chunks)."""
+    documents: dict[int, dict[str, Any]] = {}
+    for hit in hits:
+        documents.setdefault(hit.document_id, {"id": hit.document_id, "uri": hit.uri, "chunks": []})["chunks"].append(
+            hit.chunk.id)
+    return list(documents.values())
+
+
+def _asked(query: str, trace_id: str | None, *, mode: str) -> dict[str, Any]:
+    """What an audit event says of a query: its hash, not its text (the log is never rewritten, so
+    it holds no text an erasure would have to reach; the trace, erasable, has the text)."""
+    return {"query_sha256": hashlib.sha256(query.encode("utf-8")).hexdigest(), "trace_id": trace_id, "mode": mode}

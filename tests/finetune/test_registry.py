@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ragtune.cli.main import app
+from ragtune.engine import Ragtune
 from ragtune.errors import ConfigError, NotFoundError, PromotionRefusedError, RegistryError, TrainingError
 from ragtune.finetune.lifecycle.refs import ModelRef
 from ragtune.finetune.lifecycle.registry import SCHEMA, ModelRegistry
@@ -192,6 +193,14 @@ def test_promotion_is_gated_forced_and_rolled_back(registry: ModelRegistry, proj
     assert lenient.promote("reg-gates", 2).previous == 3
     with pytest.raises(NotFoundError, match="no version 9"):
         registry.promote("reg-gates", 9)
+    # every production change is in the audit log, in order, the forced one marked; a refused one is not
+    with Ragtune(project) as rt:
+        changes = [(e["action"], e["details"]["version"], e["details"]["previous"], e["details"].get("forced"))
+                   for e in rt.audit.events(limit=1000) if e["action"].startswith("model.")]
+        assert rt.audit.verify().ok
+    assert changes == [("model.promote", 1, None, False), ("model.promote", 2, 1, True),
+                       ("model.rollback", 1, 2, None), ("model.promote", 3, 1, False),
+                       ("model.promote", 2, 3, False)]
 
 
 def test_a_task_spec_metric_gates_a_promotion(registry: ModelRegistry, project: Settings, tool_run: Any) -> None:

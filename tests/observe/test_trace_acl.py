@@ -89,20 +89,13 @@ def test_no_viewer_sees_text_it_may_not_read(engine: Ragtune, asked: list[Any], 
 
 
 class _Keep:
-    """A span processor that keeps each ended span (the SDK hands processors the span itself in
-    ``_on_ending``), to export them as a batch would."""
+    """A span processor that keeps each ended span, to export them as a batch would."""
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def _on_ending(self, span: Any) -> None:
-        self.spans.append(span)
-
     def on_end(self, span: Any) -> None:
-        return None
+        self.spans.append(span)
 
     def shutdown(self) -> None:
         return None

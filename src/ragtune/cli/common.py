@@ -100,8 +100,11 @@ def run_command(fn: Callable[[], T]) -> T:
     one line, with exit code 1, unless ``RAGTUNE_DEBUG`` is set, which lets the traceback through.
     Typer's own exits, aborts and usage errors pass unchanged: they are already messages.
     """
+    from ragtune.store.audit import local_origin, origin
+
     try:
-        return fn()
+        with origin(local_origin("cli")):  # the audit log's "from where" of what the command does
+            return fn()
     except RagtuneError as exc:
         # one line, whatever the terminal's width; the message's own brackets are not markup
         err_console.print(f"[bold red]error[/]: {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)

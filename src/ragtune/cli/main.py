@@ -19,6 +19,7 @@ from ragtune.cli import (
     admin,
     answerability,
     ask,
+    audit,
     chat,
     datasets,
     demo,
@@ -90,6 +91,8 @@ _group("tune", "Fine-tune LoRA adapters on datasets (SFT or DPO).", tune.app, tu
 _group("models", "Registered fine-tuned models: track, register, promote, roll back, export (MLflow in the "
                  "project's PostgreSQL).", models.app)
 _group("data", "Evaluation data packages and fine-tuning datasets.", datasets.app)
+_group("audit", "The hash-chained audit log of who read and changed what: verify it, list or export events.",
+       audit.app)
 
 
 def main() -> None:  # pragma: no cover

@@ -45,7 +45,7 @@ def serve(
         with open_engine(project) as rt:
             # Connect, migrate and load the embedder before listening: the first request is not slow.
             rt.warm_up()
-            active = KeyStore(rt.db).active_count()
+            active = KeyStore(rt.db, audit=rt.settings.governance.audit).active_count()
             if required and active == 0:
                 err_console.print("[yellow]warning[/]: auth is on and there are no API keys; every request will be "
                                   "refused until you run `ragtune keys create --name NAME --scopes read`")
@@ -80,7 +80,8 @@ def _stopped(signum: int, frame: Any) -> None:
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
     groups: Annotated[str, typer.Option(help="Comma-separated groups: the documents' ACLs it may read.")] = "",
-    scopes: Annotated[str, typer.Option(help="Comma-separated: read, ingest, observe (/metrics), admin.")] = "read",
+    scopes: Annotated[str, typer.Option(
+        help="Comma-separated: read, ingest, observe (/metrics), audit (the audit log), admin.")] = "read",
     as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -89,7 +90,8 @@ def keys_create(
 
     def body() -> None:
         with engine(data_dir) as rt:
-            made = KeyStore(rt.db).create(name, groups=parse_list(groups), scopes=parse_list(scopes))
+            keys = KeyStore(rt.db, audit=rt.settings.governance.audit)
+            made = keys.create(name, groups=parse_list(groups), scopes=parse_list(scopes))
         if as_json:
             print(json.dumps({"key": made.key, **made.info.public()}))
             return
@@ -107,7 +109,7 @@ def keys_list(as_json: AsJson = False, data_dir: DataDir = None) -> None:
 
     def body() -> None:
         with engine(data_dir) as rt:
-            keys = KeyStore(rt.db).list()
+            keys = KeyStore(rt.db, audit=rt.settings.governance.audit).list()
         if as_json:
             print(json.dumps([k.public() for k in keys], indent=2))
             return
@@ -131,7 +133,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
 
     def body() -> None:
         with engine(data_dir) as rt:
-            changed = KeyStore(rt.db).revoke(key_id)
+            changed = KeyStore(rt.db, audit=rt.settings.governance.audit).revoke(key_id)
         console.print(f"revoked {key_id}" if changed else f"{key_id} was already revoked")
 
     run_command(body)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ragtune.extras import require
-from ragtune.observe.tracing import Tracing, stashed
+from ragtune.observe.tracing import TracedSpan, Tracing
 
 # Seconds: a search is milliseconds, a CPU generation seconds to a minute.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -66,16 +66,10 @@ class _FromSpans:
         self.metrics = metrics
         self._lock = threading.Lock()
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def on_end(self, span: Any) -> None:
-        return None  # read in _on_ending: the span itself, with its stashed values (observe.tracing)
-
-    def _on_ending(self, span: Any) -> None:
+    def on_end(self, span: TracedSpan) -> None:
         m = self.metrics
-        kept = stashed(span)
-        a = {**(span.attributes or {}), **kept}
+        kept = span.kept  # what a request stashes as it ends: its kind and outcome (observe.traces.record)
+        a = {**span.attributes, **kept}
         if span.end_time and span.start_time:
             m.stage_seconds.labels(span.name).observe((span.end_time - span.start_time) / 1e9)
         for step in kept.get("ragtune.steps") or []:  # the stages it timed (child spans once exported)
@@ -83,8 +77,8 @@ class _FromSpans:
             if step.name == "generate":
                 m.tokens.labels("input").inc(int(step.attributes.get("gen_ai.usage.input_tokens") or 0))
                 m.tokens.labels("output").inc(int(step.attributes.get("gen_ai.usage.output_tokens") or 0))
-        if a.get("ragtune.kind") == "ask" and span.parent is None:
-            outcome = "error" if not span.status.is_ok else "abstained" if a.get("ragtune.abstained") else "answered"
+        if a.get("ragtune.kind") == "ask" and span.parent_id is None:
+            outcome = "error" if not span.status_ok else "abstained" if a.get("ragtune.abstained") else "answered"
             m.answers.labels(outcome).inc()
             if a.get("ragtune.grounded"):
                 m.grounded.inc()

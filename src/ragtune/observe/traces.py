@@ -15,19 +15,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg import sql
 
 from ragtune.errors import ConfigError, NotFoundError, QueryError
 from ragtune.models import Principal
-from ragtune.observe.tracing import CONTENT_ATTRIBUTES, Step, Tracing, hex_trace_id, stash
+from ragtune.observe.tracing import CONTENT_ATTRIBUTES, FACTS, Step, TracedSpan, Tracing, hex_trace_id, stash
 from ragtune.store.access import readable
 from ragtune.store.database import Database
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
 
 # trace list filters on feedback (the feedback table's rows of the trace)
 _NEGATIVE = "(f.thumbs = -1 OR f.score < 0.5)"
@@ -81,19 +79,31 @@ class TraceRecord:
     error: str | None = None
 
 
-def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = (),
+def record(span: TracedSpan, trace: TraceRecord, *, also_shown: Iterable[int] = (),
            steps: Sequence[Step] = ()) -> str | None:
     """``trace`` on ``span`` (the request's span: a search's or an answer's), with the ``steps`` it
     timed; returns the trace id, None when nothing is traced. ``also_shown``: ids of further chunks
-    the trace's spans show (the access rule reads the root's list). The values are stashed, not
-    converted: the exporters do that off the request path."""
+    the trace's spans show (the access rule reads the root's list). Only what a processor reads as
+    the span ends is stashed now (its kind and outcome, for metrics); the rest is worked out by the
+    exporters, off the request path (``FACTS``). ``trace`` is not to be changed after."""
     if not span.is_recording():
         return None
+    trace_id = hex_trace_id(span)
+    params = trace.params
+    stash(span, {"ragtune.kind": trace.kind, "ragtune.abstained": params.get("abstained"),
+                 "ragtune.grounded": params.get("grounded"), "ragtune.steps": steps,
+                 FACTS: partial(_facts, trace, tuple(also_shown), trace_id)})
+    if trace.error:
+        span.fail(trace.error)
+    return trace_id
+
+
+def _facts(trace: TraceRecord, also_shown: Iterable[int], trace_id: str | None) -> dict[str, Any]:
+    """The attributes of a recorded request's span (``record``)."""
     params = {k: v for k, v in trace.params.items() if k not in CONTENT_PARAMS}
     chunk_ids = sorted({r["chunk_id"] for r in trace.results if isinstance(r.get("chunk_id"), int)}
                        | {int(i) for i in also_shown})
-    trace_id = hex_trace_id(span)
-    stash(span, {
+    facts = {
         # an answer's response id, which feedback is keyed by (``POST /feedback``), is its trace's id
         "gen_ai.response.id": trace_id if trace.kind == "ask" else None,
         "ragtune.kind": trace.kind, "ragtune.principal": trace.principal.id,
@@ -102,14 +112,13 @@ def record(span: Span, trace: TraceRecord, *, also_shown: Iterable[int] = (),
         "ragtune.results": trace.results, "ragtune.chunk_ids": chunk_ids,
         "ragtune.timings_ms": {k: round(v, 3) for k, v in trace.timings_ms.items()},
         "ragtune.model": params.get("model"), "ragtune.abstained": params.get("abstained"),
-        "ragtune.grounded": params.get("grounded"), "ragtune.steps": list(steps),
+        "ragtune.grounded": params.get("grounded"),
         **{CONTENT_PARAMS[k]: v for k, v in trace.params.items() if k in CONTENT_PARAMS and v is not None},
-    })
-    if trace.error:
-        from opentelemetry.trace import Status, StatusCode
-
-        span.set_status(Status(StatusCode.ERROR, trace.error))
-    return trace_id
+    }
+    if trace.kind == "search":  # the GenAI conventions' list of what a retrieval returned
+        facts["gen_ai.retrieval.documents"] = [{"id": str(r["chunk_id"]), "score": r["score"]}
+                                               for r in trace.results]
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 class TraceReader:

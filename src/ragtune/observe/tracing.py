@@ -1,9 +1,11 @@
-"""Spans of every step, with the OpenTelemetry SDK: written to our PostgreSQL and, when configured,
-sent over OTLP/HTTP to any collector, both in batches off the request path.
+"""Spans of every step, in OpenTelemetry's model: written to our PostgreSQL and, when configured,
+sent over OTLP/HTTP to any collector (the SDK's exporter), both in batches off the request path.
 
-Each engine owns one ``Tracing``: its own ``TracerProvider`` (no process-wide provider is set, so
-two projects in one process keep their spans apart) with one ``BatchSpanProcessor`` per
-destination. A request's spans are ended into bounded queues and written by background threads;
+Each engine owns one ``Tracing`` with one of the SDK's ``BatchSpanProcessor`` per destination. A
+span is a ``TracedSpan``, recorded here rather than by the SDK's tracer: after a search has run,
+the SDK's start and end of a span took 52 us of CPU and this class 15 us, and an answer opens two
+(benchmarks/tracing_cost.py has the whole budget); the exporters turn them into the SDK's spans
+for OTLP. A request's spans are ended into bounded queues and written by background threads;
 a full queue drops the span and counts it, a failing destination (database down, collector
 unreachable, a bad endpoint) fails the batch, logs once until it works again and counts it. No
 request ever waits for a span to be written or fails because one was not.
@@ -18,8 +20,9 @@ benchmarks/tracing_overhead.py): a request opens one span (a search's ``retrieva
 ``ask``, with its search's below), and its stages and steps are timed, not opened as spans: the
 timer's ``Step`` records (name, parent step, start, end, attributes) and the request's structured
 facts (parameters, ranked chunks, prompt, lineage) are kept as Python values on the span
-(``stash``). The export threads turn them into attributes and the steps into child spans
-(``expand``), off the request path, for both destinations alike.
+(``stash``), or as a function that works them out (``FACTS``: ``observe.traces.record``). The
+export threads turn them into attributes and the steps into child spans (``expand``), off the
+request path, for both destinations alike.
 
 Texts (questions, prompts, answers: ``CONTENT_ATTRIBUTES``) are kept in our spans table, behind
 the traces' access rule (``observe.traces``); they leave over OTLP only with
@@ -33,8 +36,11 @@ import logging
 import re
 import secrets
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -45,9 +51,8 @@ from ragtune.settings import ObservabilitySettings
 from ragtune.store.database import Database
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger("ragtune.observe")
 
@@ -72,7 +77,81 @@ SPAN_COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "start_time"
                 "chunk_ids", "attributes", "events")
 
 
-_STASH = "_ragtune_stash"  # the span object's own attribute holding stashed values (SDK spans have no __slots__)
+FACTS = "ragtune.facts"  # stashed: a function giving attributes, called by the exporters (traces.record)
+
+
+class TracedSpan:
+    """One span: its ids (ints, as OpenTelemetry's), times in ns since the epoch, OpenTelemetry
+    ``attributes``, values ``kept`` as they are (``stash``), status, events. ``end()`` hands it to
+    the processors (``on_end``). It reads as the SDK's ``ReadableSpan`` where a batch processor
+    does (``context``); ``NOT_RECORDING`` stands for no span (tracing off)."""
+
+    __slots__ = (
+        "_ended",
+        "attributes",
+        "end_time",
+        "error",
+        "events",
+        "kept",
+        "name",
+        "parent_id",
+        "span_id",
+        "start_time",
+        "status_ok",
+        "trace_id",
+    )
+
+    def __init__(self, ended: Callable[[TracedSpan], None], name: str, trace_id: int, span_id: int,
+                 parent_id: int | None) -> None:
+        self._ended = ended
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.start_time = time.time_ns()
+        self.end_time: int | None = None
+        self.attributes: dict[str, Any] = {}
+        self.kept: dict[str, Any] = {}
+        self.status_ok = True
+        self.error: str | None = None
+        self.events: list[tuple[str, int, dict[str, Any]]] = []
+
+    def is_recording(self) -> bool:
+        return self.end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self.end_time is None:
+            self.attributes.update(attributes)
+
+    def fail(self, reason: str) -> None:
+        """Status error, for ``reason``."""
+        if self.end_time is None:
+            self.status_ok, self.error = False, reason
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        if self.end_time is None:
+            self.events.append((name, time.time_ns(), dict(attributes or {})))
+
+    def record_exception(self, exc: BaseException) -> None:
+        """The exception as OpenTelemetry's ``exception`` event."""
+        self.add_event("exception", {"exception.type": type(exc).__qualname__, "exception.message": str(exc),
+                                     "exception.stacktrace": "".join(traceback.format_exception(exc))})
+
+    def end(self) -> None:
+        if self.end_time is None:
+            self.end_time = time.time_ns()
+            self._ended(self)
+
+    @property
+    def context(self) -> SpanContext:
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        return SpanContext(self.trace_id, self.span_id, False, TraceFlags(TraceFlags.SAMPLED))
+
+
+NOT_RECORDING = TracedSpan(lambda span: None, "", 0, 0, None)
+NOT_RECORDING.end_time = NOT_RECORDING.start_time
+_CURRENT: ContextVar[TracedSpan | None] = ContextVar("ragtune_span", default=None)
 
 
 @dataclass
@@ -88,12 +167,12 @@ class Step:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def stash(span: Span, values: Mapping[str, Any]) -> None:
+def stash(span: TracedSpan, values: Mapping[str, Any]) -> None:
     """Attribute values kept as they are (dicts, lists) on a recording span; exporters turn them
     into attributes off the request path. None values are left out; ``ragtune.steps`` extends."""
-    if not span.is_recording():
+    if span.end_time is not None:
         return
-    kept = span.__dict__.setdefault(_STASH, {})
+    kept = span.kept
     for key, value in values.items():
         if value is None:
             continue
@@ -103,14 +182,18 @@ def stash(span: Span, values: Mapping[str, Any]) -> None:
             kept[key] = value
 
 
-def stashed(span: Any) -> dict[str, Any]:
-    return dict(getattr(span, _STASH, None) or {})
+def stashed(span: TracedSpan) -> dict[str, Any]:
+    return dict(span.kept)
 
 
-def merged_attributes(span: Any) -> dict[str, Any]:
-    """A span's attributes with its stashed values (the steps left out)."""
-    out = dict(span.attributes or {})
-    out.update({k: v for k, v in stashed(span).items() if k != "ragtune.steps"})
+def merged_attributes(span: TracedSpan) -> dict[str, Any]:
+    """A span's attributes with its stashed values (the steps left out) and the facts it was given
+    to work out (``FACTS``)."""
+    out = dict(span.attributes)
+    out.update({k: v for k, v in span.kept.items() if k != "ragtune.steps" and k != FACTS})
+    facts = span.kept.get(FACTS)
+    if facts is not None:
+        out.update(facts())
     return out
 
 
@@ -128,10 +211,10 @@ class Expanded:
     status_ok: bool = True
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
-    source: Any = None  # the SDK span it is (None for a step)
+    source: Any = None  # the span it is (None for a step)
 
 
-def expand(span: ReadableSpan) -> list[Expanded]:
+def expand(span: TracedSpan) -> list[Expanded]:
     """The span with its stashed values, then one span per recorded step, children of the span
     (or of the step they ran in)."""
     own = _own(span)
@@ -142,50 +225,43 @@ def expand(span: ReadableSpan) -> list[Expanded]:
     return out
 
 
-def _own(span: ReadableSpan) -> Expanded:
-    status = span.status
-    error = status.description if not status.is_ok and status.description else None
-    return Expanded(span.context.trace_id, span.context.span_id, span.parent.span_id if span.parent else None,
-                    span.name, span.start_time or 0, span.end_time or span.start_time or 0, merged_attributes(span),
-                    status.status_code.name != "ERROR", error,
-                    [{"name": e.name, "time": _time(e.timestamp).isoformat(),
-                      "attributes": {k: (list(v) if isinstance(v, tuple) else v)
-                                     for k, v in (e.attributes or {}).items()}} for e in span.events], span)
+def _own(span: TracedSpan) -> Expanded:
+    return Expanded(span.trace_id, span.span_id, span.parent_id, span.name, span.start_time,
+                    span.end_time or span.start_time, merged_attributes(span), span.status_ok, span.error,
+                    [{"name": name, "time": _time(at).isoformat(),
+                      "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in attributes.items()}}
+                     for name, at, attributes in span.events], span)
 
 
-def _steps(span: ReadableSpan, span_id: int) -> list[tuple[Step, int, int]]:
+def _steps(span: TracedSpan, span_id: int) -> list[tuple[Step, int, int]]:
     """The span's recorded steps, each with its span id and its parent's."""
-    steps: list[Step] = stashed(span).get("ragtune.steps") or []
+    steps: list[Step] = span.kept.get("ragtune.steps") or []
     if not steps:
         return []
-    # drawn once per span, so both destinations give a step the same id
-    ids: list[int] = span.__dict__.setdefault("_ragtune_step_ids", [_span_id() for _ in steps])
+    ids = [_step_id(span_id, i) for i in range(len(steps))]
     return [(step, ids[i], span_id if step.parent is None else ids[step.parent]) for i, step in enumerate(steps)]
 
 
+# Ids from the operating system's randomness, not Python's ``random`` (the SDK's default), which any
+# code may seed: a training run's ``random.seed(0)`` (or a test framework's) then makes every
+# process draw the same ids, and traces collide in the table.
 def _span_id() -> int:
     return secrets.randbits(64) or 1
 
 
-class _SecretIds:
-    """Trace and span ids from the operating system's randomness. The SDK's default draws them from
-    Python's ``random``, which any code may seed: a training run's ``random.seed(0)`` (or a test
-    framework's) then makes every process draw the same ids, and traces collide in the table."""
-
-    def generate_span_id(self) -> int:
-        return _span_id()
-
-    def generate_trace_id(self) -> int:
-        return secrets.randbits(128) or 1
-
-    def is_trace_id_random(self) -> bool:  # the W3C "random" trace flag: these are
-        return True
+def _trace_id() -> int:
+    return secrets.randbits(128) or 1
 
 
-def hex_trace_id(span: Span) -> str | None:
-    """The span's trace id as collectors show it (32 hex digits), or None for a span not recorded."""
-    context = span.get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+def _step_id(span_id: int, index: int) -> int:
+    """The span id of a span's ``index``th step: worked out, not drawn, so both destinations give
+    a step the same id without keeping one (distinct per step, as the XOR is one-to-one)."""
+    return (span_id ^ ((index + 1) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF)) or 1
+
+
+def hex_trace_id(span: TracedSpan) -> str | None:
+    """The span's trace id as collectors show it (32 hex digits), or None for no span."""
+    return format(span.trace_id, "032x") if span.trace_id else None
 
 
 def attribute(value: Any) -> Any:
@@ -213,7 +289,7 @@ class _Counting:
     failure once until the destination works again (an unreachable collector must not flood the
     log with one warning per batch)."""
 
-    def __init__(self, inner: SpanExporter, name: str, stats: DestinationStats) -> None:
+    def __init__(self, inner: Any, name: str, stats: DestinationStats) -> None:  # exports TracedSpans
         self.inner = inner
         self.name = name
         self.stats = stats
@@ -221,13 +297,13 @@ class _Counting:
         self.closing = False  # set when the engine closes: a failing destination is not retried then
         self.settled: Callable[[int], None] = lambda n: None  # told how many spans left the queue
 
-    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+    def export(self, spans: Sequence[TracedSpan]) -> Any:
         try:
             return self._export(spans)
         finally:
             self.settled(len(spans))
 
-    def _export(self, spans: Sequence[ReadableSpan]) -> Any:
+    def _export(self, spans: Sequence[TracedSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         if self.closing and self._failing:  # draining the queue into a dead collector would hold the exit
@@ -279,15 +355,7 @@ class _Bounded:
         with self._lock:
             self.pending = max(0, self.pending - count)
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        self.inner.on_start(span, parent_context=parent_context)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        return None  # queued in _on_ending, as the span itself
-
-    def _on_ending(self, span: Any) -> None:
-        # The SDK calls this with the ended span itself (its end time set, its attributes frozen),
-        # then on_end with a copy that lacks the values stashed on it; so the span itself is queued.
+    def on_end(self, span: TracedSpan) -> None:
         with self._lock:
             full = self.pending >= self.capacity
             warn = full and not self._overloaded
@@ -340,7 +408,7 @@ class PostgresSpanExporter:
         self._database = _opened(self._database)
         return self._database
 
-    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+    def export(self, spans: Sequence[TracedSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         lines: list[str] = []
@@ -375,33 +443,33 @@ class _ForCollector:
     as child spans), structured values as JSON text, texts (``CONTENT_ATTRIBUTES``) left out unless
     ``content``."""
 
-    def __init__(self, inner: SpanExporter, content: bool) -> None:
+    def __init__(self, inner: SpanExporter, content: bool, service: str = "ragtune") -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
         self.inner = inner
         self.content = content
+        self.resource = Resource.create({"service.name": service})
+        self.scope = InstrumentationScope("ragtune")
 
-    def export(self, spans: Sequence[ReadableSpan]) -> Any:
-        from opentelemetry.sdk.trace import ReadableSpan
+    def export(self, spans: Sequence[TracedSpan]) -> Any:
+        from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
+        flags = TraceFlags(TraceFlags.SAMPLED)
         out = []
         for s in spans:
             for e in expand(s):
                 attributes = {k: attribute(v) for k, v in e.attributes.items()
                               if v is not None and (self.content or k not in CONTENT_ATTRIBUTES)}
-                if e.source is not None:
-                    base = e.source
-                    out.append(ReadableSpan(
-                        name=base.name, context=base.context, parent=base.parent, resource=base.resource,
-                        attributes=attributes, events=base.events, links=base.links, kind=base.kind,
-                        status=base.status, start_time=base.start_time, end_time=base.end_time,
-                        instrumentation_scope=base.instrumentation_scope))
-                    continue
-                flags = TraceFlags(TraceFlags.SAMPLED)
+                events = [Event(name, {k: attribute(v) for k, v in given.items() if v is not None}, at)
+                          for name, at, given in (s.events if e.source is not None else ())]
                 out.append(ReadableSpan(
                     name=e.name, context=SpanContext(e.trace_id, e.span_id, False, flags),
-                    parent=SpanContext(e.trace_id, e.parent_id or 0, False, flags), resource=s.resource,
-                    attributes=attributes, status=Status(StatusCode.UNSET), start_time=e.start_ns,
-                    end_time=e.end_ns, instrumentation_scope=s.instrumentation_scope))
+                    parent=SpanContext(e.trace_id, e.parent_id, False, flags) if e.parent_id else None,
+                    resource=self.resource, attributes=attributes, events=events,
+                    status=Status(StatusCode.UNSET) if e.status_ok else Status(StatusCode.ERROR, e.error),
+                    start_time=e.start_ns, end_time=e.end_ns, instrumentation_scope=self.scope))
         return self.inner.export(out)
 
     def shutdown(self) -> None:
@@ -509,30 +577,24 @@ class Tracing:
     def __init__(self, database: Database | Callable[[], Database], settings: ObservabilitySettings, *,
                  service: str = "ragtune") -> None:
         self.settings = settings
+        self.service = service
         self.destinations: dict[str, DestinationStats] = {}
-        self._processors: dict[str, Any] = {}
+        self._processors: dict[str, _Bounded] = {}
         self._exporters: dict[str, _Counting] = {}
-        self._provider: TracerProvider | None = None
+        self._ending: tuple[Any, ...] = ()  # every processor an ended span is handed to
+        self._on = settings.tracing
         self._lock = threading.Lock()
-        if not settings.tracing:
-            self._tracer: Any = None
+        if not self._on:
             return
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-
-        # closed by close() within a bounded time, not by the SDK's own exit hook (which waits 30 s a destination)
-        self._provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False,
-                                        id_generator=_SecretIds())  # type: ignore[arg-type]  # the IdGenerator protocol
         self._add("postgresql", PostgresSpanExporter(database))
         if settings.otlp_endpoint:
             # A search's span leaves as 7 (its steps expanded): 64 of them make ~450 OTLP spans a request,
             # which a collector that stores them (MLflow) takes within the 5 s timeout; 512 (3,500 spans)
             # timed out against MLflow and were counted failed though stored (benchmarks/otlp_export.py).
-            self._add("otlp", self._otlp_exporter(settings), batch=64)
-        self._tracer = self._provider.get_tracer("ragtune")
+            self._add("otlp", self._otlp_exporter(settings, service), batch=64)
 
     @staticmethod
-    def _otlp_exporter(settings: ObservabilitySettings) -> Any:
+    def _otlp_exporter(settings: ObservabilitySettings, service: str) -> Any:
         from ragtune.extras import needs
 
         with needs("observe", "OTLP export"):
@@ -543,14 +605,13 @@ class Tracing:
             logging.getLogger(name).addFilter(_SILENCED)
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5,
                                     headers={str(k): str(v) for k, v in settings.otlp_headers.items()})
-        return _ForCollector(exporter, settings.export_content)
+        return _ForCollector(exporter, settings.export_content, service)
 
     def _add(self, name: str, exporter: Any, *, batch: int = 512) -> None:
         """A bounded batching processor for one destination (``_Bounded``, ``_Counting``), sending
         at most ``batch`` spans (before their steps are expanded) at a time."""
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        assert self._provider is not None
         stats = self.destinations[name] = DestinationStats()
         s = self.settings
         counting = self._exporters[name] = _Counting(exporter, name, stats)
@@ -559,69 +620,67 @@ class Tracing:
             max_queue_size=s.span_queue_size,
             schedule_delay_millis=s.span_batch_delay_ms, max_export_batch_size=min(batch, s.span_queue_size))
         processor = self._processors[name] = _Bounded(batches, counting, s.span_queue_size)
-        self._provider.add_span_processor(processor)  # type: ignore[arg-type]  # the SpanProcessor protocol
+        self._ending = (*self._ending, processor)
 
     @property
     def enabled(self) -> bool:
-        return self._tracer is not None
+        return self._on
 
     def add_processor(self, processor: Any) -> None:
-        """One more ``SpanProcessor`` every span passes through as it ends (metrics, a test's)."""
-        if self._provider is not None:
-            self._provider.add_span_processor(processor)
+        """One more processor every span is handed to as it ends: its ``on_end(span)`` gets the
+        ``TracedSpan`` itself, on the thread that ended it (metrics, a test's)."""
+        if self._on:
+            with self._lock:
+                self._ending = (*self._ending, processor)
+
+    def _ended(self, span: TracedSpan) -> None:
+        for processor in self._ending:
+            processor.on_end(span)
 
     @contextmanager
     def span(self, name: str, attributes: Mapping[str, Any] | None = None, *,
-             current: bool = True) -> Iterator[Span]:
+             current: bool = True) -> Iterator[TracedSpan]:
         """A span named ``name`` around the block, a child of the current one; current inside the
-        block unless ``current`` is false (a span nothing inside will be the parent of saves
-        attaching a context). ``attributes`` are stashed (``stash``). An exception escaping the
-        block is recorded on it (status error) and raised on."""
-        if self._tracer is None:
-            from opentelemetry.trace import INVALID_SPAN
-
-            yield INVALID_SPAN
+        block unless ``current`` is false (a span nothing inside will be the parent of). ``attributes``
+        are stashed (``stash``). An exception escaping the block is recorded on it (status error)
+        and raised on."""
+        if not self._on:
+            yield NOT_RECORDING
             return
-        if current:
-            with self._tracer.start_as_current_span(name) as span:
-                stash(span, attributes or {})
-                yield span
-            return
-        from opentelemetry.trace import Status, StatusCode
-
-        span = self._tracer.start_span(name)
-        stash(span, attributes or {})
+        parent = _CURRENT.get()
+        span = (TracedSpan(self._ended, name, parent.trace_id, _span_id(), parent.span_id) if parent is not None
+                else TracedSpan(self._ended, name, _trace_id(), _span_id(), None))
+        if attributes:
+            stash(span, attributes)
+        token = _CURRENT.set(span) if current else None
         try:
             yield span
         except BaseException as exc:
             span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.fail(f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            if token is not None:
+                _CURRENT.reset(token)
             span.end()
 
     def evaluation(self, trace_id: str, parent_span_id: str, event: Mapping[str, Any],
                    attributes: Mapping[str, Any]) -> None:
         """A ``feedback`` span in the trace ``trace_id`` under its span ``parent_span_id`` (which ended
         long ago), carrying the GenAI conventions' ``gen_ai.evaluation.result`` event."""
-        if self._tracer is None:
+        if not self._on:
             return
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
-        parent = SpanContext(trace_id=int(trace_id, 16), span_id=int(parent_span_id, 16), is_remote=True,
-                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        context = trace.set_span_in_context(NonRecordingSpan(parent))
-        given = {k: attribute(v) for k, v in attributes.items() if v is not None}
-        with self._tracer.start_as_current_span("feedback", context=context, attributes=given) as span:
-            span.add_event("gen_ai.evaluation.result", {k: attribute(v) for k, v in event.items()})
+        span = TracedSpan(self._ended, "feedback", int(trace_id, 16), _span_id(), int(parent_span_id, 16))
+        span.set_attributes({k: attribute(v) for k, v in attributes.items() if v is not None})
+        span.add_event("gen_ai.evaluation.result", {k: attribute(v) for k, v in event.items()})
+        span.end()
 
     def flush(self, timeout_ms: int = 10_000) -> bool:
         """Write every span ended so far into our spans table (a reader of traces calls this first,
         so it sees its own). Only ours: flushing runs the export in the caller's thread, and a
         request must never wait on a collector."""
         processor = self._processors.get("postgresql")
-        return bool(processor.force_flush(timeout_ms)) if processor is not None and self._provider else True
+        return bool(processor.force_flush(timeout_ms)) if processor is not None and self._on else True
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per destination: spans exported, failed, dropped for a full queue, and queued now."""
@@ -634,12 +693,18 @@ class Tracing:
         not wait on a slow destination (the SDK's own shutdown waits up to 30 s per destination).
         What is still queued then is dropped, with a warning."""
         with self._lock:
-            provider, self._provider, self._tracer = self._provider, None, None
+            was_on, self._on = self._on, False
+            self._ending = ()
         for exporter in self._exporters.values():
             exporter.closing = True
-        if provider is None:
+        if not was_on:
             return
-        closing = threading.Thread(target=provider.shutdown, name="ragtune-spans-close", daemon=True)
+
+        def shut() -> None:  # each destination's queue written, in turn
+            for processor in self._processors.values():
+                processor.shutdown()
+
+        closing = threading.Thread(target=shut, name="ragtune-spans-close", daemon=True)
         closing.start()
         closing.join(timeout_s)
         if closing.is_alive():
@@ -651,26 +716,21 @@ def _opened(database: Database | Callable[[], Database]) -> Database:
     return database if isinstance(database, Database) else database()
 
 
-def current_span() -> Span:
-    """The span the code runs in (a non-recording one outside any)."""
-    from opentelemetry import trace
-
-    return trace.get_current_span()
+def current_span() -> TracedSpan:
+    """The span the code runs in (``NOT_RECORDING`` outside any)."""
+    return _CURRENT.get() or NOT_RECORDING
 
 
-def set_attributes(span: Span | None, attributes: Mapping[str, Any]) -> None:
+def set_attributes(span: TracedSpan | None, attributes: Mapping[str, Any]) -> None:
     """``attributes`` on ``span`` (if any), each as ``attribute`` converts it; None values are left out."""
     if span is not None and span.is_recording():
         span.set_attributes({k: attribute(v) for k, v in attributes.items() if v is not None})
 
 
-def mark_failed(span: Span, reason: str) -> None:
+def mark_failed(span: TracedSpan, reason: str) -> None:
     """``span``'s status set to error with ``reason`` (a step that failed without raising: a job
     that ended failed)."""
-    if span.is_recording():
-        from opentelemetry.trace import Status, StatusCode
-
-        span.set_status(Status(StatusCode.ERROR, reason))
+    span.fail(reason)
 
 
 def numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
@@ -681,7 +741,7 @@ def numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
 
 @contextmanager
 def run_span(tracing: Tracing | None, name: str, attributes: Mapping[str, Any],
-             title: str | None = None) -> Iterator[Span | None]:
+             title: str | None = None) -> Iterator[TracedSpan | None]:
     """A span for a long run of work the local operator started (a training, an evaluation), its
     maker the operator: ``None`` without ``tracing`` or with tracing off. ``title`` is what the
     trace list shows for it where a request shows its question (``ragtune.title``)."""

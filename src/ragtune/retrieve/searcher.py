@@ -23,7 +23,7 @@ from ragtune.errors import EmbedderMismatchError, QueryError
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import Chunk, Hit, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, record
-from ragtune.observe.tracing import Tracing, stash
+from ragtune.observe.tracing import Tracing
 from ragtune.protocols import Embedder
 from ragtune.retrieve import fusion
 from ragtune.retrieve.filters import Condition, Filter, compile_conditions
@@ -212,7 +212,6 @@ class Searcher:
                           "scores": h.scores_by_source} for h in hits],
                 timings_ms=timings,
             ), steps=timer.steps)
-            stash(span, {"gen_ai.retrieval.documents": [{"id": str(h.chunk.id), "score": h.score} for h in hits]})
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
 
     def _dense(self, conn: Conn, info: CollectionInfo, qvec: np.ndarray, wanted: int, cond: Condition,

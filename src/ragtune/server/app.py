@@ -48,6 +48,7 @@ from ragtune.server.cancel import CancelOnDisconnect
 from ragtune.server.deps import Observer, ServerState
 from ragtune.server.guards import RequestGuard, allowed_hosts
 from ragtune.settings import Settings
+from ragtune.store.audit import origin
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,6 +67,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
     from ragtune.server import console
     from ragtune.server.routes import (
         ask,
+        audit,
         collections,
         datasets,
         documents,
@@ -97,7 +99,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
     app.state.ragtune = state
     problems.install(app)
     for module in (collections, documents, ingest, schedules, search, ask, traces, feedback, datasets, models,
-                   openai):
+                   audit, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",
@@ -170,7 +172,8 @@ def _database_problem(engine: Ragtune) -> StoreError | None:
 class RequestMetrics:
     """Counts every HTTP request and its seconds by route template (``/collections/{collection}/ask``, not
     each collection's path: bounded labels), method and status. Inside the guard, so a request the
-    guard refuses (wrong host, flood) is not a route's; an unknown path is counted as ``unmatched``."""
+    guard refuses (wrong host, flood) is not a route's; an unknown path is counted as ``unmatched``.
+    It also sets the audit log's origin of the request: its client's address (``store.audit.origin``)."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: Metrics) -> None:
         self.app = app
@@ -189,8 +192,11 @@ class RequestMetrics:
                 status = int(message["status"])
             await send(message)
 
+        client = scope.get("client")
         try:
-            await self.app(scope, receive, sending)
+            # the audit log's "from where" of whatever the request reads or writes
+            with origin(f"http {client[0] if client else '?'}"):
+                await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
             self.metrics.observe_request(getattr(route, "path", "unmatched"), scope["method"], status,

@@ -12,9 +12,10 @@ one of ``server.max_concurrent_verifications`` slots before any scrypt (``deps.g
 A key's ``groups`` become the request principal's groups (the document ACLs apply to everything it
 reads); its ``scopes`` guard what it may do: ``read`` (search, ask, list, traces, the OpenAI
 endpoints), ``ingest`` (upload and delete documents), ``observe`` (the service's metrics at
-``/metrics``, and with ``read`` every trace, the text of chunks outside the key's groups redacted)
-and ``admin`` (collections, and every document and trace whatever its ACL: an admin
-key's principal is an admin principal). ``admin`` implies the others.
+``/metrics``, and with ``read`` every trace, the text of chunks outside the key's groups redacted),
+``audit`` (the audit log: ``GET /audit``, ``GET /audit/verify``) and ``admin`` (collections, and
+every document and trace whatever its ACL: an admin key's principal is an admin principal).
+``admin`` implies the others.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from ragtune.errors import (
 )
 from ragtune.models import Principal
 from ragtune.settings import Settings
+from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Database
 
-SCOPES = ("read", "ingest", "observe", "admin")
+SCOPES = ("read", "ingest", "observe", "audit", "admin")
 KEY_PREFIX = "rt_"
 _KEY = re.compile(r"rt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
@@ -145,10 +147,11 @@ class KeyStore:
     """
 
     def __init__(self, db: Database, *, cache_seconds: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, audit: bool = True) -> None:
         if cache_seconds < 0:
             raise ConfigError(f"cache_seconds must be >= 0, got {cache_seconds}")
         self.db = db
+        self.audit = audit  # key changes append to the audit log, in their own transaction
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._verified: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()  # sha256(key) -> id, hash, at
@@ -179,6 +182,9 @@ class KeyStore:
                 " RETURNING key_id, name, groups, scopes, created_at::text AS created_at",
                 (key_id, name, list(group_list), list(scope_list), salt, digest, Jsonb(_KDF)),
             ).fetchone()
+            if self.audit:
+                append(conn, AuditEvent("key.create", Principal.system(), details={
+                    "key_id": key_id, "name": name, "groups": list(group_list), "scopes": list(scope_list)}))
         assert row is not None
         return CreatedKey(f"{KEY_PREFIX}{key_id}_{secret}", _key(row))
 
@@ -206,6 +212,8 @@ class KeyStore:
             if row["revoked_at"] is not None:
                 return False
             conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s", (key_id,))
+            if self.audit:
+                append(conn, AuditEvent("key.revoke", Principal.system(), details={"key_id": key_id}))
         return True
 
     def remembered(self, key: str) -> bool:

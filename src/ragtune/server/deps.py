@@ -66,7 +66,8 @@ class ServerState:
 
     @cached_property
     def keys(self) -> KeyStore:
-        return KeyStore(self.engine.db, cache_seconds=self.settings.server.key_cache_seconds)
+        return KeyStore(self.engine.db, cache_seconds=self.settings.server.key_cache_seconds,
+                        audit=self.settings.governance.audit)
 
     @cached_property
     def metrics(self) -> Metrics:
@@ -185,3 +186,4 @@ Reader = Annotated[Caller, _scope("read")]
 Ingester = Annotated[Caller, _scope("ingest")]
 Admin = Annotated[Caller, _scope("admin")]
 Observer = Annotated[Caller, _scope("observe")]
+Auditor = Annotated[Caller, _scope("audit")]

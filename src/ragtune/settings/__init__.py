@@ -46,6 +46,7 @@ from ragtune.settings.sections import (
     SEARCH_MODES,
     SECTIONS,
     GenerationSettings,
+    GovernanceSettings,
     IngestSettings,
     ObservabilitySettings,
     RetrievalSettings,
@@ -66,6 +67,7 @@ __all__ = [
     "Gate",
     "GateBound",
     "GenerationSettings",
+    "GovernanceSettings",
     "IngestSettings",
     "ObservabilitySettings",
     "RetrievalSettings",
@@ -98,6 +100,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    governance: GovernanceSettings = field(default_factory=GovernanceSettings)
 
     def __post_init__(self) -> None:
         typed(self, "", only=PROJECT_FIELDS)

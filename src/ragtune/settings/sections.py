@@ -393,9 +393,27 @@ class ObservabilitySettings:
         ])
 
 
+@dataclass(frozen=True)
+class GovernanceSettings:
+    """The audit log (``store.audit``, ``govern.audit``)."""
+
+    section: ClassVar[str] = "governance"
+    # Append an event to the hash-chained audit log for every read and write of the store.
+    audit: bool = True
+    # A write's event is committed with the write itself. A read's (search, answer, document read)
+    # is appended after it: "sync" commits it before the read returns, or the read fails; "async"
+    # lets PostgreSQL flush it to disk within a moment of returning (about 0.6 s: a crash then may
+    # lose the last reads' events, never a write's), which saves the disk flush a read would wait on.
+    audit_reads: str = "sync"
+
+    def __post_init__(self) -> None:
+        typed(self)
+        check(self, [("audit_reads", self.audit_reads in ("sync", "async"), '"sync" or "async"')])
+
+
 SECTIONS: dict[str, type[Any]] = {cls.section: cls for cls in (
     StoreSettings, IngestSettings, RetrievalSettings, GenerationSettings, ServerSettings, TrainingSettings,
-    ObservabilitySettings)}
+    ObservabilitySettings, GovernanceSettings)}
 
 
 # -- conversion and checks, shared by the sections and Settings' own fields ---------------------------

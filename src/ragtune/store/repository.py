@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from ragtune.errors import EmbedderMismatchError, IngestError, NotFoundError, QueryError
 from ragtune.models import Chunk, Document, Principal
 from ragtune.store.access import WriteAccess, check_replace, readable
+from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Conn, Database
 
 # Postings are also packed into blocks of 2**BLOCK_BITS chunk ids per term (migration 005), one
@@ -131,8 +132,16 @@ def content_hash(text: str) -> str:
 
 
 class Repository:
-    def __init__(self, db: Database) -> None:
+    """The store's collections, documents and chunks. With ``audit``, every write appends its
+    event to the audit log in its own transaction (``store.audit``)."""
+
+    def __init__(self, db: Database, *, audit: bool = False) -> None:
         self.db = db
+        self.audit = audit
+
+    def _audited(self, conn: Conn, event: AuditEvent) -> None:
+        if self.audit:
+            append(conn, event)
 
     # -- collections -------------------------------------------------------------------------
     def ensure_collection(self, name: str, embedder: str, dimension: int, *, m: int, ef_construction: int
@@ -217,9 +226,10 @@ class Repository:
                                        " AND {ok}) AS visible").format(ok=ok), [collection_id, *params]).fetchone()
         return bool(row and row["visible"])
 
-    def drop_collection(self, name: str) -> None:
+    def drop_collection(self, name: str, *, principal: Principal) -> None:
         with self.db.transaction(statement_timeout=0) as conn:  # deletes every row of a collection
             info = self._collection(conn, name)
+            n = conn.execute("SELECT count(*) AS n FROM documents WHERE collection_id = %s", (info.id,)).fetchone()
             conn.execute(
                 "DELETE FROM postings p USING chunks c WHERE c.collection_id = %s AND p.chunk_id = c.id",
                 (info.id,),
@@ -229,6 +239,8 @@ class Repository:
             conn.execute("DELETE FROM chunks WHERE collection_id = %s", (info.id,))
             conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(f"chunks_hnsw_{info.id}")))
             conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
+            self._audited(conn, AuditEvent("collection.drop", principal, name,
+                                           details={"documents": n["n"] if n else 0}))
 
     # -- documents ---------------------------------------------------------------------------
     def existing(self, collection_id: int, uris: Sequence[str]) -> dict[str, ExistingDocument]:
@@ -322,6 +334,9 @@ class Repository:
                                       Jsonb(a.user_metadata), list(a.acl), d.minhash, d.duplicate_of))
                 ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
             self._insert_chunks(conn, info, [(ids[d.uri], d, attrs[d.uri]) for d in docs])
+            self._audited(conn, AuditEvent("ingest", access.principal, info.name, [
+                {"id": ids[d.uri], "uri": d.uri, "hash": d.content_hash,
+                 "change": "updated" if d.uri in existing else "added"} for d in docs]))
         return ["updated" if d.uri in existing else "added" for d in docs]
 
     def update_document_attributes(self, collection_id: int, uri: str, loader_metadata: dict[str, Any],
@@ -333,8 +348,9 @@ class Repository:
             # the collection first, as every writer locks it: an ACL change moves ACL class statistics
             conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
             row = conn.execute(
-                "SELECT id, acl, metadata, user_metadata FROM documents WHERE collection_id = %s AND uri = %s"
-                " FOR UPDATE", (collection_id, uri)).fetchone()
+                "SELECT d.id, d.acl, d.metadata, d.user_metadata, d.content_hash, c.name AS collection"
+                " FROM documents d JOIN collections c ON c.id = d.collection_id"
+                " WHERE d.collection_id = %s AND d.uri = %s FOR UPDATE OF d", (collection_id, uri)).fetchone()
             if row is None:
                 raise NotFoundError(f"no document {uri!r}")
             a = _resolve(access, uri, loader_metadata, user_metadata, None if acl is None else tuple(acl), row)
@@ -353,6 +369,10 @@ class Repository:
                 "UPDATE chunks SET metadata = %s, acl = %s WHERE document_id = %s",
                 (Jsonb(a.metadata), list(a.acl), row["id"]),
             )
+            self._audited(conn, AuditEvent(
+                "document.update", access.principal, row["collection"],
+                [{"id": row["id"], "uri": uri, "hash": row["content_hash"]}],
+                {"acl_changed": list(row["acl"]) != list(a.acl)}))
         return True
 
     def delete_documents(self, collection_id: int, uris: Sequence[str], *, principal: Principal) -> int:
@@ -361,18 +381,20 @@ class Repository:
             return 0
         ok, params = readable(principal, "d.acl")
         with self.db.transaction() as conn:
-            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
-            ids = [
-                r["id"]
-                for r in conn.execute(sql.SQL(
-                    "SELECT d.id FROM documents d WHERE d.collection_id = %s AND d.uri = ANY(%s) AND {ok}"
-                ).format(ok=ok), [collection_id, list(uris), *params]).fetchall()
-            ]
+            name = conn.execute("SELECT name FROM collections WHERE id = %s FOR UPDATE", (collection_id,)).fetchone()
+            found = conn.execute(sql.SQL(
+                "SELECT d.id, d.uri, d.content_hash FROM documents d WHERE d.collection_id = %s AND d.uri = ANY(%s)"
+                " AND {ok} ORDER BY d.id").format(ok=ok), [collection_id, list(uris), *params]).fetchall()
+            ids = [r["id"] for r in found]
             if ids:
                 self._remove_chunks(conn, collection_id, ids)
                 gone = [r["uri"] for r in conn.execute("DELETE FROM documents WHERE id = ANY(%s) RETURNING uri",
                                                        (ids,)).fetchall()]
                 _mark_copies_stale(conn, collection_id, gone)
+            # asked for and not found (or not readable) is recorded too: who tried to delete what
+            self._audited(conn, AuditEvent("delete", principal, name["name"] if name else None, [
+                {"id": r["id"], "uri": r["uri"], "hash": r["content_hash"]} for r in found],
+                {"asked": len(uris)}))
         return len(ids)
 
     def near_duplicate_signatures(self, collection_id: int) -> list[tuple[str, tuple[str, ...], bytes]]:

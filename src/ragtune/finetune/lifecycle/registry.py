@@ -55,8 +55,10 @@ from ragtune.finetune.lifecycle.refs import (
 )
 from ragtune.finetune.lora import runs
 from ragtune.finetune.lora.evaluate import completed_record
+from ragtune.models import Principal
 from ragtune.settings import Gate, Settings, parse_gates
-from ragtune.store.database import resolve_database_url
+from ragtune.store.audit import AuditEvent, append
+from ragtune.store.database import Database, resolve_database_url
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +283,9 @@ class ModelRegistry:
                 "overridden": [r.describe() for r in failed], "gates": [r.describe() for r in results],
                 "notes": notes,
             }))
+            self._audited("model.promote", {"model": name, "version": version,
+                                            "previous": current.version if current else None,
+                                            "forced": bool(failed), "overridden": [r.describe() for r in failed]})
         return Promotion(name, version, current.version if current else None, bool(failed), results,
                          notes=tuple(notes))
 
@@ -323,7 +328,20 @@ class ModelRegistry:
             self._record(name, ProductionChange(at, "rollback", previous, current.version))
             client.set_model_version_tag(name, str(current.version), "ragtune.rolled_back",
                                          json.dumps({"at": at, "to": previous}))
+            self._audited("model.rollback", {"model": name, "version": previous, "previous": current.version})
         return Promotion(name, previous, current.version, False, ())
+
+    def _audited(self, action: str, details: dict[str, Any]) -> None:
+        """A production change in the audit log (``govern.audit``), by the local operator. Its own
+        transaction, right after the change: MLflow's registry writes in transactions of its own."""
+        if not self.settings.governance.audit:
+            return
+        db = Database.from_settings(self.settings)
+        try:
+            with db.transaction() as conn:
+                append(conn, AuditEvent(action, Principal.system(), details=details))
+        finally:
+            db.close()
 
     def _set_history(self, name: str, history: list[int]) -> None:
         self._set_list_tag(name, HISTORY_TAG, history)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragtune.errors import ConfigError, ModelError, RagtuneError, TrainingError
 from ragtune.extras import needs
@@ -54,12 +54,9 @@ from ragtune.finetune.lora.trainset import (
 from ragtune.generate.lineage import model_hash as model_hash  # the base's hash, also imported from here
 from ragtune.generate.prompt import CHAT_FORMAT, read_prompt_format, write_prompt_format
 from ragtune.models import PromptFormat
-from ragtune.observe.tracing import Step, Tracing, hex_trace_id, run_span, stash
+from ragtune.observe.tracing import Step, TracedSpan, Tracing, hex_trace_id, run_span, stash
 from ragtune.progress import JsonLinesReader, JsonLinesWriter
 from ragtune.protocols import Progress
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +177,7 @@ def _execute(record: RunRecord, *, nproc: int, resume: bool, progress: Progress 
     return record
 
 
-def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> AbstractContextManager[Span | None]:
+def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> AbstractContextManager[TracedSpan | None]:
     """The run's ``train`` span (None without ``tracing``): a root span the run's maker (the
     operator running it) sees, naming the run, its base, dataset and configuration, so the trace
     and the MLflow run (tagged ``ragtune.trace_ids`` by ``tracking.log_run``) find each other."""
@@ -196,7 +193,7 @@ def _traced(tracing: Tracing | None, record: RunRecord, resume: bool) -> Abstrac
     return run_span(tracing, "train", attributes, title)
 
 
-def _record_timeline(span: Span, metrics: dict[str, Any]) -> None:
+def _record_timeline(span: TracedSpan, metrics: dict[str, Any]) -> None:
     """The run's numbers on its span, and its epochs and evaluations (``progress.TrainingMonitor``'s
     timeline) as child spans: an evaluation inside an epoch is that epoch's child."""
     timeline = metrics.get("timeline") or {}

@@ -48,5 +48,5 @@ def get_collection(name: str, state: State, caller: Reader) -> dict[str, Any]:
 
 @router.delete("/{name}", status_code=204, summary="Delete a collection and everything in it (admin)")
 def delete_collection(name: str, state: State, caller: Admin) -> Response:
-    state.engine.drop_collection(name)
+    state.engine.drop_collection(name, principal=caller.principal)
     return Response(status_code=204)
