@@ -203,3 +203,14 @@ def test_the_cli_verifies_lists_and_exports_and_fails_on_a_broken_chain(cli_env:
         _sql(rt, "UPDATE audit_events SET collection = 'elsewhere' WHERE seq = 1")
     code, out, _ = invoke("audit", "verify")
     assert code == 1 and "broken" in out and "row 1" in out
+
+
+def test_reads_audited_without_waiting_for_the_disk_are_chained_alike(settings: Any, embedder: Any,
+                                                                      tmp_path: Path) -> None:
+    with Ragtune(settings.replace(audit_reads="async"), embedder=embedder) as rt:
+        _ingested(rt, tmp_path)
+        rt.search("leave", collection="policies", principal=ALICE)
+        rt.search("expenses", collection="policies", principal=ALICE)  # a read's event, not waiting for the disk:
+        with rt.db.connection() as conn:  # that setting was its own transaction's, not left on the pool's connection
+            assert conn.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "on"
+        assert [e["action"] for e in rt.audit.events()] == ["ingest", "search", "search"] and rt.audit.verify().ok

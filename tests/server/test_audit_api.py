@@ -34,3 +34,17 @@ def test_the_audit_log_is_read_with_the_audit_scope_and_names_key_and_origin(liv
     assert bad_limit.status_code == 422
     with live.client("admin") as client:  # admin implies audit
         assert client.get("/audit", params={"limit": 1}).status_code == 200
+
+
+def test_an_upload_job_s_writes_are_audited_as_its_maker_s_from_the_job(live: Any) -> None:
+    files = [("files", ("visitors.md", b"# Visitors\n\nVisitors sign in at the front desk."))]
+    with live.client("a_ingest") as client:
+        r = client.post("/collections/handbook/documents", files=files, data={"acl": "a"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert client.get(f"/ingest-jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
+    with live.client("admin") as client:
+        ingests = client.get("/audit", params={"action": "ingest", "collection": "handbook", "limit": 1000}).json()
+    (mine,) = [e for e in ingests if e["origin"] == f"job {job_id}"]
+    assert mine["principal"] == f"key:{live.keys['a_ingest'].split('_')[1]}"
+    assert [d["uri"] for d in mine["documents"]] == ["visitors.md"] and mine["documents"][0]["change"] == "added"

@@ -88,10 +88,8 @@ class AuditLog:
         transactions); its sequence number, or None with the log off."""
         if not self.enabled:
             return None
-        with self.db.transaction() as conn:
-            if read and self.settings.audit_reads == "async":
-                conn.execute("SET LOCAL synchronous_commit = off")
-            return append(conn, event)
+        with self.db.autocommitted() as conn:  # one statement, one round trip
+            return append(conn, event, wait=not read or self.settings.audit_reads == "sync")
 
     def verify(self, *, anchor: tuple[int, str] | None = None,
                progress: Callable[[int], None] | None = None) -> Verification:

@@ -54,6 +54,7 @@ from ragtune.models import FileWarning, IngestReport, LoadedDocument, Principal,
 from ragtune.observe.tracing import current_span, mark_failed, set_attributes
 from ragtune.server.uploads import UploadedFile
 from ragtune.store.access import owned
+from ragtune.store.audit import origin
 from ragtune.store.database import Database
 
 log = logging.getLogger("ragtune.server.jobs")
@@ -368,8 +369,8 @@ class JobWorker:
                 "ragtune.groups": sorted(job.principal_groups), "ragtune.collection": job.collection,
                 "gen_ai.data_source.id": job.collection,
                 "ragtune.title": f"sync job {job.id}: {job.source}" if job.source
-                else f"upload job {job.id}: {len(job.files)} file(s)"}):
-            self._execute(job)
+                else f"upload job {job.id}: {len(job.files)} file(s)"}), origin(f"job {job.id}"):
+            self._execute(job)  # what it writes is audited as coming from the job
 
     def _execute(self, job: IngestJob) -> None:
         if job.attempts > MAX_ATTEMPTS:

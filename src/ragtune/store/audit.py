@@ -70,11 +70,15 @@ def key_id(principal: Principal) -> str | None:
     return principal.id[4:] if principal.id.startswith("key:") else None
 
 
-def append(conn: Conn, event: AuditEvent) -> int:
+_APPEND = "ragtune_audit_append(%s, %s, %s, %s, %s, %s, %s) AS seq"
+
+
+def append(conn: Conn, event: AuditEvent, *, wait: bool = True) -> int:
     """``event`` as the chain's next row, in ``conn``'s transaction (READ COMMITTED, the default);
-    returns its sequence number. Call it last before the commit."""
+    returns its sequence number. Call it last before the commit. ``wait`` false: the commit does
+    not wait for the disk (``synchronous_commit`` off for this transaction)."""
     row = conn.execute(
-        "SELECT ragtune_audit_append(%s, %s, %s, %s, %s, %s, %s) AS seq",
+        "SELECT " + ("" if wait else "set_config('synchronous_commit', 'off', true), ") + _APPEND,
         (event.principal.id, key_id(event.principal), current_origin(), event.action, event.collection,
          Jsonb(list(event.documents)), Jsonb(dict(event.details)))).fetchone()
     assert row is not None

@@ -280,6 +280,17 @@ class Database:
             yield conn
 
     @contextmanager
+    def autocommitted(self) -> Iterator[Conn]:
+        """A connection on which each statement is a transaction of its own: one round trip for
+        a write of one statement, where ``transaction()`` adds a BEGIN and a COMMIT."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                conn.autocommit = False
+
+    @contextmanager
     def snapshot(self) -> Iterator[Conn]:
         """A read-only REPEATABLE READ transaction: every statement sees the same committed state."""
         with self.connection() as conn:
