@@ -150,7 +150,8 @@ class Ragtune:
         from ragtune.observe.feedback import Feedback, give
 
         given = Feedback(thumbs=thumbs, score=score, label=label, comment=comment, correction=correction)
-        return give(self.db, self.tracing, response_id, principal or _OPERATOR, given)
+        return give(self.db, self.tracing, response_id, principal or _OPERATOR, given,
+                    audit=self.settings.governance.audit)
 
     def prune_traces(self, retention_days: int | None = None) -> list[str]:
         """Drop the days of spans older than ``retention_days`` (default ``[observability]
@@ -336,7 +337,7 @@ class Ragtune:
     # The rows only: ``ragtune serve``'s job worker runs each due schedule as an ingest job.
     @cached_property
     def schedule_store(self) -> ScheduleStore:
-        return ScheduleStore(self.db)
+        return ScheduleStore(self.db, audit=self.settings.governance.audit)
 
     def add_schedule(self, source: str | Path, *, every_s: int, collection: str | None = None,
                      metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None,
@@ -365,9 +366,9 @@ class Ragtune:
     def schedules(self) -> list[Schedule]:
         return self.db.read(self.schedule_store.listing)
 
-    def delete_schedule(self, schedule_id: int) -> None:
+    def delete_schedule(self, schedule_id: int, *, principal: Principal = _OPERATOR) -> None:
         """Remove a schedule: no more runs (one still queued is cancelled; one running finishes)."""
-        self.schedule_store.delete(schedule_id)
+        self.schedule_store.delete(schedule_id, principal=principal)
 
     def watch(self, folder: str | Path, *, stop: threading.Event, collection: str | None = None,
               metadata: dict[str, Any] | None = None, acl: Iterable[str] | None = None, change_acl: bool = False,

@@ -214,3 +214,30 @@ def test_reads_audited_without_waiting_for_the_disk_are_chained_alike(settings: 
         with rt.db.connection() as conn:  # that setting was its own transaction's, not left on the pool's connection
             assert conn.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "on"
         assert [e["action"] for e in rt.audit.events()] == ["ingest", "search", "search"] and rt.audit.verify().ok
+
+
+def test_feedback_schedules_and_datasets_are_audited_in_their_own_transactions(rt: Ragtune, tmp_path: Path,
+                                                                               cache_dir: Path) -> None:
+    from ragtune.finetune.data.store import DatasetStore
+
+    _ingested(rt, tmp_path)
+    answer = rt.ask("How long is parental leave?", collection="policies", generator="extractive", principal=ALICE)
+    rt.feedback(answer.trace_id or "", principal=ALICE, thumbs=-1, comment="too vague")
+    made = rt.add_schedule(tmp_path, every_s=3600, collection="policies")
+    rt.delete_schedule(made.id)
+    store = DatasetStore(rt.db, cache_dir=cache_dir, audit=True)
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": f"Answer {i}."}) + "\n"
+                            for i in range(12)), encoding="utf-8")
+    imported = store.import_file(rows, name="qa").dataset
+    store.remove("qa", principal=Principal.system())
+    events = rt.audit.events()
+    assert [e["action"] for e in events] == ["ingest", "ask", "feedback", "schedule.create", "schedule.delete",
+                                             "dataset.import", "dataset.remove"]
+    feedback = events[2]
+    assert feedback["principal"] == "alice" and feedback["details"]["trace_id"] == answer.trace_id
+    assert feedback["details"]["thumbs"] == -1 and feedback["details"]["comment"] is True
+    assert "too vague" not in json.dumps(events)  # texts stay out of the log
+    assert events[3]["details"]["schedule_id"] == made.id == events[4]["details"]["schedule_id"]
+    assert events[5]["details"]["version"] == imported.version and events[5]["details"]["rows"] == 12
+    assert rt.audit.verify().ok

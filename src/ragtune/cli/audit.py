@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ragtune.cli.common import AsJson, DataDir, console, engine, run_command
 from ragtune.errors import QueryError
-from ragtune.govern.audit import parse_anchor
+from ragtune.govern.audit import ACTIONS, parse_anchor
 
 app = typer.Typer()
 
@@ -72,9 +72,7 @@ def audit_list(
     until: Until = None,
     principal: Annotated[str | None, typer.Option(help="Only this principal's events (key:<id> for an API key).")]
     = None,
-    action: Annotated[str | None, typer.Option(
-        help="Only this action: search, ask, document.read, ingest, delete, document.update, collection.drop, "
-             "key.create or key.revoke.")] = None,
+    action: Annotated[str | None, typer.Option(help=f"Only this action: {ACTIONS}.")] = None,
     collection: Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection's events.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, oldest first.")] = 50,
     as_json: AsJson = False,

@@ -45,7 +45,7 @@ Public = Annotated[bool, typer.Option("--public", help="Every key with the read 
 def _store(rt: Ragtune) -> DatasetStore:
     from ragtune.finetune.data.store import DatasetStore
 
-    return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
+    return DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir, audit=rt.settings.governance.audit)
 
 
 def _operator() -> Principal:

@@ -211,7 +211,7 @@ def _read_datasets(settings: Settings, sources: list[str], tune: TuneConfig, *, 
         from ragtune.finetune.data.store import DatasetStore
 
         with open_engine(settings) as rt:
-            store = DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir)
+            store = DatasetStore(rt.db, cache_dir=settings.resolved_cache_dir, audit=settings.governance.audit)
             for i, source in stored:
                 # Training, search and evaluation are the local operator's commands: they read every row.
                 out[i] = from_store(store, source, principal=Principal.system(), version=version, force=force)

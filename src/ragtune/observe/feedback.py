@@ -19,6 +19,7 @@ from typing import Any
 from ragtune.errors import NotFoundError, PermissionDeniedError, QueryError
 from ragtune.models import Principal
 from ragtune.observe.tracing import Tracing
+from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Database
 
 MAX_TEXT = 10_000  # characters of a label, comment or correction
@@ -60,9 +61,9 @@ def trace_of(response_id: str) -> str:
 
 
 def give(db: Database, tracing: Tracing | None, response_id: str, principal: Principal,
-         feedback: Feedback) -> dict[str, Any]:
+         feedback: Feedback, *, audit: bool = False) -> dict[str, Any]:
     """Store ``feedback`` on the answer ``response_id`` from ``principal`` (see the module's rule);
-    returns the stored row."""
+    returns the stored row. With ``audit``, the audit log records it (its texts left out)."""
     trace_id = trace_of(response_id)
     if tracing is not None:
         tracing.flush()  # an answer given a moment ago is in the table
@@ -82,6 +83,11 @@ def give(db: Database, tracing: Tracing | None, response_id: str, principal: Pri
             " thumbs, score, label, comment, correction",
             (trace_id, principal.id, feedback.thumbs, feedback.score, feedback.label, feedback.comment,
              feedback.correction)).fetchone()
+        if audit and row is not None:
+            append(conn, AuditEvent("feedback", principal, details={
+                "trace_id": trace_id, "feedback_id": row["id"], "thumbs": feedback.thumbs, "score": feedback.score,
+                "label": feedback.label, "comment": feedback.comment is not None,
+                "correction": feedback.correction is not None}))
     assert row is not None  # INSERT ... RETURNING gives the row
     if tracing is not None:
         tracing.evaluation(trace_id, root["span_id"], _event(feedback), {

@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from ragtune.errors import NotFoundError
 from ragtune.models import Principal
+from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Conn, Database
 
 _COLUMNS = ("s.id, s.source, s.collection, s.interval_s, s.acl, s.metadata, s.change_acl, s.principal,"
@@ -48,8 +49,11 @@ def _schedule(row: dict[str, Any]) -> Schedule:
 
 
 class ScheduleStore:
-    def __init__(self, db: Database) -> None:
+    """Scheduled syncs; with ``audit``, creating and deleting one is recorded in the audit log."""
+
+    def __init__(self, db: Database, *, audit: bool = False) -> None:
         self.db = db
+        self.audit = audit
 
     def create(self, *, source: str, collection: str, interval_s: int, principal: Principal,
                acl: tuple[str, ...] | None = None, metadata: dict[str, Any] | None = None,
@@ -63,6 +67,9 @@ class ScheduleStore:
                  Jsonb(metadata) if metadata is not None else None, change_acl, principal.id,
                  sorted(principal.groups), principal.admin)).fetchone()
             assert row is not None
+            if self.audit:
+                append(conn, AuditEvent("schedule.create", principal, collection, details={
+                    "schedule_id": row["id"], "source": source, "interval_s": interval_s}))
             return self._get(conn, int(row["id"]))
 
     def get(self, schedule_id: int) -> Schedule:
@@ -80,14 +87,18 @@ class ScheduleStore:
         with self.db.connection() as conn:
             return [_schedule(r) for r in conn.execute("SELECT " + _COLUMNS + _FROM + " ORDER BY s.id").fetchall()]
 
-    def delete(self, schedule_id: int) -> None:
+    def delete(self, schedule_id: int, *, principal: Principal) -> None:
         """Remove the schedule; a run of it still queued is cancelled (marked failed), one already
         running finishes."""
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE ingest_jobs SET status = 'failed', error = 'its schedule was deleted', finished_at = now()"
                 " WHERE schedule_id = %s AND status = 'queued' AND started_at IS NULL", (schedule_id,))
-            row = conn.execute("DELETE FROM sync_schedules WHERE id = %s RETURNING id", (schedule_id,)).fetchone()
+            row = conn.execute("DELETE FROM sync_schedules WHERE id = %s RETURNING id, source, collection",
+                               (schedule_id,)).fetchone()
+            if row is not None and self.audit:
+                append(conn, AuditEvent("schedule.delete", principal, row["collection"], details={
+                    "schedule_id": schedule_id, "source": row["source"]}))
         if row is None:
             raise NotFoundError(f"no schedule {schedule_id}")
 

@@ -52,6 +52,7 @@ from ragtune.finetune.data.versions import DatasetInfo, ImportOptions, ImportRes
 from ragtune.models import Principal
 from ragtune.progress import emit
 from ragtune.protocols import Progress
+from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Conn, Database
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -83,8 +84,10 @@ class DatasetStore:
     """Datasets in one database. ``counters`` pre-builds token counters by base name (the rest are
     built on first use from ``cache_dir``, where the packaged model is converted)."""
 
-    def __init__(self, db: Database, *, cache_dir: Path, counters: Mapping[str, TokenCounter] | None = None) -> None:
+    def __init__(self, db: Database, *, cache_dir: Path, counters: Mapping[str, TokenCounter] | None = None,
+                 audit: bool = False) -> None:
         self.db = db
+        self.audit = audit  # imports, ACL changes and removals append to the audit log, in their transaction
         self.cache_dir = Path(cache_dir)
         self._counters: dict[str, TokenCounter] = dict(counters or {})
 
@@ -175,7 +178,14 @@ class DatasetStore:
             assert row is not None
             info = DatasetInfo.from_row(row)
             self._write_rows(conn, info.id, examples, splits, hashes, row_acls, progress)
+            self._audited(conn, "dataset.import", Principal.system(), {
+                "dataset": name, "version": info.version, "rows": len(examples), "content_hash": content_hash,
+                "source": source})
         return ImportResult(info, created=True)
+
+    def _audited(self, conn: Conn, action: str, principal: Principal, details: dict[str, Any]) -> None:
+        if self.audit:
+            append(conn, AuditEvent(action, principal, details=details))
 
     def _unchanged(self, conn: Conn, name: str, content_hash: str, stored_options: dict[str, Any],
                    acl: tuple[str, ...] | None) -> ImportResult | None:
@@ -354,6 +364,8 @@ class DatasetStore:
                                (sql_acl(checked), name, version, version))
             if cur.rowcount == 0:
                 raise _missing(name, version)
+            self._audited(conn, "dataset.acl", principal, {"dataset": name, "version": version,
+                                                            "acl": list(checked) if checked is not None else None})
             return cur.rowcount
 
     def remove(self, name: str, version: int | None = None, *, principal: Principal) -> int:
@@ -366,6 +378,8 @@ class DatasetStore:
             )
             if cur.rowcount == 0:
                 raise _missing(name, version)
+            self._audited(conn, "dataset.remove", principal, {"dataset": name, "version": version,
+                                                               "versions": cur.rowcount})
             return cur.rowcount
 
 

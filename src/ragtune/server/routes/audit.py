@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from ragtune.govern.audit import parse_anchor
+from ragtune.govern.audit import ACTIONS, parse_anchor
 from ragtune.server.deps import Auditor, State
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -19,9 +19,7 @@ def list_events(state: State, caller: Auditor,
                 since: Annotated[datetime | None, Query(description="From this time (ISO 8601)")] = None,
                 until: Annotated[datetime | None, Query(description="Before this time")] = None,
                 principal: Annotated[str | None, Query(max_length=200)] = None,
-                action: Annotated[str | None, Query(max_length=100, description="search, ask, document.read, "
-                                                    "ingest, delete, document.update, collection.drop, "
-                                                    "key.create, key.revoke")] = None,
+                action: Annotated[str | None, Query(max_length=100, description=ACTIONS)] = None,
                 collection: Annotated[str | None, Query(max_length=200)] = None,
                 after_seq: Annotated[int, Query(ge=0, description="Page on after this event")] = 0,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

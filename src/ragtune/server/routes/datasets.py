@@ -16,7 +16,8 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 def _store(state: ServerState) -> Any:
     from ragtune.finetune.data.store import DatasetStore
 
-    return DatasetStore(state.engine.db, cache_dir=state.settings.resolved_cache_dir)
+    return DatasetStore(state.engine.db, cache_dir=state.settings.resolved_cache_dir,
+                        audit=state.settings.governance.audit)
 
 
 @router.get("", summary="Every version of every dataset the caller may read (without the validation reports)")

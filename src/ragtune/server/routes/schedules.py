@@ -82,5 +82,5 @@ def list_schedules(state: State, caller: Admin) -> list[dict[str, Any]]:
 
 @router.delete("/{schedule_id}", status_code=204, summary="Delete a scheduled sync: no more runs (admin)")
 def delete_schedule(schedule_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State, caller: Admin) -> Response:
-    state.engine.delete_schedule(schedule_id)
+    state.engine.delete_schedule(schedule_id, principal=caller.principal)
     return Response(status_code=204)
