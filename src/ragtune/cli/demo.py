@@ -159,3 +159,13 @@ def run_demo(rt: Ragtune, *, eval_limit: int | None, reader_steps: int = 120) ->
         table.add_row(mode, *(f"{row[m]:.3f}" for m in quality["measures"]), f"{row['p50_ms']:.1f}",
                       f"{row['p95_ms']:.1f}")
     console.print(table)
+
+    console.rule("6. the audit log: every read and write above, hash-chained")
+    if not rt.audit.enabled:
+        console.print("off ([governance] audit = false)")
+        return
+    verified = rt.audit.verify()
+    console.print(", ".join(f"{n} {action}" for action, n in rt.audit.counts().items()), highlight=False)
+    console.print(f"`ragtune audit verify`: {verified.checked} events, "
+                  + (f"chain unbroken, head {verified.head_seq}:{(verified.head_hash or '')[:16]}…" if verified.ok
+                     else f"BROKEN at row {verified.broken_at}: {verified.problem}"), highlight=False)

@@ -129,6 +129,13 @@ class AuditLog:
         return list(self._rows(since=since, until=until, principal=principal, action=action,
                                collection=collection, after_seq=after_seq, limit=limit))
 
+    def counts(self) -> dict[str, int]:
+        """Events by action, most first."""
+        with self.db.connection() as conn:
+            rows = conn.execute("SELECT action, count(*) AS n FROM audit_events GROUP BY action"
+                                " ORDER BY n DESC, action").fetchall()
+        return {r["action"]: int(r["n"]) for r in rows}
+
     def export(self, out: TextIO, *, since: datetime | None = None, until: datetime | None = None) -> int:
         """Events as JSON Lines, in order, hashes included (so a copy can be checked on its own);
         returns how many."""
