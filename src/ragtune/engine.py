@@ -142,6 +142,19 @@ class Ragtune:
     def traces(self) -> TraceReader:
         return TraceReader(self.db, self.tracing)
 
+    def trace(self, trace_id: str, *, principal: Principal = _OPERATOR, observer: bool = False) -> dict[str, Any]:
+        """One trace as ``principal`` may see it (``TraceReader.get``). A trace shows what a search
+        found and an answer's prompt, so reading it is audited as a read of those chunks."""
+        row = self.traces.get(trace_id, principal, observer=observer)
+        search = row.get("search") or {}
+        shown = sorted({r["chunk_id"] for results in (row.get("results"), search.get("results"))
+                        if isinstance(results, list) for r in results
+                        if isinstance(r, dict) and isinstance(r.get("chunk_id"), int)})
+        self.audit.record(AuditEvent("trace.read", principal, row.get("collection"), [{"chunks": shown}] if shown
+                                     else [], {"trace_id": row["id"], "kind": row["kind"],
+                                               "asked_by": row.get("principal")}), read=True)
+        return row
+
     def feedback(self, response_id: str, *, principal: Principal | None = None, thumbs: int | None = None,
                  score: float | None = None, label: str | None = None, comment: str | None = None,
                  correction: str | None = None) -> dict[str, Any]:

@@ -241,3 +241,16 @@ def test_feedback_schedules_and_datasets_are_audited_in_their_own_transactions(r
     assert events[3]["details"]["schedule_id"] == made.id == events[4]["details"]["schedule_id"]
     assert events[5]["details"]["version"] == imported.version and events[5]["details"]["rows"] == 12
     assert rt.audit.verify().ok
+
+
+def test_reading_a_trace_is_audited_with_the_chunks_it_shows(rt: Ragtune, tmp_path: Path) -> None:
+    _ingested(rt, tmp_path)
+    answer = rt.ask("How long is parental leave?", collection="policies", generator="extractive", principal=ALICE)
+    shown = rt.trace(answer.trace_id or "", principal=ALICE)
+    read = rt.audit.events(action="trace.read")
+    assert [(e["principal"], e["details"]["trace_id"], e["details"]["kind"]) for e in read] == [
+        ("alice", shown["id"], "ask")]
+    assert set(read[0]["documents"][0]["chunks"]) == {h.chunk.id for h in answer.hits}
+    with pytest.raises(Exception, match="no trace"):  # another's trace is not found, and not audited as read
+        rt.trace(answer.trace_id or "", principal=Principal("bob", frozenset({"hr"})))
+    assert len(rt.audit.events(action="trace.read")) == 1

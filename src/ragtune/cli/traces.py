@@ -122,7 +122,7 @@ def traces_show(
         principal = reader(as_user, as_group)
         with engine(data_dir) as rt:
             # a hidden trace is "no trace N", like a missing one
-            row = rt.traces.get(trace_id, principal, observer=as_observer)
+            row = rt.trace(trace_id, principal=principal, observer=as_observer)
             ids = [r["chunk_id"] for r in _results(row) if isinstance(r.get("chunk_id"), int)]
             # a search's trace keeps chunk ids only: their URIs are read now, as the same principal
             uris = {c["chunk_id"]: c["uri"] for c in rt.repo.readable_chunks(ids, principal)} if ids else {}

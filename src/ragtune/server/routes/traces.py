@@ -63,7 +63,7 @@ def get_trace(trace_id: Annotated[str, Path(pattern="^[0-9a-f]{8,32}$", descript
                                              "8 or more hex digits")], state: State, caller: Reader,
               chunks: Annotated[bool, Query(description="Add the text of the ranked chunks")] = False
               ) -> dict[str, Any]:
-    out = _without_paths(state.engine.traces.get(trace_id, caller.principal, observer=caller.allows("observe")))
+    out = _without_paths(state.engine.trace(trace_id, principal=caller.principal, observer=caller.allows("observe")))
     if chunks:  # the answer's and its search's ranked chunks
         search = out.get("search") or {}
         results = [r for rs in (out["results"], search.get("results")) if isinstance(rs, list) for r in rs]
