@@ -18,6 +18,7 @@ Writes benchmarks/results/audit_overhead.json.
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import statistics
 import threading
@@ -25,7 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
-from common import bench_engine, write_result
+from common import bench_engine, round_interval, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -89,7 +90,7 @@ def main() -> None:
         row: dict[str, Any] = {"p50_ms": round(float(np.percentile(pooled, 50)), 3),
                                "p95_ms": round(float(np.percentile(pooled, 95)), 3)}
         if name != "off":
-            low, high = _interval(latencies[name], latencies["off"])
+            low, high = round_interval(latencies[name], latencies["off"], operator.sub)
             row["added_p50_ms"] = round(row["p50_ms"] - summary["off"]["p50_ms"], 3)
             row["added_p50_interval_95"] = [round(low, 3), round(high, 3)]
             row["median_round_added_ms"] = round(statistics.median(
@@ -146,18 +147,6 @@ def _throughput(rt: Ragtune, search: Any, qids: list[str], threads: int) -> floa
     for w in workers:
         w.join()
     return done[0] / (time.perf_counter() - started)
-
-
-def _interval(on: list[list[float]], off: list[list[float]], resamples: int = 2000) -> tuple[float, float]:
-    """A 95% interval of the pooled p50's difference, resampling whole rounds."""
-    rng = np.random.default_rng(0)
-    n = len(on)
-    out = []
-    for _ in range(resamples):
-        picked = rng.integers(0, n, n)
-        out.append(float(np.percentile(np.concatenate([on[i] for i in picked]), 50)
-                         - np.percentile(np.concatenate([off[i] for i in picked]), 50)))
-    return float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))
 
 
 if __name__ == "__main__":

@@ -95,3 +95,20 @@ def populated(name: str, limit: int | None, embedder: str = "minilm") -> tuple[A
     qids = list(ds.queries)
     return rt, collection, ds, qids, [ds.queries[q] for q in qids]
 
+
+def round_interval(on: list[list[float]], off: list[list[float]], compare: Any, q: int = 50,
+                   resamples: int = 2000) -> tuple[float, float]:
+    """A 95% interval of ``compare(pooled on, pooled off)`` (their ratio, or difference) of the
+    ``q``th percentile, resampling whole rounds: each round's blocks together, as they ran side by
+    side on a machine whose speed drifts between rounds."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = len(on)
+    out = []
+    for _ in range(resamples):
+        picked = rng.integers(0, n, n)
+        out.append(compare(float(np.percentile(np.concatenate([on[i] for i in picked]), q)),
+                           float(np.percentile(np.concatenate([off[i] for i in picked]), q))))
+    return float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))
+

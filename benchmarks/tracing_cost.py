@@ -58,14 +58,7 @@ class Capture:
 
 def rows(spans: list[Any]) -> list[str]:
     """The rows the PostgreSQL exporter writes for ``spans``: a span and one per step."""
-    lines = []
-    for span in spans:
-        own = spans_module._own(span)
-        lines.append(spans_module.span_line(own)[1])
-        trace = format(own.trace_id, "032x")
-        for step, step_id, parent in spans_module._steps(span, own.span_id):
-            lines.append(spans_module._step_line(trace, step, step_id, parent)[1])
-    return lines
+    return spans_module.span_rows(spans)[0]
 
 
 def folded(spans: list[Any]) -> list[str]:
@@ -74,7 +67,7 @@ def folded(spans: list[Any]) -> list[str]:
     lines = []
     for span in spans:
         own = spans_module._own(span)
-        steps = spans_module.stashed(span).get("ragtune.steps") or []
+        steps = span.kept.get("ragtune.steps") or []
         own.attributes["ragtune.steps"] = [[s.name, s.parent, s.start_ns - own.start_ns,
                                             (s.end_ns or s.start_ns) - s.start_ns, s.attributes or None]
                                            for s in steps]

@@ -24,13 +24,14 @@ Writes benchmarks/results/tracing_overhead.json.
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import statistics
 import time
 from typing import Any
 
 import numpy as np
-from common import bench_engine, percentiles, write_result
+from common import bench_engine, percentiles, round_interval, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -104,7 +105,7 @@ def main() -> None:
         for stat, q in (("p50_ms", 50), ("p95_ms", 95)):
             pooled = {name: float(np.percentile(np.concatenate(latencies[name][kind]), q)) for name in engines}
             ratios = [r["on"][kind][stat] / r["off"][kind][stat] for r in rounds]
-            low, high = _interval(latencies["on"][kind], latencies["off"][kind], q)
+            low, high = round_interval(latencies["on"][kind], latencies["off"][kind], operator.truediv, q)
             summary[kind][stat] = {**{k: round(v, 3) for k, v in pooled.items()},
                                    "pooled_ratio": round(pooled["on"] / pooled["off"], 4),
                                    "interval_95": [round(low, 4), round(high, 4)],
@@ -121,23 +122,10 @@ def main() -> None:
     exporter = on.tracing.stats()
     console.print(f"exporter: {exporter}")
     write_result("tracing_overhead", {
-        "settings": vars(args), "load_at_start": load, "collection": collection, "summary": summary, "rounds": rounds,
+        "settings": vars(args), "load_at_start": load, "collection": collection, "summary": summary,
         "exporter": exporter, "seconds": round(time.perf_counter() - started, 1),
     })
     on.close()  # writes what is queued, then closes the database both engines share
-
-
-def _interval(on: list[list[float]], off: list[list[float]], q: int, resamples: int = 2000) -> tuple[float, float]:
-    """A 95% interval of the pooled on/off ratio of the ``q``th percentile, resampling whole rounds
-    (each round's two blocks together, as they ran side by side)."""
-    rng = np.random.default_rng(0)
-    n = len(on)
-    ratios = []
-    for _ in range(resamples):
-        picked = rng.integers(0, n, n)
-        ratios.append(np.percentile(np.concatenate([on[i] for i in picked]), q)
-                      / np.percentile(np.concatenate([off[i] for i in picked]), q))
-    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ database (and the embedded server) start on first use, the embedding model loads
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import re
 import threading
@@ -44,7 +43,7 @@ from ragtune.models import (
     Principal,
     SearchResult,
 )
-from ragtune.observe.traces import StageTimer, TraceReader
+from ragtune.observe.traces import StageTimer, TraceReader, shown_chunk_ids
 from ragtune.observe.tracing import Tracing
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.progress import emit
@@ -64,7 +63,7 @@ from ragtune.settings import Settings
 from ragtune.store.access import WriteAccess
 from ragtune.store.audit import AuditEvent
 from ragtune.store.database import Database
-from ragtune.store.repository import CollectionInfo, Repository, check_collection_name
+from ragtune.store.repository import CollectionInfo, Repository, check_collection_name, content_hash
 from ragtune.store.schedules import Schedule, ScheduleStore
 
 if TYPE_CHECKING:
@@ -146,10 +145,7 @@ class Ragtune:
         """One trace as ``principal`` may see it (``TraceReader.get``). A trace shows what a search
         found and an answer's prompt, so reading it is audited as a read of those chunks."""
         row = self.traces.get(trace_id, principal, observer=observer)
-        search = row.get("search") or {}
-        shown = sorted({r["chunk_id"] for results in (row.get("results"), search.get("results"))
-                        if isinstance(results, list) for r in results
-                        if isinstance(r, dict) and isinstance(r.get("chunk_id"), int)})
+        shown = shown_chunk_ids(row)
         self.audit.record(AuditEvent("trace.read", principal, row.get("collection"), [{"chunks": shown}] if shown
                                      else [], {"trace_id": row["id"], "kind": row["kind"],
                                                "asked_by": row.get("principal")}), read=True)
@@ -834,4 +830,4 @@ def _shown(hits: Sequence[Hit]) -> list[dict[str, Any]]:
 def _asked(query: str, trace_id: str | None, *, mode: str) -> dict[str, Any]:
     """What an audit event says of a query: its hash, not its text (the log is never rewritten, so
     it holds no text an erasure would have to reach; the trace, erasable, has the text)."""
-    return {"query_sha256": hashlib.sha256(query.encode("utf-8")).hexdigest(), "trace_id": trace_id, "mode": mode}
+    return {"query_sha256": content_hash(query), "trace_id": trace_id, "mode": mode}

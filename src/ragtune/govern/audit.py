@@ -68,6 +68,11 @@ def _problem(row: dict[str, Any], expected: int, previous: bytes, anchor: tuple[
     return None
 
 
+def _hex(digest: bytes, checked: int) -> str | None:
+    """The head's hash as hex; None before any row was checked (the genesis is no row's)."""
+    return digest.hex() if checked else None
+
+
 def parse_anchor(text: str) -> tuple[int, str]:
     """``SEQ:HASH`` (as ``verify`` prints the head) as a pair; a clear error otherwise."""
     seq, _, digest = text.strip().partition(":")
@@ -108,7 +113,7 @@ class AuditLog:
             for row in cursor:
                 problem = _problem(row, expected, previous, anchor)
                 if problem is not None:
-                    return Verification(False, checked, expected - 1, previous.hex() if checked else None,
+                    return Verification(False, checked, expected - 1, _hex(previous, checked),
                                         min(row["seq"], expected), problem)
                 anchored = anchored or (anchor is not None and row["seq"] == anchor[0])
                 previous, expected, checked = bytes(row["hash"]), row["seq"] + 1, checked + 1
@@ -117,10 +122,10 @@ class AuditLog:
         head = expected - 1
         if not anchored:
             assert anchor is not None
-            return Verification(False, checked, head, previous.hex() if checked else None, anchor[0],
+            return Verification(False, checked, head, _hex(previous, checked), anchor[0],
                                 f"row {anchor[0]} (the anchor) is gone: the chain ends at row {head}, so rows "
                                 "were removed from its end")
-        return Verification(True, checked, head, previous.hex() if checked else None)
+        return Verification(True, checked, head, _hex(previous, checked))
 
     def events(self, *, since: datetime | None = None, until: datetime | None = None, principal: str | None = None,
                action: str | None = None, collection: str | None = None, after_seq: int = 0,

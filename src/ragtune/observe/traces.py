@@ -361,6 +361,15 @@ def _partition_day(name: str) -> date | None:
         return None
 
 
+def shown_chunk_ids(trace: dict[str, Any]) -> list[int]:
+    """The ids of the chunks a trace row (``TraceReader.get``) ranked: its own results and its
+    search's, for an answer."""
+    search = trace.get("search") or {}
+    return sorted({r["chunk_id"] for results in (trace.get("results"), search.get("results"))
+                   if isinstance(results, list) for r in results
+                   if isinstance(r, dict) and isinstance(r.get("chunk_id"), int) and 1 <= r["chunk_id"] < 2**63})
+
+
 def _trace(row: Any) -> dict[str, Any]:
     """A root span as the trace row the CLI, the server and the console show."""
     row = dict(row)

@@ -182,10 +182,6 @@ def stash(span: TracedSpan, values: Mapping[str, Any]) -> None:
             kept[key] = value
 
 
-def stashed(span: TracedSpan) -> dict[str, Any]:
-    return dict(span.kept)
-
-
 def merged_attributes(span: TracedSpan) -> dict[str, Any]:
     """A span's attributes with its stashed values (the steps left out) and the facts it was given
     to work out (``FACTS``)."""
@@ -411,18 +407,7 @@ class PostgresSpanExporter:
     def export(self, spans: Sequence[TracedSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        lines: list[str] = []
-        days: set[date] = set()
-        for s in spans:
-            own = _own(s)
-            day, line = span_line(own)
-            days.add(day)
-            lines.append(line)
-            trace = format(own.trace_id, "032x")
-            for step, step_id, parent in _steps(s, own.span_id):
-                day, line = _step_line(trace, step, step_id, parent)
-                days.add(day)
-                lines.append(line)
+        lines, days = span_rows(spans)
         with self.db.transaction() as conn:
             for day in sorted(days - self._days):
                 conn.execute("SELECT ragtune_span_partition(%s)", (day,))
@@ -477,6 +462,24 @@ class _ForCollector:
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return bool(self.inner.force_flush(timeout_millis))
+
+
+def span_rows(spans: Sequence[TracedSpan]) -> tuple[list[str], set[date]]:
+    """The spans table's rows for ``spans`` (each span, then its steps) as COPY text lines, and the
+    UTC days they start on (their partitions)."""
+    lines: list[str] = []
+    days: set[date] = set()
+    for s in spans:
+        own = _own(s)
+        day, line = span_line(own)
+        days.add(day)
+        lines.append(line)
+        trace = format(own.trace_id, "032x")
+        for step, step_id, parent in _steps(s, own.span_id):
+            day, line = _step_line(trace, step, step_id, parent)
+            days.add(day)
+            lines.append(line)
+    return lines, days
 
 
 def span_line(span: Expanded) -> tuple[date, str]:
@@ -577,7 +580,6 @@ class Tracing:
     def __init__(self, database: Database | Callable[[], Database], settings: ObservabilitySettings, *,
                  service: str = "ragtune") -> None:
         self.settings = settings
-        self.service = service
         self.destinations: dict[str, DestinationStats] = {}
         self._processors: dict[str, _Bounded] = {}
         self._exporters: dict[str, _Counting] = {}
@@ -725,12 +727,6 @@ def set_attributes(span: TracedSpan | None, attributes: Mapping[str, Any]) -> No
     """``attributes`` on ``span`` (if any), each as ``attribute`` converts it; None values are left out."""
     if span is not None and span.is_recording():
         span.set_attributes({k: attribute(v) for k, v in attributes.items() if v is not None})
-
-
-def mark_failed(span: TracedSpan, reason: str) -> None:
-    """``span``'s status set to error with ``reason`` (a step that failed without raising: a job
-    that ended failed)."""
-    span.fail(reason)
 
 
 def numbers(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:

@@ -51,7 +51,7 @@ from ragtune.errors import IngestError, JobLimitError, NotFoundError, RagtuneErr
 from ragtune.ingest.loaders import LoaderOptions
 from ragtune.ingest.loaders.discover import load_files
 from ragtune.models import FileWarning, IngestReport, LoadedDocument, Principal, ProgressEvent
-from ragtune.observe.tracing import current_span, mark_failed, set_attributes
+from ragtune.observe.tracing import current_span, set_attributes
 from ragtune.server.uploads import UploadedFile
 from ragtune.store.access import owned
 from ragtune.store.audit import origin
@@ -476,7 +476,7 @@ class JobWorker:
         span = current_span()  # the job's (``_run``)
         set_attributes(span, {"ragtune.job.status": status, "ragtune.job.error": kwargs.get("error")})
         if status == "failed":
-            mark_failed(span, str(kwargs.get("error") or "failed"))
+            span.fail(str(kwargs.get("error") or "failed"))
         self.store.finish(job.id, status, **kwargs)
         if job.upload_dir:  # a sync job has none
             shutil.rmtree(job.upload_dir, ignore_errors=True)

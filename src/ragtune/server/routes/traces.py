@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
+from ragtune.observe.traces import shown_chunk_ids
 from ragtune.server.deps import Reader, State
 
 router = APIRouter(prefix="/traces", tags=["traces"])
@@ -65,11 +66,7 @@ def get_trace(trace_id: Annotated[str, Path(pattern="^[0-9a-f]{8,32}$", descript
               ) -> dict[str, Any]:
     out = _without_paths(state.engine.trace(trace_id, principal=caller.principal, observer=caller.allows("observe")))
     if chunks:  # the answer's and its search's ranked chunks
-        search = out.get("search") or {}
-        results = [r for rs in (out["results"], search.get("results")) if isinstance(rs, list) for r in rs]
-        ids = sorted({r["chunk_id"] for r in results
-                      if isinstance(r, dict) and isinstance(r.get("chunk_id"), int) and 1 <= r["chunk_id"] < 2**63})
-        out["chunks"] = state.engine.repo.readable_chunks(ids, caller.principal)
+        out["chunks"] = state.engine.repo.readable_chunks(shown_chunk_ids(out), caller.principal)
     return out
 
 
