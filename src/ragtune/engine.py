@@ -29,7 +29,10 @@ from ragtune.generate.conversation import (
 )
 from ragtune.generate.grounding import SupportScorer
 from ragtune.generate.reader import Reader
+from ragtune.govern.answers import apply_answer_policy, blocked_answer, check_generator, held_tokens
 from ragtune.govern.audit import AuditLog
+from ragtune.govern.policies import Policies
+from ragtune.govern.policy import BlockedTopic, Policy
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.ingest.pipeline import IngestPipeline, InheritedAttributes
 from ragtune.models import (
@@ -43,8 +46,8 @@ from ragtune.models import (
     Principal,
     SearchResult,
 )
-from ragtune.observe.traces import StageTimer, TraceReader, shown_chunk_ids
-from ragtune.observe.tracing import Tracing
+from ragtune.observe.traces import StageTimer, TraceReader, TraceRecord, record, shown_chunk_ids
+from ragtune.observe.tracing import Tracing, stash
 from ragtune.plugins import Plugins, default_plugins
 from ragtune.progress import emit
 from ragtune.protocols import (
@@ -132,10 +135,17 @@ class Ragtune:
         return AuditLog(self.db, self.settings.governance)
 
     @cached_property
+    def policies(self) -> Policies:
+        """Collections' policies: PII, injection screening and answer rules (``govern.policy``),
+        versioned and audited; ``set`` one with ``rt.policies.set(collection, source, principal)``."""
+        return Policies(self.db, audit=self.settings.governance.audit, plugins=self.plugins)
+
+    @cached_property
     def tracing(self) -> Tracing:
         """Spans of every step, batched into the spans table (and OTLP when configured). The database
         is opened for them when the first are written, if nothing opened it before."""
-        return Tracing(lambda: self.db, self.settings.observability)
+        return Tracing(lambda: self.db, self.settings.observability,
+                       screen=lambda collection: self.policies.content_screen(collection))
 
     @cached_property
     def traces(self) -> TraceReader:
@@ -438,7 +448,7 @@ class Ragtune:
                                   batch_texts=max(self.settings.ingest.embed_batch_size * 4, 64),
                                   max_chunks=self.settings.ingest.max_chunks_per_document,
                                   near_duplicates=threshold if link_copies else None,
-                                  tracing=self.tracing)
+                                  tracing=self.tracing, policy=self.policies.for_collection(info))
         defaults = None
         if inherit_from:
             # a file named on its own inherits from its folder only; files of a folder from any
@@ -751,12 +761,21 @@ class Ragtune:
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or _OPERATOR
         name = collection or s.default_collection
+        policy = self.policies.for_collection(self.collection(name))
+        if policy.version:
+            check_generator(policy, name, spec or (model.name if model is not None else EXTRACTIVE))
+            topic = policy.answers.blocked(question)
+            if topic is not None:
+                return self._blocked(question, topic, policy, principal, name)
+            if policy.answers.max_sources:
+                options = dataclasses.replace(options, top_k=min(options.top_k, policy.answers.max_sources))
         answerer = Answerer(model, self.support_scorer, self.tracing, judge, reader=reads, read_answers=read_answers,
                             reader_hint=g.reader_hint, spec=spec)
         answerer.system_prompt()  # a model trained on another prompt format is refused before the search
         # one trace per ask: the retrieval, each stage and the generation are its child spans
+        decisions: dict[str, Any] = {}
         with self.tracing.span("ask", {"ragtune.kind": "ask", "gen_ai.operation.name": "chat",
-                                       "gen_ai.request.max_tokens": options.max_tokens}):
+                                       "gen_ai.request.max_tokens": options.max_tokens}) as span:
             timer = StageTimer()  # "retrieve" times the search, whose own span is its trace's
             with timer.stage("retrieve"):
                 # with a history the search is by the conversation; the answer is to the question itself
@@ -764,12 +783,35 @@ class Ragtune:
                                          mode=mode, filters=filters, principal=principal, query_vector=query_vector,
                                          reranker=reranker, history=history, **search_options)
             answer = answerer.answer(question, retrieved, options, principal=principal, collection=name,
-                                     on_token=on_token, timer=timer)
+                                     on_token=held_tokens(policy, on_token), timer=timer)
+            if policy.version:
+                answer, decisions = apply_answer_policy(answer, policy)
+                stash(span, {"ragtune.policy": decisions})
+                if on_token is not None and policy.pii.watched:
+                    on_token(answer.text)  # held back while it was screened: it leaves whole
         if self.settings.governance.audit:  # what the answer was made from: the chunks its prompt showed
             self.audit.record(AuditEvent("ask", principal, name, _shown(answer.hits), {
                 **_asked(question, answer.trace_id, mode=retrieved.mode), "model": answer.model,
                 "cited": sorted({c.chunk_id for c in answer.citations}),
-                "abstained": answer.abstained}), read=True)
+                "abstained": answer.abstained, **({"policy": decisions} if decisions else {})}), read=True)
+        return answer
+
+    def _blocked(self, question: str, topic: BlockedTopic, policy: Policy, principal: Principal,
+                 name: str) -> Answer:
+        """A question on a topic the collection's policy blocks: refused with its reason, traced and
+        audited like any answer."""
+        answer, decisions = blocked_answer(question, topic, policy)
+        with self.tracing.span("ask", {"ragtune.kind": "ask", "gen_ai.operation.name": "chat",
+                                       "ragtune.policy": decisions}) as span:
+            trace_id = record(span, TraceRecord(
+                kind="ask", principal=principal, collection=name, query=question, results=[], timings_ms={},
+                params={"model": answer.model, "response": answer.text, "abstained": True, "grounded": False,
+                        "decided_by": answer.decided_by}))
+        answer = dataclasses.replace(answer, trace_id=trace_id)
+        if self.settings.governance.audit:
+            self.audit.record(AuditEvent("ask", principal, name, [], {
+                **_asked(question, answer.trace_id, mode="none"), "model": answer.model, "abstained": True,
+                "policy": decisions}), read=True)
         return answer
 
     def warm_up(self) -> None:

@@ -5,6 +5,7 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
 
     RagtuneError
     ├── ConfigError              bad settings value, bad ragtune.toml, unknown model name
+    │   └── PolicyError              a policy file with problems (carries each, with its line)
     ├── IngestError              one input could not be ingested (carries ``source``)
     │   ├── UnsupportedFormatError   no loader for this file type, or a binary file
     │   ├── DecodeError              text whose encoding cannot be determined
@@ -13,6 +14,7 @@ Library code raises these; only ``cli/`` turns them into messages and exit codes
     │   ├── ExpansionLimitError      a container (DOCX zip, PDF streams) expanding past its limits (carries ``limit``)
     │   ├── ChunkLimitError          a document splitting into more than ``max_chunks_per_document`` chunks
     │   ├── EmptyDocumentError       no text at all
+    │   ├── PiiRefusedError          personal data of a type its collection's policy refuses
     │   ├── AclChangeError           a write that would change an ACL unasked, or needs one given
     │   └── ReplaceDeniedError       a write the writer may not make to a stored document
     ├── StoreError               the database cannot be reached, started or migrated
@@ -51,6 +53,17 @@ class RagtuneError(Exception):
 
 class ConfigError(RagtuneError):
     code = "config_error"
+
+
+class PolicyError(ConfigError):
+    """A policy (``govern.policy``) that cannot be used: every problem, each with its line."""
+
+    code = "invalid_policy"
+
+    def __init__(self, name: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.name = name
+        self.problems = problems
 
 
 class IngestError(RagtuneError):
@@ -104,6 +117,12 @@ class ChunkLimitError(IngestError):
     def __init__(self, source: str, reason: str, limit: str = "max_chunks_per_document") -> None:
         super().__init__(source, reason)
         self.limit = limit
+
+
+class PiiRefusedError(IngestError):
+    """A document holding personal data of a type its collection's policy refuses (``refuse``)."""
+
+    code = "pii_refused"
 
 
 class AclChangeError(IngestError):

@@ -33,6 +33,7 @@ EXTRAS = {
     "ocr": "reading scanned PDF pages and images (OCR; also needs Debian's tesseract-ocr)",
     "s3": "syncing documents from S3 and S3-compatible storage (sync s3://bucket/prefix)",
     "observe": "sending spans to an OpenTelemetry collector (OTLP/HTTP)",
+    "governance": "PII policies (Presidio's recognizers) and the pseudonym vault",
 }
 # what to know before running the command
 _NOTES = {"llamacpp": "it compiles llama.cpp from source, about 12 minutes on 2 cores"}

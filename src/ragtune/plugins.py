@@ -14,7 +14,9 @@ Kinds and their factories (one signature per kind):
 - ``embedders``: a spec -> ``factory(argument, cache_dir) -> Embedder``;
 - ``generators``, ``rerankers``: a spec -> ``factory(argument, settings) -> part``;
 - ``connectors``: a URI scheme (``s3``) -> ``factory(uri, settings) -> Connector``
-  (``ragtune.ingest.connectors``): a remote source ``Ragtune.sync_source`` reads.
+  (``ragtune.ingest.connectors``): a remote source ``Ragtune.sync_source`` reads;
+- ``pii_recognizers``: an entity type (``EMPLOYEE_ID``) -> ``factory() -> presidio EntityRecognizer``
+  (``ragtune.govern.pii``): what a PII policy may name beside Presidio's own types.
 
 For the kinds named by a spec, a name ``x`` matches the spec ``x`` (the argument is ``x``); a name
 ending in ``:`` matches ``x:ARGUMENT`` (the argument is what follows); the name ``*`` takes any
@@ -22,13 +24,13 @@ spec that names a folder (a path: it exists, or is written with ``/``, ``.`` or 
 
 One rule for duplicates, every kind alike: a name registered twice is a ``ConfigError`` naming both
 plugins, unless the second registration asks to ``replace`` it (a plugin that overrides a
-built-in on purpose). Later issues add kinds (tools, span exporters, PII recognizers, policies)
-as more ``Registry`` fields.
+built-in on purpose). Later issues add kinds (tools, span exporters) as more ``Registry`` fields.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,11 +53,12 @@ if TYPE_CHECKING:
     GeneratorFactory = Callable[[str, Settings], Generator]
     RerankerFactory = Callable[[str, Settings], Reranker]
     ConnectorFactory = Callable[[str, Settings], Connector]
+    PiiRecognizerFactory = Callable[[], Any]  # -> a presidio_analyzer EntityRecognizer
 
 ENTRY_POINT_GROUP = "ragtune.plugins"
 # ragtune's own parts, registered through the same hook third parties use.
 BUILTIN_PLUGINS = ("ragtune.ingest.plugin", "ragtune.generate.plugin", "ragtune.retrieve.plugin",
-                   "ragtune.finetune.plugin")
+                   "ragtune.finetune.plugin", "ragtune.govern.plugin")
 ANY = "*"
 
 F = TypeVar("F")
@@ -135,6 +138,13 @@ def _plain_name(name: str) -> str:
     return name.strip()
 
 
+def entity_type(name: str) -> str:
+    """A PII entity type as Presidio spells them: ``EMPLOYEE_ID``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{1,63}", name.strip()):
+        raise ConfigError(f"a PII entity type is upper-case letters, digits and '_' (EMPLOYEE_ID), got {name!r}")
+    return name.strip()
+
+
 def file_suffix(suffix: str) -> str:
     """``pdf`` / ``.PDF`` -> ``.pdf``; ``""`` is files without a suffix (README, changelog)."""
     if not isinstance(suffix, str) or any(c.isspace() or c in "/\\" for c in suffix):
@@ -153,10 +163,13 @@ class Plugins:
     generators: Registry[GeneratorFactory] = field(default_factory=lambda: Registry("generator"))
     rerankers: Registry[RerankerFactory] = field(default_factory=lambda: Registry("reranker"))
     connectors: Registry[ConnectorFactory] = field(default_factory=lambda: Registry("connector"))
+    pii_recognizers: Registry[PiiRecognizerFactory] = field(
+        default_factory=lambda: Registry("PII entity type", entity_type))
     loaded: list[str] = field(default_factory=list)  # the plugins, in the order they registered
 
     def registries(self) -> list[Registry[Any]]:
-        return [self.loaders, self.chunkers, self.embedders, self.generators, self.rerankers, self.connectors]
+        return [self.loaders, self.chunkers, self.embedders, self.generators, self.rerankers, self.connectors,
+                self.pii_recognizers]
 
     def add(self, name: str, register: Callable[[Plugins], None]) -> None:
         """Run one plugin's ``register`` with its name on everything it registers."""

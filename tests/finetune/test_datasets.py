@@ -104,7 +104,7 @@ def test_alpaca_demo(store: DatasetStore, demo_dir: Path, raw: dict[str, list[di
 
     # Emails, counted with a plain pattern over the raw fields.
     emails = sum(len(re.findall(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", r[k])) for r in records for k in r)
-    assert report["pii"]["by_kind"].get("email", 0) == emails > 0
+    assert report["pii"]["by_kind"].get("EMAIL_ADDRESS", 0) == emails > 0
 
     # Token lengths: the tokenizer's own chat template, tokenized in one call per row.
     tok = counter.tokenizer
@@ -217,7 +217,7 @@ def test_bad_input_is_reported_line_by_line(store: DatasetStore, tmp_path: Path)
     assert [o["line"] for o in r["lengths"]["over_rows"]] == [BAD_LINES["long"]]
     assert r["lengths"]["over_rows"][0]["tokens"] > 9000  # at least one token per word
     assert r["duplicates"]["exact_examples"] == [[1, BAD_LINES["duplicate"]]]
-    assert r["pii"]["by_kind"] == {"credit_card": 1, "email": 1, "iban": 1}
+    assert r["pii"]["by_kind"] == {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1, "IBAN_CODE": 1}
     assert {e["line"] for e in r["pii"]["examples"]} == {BAD_LINES["pii"]} and not r["pii"]["redacted"]
     assert EMAIL not in json.dumps(r)  # the report locates PII, it does not copy it
     assert not info.valid and len(info.reasons) == 3
@@ -229,7 +229,7 @@ def test_bad_input_is_reported_line_by_line(store: DatasetStore, tmp_path: Path)
     redacted = store.import_file(path, name="bad", options=ImportOptions(eval_fraction=0.0, redact_pii=True))
     assert redacted.created and redacted.dataset.version == 2 and redacted.dataset.report["pii"]["redacted"]
     row = next(e for e in store.rows(redacted.dataset, principal=SYSTEM) if e.line == BAD_LINES["pii"])
-    assert row.messages[0]["content"] == "Refund [EMAIL], card [CREDIT_CARD]"
+    assert row.messages[0]["content"] == "Refund <EMAIL_ADDRESS>, card <CREDIT_CARD>"
     assert row.messages[1]["content"] == "Sent to IBAN [IBAN]."
 
 

@@ -46,6 +46,9 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
+from ragtune.govern.pii import Sealed
+from ragtune.govern.policy import NO_POLICY, Policy
+from ragtune.govern.screening import screen_document
 from ragtune.ingest.duplicates import NearDuplicateIndex, signature
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import FileFailure, IngestReport, LoadedDocument
@@ -80,6 +83,8 @@ class _Pending:
     duplicate_of: str | None = None
     chunks: list[Any] = field(default_factory=list)
     terms: list[Counter[str]] = field(default_factory=list)
+    pii: dict[str, Any] = field(default_factory=dict)  # documents.pii (govern.screening)
+    sealed: tuple[Sealed, ...] = ()
 
 
 class InheritedAttributes:
@@ -124,10 +129,12 @@ class InheritedAttributes:
 class IngestPipeline:
     def __init__(self, repo: Repository, embedder: Embedder, chunker: Chunker, analyzer: LexicalAnalyzer,
                  *, batch_texts: int = 256, max_chunks: int = 0, near_duplicates: float | None = None,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, policy: Policy = NO_POLICY) -> None:
         """``max_chunks``: the most chunks one document may have (``max_chunks_per_document``; 0: no
         limit). ``near_duplicates``: the similarity at which a document is linked to the one it
-        copies instead of indexed (``ingest/duplicates.py``); None indexes every document."""
+        copies instead of indexed (``ingest/duplicates.py``); None indexes every document.
+        ``policy``: the collection's (``govern.policy``): its PII rules are applied to each document
+        before it is chunked, and a stored document screened under another version is read again."""
         if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 0:
             raise ConfigError(f"max_chunks must be an integer of at least 0 (0: no limit), got {max_chunks!r}")
         self.repo = repo
@@ -138,6 +145,7 @@ class IngestPipeline:
         self.max_chunks = max_chunks
         self.near_duplicates = near_duplicates
         self.tracing = tracing
+        self.policy = policy
 
     def _span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
         """A child span of the ingest's (nothing when tracing is off)."""
@@ -201,6 +209,8 @@ class IngestPipeline:
                                              defaults, info, report)
                         if pending is not None and copies is not None:
                             self._link_if_copy(pending, copies)
+                        if pending is not None and self.policy.version:  # a copy's body is stored too
+                            self._screen(pending)
                         if pending is not None and pending.duplicate_of is None:
                             self._prepare(pending)
                     except RagtuneError as exc:
@@ -244,13 +254,18 @@ class IngestPipeline:
         target_acl = old.acl if given_acl is None else given_acl
         check_replace(access, loaded.uri, old.acl, target_acl)
         acl_change = target_acl != old.acl
-        if old.content_hash != digest:
+        if old.content_hash != digest or old.policy_version != self.policy.version:
             return _Pending(loaded, own, given_meta, given_acl, digest, tuple(target_acl), acl_change=acl_change)
         if "duplicate_of" in old.metadata:  # still the copy it was: only a changed text is looked at again
             own["duplicate_of"] = old.metadata["duplicate_of"]
         target_meta = {**own, **(old.user_metadata if given_meta is None else given_meta)}
         if target_meta == old.metadata and not acl_change:
             report.unchanged += 1
+        elif self.policy.pii.watched and target_meta != old.metadata:
+            # New metadata under a PII policy is screened with the whole document (its values may
+            # need the vault, written with the document): read again, like a changed text.
+            own.pop("duplicate_of", None)
+            return _Pending(loaded, own, given_meta, given_acl, digest, tuple(target_acl), acl_change=acl_change)
         elif self.repo.update_document_attributes(info.id, loaded.uri, own, given_meta, given_acl, access):
             report.updated += 1
             report.acl_changed += acl_change
@@ -269,6 +284,15 @@ class IngestPipeline:
         with self._span("chunk", {"ragtune.document.uri": pending.loaded.uri,
                                   "ragtune.document.chars": len(pending.loaded.text)}):
             self._chunk(pending)
+
+    def _screen(self, pending: _Pending) -> None:
+        screened = screen_document(pending.loaded, pending.metadata, pending.user_metadata, self.policy.pii,
+                                   self.policy.version)
+        pending.loaded = screened.document
+        pending.metadata = screened.metadata
+        pending.user_metadata = screened.user_metadata
+        pending.pii = screened.record
+        pending.sealed = screened.sealed
 
     def _chunk(self, pending: _Pending) -> None:
         chunks = self.chunker.split(pending.loaded)
@@ -296,7 +320,8 @@ class IngestPipeline:
                 uri=p.loaded.uri, title=p.loaded.title, text=p.loaded.text, content_hash=p.hash,
                 metadata=p.metadata, user_metadata=p.user_metadata, acl=p.acl, chunks=p.chunks,
                 vectors=vectors[offset:offset + n], term_counts=p.terms, minhash=p.minhash,
-                duplicate_of=p.duplicate_of,
+                duplicate_of=p.duplicate_of, pii=p.pii,
+                sealed=[(s.token, s.entity, s.sealed) for s in p.sealed],
             ))
             offset += n
         acl_changes = {p.loaded.uri for p in batch if p.acl_change}

@@ -26,7 +26,8 @@ request path, for both destinations alike.
 
 Texts (questions, prompts, answers: ``CONTENT_ATTRIBUTES``) are kept in our spans table, behind
 the traces' access rule (``observe.traces``); they leave over OTLP only with
-``[observability] export_content``.
+``[observability] export_content``. Under a collection's PII policy both destinations store or send
+them screened (``ContentScreen``, applied by the export threads: no cost on the request path).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ log = logging.getLogger("ragtune.observe")
 # Attributes whose value is structured (JSON text on the span, JSON in the spans table).
 JSON_ATTRIBUTES = frozenset({
     "ragtune.params", "ragtune.results", "ragtune.timings_ms", "ragtune.sentences", "ragtune.lineage",
-    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.retrieval.documents",
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.retrieval.documents", "ragtune.policy",
 })
 # Attributes that hold text from documents or users: stored, exported only with export_content.
 CONTENT_ATTRIBUTES = frozenset({
@@ -77,6 +78,9 @@ SPAN_COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "start_time"
                 "chunk_ids", "attributes", "events")
 
 
+# A collection's name (None: the span names none) -> what its span texts pass through before they
+# are stored or exported (its PII policy: govern.pii), or None when they are kept as they are.
+ContentScreen = Callable[[str | None], Callable[[str], str] | None]
 FACTS = "ragtune.facts"  # stashed: a function giving attributes, called by the exporters (traces.record)
 
 
@@ -182,15 +186,30 @@ def stash(span: TracedSpan, values: Mapping[str, Any]) -> None:
             kept[key] = value
 
 
-def merged_attributes(span: TracedSpan) -> dict[str, Any]:
+def merged_attributes(span: TracedSpan, screen: ContentScreen | None = None) -> dict[str, Any]:
     """A span's attributes with its stashed values (the steps left out) and the facts it was given
-    to work out (``FACTS``)."""
+    to work out (``FACTS``); with ``screen``, the texts (``CONTENT_ATTRIBUTES``) pass through what
+    it gives for the span's collection (its PII policy)."""
     out = dict(span.attributes)
     out.update({k: v for k, v in span.kept.items() if k != "ragtune.steps" and k != FACTS})
     facts = span.kept.get(FACTS)
     if facts is not None:
         out.update(facts())
+    text_screen = screen(out.get("ragtune.collection")) if screen is not None else None
+    if text_screen is not None:
+        for key in CONTENT_ATTRIBUTES & out.keys():
+            out[key] = _screened(out[key], text_screen)
     return out
+
+
+def _screened(value: Any, screen: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return screen(value)
+    if isinstance(value, dict):
+        return {k: _screened(v, screen) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_screened(v, screen) for v in value]
+    return value
 
 
 @dataclass
@@ -210,10 +229,10 @@ class Expanded:
     source: Any = None  # the span it is (None for a step)
 
 
-def expand(span: TracedSpan) -> list[Expanded]:
+def expand(span: TracedSpan, screen: ContentScreen | None = None) -> list[Expanded]:
     """The span with its stashed values, then one span per recorded step, children of the span
     (or of the step they ran in)."""
-    own = _own(span)
+    own = _own(span, screen)
     out = [own]
     for step, step_id, parent in _steps(span, own.span_id):
         out.append(Expanded(own.trace_id, step_id, parent, step.name, step.start_ns, step.end_ns or step.start_ns,
@@ -221,9 +240,9 @@ def expand(span: TracedSpan) -> list[Expanded]:
     return out
 
 
-def _own(span: TracedSpan) -> Expanded:
+def _own(span: TracedSpan, screen: ContentScreen | None = None) -> Expanded:
     return Expanded(span.trace_id, span.span_id, span.parent_id, span.name, span.start_time,
-                    span.end_time or span.start_time, merged_attributes(span), span.status_ok, span.error,
+                    span.end_time or span.start_time, merged_attributes(span, screen), span.status_ok, span.error,
                     [{"name": name, "time": _time(at).isoformat(),
                       "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in attributes.items()}}
                      for name, at, attributes in span.events], span)
@@ -395,9 +414,10 @@ class PostgresSpanExporter:
     per-value adaptation took 18 us a row, 130 us a search's seven; the standard library's JSON
     encoder twice orjson's time; the README's observability section has what remains)."""
 
-    def __init__(self, database: Database | Callable[[], Database]) -> None:
+    def __init__(self, database: Database | Callable[[], Database], screen: ContentScreen | None = None) -> None:
         self._database = database
         self._days: set[date] = set()
+        self.screen = screen
 
     @property
     def db(self) -> Database:
@@ -407,7 +427,7 @@ class PostgresSpanExporter:
     def export(self, spans: Sequence[TracedSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        lines, days = span_rows(spans)
+        lines, days = span_rows(spans, self.screen)
         with self.db.transaction() as conn:
             for day in sorted(days - self._days):
                 conn.execute("SELECT ragtune_span_partition(%s)", (day,))
@@ -428,12 +448,14 @@ class _ForCollector:
     as child spans), structured values as JSON text, texts (``CONTENT_ATTRIBUTES``) left out unless
     ``content``."""
 
-    def __init__(self, inner: SpanExporter, content: bool, service: str = "ragtune") -> None:
+    def __init__(self, inner: SpanExporter, content: bool, service: str = "ragtune",
+                 screen: ContentScreen | None = None) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.inner = inner
         self.content = content
+        self.screen = screen
         self.resource = Resource.create({"service.name": service})
         self.scope = InstrumentationScope("ragtune")
 
@@ -444,7 +466,7 @@ class _ForCollector:
         flags = TraceFlags(TraceFlags.SAMPLED)
         out = []
         for s in spans:
-            for e in expand(s):
+            for e in expand(s, self.screen):
                 attributes = {k: attribute(v) for k, v in e.attributes.items()
                               if v is not None and (self.content or k not in CONTENT_ATTRIBUTES)}
                 events = [Event(name, {k: attribute(v) for k, v in given.items() if v is not None}, at)
@@ -464,13 +486,13 @@ class _ForCollector:
         return bool(self.inner.force_flush(timeout_millis))
 
 
-def span_rows(spans: Sequence[TracedSpan]) -> tuple[list[str], set[date]]:
+def span_rows(spans: Sequence[TracedSpan], screen: ContentScreen | None = None) -> tuple[list[str], set[date]]:
     """The spans table's rows for ``spans`` (each span, then its steps) as COPY text lines, and the
     UTC days they start on (their partitions)."""
     lines: list[str] = []
     days: set[date] = set()
     for s in spans:
-        own = _own(s)
+        own = _own(s, screen)
         day, line = span_line(own)
         days.add(day)
         lines.append(line)
@@ -578,7 +600,9 @@ class Tracing:
     first spans are written, ``PostgresSpanExporter``)."""
 
     def __init__(self, database: Database | Callable[[], Database], settings: ObservabilitySettings, *,
-                 service: str = "ragtune") -> None:
+                 service: str = "ragtune", screen: ContentScreen | None = None) -> None:
+        """``screen``: the PII screen of a collection's span texts (``ContentScreen``), applied by
+        both destinations before a span is stored or sent."""
         self.settings = settings
         self.destinations: dict[str, DestinationStats] = {}
         self._processors: dict[str, _Bounded] = {}
@@ -588,15 +612,15 @@ class Tracing:
         self._lock = threading.Lock()
         if not self._on:
             return
-        self._add("postgresql", PostgresSpanExporter(database))
+        self._add("postgresql", PostgresSpanExporter(database, screen))
         if settings.otlp_endpoint:
             # A search's span leaves as 7 (its steps expanded): 64 of them make ~450 OTLP spans a request,
             # which a collector that stores them (MLflow) takes within the 5 s timeout; 512 (3,500 spans)
             # timed out against MLflow and were counted failed though stored (benchmarks/otlp_export.py).
-            self._add("otlp", self._otlp_exporter(settings, service), batch=64)
+            self._add("otlp", self._otlp_exporter(settings, service, screen), batch=64)
 
     @staticmethod
-    def _otlp_exporter(settings: ObservabilitySettings, service: str) -> Any:
+    def _otlp_exporter(settings: ObservabilitySettings, service: str, screen: ContentScreen | None) -> Any:
         from ragtune.extras import needs
 
         with needs("observe", "OTLP export"):
@@ -607,7 +631,7 @@ class Tracing:
             logging.getLogger(name).addFilter(_SILENCED)
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5,
                                     headers={str(k): str(v) for k, v in settings.otlp_headers.items()})
-        return _ForCollector(exporter, settings.export_content, service)
+        return _ForCollector(exporter, settings.export_content, service, screen)
 
     def _add(self, name: str, exporter: Any, *, batch: int = 512) -> None:
         """A bounded batching processor for one destination (``_Bounded``, ``_Counting``), sending

@@ -46,6 +46,7 @@ class CollectionInfo:
     n_chunks: int
     total_len: int
     documents: int = 0
+    policy_version: int = 0  # the collection's policy in force (store.policies); 0: none
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ExistingDocument:
     metadata: dict[str, Any]
     acl: tuple[str, ...]
     user_metadata: dict[str, Any]
+    policy_version: int = 0  # the collection policy version it was screened under (0: none)
 
 
 @dataclass
@@ -88,6 +90,8 @@ class PreparedDocument:
     term_counts: list[Counter[str]]
     minhash: bytes | None = None  # ingest/duplicates.py
     duplicate_of: str | None = None  # a near-duplicate stored without chunks: the URI it copies
+    pii: dict[str, Any] = field(default_factory=dict)  # what its policy found and did (govern.screening)
+    sealed: Sequence[tuple[str, str, bytes]] = ()  # pseudonymized values for the vault: (token, entity, sealed)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,8 @@ class Repository:
     def _collection(conn: Conn, name: str) -> CollectionInfo:
         # No document count here: this runs on every search, and counting is O(documents).
         row = conn.execute(
-            "SELECT id, name, embedder, dimension, n_chunks, total_len FROM collections c WHERE name = %s",
+            "SELECT id, name, embedder, dimension, n_chunks, total_len, policy_version FROM collections c"
+            " WHERE name = %s",
             (name,),
         ).fetchone()
         if row is None:
@@ -246,13 +251,14 @@ class Repository:
     def existing(self, collection_id: int, uris: Sequence[str]) -> dict[str, ExistingDocument]:
         with self.db.connection() as conn:
             rows = conn.execute(
-                "SELECT id, uri, content_hash, version, metadata, acl, user_metadata FROM documents"
+                "SELECT id, uri, content_hash, version, metadata, acl, user_metadata,"
+                " coalesce((pii->>'policy')::int, 0) AS policy FROM documents"
                 " WHERE collection_id = %s AND uri = ANY(%s)",
                 (collection_id, list(uris)),
             ).fetchall()
         return {
             r["uri"]: ExistingDocument(r["id"], r["content_hash"], r["version"], r["metadata"],
-                                       tuple(sorted(r["acl"])), r["user_metadata"])
+                                       tuple(sorted(r["acl"])), r["user_metadata"], r["policy"])
             for r in rows
         }
 
@@ -313,10 +319,10 @@ class Repository:
                 self._remove_chunks(conn, info.id, list(existing.values()))
                 conn.cursor().executemany(
                     "UPDATE documents SET content_hash = %s, version = version + 1, title = %s, body = %s,"
-                    " metadata = %s, user_metadata = %s, acl = %s, minhash = %s, duplicate_of = %s,"
+                    " metadata = %s, user_metadata = %s, acl = %s, minhash = %s, duplicate_of = %s, pii = %s,"
                     " updated_at = now() WHERE id = %s",
                     [(d.content_hash, d.title, d.text, Jsonb(attrs[d.uri].metadata), Jsonb(attrs[d.uri].user_metadata),
-                      list(attrs[d.uri].acl), d.minhash, d.duplicate_of, existing[d.uri])
+                      list(attrs[d.uri].acl), d.minhash, d.duplicate_of, Jsonb(d.pii), existing[d.uri])
                      for d in docs if d.uri in existing])
                 _mark_copies_stale(conn, info.id, list(existing), [d.uri for d in docs])
             new = [d for d in docs if d.uri not in existing]
@@ -324,16 +330,21 @@ class Repository:
             if new:
                 fresh = _next_ids(conn, "documents_id_seq", len(new))
                 with conn.cursor().copy("COPY documents (id, collection_id, uri, content_hash, title, body,"
-                                        " metadata, user_metadata, acl, minhash, duplicate_of)"
+                                        " metadata, user_metadata, acl, minhash, duplicate_of, pii)"
                                         " FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["int8", "int4", "text", "text", "text", "text", "jsonb", "jsonb", "text[]", "bytea",
-                                  "text"])
+                                  "text", "jsonb"])
                     for doc_id, d in zip(fresh, new, strict=True):
                         a = attrs[d.uri]
                         cp.write_row((doc_id, info.id, d.uri, d.content_hash, d.title, d.text, Jsonb(a.metadata),
-                                      Jsonb(a.user_metadata), list(a.acl), d.minhash, d.duplicate_of))
+                                      Jsonb(a.user_metadata), list(a.acl), d.minhash, d.duplicate_of, Jsonb(d.pii)))
                 ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
             self._insert_chunks(conn, info, [(ids[d.uri], d, attrs[d.uri]) for d in docs])
+            sealed = {s[0]: s for d in docs for s in d.sealed}
+            if sealed:  # in token order: concurrent writers of the same values take their locks alike
+                conn.cursor().executemany(
+                    "INSERT INTO pii_vault (token, entity, sealed) VALUES (%s, %s, %s) ON CONFLICT (token) DO NOTHING",
+                    [sealed[t] for t in sorted(sealed)])
             self._audited(conn, AuditEvent("ingest", access.principal, info.name, [
                 {"id": ids[d.uri], "uri": d.uri, "hash": d.content_hash,
                  "change": "updated" if d.uri in existing else "added"} for d in docs]))

@@ -108,10 +108,10 @@ def scan_pii(examples: Sequence[Example], *, limit: int = 20) -> dict[str, Any]:
         for m in turns:
             texts = [m["content"], *(canonical_json(c["function"]["arguments"]) for c in m.get("tool_calls", ()))]
             for finding in (f for t in texts for f in find_pii(t)):
-                by_kind[finding.kind] += 1
+                by_kind[finding.entity] += 1
                 found_here = True
                 if len(where) < limit:
-                    where.append({"line": example.line, "role": m["role"], "kind": finding.kind})
+                    where.append({"line": example.line, "role": m["role"], "kind": finding.entity})
         rows += found_here
     return {"findings": sum(by_kind.values()), "rows": rows, "by_kind": dict(sorted(by_kind.items())),
             "examples": where, "redacted": False}
