@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ragtune.errors import ConfigError, IngestError, ModelError, NotFoundError, QueryError
+from ragtune.errors import ConfigError, IngestError, ModelError, NotFoundError, PermissionDeniedError, QueryError
 from ragtune.generate.answer import EXTRACTIVE, READER_GENERATOR, Answerer, AskOptions
 from ragtune.generate.answerability import AnswerabilityModel
 from ragtune.generate.conversation import (
@@ -139,6 +139,22 @@ class Ragtune:
         """Collections' policies: PII, injection screening and answer rules (``govern.policy``),
         versioned and audited; ``set`` one with ``rt.policies.set(collection, source, principal)``."""
         return Policies(self.db, audit=self.settings.governance.audit, plugins=self.plugins)
+
+    def reveal(self, token: str, *, principal: Principal = _OPERATOR) -> str:
+        """The value a pseudonym token (``<EMAIL_ADDRESS_3f9a0c2e51b7>``) stands for, opened with the
+        vault key (``RAGTUNE_VAULT_KEY``); admins only, and audited (``pii.reveal``)."""
+        from ragtune.govern.pii import Vault
+
+        if not principal.admin:
+            raise PermissionDeniedError("revealing a pseudonymized value needs an admin")
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT entity, sealed FROM pii_vault WHERE token = %s", (token.strip(),)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no vault entry for {token!r}: not a pseudonym, or its value was erased")
+        value = Vault.from_environment("revealing a pseudonymized value").open(token.strip(), bytes(row["sealed"]))
+        self.audit.record(AuditEvent("pii.reveal", principal, None, [], {"token": token.strip(),
+                                                                         "entity": row["entity"]}))
+        return value
 
     @cached_property
     def tracing(self) -> Tracing:

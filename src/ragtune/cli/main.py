@@ -26,6 +26,7 @@ from ragtune.cli import (
     documents,
     evaluate,
     models,
+    policy,
     reader,
     rerank,
     schedules,
@@ -93,6 +94,10 @@ _group("models", "Registered fine-tuned models: track, register, promote, roll b
 _group("data", "Evaluation data packages and fine-tuning datasets.", datasets.app)
 _group("audit", "The hash-chained audit log of who read and changed what: verify it, list or export events.",
        audit.app)
+_group("policy", "Collections' policies (PII, injection screening, answer rules): check, set, show, history.",
+       policy.app)
+_group("pii", "Personal data: scan a file as a policy would; reveal a pseudonym with the vault key.",
+       policy.pii_app)
 
 
 def main() -> None:  # pragma: no cover

@@ -75,6 +75,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
         ingest,
         models,
         openai,
+        policies,
         schedules,
         search,
         traces,
@@ -99,7 +100,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
     app.state.ragtune = state
     problems.install(app)
     for module in (collections, documents, ingest, schedules, search, ask, traces, feedback, datasets, models,
-                   audit, openai):
+                   audit, policies, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",

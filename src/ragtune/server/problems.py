@@ -141,6 +141,8 @@ def ragtune_error_response(request: Request, exc: e.RagtuneError) -> JSONRespons
         extra["limit"] = exc.limit
     if isinstance(exc, e.IngestError):
         extra["source"] = exc.source
+    if isinstance(exc, e.PolicyError):
+        extra["problems"] = exc.problems
     if status >= 500:
         log.warning("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     detail = str(exc)

@@ -1,0 +1,34 @@
+"""Policies over HTTP (issue 20, part 5): admins read, set and check them; a bad one is refused with
+each problem's line; a reader's answers follow the policy in force."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GOOD = '[pii.entities]\nEMAIL_ADDRESS = "redact"\nPHONE_NUMBER = "pseudonymize"\n'
+BAD = '[pii.entities]\nEMAIL = "redact"\n\n[answers]\nmax_sources = "five"\n[colours]\nx = 1\n'
+
+
+def test_policies_over_http_for_admins(live: Any) -> None:
+    with live.client("a") as client:  # a reader may not see or set policies
+        assert client.get("/collections/handbook/policy").status_code == 403
+        assert client.put("/collections/handbook/policy", json={"source": GOOD}).status_code == 403
+    with live.client("admin") as client:
+        assert client.get("/collections/handbook/policy").status_code == 404
+        bad = client.put("/collections/handbook/policy", json={"source": BAD})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_policy"
+        assert [p.split(":")[1] for p in bad.json()["problems"]] == ["2", "5", "6"]
+        checked = client.post("/policy/check", json={"source": BAD}).json()
+        assert checked["ok"] is False and len(checked["problems"]) == 3
+        put = client.put("/collections/handbook/policy", json={"source": '[answers]\ndisclaimer = "Check with HR."\n'})
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] >= 1 and put.json()["stale_documents"] >= 1
+        got = client.get("/collections/handbook/policy").json()
+        assert got["rules"]["answers"]["disclaimer"] == "Check with HR." and got["created_by"].startswith("key:")
+        history = client.get("/collections/handbook/policy/history").json()
+        assert [p["version"] for p in history] == list(range(1, len(history) + 1))
+    with live.client("a") as client:  # and the reader's answers carry the disclaimer
+        answer = client.post("/collections/handbook/ask", json={"question": "What is the budget?",
+                                                                 "generator": "extractive"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["answer"].endswith("Check with HR.")
