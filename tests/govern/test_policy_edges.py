@@ -36,7 +36,7 @@ def test_the_cli_checks_sets_shows_and_scans(cli_env: Path, monkeypatch: pytest.
 
     doc = cli_env / "contacts.md"
     doc.write_text(f"# Contacts\n\nCall {PHONE} about payroll.\n", encoding="utf-8")
-    assert invoke("collections", "create", "hr")[0] == 0
+    assert invoke("ingest", str(doc), "-c", "hr")[0] == 0  # before the policy: stored as it is
     code, out, _ = invoke("policy", "set", "hr", "good.toml")
     assert code == 0 and "version 1" in out
     assert invoke("policy", "set", "hr", "bad.toml")[0] == 1  # refused: version 1 stays in force
