@@ -140,6 +140,17 @@ class Ragtune:
         versioned and audited; ``set`` one with ``rt.policies.set(collection, source, principal)``."""
         return Policies(self.db, audit=self.settings.governance.audit, plugins=self.plugins)
 
+    def quarantined(self, collection: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The chunks ``collection``'s injection policy holds out of retrieval, highest score first."""
+        return self.repo.quarantined_chunks(collection, limit=limit)
+
+    def release(self, collection: str, chunk_ids: Sequence[int], *, principal: Principal = _OPERATOR) -> int:
+        """Return quarantined chunks to retrieval (admins; audited ``quarantine.release``); their texts
+        stay released when their documents are ingested again."""
+        if not principal.admin:
+            raise PermissionDeniedError("releasing quarantined chunks needs an admin")
+        return self.repo.release_quarantined(collection, chunk_ids, principal)
+
     def reveal(self, token: str, *, principal: Principal = _OPERATOR) -> str:
         """The value a pseudonym token (``<EMAIL_ADDRESS_3f9a0c2e51b7>``) stands for, opened with the
         vault key (``RAGTUNE_VAULT_KEY``); admins only, and audited (``pii.reveal``)."""
@@ -205,7 +216,8 @@ class Ragtune:
 
     @cached_property
     def searcher(self) -> Searcher:
-        return Searcher(self.repo, self.query_embedder, self.analyzer, self.tracing)
+        return Searcher(self.repo, self.query_embedder, self.analyzer, self.tracing,
+                        policy_for=self.policies.for_collection)
 
     @cached_property
     def _default_chunker(self) -> Chunker:
@@ -801,10 +813,13 @@ class Ragtune:
             answer = answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                      on_token=held_tokens(policy, on_token), timer=timer)
             if policy.version:
+                streamed = answer.text
                 answer, decisions = apply_answer_policy(answer, policy)
                 stash(span, {"ragtune.policy": decisions})
                 if on_token is not None and policy.pii.watched:
                     on_token(answer.text)  # held back while it was screened: it leaves whole
+                elif on_token is not None and answer.text.startswith(streamed) and answer.text != streamed:
+                    on_token(answer.text[len(streamed):])  # a warning or disclaimer, after what streamed
         if self.settings.governance.audit:  # what the answer was made from: the chunks its prompt showed
             self.audit.record(AuditEvent("ask", principal, name, _shown(answer.hits), {
                 **_asked(question, answer.trace_id, mode=retrieved.mode), "model": answer.model,

@@ -81,6 +81,10 @@ class Hit:
     document_id: int
     metadata: dict[str, Any]
     scores_by_source: dict[str, float] = field(default_factory=dict)
+    # The chunk's prompt-injection score from ingest (govern.injection; None: not screened), and
+    # what its collection's policy says of it ("flagged" or "demoted"; None: nothing).
+    injection: float | None = None
+    injection_flag: str | None = None
 
 
 @dataclass(frozen=True)

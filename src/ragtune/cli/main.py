@@ -98,6 +98,8 @@ _group("policy", "Collections' policies (PII, injection screening, answer rules)
        policy.app)
 _group("pii", "Personal data: scan a file as a policy would; reveal a pseudonym with the vault key.",
        policy.pii_app)
+_group("quarantine", "Chunks held out of retrieval by a collection's injection policy: list and release them.",
+       policy.quarantine_app)
 
 
 def main() -> None:  # pragma: no cover

@@ -17,6 +17,7 @@ from ragtune.models import Principal
 
 app = typer.Typer()
 pii_app = typer.Typer()
+quarantine_app = typer.Typer()
 
 PolicyFile = Annotated[Path, typer.Argument(help="A policy file (TOML): [pii], [injection], [answers].")]
 Collection = Annotated[str, typer.Argument(help="The collection the policy governs.")]
@@ -185,5 +186,38 @@ def pii_reveal(token: Annotated[str, typer.Argument(help="A pseudonym, e.g. <EMA
     def body() -> None:
         with engine(data_dir) as rt:
             console.print(escape(rt.reveal(token)), highlight=False)
+
+    run_command(body)
+
+
+@quarantine_app.command("list")
+def quarantine_list(collection: Collection,
+                    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, highest score first.")] = 50,
+                    as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """The chunks a collection's injection policy holds out of retrieval, with their text."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            rows = rt.quarantined(collection, limit=limit)
+        if as_json:
+            console.print_json(json.dumps([{k: (round(v, 3) if k == "injection" else v) for k, v in r.items()}
+                                           for r in rows]))
+            return
+        table = Table("chunk", "score", "document", "text")
+        for r in rows:
+            table.add_row(str(r["id"]), f"{r['injection']:.2f}", escape(r["uri"]), escape(r["body"][:160]))
+        console.print(table if rows else f"no quarantined chunks in {collection!r}")
+
+    run_command(body)
+
+
+@quarantine_app.command("release")
+def quarantine_release(collection: Collection,
+                       chunks: Annotated[list[int], typer.Argument(help="Chunk ids (from quarantine list).")],
+                       data_dir: DataDir = None) -> None:
+    """Return quarantined chunks to retrieval (audited; they stay released through re-ingests)."""
+    def body() -> None:
+        with engine(data_dir) as rt:
+            n = rt.release(collection, chunks)
+        console.print(f"released {n} chunk(s) of {collection!r}", highlight=False)
 
     run_command(body)

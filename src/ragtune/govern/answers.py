@@ -52,6 +52,15 @@ def apply_answer_policy(answer: Answer, policy: Policy) -> tuple[Answer, dict[st
         answer, found = _screened(answer, policy.pii)
         if found:
             decisions["pii"] = found
+    flagged = [h for h in answer.hits if h.injection_flag]
+    if flagged:
+        decisions["injection"] = {"action": policy.injection.action,
+                                  "chunks": [h.chunk.id for h in flagged]}
+        if policy.injection.action == "warn":
+            uris = ", ".join(sorted({h.uri for h in flagged}))
+            answer = dataclasses.replace(answer, text=f"{answer.text}\n\nWarning: {len(flagged)} source(s) ({uris}) "
+                                                      "hold text that reads as instructions to an AI model; "
+                                                      "this answer may follow them.")
     if policy.answers.disclaimer:
         answer = dataclasses.replace(answer, text=f"{answer.text}\n\n{policy.answers.disclaimer}")
         decisions["disclaimer"] = True

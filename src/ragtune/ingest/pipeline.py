@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
+from ragtune.govern.injection import DEFAULT_THRESHOLD, score_injection
 from ragtune.govern.pii import Sealed
 from ragtune.govern.policy import NO_POLICY, Policy
 from ragtune.govern.screening import screen_document
@@ -85,6 +86,8 @@ class _Pending:
     terms: list[Counter[str]] = field(default_factory=list)
     pii: dict[str, Any] = field(default_factory=dict)  # documents.pii (govern.screening)
     sealed: tuple[Sealed, ...] = ()
+    injection: list[float] = field(default_factory=list)  # each chunk's score (govern.injection)
+    quarantined: list[bool] = field(default_factory=list)
 
 
 class InheritedAttributes:
@@ -146,6 +149,7 @@ class IngestPipeline:
         self.near_duplicates = near_duplicates
         self.tracing = tracing
         self.policy = policy
+        self._released: set[str] = set()  # chunk texts (sha256) an admin released from quarantine
 
     def _span(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
         """A child span of the ingest's (nothing when tracing is off)."""
@@ -179,6 +183,8 @@ class IngestPipeline:
              defaults: Defaults | None, progress: Progress | None, seen: set[str] | None) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
+        if self.policy.injection.action == "quarantine":
+            self._released = self.repo.injection_releases(info.id)
         given_meta = dict(metadata) if metadata is not None else None
         given_acl = tuple(sorted(set(acl))) if acl is not None else None
         counts = ProgressCounter(progress)
@@ -307,6 +313,14 @@ class IngestPipeline:
                                                       f"characters, over max_chunks_per_document={self.max_chunks:,}")
         pending.chunks = chunks
         pending.terms = [self.analyzer.term_counts(c.text) for c in chunks]
+        # scored once here, so a search never scores (govern.injection); the policy decides what a
+        # score means, and holds a chunk out of retrieval now only when it says quarantine
+        pending.injection = [score_injection(c.text).score for c in chunks]
+        injection = self.policy.injection
+        if injection.action == "quarantine":
+            threshold = injection.threshold if injection.threshold is not None else DEFAULT_THRESHOLD
+            pending.quarantined = [score >= threshold and content_hash(c.text) not in self._released
+                                   for c, score in zip(chunks, pending.injection, strict=True)]
 
     def _flush(self, batch: list[_Pending], info: CollectionInfo, writer: ThreadPoolExecutor,
                report: IngestReport, counts: ProgressCounter, access: WriteAccess) -> Future[None]:
@@ -320,7 +334,7 @@ class IngestPipeline:
                 uri=p.loaded.uri, title=p.loaded.title, text=p.loaded.text, content_hash=p.hash,
                 metadata=p.metadata, user_metadata=p.user_metadata, acl=p.acl, chunks=p.chunks,
                 vectors=vectors[offset:offset + n], term_counts=p.terms, minhash=p.minhash,
-                duplicate_of=p.duplicate_of, pii=p.pii,
+                duplicate_of=p.duplicate_of, pii=p.pii, injection=p.injection, quarantined=p.quarantined,
                 sealed=[(s.token, s.entity, s.sealed) for s in p.sealed],
             ))
             offset += n

@@ -195,9 +195,13 @@ class Condition:
     restrictive: bool
 
 
-def compile_conditions(filters: Iterable[Filter], principal: Principal) -> Condition:
+def compile_conditions(filters: Iterable[Filter], principal: Principal, *, quarantine: bool = False) -> Condition:
+    """``quarantine``: the collection holds quarantined chunks (``CollectionInfo.quarantined``), which
+    no one retrieves, admins included; a collection without any gets no condition for them."""
     parts: list[sql.Composable] = []
     params: list[Any] = []
+    if quarantine:
+        parts.append(sql.SQL("NOT c.quarantined"))
     for f in filters:
         cond, p = _condition(f)
         parts.append(cond)

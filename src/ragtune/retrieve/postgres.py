@@ -222,7 +222,8 @@ def fetch_chunks(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         return {}
     rows = conn.execute(
         "SELECT c.id, c.document_id, c.ordinal, c.body, c.start_char, c.end_char, c.heading, c.tokens,"
-        " c.metadata, d.uri FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)",
+        " c.metadata, c.injection, d.uri FROM chunks c JOIN documents d ON d.id = c.document_id"
+        " WHERE c.id = ANY(%s)",
         (list(ids),),
     ).fetchall()
     return {r["id"]: r for r in rows}

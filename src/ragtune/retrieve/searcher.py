@@ -13,13 +13,16 @@ too: the README's security section says what that and the shared HNSW graph leav
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ragtune.errors import EmbedderMismatchError, QueryError
+from ragtune.govern.injection import DEFAULT_THRESHOLD
+from ragtune.govern.policy import InjectionPolicy, Policy
 from ragtune.ingest.lexical import LexicalAnalyzer
 from ragtune.models import Chunk, Hit, Principal, SearchResult
 from ragtune.observe.traces import StageTimer, TraceRecord, record
@@ -92,11 +95,14 @@ class SearchOptions:
 
 class Searcher:
     def __init__(self, repo: Repository, embedder: Embedder, analyzer: LexicalAnalyzer,
-                 tracing: Tracing | None) -> None:
+                 tracing: Tracing | None, policy_for: Callable[[CollectionInfo], Policy] | None = None) -> None:
+        """``policy_for``: a collection's policy in force (``govern.policies``), whose injection rule
+        flags or demotes the hits it retrieves."""
         self.repo = repo
         self.embedder = embedder
         self.analyzer = analyzer
         self.tracing = tracing
+        self.policy_for = policy_for
 
     def search(self, collection: str, query: str, options: SearchOptions, *, filters: Sequence[Filter] = (),
                principal: Principal, query_vector: np.ndarray | None = None,
@@ -129,7 +135,7 @@ class Searcher:
         else:
             qvec = None
         terms = self.analyzer.term_counts(query)
-        cond = compile_conditions(filters, principal)
+        cond = compile_conditions(filters, principal, quarantine=info.quarantined > 0)
         k = options.top_k
         n = max(options.candidates, k)
         with timer.stage("retrieve"), self.repo.db.snapshot() as conn:
@@ -193,8 +199,10 @@ class Searcher:
                 chunk=Chunk(ordinal=r["ordinal"], text=r["body"], start=r["start_char"], end=r["end_char"],
                             heading=r["heading"], tokens=r["tokens"], id=chunk_id, document_id=r["document_id"]),
                 score=score, rank=rank, uri=r["uri"], document_id=r["document_id"], metadata=r["metadata"],
-                scores_by_source=by_source,
+                scores_by_source=by_source, injection=r["injection"],
             ))
+        if info.policy_version and self.policy_for is not None:
+            hits = flag_injections(hits, self.policy_for(info).injection)
         timings = dict(timer.timings_ms)
         timings["search"] = timings.get("retrieve", 0.0)
         trace_id = None
@@ -209,7 +217,8 @@ class Searcher:
                         "filters": [{"key": f.key, "op": f.op, "value": _jsonable(f.value)} for f in filters],
                         **(trace_params or {})},
                 results=[{"chunk_id": h.chunk.id, "rank": h.rank, "score": h.score,
-                          "scores": h.scores_by_source} for h in hits],
+                          "scores": h.scores_by_source,
+                          **({"injection": h.injection_flag} if h.injection_flag else {})} for h in hits],
                 timings_ms=timings,
             ), steps=timer.steps)
         return SearchResult(query=query, mode=options.mode, hits=hits, trace_id=trace_id, timings_ms=timings)
@@ -231,6 +240,22 @@ class Searcher:
                 f"the configured embedder is {self.embedder.name!r} ({self.embedder.dimension}-d); "
                 f"set [ingest] embedder = {info.embedder!r} to query it"
             )
+
+
+def flag_injections(hits: list[Hit], rule: InjectionPolicy) -> list[Hit]:
+    """``hits`` as an injection rule of ``warn`` or ``demote`` leaves them: those scored at or over
+    its threshold at ingest are flagged; demoted ones also rank after every other hit. (Quarantined
+    chunks never reach here: the search's condition holds them out.)"""
+    if rule.action not in ("warn", "demote"):
+        return hits
+    threshold = rule.threshold if rule.threshold is not None else DEFAULT_THRESHOLD
+    flag = "flagged" if rule.action == "warn" else "demoted"
+    marked = [dataclasses.replace(h, injection_flag=flag) if h.injection is not None and h.injection >= threshold
+              else h for h in hits]
+    if rule.action == "demote":
+        marked = [h for h in marked if h.injection_flag is None] + [h for h in marked if h.injection_flag]
+        marked = [dataclasses.replace(h, rank=i) for i, h in enumerate(marked, start=1)]
+    return marked
 
 
 def _jsonable(value: Any) -> Any:

@@ -47,6 +47,7 @@ class CollectionInfo:
     total_len: int
     documents: int = 0
     policy_version: int = 0  # the collection's policy in force (store.policies); 0: none
+    quarantined: int = 0  # chunks its injection policy holds out of retrieval
 
 
 @dataclass
@@ -92,6 +93,8 @@ class PreparedDocument:
     duplicate_of: str | None = None  # a near-duplicate stored without chunks: the URI it copies
     pii: dict[str, Any] = field(default_factory=dict)  # what its policy found and did (govern.screening)
     sealed: Sequence[tuple[str, str, bytes]] = ()  # pseudonymized values for the vault: (token, entity, sealed)
+    injection: Sequence[float | None] = ()  # each chunk's injection score (govern.injection); () not screened
+    quarantined: Sequence[bool] = ()  # each chunk held out of retrieval by its collection's policy
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,8 @@ class Repository:
     def _collection(conn: Conn, name: str) -> CollectionInfo:
         # No document count here: this runs on every search, and counting is O(documents).
         row = conn.execute(
-            "SELECT id, name, embedder, dimension, n_chunks, total_len, policy_version FROM collections c"
-            " WHERE name = %s",
+            "SELECT id, name, embedder, dimension, n_chunks, total_len, policy_version, quarantined"
+            " FROM collections c WHERE name = %s",
             (name,),
         ).fetchone()
         if row is None:
@@ -246,6 +249,45 @@ class Repository:
             conn.execute("DELETE FROM collections WHERE id = %s", (info.id,))
             self._audited(conn, AuditEvent("collection.drop", principal, name,
                                            details={"documents": n["n"] if n else 0}))
+
+    # -- quarantined chunks (migration 017) ----------------------------------------------------
+    def injection_releases(self, collection_id: int) -> set[str]:
+        with self.db.connection() as conn:
+            rows = conn.execute("SELECT text_hash FROM injection_releases WHERE collection_id = %s",
+                                (collection_id,)).fetchall()
+        return {r["text_hash"] for r in rows}
+
+    def quarantined_chunks(self, collection: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The chunks a collection's injection policy holds out of retrieval, highest score first
+        (for an admin's review: their text is shown)."""
+        with self.db.connection() as conn:
+            info = self._collection(conn, collection)
+            return conn.execute(
+                "SELECT c.id, c.document_id, d.uri, c.ordinal, c.injection, c.body FROM chunks c"
+                " JOIN documents d ON d.id = c.document_id WHERE c.collection_id = %s AND c.quarantined"
+                " ORDER BY c.injection DESC, c.id LIMIT %s", (info.id, limit)).fetchall()
+
+    def release_quarantined(self, collection: str, chunk_ids: Sequence[int], principal: Principal) -> int:
+        """Return quarantined chunks to retrieval (their texts stay released through re-ingests);
+        audited as ``quarantine.release``. Returns how many were released."""
+        with self.db.transaction() as conn:
+            info = self._collection(conn, collection)
+            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (info.id,))
+            rows = conn.execute(
+                "UPDATE chunks c SET quarantined = false FROM documents d WHERE d.id = c.document_id"
+                " AND c.collection_id = %s AND c.id = ANY(%s) AND c.quarantined"
+                " RETURNING c.id, c.body, c.document_id, d.uri, d.content_hash",
+                (info.id, list(chunk_ids))).fetchall()
+            if not rows:
+                raise NotFoundError(f"no quarantined chunk {', '.join(map(str, chunk_ids))} in {collection!r}")
+            conn.execute("UPDATE collections SET quarantined = quarantined - %s WHERE id = %s", (len(rows), info.id))
+            conn.cursor().executemany(
+                "INSERT INTO injection_releases (collection_id, text_hash, released_by) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING", [(info.id, content_hash(r["body"]), principal.id) for r in rows])
+            self._audited(conn, AuditEvent("quarantine.release", principal, collection, [
+                {"id": r["document_id"], "uri": r["uri"], "hash": r["content_hash"], "chunks": [r["id"]]}
+                for r in rows]))
+        return len(rows)
 
     # -- documents ---------------------------------------------------------------------------
     def existing(self, collection_id: int, uris: Sequence[str]) -> dict[str, ExistingDocument]:
@@ -529,12 +571,13 @@ class Repository:
         ).fetchall()
         rebuild_posting_blocks(conn, [(r["term_id"], r["block"]) for r in touched])
         row = conn.execute(
-            "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%(docs)s) RETURNING lex_len, acl),"
+            "WITH gone AS (DELETE FROM chunks WHERE document_id = ANY(%(docs)s) RETURNING lex_len, acl, quarantined),"
             " classes AS (UPDATE acl_classes k SET n_chunks = k.n_chunks - g.n, total_len = k.total_len - g.len"
             "  FROM (SELECT acl, count(*) AS n, sum(lex_len) AS len FROM gone GROUP BY acl) g"
             "  WHERE k.collection_id = %(cid)s AND k.acl = g.acl RETURNING k.id, k.n_chunks)"
             " UPDATE collections SET n_chunks = n_chunks - (SELECT count(*) FROM gone),"
-            " total_len = total_len - (SELECT coalesce(sum(lex_len), 0) FROM gone) WHERE id = %(cid)s"
+            " total_len = total_len - (SELECT coalesce(sum(lex_len), 0) FROM gone),"
+            " quarantined = quarantined - (SELECT count(*) FROM gone WHERE quarantined) WHERE id = %(cid)s"
             " RETURNING (SELECT array_agg(id) FROM classes WHERE n_chunks = 0) AS emptied",
             {"docs": document_ids, "cid": collection_id},
         ).fetchone()
@@ -552,23 +595,28 @@ class Repository:
         lexical: list[tuple[int, Counter[str], int]] = []
         by_acl: dict[tuple[str, ...], list[int]] = {}  # the ACL classes of the chunks: indexes into lexical
         # binary COPY: no float formatting and parsing of the vectors
+        held = 0
         with conn.cursor().copy(
             "COPY chunks (id, document_id, collection_id, ordinal, body, start_char, end_char, heading,"
-            " tokens, lex_len, metadata, acl, embedding) FROM STDIN (FORMAT BINARY)"
+            " tokens, lex_len, metadata, acl, embedding, injection, quarantined) FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.set_types(["int8", "int8", "int4", "int4", "text", "int4", "int4", "text", "int4", "int4",
-                          "jsonb", "text[]", "vector"])
+                          "jsonb", "text[]", "vector", "float4", "bool"])
             for document_id, doc, attrs in docs:
                 meta = Jsonb(attrs.metadata)
                 acl = list(attrs.acl)
                 members = by_acl.setdefault(tuple(acl), [])  # the class is the ACL exactly as stored
-                for chunk, vec, counts in zip(doc.chunks, doc.vectors, doc.term_counts, strict=True):
+                scores = doc.injection or [None] * len(doc.chunks)
+                holds = doc.quarantined or [False] * len(doc.chunks)
+                held += sum(holds)
+                for chunk, vec, counts, score, hold in zip(doc.chunks, doc.vectors, doc.term_counts, scores, holds,
+                                                           strict=True):
                     cid = next(ids)
                     lex_len = sum(counts.values())
                     members.append(len(lexical))
                     lexical.append((cid, counts, lex_len))
                     cp.write_row((cid, document_id, info.id, chunk.ordinal, chunk.text, chunk.start, chunk.end,
-                                  chunk.heading, chunk.tokens, lex_len, meta, acl, vec))
+                                  chunk.heading, chunk.tokens, lex_len, meta, acl, vec, score, hold))
         # Document frequency counts chunks containing a term (the chunk is the BM25 "document").
         df: Counter[str] = Counter()
         for _, counts, _ in lexical:
@@ -593,8 +641,9 @@ class Repository:
                         cp.write_row((term_ids[term], cid, tf, lex_len))
             append_posting_blocks(conn, [cid for cid, _, _ in lexical])
         conn.execute(
-            "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s WHERE id = %s",
-            (n, sum(x[2] for x in lexical), info.id),
+            "UPDATE collections SET n_chunks = n_chunks + %s, total_len = total_len + %s,"
+            " quarantined = quarantined + %s WHERE id = %s",
+            (n, sum(x[2] for x in lexical), held, info.id),
         )
         deltas: dict[tuple[str, ...], AclClassDelta] = {}
         for key, members in by_acl.items():

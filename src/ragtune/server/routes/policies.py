@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import NotFoundError, PolicyError
@@ -19,6 +19,11 @@ router = APIRouter(tags=["policies"])
 class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(max_length=MAX_POLICY_BYTES, description="The policy file's text (TOML)")
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chunks: list[int] = Field(min_length=1, max_length=1000, description="Quarantined chunk ids")
 
 
 class TokenIn(BaseModel):
@@ -64,3 +69,15 @@ def check_policy(body: PolicyIn, state: State, caller: Admin) -> dict[str, Any]:
                                     "audited)")
 def reveal(body: TokenIn, state: State, caller: Admin) -> dict[str, str]:
     return {"token": body.token, "value": state.engine.reveal(body.token, principal=caller.principal)}
+
+
+@router.get("/collections/{name}/quarantine", summary="Chunks held out of retrieval by the injection policy (admin)")
+def quarantined(name: str, state: State, caller: Admin, limit: int = Query(100, ge=1, le=1000)
+                ) -> list[dict[str, Any]]:
+    return state.engine.quarantined(name, limit=limit)
+
+
+@router.post("/collections/{name}/quarantine/release", summary="Return quarantined chunks to retrieval (admin; "
+                                                                 "audited)")
+def release(name: str, body: ReleaseIn, state: State, caller: Admin) -> dict[str, int]:
+    return {"released": state.engine.release(name, body.chunks, principal=caller.principal)}
