@@ -230,7 +230,30 @@ def test_bad_input_is_reported_line_by_line(store: DatasetStore, tmp_path: Path)
     assert redacted.created and redacted.dataset.version == 2 and redacted.dataset.report["pii"]["redacted"]
     row = next(e for e in store.rows(redacted.dataset, principal=SYSTEM) if e.line == BAD_LINES["pii"])
     assert row.messages[0]["content"] == "Refund <EMAIL_ADDRESS>, card <CREDIT_CARD>"
-    assert row.messages[1]["content"] == "Sent to IBAN [IBAN]."
+    assert row.messages[1]["content"] == "Sent to IBAN <IBAN_CODE>."
+
+
+def test_a_pii_policy_screens_rows_and_leaves_out_refused_ones(store: DatasetStore, tmp_path: Path) -> None:
+    from ragtune.govern.pii import PiiPolicy
+
+    path = _jsonl(tmp_path / "people.jsonl", [
+        _chat(f"Write to {EMAIL} please.", "Done."),                       # 1 redacted
+        _chat("What is the capital of France?", "Paris."),                  # 2 kept as it is
+        _chat(f"Charge card {CARD}.", "Charged."),                           # 3 refused
+    ])
+    policy = PiiPolicy({"EMAIL_ADDRESS": "redact", "CREDIT_CARD": "refuse"})
+    info = store.import_file(path, name="people", options=ImportOptions(eval_fraction=0.0, pii_policy=policy)).dataset
+    rows = {e.line: e for e in store.rows(info, principal=SYSTEM)}
+    assert sorted(rows) == [1, 2]
+    assert rows[1].messages[0]["content"] == "Write to <EMAIL_ADDRESS> please."
+    assert info.report["pii"]["policy"] == {"refused": 1, "refused_rows": [{"line": 3, "entities": ["CREDIT_CARD"]}]}
+    with store.db.connection() as conn:
+        stored = conn.execute("SELECT string_agg(messages::text, ' ') AS t FROM dataset_rows").fetchone()
+    assert stored is not None and EMAIL not in stored["t"] and CARD not in stored["t"]
+    # the same file under another policy is a new version, not the old one again
+    other = store.import_file(path, name="people", options=ImportOptions(
+        eval_fraction=0.0, pii_policy=PiiPolicy({"EMAIL_ADDRESS": "flag"})))
+    assert other.created and other.dataset.version == 2
 
 
 def test_json_list_rows_keep_the_line_they_start_on(store: DatasetStore, tmp_path: Path) -> None:

@@ -66,6 +66,13 @@ def _acl(acl: str | None, public: bool, admins_only: bool = False) -> tuple[str,
     return groups
 
 
+def _policy_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: the policy file cannot be read: {exc}") from None
+
+
 @app.command("import")
 def data_import(
     file: Annotated[Path | None, typer.Argument(help="A .jsonl or .json (list) file of examples.")] = None,
@@ -76,7 +83,10 @@ def data_import(
                                              "fetch --list` shows them).")] = None,
     format: Annotated[str, typer.Option("--format", help="chat | alpaca | sharegpt | auto")] = "auto",
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Store emails, phones, cards, IBANs ... "
-                                             "replaced by [EMAIL], [PHONE] ...")] = False,
+                                             "replaced by <EMAIL_ADDRESS>, <PHONE_NUMBER> ...")] = False,
+    policy: Annotated[Path | None, typer.Option("--policy", help="A policy file whose [pii] rules apply to every "
+                                                "text before it is stored; rows holding a refused type are left "
+                                                "out and reported by line.")] = None,
     eval_fraction: Annotated[float, typer.Option(help="Share of rows held out for evaluation (by hash).")] = 0.1,
     eval_set: Annotated[bool, typer.Option("--eval-set", help="Register as an eval set: all rows are eval, and "
                                            "other datasets are checked for leakage against it.")] = False,
@@ -106,9 +116,15 @@ def data_import(
                               "at most 1 (the Jaccard similarity of word 3-grams from which rows are near duplicates)")
         project = load_settings(data_dir)
         given = {} if near_duplicate_threshold is None else {"near_duplicate_threshold": near_duplicate_threshold}
+        pii_policy = None
+        if policy is not None:
+            from ragtune.govern.pii import known_entities
+            from ragtune.govern.policy import parse_policy
+
+            pii_policy = parse_policy(_policy_text(policy), name=str(policy), known_entities=known_entities).pii
         options = ImportOptions.from_settings(
             project.training, format=format, redact_pii=redact_pii, eval_fraction=eval_fraction, eval_set=eval_set,
-            base=base, max_tokens=max_tokens, acl=_acl(acl, public), **given)
+            base=base, max_tokens=max_tokens, acl=_acl(acl, public), pii_policy=pii_policy, **given)
         dataset = name or demo
         assert dataset is not None  # checked above
         if demo is not None:

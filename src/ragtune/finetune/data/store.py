@@ -47,8 +47,9 @@ from ragtune.finetune.data.access import (
 from ragtune.finetune.data.examples import Example, canonical_json
 from ragtune.finetune.data.formats import ParsedFile, parse_bytes
 from ragtune.finetune.data.lengths import TemplateTokenCounter, TokenCounter
-from ragtune.finetune.data.validate import redact_examples, scan_pii, validate
+from ragtune.finetune.data.validate import apply_pii_policy, redact_examples, scan_pii, validate
 from ragtune.finetune.data.versions import DatasetInfo, ImportOptions, ImportResult, assign_split, row_hash
+from ragtune.govern.pii import Sealed
 from ragtune.models import Principal
 from ragtune.progress import emit
 from ragtune.protocols import Progress
@@ -153,6 +154,17 @@ class DatasetStore:
         pii = scan_pii(parsed.examples)
         examples = redact_examples(parsed.examples) if options.redact_pii else parsed.examples
         pii["redacted"] = options.redact_pii
+        sealed: dict[str, Sealed] = {}
+        if options.pii_policy is not None:
+            applied = apply_pii_policy(examples, options.pii_policy)
+            if row_acls is not None:  # each kept row keeps its own ACL
+                refused_lines = {r["line"] for r in applied.refused}
+                row_acls = [a for e, a in zip(examples, row_acls, strict=True) if e.line not in refused_lines]
+            examples, sealed = applied.examples, applied.sealed
+            pii["policy"] = {"refused_rows": applied.refused[:100], "refused": len(applied.refused)}
+            if not examples:
+                raise DatasetError(f"{source}: every row holds personal data the policy refuses "
+                                   f"({len(applied.refused)} rows)")
         hashes = [row_hash(e) for e in examples]
         splits = ["eval" if options.eval_set else assign_split(h, options.eval_fraction) for h in hashes]
         # Leakage is checked against every eval set, whoever may read them; what the report then
@@ -178,6 +190,10 @@ class DatasetStore:
             assert row is not None
             info = DatasetInfo.from_row(row)
             self._write_rows(conn, info.id, examples, splits, hashes, row_acls, progress)
+            if sealed:
+                conn.cursor().executemany(
+                    "INSERT INTO pii_vault (token, entity, sealed) VALUES (%s, %s, %s) ON CONFLICT (token) DO NOTHING",
+                    [(t, sealed[t].entity, sealed[t].sealed) for t in sorted(sealed)])
             self._audited(conn, "dataset.import", Principal.system(), {
                 "dataset": name, "version": info.version, "rows": len(examples), "content_hash": content_hash,
                 "source": source})

@@ -34,7 +34,7 @@ from ragtune.finetune.data.dedup import cross_duplicates, find_duplicates
 from ragtune.finetune.data.examples import Example, canonical_json
 from ragtune.finetune.data.formats import ParsedFile
 from ragtune.finetune.data.lengths import TokenCounter, histogram
-from ragtune.govern.pii import find_pii, redact
+from ragtune.govern.pii import PiiPolicy, Sealed, apply_policy, find_pii, redact
 from ragtune.settings.sections import TrainingSettings
 
 
@@ -119,6 +119,38 @@ def scan_pii(examples: Sequence[Example], *, limit: int = 20) -> dict[str, Any]:
 
 def redact_examples(examples: Sequence[Example]) -> list[Example]:
     return [e.map_text(redact) for e in examples]
+
+
+@dataclass
+class PolicyApplied:
+    """Rows after a PII policy: those kept (screened), the refused ones' lines and types, the
+    values the vault is to hold (``govern.pii.Sealed``)."""
+
+    examples: list[Example]
+    refused: list[dict[str, Any]]
+    sealed: dict[str, Sealed]
+
+
+def apply_pii_policy(examples: Sequence[Example], policy: PiiPolicy) -> PolicyApplied:
+    kept: list[Example] = []
+    refused: list[dict[str, Any]] = []
+    sealed: dict[str, Sealed] = {}
+    types: set[str] = set()  # the refused types of the row being screened
+
+    def screen(text: str) -> str:
+        result = apply_policy(text, policy)
+        types.update(result.refused)
+        sealed.update((s.token, s) for s in result.sealed)
+        return result.text
+
+    for example in examples:
+        types.clear()
+        screened = example.map_text(screen)
+        if types:
+            refused.append({"line": example.line, "entities": sorted(types)})
+        else:
+            kept.append(screened)
+    return PolicyApplied(kept, refused, sealed)
 
 
 def _empty_outputs(examples: Sequence[Example], limit: int) -> dict[str, Any]:

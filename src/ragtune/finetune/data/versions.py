@@ -19,6 +19,7 @@ from ragtune.finetune.data.access import check_acl
 from ragtune.finetune.data.examples import Example, canonical_json
 from ragtune.finetune.data.formats import FORMATS
 from ragtune.finetune.data.validate import ValidationOptions
+from ragtune.govern.pii import PiiPolicy
 from ragtune.settings.sections import TrainingSettings
 
 
@@ -37,6 +38,10 @@ class ImportOptions:
     # Who may read the version: None admins only, () every principal, else principals in any group.
     # Not part of ``stored``: the same content imported with another ACL changes the ACL.
     acl: tuple[str, ...] | None = None
+    # A policy's PII rules (govern.pii), applied to every text before the rows are stored: a row
+    # holding a type the policy refuses is left out and reported by line. None: rows as they are
+    # (``redact_pii`` replaces the usual types).
+    pii_policy: PiiPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.format not in (*FORMATS, "auto"):
@@ -61,7 +66,11 @@ class ImportOptions:
 
     def stored(self, resolved_format: str) -> dict[str, Any]:
         """What an import depends on besides the bytes: equal values make a re-import a no-op."""
-        return {"format": resolved_format, "redact_pii": self.redact_pii, "eval_set": self.eval_set,
+        policy = None if self.pii_policy is None else {
+            "entities": dict(sorted(self.pii_policy.actions.items())), "min_score": self.pii_policy.min_score,
+            "phone_regions": list(self.pii_policy.phone_regions)}
+        return {"format": resolved_format, "redact_pii": self.redact_pii, "pii_policy": policy,
+                "eval_set": self.eval_set,
                 "eval_fraction": 1.0 if self.eval_set else self.eval_fraction, "base": self.base,
                 "max_tokens": self.max_tokens, "near_duplicate_threshold": self.near_duplicate_threshold}
 
