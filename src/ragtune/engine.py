@@ -31,6 +31,7 @@ from ragtune.generate.grounding import SupportScorer
 from ragtune.generate.reader import Reader
 from ragtune.govern.answers import apply_answer_policy, blocked_answer, check_generator, held_tokens
 from ragtune.govern.audit import AuditLog
+from ragtune.govern.erasure import Eraser, ErasureReport, ErasureRequest
 from ragtune.govern.policies import Policies
 from ragtune.govern.policy import BlockedTopic, Policy
 from ragtune.ingest.lexical import LexicalAnalyzer
@@ -139,6 +140,34 @@ class Ragtune:
         """Collections' policies: PII, injection screening and answer rules (``govern.policy``),
         versioned and audited; ``set`` one with ``rt.policies.set(collection, source, principal)``."""
         return Policies(self.db, audit=self.settings.governance.audit, plugins=self.plugins)
+
+    def erase(self, *, document_ids: Sequence[int] = (), uri: str | None = None, subject: str | None = None,
+              collection: str | None = None, dry_run: bool = False, principal: Principal = _OPERATOR) -> ErasureReport:
+        """Erase documents (by id, or URI pattern with ``*`` and ``?``) or every document holding
+        ``subject``, with every copy of them, in one transaction; mark what was trained on them
+        (``[governance] erasure_models``); check that nothing is left (``ErasureReport.remaining``).
+        Admins only; the receipt is in the audit log (``erasure``). ``dry_run``: what would go."""
+        if not principal.admin:
+            raise PermissionDeniedError("erasing needs an admin")
+        request = ErasureRequest(tuple(document_ids), uri, subject, collection)
+        if "tracing" in self.__dict__:  # spans still queued are in the table before it is searched
+            self.tracing.flush()
+
+        def lineage(datasets: list[dict[str, Any]], collections: list[str], erasure: int) -> list[dict[str, Any]]:
+            from ragtune.finetune.lifecycle.lineage import affected_models
+
+            return affected_models(self.settings, datasets, collections, erasure=erasure,
+                                   action=self.settings.governance.erasure_models)
+
+        return self._eraser.erase(request, principal, dry_run=dry_run, lineage=lineage)
+
+    def verify_erasure(self, erasure_id: int, *, subject: str | None = None) -> ErasureReport:
+        """An erasure checked again: every table searched for what it erased (``Eraser.verify``)."""
+        return self._eraser.verify(erasure_id, subject=subject)
+
+    @cached_property
+    def _eraser(self) -> Eraser:
+        return Eraser(self.db, self.repo, audit=self.settings.governance.audit)
 
     def quarantined(self, collection: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The chunks ``collection``'s injection policy holds out of retrieval, highest score first."""

@@ -300,3 +300,31 @@ def test_cli_register_list_promote_rollback(registry: ModelRegistry, project: Se
     assert runner.invoke(app, ["models", "track", *where]).exit_code == 0
     tracked = registry.client.search_runs([registry.experiment_id], "tags.`ragtune.run_id` = 'tools-cli3'")
     assert [r.info.status for r in tracked] == ["FAILED"]
+
+
+def test_an_erasure_holds_the_adapter_versions_trained_on_what_it_removed(
+        registry: ModelRegistry, project: Settings, tool_run: Any, tmp_path: Path) -> None:
+    """Lineage (issue 20, part 4): the dataset version an adapter trained on lost rows to an erasure,
+    so that version cannot be promoted, with or without --force; another dataset's version can."""
+    from ragtune.finetune.data.store import DatasetStore
+    from ragtune.finetune.data.versions import ImportOptions
+
+    rows = [{"messages": [{"role": "user", "content": f"Mail {who} the rota."}, {"role": "assistant",
+                                                                              "content": "Sent."}]}
+            for who in ("tove.lindqvist@example.org", "the team")]
+    path = tmp_path / "rota.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with Ragtune(project) as rt:
+        store = DatasetStore(rt.db, cache_dir=rt.settings.resolved_cache_dir)
+        data = store.import_file(path, name="rota", options=ImportOptions(eval_fraction=0.0)).dataset
+        trained = registry.register(_evaluated(tool_run, project, "tools-rota", GOOD, dataset="rota",
+                                               dataset_hash=data.content_hash).path, "reg-erasure")
+        other = registry.register(_evaluated(tool_run, project, "tools-other", GOOD).path, "reg-erasure")
+        report = rt.erase(subject="tove.lindqvist@example.org")
+    assert report.clean and report.counts["dataset_rows"] == 1
+    [held] = report.models
+    assert (held["kind"], held["name"], held["version"], held["action"]) == ("adapter", "reg-erasure",
+                                                                             trained.version, "blocked")
+    with pytest.raises(RegistryError, match=f"erasure {report.erasure_id}"):
+        registry.promote("reg-erasure", trained.version, force=True)
+    assert registry.promote("reg-erasure", other.version).version == other.version

@@ -77,3 +77,22 @@ def test_reveal_needs_an_admin_the_key_and_a_known_token(rt: Ragtune, tmp_path: 
     with pytest.raises(ConfigError, match="another key"):
         rt.reveal(token)
     assert [e for e in rt.audit.events() if e["action"] == "pii.reveal"] == []  # nothing was revealed
+
+
+def test_the_cli_erases_verifies_and_refuses_what_matches_nothing(cli_env: Path) -> None:
+    from tests.cli.runner import invoke
+
+    doc = cli_env / "contacts.md"
+    doc.write_text("# Contacts\n\nBudget questions go to arvid.holm@example.org every Monday.\n", encoding="utf-8")
+    assert invoke("ingest", str(doc))[0] == 0
+    code, out, _ = invoke("erase", "--subject", "arvid.holm@example.org", "--dry-run")
+    assert code == 0 and "would erase 1 document" in out and "contacts.md" in out
+    code, out, _ = invoke("erase", "--subject", "arvid.holm@example.org", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["clean"] and report["counts"]["documents"] == 1
+    code, out, _ = invoke("erase", "--verify", str(report["erasure"]), "--subject", "arvid.holm@example.org")
+    assert code == 0 and "verified" in out
+    code, _, err = invoke("erase", "--document", "99999")
+    assert code == 2 and "matches no document" in err
+    code, _, err = invoke("erase", "--uri", "*", "--subject", "arvid.holm@example.org")
+    assert code == 2 and "one of" in err

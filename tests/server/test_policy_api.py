@@ -32,3 +32,27 @@ def test_policies_over_http_for_admins(live: Any) -> None:
                                                                  "generator": "extractive"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["answer"].endswith("Check with HR.")
+
+
+def test_erasure_over_http_for_admins(live: Any) -> None:
+    files = [("files", ("ines.md", b"# Contacts\n\nIn doubt, write to ines.varga@example.org about the budget."))]
+    with live.client("admin") as client:
+        r = client.post("/collections/handbook/documents", files=files, data={"acl": "a"})
+        assert r.status_code == 202, r.text
+        assert client.get(f"/ingest-jobs/{r.json()['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    with live.client("a") as client:
+        assert client.post("/erasures", json={"subject": "ines.varga@example.org"}).status_code == 403
+    with live.client("admin") as client:
+        dry = client.post("/erasures", json={"subject": "ines.varga@example.org", "dry_run": True}).json()
+        assert [d["uri"] for d in dry["documents"]] == ["ines.md"] and dry["erasure"] is None
+        done = client.post("/erasures", json={"subject": "ines.varga@example.org"})
+        assert done.status_code == 200, done.text
+        assert done.json()["clean"] is True and done.json()["counts"]["documents"] == 1
+        erasure = done.json()["erasure"]
+        again = client.post(f"/erasures/{erasure}/verify", json={"subject": "ines.varga@example.org"}).json()
+        assert again["clean"] is True
+        assert client.post(f"/erasures/{erasure}/verify", json={}).status_code == 400  # the subject is needed
+        bad = client.post("/erasures", json={"uri": "*", "subject": "x@y.z"})
+        assert bad.status_code == 400 and "one of" in bad.json()["detail"]
+        missing = client.post("/erasures", json={"document_ids": [99999999]})
+        assert missing.status_code == 404

@@ -24,6 +24,7 @@ from ragtune.cli import (
     datasets,
     demo,
     documents,
+    erase,
     evaluate,
     models,
     policy,
@@ -73,6 +74,7 @@ def _group(name: str, help_text: str, *parts: typer.Typer) -> None:
 for commands in (serve.app, documents.app, search.app, ask.app, chat.app, traces.feedback_app, traces.stats_app,
                  demo.app):
     app.add_typer(commands)
+app.command("erase")(erase.erase)
 _group("docs", "List, show and remove documents.", documents.docs_app)
 _group("db", "The embedded PostgreSQL server.", admin.db_app)
 _group("config", "Configuration.", admin.config_app)

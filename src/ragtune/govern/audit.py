@@ -32,7 +32,7 @@ from ragtune.store.database import Database
 # What the actions are named, for help texts (``store.audit.AuditEvent.action``).
 ACTIONS = ("search, ask, document.read, trace.read, ingest, document.update, delete, collection.drop, feedback, "
            "schedule.create, schedule.delete, dataset.import, dataset.acl, dataset.remove, key.create, key.revoke, "
-           "model.promote, model.rollback, policy.set, pii.reveal or quarantine.release")
+           "model.promote, model.rollback, policy.set, pii.reveal, quarantine.release or erasure")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -168,10 +168,17 @@ class PiiDetector:
                 raise ConfigError(f"unknown PII entity type {entity!r}; known: {', '.join(known_entities(plugins))}")
             recognizers.append(recognizer)
         self._analyzer = presidio.analyzer(recognizers) if recognizers else None
+        # Presidio's own types all need a digit, but for e-mail addresses ("@"), URLs (".") and
+        # private key headers ("-----"): a title or heading without any is not analysed at all
+        # (each call costs ~0.5 ms before any pattern runs). A plugin's type may need anything.
+        if any(e in plugins.pii_recognizers and e not in _NEEDS for e in self.entities):
+            self._may_hold: Callable[[str], bool] = _always
+        else:
+            self._may_hold = _prefilter(tuple(sorted({m for e in self.entities for m in _NEEDS.get(e, _DIGITS)})))
 
     def find(self, text: str) -> list[PiiFinding]:
         """The findings in ``text``, overlaps resolved, in order of position."""
-        if self._analyzer is None or not text:
+        if self._analyzer is None or not text or not self._may_hold(text):
             return []
         results = self._analyzer.analyze(text, language="en", entities=list(self.entities),
                                          score_threshold=self.min_score)
@@ -180,6 +187,19 @@ class PiiDetector:
             if all(r.end <= k.start or k.end <= r.start for k in kept):
                 kept.append(PiiFinding(r.entity_type, r.start, r.end, round(float(r.score), 3)))
         return sorted(kept, key=lambda f: f.start)
+
+
+_DIGITS = tuple("0123456789")
+# What a text must hold for a finding of these types to be possible (the rest of Presidio's: a digit).
+_NEEDS: dict[str, tuple[str, ...]] = {"EMAIL_ADDRESS": ("@",), "URL": (".",), "CREDENTIAL": (*_DIGITS, "-----")}
+
+
+def _always(text: str) -> bool:
+    return True
+
+
+def _prefilter(marks: tuple[str, ...]) -> Callable[[str], bool]:
+    return lambda text: any(m in text for m in marks)
 
 
 def known_entities(plugins: Any = None) -> list[str]:

@@ -40,8 +40,12 @@ def screen_document(loaded: LoadedDocument, metadata: dict[str, Any], user_metad
     elsewhere: dict[str, int] = {}
     refused: dict[str, set[str]] = {}
 
+    seen: dict[str, Screened] = {}  # a title is also in the metadata, a heading often twice
+
     def screen(text: str, where: str) -> Screened:
-        result = apply_policy(text, policy, vault=vault)
+        result = seen.get(text)
+        if result is None:
+            result = seen[text] = apply_policy(text, policy, vault=vault)
         if where != "the text":
             for entity, n in result.counts.items():
                 elsewhere[entity] = elsewhere.get(entity, 0) + n

@@ -71,6 +71,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
         collections,
         datasets,
         documents,
+        erasures,
         feedback,
         ingest,
         models,
@@ -100,7 +101,7 @@ def create_app(engine: Ragtune, settings: Settings | None = None, *, auth: bool 
     app.state.ragtune = state
     problems.install(app)
     for module in (collections, documents, ingest, schedules, search, ask, traces, feedback, datasets, models,
-                   audit, policies, openai):
+                   audit, policies, erasures, openai):
         app.include_router(module.router, responses=problems.RESPONSES)
 
     @app.get("/health", tags=["meta"], summary="Liveness and the database; needs no key and serves no data",

@@ -395,7 +395,7 @@ class ObservabilitySettings:
 
 @dataclass(frozen=True)
 class GovernanceSettings:
-    """The audit log (``store.audit``, ``govern.audit``)."""
+    """The audit log (``store.audit``, ``govern.audit``) and erasure (``govern.erasure``)."""
 
     section: ClassVar[str] = "governance"
     # Append an event to the hash-chained audit log for every read and write of the store.
@@ -407,10 +407,14 @@ class GovernanceSettings:
     # a search: +0.61 ms sync, +0.44 ms async on a quiet machine; +1.38 / +0.75 ms on a busy one
     # (benchmarks/audit_overhead.py).
     audit_reads: str = "sync"
+    # What an erasure does to fine-tuned adapter versions trained on data it removed (govern.erasure):
+    # "block" refuses their promotion until a retrained version replaces them; "flag" lists them.
+    erasure_models: str = "block"
 
     def __post_init__(self) -> None:
         typed(self)
-        check(self, [("audit_reads", self.audit_reads in ("sync", "async"), '"sync" or "async"')])
+        check(self, [("audit_reads", self.audit_reads in ("sync", "async"), '"sync" or "async"'),
+                     ("erasure_models", self.erasure_models in ("block", "flag"), '"block" or "flag"')])
 
 
 SECTIONS: dict[str, type[Any]] = {cls.section: cls for cls in (

@@ -66,6 +66,9 @@ SCHEMA = "mlflow"
 EXPERIMENT = "ragtune"
 HISTORY_TAG = "ragtune.production_history"
 CHANGES_TAG = "ragtune.production_changes"
+# Set on a version trained on data an erasure removed (govern.erasure): {"erasure", "action", "dataset"...};
+# action "block" refuses its promotion, with or without --force.
+HOLD_TAG = "ragtune.erasure_hold"
 TAG_LIMIT = 5000  # characters of a registered model's tag value (MLflow's column is VARCHAR(5000))
 
 
@@ -188,6 +191,11 @@ class ModelRegistry:
             metrics=dict(run.data.metrics) if run else {}, tags=tags,
         )
 
+    def hold(self, name: str, version: int, reason: dict[str, Any]) -> None:
+        """Mark a version trained on erased data (``HOLD_TAG``); ``reason["action"]`` "block" refuses
+        its promotion."""
+        self.client.set_model_version_tag(name, str(version), HOLD_TAG, json.dumps(reason))
+
     def versions(self, name: str | None = None) -> list[ModelVersionInfo]:
         if name is not None:
             check_model_name(name)
@@ -262,6 +270,13 @@ class ModelRegistry:
                     f"version {version} of {name!r} comes from run {candidate.run_id or candidate.mlflow_run_id}, "
                     f"which did not complete (MLflow status {candidate.run_status}, run {candidate.trained}); "
                     "a failed or interrupted run is never promoted, with or without --force")
+            held = candidate.tags.get(HOLD_TAG)
+            if held and json.loads(held).get("action") == "block":
+                why = json.loads(held)
+                raise RegistryError(
+                    f"version {version} of {name!r} was trained on data erasure {why.get('erasure')} removed "
+                    f"({why.get('dataset')} version {why.get('dataset_version')}): it cannot be promoted, with or "
+                    "without --force; train a new version on the dataset as it is now")
             current = self.production(name)
             if current is not None and current.version == candidate.version:
                 return Promotion(name, version, version, False, (), changed=False)
