@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import bench_engine, write_result
+from common import bench_engine, wilson, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -60,16 +59,6 @@ def bottom_k(items: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:
     valid): the k chunks whose seeded hash of their document's URI and their text is lowest (the
     URI too, or the many chunks that two pages share would be drawn together)."""
     return sorted(items, key=lambda item: hashlib.sha1(f"{SEED}:{item[0]}:{item[1]}".encode()).digest())[:k]
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a share k/n."""
-    if n == 0:
-        return (0.0, 0.0)
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def load(files: list[Path], strip: bool) -> tuple[dict[str, LoadedDocument], float]:

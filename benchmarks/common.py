@@ -112,3 +112,12 @@ def round_interval(on: list[list[float]], off: list[list[float]], compare: Any, 
                            float(np.percentile(np.concatenate([off[i] for i in picked]), q))))
     return float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))
 
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a share k/n (scipy's)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return (0.0, 0.0)
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))

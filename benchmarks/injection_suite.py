@@ -54,7 +54,6 @@ import base64
 import gzip
 import hashlib
 import json
-import math
 import random
 import re
 import statistics
@@ -66,7 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import write_result
+from common import wilson, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -470,16 +469,6 @@ def tech_doc_windows(limit: int, rng: random.Random) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a share k/n."""
-    if n == 0:
-        return (0.0, 0.0)
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 @dataclass
 class Scored:
     scores: list[float]

@@ -32,6 +32,7 @@ from ragtune.generate.reader import Reader
 from ragtune.govern.answers import apply_answer_policy, blocked_answer, check_generator, held_tokens
 from ragtune.govern.audit import AuditLog
 from ragtune.govern.erasure import Eraser, ErasureReport, ErasureRequest
+from ragtune.govern.pii import Vault
 from ragtune.govern.policies import Policies
 from ragtune.govern.policy import BlockedTopic, Policy
 from ragtune.ingest.lexical import LexicalAnalyzer
@@ -67,6 +68,7 @@ from ragtune.settings import Settings
 from ragtune.store.access import WriteAccess
 from ragtune.store.audit import AuditEvent
 from ragtune.store.database import Database
+from ragtune.store.policies import sealed_value
 from ragtune.store.repository import CollectionInfo, Repository, check_collection_name, content_hash
 from ragtune.store.schedules import Schedule, ScheduleStore
 
@@ -183,17 +185,15 @@ class Ragtune:
     def reveal(self, token: str, *, principal: Principal = _OPERATOR) -> str:
         """The value a pseudonym token (``<EMAIL_ADDRESS_3f9a0c2e51b7>``) stands for, opened with the
         vault key (``RAGTUNE_VAULT_KEY``); admins only, and audited (``pii.reveal``)."""
-        from ragtune.govern.pii import Vault
-
         if not principal.admin:
             raise PermissionDeniedError("revealing a pseudonymized value needs an admin")
-        with self.db.connection() as conn:
-            row = conn.execute("SELECT entity, sealed FROM pii_vault WHERE token = %s", (token.strip(),)).fetchone()
-        if row is None:
+        token = token.strip()
+        found = sealed_value(self.db, token)
+        if found is None:
             raise NotFoundError(f"no vault entry for {token!r}: not a pseudonym, or its value was erased")
-        value = Vault.from_environment("revealing a pseudonymized value").open(token.strip(), bytes(row["sealed"]))
-        self.audit.record(AuditEvent("pii.reveal", principal, None, [], {"token": token.strip(),
-                                                                         "entity": row["entity"]}))
+        entity, sealed = found
+        value = Vault.from_environment("revealing a pseudonymized value").open(token, sealed)
+        self.audit.record(AuditEvent("pii.reveal", principal, None, [], {"token": token, "entity": entity}))
         return value
 
     @cached_property

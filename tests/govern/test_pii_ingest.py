@@ -84,6 +84,9 @@ def test_policy_redacts_pseudonymizes_and_flags_before_anything_is_stored(rt: Ra
     assert all(text[original_offset(replaced, i)] == body[i] for i in range(len(body)) if i not in inside)
     for r in replaced:
         assert text[r.original_start:r.original_end] in (EMAIL, PHONE, KEY)
+    # the decisions are in the ingest's audit event (types and counts, never values)
+    [event] = [e for e in rt.audit.events() if e["action"] == "ingest"]
+    assert event["documents"][0]["pii"] == doc["pii"]["counts"] and EMAIL not in str(event)
     # a search finds the document by its remaining words, and shows no redacted value
     result = rt.search("payroll", collection="hr")
     assert result.hits and EMAIL not in result.hits[0].chunk.text

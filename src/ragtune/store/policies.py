@@ -1,4 +1,5 @@
-"""Collections' policies (migration 016): every version kept, the newest in force.
+"""Collections' policies (migration 016): every version kept, the newest in force; and the vault
+of pseudonymized values their PII rules make.
 
 Setting a policy is one transaction: the collection row locked (writers of the collection wait, so
 an ingest runs under one version from start to end of each batch's write), the next version
@@ -80,3 +81,10 @@ def policy_history(db: Database, collection: str) -> list[StoredPolicy]:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM policies p JOIN collections c ON c.id = p.collection_id"
                             " WHERE c.name = %s ORDER BY p.version", (collection,)).fetchall()
     return [StoredPolicy(**r) for r in rows]
+
+
+def sealed_value(db: Database, token: str) -> tuple[str, bytes] | None:
+    """A pseudonym's entity type and sealed value from the vault (``govern.pii.Vault`` opens it)."""
+    with db.connection() as conn:
+        row = conn.execute("SELECT entity, sealed FROM pii_vault WHERE token = %s", (token,)).fetchone()
+    return None if row is None else (str(row["entity"]), bytes(row["sealed"]))

@@ -389,7 +389,7 @@ class Repository:
                     [sealed[t] for t in sorted(sealed)])
             self._audited(conn, AuditEvent("ingest", access.principal, info.name, [
                 {"id": ids[d.uri], "uri": d.uri, "hash": d.content_hash,
-                 "change": "updated" if d.uri in existing else "added"} for d in docs]))
+                 "change": "updated" if d.uri in existing else "added", **_screening(d)} for d in docs]))
         return ["updated" if d.uri in existing else "added" for d in docs]
 
     def update_document_attributes(self, collection_id: int, uri: str, loader_metadata: dict[str, Any],
@@ -752,6 +752,17 @@ def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value.astype(np.float32, copy=False)
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+def _screening(doc: PreparedDocument) -> dict[str, Any]:
+    """What a document's collection policy decided at ingest, for its audit event: the personal
+    data found by type (counts, never values) and the chunks quarantined."""
+    out: dict[str, Any] = {}
+    if doc.pii.get("counts"):
+        out["pii"] = doc.pii["counts"]
+    if any(doc.quarantined):
+        out["quarantined"] = sum(doc.quarantined)
+    return out
 
 
 def _mark_copies_stale(conn: Conn, collection_id: int, originals: list[str], written: Sequence[str] = ()) -> None:
