@@ -178,7 +178,8 @@ CHOICES: dict[str, Any] = {"default_mode": "bm25", "fusion": "rrf", "hybrid_norm
                            "near_duplicate_threshold": 0.8, "query_embedder": "int8",
                            "conversation": "rewrite", "repetition_penalty": 1.3, "no_repeat_ngram_size": 3,
                            "generator": "extractive", "reader": "none",
-                           "otlp_endpoint": "http://127.0.0.1:4318/v1/traces", "audit_reads": "async"}
+                           "otlp_endpoint": "http://127.0.0.1:4318/v1/traces", "audit_reads": "async",
+                           "erasure_models": "flag"}
 
 
 def _other_value(section: Any, f: dataclasses.Field[Any]) -> tuple[str, Any]:

@@ -55,6 +55,8 @@ class ErasureRequest:
         given = [bool(self.document_ids), self.uri_pattern is not None, self.subject is not None]
         if sum(given) != 1:
             raise QueryError("an erasure names one of: document ids, a URI pattern or a subject")
+        if any("\x00" in v for v in (self.subject or "", self.uri_pattern or "", self.collection or "")):
+            raise QueryError("an erasure's subject, URI pattern and collection cannot hold a NUL character")
         if self.subject is not None and len(self.subject.strip()) < MIN_SUBJECT_CHARS:
             raise QueryError(f"an erasure's subject must have at least {MIN_SUBJECT_CHARS} characters, "
                              f"got {self.subject!r}: a shorter one matches nearly every document")
@@ -166,7 +168,8 @@ class Eraser:
             if subject is None:
                 raise QueryError(f"erasure {erasure_id} was of a subject: give it again to check it (its receipt "
                                  "keeps only its sha256)")
-            if hashlib.sha256(subject.strip().lower().encode()).hexdigest() != request["subject_sha256"]:
+            if "\x00" in subject or hashlib.sha256(subject.strip().lower().encode()).hexdigest() \
+                    != request["subject_sha256"]:
                 raise QueryError(f"that subject is not the one erasure {erasure_id} erased")
             plan.strings = [subject.strip()]
             plan.tokens = self._pseudonyms(subject.strip())
