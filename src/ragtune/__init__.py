@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _ERRORS = (
-    "RagtuneError", "ConfigError", "IngestError", "UnsupportedFormatError", "DecodeError", "CorruptFileError",
-    "FileTooLargeError", "EmptyDocumentError", "ExpansionLimitError", "ChunkLimitError", "AclChangeError",
+    "RagtuneError", "ConfigError", "PolicyError", "IngestError", "UnsupportedFormatError", "DecodeError",
+    "CorruptFileError", "FileTooLargeError", "EmptyDocumentError", "ExpansionLimitError", "ChunkLimitError",
+    "PiiRefusedError", "AclChangeError",
     "ReplaceDeniedError", "StoreError", "MigrationError", "DatabaseUnavailableError", "QueryTimeoutError",
     "NotFoundError", "EmbedderMismatchError", "ModelError", "PromptFormatError", "GenerationError",
     "GenerationTimeoutError", "QueryError", "LimitError", "RequestTooLargeError", "AccessError", "AuthenticationError",

@@ -818,8 +818,8 @@ class Ragtune:
                  if answerability is None or isinstance(answerability, (str, bool)) else answerability)
         principal = principal or _OPERATOR
         name = collection or s.default_collection
-        policy = self.policies.for_collection(self.collection(name))
-        if policy.version:
+        policy = self.policies.for_principal(self.collection(name), principal)
+        if policy.version or policy.key_version:
             check_generator(policy, name, spec or (model.name if model is not None else EXTRACTIVE))
             topic = policy.answers.blocked(question)
             if topic is not None:
@@ -841,7 +841,7 @@ class Ragtune:
                                          reranker=reranker, history=history, **search_options)
             answer = answerer.answer(question, retrieved, options, principal=principal, collection=name,
                                      on_token=held_tokens(policy, on_token), timer=timer)
-            if policy.version:
+            if policy.version or policy.key_version:
                 streamed = answer.text
                 answer, decisions = apply_answer_policy(answer, policy)
                 stash(span, {"ragtune.policy": decisions})

@@ -56,3 +56,32 @@ def test_erasure_over_http_for_admins(live: Any) -> None:
         assert bad.status_code == 400 and "one of" in bad.json()["detail"]
         missing = client.post("/erasures", json={"document_ids": [99999999]})
         assert missing.status_code == 404
+
+
+def test_a_keys_policy_adds_its_rules_to_that_keys_answers(live: Any) -> None:
+    key_a = live.keys["a"].split("_")[1]
+    source = ('[answers]\ndisclaimer = "Reader A terms apply."\n[[answers.blocked_topics]]\ntopic = "budgets"\n'
+              'terms = ["budget"]\nreason = "budget questions go to finance"\n')
+    with live.client("a") as client:
+        assert client.put(f"/keys/{key_a}/policy", json={"source": source}).status_code == 403
+    with live.client("admin") as client:
+        assert client.get(f"/keys/{key_a}/policy").status_code == 404
+        put = client.put(f"/keys/{key_a}/policy", json={"source": source})
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] == 1
+        assert client.put("/keys/nosuchkey/policy", json={"source": source}).status_code == 404
+        assert client.get(f"/keys/{key_a}/policy").json()["rules"]["answers"]["disclaimer"] == "Reader A terms apply."
+    with live.client("a") as client:
+        blocked = client.post("/collections/handbook/ask", json={"question": "What is the budget?",
+                                                                  "generator": "extractive"}).json()
+        assert blocked["decided_by"] == "policy" and "finance" in blocked["answer"]
+        other = client.post("/collections/handbook/ask", json={"question": "Who may sign contracts?",
+                                                                "generator": "extractive"}).json()
+        assert other["answer"].endswith("Reader A terms apply.")
+    with live.client("b") as client:  # another key: the collection's rules only
+        answer = client.post("/collections/handbook/ask", json={"question": "What is the budget?",
+                                                                 "generator": "extractive"}).json()
+        assert answer["decided_by"] != "policy" and "Reader A" not in answer["answer"]
+    with live.client("admin") as client:
+        events = client.get("/audit", params={"action": "policy.set", "limit": 100}).json()
+    assert any(e["details"].get("key_id") == key_a for e in events)

@@ -86,6 +86,24 @@ def policy_set(collection: Collection, path: PolicyFile, data_dir: DataDir = Non
     run_command(body)
 
 
+@app.command("set-key")
+def policy_set_key(key_id: Annotated[str, typer.Argument(help="An API key's id (`ragtune keys list`).")],
+                   path: PolicyFile, data_dir: DataDir = None) -> None:
+    """Check a policy file and make it an API key's next policy version (audited): its [pii] and
+    [answers] rules are added to the collection's for every answer asked with the key."""
+    def body() -> None:
+        source = _read(path)
+        with engine(data_dir) as rt:
+            try:
+                stored = rt.policies.set_key(key_id, source, Principal.system(), name=str(path))
+            except PolicyError as exc:
+                _problems(exc)
+                raise typer.Exit(1) from None
+        console.print(f"[green]policy version {stored.version}[/] of key {key_id} is in force", highlight=False)
+
+    run_command(body)
+
+
 @app.command("show")
 def policy_show(collection: Collection,
                 version: Annotated[int | None, typer.Option(min=1, help="An earlier version.")] = None,

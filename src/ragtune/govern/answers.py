@@ -24,8 +24,9 @@ POLICY_MODEL = "policy"
 def check_generator(policy: Policy, collection: str, generator: str) -> None:
     allowed = policy.answers.generators
     if allowed and generator not in allowed:
-        raise PermissionDeniedError(f"collection {collection!r}'s policy (version {policy.version}) allows the "
-                                    f"generators {', '.join(allowed)}, not {generator!r}")
+        whose = f"collection {collection!r}'s policy (version {policy.version})" + (
+            f" with the API key's (version {policy.key_version})" if policy.key_version else "")
+        raise PermissionDeniedError(f"{whose} allows the generators {', '.join(allowed)}, not {generator!r}")
 
 
 def blocked_answer(question: str, topic: BlockedTopic, policy: Policy) -> tuple[Answer, dict[str, Any]]:
@@ -33,9 +34,14 @@ def blocked_answer(question: str, topic: BlockedTopic, policy: Policy) -> tuple[
     text = f"This question is about {topic.topic}, which this collection does not answer: {topic.reason}"
     if policy.answers.disclaimer:
         text = f"{text}\n\n{policy.answers.disclaimer}"
-    decisions = {"version": policy.version, "blocked": topic.topic}
+    decisions = {**_versions(policy), "blocked": topic.topic}
     return Answer(question=question, text=text, citations=[], hits=[], model=POLICY_MODEL, abstained=True,
                   grounded=False, decided_by="policy"), decisions
+
+
+def _versions(policy: Policy) -> dict[str, Any]:
+    """Which policies decided: the collection's version, and the API key's when one was added."""
+    return {"version": policy.version, **({"key_version": policy.key_version} if policy.key_version else {})}
 
 
 def held_tokens(policy: Policy, on_token: Callable[[str], None] | None) -> Callable[[str], None] | None:
@@ -45,7 +51,7 @@ def held_tokens(policy: Policy, on_token: Callable[[str], None] | None) -> Calla
 
 def apply_answer_policy(answer: Answer, policy: Policy) -> tuple[Answer, dict[str, Any]]:
     """``answer`` screened by the policy's PII rules, with its disclaimer; and the decisions made."""
-    decisions: dict[str, Any] = {"version": policy.version}
+    decisions: dict[str, Any] = _versions(policy)
     if policy.answers.max_sources:
         decisions["max_sources"] = policy.answers.max_sources
     if policy.pii.watched:

@@ -13,10 +13,18 @@ from typing import Any
 
 from ragtune.errors import NotFoundError, PolicyError
 from ragtune.govern.pii import PiiPolicy, Vault, apply_policy, known_entities
-from ragtune.govern.policy import NO_POLICY, Policy, parse_policy
+from ragtune.govern.policy import NO_POLICY, Policy, combined, parse_policy
 from ragtune.models import Principal
+from ragtune.store.audit import key_id
 from ragtune.store.database import Database
-from ragtune.store.policies import StoredPolicy, load_policy, policy_history, save_policy
+from ragtune.store.policies import (
+    StoredPolicy,
+    load_key_policy,
+    load_policy,
+    policy_history,
+    save_key_policy,
+    save_policy,
+)
 from ragtune.store.repository import CollectionInfo, Repository
 
 SCREEN_SECONDS = 2.0  # how long span export keeps using a collection's policy before looking again
@@ -34,6 +42,7 @@ class Policies:
         self.audit = audit
         self.plugins = plugins
         self._parsed: dict[tuple[int, int], Policy] = {}
+        self._keys: dict[tuple[str, int], Policy] = {}
         self._screens: dict[str, tuple[float, Callable[[str], str] | None]] = {}
         self._lock = threading.Lock()
 
@@ -53,6 +62,33 @@ class Policies:
                 " WHERE c.name = %s AND coalesce((d.pii->>'policy')::int, 0) <> %s",
                 (collection, stored.version)).fetchone()
         return PolicyChange(stored, int(row["n"]) if row else 0)
+
+    def set_key(self, key_id: str, source: str, principal: Principal, *, name: str = "policy") -> StoredPolicy:
+        """``source`` checked and stored as the API key's next policy version (audited)."""
+        policy = self.check(source, name=name)
+        return save_key_policy(self.db, key_id, source, policy.rules(), principal, audit=self.audit)
+
+    def show_key(self, key_id: str) -> StoredPolicy | None:
+        return load_key_policy(self.db, key_id)
+
+    def for_principal(self, info: CollectionInfo, principal: Principal) -> Policy:
+        """The policy an answer to ``principal`` on ``info`` follows: the collection's, with the
+        policy of the API key the principal came with added (``combined``)."""
+        policy = self.for_collection(info)
+        key = key_id(principal)
+        if key is None:
+            return policy
+        stored = load_key_policy(self.db, key)
+        if stored is None:
+            return policy
+        cache_key = (f"key:{key}", stored.version)
+        parsed = self._keys.get(cache_key)
+        if parsed is None:
+            parsed = parse_policy(stored.source, name=f"key {key} policy v{stored.version}",
+                                  known_entities=lambda: known_entities(self.plugins), version=stored.version)
+            with self._lock:
+                self._keys[cache_key] = parsed
+        return combined(policy, parsed)
 
     def show(self, collection: str, version: int | None = None) -> StoredPolicy | None:
         return load_policy(self.db, collection, version)

@@ -26,6 +26,8 @@
 Where the policy applies: ``pii`` at ingest (document text, title and metadata), to answers before
 they leave and to span contents before they are stored or exported; ``injection`` at ingest; the
 ``answers`` rules to every ask of the collection. A collection without a policy has none of them.
+An API key may have a policy too: its ``pii`` and ``answers`` rules are added to the collection's
+for every answer asked with the key (``combined``: the stricter rule wins).
 
 ``parse_policy`` raises one ``PolicyError`` listing every problem, each with its line
 (``policy.toml:7: unknown PII entity type 'EMAIL'``); ``ragtune policy check FILE`` prints them.
@@ -82,6 +84,7 @@ class Policy:
     injection: InjectionPolicy = field(default_factory=InjectionPolicy)
     answers: AnswerRules = field(default_factory=AnswerRules)
     version: int = 0  # 0: not stored (parsed from a file, or no policy)
+    key_version: int = 0  # an API key's policy combined into it (``combined``); 0: none
 
     def rules(self) -> dict[str, Any]:
         """The policy as plain data (stored beside its source; shown by ``policy show``)."""
@@ -97,6 +100,28 @@ class Policy:
 
 
 NO_POLICY = Policy()
+_STRICTNESS = {action: i for i, action in enumerate(ACTIONS)}  # allow < flag < redact < pseudonymize < refuse
+
+
+def combined(collection: Policy, key: Policy) -> Policy:
+    """An API key's policy added to a collection's, for an answer asked with that key: each rule the
+    stricter of the two (the stricter PII action per type, the lower score and source cap, both
+    disclaimers, every blocked topic, the generators both allow). Ingest and injection rules are the
+    collection's: a key's policy governs what it is answered, not what is stored."""
+    actions = dict(collection.pii.actions)
+    for entity, action in key.pii.actions.items():
+        if _STRICTNESS[action] > _STRICTNESS[actions.get(entity, "allow")]:
+            actions[entity] = action
+    pii = PiiPolicy(actions, min(collection.pii.min_score, key.pii.min_score),
+                    tuple(dict.fromkeys([*collection.pii.phone_regions, *key.pii.phone_regions])))
+    a, b = collection.answers, key.answers
+    caps = [n for n in (a.max_sources, b.max_sources) if n]
+    generators = a.generators if not b.generators else b.generators if not a.generators else \
+        tuple(g for g in a.generators if g in b.generators) or ("(none: the collection's and the key's lists "
+                                                                 "have no generator in common)",)
+    answers = AnswerRules("\n\n".join(d for d in (a.disclaimer, b.disclaimer) if d), min(caps) if caps else 0,
+                          generators, (*a.blocked_topics, *b.blocked_topics))
+    return Policy(pii, collection.injection, answers, collection.version, key_version=key.version)
 
 
 class _Lines:
@@ -262,6 +287,9 @@ def _answers(table: dict[str, Any], problem: Problem) -> AnswerRules:
         unknown = sorted(set(raw) - {"topic", "terms", "reason"})
         topic, reason = raw.get("topic"), raw.get("reason")
         terms = _strings("answers.blocked_topics", "terms", raw.get("terms"), problem)
+        if isinstance(raw.get("terms"), list) and not raw["terms"]:
+            problem("answers.blocked_topics", "terms", f"{where}: terms must be a list of non-empty strings, "
+                                                       "at least one (the words that mark the topic)")
         if unknown:
             problem("answers.blocked_topics", unknown[0], f"{where}: unknown key {unknown[0]!r} (topic, terms, reason)")
         if not isinstance(topic, str) or not topic.strip():

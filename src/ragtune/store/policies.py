@@ -24,7 +24,7 @@ from ragtune.store.database import Database
 
 @dataclass(frozen=True)
 class StoredPolicy:
-    collection: str
+    collection: str  # the collection's name; for an API key's policy, "key:<key id>"
     version: int
     source: str
     rules: dict[str, Any]
@@ -81,6 +81,38 @@ def policy_history(db: Database, collection: str) -> list[StoredPolicy]:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM policies p JOIN collections c ON c.id = p.collection_id"
                             " WHERE c.name = %s ORDER BY p.version", (collection,)).fetchall()
     return [StoredPolicy(**r) for r in rows]
+
+
+def save_key_policy(db: Database, key_id: str, source: str, rules: dict[str, Any], principal: Principal, *,
+                    audit: bool) -> StoredPolicy:
+    """``source`` as the API key ``key_id``'s next policy version (the key must exist, revoked or not)."""
+    with db.transaction() as conn:
+        if conn.execute("SELECT 1 FROM api_keys WHERE key_id = %s FOR UPDATE", (key_id,)).fetchone() is None:
+            raise NotFoundError(f"no API key {key_id!r}")
+        latest = conn.execute("SELECT coalesce(max(version), 0) AS v FROM policies WHERE key_id = %s",
+                              (key_id,)).fetchone()
+        assert latest is not None
+        version = int(latest["v"]) + 1
+        row = conn.execute(
+            "INSERT INTO policies (key_id, version, source, rules, created_by) VALUES (%s, %s, %s, %s, %s)"
+            f" RETURNING {_KEY_COLUMNS}", (key_id, version, source, Jsonb(rules), principal.id)).fetchone()
+        if audit:
+            append(conn, AuditEvent("policy.set", principal, None, details={
+                "key_id": key_id, "version": version, "previous": version - 1,
+                "source_sha256": hashlib.sha256(source.encode()).hexdigest()}))
+    assert row is not None
+    return StoredPolicy(**row)
+
+
+def load_key_policy(db: Database, key_id: str) -> StoredPolicy | None:
+    """The newest policy of the API key ``key_id`` (None: it has none)."""
+    with db.connection() as conn:
+        row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM policies WHERE key_id = %s ORDER BY version DESC LIMIT 1",
+                           (key_id,)).fetchone()
+    return StoredPolicy(**row) if row is not None else None
+
+
+_KEY_COLUMNS = "'key:' || key_id AS collection, version, source, rules, created_by, created_at"
 
 
 def sealed_value(db: Database, token: str) -> tuple[str, bytes] | None:

@@ -51,6 +51,21 @@ def set_policy(name: str, body: PolicyIn, state: State, caller: Admin) -> dict[s
     return {**_json(change.stored), "stale_documents": change.stale_documents}
 
 
+@router.get("/keys/{key_id}/policy", summary="The policy of an API key (admin)")
+def get_key_policy(key_id: str, state: State, caller: Admin) -> dict[str, Any]:
+    stored = state.engine.policies.show_key(key_id)
+    if stored is None:
+        raise NotFoundError(f"API key {key_id!r} has no policy")
+    return _json(stored)
+
+
+@router.put("/keys/{key_id}/policy", summary="Check a policy and make it an API key's next version: its rules "
+                                              "are added to the collection's for every answer asked with the key "
+                                              "(admin; audited)")
+def set_key_policy(key_id: str, body: PolicyIn, state: State, caller: Admin) -> dict[str, Any]:
+    return _json(state.engine.policies.set_key(key_id, body.source, caller.principal, name=f"key {key_id} policy"))
+
+
 @router.get("/collections/{name}/policy/history", summary="Every version of a collection's policy (admin)")
 def policy_history(name: str, state: State, caller: Admin) -> list[dict[str, Any]]:
     return [_json(p) for p in state.engine.policies.history(name)]
