@@ -45,14 +45,11 @@ Writes benchmarks/results/injection_classifier.json (numbers only).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import random
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +66,9 @@ from injection_suite import (
     promptinject_attacks,
     quantiles,
     split_of,
+    tech_doc_files,
     tech_doc_windows,
+    tech_windows_of,
 )
 from rich.console import Console
 from rich.table import Table
@@ -117,18 +116,9 @@ def build_suite(clean_limit: int | None, tech_docs: int) -> dict[str, Any]:
 def tech_windows_outside(sample: list[str]) -> list[str]:
     """The windows ``tech_doc_windows`` draws from, minus every file that gave a window to ``sample``."""
     taken = set(sample)
-    files: list[Path] = []
-    for pattern in ("README*", "*.md", "*.md.gz", "*.txt.gz"):
-        files += Path("/usr/share/doc").glob(f"*/{pattern}")
-    files += Path(sys.prefix).glob("lib/python*/site-packages/*.dist-info/METADATA")
     out = []
-    for path in sorted(set(files)):
-        try:
-            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        except OSError:
-            continue
-        text = raw.decode("utf-8", errors="replace")
-        windows = [text[i:i + 1200] for i in range(0, len(text), 1200) if len(text[i:i + 1200].strip()) > 200]
+    for path in tech_doc_files():
+        windows = tech_windows_of(path)
         if not taken.intersection(windows):
             out += windows
     return out

@@ -450,21 +450,28 @@ def split_of(text: str) -> str:
     return "tune" if hashlib.sha1(f"{SEED}:{text}".encode()).digest()[0] < 86 else "held_out"
 
 
-def tech_doc_windows(limit: int, rng: random.Random) -> list[str]:
-    """1,200-character windows of this machine's README/Markdown files and the venv's package
-    metadata (long descriptions): technical prose full of imperatives and code."""
+def tech_doc_files() -> list[Path]:
+    """This machine's README/Markdown files and the venv's package metadata (long descriptions)."""
     files: list[Path] = []
     for pattern in ("README*", "*.md", "*.md.gz", "*.txt.gz"):
         files += Path("/usr/share/doc").glob(f"*/{pattern}")
     files += Path(sys.prefix).glob("lib/python*/site-packages/*.dist-info/METADATA")
-    windows = []
-    for path in sorted(set(files)):
-        try:
-            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        except OSError:
-            continue
-        text = raw.decode("utf-8", errors="replace")
-        windows += [text[i:i + 1200] for i in range(0, len(text), 1200) if len(text[i:i + 1200].strip()) > 200]
+    return sorted(set(files))
+
+
+def tech_windows_of(path: Path) -> list[str]:
+    """A file's 1,200-character windows holding more than 200 characters of text ([] if unreadable)."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError:
+        return []
+    text = raw.decode("utf-8", errors="replace")
+    return [text[i:i + 1200] for i in range(0, len(text), 1200) if len(text[i:i + 1200].strip()) > 200]
+
+
+def tech_doc_windows(limit: int, rng: random.Random) -> list[str]:
+    """1,200-character windows of technical prose full of imperatives and code (``tech_doc_files``)."""
+    windows = [w for path in tech_doc_files() for w in tech_windows_of(path)]
     return rng.sample(windows, min(limit, len(windows)))
 
 
