@@ -53,7 +53,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from common import RESULTS, machine, wilson
+from common import wilson, write_result
 from injection_suite import (
     HARD_NEGATIVES,
     SEED,
@@ -421,8 +421,7 @@ def main() -> None:
                     "final_fit": trained["fit_seconds"], "transform_eval": round(transform_seconds, 1),
                     "total": round(time.perf_counter() - started, 1)},
     }
-    path = RESULTS / "injection_classifier.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, separators=(",", ":")) + "\n", encoding="utf-8")
+    path = write_result("injection_classifier", result)
     console.print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

@@ -47,7 +47,6 @@ import contextlib
 import datetime
 import hashlib
 import io
-import json
 import os
 import random
 import re
@@ -64,7 +63,7 @@ from unittest import mock
 os.environ.setdefault("TQDM_DISABLE", "1")  # the generator's progress bar
 
 import numpy as np
-from common import CACHE, RESULTS, ROOT, machine
+from common import CACHE, ROOT, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -323,18 +322,6 @@ def diagnostics(rows: list[dict[str, Any]], found: dict[str, list[list[Span]]]) 
     return out
 
 
-def dump(obj: Any, indent: int = 0) -> str:
-    """JSON with every object or list that fits in ~200 characters on one line."""
-    flat = json.dumps(obj, default=str)
-    if len(flat) <= 200 or not isinstance(obj, dict | list):
-        return flat
-    pad = " " * (indent + 1)
-    if isinstance(obj, dict):
-        items = [f"{pad}{json.dumps(k)}: {dump(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    return "[\n" + ",\n".join(pad + dump(v, indent + 1) for v in obj) + "\n" + " " * indent + "]"
-
-
 def blocks(texts: list[str], size: int = 1024) -> list[str]:
     """The texts joined by line breaks into blocks of about ``size`` bytes."""
     out: list[str] = []
@@ -500,8 +487,7 @@ def main() -> None:
         "cost": {"target_ms_per_kb_p95": 5.0, "unit": "ms per KiB of UTF-8 text, per call (median of repeats)",
                  "repeat": args.repeat, **cost_out},
     }
-    path = RESULTS / "pii_quality.json"
-    path.write_text(dump({"machine": machine(), **result}) + "\n", encoding="utf-8")
+    path = write_result("pii_quality", result)
     report(result, examples, wiki_examples)
     console.print(f"results in {path} ({path.stat().st_size / 1024:.1f} KB), {result['seconds']:.0f} s")
 

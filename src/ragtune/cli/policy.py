@@ -4,8 +4,9 @@ policies (``govern.policy``) and the personal data they govern (``govern.pii``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -69,21 +70,15 @@ def policy_check(path: PolicyFile, as_json: AsJson = False, data_dir: DataDir = 
 @app.command("set")
 def policy_set(collection: Collection, path: PolicyFile, data_dir: DataDir = None) -> None:
     """Check a policy file and make it the collection's next policy version (audited)."""
-    def body() -> None:
-        source = _read(path)
-        with engine(data_dir) as rt:
-            try:
-                change = rt.policies.set(collection, source, Principal.system(), name=str(path))
-            except PolicyError as exc:
-                _problems(exc)
-                raise typer.Exit(1) from None
+    def store(rt: Any, source: str) -> None:
+        change = rt.policies.set(collection, source, Principal.system(), name=str(path))
         console.print(f"[green]policy version {change.stored.version}[/] of {collection!r} is in force",
                       highlight=False)
         if change.stale_documents:
             console.print(f"{change.stale_documents} stored document(s) were screened under another version: ingest "
                           "or sync them again to apply this one", highlight=False)
 
-    run_command(body)
+    _set(path, data_dir, store)
 
 
 @app.command("set-key")
@@ -91,15 +86,23 @@ def policy_set_key(key_id: Annotated[str, typer.Argument(help="An API key's id (
                    path: PolicyFile, data_dir: DataDir = None) -> None:
     """Check a policy file and make it an API key's next policy version (audited): its [pii] and
     [answers] rules are added to the collection's for every answer asked with the key."""
+    def store(rt: Any, source: str) -> None:
+        stored = rt.policies.set_key(key_id, source, Principal.system(), name=str(path))
+        console.print(f"[green]policy version {stored.version}[/] of key {key_id} is in force", highlight=False)
+
+    _set(path, data_dir, store)
+
+
+def _set(path: Path, data_dir: Path | None, store: Callable[[Any, str], None]) -> None:
+    """Read a policy file and store it with ``store``; its problems each on a line, exit code 1."""
     def body() -> None:
         source = _read(path)
         with engine(data_dir) as rt:
             try:
-                stored = rt.policies.set_key(key_id, source, Principal.system(), name=str(path))
+                store(rt, source)
             except PolicyError as exc:
                 _problems(exc)
                 raise typer.Exit(1) from None
-        console.print(f"[green]policy version {stored.version}[/] of key {key_id} is in force", highlight=False)
 
     run_command(body)
 

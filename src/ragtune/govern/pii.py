@@ -25,7 +25,6 @@ wins, then the longer one (a URL inside an e-mail address loses to the address).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
@@ -299,10 +298,6 @@ def apply_policy(text: str, policy: PiiPolicy, *, vault: Vault | None = None,
         pos = f.end
     out.append(text[pos:])
     return Screened("".join(out), tuple(found), tuple(replacements), tuple(sealed.values()))
-
-
-def encode_sealed(sealed: bytes) -> str:
-    return base64.b64encode(sealed).decode()
 
 
 # -- fine-tuning datasets: a report of what is there, or everything found replaced ---------------------

@@ -10,6 +10,7 @@ appended to the audit log (``policy.set``, with the source's sha256).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from psycopg.types.json import Jsonb
 from ragtune.errors import NotFoundError
 from ragtune.models import Principal
 from ragtune.store.audit import AuditEvent, append
-from ragtune.store.database import Database
+from ragtune.store.database import Conn, Database
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,14 @@ def sealed_value(db: Database, token: str) -> tuple[str, bytes] | None:
     with db.connection() as conn:
         row = conn.execute("SELECT entity, sealed FROM pii_vault WHERE token = %s", (token,)).fetchone()
     return None if row is None else (str(row["entity"]), bytes(row["sealed"]))
+
+
+def add_sealed(conn: Conn, sealed: Sequence[tuple[str, str, bytes]]) -> None:
+    """Pseudonymized values (token, entity, sealed) into the vault, in ``conn``'s transaction; a token
+    already there is kept (the same value under the same key). In token order, so concurrent writers
+    of the same values take their locks alike."""
+    by_token = {s[0]: s for s in sealed}
+    if by_token:
+        conn.cursor().executemany(
+            "INSERT INTO pii_vault (token, entity, sealed) VALUES (%s, %s, %s) ON CONFLICT (token) DO NOTHING",
+            [by_token[t] for t in sorted(by_token)])

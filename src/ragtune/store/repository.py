@@ -27,6 +27,7 @@ from ragtune.models import Chunk, Document, Principal
 from ragtune.store.access import WriteAccess, check_replace, readable
 from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Conn, Database
+from ragtune.store.policies import add_sealed
 
 # Postings are also packed into blocks of 2**BLOCK_BITS chunk ids per term (migration 005), one
 # bytea of big-endian int4 triples (chunk id - block base, tf, dl) each: ~50 rows per term of a
@@ -382,11 +383,7 @@ class Repository:
                                       Jsonb(a.user_metadata), list(a.acl), d.minhash, d.duplicate_of, Jsonb(d.pii)))
                 ids.update((d.uri, doc_id) for doc_id, d in zip(fresh, new, strict=True))
             self._insert_chunks(conn, info, [(ids[d.uri], d, attrs[d.uri]) for d in docs])
-            sealed = {s[0]: s for d in docs for s in d.sealed}
-            if sealed:  # in token order: concurrent writers of the same values take their locks alike
-                conn.cursor().executemany(
-                    "INSERT INTO pii_vault (token, entity, sealed) VALUES (%s, %s, %s) ON CONFLICT (token) DO NOTHING",
-                    [sealed[t] for t in sorted(sealed)])
+            add_sealed(conn, [s for d in docs for s in d.sealed])
             self._audited(conn, AuditEvent("ingest", access.principal, info.name, [
                 {"id": ids[d.uri], "uri": d.uri, "hash": d.content_hash,
                  "change": "updated" if d.uri in existing else "added", **_screening(d)} for d in docs]))

@@ -55,6 +55,7 @@ from ragtune.progress import emit
 from ragtune.protocols import Progress
 from ragtune.store.audit import AuditEvent, append
 from ragtune.store.database import Conn, Database
+from ragtune.store.policies import add_sealed
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _IMPORT_LOCK = 7_203_116  # advisory-lock namespace for dataset imports (one lock per name)
@@ -190,10 +191,7 @@ class DatasetStore:
             assert row is not None
             info = DatasetInfo.from_row(row)
             self._write_rows(conn, info.id, examples, splits, hashes, row_acls, progress)
-            if sealed:
-                conn.cursor().executemany(
-                    "INSERT INTO pii_vault (token, entity, sealed) VALUES (%s, %s, %s) ON CONFLICT (token) DO NOTHING",
-                    [(t, sealed[t].entity, sealed[t].sealed) for t in sorted(sealed)])
+            add_sealed(conn, [(s.token, s.entity, s.sealed) for s in sealed.values()])
             self._audited(conn, "dataset.import", Principal.system(), {
                 "dataset": name, "version": info.version, "rows": len(examples), "content_hash": content_hash,
                 "source": source})
