@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -151,7 +151,8 @@ class PiiDetector:
     analyzer keeps no state between calls)."""
 
     def __init__(self, entities: Iterable[str], *, min_score: float = DEFAULT_MIN_SCORE,
-                 phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS, plugins: Any = None) -> None:
+                 phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS, plugins: Any = None, gated: bool = True) -> None:
+        """``gated=False``: every recognizer runs on every text (what the gates are tested against)."""
         from ragtune.govern import presidio
         from ragtune.plugins import default_plugins
 
@@ -162,43 +163,28 @@ class PiiDetector:
         for entity in self.entities:
             factory = plugins.pii_recognizers.find(entity)
             recognizer = factory() if factory is not None else presidio.build_recognizer(
-                entity, phone_regions=phone_regions)
+                entity, phone_regions=phone_regions, gated=gated)
             if recognizer is None:
                 raise ConfigError(f"unknown PII entity type {entity!r}; known: {', '.join(known_entities(plugins))}")
             recognizers.append(recognizer)
         self._analyzer = presidio.analyzer(recognizers) if recognizers else None
-        # Presidio's own types all need a digit, but for e-mail addresses ("@"), URLs (".") and
-        # private key headers ("-----"): a title or heading without any is not analysed at all
-        # (each call costs ~0.5 ms before any pattern runs). A plugin's type may need anything.
-        if any(e in plugins.pii_recognizers and e not in _NEEDS for e in self.entities):
-            self._may_hold: Callable[[str], bool] = _always
-        else:
-            self._may_hold = _prefilter(tuple(sorted({m for e in self.entities for m in _NEEDS.get(e, _DIGITS)})))
+        # Each call to Presidio costs ~0.5 ms before any pattern runs: a text is analysed only for
+        # the types whose gate it matches (presidio.gate_of), most paragraphs for none.
+        self._gates = tuple((r.supported_entities[0], presidio.gate_of(r) if gated else None) for r in recognizers)
 
     def find(self, text: str) -> list[PiiFinding]:
         """The findings in ``text``, overlaps resolved, in order of position."""
-        if self._analyzer is None or not text or not self._may_hold(text):
+        if self._analyzer is None or not text:
             return []
-        results = self._analyzer.analyze(text, language="en", entities=list(self.entities),
-                                         score_threshold=self.min_score)
+        entities = [entity for entity, gate in self._gates if gate is None or gate.search(text)]
+        if not entities:
+            return []
+        results = self._analyzer.analyze(text, language="en", entities=entities, score_threshold=self.min_score)
         kept: list[PiiFinding] = []
         for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
             if all(r.end <= k.start or k.end <= r.start for k in kept):
                 kept.append(PiiFinding(r.entity_type, r.start, r.end, round(float(r.score), 3)))
         return sorted(kept, key=lambda f: f.start)
-
-
-_DIGITS = tuple("0123456789")
-# What a text must hold for a finding of these types to be possible (the rest of Presidio's: a digit).
-_NEEDS: dict[str, tuple[str, ...]] = {"EMAIL_ADDRESS": ("@",), "URL": (".",), "CREDENTIAL": (*_DIGITS, "-----")}
-
-
-def _always(text: str) -> bool:
-    return True
-
-
-def _prefilter(marks: tuple[str, ...]) -> Callable[[str], bool]:
-    return lambda text: any(m in text for m in marks)
 
 
 def known_entities(plugins: Any = None) -> list[str]:

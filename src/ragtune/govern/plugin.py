@@ -20,6 +20,9 @@ CREDENTIAL_PATTERNS = (
     ("ragtune api key", r"\brt_[0-9a-f]{12}_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", 1.0),
 )
 
+# each pattern's fixed beginning
+CREDENTIAL_GATE = r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|-----BEGIN|eyJ|rt_[0-9a-f]"
+
 
 def register(plugins: Plugins) -> None:
     plugins.pii_recognizers.register("CREDENTIAL", credential_recognizer)
@@ -28,4 +31,5 @@ def register(plugins: Plugins) -> None:
 def credential_recognizer() -> Any:
     from ragtune.govern.presidio import pattern_recognizer
 
-    return pattern_recognizer("CREDENTIAL", CREDENTIAL_PATTERNS, context=("key", "token", "secret", "password"))
+    return pattern_recognizer("CREDENTIAL", CREDENTIAL_PATTERNS, context=("key", "token", "secret", "password"),
+                              gate=CREDENTIAL_GATE)
