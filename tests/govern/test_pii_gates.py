@@ -123,3 +123,10 @@ def test_a_gate_that_is_not_a_necessary_condition_is_caught() -> None:
     reference = PiiDetector(("CREDIT_CARD",), min_score=0.0, gated=False)
     lost = [t for t in _sentences(seed=3) if too_strict.find(t) != reference.find(t)]
     assert lost
+
+
+def test_a_credential_with_no_digit_is_looked_for() -> None:
+    """CREDENTIAL's gate is each pattern's fixed beginning: an AWS key id of letters only (about 1 in
+    200 are) is found, as it was not when every type was assumed to need a digit."""
+    [finding] = PiiDetector(("CREDENTIAL",)).find("aws_access_key_id = AKIAQWERTYUIOPASDFGH")
+    assert finding.entity == "CREDENTIAL"

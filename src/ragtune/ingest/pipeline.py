@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import AclChangeError, ChunkLimitError, ConfigError, IngestError, RagtuneError
-from ragtune.govern.injection import DEFAULT_THRESHOLD, score_injection
+from ragtune.govern.injection import DEFAULT_THRESHOLD, SCREEN_VERSION, score_injection
 from ragtune.govern.pii import Sealed
 from ragtune.govern.policy import NO_POLICY, Policy
 from ragtune.govern.screening import screen_document
@@ -185,6 +185,11 @@ class IngestPipeline:
         report = IngestReport()
         if self.policy.injection.action == "quarantine":
             self._released = self.repo.injection_releases(info.id)
+        if info.injection_screen != SCREEN_VERSION:
+            # the chunks already stored were scored by another scorer (or before scores were kept):
+            # scored again now, so that the policy acts on what this one finds
+            self.repo.rescore_injection(info.id, SCREEN_VERSION, lambda text: score_injection(text).score,
+                                        self._held)
         given_meta = dict(metadata) if metadata is not None else None
         given_acl = tuple(sorted(set(acl))) if acl is not None else None
         counts = ProgressCounter(progress)
@@ -316,11 +321,17 @@ class IngestPipeline:
         # scored once here, so a search never scores (govern.injection); the policy decides what a
         # score means, and holds a chunk out of retrieval now only when it says quarantine
         pending.injection = [score_injection(c.text).score for c in chunks]
+        if self.policy.injection.action == "quarantine":
+            pending.quarantined = [self._held(c.text, s) for c, s in zip(chunks, pending.injection, strict=True)]
+
+    def _held(self, text: str, score: float) -> bool:
+        """Whether the policy holds a chunk out of retrieval: quarantine, a score at its threshold
+        or over, and a text no admin released."""
         injection = self.policy.injection
-        if injection.action == "quarantine":
-            threshold = injection.threshold if injection.threshold is not None else DEFAULT_THRESHOLD
-            pending.quarantined = [score >= threshold and content_hash(c.text) not in self._released
-                                   for c, score in zip(chunks, pending.injection, strict=True)]
+        if injection.action != "quarantine":
+            return False
+        threshold = injection.threshold if injection.threshold is not None else DEFAULT_THRESHOLD
+        return score >= threshold and content_hash(text) not in self._released
 
     def _flush(self, batch: list[_Pending], info: CollectionInfo, writer: ThreadPoolExecutor,
                report: IngestReport, counts: ProgressCounter, access: WriteAccess) -> Future[None]:

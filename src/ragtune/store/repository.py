@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ class CollectionInfo:
     documents: int = 0
     policy_version: int = 0  # the collection's policy in force (store.policies); 0: none
     quarantined: int = 0  # chunks its injection policy holds out of retrieval
+    injection_screen: str | None = None  # the injection scorer version its chunks were scored by
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Repository:
     def _collection(conn: Conn, name: str) -> CollectionInfo:
         # No document count here: this runs on every search, and counting is O(documents).
         row = conn.execute(
-            "SELECT id, name, embedder, dimension, n_chunks, total_len, policy_version, quarantined"
+            "SELECT id, name, embedder, dimension, n_chunks, total_len, policy_version, quarantined, injection_screen"
             " FROM collections c WHERE name = %s",
             (name,),
         ).fetchone()
@@ -257,6 +258,28 @@ class Repository:
             rows = conn.execute("SELECT text_hash FROM injection_releases WHERE collection_id = %s",
                                 (collection_id,)).fetchall()
         return {r["text_hash"] for r in rows}
+
+    def rescore_injection(self, collection_id: int, version: str, score: Callable[[str], float],
+                          hold: Callable[[str, float], bool]) -> tuple[int, int]:
+        """Score every chunk of a collection again (``score(text)``) and hold out of retrieval those
+        ``hold(text, score)`` says, recording ``version`` as the collection's scorer; one
+        transaction under the collection's lock. Returns (chunks scored, chunks quarantined)."""
+        with self.db.transaction() as conn:
+            conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (collection_id,))
+            rows = conn.execute("SELECT id, body FROM chunks WHERE collection_id = %s", (collection_id,)).fetchall()
+            ids, scores, holds = [], [], []
+            for row in rows:
+                value = score(row["body"])
+                ids.append(row["id"])
+                scores.append(value)
+                holds.append(hold(row["body"], value))
+            conn.execute(
+                "UPDATE chunks c SET injection = v.score, quarantined = v.hold"
+                " FROM unnest(%s::int8[], %s::float4[], %s::bool[]) AS v(id, score, hold) WHERE c.id = v.id",
+                (ids, scores, holds))
+            conn.execute("UPDATE collections SET injection_screen = %s, quarantined = %s WHERE id = %s",
+                         (version, sum(holds), collection_id))
+        return len(ids), sum(holds)
 
     def quarantined_chunks(self, collection: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The chunks a collection's injection policy holds out of retrieval, highest score first
