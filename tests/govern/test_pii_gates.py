@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ragtune.govern.pii import PiiDetector, known_entities
+from ragtune.govern.pii import NER_ENTITIES, PiiDetector, known_entities
 
 pytest.importorskip("presidio_analyzer")
 
@@ -59,7 +59,7 @@ def _sentences(seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def every_type() -> tuple[PiiDetector, PiiDetector]:
-    entities = known_entities()
+    entities = [e for e in known_entities() if e not in NER_ENTITIES]  # patterns: the NER tier has no gate
     return (PiiDetector(entities, phone_regions=PRESIDIO_REGIONS, min_score=0.0),
             PiiDetector(entities, phone_regions=PRESIDIO_REGIONS, min_score=0.0, gated=False))
 
@@ -119,7 +119,7 @@ def _pair() -> tuple[PiiDetector, PiiDetector]:  # hypothesis calls the test wit
 def test_a_gate_that_is_not_a_necessary_condition_is_caught() -> None:
     """The comparison has teeth: a card gate wanting 17 digits loses the 16-digit cards Faker makes."""
     too_strict = PiiDetector(("CREDIT_CARD",), min_score=0.0)
-    too_strict._gates = (("CREDIT_CARD", re.compile(r"\d(?:[- ]?\d){16}")),)
+    too_strict._gates = ((("CREDIT_CARD",), re.compile(r"\d(?:[- ]?\d){16}")),)
     reference = PiiDetector(("CREDIT_CARD",), min_score=0.0, gated=False)
     lost = [t for t in _sentences(seed=3) if too_strict.find(t) != reference.find(t)]
     assert lost

