@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtune.evaluate.datasets import load_dataset
-from ragtune.govern.injection import DEFAULT_THRESHOLD, score_injection
+from ragtune.govern.injection import DEFAULT_THRESHOLD, SCREEN_VERSION, score_injection
 from ragtune.models import LoadedDocument, Principal
 
 console = Console()
@@ -142,7 +142,10 @@ def main() -> None:
     path = write_result("injection_effect", {
         "generator": args.generator, "questions": len(targets), "corpus": len(corpus_ids), "seed": args.seed,
         "attack_sources": "promptinject goal hijacking; own override, answer_hijack, polite_indirect, hidden templates",
-        "poisoned_flagged_by_scorer": caught, "threshold": DEFAULT_THRESHOLD, "conditions": rows,
+        "poisoned_flagged_by_scorer": caught, "threshold": DEFAULT_THRESHOLD, "screen_version": SCREEN_VERSION,
+        "caveat": "heuristic-2 was tuned on these attack sources: how many it flags here is fit; the run shows "
+                  "what each policy does once a paragraph is flagged (detection on unseen sources: injection_fresh)",
+        "conditions": rows,
         "load_at_start": load, "seconds": round(time.perf_counter() - started, 1)})
     console.print(f"wrote {path}")
 
