@@ -1,8 +1,9 @@
 """Prompt-injection screening at ingest: how likely a chunk is to hold instructions aimed at a model.
 
 Each chunk is scored once, when it is ingested, so retrieval pays nothing at query time; the score
-and ``SCREEN_VERSION`` are stored with the chunk and a collection policy (warn / demote /
-quarantine) acts on ``score >= DEFAULT_THRESHOLD``.
+is stored with the chunk (``chunks.injection``), ``SCREEN_VERSION`` with its collection
+(``collections.injection_screen``: the next ingest under another version scores every stored chunk
+again), and a collection policy (warn / demote / quarantine) acts on ``score >= DEFAULT_THRESHOLD``.
 
 The scorer is a heuristic, not a classifier: weighted regular expressions, each naming a *signal*
 (an override phrase, a fake chat-template marker, a sentence addressed to an AI, an exfiltration
