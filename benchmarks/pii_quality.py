@@ -50,10 +50,7 @@ import io
 import os
 import random
 import re
-import subprocess
-import sys
 import time
-import types
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -63,7 +60,7 @@ from unittest import mock
 os.environ.setdefault("TQDM_DISABLE", "1")  # the generator's progress bar
 
 import numpy as np
-from common import CACHE, ROOT, write_result
+from common import CACHE, module_at, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -188,13 +185,7 @@ def resolve(raw: list[tuple[str, int, int, float]], min_score: float) -> list[Sp
 
 def baseline_module() -> Any:
     """The hand-written detector as it was at ``BASELINE_COMMIT``, from git, as a module."""
-    src = subprocess.run(["git", "-C", str(ROOT.parent), "show", f"{BASELINE_COMMIT}:src/ragtune/govern/pii.py"],
-                         check=True, capture_output=True, text=True).stdout
-    name = f"ragtune_pii_{BASELINE_COMMIT}"
-    module = types.ModuleType(name)
-    sys.modules[name] = module  # dataclasses look their module up
-    exec(compile(src, f"{BASELINE_COMMIT}:src/ragtune/govern/pii.py", "exec"), module.__dict__)
-    return module
+    return module_at(BASELINE_COMMIT, "src/ragtune/govern/pii.py")
 
 
 def baseline_find(module: Any, text: str) -> list[Span]:

@@ -265,8 +265,7 @@ _GATES = {
 
 def gate_of(recognizer: Any) -> re.Pattern[str] | None:
     """What a text must match for ``recognizer`` to find anything in it (None: run it on every text)."""
-    gate = getattr(recognizer, "ragtune_gate", None)
-    return re.compile(gate) if isinstance(gate, str) else gate
+    return getattr(recognizer, "ragtune_gate", None)
 
 
 def phone_gate(regions: Sequence[str]) -> re.Pattern[str]:
@@ -351,5 +350,5 @@ def pattern_recognizer(entity: str, patterns: Sequence[tuple[str, str, float]], 
                                         name=f"{entity.title()}Recognizer",
                                         patterns=[Pattern(name, regex, score) for name, regex, score in patterns],
                                         context=list(context))
-    recognizer.ragtune_gate = gate
+    recognizer.ragtune_gate = re.compile(gate) if gate else None
     return recognizer
